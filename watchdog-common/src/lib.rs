@@ -1,0 +1,259 @@
+//! Event types shared by watchdog's eBPF programs and its userspace agent.
+//!
+//! Every record a probe writes into a ring buffer starts with an [`EventHeader`]
+//! at offset 0. Its `kind` tells the decoder which struct follows; `0` is
+//! [`EventKind::Unknown`] and never written on purpose, so a zeroed or torn
+//! record is rejected instead of being misread. Each event type is defined
+//! exactly once, here.
+#![no_std]
+
+/// Length of `task_struct::comm` (TASK_COMM_LEN).
+pub const COMM_LEN: usize = 16;
+
+/// Ring buffer carrying every probe's events to userspace.
+pub const EVENTS_MAP: &str = "EVENTS";
+/// Per-CPU counters of events that could not be reserved in [`EVENTS_MAP`],
+/// indexed by [`EventKind`].
+pub const DROPS_MAP: &str = "DROPS";
+/// Number of slots in [`DROPS_MAP`] (one per `EventKind` value).
+pub const DROP_SLOTS: u32 = 8;
+
+/// Which struct follows the header. Stored as `u32` in the header.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    Unknown = 0,
+    /// A fork/vfork/clone/clone3 that returned `-EAGAIN`: [`ForkFailureEvent`].
+    ForkFailure = 1,
+}
+
+impl EventKind {
+    pub const fn from_u32(v: u32) -> Self {
+        match v {
+            1 => Self::ForkFailure,
+            _ => Self::Unknown,
+        }
+    }
+}
+
+/// Fixed header at offset 0 of every event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventHeader {
+    /// [`EventKind`] as `u32`.
+    pub kind: u32,
+    /// Size in bytes of the whole event including this header; lets a decoder
+    /// reject records written by a mismatched probe build.
+    pub size: u32,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the event was produced.
+    pub ts_ns: u64,
+}
+
+impl EventHeader {
+    pub const fn new(kind: EventKind, size: usize, ts_ns: u64) -> Self {
+        Self { kind: kind as u32, size: size as u32, ts_ns }
+    }
+}
+
+/// Which syscall failed, as the probe classified it (syscall numbers differ per
+/// architecture, so userspace never needs to know them).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ForkSyscall {
+    Unknown = 0,
+    Fork = 1,
+    Vfork = 2,
+    Clone = 3,
+    Clone3 = 4,
+}
+
+impl ForkSyscall {
+    pub const fn from_u32(v: u32) -> Self {
+        match v {
+            1 => Self::Fork,
+            2 => Self::Vfork,
+            3 => Self::Clone,
+            4 => Self::Clone3,
+            _ => Self::Unknown,
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Unknown => "unknown",
+            Self::Fork => "fork",
+            Self::Vfork => "vfork",
+            Self::Clone => "clone",
+            Self::Clone3 => "clone3",
+        }
+    }
+}
+
+/// `CLONE_THREAD`: the failed call was creating a thread, not a process.
+pub const CLONE_THREAD: u64 = 0x0001_0000;
+
+/// A process-creating syscall returned `-EAGAIN`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ForkFailureEvent {
+    pub header: EventHeader,
+    /// Thread id of the caller (kernel `pid`).
+    pub tid: u32,
+    /// Process id of the caller (kernel `tgid`).
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// [`ForkSyscall`] as `u32`.
+    pub syscall: u32,
+    /// The return value (negative errno; -11 for EAGAIN).
+    pub ret: i32,
+    /// Clone flags where the probe could read them (clone, clone3), else 0.
+    pub clone_flags: u64,
+    /// Cgroup v2 (unified hierarchy) id of the caller: `bpf_get_current_cgroup_id()`.
+    pub cgroup_id: u64,
+    /// Kernfs id (the directory inode number) of the caller's cgroup in the
+    /// hierarchy the pids controller is bound to (v1 `pids` or v2). 0 when the
+    /// probe could not read it (offsets unknown).
+    pub pids_cgroup_id: u64,
+    pub comm: [u8; COMM_LEN],
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain-old-data, `#[repr(C)]`, no padding holes read as references.
+    unsafe impl aya::Pod for super::EventHeader {}
+    unsafe impl aya::Pod for super::ForkFailureEvent {}
+}
+
+/// Decoding of raw ring-buffer records (userspace only).
+#[cfg(feature = "user")]
+pub mod decode {
+    use core::mem::size_of;
+
+    use super::{EventHeader, EventKind, ForkFailureEvent};
+
+    /// A decoded record.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Event {
+        ForkFailure(ForkFailureEvent),
+    }
+
+    /// Why a record could not be decoded.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum DecodeError {
+        /// Shorter than the header.
+        Truncated { len: usize },
+        /// The header's kind is 0 or not known to this build.
+        UnknownKind { kind: u32 },
+        /// The header's size disagrees with the struct for its kind, or with the
+        /// record length.
+        SizeMismatch { kind: u32, header: u32, expected: usize, len: usize },
+    }
+
+    impl core::fmt::Display for DecodeError {
+        fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            match self {
+                Self::Truncated { len } => write!(f, "record of {len} bytes is shorter than the event header"),
+                Self::UnknownKind { kind } => write!(f, "unknown event kind {kind}"),
+                Self::SizeMismatch { kind, header, expected, len } => write!(
+                    f,
+                    "event kind {kind}: header says {header} bytes, struct is {expected}, record is {len}"
+                ),
+            }
+        }
+    }
+
+    fn read<T: Copy>(buf: &[u8]) -> T {
+        debug_assert!(buf.len() >= size_of::<T>());
+        // SAFETY: length checked by the caller; read_unaligned copes with the
+        // ring buffer's 8-byte (not struct) alignment.
+        unsafe { core::ptr::read_unaligned(buf.as_ptr().cast::<T>()) }
+    }
+
+    /// Decode one ring-buffer record.
+    pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
+        if buf.len() < size_of::<EventHeader>() {
+            return Err(DecodeError::Truncated { len: buf.len() });
+        }
+        let header: EventHeader = read(buf);
+        let (expected, kind) = match EventKind::from_u32(header.kind) {
+            EventKind::ForkFailure => (size_of::<ForkFailureEvent>(), EventKind::ForkFailure),
+            EventKind::Unknown => return Err(DecodeError::UnknownKind { kind: header.kind }),
+        };
+        if header.size as usize != expected || buf.len() < expected {
+            return Err(DecodeError::SizeMismatch {
+                kind: header.kind,
+                header: header.size,
+                expected,
+                len: buf.len(),
+            });
+        }
+        Ok(match kind {
+            EventKind::ForkFailure => Event::ForkFailure(read(buf)),
+            EventKind::Unknown => unreachable!(),
+        })
+    }
+
+    /// The bytes of an event as a probe writes them (tests and replay tools).
+    pub fn as_bytes<T: aya::Pod>(event: &T) -> &[u8] {
+        // SAFETY: T is Pod.
+        unsafe { core::slice::from_raw_parts((event as *const T).cast::<u8>(), size_of::<T>()) }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use crate::{ForkSyscall, COMM_LEN};
+
+        fn sample() -> ForkFailureEvent {
+            let mut comm = [0u8; COMM_LEN];
+            comm[..7].copy_from_slice(b"python3");
+            ForkFailureEvent {
+                header: EventHeader::new(EventKind::ForkFailure, size_of::<ForkFailureEvent>(), 123_456_789),
+                tid: 4242,
+                pid: 4240,
+                uid: 65534,
+                gid: 65534,
+                syscall: ForkSyscall::Clone as u32,
+                ret: -11,
+                clone_flags: 0x0120_0011,
+                cgroup_id: 1,
+                pids_cgroup_id: 9876,
+                comm,
+            }
+        }
+
+        #[test]
+        fn header_is_at_offset_zero() {
+            assert_eq!(core::mem::offset_of!(ForkFailureEvent, header), 0);
+            assert_eq!(size_of::<EventHeader>(), 16);
+        }
+
+        #[test]
+        fn fork_failure_round_trips() {
+            let ev = sample();
+            assert_eq!(decode(as_bytes(&ev)), Ok(Event::ForkFailure(ev)));
+        }
+
+        #[test]
+        fn decodes_from_unaligned_buffer() {
+            let ev = sample();
+            let mut buf = [0u8; size_of::<ForkFailureEvent>() + 1];
+            buf[1..].copy_from_slice(as_bytes(&ev));
+            assert_eq!(decode(&buf[1..]), Ok(Event::ForkFailure(ev)));
+        }
+
+        #[test]
+        fn rejects_zero_kind_truncation_and_size_mismatch() {
+            let ev = sample();
+            let bytes = as_bytes(&ev);
+            assert_eq!(decode(&bytes[..8]), Err(DecodeError::Truncated { len: 8 }));
+            let zero = [0u8; 64];
+            assert_eq!(decode(&zero), Err(DecodeError::UnknownKind { kind: 0 }));
+            assert!(matches!(decode(&bytes[..40]), Err(DecodeError::SizeMismatch { .. })));
+            let mut bad = ev;
+            bad.header.size = 8;
+            assert!(matches!(decode(as_bytes(&bad)), Err(DecodeError::SizeMismatch { .. })));
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! Idempotent installation of the build and test prerequisites.
+use std::{ffi::OsString, path::PathBuf, process::Command};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{run, show};
+
+/// Debian packages: LLVM 22 for bpf-linker, and the real components the
+/// kernel tests drive (python3 for fork loops, util-linux for setpriv).
+const APT_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+    "python3",
+    "util-linux",
+];
+const NIGHTLY: &str = "nightly";
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+
+pub fn run() -> Result<()> {
+    apt_packages()?;
+    rust_src()?;
+    bpf_linker()?;
+    eprintln!("xtask: set-up complete");
+    Ok(())
+}
+
+fn is_root() -> bool {
+    // Ask `id` rather than pulling libc into xtask for geteuid().
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn apt_packages() -> Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            !Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", p])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+                .unwrap_or(false)
+        })
+        .collect();
+    if missing.is_empty() {
+        eprintln!("xtask: apt packages present: {}", APT_PACKAGES.join(" "));
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "missing Debian packages {} and not root: run `sudo cargo xtask setup` or install them with apt-get",
+            missing.join(" ")
+        );
+    }
+    eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
+    run(Command::new("apt-get").args(["update", "-q"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+    .context("apt-get install failed")
+}
+
+fn rust_src() -> Result<()> {
+    let out = Command::new("rustup")
+        .args(["component", "list", "--installed", "--toolchain", NIGHTLY])
+        .output()
+        .context("rustup not found: the eBPF build needs rustup with a `nightly` toolchain")?;
+    if !out.status.success() {
+        bail!(
+            "rustup has no `{NIGHTLY}` toolchain ({}); the eBPF build needs it (with rust-src)",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    if String::from_utf8_lossy(&out.stdout).lines().any(|l| l.starts_with("rust-src")) {
+        eprintln!("xtask: rust-src present for {NIGHTLY}");
+        return Ok(());
+    }
+    eprintln!("xtask: adding rust-src to the {NIGHTLY} toolchain");
+    run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", NIGHTLY]))
+}
+
+pub fn path_with_cargo_bin() -> OsString {
+    let mut paths: Vec<PathBuf> = Vec::new();
+    if let Some(home) = std::env::var_os("CARGO_HOME") {
+        paths.push(PathBuf::from(home).join("bin"));
+    } else if let Some(home) = std::env::var_os("HOME") {
+        paths.push(PathBuf::from(home).join(".cargo/bin"));
+    }
+    if let Some(p) = std::env::var_os("PATH") {
+        paths.extend(std::env::split_paths(&p));
+    }
+    std::env::join_paths(paths).unwrap_or_default()
+}
+
+fn bpf_linker() -> Result<()> {
+    let version = Command::new("bpf-linker")
+        .arg("--version")
+        .env("PATH", path_with_cargo_bin())
+        .output();
+    if let Ok(out) = &version
+        && out.status.success()
+    {
+        let v = String::from_utf8_lossy(&out.stdout);
+        if v.contains(BPF_LINKER_VERSION) {
+            eprintln!("xtask: {} present", v.trim());
+            return Ok(());
+        }
+        eprintln!("xtask: found {}, want {BPF_LINKER_VERSION}; reinstalling", v.trim());
+    }
+    eprintln!("xtask: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about a minute)");
+    let mut path = OsString::from(format!("{LLVM_PREFIX}/bin:"));
+    path.push(path_with_cargo_bin());
+    let mut cmd = Command::new("cargo");
+    cmd.args([
+        "install",
+        "bpf-linker",
+        "--version",
+        BPF_LINKER_VERSION,
+        "--locked",
+        "--force",
+        "--no-default-features",
+        "--features",
+        "llvm-22",
+    ])
+    .env("PATH", path)
+    .env("LLVM_SYS_221_PREFIX", LLVM_PREFIX);
+    run(&mut cmd).with_context(|| format!("{} failed", show(&cmd)))
+}
