@@ -48,7 +48,7 @@ enum Cmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
-        Cmd::Setup => setup::run(),
+        Cmd::Setup => setup::ensure(),
         Cmd::Trace { args } => trace(args),
         Cmd::Test { no_lint } => test(no_lint),
         Cmd::Bench { args } => bench(args),
@@ -99,7 +99,7 @@ fn cargo() -> Command {
 }
 
 fn trace(args: Vec<OsString>) -> Result<()> {
-    setup::run()?;
+    setup::ensure()?;
     run(cargo().args(["build", "--release", "--package", "watchdog"]))?;
     let bin = workspace_root().join("target/release/watchdog");
     let mut cmd = Command::new(&bin);
@@ -113,7 +113,7 @@ fn trace(args: Vec<OsString>) -> Result<()> {
 }
 
 fn test(no_lint: bool) -> Result<()> {
-    setup::run()?;
+    setup::ensure()?;
     if !no_lint {
         run(cargo().args(["fmt", "--all", "--check"]))?;
         run(cargo().args([
@@ -132,7 +132,7 @@ fn test(no_lint: bool) -> Result<()> {
 }
 
 fn bench(args: Vec<OsString>) -> Result<()> {
-    setup::run()?;
+    setup::ensure()?;
     run(cargo().args(["build", "--release", "--package", "watchdog", "--package", "watchdog-tests"]))?;
     let mut cmd = Command::new(workspace_root().join("target/release/watchdog-bench"));
     cmd.env("WATCHDOG_BIN", workspace_root().join("target/release/watchdog"));

@@ -19,7 +19,7 @@ const NIGHTLY: &str = "nightly";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
-pub fn run() -> Result<()> {
+pub fn ensure() -> Result<()> {
     apt_packages()?;
     rust_src()?;
     bpf_linker()?;
