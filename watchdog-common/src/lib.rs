@@ -51,7 +51,11 @@ pub struct EventHeader {
 
 impl EventHeader {
     pub const fn new(kind: EventKind, size: usize, ts_ns: u64) -> Self {
-        Self { kind: kind as u32, size: size as u32, ts_ns }
+        Self {
+            kind: kind as u32,
+            size: size as u32,
+            ts_ns,
+        }
     }
 }
 
@@ -147,15 +151,27 @@ pub mod decode {
         UnknownKind { kind: u32 },
         /// The header's size disagrees with the struct for its kind, or with the
         /// record length.
-        SizeMismatch { kind: u32, header: u32, expected: usize, len: usize },
+        SizeMismatch {
+            kind: u32,
+            header: u32,
+            expected: usize,
+            len: usize,
+        },
     }
 
     impl core::fmt::Display for DecodeError {
         fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
             match self {
-                Self::Truncated { len } => write!(f, "record of {len} bytes is shorter than the event header"),
+                Self::Truncated { len } => {
+                    write!(f, "record of {len} bytes is shorter than the event header")
+                }
                 Self::UnknownKind { kind } => write!(f, "unknown event kind {kind}"),
-                Self::SizeMismatch { kind, header, expected, len } => write!(
+                Self::SizeMismatch {
+                    kind,
+                    header,
+                    expected,
+                    len,
+                } => write!(
                     f,
                     "event kind {kind}: header says {header} bytes, struct is {expected}, record is {len}"
                 ),
@@ -203,13 +219,17 @@ pub mod decode {
     #[cfg(test)]
     mod tests {
         use super::*;
-        use crate::{ForkSyscall, COMM_LEN};
+        use crate::{COMM_LEN, ForkSyscall};
 
         fn sample() -> ForkFailureEvent {
             let mut comm = [0u8; COMM_LEN];
             comm[..7].copy_from_slice(b"python3");
             ForkFailureEvent {
-                header: EventHeader::new(EventKind::ForkFailure, size_of::<ForkFailureEvent>(), 123_456_789),
+                header: EventHeader::new(
+                    EventKind::ForkFailure,
+                    size_of::<ForkFailureEvent>(),
+                    123_456_789,
+                ),
                 tid: 4242,
                 pid: 4240,
                 uid: 65534,
@@ -250,10 +270,16 @@ pub mod decode {
             assert_eq!(decode(&bytes[..8]), Err(DecodeError::Truncated { len: 8 }));
             let zero = [0u8; 64];
             assert_eq!(decode(&zero), Err(DecodeError::UnknownKind { kind: 0 }));
-            assert!(matches!(decode(&bytes[..40]), Err(DecodeError::SizeMismatch { .. })));
+            assert!(matches!(
+                decode(&bytes[..40]),
+                Err(DecodeError::SizeMismatch { .. })
+            ));
             let mut bad = ev;
             bad.header.size = 8;
-            assert!(matches!(decode(as_bytes(&bad)), Err(DecodeError::SizeMismatch { .. })));
+            assert!(matches!(
+                decode(as_bytes(&bad)),
+                Err(DecodeError::SizeMismatch { .. })
+            ));
         }
     }
 }

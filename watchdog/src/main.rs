@@ -1,4 +1,3 @@
-fn main() {
-    let obj = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/watchdog"));
-    println!("{}", obj.len());
+fn main() -> std::process::ExitCode {
+    watchdog::cli::main()
 }

@@ -105,7 +105,9 @@ fn trace(args: Vec<OsString>) -> Result<()> {
     let mut cmd = Command::new(&bin);
     cmd.arg("trace").args(args);
     eprintln!("xtask: running {}", show(&cmd));
-    let status = cmd.status().with_context(|| format!("could not start {}", bin.display()))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not start {}", bin.display()))?;
     if !status.success() {
         bail!("watchdog trace exited with {status}");
     }
@@ -117,25 +119,58 @@ fn test(no_lint: bool) -> Result<()> {
     if !no_lint {
         run(cargo().args(["fmt", "--all", "--check"]))?;
         run(cargo().args([
-            "clippy", "--workspace", "--exclude", "watchdog-ebpf", "--all-targets", "--", "-D",
+            "clippy",
+            "--workspace",
+            "--exclude",
+            "watchdog-ebpf",
+            "--all-targets",
+            "--",
+            "-D",
             "warnings",
         ]))?;
     }
     // Build the binaries the kernel tests spawn, then every test: unit tests in
     // parallel, the privileged kernel tests with one thread (kernel state is shared).
-    run(cargo().args(["build", "--release", "--package", "watchdog", "--package", "watchdog-tests"]))?;
+    run(cargo().args([
+        "build",
+        "--release",
+        "--package",
+        "watchdog",
+        "--package",
+        "watchdog-tests",
+    ]))?;
     run(cargo().args(["test", "--workspace", "--exclude", "watchdog-tests"]))?;
     run(cargo()
-        .args(["test", "--release", "--package", "watchdog-tests", "--", "--test-threads=1"])
-        .env("WATCHDOG_BIN", workspace_root().join("target/release/watchdog")))?;
+        .args([
+            "test",
+            "--release",
+            "--package",
+            "watchdog-tests",
+            "--",
+            "--test-threads=1",
+        ])
+        .env(
+            "WATCHDOG_BIN",
+            workspace_root().join("target/release/watchdog"),
+        ))?;
     Ok(())
 }
 
 fn bench(args: Vec<OsString>) -> Result<()> {
     setup::ensure()?;
-    run(cargo().args(["build", "--release", "--package", "watchdog", "--package", "watchdog-tests"]))?;
+    run(cargo().args([
+        "build",
+        "--release",
+        "--package",
+        "watchdog",
+        "--package",
+        "watchdog-tests",
+    ]))?;
     let mut cmd = Command::new(workspace_root().join("target/release/watchdog-bench"));
-    cmd.env("WATCHDOG_BIN", workspace_root().join("target/release/watchdog"));
+    cmd.env(
+        "WATCHDOG_BIN",
+        workspace_root().join("target/release/watchdog"),
+    );
     cmd.args(args);
     run(&mut cmd)
 }

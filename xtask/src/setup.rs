@@ -78,7 +78,10 @@ fn rust_src() -> Result<()> {
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    if String::from_utf8_lossy(&out.stdout).lines().any(|l| l.starts_with("rust-src")) {
+    if String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.starts_with("rust-src"))
+    {
         eprintln!("xtask: rust-src present for {NIGHTLY}");
         return Ok(());
     }
@@ -112,7 +115,10 @@ fn bpf_linker() -> Result<()> {
             eprintln!("xtask: {} present", v.trim());
             return Ok(());
         }
-        eprintln!("xtask: found {}, want {BPF_LINKER_VERSION}; reinstalling", v.trim());
+        eprintln!(
+            "xtask: found {}, want {BPF_LINKER_VERSION}; reinstalling",
+            v.trim()
+        );
     }
     eprintln!("xtask: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about a minute)");
     let mut path = OsString::from(format!("{LLVM_PREFIX}/bin:"));

@@ -1,0 +1,35 @@
+//! `watchdog bench-floor` (hidden): attach only an empty program on the
+//! probes' sys_exit hook and wait for SIGINT/SIGTERM. Benchmarks compare the
+//! agent against this to separate the kernel's fixed cost of any syscall hook
+//! from the probes' own work.
+use std::process::ExitCode;
+
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::probes::{BENCH_FLOOR, KernelLayout, ProbeState, Probes};
+
+pub fn run() -> anyhow::Result<ExitCode> {
+    let probes = Probes::load(&KernelLayout::default(), &[BENCH_FLOOR])?;
+    if probes
+        .statuses
+        .iter()
+        .any(|s| s.status != ProbeState::Attached)
+    {
+        anyhow::bail!("could not attach the empty program: {:?}", probes.statuses);
+    }
+    println!(
+        "{}",
+        serde_json::json!({"type": "ready", "probes": probes.statuses})
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut term = signal(SignalKind::terminate())?;
+        tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+        anyhow::Ok(())
+    })?;
+    drop(probes);
+    Ok(ExitCode::SUCCESS)
+}

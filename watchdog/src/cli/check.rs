@@ -1,0 +1,197 @@
+//! `watchdog check`: which probes this kernel supports, and for each one that
+//! is not, why and what to do. It really loads and attaches every probe (and
+//! detaches on exit), so its answer is the kernel's own.
+use std::{path::Path, process::ExitCode};
+
+use serde::Serialize;
+
+use crate::{
+    context::cgroup,
+    paths,
+    probes::{self, FORK_FAILURES, KernelLayout, ProbeState, Probes},
+};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct Fact {
+    name: &'static str,
+    ok: bool,
+    detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hint: Option<String>,
+}
+
+#[derive(Serialize)]
+struct ProbeCheck {
+    name: &'static str,
+    hook: &'static str,
+    what: &'static str,
+    supported: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hint: Option<String>,
+}
+
+fn facts() -> Vec<Fact> {
+    let mut v = Vec::new();
+    v.push(Fact {
+        name: "kernel",
+        ok: true,
+        detail: probes::kernel_release(),
+        hint: None,
+    });
+    let btf = Path::new(paths::KERNEL_BTF).exists();
+    v.push(Fact {
+        name: "btf",
+        ok: btf,
+        detail: if btf { format!("{} present", paths::KERNEL_BTF) } else { format!("{} missing", paths::KERNEL_BTF) },
+        hint: (!btf).then(|| {
+            "build the kernel with CONFIG_DEBUG_INFO_BTF=y; without it the fork probe falls back to /proc for cgroups".into()
+        }),
+    });
+    let privileged = probes::check_privileges();
+    v.push(Fact {
+        name: "privileges",
+        ok: privileged.is_ok(),
+        detail: match &privileged {
+            Ok(()) => "can load BPF programs".into(),
+            Err(e) => e.to_string(),
+        },
+        hint: privileged
+            .is_err()
+            .then(|| "run as root, or in a privileged DaemonSet pod".into()),
+    });
+    match cgroup::discover(Path::new("/")) {
+        Some(h) => v.push(Fact {
+            name: "pids_cgroups",
+            ok: true,
+            detail: format!("pids controller at {} ({:?})", h.mount.display(), h.version),
+            hint: None,
+        }),
+        None => v.push(Fact {
+            name: "pids_cgroups",
+            ok: false,
+            detail: "no pids controller hierarchy is mounted".into(),
+            hint: Some(
+                "pids-cgroup attribution needs the pids controller (v1 `pids` mount or cgroup2)"
+                    .into(),
+            ),
+        }),
+    }
+    let tracefs = Path::new(paths::TRACEFS).join("events").exists();
+    v.push(Fact {
+        name: "tracefs",
+        ok: true,
+        detail: if tracefs {
+            "mounted".into()
+        } else {
+            "not mounted (not needed: probes use raw tracepoints)".into()
+        },
+        hint: None,
+    });
+    if let Ok(l) = std::fs::read_to_string(paths::LOCKDOWN) {
+        v.push(Fact {
+            name: "lockdown",
+            ok: true,
+            detail: l.trim().to_owned(),
+            hint: l
+                .contains("[integrity]")
+                .then(|| "kprobes and fentry may be refused; watchdog uses tracepoints".into()),
+        });
+    }
+    v
+}
+
+fn hint_for(detail: &str) -> String {
+    if detail.contains("Operation not permitted") || detail.contains("EPERM") {
+        "run as root (CAP_BPF + CAP_PERFMON); check kernel.unprivileged_bpf_disabled and lockdown"
+            .into()
+    } else if detail.contains("No such file") || detail.contains("ENOENT") {
+        "the kernel lacks this tracepoint (CONFIG_FTRACE_SYSCALLS / CONFIG_BPF_EVENTS)".into()
+    } else {
+        "see the detail; `watchdog trace` runs the other probes without this one".into()
+    }
+}
+
+pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let facts = facts();
+    let wanted = [FORK_FAILURES];
+    let checks: Vec<ProbeCheck> = match Probes::load(
+        &KernelLayout::from_btf(Path::new(paths::KERNEL_BTF)),
+        &wanted,
+    ) {
+        Ok(p) => p
+            .statuses
+            .iter()
+            .zip(wanted.iter())
+            .map(|(s, spec)| ProbeCheck {
+                name: s.name,
+                hook: s.hook,
+                what: spec.what,
+                supported: s.status == ProbeState::Attached,
+                hint: (s.status != ProbeState::Attached)
+                    .then(|| hint_for(s.detail.as_deref().unwrap_or(""))),
+                detail: s.detail.clone(),
+            })
+            .collect(),
+        Err(e) => wanted
+            .iter()
+            .map(|spec| ProbeCheck {
+                name: spec.name,
+                hook: spec.hook,
+                what: spec.what,
+                supported: false,
+                detail: Some(probes::error_chain(&e)),
+                hint: Some(hint_for(&probes::error_chain(&e))),
+            })
+            .collect(),
+    };
+    let all_ok = checks.iter().all(|c| c.supported);
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"type": "check", "facts": facts, "probes": checks, "ok": all_ok})
+        );
+    } else {
+        println!("environment:");
+        for f in &facts {
+            println!(
+                "  {:<13} {:<4} {}",
+                f.name,
+                if f.ok { "ok" } else { "NO" },
+                f.detail
+            );
+            if let Some(h) = &f.hint {
+                println!("  {:<13}      -> {h}", "");
+            }
+        }
+        println!("probes:");
+        for c in &checks {
+            println!(
+                "  {:<13} {:<4} {} [{}]",
+                c.name,
+                if c.supported { "ok" } else { "NO" },
+                c.what,
+                c.hook
+            );
+            if let Some(d) = &c.detail {
+                println!("  {:<13}      {d}", "");
+            }
+            if let Some(h) = &c.hint {
+                println!("  {:<13}      -> {h}", "");
+            }
+        }
+    }
+    Ok(if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

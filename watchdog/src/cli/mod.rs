@@ -1,0 +1,60 @@
+//! The `watchdog` command line: one file per subcommand.
+mod bench_floor;
+mod check;
+mod trace;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "watchdog",
+    version,
+    about = "Finds from kernel evidence why a Kubernetes node goes NotReady (PLEG is not healthy)"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    cmd: Command,
+    /// Log level for diagnostics on stderr (error, warn, info, debug, trace).
+    #[arg(long, global = true, default_value = "warn")]
+    log: String,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// One-shot tracing session: attach, report findings live, summarize at the end.
+    Trace(trace::Args),
+    /// Which probes this kernel supports, and for each one that is not, why and what to do.
+    Check(check::Args),
+    /// Attach only an empty program on the probes' hook (benchmark floor).
+    #[command(hide = true)]
+    BenchFloor,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|e| {
+        eprintln!(
+            "watchdog: --log {:?} is not a log level ({e}); using warn",
+            cli.log
+        );
+        tracing_subscriber::EnvFilter::new("warn")
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.cmd {
+        Command::Trace(a) => trace::run(a),
+        Command::Check(a) => check::run(a),
+        Command::BenchFloor => bench_floor::run(),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("watchdog: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! `watchdog trace`: a one-shot tracing session for an incident.
+use std::{process::ExitCode, time::Duration};
+
+use crate::{
+    agent::{self, TraceOptions},
+    diagnosis::EngineConfig,
+    sinks::{Sink, json::JsonLines, terminal::Terminal},
+};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Stop after this long (e.g. 30s, 5m); default: until Ctrl-C.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+    /// Write one JSON object per line (each with a "type") instead of text.
+    #[arg(long)]
+    json: bool,
+    /// How often limits are sampled and findings re-evaluated.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    poll_interval: Duration,
+    /// Warn when a PID limit is at least this full (percent).
+    #[arg(long, default_value_t = 90.0, value_parser = percent)]
+    warn_percent: f64,
+    /// A finding resolves after this long without new evidence.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    resolve_after: Duration,
+}
+
+fn percent(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|e| format!("{s:?} is not a number: {e}"))?;
+    if (1.0..=100.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not between 1 and 100"))
+    }
+}
+
+pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    if a.poll_interval.is_zero() {
+        anyhow::bail!("--poll-interval must be greater than zero");
+    }
+    let opts = TraceOptions {
+        duration: a.duration,
+        poll_interval: a.poll_interval,
+        engine: EngineConfig {
+            warn_percent: a.warn_percent,
+            warn_clear_percent: (a.warn_percent - 5.0).max(0.0),
+            resolve_after_ms: a.resolve_after.as_millis() as u64,
+            ..EngineConfig::default()
+        },
+        ..TraceOptions::default()
+    };
+    let stdout = std::io::stdout();
+    let mut sink: Box<dyn Sink> = if a.json {
+        Box::new(JsonLines::new(stdout.lock()))
+    } else {
+        Box::new(Terminal::new(stdout.lock()))
+    };
+    agent::trace(opts, sink.as_mut())?;
+    Ok(ExitCode::SUCCESS)
+}

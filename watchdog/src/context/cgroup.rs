@@ -1,0 +1,306 @@
+//! The pids cgroup hierarchy: where it is mounted (v1 `pids` controller or the
+//! v2 unified tree), reading its control files, mapping kernel cgroup ids to
+//! paths. cgroupfs is kernfs: reading it never touches user storage.
+use std::{
+    collections::HashMap,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
+
+use serde::Serialize;
+
+use crate::{observation::PidsCgroupState, paths};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CgroupVersion {
+    V1,
+    V2,
+}
+
+/// Where the pids controller's hierarchy is mounted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PidsHierarchy {
+    pub mount: PathBuf,
+    pub version: CgroupVersion,
+}
+
+/// Find the pids hierarchy from a mountinfo text. `root` prefixes the mount
+/// point (recorded trees); on a live system it is `/`.
+pub fn find_pids_hierarchy(root: &Path, mountinfo: &str) -> Option<PidsHierarchy> {
+    let mut v2 = None;
+    for line in mountinfo.lines() {
+        // id parent maj:min root mountpoint opts [optional...] - fstype source superopts
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let mount_point = left.split(' ').nth(4)?;
+        let mut r = right.split(' ');
+        let fstype = r.next().unwrap_or("");
+        let superopts = r.nth(1).unwrap_or("");
+        let mp = root.join(unescape_mount(mount_point).trim_start_matches('/'));
+        if fstype == "cgroup" && superopts.split(',').any(|o| o == "pids") {
+            return Some(PidsHierarchy {
+                mount: mp,
+                version: CgroupVersion::V1,
+            });
+        }
+        if fstype == "cgroup2" && v2.is_none() {
+            let controllers =
+                std::fs::read_to_string(mp.join("cgroup.controllers")).unwrap_or_default();
+            if controllers.split_whitespace().any(|c| c == "pids") {
+                v2 = Some(PidsHierarchy {
+                    mount: mp,
+                    version: CgroupVersion::V2,
+                });
+            }
+        }
+    }
+    v2
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal.
+fn unescape_mount(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8)
+        {
+            out.push(v as char);
+            i += 4;
+            continue;
+        }
+        out.push(b[i] as char);
+        i += 1;
+    }
+    out
+}
+
+/// The pids hierarchy of a root: from its mountinfo, else the conventional
+/// mount points (recorded trees).
+pub fn discover(root: &Path) -> Option<PidsHierarchy> {
+    let mountinfo = std::fs::read_to_string(root.join(paths::MOUNTINFO)).unwrap_or_default();
+    find_pids_hierarchy(root, &mountinfo).or_else(|| {
+        let v1 = root.join(paths::CGROUP_V1_PIDS);
+        if v1.join("cgroup.procs").exists() || v1.is_dir() {
+            return Some(PidsHierarchy {
+                mount: v1,
+                version: CgroupVersion::V1,
+            });
+        }
+        let v2 = root.join(paths::CGROUP_V2);
+        let controllers = std::fs::read_to_string(v2.join("cgroup.controllers")).ok()?;
+        controllers
+            .split_whitespace()
+            .any(|c| c == "pids")
+            .then_some(PidsHierarchy {
+                mount: v2,
+                version: CgroupVersion::V2,
+            })
+    })
+}
+
+fn read_trim(p: &Path) -> Option<String> {
+    std::fs::read_to_string(p).ok().map(|s| s.trim().to_owned())
+}
+
+impl PidsHierarchy {
+    pub fn dir(&self, path: &str) -> PathBuf {
+        self.mount.join(path.trim_start_matches('/'))
+    }
+
+    /// Read one cgroup's pids files. None when the cgroup is gone or is the
+    /// root (which has no pids.max).
+    pub fn state(&self, path: &str) -> Option<PidsCgroupState> {
+        let dir = self.dir(path);
+        let max = read_trim(&dir.join("pids.max"))?;
+        let current = read_trim(&dir.join("pids.current"))?.parse().ok()?;
+        let events_max = read_trim(&dir.join("pids.events"))
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("max ").and_then(|v| v.trim().parse().ok()))
+            })
+            .unwrap_or(0);
+        Some(PidsCgroupState {
+            path: normalize(path),
+            current,
+            max: if max == "max" { None } else { max.parse().ok() },
+            events_max,
+        })
+    }
+
+    /// `path` and its ancestors that have pids files, leaf first.
+    pub fn chain(&self, path: &str) -> Vec<PidsCgroupState> {
+        let mut out = Vec::new();
+        let mut p = normalize(path);
+        loop {
+            if let Some(s) = self.state(&p) {
+                out.push(s);
+            }
+            if p == "/" {
+                break;
+            }
+            p = match p.rsplit_once('/') {
+                Some(("", _)) | None => "/".to_owned(),
+                Some((parent, _)) => parent.to_owned(),
+            };
+        }
+        out
+    }
+
+    /// Every cgroup below the mount, as (path, directory inode).
+    pub fn walk(&self) -> Vec<(String, u64)> {
+        let mut out = Vec::new();
+        let mut stack = vec!["/".to_owned()];
+        while let Some(p) = stack.pop() {
+            let dir = self.dir(&p);
+            if let Ok(md) = std::fs::metadata(&dir) {
+                out.push((p.clone(), md.ino()));
+            }
+            let Ok(rd) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    stack.push(if p == "/" {
+                        format!("/{name}")
+                    } else {
+                        format!("{p}/{name}")
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Every cgroup with a finite pids.max.
+    pub fn limited(&self) -> Vec<PidsCgroupState> {
+        self.walk()
+            .into_iter()
+            .filter_map(|(p, _)| self.state(&p))
+            .filter(|s| s.max.is_some())
+            .collect()
+    }
+
+    /// Process ids in `path` and its descendants.
+    pub fn procs_below(&self, path: &str) -> Vec<u32> {
+        let base = self.dir(path);
+        let mut out = Vec::new();
+        let mut stack = vec![base];
+        while let Some(dir) = stack.pop() {
+            if let Ok(s) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+                out.extend(s.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+            }
+            if let Ok(rd) = std::fs::read_dir(&dir) {
+                stack.extend(
+                    rd.flatten()
+                        .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+                        .map(|e| e.path()),
+                );
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+}
+
+pub fn normalize(path: &str) -> String {
+    let t = path.trim_end_matches('/');
+    if t.is_empty() {
+        "/".to_owned()
+    } else if t.starts_with('/') {
+        t.to_owned()
+    } else {
+        format!("/{t}")
+    }
+}
+
+/// Kernfs id (directory inode) -> cgroup path, rebuilt when an id is unknown.
+#[derive(Debug, Default)]
+pub struct CgroupIndex {
+    by_id: HashMap<u64, String>,
+}
+
+impl CgroupIndex {
+    pub fn lookup(&mut self, h: &PidsHierarchy, id: u64) -> Option<String> {
+        if id == 0 {
+            return None;
+        }
+        if let Some(p) = self.by_id.get(&id) {
+            return Some(p.clone());
+        }
+        self.by_id = h.walk().into_iter().map(|(p, ino)| (ino, p)).collect();
+        self.by_id.get(&id).cloned()
+    }
+}
+
+/// The pids-hierarchy path of a process from its /proc/<pid>/cgroup text.
+pub fn pids_path_from_proc_cgroup(text: &str, version: CgroupVersion) -> Option<String> {
+    for line in text.lines() {
+        let mut f = line.splitn(3, ':');
+        let (_id, ctrls, path) = (f.next()?, f.next()?, f.next()?);
+        match version {
+            CgroupVersion::V1 if ctrls.split(',').any(|c| c == "pids") => {
+                return Some(normalize(path));
+            }
+            CgroupVersion::V2 if ctrls.is_empty() => return Some(normalize(path)),
+            _ => {}
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID_MOUNTINFO: &str = "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+
+    #[test]
+    fn finds_v1_pids_mount() {
+        let h = find_pids_hierarchy(Path::new("/"), HYBRID_MOUNTINFO).unwrap();
+        assert_eq!(h.mount, Path::new("/sys/fs/cgroup/pids"));
+        assert_eq!(h.version, CgroupVersion::V1);
+    }
+
+    #[test]
+    fn proc_cgroup_lines() {
+        let v1 = "12:pids:/kubepods/burstable/podabc/0123456789abcdef\n11:memory:/x\n0::/\n";
+        assert_eq!(
+            pids_path_from_proc_cgroup(v1, CgroupVersion::V1).as_deref(),
+            Some("/kubepods/burstable/podabc/0123456789abcdef")
+        );
+        let v2 = "0::/kubepods.slice/kubepods-pod1.slice\n";
+        assert_eq!(
+            pids_path_from_proc_cgroup(v2, CgroupVersion::V2).as_deref(),
+            Some("/kubepods.slice/kubepods-pod1.slice")
+        );
+        assert_eq!(
+            pids_path_from_proc_cgroup("garbage", CgroupVersion::V1),
+            None
+        );
+    }
+
+    #[test]
+    fn mount_point_escapes() {
+        assert_eq!(unescape_mount("/mnt/a\\040b"), "/mnt/a b");
+        assert_eq!(unescape_mount("/plain"), "/plain");
+    }
+
+    #[test]
+    fn normalizes() {
+        assert_eq!(normalize(""), "/");
+        assert_eq!(normalize("/a/b/"), "/a/b");
+        assert_eq!(normalize("a"), "/a");
+    }
+}

@@ -1,0 +1,219 @@
+//! Node context: turns raw kernel events into observations by reading /proc
+//! and cgroupfs (never user mounts), and samples the node's limits. All reads
+//! go through a root directory so tests can use recorded trees.
+pub mod cgroup;
+pub mod kube;
+pub mod procfs;
+
+use std::{
+    collections::HashMap,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use watchdog_common::{CLONE_THREAD, ForkFailureEvent, ForkSyscall};
+
+use crate::{
+    observation::{ForkFailed, PidLimits, PidsCgroupState, SystemPids, UserTasks},
+    time::Time,
+};
+use cgroup::{CgroupIndex, PidsHierarchy};
+use procfs::Procfs;
+
+/// How long cached reads stay fresh during a burst of failures: a fork storm
+/// can fail thousands of times a second, the limits move slower than that.
+const FRESH: Duration = Duration::from_millis(250);
+/// How often the (costlier) list of top consumers is recomputed per owner.
+const CONSUMERS_EVERY: Duration = Duration::from_secs(2);
+const TOP_N: usize = 5;
+
+struct Cached<T> {
+    at: Instant,
+    value: T,
+}
+
+pub struct NodeContext {
+    pub procfs: Procfs,
+    pub pids: Option<PidsHierarchy>,
+    index: CgroupIndex,
+    chains: HashMap<String, Cached<Vec<PidsCgroupState>>>,
+    system: Option<Cached<SystemPids>>,
+    users: HashMap<u32, Cached<u64>>,
+    consumers_at: HashMap<String, Instant>,
+}
+
+impl NodeContext {
+    pub fn new(root: &Path) -> Self {
+        Self {
+            procfs: Procfs::new(root),
+            pids: cgroup::discover(root),
+            index: CgroupIndex::default(),
+            chains: HashMap::new(),
+            system: None,
+            users: HashMap::new(),
+            consumers_at: HashMap::new(),
+        }
+    }
+
+    fn system(&mut self, now: Instant) -> SystemPids {
+        match &self.system {
+            Some(c) if now.duration_since(c.at) < FRESH => c.value,
+            _ => {
+                let v = self.procfs.system();
+                self.system = Some(Cached { at: now, value: v });
+                v
+            }
+        }
+    }
+
+    fn chain(&mut self, path: &str, now: Instant) -> Vec<PidsCgroupState> {
+        let Some(h) = &self.pids else {
+            return Vec::new();
+        };
+        if let Some(c) = self.chains.get(path)
+            && now.duration_since(c.at) < FRESH
+        {
+            return c.value.clone();
+        }
+        let v = h.chain(path);
+        self.chains.insert(
+            path.to_owned(),
+            Cached {
+                at: now,
+                value: v.clone(),
+            },
+        );
+        v
+    }
+
+    fn user_tasks(&mut self, uid: u32, now: Instant) -> u64 {
+        if let Some(c) = self.users.get(&uid)
+            && now.duration_since(c.at) < FRESH
+        {
+            return c.value;
+        }
+        let v = procfs::tasks_of_uid(&self.procfs.all_status(), uid);
+        self.users.insert(uid, Cached { at: now, value: v });
+        v
+    }
+
+    fn consumers_due(&mut self, key: &str, now: Instant) -> bool {
+        match self.consumers_at.get(key) {
+            Some(at) if now.duration_since(*at) < CONSUMERS_EVERY => false,
+            _ => {
+                self.consumers_at.insert(key.to_owned(), now);
+                true
+            }
+        }
+    }
+
+    /// The caller's pids cgroup: from the kernel's cgroup id, else /proc.
+    fn pids_path(&mut self, ev: &ForkFailureEvent) -> Option<String> {
+        let h = self.pids.as_ref()?;
+        if let Some(p) = self.index.lookup(h, ev.pids_cgroup_id) {
+            return Some(p);
+        }
+        let text = self
+            .procfs
+            .read_pid_file(ev.tid, "cgroup")
+            .or_else(|| self.procfs.read_pid_file(ev.pid, "cgroup"))?;
+        cgroup::pids_path_from_proc_cgroup(&text, h.version)
+    }
+
+    /// Build the observation for one failed fork, reading the limits now.
+    pub fn fork_failed(&mut self, ev: &ForkFailureEvent, at: Time) -> ForkFailed {
+        let now = Instant::now();
+        let pids_cgroup = self.pids_path(ev);
+        let cgroup_chain = pids_cgroup
+            .as_deref()
+            .map(|p| self.chain(p, now))
+            .unwrap_or_default();
+        let system = self.system(now);
+        let user = match (ev.uid, self.procfs.nproc_limit(ev.pid)) {
+            // Root is exempt from RLIMIT_NPROC; an unreadable or unlimited
+            // limit cannot be the one that fired.
+            (0, _) | (_, None) | (_, Some(None)) => None,
+            (uid, Some(Some(limit))) => Some(UserTasks {
+                uid,
+                tasks: self.user_tasks(uid, now),
+                rlimit_nproc: Some(limit),
+            }),
+        };
+
+        // Top consumers of the limit this failure is closest to.
+        let mut consumers = Vec::new();
+        let near = |s: &PidsCgroupState| s.max.is_some_and(|m| s.current * 10 >= m * 9);
+        if let Some(u) = user.filter(|u| u.rlimit_nproc.is_some_and(|l| u.tasks * 10 >= l * 9)) {
+            if self.consumers_due(&format!("uid:{}", u.uid), now) {
+                let procs = self
+                    .procfs
+                    .all_status()
+                    .into_iter()
+                    .filter(|s| s.uid == u.uid)
+                    .collect();
+                consumers = procfs::top_consumers(procs, TOP_N);
+            }
+        } else if let Some(c) = cgroup_chain
+            .iter()
+            .find(|s| near(s))
+            .map(|s| s.path.clone())
+        {
+            if self.consumers_due(&format!("cg:{c}"), now)
+                && let Some(h) = &self.pids
+            {
+                let procs = h
+                    .procs_below(&c)
+                    .into_iter()
+                    .filter_map(|p| self.procfs.status(p))
+                    .collect();
+                consumers = procfs::top_consumers(procs, TOP_N);
+            }
+        } else if (system.threads_max > 0 && system.threads * 10 >= system.threads_max * 9)
+            || (system.pid_max > 0 && system.threads * 10 >= system.pid_max * 9)
+        {
+            if self.consumers_due("system", now) {
+                consumers = procfs::top_consumers(self.procfs.all_status(), TOP_N);
+            }
+        }
+
+        let comm_len = ev
+            .comm
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(ev.comm.len());
+        ForkFailed {
+            at,
+            tid: ev.tid,
+            pid: ev.pid,
+            uid: ev.uid,
+            comm: String::from_utf8_lossy(&ev.comm[..comm_len]).into_owned(),
+            syscall: ForkSyscall::from_u32(ev.syscall).name().to_owned(),
+            thread: ev.clone_flags & CLONE_THREAD != 0,
+            pod: pids_cgroup.as_deref().and_then(kube::pod_from_cgroup_path),
+            pids_cgroup,
+            cgroup_chain,
+            system,
+            user,
+            consumers,
+        }
+    }
+
+    /// Periodic sample of every limited pids cgroup and the system limits.
+    pub fn pid_limits(&mut self, at: Time) -> PidLimits {
+        let cgroups = self
+            .pids
+            .as_ref()
+            .map(PidsHierarchy::limited)
+            .unwrap_or_default();
+        let system = self.procfs.system();
+        self.system = Some(Cached {
+            at: Instant::now(),
+            value: system,
+        });
+        PidLimits {
+            at,
+            cgroups,
+            system,
+        }
+    }
+}

@@ -1,0 +1,741 @@
+//! PID exhaustion: which of the four limits made fork/clone fail with EAGAIN,
+//! who owns it, who is failing, who holds the tasks, and how close the other
+//! limits are.
+//!
+//! The kernel (copy_process) checks, in this order: the user's RLIMIT_NPROC
+//! (root and CAP_SYS_RESOURCE exempt), `kernel.threads-max` against
+//! nr_threads, a free pid below `kernel.pid_max`, then every pids cgroup from
+//! the task's up to the root. Attribution follows the same order, with the
+//! pids.events counter as proof for the cgroup case.
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+
+use serde::Serialize;
+
+use super::{
+    Cause, Confidence, Detail, EngineConfig, Evidence, Finding, FindingStatus, Report, Warning,
+    WarningStatus,
+};
+use crate::{
+    context::kube::PodRef,
+    observation::{Consumer, ForkFailed, PidLimits, PidsCgroupState, SystemPids},
+    time::Time,
+};
+
+/// Pids the kernel keeps for itself below pid_max (RESERVED_PIDS).
+const RESERVED_PIDS: u64 = 300;
+const MAX_PROCESSES: usize = 10;
+const MAX_EVIDENCE: usize = 8;
+const RATE_WINDOW_S: u64 = 10;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Limit {
+    PidsCgroup,
+    RlimitNproc,
+    ThreadsMax,
+    PidMax,
+    Unknown,
+}
+
+impl Limit {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::PidsCgroup => "pids_cgroup",
+            Self::RlimitNproc => "rlimit_nproc",
+            Self::ThreadsMax => "threads_max",
+            Self::PidMax => "pid_max",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ProcessFailures {
+    pub pid: u32,
+    pub comm: String,
+    pub uid: u32,
+    pub failures: u64,
+    /// Of which thread creations (CLONE_THREAD).
+    pub thread_failures: u64,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Usage {
+    pub current: u64,
+    pub max: u64,
+    pub percent: f64,
+}
+
+impl Usage {
+    fn new(current: u64, max: u64) -> Self {
+        let percent = if max == 0 {
+            0.0
+        } else {
+            (current as f64 * 1000.0 / max as f64).round() / 10.0
+        };
+        Self {
+            current,
+            max,
+            percent,
+        }
+    }
+}
+
+/// How full every limit was at the last failure.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Headroom {
+    /// The failing task's pids cgroups with a limit (leaf first).
+    pub pids_cgroups: Vec<CgroupUsage>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rlimit_nproc: Option<Usage>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threads_max: Option<Usage>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid_max: Option<Usage>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct CgroupUsage {
+    pub cgroup: String,
+    #[serde(flatten)]
+    pub usage: Usage,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PidDetail {
+    pub limit: Limit,
+    /// The cgroup whose limit fired (pids_cgroup), else the failing tasks' cgroup.
+    pub cgroup: Option<String>,
+    /// The user whose RLIMIT_NPROC fired (rlimit_nproc), else the first failing task's uid.
+    pub uid: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodRef>,
+    /// Failed fork/clone calls seen by the probe.
+    pub failures: u64,
+    /// Forks the cgroup's limit rejected, from its pids.events (includes ones
+    /// the probe may have missed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_rejections: Option<u64>,
+    /// Failures per second over the last 10 s.
+    pub rate_per_sec: f64,
+    pub processes: Vec<ProcessFailures>,
+    pub limits: Headroom,
+    pub top_consumers: Vec<Consumer>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Key {
+    limit: Limit,
+    owner: String,
+}
+
+struct Tracked {
+    finding: Finding,
+    last_reported: Time,
+    dirty: bool,
+    /// (second, failures) buckets for the rate.
+    buckets: VecDeque<(u64, u64)>,
+    processes: BTreeMap<u32, ProcessFailures>,
+}
+
+pub struct PidExhaustion {
+    cfg: EngineConfig,
+    tracked: HashMap<Key, Tracked>,
+    /// Last pids.events `max` count seen per cgroup path.
+    events_seen: HashMap<String, u64>,
+    /// Warnings currently raised, by (limit, owner).
+    warnings: HashSet<(Limit, String)>,
+}
+
+/// Which limit fired, who owns it, how sure we are, and why.
+fn attribute(
+    f: &ForkFailed,
+    events_seen: &HashMap<String, u64>,
+) -> (Limit, String, Confidence, String) {
+    if let Some(u) = f.user
+        && let Some(limit) = u.rlimit_nproc
+        && u.tasks >= limit
+    {
+        return (
+            Limit::RlimitNproc,
+            format!("uid {}", u.uid),
+            Confidence::Likely,
+            format!(
+                "uid {} holds {} tasks, RLIMIT_NPROC of {}[{}] is {}",
+                u.uid, u.tasks, f.comm, f.pid, limit
+            ),
+        );
+    }
+    let s = f.system;
+    if s.threads_max > 0 && s.threads >= s.threads_max {
+        return (
+            Limit::ThreadsMax,
+            "system".into(),
+            Confidence::Likely,
+            format!(
+                "{} tasks in the system, kernel.threads-max is {}",
+                s.threads, s.threads_max
+            ),
+        );
+    }
+    if s.pid_max > 0 && s.threads + RESERVED_PIDS >= s.pid_max {
+        return (
+            Limit::PidMax,
+            "system".into(),
+            Confidence::Likely,
+            format!(
+                "{} tasks in the system, kernel.pid_max is {}",
+                s.threads, s.pid_max
+            ),
+        );
+    }
+    // A pids cgroup whose rejection counter rose is proof; one at its maximum
+    // right after the failure is very likely it.
+    if let Some(c) = f.cgroup_chain.iter().find(|c| {
+        events_seen
+            .get(&c.path)
+            .is_some_and(|seen| c.events_max > *seen)
+    }) {
+        let seen = events_seen[&c.path];
+        return (
+            Limit::PidsCgroup,
+            c.path.clone(),
+            Confidence::Certain,
+            format!(
+                "pids.events max of {} rose {} -> {}; pids.current {} of pids.max {}",
+                c.path,
+                seen,
+                c.events_max,
+                c.current,
+                c.max.map_or("max".into(), |m| m.to_string())
+            ),
+        );
+    }
+    if let Some(c) = f
+        .cgroup_chain
+        .iter()
+        .find(|c| c.max.is_some_and(|m| c.current >= m))
+    {
+        return (
+            Limit::PidsCgroup,
+            c.path.clone(),
+            Confidence::Likely,
+            format!(
+                "pids cgroup {} at its limit: pids.current {} of pids.max {}",
+                c.path,
+                c.current,
+                c.max.unwrap_or(0)
+            ),
+        );
+    }
+    if let Some(c) = f
+        .cgroup_chain
+        .iter()
+        .find(|c| c.events_max > 0 && !events_seen.contains_key(&c.path))
+    {
+        return (
+            Limit::PidsCgroup,
+            c.path.clone(),
+            Confidence::Likely,
+            format!(
+                "pids.events of {} has counted {} rejections",
+                c.path, c.events_max
+            ),
+        );
+    }
+    (
+        Limit::Unknown,
+        f.pids_cgroup.clone().unwrap_or_else(|| "unknown".into()),
+        Confidence::Unknown,
+        "no PID limit was at its maximum when read right after the failure".into(),
+    )
+}
+
+fn headroom(f: &ForkFailed) -> Headroom {
+    Headroom {
+        pids_cgroups: f
+            .cgroup_chain
+            .iter()
+            .filter_map(|c| {
+                c.max.map(|m| CgroupUsage {
+                    cgroup: c.path.clone(),
+                    usage: Usage::new(c.current, m),
+                })
+            })
+            .collect(),
+        rlimit_nproc: f
+            .user
+            .and_then(|u| u.rlimit_nproc.map(|l| Usage::new(u.tasks, l))),
+        threads_max: system_usage(f.system.threads, f.system.threads_max),
+        pid_max: system_usage(f.system.threads, f.system.pid_max),
+    }
+}
+
+fn system_usage(cur: u64, max: u64) -> Option<Usage> {
+    (max > 0).then(|| Usage::new(cur, max))
+}
+
+fn remedy(limit: Limit, owner: &str, consumers: &[Consumer]) -> String {
+    let top = consumers
+        .first()
+        .map(|c| {
+            format!(
+                " The largest holder is {}[{}] with {} tasks.",
+                c.comm, c.pid, c.threads
+            )
+        })
+        .unwrap_or_default();
+    match limit {
+        Limit::PidsCgroup => format!(
+            "Raise pids.max of {owner} (for a pod: kubelet's podPidsLimit; for a systemd unit: TasksMax=), or stop the task leak inside it.{top}"
+        ),
+        Limit::RlimitNproc => format!(
+            "Raise RLIMIT_NPROC for {owner} (ulimit -u, LimitNPROC= in the unit, nproc in limits.conf), or stop the task leak of that user.{top}"
+        ),
+        Limit::ThreadsMax => format!("Raise kernel.threads-max, or find the task leak.{top}"),
+        Limit::PidMax => format!("Raise kernel.pid_max (e.g. 4194304), or find the task leak.{top}"),
+        Limit::Unknown => "fork fails with EAGAIN but no PID limit was full when read; check pids.events of the task's cgroups and the kernel log (`fork rejected by pids controller`).".into(),
+    }
+}
+
+impl PidExhaustion {
+    pub fn new(cfg: EngineConfig) -> Self {
+        Self {
+            cfg,
+            tracked: HashMap::new(),
+            events_seen: HashMap::new(),
+            warnings: HashSet::new(),
+        }
+    }
+
+    pub fn fork_failed(&mut self, f: &ForkFailed) -> Vec<Report> {
+        let (limit, owner, confidence, why) = attribute(f, &self.events_seen);
+        for c in &f.cgroup_chain {
+            self.events_seen.insert(c.path.clone(), c.events_max);
+        }
+        let key = Key {
+            limit,
+            owner: owner.clone(),
+        };
+        let is_new = !self.tracked.contains_key(&key);
+        let t = self
+            .tracked
+            .entry(key)
+            .or_insert_with(|| new_tracked(f, limit, &owner, confidence));
+        let fd = detail_mut(&mut t.finding);
+
+        // Counts, rate, processes.
+        fd.failures += 1;
+        let sec = f.at.0 / 1000;
+        match t.buckets.back_mut() {
+            Some((s, n)) if *s == sec => *n += 1,
+            _ => t.buckets.push_back((sec, 1)),
+        }
+        while t
+            .buckets
+            .front()
+            .is_some_and(|(s, _)| *s + RATE_WINDOW_S <= sec)
+        {
+            t.buckets.pop_front();
+        }
+        let p = t.processes.entry(f.pid).or_insert_with(|| ProcessFailures {
+            pid: f.pid,
+            comm: f.comm.clone(),
+            uid: f.uid,
+            failures: 0,
+            thread_failures: 0,
+        });
+        p.failures += 1;
+        p.thread_failures += u64::from(f.thread);
+
+        fd.limits = headroom(f);
+        if !f.consumers.is_empty() {
+            fd.top_consumers = f.consumers.clone();
+        }
+        if fd.pod.is_none() {
+            fd.pod = f.pod.clone();
+        }
+        t.finding.last_seen = f.at;
+        if confidence == Confidence::Certain {
+            t.finding.confidence = Confidence::Certain;
+        }
+        if t.finding.evidence.len() < MAX_EVIDENCE
+            && !t.finding.evidence.iter().any(|e| e.what == why)
+        {
+            t.finding.evidence.push(Evidence {
+                at: f.at,
+                what: why,
+            });
+        }
+        refresh(t);
+        t.dirty = true;
+        if is_new {
+            t.dirty = false;
+            t.last_reported = f.at;
+            return vec![Report::Finding(Box::new(t.finding.clone()))];
+        }
+        Vec::new()
+    }
+
+    pub fn limits(&mut self, l: &PidLimits) -> Vec<Report> {
+        let mut out = Vec::new();
+        // Rejections counted by the kernel since the last sample: proof of a
+        // pids-cgroup exhaustion even when the probe missed the failures.
+        for c in &l.cgroups {
+            let seen = self.events_seen.insert(c.path.clone(), c.events_max);
+            let Some(seen) = seen.filter(|s| c.events_max > *s) else {
+                continue;
+            };
+            let delta = c.events_max - seen;
+            let key = Key {
+                limit: Limit::PidsCgroup,
+                owner: c.path.clone(),
+            };
+            let why = format!(
+                "pids.events max of {} rose by {delta} (to {})",
+                c.path, c.events_max
+            );
+            match self.tracked.get_mut(&key) {
+                Some(t) => {
+                    let fd = detail_mut(&mut t.finding);
+                    *fd.kernel_rejections.get_or_insert(0) += delta;
+                    t.finding.last_seen = l.at;
+                    t.finding.confidence = Confidence::Certain;
+                    t.dirty = true;
+                }
+                None => {
+                    let mut t = tracked_from_cgroup(c, l, delta, why);
+                    t.last_reported = l.at;
+                    out.push(Report::Finding(Box::new(t.finding.clone())));
+                    self.tracked.insert(key, t);
+                }
+            }
+        }
+        // Keep the culprit cgroups' usage current.
+        for t in self.tracked.values_mut() {
+            let fd = detail_mut(&mut t.finding);
+            for u in &mut fd.limits.pids_cgroups {
+                if let Some(c) = l.cgroups.iter().find(|c| c.path == u.cgroup) {
+                    u.usage = Usage::new(c.current, c.max.unwrap_or(u.usage.max));
+                }
+            }
+        }
+        out.extend(self.warnings(l));
+        out
+    }
+
+    fn warnings(&mut self, l: &PidLimits) -> Vec<Report> {
+        let mut levels: Vec<(Limit, String, Option<String>, u64, u64)> = l
+            .cgroups
+            .iter()
+            .filter_map(|c| {
+                c.max.map(|m| {
+                    (
+                        Limit::PidsCgroup,
+                        c.path.clone(),
+                        Some(c.path.clone()),
+                        c.current,
+                        m,
+                    )
+                })
+            })
+            .collect();
+        let s: SystemPids = l.system;
+        if s.threads_max > 0 {
+            levels.push((
+                Limit::ThreadsMax,
+                "system".into(),
+                None,
+                s.threads,
+                s.threads_max,
+            ));
+        }
+        if s.pid_max > 0 {
+            levels.push((Limit::PidMax, "system".into(), None, s.threads, s.pid_max));
+        }
+        let mut out = Vec::new();
+        let mut present = HashSet::new();
+        for (limit, owner, cgroup, cur, max) in levels {
+            let pct = if max == 0 {
+                0.0
+            } else {
+                cur as f64 * 100.0 / max as f64
+            };
+            let key = (limit, owner.clone());
+            present.insert(key.clone());
+            let raised = self.warnings.contains(&key);
+            let what = match &cgroup {
+                Some(c) => format!("pids cgroup {c}"),
+                None => format!(
+                    "kernel.{}",
+                    if limit == Limit::ThreadsMax {
+                        "threads-max"
+                    } else {
+                        "pid_max"
+                    }
+                ),
+            };
+            let status = if !raised && pct >= self.cfg.warn_percent {
+                self.warnings.insert(key);
+                WarningStatus::Raised
+            } else if raised && pct < self.cfg.warn_clear_percent {
+                self.warnings.remove(&key);
+                WarningStatus::Cleared
+            } else {
+                continue;
+            };
+            let verb = if status == WarningStatus::Raised {
+                "is near its limit"
+            } else {
+                "is back below its limit"
+            };
+            out.push(Report::Warning(Warning {
+                cause: Cause::PidExhaustion,
+                status,
+                at: l.at,
+                limit,
+                cgroup,
+                current: cur,
+                max,
+                percent: (pct * 10.0).round() / 10.0,
+                message: format!("{what} {verb}: {cur} of {max} tasks ({pct:.0}%)"),
+            }));
+        }
+        // A limited cgroup that disappeared (pod deleted) clears its warning.
+        let gone: Vec<_> = self
+            .warnings
+            .iter()
+            .filter(|k| !present.contains(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            self.warnings.remove(&key);
+            out.push(Report::Warning(Warning {
+                cause: Cause::PidExhaustion,
+                status: WarningStatus::Cleared,
+                at: l.at,
+                limit: key.0,
+                cgroup: Some(key.1.clone()),
+                current: 0,
+                max: 0,
+                percent: 0.0,
+                message: format!("pids cgroup {} is gone", key.1),
+            }));
+        }
+        out
+    }
+
+    pub fn tick(&mut self, now: Time) -> Vec<Report> {
+        let mut out = Vec::new();
+        let resolve_after = self.cfg.resolve_after_ms;
+        let update_every = self.cfg.update_every_ms;
+        self.tracked.retain(|_, t| {
+            if now.millis_since(t.finding.last_seen) >= resolve_after {
+                let mut f = t.finding.clone();
+                f.status = FindingStatus::Resolved;
+                f.resolved_at = Some(now);
+                f.duration_s = Some(now.secs_since(f.first_seen));
+                f.summary = format!(
+                    "resolved after {:.0} s: {}",
+                    now.secs_since(f.first_seen),
+                    f.summary
+                );
+                out.push(Report::Finding(Box::new(f)));
+                return false;
+            }
+            if t.dirty && now.millis_since(t.last_reported) >= update_every {
+                refresh(t);
+                t.finding.status = FindingStatus::Update;
+                t.dirty = false;
+                t.last_reported = now;
+                out.push(Report::Finding(Box::new(t.finding.clone())));
+            }
+            true
+        });
+        out
+    }
+
+    pub fn active(&self) -> Vec<Finding> {
+        let mut v: Vec<Finding> = self.tracked.values().map(|t| t.finding.clone()).collect();
+        v.sort_by(|a, b| a.first_seen.cmp(&b.first_seen).then(a.id.cmp(&b.id)));
+        v
+    }
+}
+
+fn detail_mut(f: &mut Finding) -> &mut PidDetail {
+    match &mut f.detail {
+        Detail::Pid(d) => d,
+    }
+}
+
+fn new_tracked(f: &ForkFailed, limit: Limit, owner: &str, confidence: Confidence) -> Tracked {
+    let uid = match (limit, f.user) {
+        (Limit::RlimitNproc, Some(u)) => u.uid,
+        _ => f.uid,
+    };
+    let cgroup = match limit {
+        Limit::PidsCgroup => Some(owner.to_owned()),
+        _ => f.pids_cgroup.clone(),
+    };
+    Tracked {
+        finding: Finding {
+            cause: Cause::PidExhaustion,
+            status: FindingStatus::Active,
+            id: format!("pid_exhaustion/{}/{owner}", limit.name()),
+            summary: String::new(),
+            confidence,
+            first_seen: f.at,
+            last_seen: f.at,
+            resolved_at: None,
+            duration_s: None,
+            evidence: Vec::new(),
+            remedy: String::new(),
+            detail: Detail::Pid(PidDetail {
+                limit,
+                cgroup,
+                uid,
+                pod: None,
+                failures: 0,
+                kernel_rejections: None,
+                rate_per_sec: 0.0,
+                processes: Vec::new(),
+                limits: Headroom::default(),
+                top_consumers: Vec::new(),
+            }),
+        },
+        last_reported: f.at,
+        dirty: false,
+        buckets: VecDeque::new(),
+        processes: BTreeMap::new(),
+    }
+}
+
+fn tracked_from_cgroup(c: &PidsCgroupState, l: &PidLimits, delta: u64, why: String) -> Tracked {
+    let mut t = Tracked {
+        finding: Finding {
+            cause: Cause::PidExhaustion,
+            status: FindingStatus::Active,
+            id: format!("pid_exhaustion/pids_cgroup/{}", c.path),
+            summary: String::new(),
+            confidence: Confidence::Certain,
+            first_seen: l.at,
+            last_seen: l.at,
+            resolved_at: None,
+            duration_s: None,
+            evidence: vec![Evidence {
+                at: l.at,
+                what: why,
+            }],
+            remedy: String::new(),
+            detail: Detail::Pid(PidDetail {
+                limit: Limit::PidsCgroup,
+                cgroup: Some(c.path.clone()),
+                uid: 0,
+                pod: crate::context::kube::pod_from_cgroup_path(&c.path),
+                failures: 0,
+                kernel_rejections: Some(delta),
+                rate_per_sec: 0.0,
+                processes: Vec::new(),
+                limits: Headroom {
+                    pids_cgroups: vec![CgroupUsage {
+                        cgroup: c.path.clone(),
+                        usage: Usage::new(c.current, c.max.unwrap_or(0)),
+                    }],
+                    rlimit_nproc: None,
+                    threads_max: system_usage(l.system.threads, l.system.threads_max),
+                    pid_max: system_usage(l.system.threads, l.system.pid_max),
+                },
+                top_consumers: Vec::new(),
+            }),
+        },
+        last_reported: l.at,
+        dirty: false,
+        buckets: VecDeque::new(),
+        processes: BTreeMap::new(),
+    };
+    refresh(&mut t);
+    t
+}
+
+/// Recompute the derived fields (processes list, rate, summary, remedy).
+fn refresh(t: &mut Tracked) {
+    let mut procs: Vec<ProcessFailures> = t.processes.values().cloned().collect();
+    procs.sort_by(|a, b| b.failures.cmp(&a.failures).then(a.pid.cmp(&b.pid)));
+    procs.truncate(MAX_PROCESSES);
+    let window_failures: u64 = t.buckets.iter().map(|(_, n)| n).sum();
+    let span = match (t.buckets.front(), t.buckets.back()) {
+        (Some((a, _)), Some((b, _))) => (b - a + 1).min(RATE_WINDOW_S),
+        _ => 1,
+    };
+    let f = &mut t.finding;
+    let (summary, remedy_text);
+    {
+        let d = detail_mut(f);
+        d.processes = procs;
+        d.rate_per_sec = (window_failures as f64 / span as f64 * 10.0).round() / 10.0;
+        let who = d
+            .processes
+            .iter()
+            .take(3)
+            .map(|p| format!("{}[{}] x{}", p.comm, p.pid, p.failures))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let usage = |u: &Option<Usage>| {
+            u.as_ref()
+                .map(|u| format!(" ({} of {})", u.current, u.max))
+                .unwrap_or_default()
+        };
+        let what = match d.limit {
+            Limit::PidsCgroup => {
+                let cg = d.cgroup.clone().unwrap_or_default();
+                let u = d
+                    .limits
+                    .pids_cgroups
+                    .iter()
+                    .find(|c| c.cgroup == cg)
+                    .map(|c| format!(" ({} of {} tasks)", c.usage.current, c.usage.max))
+                    .unwrap_or_default();
+                format!("pids cgroup {cg} is at its limit{u}")
+            }
+            Limit::RlimitNproc => format!(
+                "uid {} reached its RLIMIT_NPROC{}",
+                d.uid,
+                usage(&d.limits.rlimit_nproc)
+            ),
+            Limit::ThreadsMax => {
+                format!("kernel.threads-max reached{}", usage(&d.limits.threads_max))
+            }
+            Limit::PidMax => format!("kernel.pid_max reached{}", usage(&d.limits.pid_max)),
+            Limit::Unknown => {
+                "fork/clone fails with EAGAIN; no PID limit was full when read".into()
+            }
+        };
+        let failing = if d.failures > 0 {
+            format!(
+                "; {} failed fork/clone calls ({}/s) by {who}",
+                d.failures, d.rate_per_sec
+            )
+        } else {
+            format!(
+                "; the kernel rejected {} forks",
+                d.kernel_rejections.unwrap_or(0)
+            )
+        };
+        let pod = d
+            .pod
+            .as_ref()
+            .map(|p| format!(" [pod {}]", p.pod_uid))
+            .unwrap_or_default();
+        summary = format!("{what}{pod}{failing}");
+        let owner = match d.limit {
+            Limit::RlimitNproc => format!("uid {}", d.uid),
+            _ => d.cgroup.clone().unwrap_or_default(),
+        };
+        remedy_text = remedy(d.limit, &owner, &d.top_consumers);
+    }
+    f.summary = summary;
+    f.remedy = remedy_text;
+}
+
+#[cfg(test)]
+mod tests;

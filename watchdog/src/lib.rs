@@ -1,0 +1,21 @@
+//! watchdog: finds, from kernel evidence, why a Kubernetes node's PLEG goes
+//! unhealthy. The layout follows the data:
+//!
+//! - [`probes`]: load and attach the eBPF programs (`watchdog-ebpf`)
+//! - [`ringbuf`]: drain the ring buffer, decode, count drops
+//! - [`context`]: /proc and cgroupfs reads that turn events into observations
+//! - [`observation`]: the timestamped facts the engine consumes
+//! - [`diagnosis`]: the pure engine (no clock, no I/O): observations -> findings
+//! - [`sinks`]: terminal and JSON output
+//! - [`agent`]: the live session wiring all of the above
+//! - [`cli`]: the `watchdog` command
+pub mod agent;
+pub mod cli;
+pub mod context;
+pub mod diagnosis;
+pub mod observation;
+pub mod paths;
+pub mod probes;
+pub mod ringbuf;
+pub mod sinks;
+pub mod time;

@@ -1,0 +1,339 @@
+//! Loading and attaching the eBPF programs (built from `watchdog-ebpf` and
+//! embedded in this binary). Each probe attaches on its own: one that the
+//! kernel refuses is reported with the reason and a hint, and the others run.
+pub mod btf;
+
+use std::path::Path;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::RawTracePoint,
+};
+use serde::Serialize;
+use watchdog_common::{DROP_SLOTS, DROPS_MAP, EVENTS_MAP};
+
+use crate::paths;
+
+/// The eBPF object built by build.rs.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/watchdog"));
+
+/// A probe the agent knows about.
+#[derive(Clone, Copy, Debug)]
+pub struct ProbeSpec {
+    /// Name used in output (`watchdog check`, the ready record, metrics).
+    pub name: &'static str,
+    /// Program name in the eBPF object.
+    pub program: &'static str,
+    /// Raw tracepoint it attaches to.
+    pub hook: &'static str,
+    pub what: &'static str,
+}
+
+pub const FORK_FAILURES: ProbeSpec = ProbeSpec {
+    name: "fork_failures",
+    program: "fork_failures",
+    hook: "raw_tp/sys_exit",
+    what: "fork/vfork/clone/clone3 returning EAGAIN (PID exhaustion)",
+};
+
+/// Attaches nothing but an empty program on the same hook: the kernel's cost of
+/// any sys_exit program, for benchmarks.
+pub const BENCH_FLOOR: ProbeSpec = ProbeSpec {
+    name: "bench_floor",
+    program: "bench_empty_sys_exit",
+    hook: "raw_tp/sys_exit",
+    what: "empty sys_exit program (benchmark floor)",
+};
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ProbeState {
+    Attached,
+    Unavailable,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ProbeStatus {
+    pub name: &'static str,
+    pub hook: &'static str,
+    pub status: ProbeState,
+    /// Why it is unavailable, or what it runs without (e.g. no cgroup ids).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(
+        "watchdog needs root, or the capabilities CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE, to load its eBPF probes (effective uid {uid}, missing {missing})"
+    )]
+    NotPrivileged { uid: u32, missing: String },
+    #[error("the kernel refused watchdog's eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+}
+
+/// Kernel facts the programs need, read from BTF. Missing values disable only
+/// the part of a probe that needs them.
+#[derive(Clone, Debug, Default)]
+pub struct KernelLayout {
+    pub pt_regs_nr: u64,
+    pub pt_regs_arg0: u64,
+    pub task_cgroups: u64,
+    pub css_set_subsys: u64,
+    pub pids_cgrp_id: Option<u64>,
+    pub css_cgroup: u64,
+    pub cgroup_kn: u64,
+    pub kn_id: u64,
+    /// What could not be read, for the probe status.
+    pub missing: Vec<String>,
+}
+
+#[cfg(target_arch = "x86_64")]
+mod arch {
+    pub const PT_REGS_NR: &str = "orig_ax";
+    pub const PT_REGS_ARG0: &str = "di";
+    /// UAPI layout of x86_64 pt_regs, used when BTF is absent.
+    pub const PT_REGS_FALLBACK: (u64, u64) = (120, 112);
+    pub const NR_FORK: i64 = 57;
+    pub const NR_VFORK: i64 = 58;
+    pub const NR_CLONE: i64 = 56;
+    pub const NR_CLONE3: i64 = 435;
+}
+#[cfg(target_arch = "aarch64")]
+mod arch {
+    pub const PT_REGS_NR: &str = "syscallno";
+    pub const PT_REGS_ARG0: &str = "orig_x0";
+    pub const PT_REGS_FALLBACK: (u64, u64) = (280, 272);
+    pub const NR_FORK: i64 = -1;
+    pub const NR_VFORK: i64 = -1;
+    pub const NR_CLONE: i64 = 220;
+    pub const NR_CLONE3: i64 = 435;
+}
+
+impl KernelLayout {
+    pub fn from_btf(path: &Path) -> Self {
+        let mut l = Self {
+            pt_regs_nr: arch::PT_REGS_FALLBACK.0,
+            pt_regs_arg0: arch::PT_REGS_FALLBACK.1,
+            ..Self::default()
+        };
+        let btf = match btf::Btf::from_file(path) {
+            Ok(b) => b,
+            Err(e) => {
+                l.missing.push(format!(
+                    "{e}; the pids cgroup of failing tasks is read from /proc instead"
+                ));
+                return l;
+            }
+        };
+        let mut off = |ty: &str, member: &str| match btf.member_offset(ty, member) {
+            Ok(o) => o,
+            Err(e) => {
+                l.missing.push(e.to_string());
+                0
+            }
+        };
+        let pt_nr = off("pt_regs", arch::PT_REGS_NR);
+        let pt_a0 = off("pt_regs", arch::PT_REGS_ARG0);
+        let task_cgroups = off("task_struct", "cgroups");
+        let css_set_subsys = off("css_set", "subsys");
+        let css_cgroup = off("cgroup_subsys_state", "cgroup");
+        let cgroup_kn = off("cgroup", "kn");
+        let kn_id = off("kernfs_node", "id");
+        if pt_nr != 0 {
+            l.pt_regs_nr = pt_nr;
+        }
+        if pt_a0 != 0 {
+            l.pt_regs_arg0 = pt_a0;
+        }
+        l.task_cgroups = task_cgroups;
+        l.css_set_subsys = css_set_subsys;
+        l.css_cgroup = css_cgroup;
+        l.cgroup_kn = cgroup_kn;
+        l.kn_id = kn_id;
+        match btf.enumerator("pids_cgrp_id") {
+            Ok(v) if v >= 0 => l.pids_cgrp_id = Some(v as u64),
+            Ok(_) => l.missing.push("pids_cgrp_id is negative".into()),
+            Err(e) => l
+                .missing
+                .push(format!("{e} (kernel without the pids controller)")),
+        }
+        l
+    }
+}
+
+/// The loaded object with its attached probes.
+pub struct Probes {
+    ebpf: Ebpf,
+    pub statuses: Vec<ProbeStatus>,
+}
+
+/// Effective capabilities of this process (CapEff from /proc/self/status).
+fn effective_caps() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Fails with one clear sentence when this process cannot load BPF programs.
+pub fn check_privileges() -> Result<(), LoadError> {
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    let caps = effective_caps();
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_SYS_RESOURCE: u32 = 24;
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    let has = |c: u32| caps & (1u64 << c) != 0;
+    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+        return Ok(());
+    }
+    let missing: Vec<&str> = [
+        (CAP_BPF, "CAP_BPF"),
+        (CAP_PERFMON, "CAP_PERFMON"),
+        (CAP_SYS_RESOURCE, "CAP_SYS_RESOURCE"),
+    ]
+    .into_iter()
+    .filter(|(c, _)| !has(*c))
+    .map(|(_, n)| n)
+    .collect();
+    Err(LoadError::NotPrivileged {
+        uid,
+        missing: missing.join(", "),
+    })
+}
+
+fn raise_memlock() {
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: valid pointer to a local; failure only matters on kernels < 5.11
+    // (memlock-accounted BPF memory), where the load error then says so.
+    let ret = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
+    if ret != 0 {
+        tracing::debug!(
+            "could not raise RLIMIT_MEMLOCK: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+impl Probes {
+    /// Load the object with `layout` patched in, and attach `wanted`.
+    pub fn load(layout: &KernelLayout, wanted: &[ProbeSpec]) -> Result<Self, LoadError> {
+        check_privileges()?;
+        raise_memlock();
+        let mut loader = EbpfLoader::new();
+        let pids_idx = layout.pids_cgrp_id.unwrap_or(u64::MAX);
+        loader
+            .override_global("PT_REGS_NR_OFF", &layout.pt_regs_nr, true)
+            .override_global("PT_REGS_ARG0_OFF", &layout.pt_regs_arg0, true)
+            .override_global("NR_FORK", &arch::NR_FORK, true)
+            .override_global("NR_VFORK", &arch::NR_VFORK, true)
+            .override_global("NR_CLONE", &arch::NR_CLONE, true)
+            .override_global("NR_CLONE3", &arch::NR_CLONE3, true)
+            .override_global("TASK_CGROUPS_OFF", &layout.task_cgroups, true)
+            .override_global("CSS_SET_SUBSYS_OFF", &layout.css_set_subsys, true)
+            .override_global("PIDS_CGRP_ID", &pids_idx, true)
+            .override_global("CSS_CGROUP_OFF", &layout.css_cgroup, true)
+            .override_global("CGROUP_KN_OFF", &layout.cgroup_kn, true)
+            .override_global("KN_ID_OFF", &layout.kn_id, true);
+        let mut ebpf = loader.load(EBPF_OBJECT)?;
+        let mut statuses = Vec::new();
+        for spec in wanted {
+            let status = match attach_raw_tp(&mut ebpf, spec) {
+                Ok(()) => ProbeStatus {
+                    name: spec.name,
+                    hook: spec.hook,
+                    status: ProbeState::Attached,
+                    detail: (!layout.missing.is_empty() && spec.name == FORK_FAILURES.name)
+                        .then(|| format!("running without: {}", layout.missing.join("; "))),
+                },
+                Err(why) => {
+                    tracing::warn!(probe = spec.name, "probe unavailable: {why}");
+                    ProbeStatus {
+                        name: spec.name,
+                        hook: spec.hook,
+                        status: ProbeState::Unavailable,
+                        detail: Some(why),
+                    }
+                }
+            };
+            statuses.push(status);
+        }
+        Ok(Self { ebpf, statuses })
+    }
+
+    /// The events ring buffer (once).
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.ebpf
+            .take_map(EVENTS_MAP)
+            .and_then(|m| RingBuf::try_from(m).ok())
+    }
+
+    /// Sum over CPUs of the kernel-side drop counters (failed ring-buffer
+    /// reservations), per event kind.
+    pub fn kernel_drops(&self) -> u64 {
+        let Some(map) = self.ebpf.map(DROPS_MAP) else {
+            return 0;
+        };
+        let Ok(drops) = PerCpuArray::<_, u64>::try_from(map) else {
+            return 0;
+        };
+        (0..DROP_SLOTS)
+            .filter_map(|i| drops.get(&i, 0).ok())
+            .map(|per_cpu| per_cpu.iter().sum::<u64>())
+            .sum()
+    }
+
+    pub fn attached(&self, name: &str) -> bool {
+        self.statuses
+            .iter()
+            .any(|s| s.name == name && s.status == ProbeState::Attached)
+    }
+}
+
+fn attach_raw_tp(ebpf: &mut Ebpf, spec: &ProbeSpec) -> Result<(), String> {
+    let prog = ebpf.program_mut(spec.program).ok_or_else(|| {
+        format!(
+            "program {} missing from the eBPF object (build mismatch)",
+            spec.program
+        )
+    })?;
+    let prog: &mut RawTracePoint = prog.try_into().map_err(|e| format!("{e}"))?;
+    prog.load()
+        .map_err(|e| format!("the kernel rejected the program: {}", error_chain(&e)))?;
+    let tp = spec.hook.trim_start_matches("raw_tp/");
+    prog.attach(tp).map_err(|e| {
+        format!(
+            "cannot attach to raw tracepoint {tp}: {} (needs CONFIG_BPF_EVENTS and kernel >= 4.17)",
+            error_chain(&e)
+        )
+    })?;
+    Ok(())
+}
+
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+/// Facts about this kernel for `watchdog check`.
+pub fn kernel_release() -> String {
+    std::fs::read_to_string(Path::new("/").join(paths::OSRELEASE))
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into())
+}

@@ -1,0 +1,64 @@
+//! Ring buffer -> decoded events. The reader never blocks the kernel side: it
+//! drains the ring buffer and hands each event to a bounded channel with
+//! `try_send`; a full channel drops the event and counts it.
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
+
+use aya::maps::{MapData, RingBuf};
+use tokio::{io::unix::AsyncFd, sync::mpsc};
+use watchdog_common::decode::{Event, decode};
+
+/// Counters of every hop after the kernel (kernel drops are read from the
+/// DROPS map, see `Probes::kernel_drops`).
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Records read from the ring buffer and decoded.
+    pub events: AtomicU64,
+    /// Decoded events dropped because the channel to the engine was full.
+    pub userspace_drops: AtomicU64,
+    /// Records that did not decode (wrong kind or size: a probe/agent mismatch).
+    pub decode_errors: AtomicU64,
+}
+
+impl Counters {
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+}
+
+/// Drain `rb` into `tx` until the receiver goes away.
+pub async fn forward(
+    rb: RingBuf<MapData>,
+    tx: mpsc::Sender<Event>,
+    counters: Arc<Counters>,
+) -> std::io::Result<()> {
+    // SAFETY: the ring buffer owns its map fd, which stays open for as long as
+    // the AsyncFd (which owns the ring buffer) lives.
+    let mut fd = unsafe { AsyncFd::register_with_interest(rb, tokio::io::Interest::READABLE) }?;
+    loop {
+        let mut guard = fd.readable_mut().await?;
+        let rb = guard.get_inner_mut();
+        while let Some(item) = rb.next() {
+            match decode(&item) {
+                Ok(ev) => {
+                    counters.events.fetch_add(1, Ordering::Relaxed);
+                    match tx.try_send(ev) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            counters.userspace_drops.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
+                    }
+                }
+                Err(e) => {
+                    if counters.decode_errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                        tracing::warn!("undecodable ring-buffer record: {e}");
+                    }
+                }
+            }
+        }
+        guard.clear_ready();
+    }
+}

@@ -1,0 +1,159 @@
+//! Human-readable output for a person running `watchdog trace` in a terminal.
+use super::{Record, Sink};
+use crate::{
+    diagnosis::{Detail, Finding, FindingStatus, WarningStatus},
+    probes::ProbeState,
+};
+
+pub struct Terminal<W: std::io::Write> {
+    out: W,
+}
+
+impl<W: std::io::Write> Terminal<W> {
+    pub fn new(out: W) -> Self {
+        Self { out }
+    }
+}
+
+pub fn render_finding(f: &Finding) -> String {
+    let mut s = String::new();
+    let tag = match f.status {
+        FindingStatus::Active => "FINDING",
+        FindingStatus::Update => "UPDATE ",
+        FindingStatus::Resolved => "RESOLVED",
+    };
+    s.push_str(&format!(
+        "[{}] {tag} {:?} {}: {}\n",
+        f.last_seen.hms(),
+        f.confidence,
+        cause_name(f),
+        f.summary
+    ));
+    let Detail::Pid(d) = &f.detail;
+    if f.status != FindingStatus::Resolved {
+        if !d.processes.is_empty() {
+            let p: Vec<String> = d
+                .processes
+                .iter()
+                .map(|p| format!("{}[{}] uid {} x{}", p.comm, p.pid, p.uid, p.failures))
+                .collect();
+            s.push_str(&format!("    failing:       {}\n", p.join(", ")));
+        }
+        if let Some(pod) = &d.pod {
+            s.push_str(&format!(
+                "    pod:           uid {} ({}){}\n",
+                pod.pod_uid,
+                pod.qos,
+                pod.container_id
+                    .as_ref()
+                    .map(|c| format!(" container {}", &c[..c.len().min(12)]))
+                    .unwrap_or_default()
+            ));
+        }
+        if !d.top_consumers.is_empty() {
+            let c: Vec<String> = d
+                .top_consumers
+                .iter()
+                .map(|c| format!("{}[{}] {} tasks", c.comm, c.pid, c.threads))
+                .collect();
+            s.push_str(&format!("    top holders:   {}\n", c.join(", ")));
+        }
+        let mut lim = Vec::new();
+        for c in &d.limits.pids_cgroups {
+            lim.push(format!(
+                "pids {} {}/{} ({}%)",
+                c.cgroup, c.usage.current, c.usage.max, c.usage.percent
+            ));
+        }
+        if let Some(u) = &d.limits.rlimit_nproc {
+            lim.push(format!(
+                "RLIMIT_NPROC {}/{} ({}%)",
+                u.current, u.max, u.percent
+            ));
+        }
+        if let Some(u) = &d.limits.threads_max {
+            lim.push(format!(
+                "threads-max {}/{} ({}%)",
+                u.current, u.max, u.percent
+            ));
+        }
+        if let Some(u) = &d.limits.pid_max {
+            lim.push(format!("pid_max {}/{} ({}%)", u.current, u.max, u.percent));
+        }
+        if !lim.is_empty() {
+            s.push_str(&format!("    limits:        {}\n", lim.join("; ")));
+        }
+        for e in &f.evidence {
+            s.push_str(&format!("    evidence:      [{}] {}\n", e.at.hms(), e.what));
+        }
+        s.push_str(&format!("    remedy:        {}\n", f.remedy));
+    }
+    s
+}
+
+fn cause_name(f: &Finding) -> String {
+    let Detail::Pid(d) = &f.detail;
+    format!("pid_exhaustion/{}", d.limit.name())
+}
+
+impl<W: std::io::Write> Sink for Terminal<W> {
+    fn emit(&mut self, record: &Record) {
+        let text = match record {
+            Record::Ready(r) => {
+                let mut s = format!("watchdog {} on kernel {}: tracing", r.version, r.kernel);
+                if let Some(h) = &r.pids_hierarchy {
+                    s.push_str(&format!(" (pids cgroups at {h})"));
+                }
+                s.push('\n');
+                for p in &r.probes {
+                    let state = if p.status == ProbeState::Attached {
+                        "attached"
+                    } else {
+                        "UNAVAILABLE"
+                    };
+                    s.push_str(&format!("  probe {:<14} {:<16} {state}", p.name, p.hook));
+                    if let Some(d) = &p.detail {
+                        s.push_str(&format!(" ({d})"));
+                    }
+                    s.push('\n');
+                }
+                s.push_str("  Ctrl-C ends the session with a summary.\n");
+                s
+            }
+            Record::Finding(f) => render_finding(f),
+            Record::Warning(w) => {
+                let tag = if w.status == WarningStatus::Raised {
+                    "WARNING"
+                } else {
+                    "CLEARED"
+                };
+                format!("[{}] {tag} {}\n", w.at.hms(), w.message)
+            }
+            Record::Summary(s) => {
+                let mut t = format!(
+                    "\nsummary: {:.1} s, {} kernel events, {} findings, {} warnings; drops: kernel {}, userspace {}, undecodable {}\n",
+                    s.duration_s,
+                    s.events,
+                    s.findings,
+                    s.warnings,
+                    s.drops.kernel,
+                    s.drops.userspace,
+                    s.drops.decode_errors
+                );
+                if s.active.is_empty() {
+                    t.push_str("no active findings\n");
+                } else {
+                    t.push_str("active findings:\n");
+                    for f in &s.active {
+                        t.push_str(&render_finding(f));
+                    }
+                }
+                t
+            }
+        };
+        let _ = self
+            .out
+            .write_all(text.as_bytes())
+            .and_then(|()| self.out.flush());
+    }
+}
