@@ -1,0 +1,670 @@
+//! Overhead and detection-latency benchmark of the watchdog agent (run as
+//! root, by `cargo xtask bench`).
+//!
+//! Workloads, run in this process:
+//! - syscall-heavy: N x `syscall(SYS_getppid)` (default 20 million);
+//! - fork-heavy: N x `fork()` + `waitpid()` of a child that `_exit(0)`s
+//!   (default 5000).
+//!
+//! Conditions, alternated in rounds with the order rotated each round:
+//! - `baseline`: no agent;
+//! - `floor`: `watchdog bench-floor` (an empty program on the same sys_exit
+//!   hook: the kernel's floor for any syscall hook);
+//! - `trace`: the full agent, `watchdog trace --json`.
+//!
+//! Then the detection latency: with the agent running, a fresh pids cgroup
+//! (max 16) per repetition and a python process forking in it until EAGAIN;
+//! latency = receive time of the finding line - the workload's CLOCK_REALTIME
+//! timestamp of its first EAGAIN.
+//!
+//! Prints a table, then one final line of JSON with every number.
+//! Everything started here is an RAII guard: cleaned up on panic, and on
+//! SIGINT/SIGTERM (checked between phases, then unwound).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use watchdog_tests::*;
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+fn install_signal_handlers() {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic (async-signal-safe).
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_signal as *const () as libc::sighandler_t;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+}
+
+/// Panics (so that every guard unwinds and cleans up) if we were signalled.
+fn check_interrupted() {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        panic!("interrupted by a signal; cleaning up");
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Condition {
+    Baseline,
+    Floor,
+    Trace,
+}
+
+impl Condition {
+    const ALL: [Condition; 3] = [Condition::Baseline, Condition::Floor, Condition::Trace];
+
+    fn name(self) -> &'static str {
+        match self {
+            Condition::Baseline => "baseline",
+            Condition::Floor => "floor",
+            Condition::Trace => "trace",
+        }
+    }
+
+    fn args(self) -> &'static [&'static str] {
+        match self {
+            Condition::Baseline => &[],
+            Condition::Floor => &["bench-floor"],
+            Condition::Trace => &["trace", "--json"],
+        }
+    }
+}
+
+struct Opts {
+    rounds: usize,
+    syscalls: u64,
+    forks: u32,
+    latency_reps: usize,
+    latency: bool,
+    overhead: bool,
+    bin: PathBuf,
+}
+
+const USAGE: &str = "\
+usage: watchdog-bench [--rounds N] [--syscalls N] [--forks N] [--latency-reps N]
+                      [--no-latency] [--no-overhead] [--quick] [--bin PATH]
+  --rounds N        rounds of baseline/floor/trace, order rotated (default 5)
+  --syscalls N      getppid() calls per syscall-heavy run (default 20000000)
+  --forks N         fork()+waitpid() per fork-heavy run (default 5000)
+  --latency-reps N  detection-latency repetitions (default 5)
+  --quick           1 round, 2M syscalls, 500 forks, 2 latency reps (smoke run)
+  --bin PATH        agent binary (default: $WATCHDOG_BIN, else target/release/watchdog)";
+
+fn parse_args() -> Opts {
+    let mut o = Opts {
+        rounds: 5,
+        syscalls: 20_000_000,
+        forks: 5000,
+        latency_reps: 5,
+        latency: true,
+        overhead: true,
+        bin: PathBuf::new(),
+    };
+    let mut bin = None;
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let mut num = |name: &str| -> u64 {
+            it.next()
+                .and_then(|v| v.replace('_', "").parse().ok())
+                .unwrap_or_else(|| usage_exit(&format!("{name} needs a number")))
+        };
+        match a.as_str() {
+            "--rounds" => o.rounds = num("--rounds").max(1) as usize,
+            "--syscalls" => o.syscalls = num("--syscalls"),
+            "--forks" => o.forks = num("--forks") as u32,
+            "--latency-reps" => o.latency_reps = num("--latency-reps") as usize,
+            "--no-latency" => o.latency = false,
+            "--no-overhead" => o.overhead = false,
+            "--quick" => {
+                o.rounds = 1;
+                o.syscalls = 2_000_000;
+                o.forks = 500;
+                o.latency_reps = 2;
+            }
+            "--bin" => {
+                bin = Some(PathBuf::from(
+                    it.next()
+                        .unwrap_or_else(|| usage_exit("--bin needs a path")),
+                ))
+            }
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => usage_exit(&format!("unknown argument {other:?}")),
+        }
+    }
+    o.bin = match bin {
+        Some(b) => b,
+        None => agent_bin(),
+    };
+    o
+}
+
+fn usage_exit(msg: &str) -> ! {
+    eprintln!("watchdog-bench: {msg}\n{USAGE}");
+    std::process::exit(2);
+}
+
+// ---------------------------------------------------------------------------
+// Workloads
+// ---------------------------------------------------------------------------
+
+fn getppid_loop(n: u64) -> Duration {
+    let t = Instant::now();
+    for _ in 0..n {
+        // SAFETY: getppid has no arguments and cannot fail.
+        std::hint::black_box(unsafe { libc::syscall(libc::SYS_getppid) });
+    }
+    t.elapsed()
+}
+
+fn fork_loop(n: u32) -> Duration {
+    let t = Instant::now();
+    for i in 0..n {
+        // SAFETY: the child only calls _exit (async-signal-safe), so forking a
+        // multi-threaded process is fine.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            unsafe { libc::_exit(0) };
+        }
+        assert!(
+            pid > 0,
+            "fork #{i} failed: {}",
+            std::io::Error::last_os_error()
+        );
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert_eq!(r, pid, "waitpid: {}", std::io::Error::last_os_error());
+    }
+    t.elapsed()
+}
+
+// ---------------------------------------------------------------------------
+// Statistics
+// ---------------------------------------------------------------------------
+
+fn median(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let m = s.len() / 2;
+    if s.len() % 2 == 1 {
+        s[m]
+    } else {
+        (s[m - 1] + s[m]) / 2.0
+    }
+}
+
+fn min(v: &[f64]) -> f64 {
+    v.iter().copied().fold(f64::NAN, f64::min)
+}
+
+fn max(v: &[f64]) -> f64 {
+    v.iter().copied().fold(f64::NAN, f64::max)
+}
+
+fn num(x: f64) -> Value {
+    if x.is_finite() {
+        json!((x * 1e6).round() / 1e6)
+    } else {
+        Value::Null
+    }
+}
+
+#[derive(Default)]
+struct CondRuns {
+    getppid_s: Vec<f64>,
+    fork_s: Vec<f64>,
+    /// Agent CPU seconds during each workload run.
+    agent_cpu_getppid_s: Vec<f64>,
+    agent_cpu_fork_s: Vec<f64>,
+    rss_kib: Vec<u64>,
+    startup_s: Vec<f64>,
+    summaries: Vec<Value>,
+    errors: Vec<String>,
+    notes: Vec<String>,
+}
+
+fn cpu_s(pid: u32) -> Option<f64> {
+    proc_cpu_ticks(pid).map(|t| t as f64 / clk_tck() as f64)
+}
+
+// ---------------------------------------------------------------------------
+// Phases
+// ---------------------------------------------------------------------------
+
+fn run_condition(o: &Opts, cond: Condition, runs: &mut CondRuns) {
+    check_interrupted();
+    let agent = match cond {
+        Condition::Baseline => None,
+        _ => {
+            let t = Instant::now();
+            match Agent::try_start_with(&o.bin, cond.args(), Duration::from_secs(30)) {
+                Ok(a) => {
+                    runs.startup_s.push(t.elapsed().as_secs_f64());
+                    Some(a)
+                }
+                Err(e) => {
+                    eprintln!("  {}: agent did not start: {e}", cond.name());
+                    runs.errors.push(first_line(&e));
+                    return;
+                }
+            }
+        }
+    };
+    // Let the agent finish its start-up work before measuring.
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = agent.as_ref().map(Agent::pid);
+    let cpu0 = pid.and_then(cpu_s);
+    let g = getppid_loop(o.syscalls);
+    let cpu1 = pid.and_then(cpu_s);
+    check_interrupted();
+    let f = fork_loop(o.forks);
+    let cpu2 = pid.and_then(cpu_s);
+    runs.getppid_s.push(g.as_secs_f64());
+    runs.fork_s.push(f.as_secs_f64());
+    if let (Some(a), Some(b), Some(c)) = (cpu0, cpu1, cpu2) {
+        runs.agent_cpu_getppid_s.push(b - a);
+        runs.agent_cpu_fork_s.push(c - b);
+    }
+    if let Some(rss) = pid.and_then(proc_rss_kib) {
+        runs.rss_kib.push(rss);
+    }
+    eprintln!(
+        "  {:<8} getppid x{}: {:.3} s ({:.1} ns/call)   fork x{}: {:.3} s ({:.1} us/fork)",
+        cond.name(),
+        o.syscalls,
+        g.as_secs_f64(),
+        g.as_secs_f64() * 1e9 / o.syscalls.max(1) as f64,
+        o.forks,
+        f.as_secs_f64(),
+        f.as_secs_f64() * 1e6 / o.forks.max(1) as f64,
+    );
+    if let Some(agent) = agent {
+        let run = agent.stop_full();
+        if run.killed || !run.status.is_some_and(|s| s.success()) {
+            let e = format!(
+                "{}: agent did not exit cleanly on SIGINT (status {:?}, killed {})",
+                cond.name(),
+                run.status,
+                run.killed
+            );
+            eprintln!("  {e}\n{}", run.report());
+            runs.errors.push(e);
+        }
+        if cond == Condition::Trace {
+            match run.summary() {
+                Some(s) => runs.summaries.push(s.clone()),
+                None => runs
+                    .errors
+                    .push("trace: no summary record at the end".into()),
+            }
+            let noise = run.of_type("finding").len() + run.of_type("warning").len();
+            if noise > 0 {
+                // Not ours (the workloads never hit a limit): another user of
+                // this machine may have; the overhead numbers still stand.
+                eprintln!("  note: {noise} findings/warnings during the overhead runs");
+                runs.notes.push(format!(
+                    "trace: {noise} findings/warnings during the overhead runs"
+                ));
+            }
+        }
+    }
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or("").to_string()
+}
+
+struct Latency {
+    samples_ms: Vec<f64>,
+    missed: usize,
+    errors: Vec<String>,
+    rss_kib: Vec<u64>,
+    agent_cpu_s: Option<f64>,
+    agent_wall_s: f64,
+    summary: Option<Value>,
+}
+
+fn run_latency(o: &Opts) -> Latency {
+    let mut l = Latency {
+        samples_ms: Vec::new(),
+        missed: 0,
+        errors: Vec::new(),
+        rss_kib: Vec::new(),
+        agent_cpu_s: None,
+        agent_wall_s: 0.0,
+        summary: None,
+    };
+    if let Err(e) = pids_hierarchy() {
+        l.errors.push(format!("no pids cgroup hierarchy: {e}"));
+        return l;
+    }
+    let agent =
+        match Agent::try_start_with(&o.bin, Condition::Trace.args(), Duration::from_secs(30)) {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("latency: agent did not start: {e}");
+                l.errors.push(first_line(&e));
+                return l;
+            }
+        };
+    let cpu0 = cpu_s(agent.pid());
+    let t0 = Instant::now();
+    for rep in 0..o.latency_reps {
+        check_interrupted();
+        let cg = PidsCgroup::new(16);
+        let path = cg.path_in_hierarchy();
+        let w = fork_until_eagain(
+            &ForkOpts::default()
+                .in_cgroup(&cg)
+                .failures(100_000)
+                .time_limit(Duration::from_secs(15)),
+        );
+        let Some(eagain_ns) = w.wait_first_eagain(Duration::from_secs(15)) else {
+            l.errors.push(format!(
+                "rep {rep}: workload never got EAGAIN: {:?}",
+                w.output()
+            ));
+            continue;
+        };
+        let found = agent.wait_for_record(
+            |v| {
+                v["type"] == "finding"
+                    && v["cause"] == "pid_exhaustion"
+                    && v["cgroup"] == path.as_str()
+            },
+            Duration::from_secs(10),
+        );
+        match found {
+            Some(rec) => {
+                let ms = secs_since_unix_ns(rec.wall, eagain_ns) * 1e3;
+                eprintln!("  rep {rep}: {path}: first EAGAIN -> finding received {ms:.1} ms");
+                l.samples_ms.push(ms);
+            }
+            None => {
+                eprintln!("  rep {rep}: {path}: no finding within 10 s of the first EAGAIN");
+                l.missed += 1;
+            }
+        }
+        if let Some(rss) = proc_rss_kib(agent.pid()) {
+            l.rss_kib.push(rss);
+        }
+        drop(w);
+        drop(cg);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    l.agent_wall_s = t0.elapsed().as_secs_f64();
+    if let (Some(a), Some(b)) = (cpu0, cpu_s(agent.pid())) {
+        l.agent_cpu_s = Some(b - a);
+    }
+    let run = agent.stop_full();
+    l.summary = run.summary().cloned();
+    if l.summary.is_none() {
+        l.errors
+            .push("latency: no summary record at the end".into());
+    }
+    l
+}
+
+// ---------------------------------------------------------------------------
+// Report
+// ---------------------------------------------------------------------------
+
+fn workload_json(
+    n: u64,
+    conds: &[(Condition, &CondRuns)],
+    pick: fn(&CondRuns) -> &Vec<f64>,
+) -> Value {
+    let base = conds
+        .iter()
+        .find(|(c, _)| *c == Condition::Baseline)
+        .map(|(_, r)| pick(r).clone())
+        .unwrap_or_default();
+    let (bmed, bmin) = (median(&base), min(&base));
+    let mut obj = serde_json::Map::new();
+    obj.insert("n".into(), json!(n));
+    for (c, r) in conds {
+        let v = pick(r);
+        obj.insert(
+            c.name().into(),
+            json!({
+                "median_s": num(median(v)),
+                "min_s": num(min(v)),
+                "per_op_ns_median": num(median(v) * 1e9 / n.max(1) as f64),
+                "ratio_median": num(median(v) / bmed),
+                "ratio_min": num(min(v) / bmin),
+                "runs_s": v.iter().map(|x| num(*x)).collect::<Vec<_>>(),
+            }),
+        );
+    }
+    Value::Object(obj)
+}
+
+fn print_table(o: &Opts, conds: &[(Condition, &CondRuns)]) {
+    println!();
+    println!(
+        "{:<22} {:<9} {:>10} {:>10} {:>11} {:>9} {:>9} {:>12}",
+        "workload", "condition", "median", "min", "per op", "x median", "x min", "agent CPU"
+    );
+    type Pick = fn(&CondRuns) -> &Vec<f64>;
+    let rows: [(String, u64, &str, Pick, Pick); 2] = [
+        (
+            format!("getppid x{}", o.syscalls),
+            o.syscalls,
+            "ns",
+            |r| &r.getppid_s,
+            |r| &r.agent_cpu_getppid_s,
+        ),
+        (
+            format!("fork+wait x{}", o.forks),
+            o.forks as u64,
+            "us",
+            |r| &r.fork_s,
+            |r| &r.agent_cpu_fork_s,
+        ),
+    ];
+    for (label, n, unit, pick, cpu) in rows {
+        let base = conds
+            .iter()
+            .find(|(c, _)| *c == Condition::Baseline)
+            .map(|(_, r)| pick(r).clone())
+            .unwrap_or_default();
+        for (c, r) in conds {
+            let v = pick(r);
+            if v.is_empty() {
+                println!("{label:<22} {:<9} {:>10}", c.name(), "n/a");
+                continue;
+            }
+            let per = median(v) * if unit == "ns" { 1e9 } else { 1e6 } / n.max(1) as f64;
+            let cpu_v = cpu(r);
+            let cpu_txt = if cpu_v.is_empty() {
+                "-".to_string()
+            } else {
+                format!("{:.3} s", median(cpu_v))
+            };
+            println!(
+                "{label:<22} {:<9} {:>8.3} s {:>8.3} s {:>8.1} {unit} {:>8.3}x {:>8.3}x {:>12}",
+                c.name(),
+                median(v),
+                min(v),
+                per,
+                median(v) / median(&base),
+                min(v) / min(&base),
+                cpu_txt
+            );
+        }
+    }
+}
+
+fn main() {
+    install_signal_handlers();
+    if !is_root() {
+        eprintln!("watchdog-bench: must run as root (it loads eBPF programs and creates cgroups)");
+        std::process::exit(2);
+    }
+    let o = parse_args();
+    eprintln!("watchdog-bench: agent {}", o.bin.display());
+    if !Path::new(&o.bin).is_file() {
+        eprintln!("watchdog-bench: {} does not exist", o.bin.display());
+        std::process::exit(2);
+    }
+
+    let mut runs: Vec<(Condition, CondRuns)> = Condition::ALL
+        .iter()
+        .map(|c| (*c, CondRuns::default()))
+        .collect();
+    if o.overhead {
+        for round in 0..o.rounds {
+            let mut order = Condition::ALL.to_vec();
+            order.rotate_left(round % Condition::ALL.len());
+            eprintln!(
+                "round {}/{}: {}",
+                round + 1,
+                o.rounds,
+                order
+                    .iter()
+                    .map(|c| c.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            for cond in order {
+                let r = &mut runs
+                    .iter_mut()
+                    .find(|(c, _)| *c == cond)
+                    .expect("all conditions")
+                    .1;
+                run_condition(&o, cond, r);
+            }
+        }
+    }
+
+    let latency = if o.latency {
+        eprintln!(
+            "detection latency: {} repetitions, pids cgroup max 16",
+            o.latency_reps
+        );
+        Some(run_latency(&o))
+    } else {
+        None
+    };
+
+    // ----- report -----
+    let conds: Vec<(Condition, &CondRuns)> = runs.iter().map(|(c, r)| (*c, r)).collect();
+    if o.overhead {
+        print_table(&o, &conds);
+    }
+    let trace = &runs
+        .iter()
+        .find(|(c, _)| *c == Condition::Trace)
+        .expect("trace")
+        .1;
+    let floor = &runs
+        .iter()
+        .find(|(c, _)| *c == Condition::Floor)
+        .expect("floor")
+        .1;
+    let rss_all: Vec<u64> = trace
+        .rss_kib
+        .iter()
+        .chain(latency.iter().flat_map(|l| l.rss_kib.iter()))
+        .copied()
+        .collect();
+    println!();
+    if let Some(l) = &latency {
+        println!(
+            "detection latency (first EAGAIN -> finding line received): median {:.1} ms, max {:.1} ms, \
+             min {:.1} ms over {} reps ({} missed)",
+            median(&l.samples_ms),
+            max(&l.samples_ms),
+            min(&l.samples_ms),
+            l.samples_ms.len(),
+            l.missed
+        );
+    }
+    if !rss_all.is_empty() {
+        println!(
+            "agent (trace) VmRSS: max {} KiB, last {} KiB",
+            rss_all.iter().max().copied().unwrap_or(0),
+            rss_all.last().copied().unwrap_or(0)
+        );
+    }
+    if !trace.agent_cpu_getppid_s.is_empty() {
+        println!(
+            "agent (trace) CPU time per run: getppid {:.3} s, fork {:.3} s (median); start-up {:.2} s",
+            median(&trace.agent_cpu_getppid_s),
+            median(&trace.agent_cpu_fork_s),
+            median(&trace.startup_s)
+        );
+    }
+    if let Some(l) = &latency
+        && let Some(c) = l.agent_cpu_s
+    {
+        println!(
+            "agent (trace) CPU during the latency phase: {:.3} s over {:.1} s",
+            c, l.agent_wall_s
+        );
+    }
+    let mut errors: Vec<String> = runs.iter().flat_map(|(_, r)| r.errors.clone()).collect();
+    if let Some(l) = &latency {
+        errors.extend(l.errors.iter().cloned());
+    }
+    for e in &errors {
+        println!("problem: {e}");
+    }
+    let notes: Vec<String> = runs.iter().flat_map(|(_, r)| r.notes.clone()).collect();
+    for n in &notes {
+        println!("note: {n}");
+    }
+
+    let out = json!({
+        "type": "bench",
+        "agent": o.bin.display().to_string(),
+        "rounds": o.rounds,
+        "getppid": workload_json(o.syscalls, &conds, |r| &r.getppid_s),
+        "fork": workload_json(o.forks as u64, &conds, |r| &r.fork_s),
+        "latency_ms": latency.as_ref().map(|l| json!({
+            "reps": o.latency_reps,
+            "median": num(median(&l.samples_ms)),
+            "max": num(max(&l.samples_ms)),
+            "min": num(min(&l.samples_ms)),
+            "samples": l.samples_ms.iter().map(|x| num(*x)).collect::<Vec<_>>(),
+            "missed": l.missed,
+            "agent_cpu_s": l.agent_cpu_s.map(num),
+            "agent_wall_s": num(l.agent_wall_s),
+            "summary": l.summary,
+        })),
+        "agent_trace": {
+            "rss_kib_max": rss_all.iter().max(),
+            "rss_kib_samples": rss_all,
+            "cpu_s_getppid_median": num(median(&trace.agent_cpu_getppid_s)),
+            "cpu_s_fork_median": num(median(&trace.agent_cpu_fork_s)),
+            "startup_s_median": num(median(&trace.startup_s)),
+            "summaries": trace.summaries,
+        },
+        "agent_floor": {
+            "rss_kib_max": floor.rss_kib.iter().max(),
+            "startup_s_median": num(median(&floor.startup_s)),
+        },
+        "errors": errors,
+        "notes": notes,
+    });
+    println!("{out}");
+    if !errors.is_empty() {
+        std::process::exit(1);
+    }
+}
