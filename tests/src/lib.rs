@@ -371,13 +371,25 @@ impl ChildGuard {
 
     /// SIGKILLs the whole process group and reaps the child (bounded).
     pub fn kill_group(&mut self) {
-        let leader_unreaped =
-            self.status.is_none() && self.child.try_wait().ok().flatten().is_none();
-        if leader_unreaped || self.group_alive() {
+        if self.try_wait().is_none() || self.group_alive() {
             let _ = send_signal(-self.pgid, libc::SIGKILL);
         }
         if self.status.is_none() {
             self.wait_timeout(Duration::from_secs(5));
+        }
+        // Members orphaned by the leader are reaped by init: wait until they
+        // are really gone, so a test's cleanup is complete when this returns.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.group_alive() {
+            if Instant::now() >= deadline {
+                eprintln!(
+                    "warning: process group {} of {} outlived SIGKILL",
+                    self.pgid, self.label
+                );
+                break;
+            }
+            let _ = send_signal(-self.pgid, libc::SIGKILL);
+            thread::sleep(Duration::from_millis(5));
         }
     }
 }
