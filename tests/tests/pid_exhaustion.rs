@@ -72,6 +72,20 @@ fn pids_cgroup_exhaustion_is_reported() {
         return;
     }
     let agent = Agent::start(TRACE);
+    let (ready, _) = agent
+        .wait_for(|v| v["type"] == "ready", Duration::ZERO)
+        .expect("start() saw the ready record");
+    let fork_probe = ready["probes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"] == "fork_failures")
+        .cloned();
+    assert_eq!(
+        fork_probe.as_ref().map(|p| &p["status"]),
+        Some(&Value::from("attached")),
+        "ready record must list the fork_failures probe as attached: {ready}"
+    );
     let cg = PidsCgroup::new(8);
     let path = cg.path_in_hierarchy();
     // Keep the pressure on (as a real fork bomb does) until the finding is in.
