@@ -25,12 +25,15 @@ pub enum EventKind {
     Unknown = 0,
     /// A fork/vfork/clone/clone3 that returned `-EAGAIN`: [`ForkFailureEvent`].
     ForkFailure = 1,
+    /// A non-root user's task count neared its RLIMIT_NPROC: [`NprocPressureEvent`].
+    NprocPressure = 2,
 }
 
 impl EventKind {
     pub const fn from_u32(v: u32) -> Self {
         match v {
             1 => Self::ForkFailure,
+            2 => Self::NprocPressure,
             _ => Self::Unknown,
         }
     }
@@ -122,11 +125,31 @@ pub struct ForkFailureEvent {
     pub comm: [u8; COMM_LEN],
 }
 
+/// A task of a non-root user forked successfully while that user's task
+/// count (the kernel's ucounts, what RLIMIT_NPROC is checked against) was at
+/// or above the arming threshold of the forking task's soft RLIMIT_NPROC.
+/// Rate-limited in the kernel (per CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NprocPressureEvent {
+    pub header: EventHeader,
+    pub tid: u32,
+    pub pid: u32,
+    pub uid: u32,
+    pub _pad: u32,
+    /// Tasks the user holds (ucounts RLIMIT_NPROC count).
+    pub tasks: u64,
+    /// Soft RLIMIT_NPROC of the forking task.
+    pub limit: u64,
+    pub comm: [u8; COMM_LEN],
+}
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: plain-old-data, `#[repr(C)]`, no padding holes read as references.
     unsafe impl aya::Pod for super::EventHeader {}
     unsafe impl aya::Pod for super::ForkFailureEvent {}
+    unsafe impl aya::Pod for super::NprocPressureEvent {}
 }
 
 /// Decoding of raw ring-buffer records (userspace only).
@@ -134,12 +157,13 @@ mod user {
 pub mod decode {
     use core::mem::size_of;
 
-    use super::{EventHeader, EventKind, ForkFailureEvent};
+    use super::{EventHeader, EventKind, ForkFailureEvent, NprocPressureEvent};
 
     /// A decoded record.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub enum Event {
         ForkFailure(ForkFailureEvent),
+        NprocPressure(NprocPressureEvent),
     }
 
     /// Why a record could not be decoded.
@@ -194,6 +218,7 @@ pub mod decode {
         let header: EventHeader = read(buf);
         let (expected, kind) = match EventKind::from_u32(header.kind) {
             EventKind::ForkFailure => (size_of::<ForkFailureEvent>(), EventKind::ForkFailure),
+            EventKind::NprocPressure => (size_of::<NprocPressureEvent>(), EventKind::NprocPressure),
             EventKind::Unknown => return Err(DecodeError::UnknownKind { kind: header.kind }),
         };
         if header.size as usize != expected || buf.len() < expected {
@@ -206,6 +231,7 @@ pub mod decode {
         }
         Ok(match kind {
             EventKind::ForkFailure => Event::ForkFailure(read(buf)),
+            EventKind::NprocPressure => Event::NprocPressure(read(buf)),
             EventKind::Unknown => unreachable!(),
         })
     }
@@ -253,6 +279,34 @@ pub mod decode {
         fn fork_failure_round_trips() {
             let ev = sample();
             assert_eq!(decode(as_bytes(&ev)), Ok(Event::ForkFailure(ev)));
+        }
+
+        #[test]
+        fn nproc_pressure_round_trips() {
+            let mut comm = [0u8; COMM_LEN];
+            comm[..4].copy_from_slice(b"java");
+            let ev = NprocPressureEvent {
+                header: EventHeader::new(
+                    EventKind::NprocPressure,
+                    size_of::<NprocPressureEvent>(),
+                    42,
+                ),
+                tid: 10,
+                pid: 9,
+                uid: 1000,
+                _pad: 0,
+                tasks: 190,
+                limit: 200,
+                comm,
+            };
+            assert_eq!(decode(as_bytes(&ev)), Ok(Event::NprocPressure(ev)));
+            // A record of one kind with the other's size is rejected.
+            let mut wrong = ev;
+            wrong.header.kind = EventKind::ForkFailure as u32;
+            assert!(matches!(
+                decode(as_bytes(&wrong)),
+                Err(DecodeError::SizeMismatch { .. })
+            ));
         }
 
         #[test]

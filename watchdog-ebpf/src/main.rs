@@ -19,7 +19,7 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use watchdog_common::{
-    COMM_LEN, DROP_SLOTS, EventHeader, EventKind, ForkFailureEvent, ForkSyscall,
+    COMM_LEN, DROP_SLOTS, EventHeader, EventKind, ForkFailureEvent, ForkSyscall, NprocPressureEvent,
 };
 
 const EAGAIN: i64 = 11;
@@ -62,6 +62,38 @@ static CSS_CGROUP_OFF: u64 = 0;
 static CGROUP_KN_OFF: u64 = 0;
 #[unsafe(no_mangle)]
 static KN_ID_OFF: u64 = 0;
+/// task->real_cred, cred->ucounts, ucounts->rlimit[], the NPROC index in it,
+/// task->signal, signal_struct->rlim[] (RLIMIT_NPROC is 6 on every Linux arch
+/// watchdog builds for; struct rlimit is two longs).
+#[unsafe(no_mangle)]
+static TASK_REAL_CRED_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+static CRED_UCOUNTS_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+static UCOUNTS_RLIMIT_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+static UCOUNT_NPROC_IDX: u64 = 0;
+#[unsafe(no_mangle)]
+static TASK_SIGNAL_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+static SIGNAL_RLIM_OFF: u64 = 0;
+/// Report a user at or above this share of its RLIMIT_NPROC, in per mille.
+#[unsafe(no_mangle)]
+static NPROC_ARM_PERMILLE: u64 = 750;
+/// Entering this share (per mille) reports at once, past the rate limit.
+#[unsafe(no_mangle)]
+static NPROC_WARN_PERMILLE: u64 = 900;
+/// Minimum nanoseconds between two pressure events on one CPU.
+#[unsafe(no_mangle)]
+static NPROC_EVERY_NS: u64 = 500_000_000;
+
+const RLIMIT_NPROC: u64 = 6;
+const RLIM_INFINITY: u64 = u64::MAX;
+
+/// Per CPU: [0] time of the last pressure event, [1] whether it was in the
+/// warning band (rate limit, bypassed once on entering the band).
+#[map(name = "NPROC_LAST")]
+static NPROC_LAST: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
 
 #[inline(always)]
 fn global<T: Copy>(v: &T) -> T {
@@ -179,6 +211,86 @@ fn try_fork_failures(ctx: &RawTracePointContext) -> Result<i32, i32> {
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         pids_cgroup_id: pids_cgroup_id(),
         comm,
+    });
+    entry.submit(0);
+    Ok(0)
+}
+
+/// Successful forks of non-root users near their RLIMIT_NPROC. Runs once per
+/// new task (not per syscall), so it is cheap enough to stay attached: it is
+/// what arms the fork-failure probe and warns before the limit is reached.
+#[raw_tracepoint(tracepoint = "task_newtask")]
+pub fn nproc_pressure(ctx: RawTracePointContext) -> i32 {
+    match try_nproc_pressure(&ctx) {
+        Ok(ret) | Err(ret) => ret,
+    }
+}
+
+fn try_nproc_pressure(ctx: &RawTracePointContext) -> Result<i32, i32> {
+    let uid = ctx.uid();
+    // Root is exempt from RLIMIT_NPROC.
+    if uid == 0 {
+        return Ok(0);
+    }
+    let (cred_off, uc_off, rl_off, sig_off, rlim_off) = (
+        global(&TASK_REAL_CRED_OFF),
+        global(&CRED_UCOUNTS_OFF),
+        global(&UCOUNTS_RLIMIT_OFF),
+        global(&TASK_SIGNAL_OFF),
+        global(&SIGNAL_RLIM_OFF),
+    );
+    if cred_off == 0 || uc_off == 0 || rl_off == 0 || sig_off == 0 || rlim_off == 0 {
+        return Ok(0);
+    }
+    // SAFETY: only used as an address for probe reads.
+    let task = unsafe { bpf_get_current_task() };
+    let signal = read_u64(task + sig_off).ok_or(0)?;
+    let limit = read_u64(signal + rlim_off + RLIMIT_NPROC * 16).ok_or(0)?;
+    // Limits this large are unlimited in practice, and keep the products
+    // below 2^64 (no 128-bit multiply in BPF).
+    if limit == RLIM_INFINITY || limit == 0 || limit > 1 << 40 {
+        return Ok(0);
+    }
+    let cred = read_u64(task + cred_off).ok_or(0)?;
+    let ucounts = read_u64(cred + uc_off).ok_or(0)?;
+    let tasks = read_u64(ucounts + rl_off + global(&UCOUNT_NPROC_IDX) * 8).ok_or(0)?;
+    let permille = tasks.min(1 << 40).wrapping_mul(1000);
+    if permille < limit.wrapping_mul(global(&NPROC_ARM_PERMILLE).min(1000)) {
+        return Ok(0);
+    }
+    let in_warn_band =
+        u64::from(permille >= limit.wrapping_mul(global(&NPROC_WARN_PERMILLE).min(1000)));
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let (Some(last), Some(band)) = (NPROC_LAST.get_ptr_mut(0), NPROC_LAST.get_ptr_mut(1)) else {
+        return Ok(0);
+    };
+    // SAFETY: per-CPU slots, no concurrent writer on this CPU.
+    unsafe {
+        let entering_band = in_warn_band > *band;
+        if now.wrapping_sub(*last) < global(&NPROC_EVERY_NS) && !entering_band {
+            return Ok(0);
+        }
+        *last = now;
+        *band = in_warn_band;
+    }
+    let Some(mut entry) = EVENTS.reserve::<NprocPressureEvent>(0) else {
+        count_drop(EventKind::NprocPressure);
+        return Ok(0);
+    };
+    entry.write(NprocPressureEvent {
+        header: EventHeader::new(
+            EventKind::NprocPressure,
+            core::mem::size_of::<NprocPressureEvent>(),
+            now,
+        ),
+        tid: ctx.pid(),
+        pid: ctx.tgid(),
+        uid,
+        _pad: 0,
+        tasks,
+        limit,
+        comm: bpf_get_current_comm().unwrap_or([0u8; COMM_LEN]),
     });
     entry.submit(0);
     Ok(0)

@@ -9,9 +9,11 @@ use crate::{context::kube::PodRef, time::Time};
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Observation {
     /// A process-creating syscall failed with EAGAIN (kernel probe).
-    ForkFailed(ForkFailed),
+    ForkFailed(Box<ForkFailed>),
     /// Periodic sample of the PID limits (pids cgroups with a limit, system).
     PidLimits(PidLimits),
+    /// A user's task count neared its RLIMIT_NPROC (kernel probe, rate-limited).
+    NprocUsage(NprocUsage),
 }
 
 impl Observation {
@@ -19,6 +21,7 @@ impl Observation {
         match self {
             Self::ForkFailed(f) => f.at,
             Self::PidLimits(p) => p.at,
+            Self::NprocUsage(n) => n.at,
         }
     }
 }
@@ -104,4 +107,17 @@ pub struct PidLimits {
     /// Every pids cgroup that has a limit.
     pub cgroups: Vec<PidsCgroupState>,
     pub system: SystemPids,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NprocUsage {
+    pub at: Time,
+    pub uid: u32,
+    /// The process that forked while the user was near its limit.
+    pub pid: u32,
+    pub comm: String,
+    /// Tasks the user holds (the kernel's own count).
+    pub tasks: u64,
+    /// That process's soft RLIMIT_NPROC.
+    pub limit: u64,
 }

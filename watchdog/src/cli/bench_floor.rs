@@ -9,7 +9,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::probes::{BENCH_FLOOR, KernelLayout, ProbeState, Probes};
 
 pub fn run() -> anyhow::Result<ExitCode> {
-    let probes = Probes::load(&KernelLayout::default(), &[BENCH_FLOOR])?;
+    let probes = Probes::load(&KernelLayout::default(), &[BENCH_FLOOR], &[])?;
     if probes
         .statuses
         .iter()

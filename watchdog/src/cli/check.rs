@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::{
     context::cgroup,
     paths,
-    probes::{self, FORK_FAILURES, KernelLayout, ProbeState, Probes},
+    probes::{self, FORK_FAILURES, KernelLayout, NPROC_PRESSURE, ProbeState, Probes},
 };
 
 #[derive(clap::Args)]
@@ -122,10 +122,11 @@ fn hint_for(detail: &str) -> String {
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let facts = facts();
-    let wanted = [FORK_FAILURES];
+    let wanted = [FORK_FAILURES, NPROC_PRESSURE];
     let checks: Vec<ProbeCheck> = match Probes::load(
         &KernelLayout::from_btf(Path::new(paths::KERNEL_BTF)),
         &wanted,
+        &[],
     ) {
         Ok(p) => p
             .statuses

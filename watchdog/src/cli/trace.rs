@@ -2,7 +2,7 @@
 use std::{process::ExitCode, time::Duration};
 
 use crate::{
-    agent::{self, TraceOptions},
+    agent::{self, TraceOptions, arming::ForkProbeMode},
     diagnosis::EngineConfig,
     sinks::{Sink, json::JsonLines, terminal::Terminal},
 };
@@ -24,6 +24,14 @@ pub struct Args {
     /// A finding resolves after this long without new evidence.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     resolve_after: Duration,
+    /// When the fork-failure probe (a sys_exit hook, which slows every
+    /// syscall of the node by a few percent) is attached: auto = only while a
+    /// PID limit is under pressure.
+    #[arg(long, value_enum, default_value = "auto")]
+    fork_probe: ForkProbeMode,
+    /// `--fork-probe auto` attaches it when a PID limit is this full (percent).
+    #[arg(long, default_value_t = 75.0, value_parser = percent)]
+    arm_percent: f64,
 }
 
 fn percent(s: &str) -> Result<f64, String> {
@@ -50,6 +58,8 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             resolve_after_ms: a.resolve_after.as_millis() as u64,
             ..EngineConfig::default()
         },
+        fork_probe: a.fork_probe,
+        arm_percent: a.arm_percent,
         ..TraceOptions::default()
     };
     let stdout = std::io::stdout();

@@ -39,7 +39,15 @@ pub struct NodeContext {
     chains: HashMap<String, Cached<Vec<PidsCgroupState>>>,
     system: Option<Cached<SystemPids>>,
     users: HashMap<u32, Cached<u64>>,
-    consumers_at: HashMap<String, Instant>,
+    consumers_at: HashMap<Scope, Instant>,
+}
+
+/// What a limit counts: a user's tasks, a cgroup's, or the whole system's.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Scope {
+    Uid(u32),
+    Cgroup(String),
+    System,
 }
 
 impl NodeContext {
@@ -97,14 +105,36 @@ impl NodeContext {
         v
     }
 
-    fn consumers_due(&mut self, key: &str, now: Instant) -> bool {
-        match self.consumers_at.get(key) {
+    fn consumers_due(&mut self, scope: &Scope, now: Instant) -> bool {
+        match self.consumers_at.get(scope) {
             Some(at) if now.duration_since(*at) < CONSUMERS_EVERY => false,
             _ => {
-                self.consumers_at.insert(key.to_owned(), now);
+                self.consumers_at.insert(scope.clone(), now);
                 true
             }
         }
+    }
+
+    /// The processes holding the most tasks within a limit's scope.
+    fn consumers(&self, scope: &Scope) -> Vec<crate::observation::Consumer> {
+        let procs = match scope {
+            Scope::Uid(uid) => self
+                .procfs
+                .all_status()
+                .into_iter()
+                .filter(|s| s.uid == *uid)
+                .collect(),
+            Scope::Cgroup(path) => match &self.pids {
+                Some(h) => h
+                    .procs_below(path)
+                    .into_iter()
+                    .filter_map(|p| self.procfs.status(p))
+                    .collect(),
+                None => Vec::new(),
+            },
+            Scope::System => self.procfs.all_status(),
+        };
+        procfs::top_consumers(procs, TOP_N)
     }
 
     /// The caller's pids cgroup: from the kernel's cgroup id, else /proc.
@@ -141,40 +171,25 @@ impl NodeContext {
         };
 
         // Top consumers of the limit this failure is closest to.
-        let mut consumers = Vec::new();
-        let near = |s: &PidsCgroupState| s.max.is_some_and(|m| s.current * 10 >= m * 9);
-        if let Some(u) = user.filter(|u| u.rlimit_nproc.is_some_and(|l| u.tasks * 10 >= l * 9)) {
-            if self.consumers_due(&format!("uid:{}", u.uid), now) {
-                let procs = self
-                    .procfs
-                    .all_status()
-                    .into_iter()
-                    .filter(|s| s.uid == u.uid)
-                    .collect();
-                consumers = procfs::top_consumers(procs, TOP_N);
-            }
+        let near = |cur: u64, max: u64| max > 0 && cur * 10 >= max * 9;
+        let scope = if let Some(u) =
+            user.filter(|u| u.rlimit_nproc.is_some_and(|l| near(u.tasks, l)))
+        {
+            Some(Scope::Uid(u.uid))
         } else if let Some(c) = cgroup_chain
             .iter()
-            .find(|s| near(s))
-            .map(|s| s.path.clone())
+            .find(|c| c.max.is_some_and(|m| near(c.current, m)))
         {
-            if self.consumers_due(&format!("cg:{c}"), now)
-                && let Some(h) = &self.pids
-            {
-                let procs = h
-                    .procs_below(&c)
-                    .into_iter()
-                    .filter_map(|p| self.procfs.status(p))
-                    .collect();
-                consumers = procfs::top_consumers(procs, TOP_N);
-            }
-        } else if (system.threads_max > 0 && system.threads * 10 >= system.threads_max * 9)
-            || (system.pid_max > 0 && system.threads * 10 >= system.pid_max * 9)
-        {
-            if self.consumers_due("system", now) {
-                consumers = procfs::top_consumers(self.procfs.all_status(), TOP_N);
-            }
-        }
+            Some(Scope::Cgroup(c.path.clone()))
+        } else if near(system.threads, system.threads_max) || near(system.threads, system.pid_max) {
+            Some(Scope::System)
+        } else {
+            None
+        };
+        let consumers = match scope {
+            Some(s) if self.consumers_due(&s, now) => self.consumers(&s),
+            _ => Vec::new(),
+        };
 
         let comm_len = ev
             .comm

@@ -109,6 +109,8 @@ pub struct Warning {
     pub limit: pid_exhaustion::Limit,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
     pub current: u64,
     pub max: u64,
     pub percent: f64,
@@ -136,12 +138,17 @@ impl Engine {
         match obs {
             Observation::ForkFailed(f) => self.pid.fork_failed(f),
             Observation::PidLimits(l) => self.pid.limits(l),
+            Observation::NprocUsage(n) => self.pid.nproc_usage(n),
         }
     }
 
     /// Advance time: periodic updates and resolutions.
     pub fn tick(&mut self, now: Time) -> Vec<Report> {
         self.pid.tick(now)
+    }
+
+    pub fn has_active(&self) -> bool {
+        self.pid.has_active()
     }
 
     /// Findings still active, as last reported.

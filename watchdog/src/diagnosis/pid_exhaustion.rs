@@ -17,7 +17,7 @@ use super::{
 };
 use crate::{
     context::kube::PodRef,
-    observation::{Consumer, ForkFailed, PidLimits, PidsCgroupState, SystemPids},
+    observation::{Consumer, ForkFailed, NprocUsage, PidLimits, PidsCgroupState, SystemPids},
     time::Time,
 };
 
@@ -145,6 +145,9 @@ pub struct PidExhaustion {
     events_seen: HashMap<String, u64>,
     /// Warnings currently raised, by (limit, owner).
     warnings: HashSet<(Limit, String)>,
+    /// Last RLIMIT_NPROC pressure report per uid (the kernel only reports
+    /// while a user is near its limit, so silence clears the warning).
+    nproc_seen: HashMap<u32, Time>,
 }
 
 /// Which limit fired, who owns it, how sure we are, and why.
@@ -305,6 +308,7 @@ impl PidExhaustion {
             tracked: HashMap::new(),
             events_seen: HashMap::new(),
             warnings: HashSet::new(),
+            nproc_seen: HashMap::new(),
         }
     }
 
@@ -495,6 +499,7 @@ impl PidExhaustion {
                 at: l.at,
                 limit,
                 cgroup,
+                uid: None,
                 current: cur,
                 max,
                 percent: (pct * 10.0).round() / 10.0,
@@ -505,7 +510,7 @@ impl PidExhaustion {
         let gone: Vec<_> = self
             .warnings
             .iter()
-            .filter(|k| !present.contains(*k))
+            .filter(|k| k.0 == Limit::PidsCgroup && !present.contains(*k))
             .cloned()
             .collect();
         for key in gone {
@@ -516,6 +521,7 @@ impl PidExhaustion {
                 at: l.at,
                 limit: key.0,
                 cgroup: Some(key.1.clone()),
+                uid: None,
                 current: 0,
                 max: 0,
                 percent: 0.0,
@@ -525,8 +531,68 @@ impl PidExhaustion {
         out
     }
 
+    /// A user near its RLIMIT_NPROC: warn at the threshold.
+    pub fn nproc_usage(&mut self, n: &NprocUsage) -> Vec<Report> {
+        self.nproc_seen.insert(n.uid, n.at);
+        let pct = if n.limit == 0 {
+            0.0
+        } else {
+            n.tasks as f64 * 100.0 / n.limit as f64
+        };
+        let key = (Limit::RlimitNproc, format!("uid {}", n.uid));
+        if pct < self.cfg.warn_percent || self.warnings.contains(&key) {
+            return Vec::new();
+        }
+        self.warnings.insert(key);
+        vec![Report::Warning(Warning {
+            cause: Cause::PidExhaustion,
+            status: WarningStatus::Raised,
+            at: n.at,
+            limit: Limit::RlimitNproc,
+            cgroup: None,
+            uid: Some(n.uid),
+            current: n.tasks,
+            max: n.limit,
+            percent: (pct * 10.0).round() / 10.0,
+            message: format!(
+                "uid {} is near its RLIMIT_NPROC: {} of {} tasks ({pct:.0}%), last fork by {}[{}]",
+                n.uid, n.tasks, n.limit, n.comm, n.pid
+            ),
+        })]
+    }
+
     pub fn tick(&mut self, now: Time) -> Vec<Report> {
         let mut out = Vec::new();
+        // RLIMIT_NPROC warnings clear after a quiet period.
+        let quiet: Vec<u32> = self
+            .nproc_seen
+            .iter()
+            .filter(|(_, at)| now.millis_since(**at) >= self.cfg.resolve_after_ms)
+            .map(|(uid, _)| *uid)
+            .collect();
+        for uid in quiet {
+            self.nproc_seen.remove(&uid);
+            if self
+                .warnings
+                .remove(&(Limit::RlimitNproc, format!("uid {uid}")))
+            {
+                out.push(Report::Warning(Warning {
+                    cause: Cause::PidExhaustion,
+                    status: WarningStatus::Cleared,
+                    at: now,
+                    limit: Limit::RlimitNproc,
+                    cgroup: None,
+                    uid: Some(uid),
+                    current: 0,
+                    max: 0,
+                    percent: 0.0,
+                    message: format!(
+                        "uid {uid} has not forked near its RLIMIT_NPROC for {} s",
+                        self.cfg.resolve_after_ms / 1000
+                    ),
+                }));
+            }
+        }
         let resolve_after = self.cfg.resolve_after_ms;
         let update_every = self.cfg.update_every_ms;
         self.tracked.retain(|_, t| {
@@ -553,6 +619,10 @@ impl PidExhaustion {
             true
         });
         out
+    }
+
+    pub fn has_active(&self) -> bool {
+        !self.tracked.is_empty()
     }
 
     pub fn active(&self) -> Vec<Finding> {

@@ -8,7 +8,7 @@ use std::path::Path;
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::RawTracePoint,
+    programs::{RawTracePoint, raw_trace_point::RawTracePointLinkId},
 };
 use serde::Serialize;
 use watchdog_common::{DROP_SLOTS, DROPS_MAP, EVENTS_MAP};
@@ -37,6 +37,13 @@ pub const FORK_FAILURES: ProbeSpec = ProbeSpec {
     what: "fork/vfork/clone/clone3 returning EAGAIN (PID exhaustion)",
 };
 
+pub const NPROC_PRESSURE: ProbeSpec = ProbeSpec {
+    name: "nproc_pressure",
+    program: "nproc_pressure",
+    hook: "raw_tp/task_newtask",
+    what: "successful forks of users near their RLIMIT_NPROC (arms fork_failures, warns early)",
+};
+
 /// Attaches nothing but an empty program on the same hook: the kernel's cost of
 /// any sys_exit program, for benchmarks.
 pub const BENCH_FLOOR: ProbeSpec = ProbeSpec {
@@ -50,6 +57,8 @@ pub const BENCH_FLOOR: ProbeSpec = ProbeSpec {
 #[serde(rename_all = "snake_case")]
 pub enum ProbeState {
     Attached,
+    /// Loaded and verified; attached only while a PID limit is under pressure.
+    Standby,
     Unavailable,
 }
 
@@ -85,6 +94,12 @@ pub struct KernelLayout {
     pub css_cgroup: u64,
     pub cgroup_kn: u64,
     pub kn_id: u64,
+    pub task_real_cred: u64,
+    pub cred_ucounts: u64,
+    pub ucounts_rlimit: u64,
+    pub ucount_nproc_idx: u64,
+    pub task_signal: u64,
+    pub signal_rlim: u64,
     /// What could not be read, for the probe status.
     pub missing: Vec<String>,
 }
@@ -152,6 +167,19 @@ impl KernelLayout {
         l.css_cgroup = css_cgroup;
         l.cgroup_kn = cgroup_kn;
         l.kn_id = kn_id;
+        l.task_real_cred = off("task_struct", "real_cred");
+        l.cred_ucounts = off("cred", "ucounts");
+        l.ucounts_rlimit = off("ucounts", "rlimit");
+        l.task_signal = off("task_struct", "signal");
+        l.signal_rlim = off("signal_struct", "rlim");
+        match btf.enumerator("UCOUNT_RLIMIT_NPROC") {
+            Ok(v) if v >= 0 => l.ucount_nproc_idx = v as u64,
+            _ => {
+                l.missing
+                    .push("enumerator UCOUNT_RLIMIT_NPROC (kernel < 5.14?)".into());
+                l.ucounts_rlimit = 0;
+            }
+        }
         match btf.enumerator("pids_cgrp_id") {
             Ok(v) if v >= 0 => l.pids_cgrp_id = Some(v as u64),
             Ok(_) => l.missing.push("pids_cgrp_id is negative".into()),
@@ -167,6 +195,7 @@ impl KernelLayout {
 pub struct Probes {
     ebpf: Ebpf,
     pub statuses: Vec<ProbeStatus>,
+    links: Vec<(&'static str, RawTracePointLinkId)>,
 }
 
 /// Effective capabilities of this process (CapEff from /proc/self/status).
@@ -226,8 +255,13 @@ fn raise_memlock() {
 }
 
 impl Probes {
-    /// Load the object with `layout` patched in, and attach `wanted`.
-    pub fn load(layout: &KernelLayout, wanted: &[ProbeSpec]) -> Result<Self, LoadError> {
+    /// Load the object with `layout` patched in, attach `wanted`, and load
+    /// (verify) `standby` so that `arm` can attach it later.
+    pub fn load(
+        layout: &KernelLayout,
+        wanted: &[ProbeSpec],
+        standby: &[ProbeSpec],
+    ) -> Result<Self, LoadError> {
         check_privileges()?;
         raise_memlock();
         let mut loader = EbpfLoader::new();
@@ -244,17 +278,44 @@ impl Probes {
             .override_global("PIDS_CGRP_ID", &pids_idx, true)
             .override_global("CSS_CGROUP_OFF", &layout.css_cgroup, true)
             .override_global("CGROUP_KN_OFF", &layout.cgroup_kn, true)
-            .override_global("KN_ID_OFF", &layout.kn_id, true);
-        let mut ebpf = loader.load(EBPF_OBJECT)?;
-        let mut statuses = Vec::new();
-        for spec in wanted {
-            let status = match attach_raw_tp(&mut ebpf, spec) {
-                Ok(()) => ProbeStatus {
+            .override_global("KN_ID_OFF", &layout.kn_id, true)
+            .override_global("TASK_REAL_CRED_OFF", &layout.task_real_cred, true)
+            .override_global("CRED_UCOUNTS_OFF", &layout.cred_ucounts, true)
+            .override_global("UCOUNTS_RLIMIT_OFF", &layout.ucounts_rlimit, true)
+            .override_global("UCOUNT_NPROC_IDX", &layout.ucount_nproc_idx, true)
+            .override_global("TASK_SIGNAL_OFF", &layout.task_signal, true)
+            .override_global("SIGNAL_RLIM_OFF", &layout.signal_rlim, true);
+        let ebpf = loader.load(EBPF_OBJECT)?;
+        let mut probes = Self {
+            ebpf,
+            statuses: Vec::new(),
+            links: Vec::new(),
+        };
+        let details = |spec: &ProbeSpec| {
+            (!layout.missing.is_empty()
+                && (spec.name == FORK_FAILURES.name || spec.name == NPROC_PRESSURE.name))
+                .then(|| format!("running without: {}", layout.missing.join("; ")))
+        };
+        for (spec, attach) in wanted
+            .iter()
+            .map(|s| (s, true))
+            .chain(standby.iter().map(|s| (s, false)))
+        {
+            let result = probes.program(spec).and_then(|p| {
+                p.load()
+                    .map_err(|e| format!("the kernel rejected the program: {}", error_chain(&e)))
+            });
+            let result = match result {
+                Ok(()) if attach => probes.arm(spec).map(|()| ProbeState::Attached),
+                Ok(()) => Ok(ProbeState::Standby),
+                Err(e) => Err(e),
+            };
+            probes.statuses.push(match result {
+                Ok(state) => ProbeStatus {
                     name: spec.name,
                     hook: spec.hook,
-                    status: ProbeState::Attached,
-                    detail: (!layout.missing.is_empty() && spec.name == FORK_FAILURES.name)
-                        .then(|| format!("running without: {}", layout.missing.join("; "))),
+                    status: state,
+                    detail: details(spec),
                 },
                 Err(why) => {
                     tracing::warn!(probe = spec.name, "probe unavailable: {why}");
@@ -265,10 +326,60 @@ impl Probes {
                         detail: Some(why),
                     }
                 }
-            };
-            statuses.push(status);
+            });
         }
-        Ok(Self { ebpf, statuses })
+        Ok(probes)
+    }
+
+    fn program(&mut self, spec: &ProbeSpec) -> Result<&mut RawTracePoint, String> {
+        let prog = self.ebpf.program_mut(spec.program).ok_or_else(|| {
+            format!(
+                "program {} missing from the eBPF object (build mismatch)",
+                spec.program
+            )
+        })?;
+        prog.try_into()
+            .map_err(|e: aya::programs::ProgramError| e.to_string())
+    }
+
+    /// Attach a loaded probe (no-op when attached).
+    pub fn arm(&mut self, spec: &ProbeSpec) -> Result<(), String> {
+        if self.links.iter().any(|(n, _)| *n == spec.name) {
+            return Ok(());
+        }
+        let tp = spec.hook.trim_start_matches("raw_tp/");
+        let link = self.program(spec)?.attach(tp).map_err(|e| {
+            format!("cannot attach to raw tracepoint {tp}: {} (needs CONFIG_BPF_EVENTS and kernel >= 4.17)", error_chain(&e))
+        })?;
+        self.links.push((spec.name, link));
+        self.set_state(spec, ProbeState::Attached);
+        Ok(())
+    }
+
+    /// Detach a probe, keeping it loaded (no-op when detached).
+    pub fn disarm(&mut self, spec: &ProbeSpec) -> Result<(), String> {
+        let Some(i) = self.links.iter().position(|(n, _)| *n == spec.name) else {
+            return Ok(());
+        };
+        let (_, link) = self.links.remove(i);
+        self.program(spec)?
+            .detach(link)
+            .map_err(|e| error_chain(&e))?;
+        self.set_state(spec, ProbeState::Standby);
+        Ok(())
+    }
+
+    fn set_state(&mut self, spec: &ProbeSpec, state: ProbeState) {
+        if let Some(s) = self.statuses.iter_mut().find(|s| s.name == spec.name) {
+            s.status = state;
+        }
+    }
+
+    pub fn state(&self, name: &str) -> Option<ProbeState> {
+        self.statuses
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| s.status.clone())
     }
 
     /// The events ring buffer (once).
@@ -298,26 +409,6 @@ impl Probes {
             .iter()
             .any(|s| s.name == name && s.status == ProbeState::Attached)
     }
-}
-
-fn attach_raw_tp(ebpf: &mut Ebpf, spec: &ProbeSpec) -> Result<(), String> {
-    let prog = ebpf.program_mut(spec.program).ok_or_else(|| {
-        format!(
-            "program {} missing from the eBPF object (build mismatch)",
-            spec.program
-        )
-    })?;
-    let prog: &mut RawTracePoint = prog.try_into().map_err(|e| format!("{e}"))?;
-    prog.load()
-        .map_err(|e| format!("the kernel rejected the program: {}", error_chain(&e)))?;
-    let tp = spec.hook.trim_start_matches("raw_tp/");
-    prog.attach(tp).map_err(|e| {
-        format!(
-            "cannot attach to raw tracepoint {tp}: {} (needs CONFIG_BPF_EVENTS and kernel >= 4.17)",
-            error_chain(&e)
-        )
-    })?;
-    Ok(())
 }
 
 pub fn error_chain(e: &dyn std::error::Error) -> String {

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::{
     diagnosis::{Finding, Warning},
-    probes::ProbeStatus,
+    probes::{ProbeState, ProbeStatus},
     time::Time,
 };
 
@@ -46,10 +46,20 @@ pub struct Summary {
     pub active: Vec<Finding>,
 }
 
+/// A probe attached or detached during the session (fork probe in `auto`).
+#[derive(Clone, Debug, Serialize)]
+pub struct ProbeChange {
+    pub at: Time,
+    pub name: &'static str,
+    pub status: ProbeState,
+    pub reason: String,
+}
+
 #[derive(Clone, Debug, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Record {
     Ready(Ready),
+    Probe(ProbeChange),
     Finding(Box<Finding>),
     Warning(Warning),
     Summary(Summary),

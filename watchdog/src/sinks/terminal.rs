@@ -106,10 +106,10 @@ impl<W: std::io::Write> Sink for Terminal<W> {
                 }
                 s.push('\n');
                 for p in &r.probes {
-                    let state = if p.status == ProbeState::Attached {
-                        "attached"
-                    } else {
-                        "UNAVAILABLE"
+                    let state = match p.status {
+                        ProbeState::Attached => "attached",
+                        ProbeState::Standby => "standby (attaches under PID pressure)",
+                        ProbeState::Unavailable => "UNAVAILABLE",
                     };
                     s.push_str(&format!("  probe {:<14} {:<16} {state}", p.name, p.hook));
                     if let Some(d) = &p.detail {
@@ -119,6 +119,10 @@ impl<W: std::io::Write> Sink for Terminal<W> {
                 }
                 s.push_str("  Ctrl-C ends the session with a summary.\n");
                 s
+            }
+            Record::Probe(p) => {
+                let state = format!("{:?}", p.status).to_lowercase();
+                format!("[{}] probe {} {state}: {}\n", p.at.hms(), p.name, p.reason)
             }
             Record::Finding(f) => render_finding(f),
             Record::Warning(w) => {

@@ -24,7 +24,7 @@ fn sys(threads: u64) -> SystemPids {
 }
 
 fn failure(ms: u64, pid: u32, chain: Vec<PidsCgroupState>) -> Observation {
-    Observation::ForkFailed(ForkFailed {
+    Observation::ForkFailed(Box::new(ForkFailed {
         at: Time(T0 + ms),
         tid: pid,
         pid,
@@ -38,7 +38,7 @@ fn failure(ms: u64, pid: u32, chain: Vec<PidsCgroupState>) -> Observation {
         user: None,
         pod: None,
         consumers: vec![],
-    })
+    }))
 }
 
 fn limits(ms: u64, cgroups: Vec<PidsCgroupState>, system: SystemPids) -> Observation {
@@ -312,4 +312,46 @@ fn findings_serialize_with_the_documented_fields() {
     assert_eq!(v["processes"][0]["pid"], 42);
     assert_eq!(v["first_seen"], Time(T0).rfc3339());
     assert!(v["evidence"].is_array() && v["limits"]["pids_cgroups"].is_array());
+}
+
+#[test]
+fn rlimit_pressure_warns_once_and_clears_after_silence() {
+    let cfg = EngineConfig {
+        resolve_after_ms: 10_000,
+        ..EngineConfig::default()
+    };
+    let mut e = Engine::new(cfg);
+    let usage = |ms, tasks| {
+        Observation::NprocUsage(crate::observation::NprocUsage {
+            at: Time(T0 + ms),
+            uid: 1000,
+            pid: 5,
+            comm: "java".into(),
+            tasks,
+            limit: 200,
+        })
+    };
+    assert!(
+        e.observe(&usage(0, 160)).is_empty(),
+        "80% is below the warning"
+    );
+    let r = e.observe(&usage(500, 185));
+    let w = warnings(&r);
+    assert_eq!(
+        (w[0].status, w[0].limit, w[0].uid, w[0].current, w[0].max),
+        (
+            WarningStatus::Raised,
+            Limit::RlimitNproc,
+            Some(1000),
+            185,
+            200
+        )
+    );
+    assert!(e.observe(&usage(600, 190)).is_empty());
+    assert!(warnings(&e.tick(Time(T0 + 5_000))).is_empty());
+    let r = e.tick(Time(T0 + 10_600));
+    assert_eq!(warnings(&r)[0].status, WarningStatus::Cleared);
+    // Cgroup samples never clear a uid warning.
+    e.observe(&usage(11_000, 195));
+    assert!(warnings(&e.observe(&limits(11_500, vec![], sys(100)))).is_empty());
 }
