@@ -128,6 +128,14 @@ fn test(no_lint: bool) -> Result<()> {
             "-D",
             "warnings",
         ]))?;
+        // The eBPF crate is linted for its own target with the nightly.
+        run(Command::new("rustup")
+            .args(["run", "nightly", "cargo", "clippy", "--package", "watchdog-ebpf"])
+            .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core", "--"])
+            .args(["-C", "panic=abort", "-D", "warnings"])
+            .env("PATH", setup::path_with_cargo_bin())
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .env_remove("CARGO"))?;
     }
     // Build the binaries the kernel tests spawn, then every test: unit tests in
     // parallel, the privileged kernel tests with one thread (kernel state is shared).
