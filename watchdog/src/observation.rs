@@ -104,7 +104,8 @@ pub struct ForkFailed {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PidLimits {
     pub at: Time,
-    /// Every pids cgroup that has a limit.
+    /// Every pids cgroup that has a limit, and every cgroup below one (on
+    /// cgroup v1 rejections are counted in the forking task's own cgroup).
     pub cgroups: Vec<PidsCgroupState>,
     pub system: SystemPids,
 }

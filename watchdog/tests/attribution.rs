@@ -729,11 +729,38 @@ fn healthy_transient() {
 // ------------------------------------------------------- periodic samples
 
 #[test]
-fn pid_limits_lists_exactly_the_limited_cgroups_v1() {
+fn pid_limits_lists_the_limited_cgroups_and_those_below_v1() {
     let mut ctx = NodeContext::new(&fixture("v1-cgroupfs-pod-limit"));
     let mut l = ctx.pid_limits(T0);
     l.cgroups.sort_by(|a, b| a.path.cmp(&b.path));
     assert_eq!(l.at, T0);
+    // Cgroups below a limit are sampled too: on v1 the kernel counts a
+    // rejection in the forking task's own (unlimited) cgroup.
+    let below: Vec<&str> = l
+        .cgroups
+        .iter()
+        .filter(|c| c.max.is_none())
+        .map(|c| c.path.as_str())
+        .collect();
+    assert_eq!(below.len(), 6, "{below:#?}");
+    assert!(
+        below
+            .iter()
+            .all(|p| p.starts_with("/kubepods/burstable/pod")
+                || p.starts_with("/user.slice/user-0.slice/"))
+    );
+    let forking = format!(
+        "{}/48bdab86263db98789a1b3ae6bc19fe2f40301d811e95d5084eaf81ca1b7e31a",
+        pod1()
+    );
+    assert_eq!(
+        l.cgroups
+            .iter()
+            .find(|c| c.path == forking)
+            .map(|c| c.events_max),
+        Some(311)
+    );
+    l.cgroups.retain(|c| c.max.is_some());
     assert_eq!(
         l.cgroups,
         vec![
@@ -754,10 +781,16 @@ fn pid_limits_lists_exactly_the_limited_cgroups_v1() {
 }
 
 #[test]
-fn pid_limits_lists_exactly_the_limited_cgroups_v2() {
+fn pid_limits_lists_the_limited_cgroups_and_those_below_v2() {
     let mut ctx = NodeContext::new(&fixture("v2-systemd-pod-limit"));
     let mut l = ctx.pid_limits(T0);
     l.cgroups.sort_by(|a, b| a.path.cmp(&b.path));
+    assert_eq!(
+        l.cgroups.iter().filter(|c| c.max.is_none()).count(),
+        2,
+        "the two container scopes of the pod"
+    );
+    l.cgroups.retain(|c| c.max.is_some());
     assert_eq!(
         l.cgroups,
         vec![
@@ -917,7 +950,7 @@ fn second_failure_after_the_counter_rose_is_certain() {
             thread_failures: 2,
         }]
     );
-    let rose = format!("pids.events max of {} rose 37 -> 46", pod3());
+    let rose = format!("pids.events max rose 37 -> 46; {} holds 512", pod3());
     assert!(
         f.evidence.iter().any(|e| e.what.starts_with(&rose)),
         "{:#?}",
@@ -943,7 +976,7 @@ fn v1_after_7_rejections() -> TempTree {
 }
 
 #[test]
-#[ignore = "agent bug: on cgroup v1 a rising pids.events of the forking (unlimited) container cgroup is attributed to that cgroup instead of the pod cgroup whose limit is full"]
+
 fn v1_second_failure_still_names_the_limited_cgroup() {
     let later = v1_after_7_rejections();
     let ev = event(
@@ -968,7 +1001,7 @@ fn v1_second_failure_still_names_the_limited_cgroup() {
 }
 
 #[test]
-#[ignore = "agent bug: on cgroup v1 PidLimits samples only limited cgroups, but the rejection counter rises in the forking container's unlimited cgroup, so kernel_rejections are never counted"]
+
 fn v1_rising_counter_between_samples_is_certain() {
     let later = v1_after_7_rejections();
     let s1 = NodeContext::new(&fixture("v1-cgroupfs-pod-limit")).pid_limits(T0);
@@ -984,7 +1017,7 @@ fn v1_rising_counter_between_samples_is_certain() {
 }
 
 #[test]
-#[ignore = "agent bug: with hierarchical pids.events (cgroup v2), a limited ancestor whose counter rose only because a descendant hit its own limit gets a Certain finding of its own"]
+
 fn v2_hierarchical_counter_of_a_limited_ancestor_is_not_a_finding() {
     // kubepods.slice limited to the node's allocatable pids (kubelet with a
     // pid reservation), far from full.

@@ -134,21 +134,10 @@ impl PidsHierarchy {
 
     /// `path` and its ancestors that have pids files, leaf first.
     pub fn chain(&self, path: &str) -> Vec<PidsCgroupState> {
-        let mut out = Vec::new();
-        let mut p = normalize(path);
-        loop {
-            if let Some(s) = self.state(&p) {
-                out.push(s);
-            }
-            if p == "/" {
-                break;
-            }
-            p = match p.rsplit_once('/') {
-                Some(("", _)) | None => "/".to_owned(),
-                Some((parent, _)) => parent.to_owned(),
-            };
-        }
-        out
+        ancestry(path)
+            .iter()
+            .filter_map(|p| self.state(p))
+            .collect()
     }
 
     /// Every cgroup below the mount, as (path, directory inode).
@@ -177,13 +166,28 @@ impl PidsHierarchy {
         out
     }
 
-    /// Every cgroup with a finite pids.max.
-    pub fn limited(&self) -> Vec<PidsCgroupState> {
-        self.walk()
-            .into_iter()
-            .filter_map(|(p, _)| self.state(&p))
-            .filter(|s| s.max.is_some())
-            .collect()
+    /// Every cgroup with a finite pids.max, and every cgroup below one: on
+    /// cgroup v1 a rejection is counted in the forking task's own cgroup.
+    pub fn limited_and_below(&self) -> Vec<PidsCgroupState> {
+        let mut paths: Vec<String> = self.walk().into_iter().map(|(p, _)| p).collect();
+        paths.sort();
+        let mut limited: Vec<String> = Vec::new();
+        let mut out = Vec::new();
+        for p in paths {
+            let Some(max) = read_trim(&self.dir(&p).join("pids.max")) else {
+                continue;
+            };
+            if max == "max" && !limited.iter().any(|l| is_below(&p, l)) {
+                continue;
+            }
+            if let Some(s) = self.state(&p) {
+                if s.max.is_some() {
+                    limited.push(p);
+                }
+                out.push(s);
+            }
+        }
+        out
     }
 
     /// Process ids in `path` and its descendants.
@@ -207,6 +211,28 @@ impl PidsHierarchy {
         out.dedup();
         out
     }
+}
+
+/// `path` and its ancestors up to `/`, self first.
+pub fn ancestry(path: &str) -> Vec<String> {
+    let mut out = vec![normalize(path)];
+    while let Some(last) = out.last().filter(|p| p.as_str() != "/") {
+        let parent = match last.rsplit_once('/') {
+            Some(("", _)) | None => "/".to_owned(),
+            Some((parent, _)) => parent.to_owned(),
+        };
+        out.push(parent);
+    }
+    out
+}
+
+/// Whether `path` is strictly below `ancestor`.
+pub fn is_below(path: &str, ancestor: &str) -> bool {
+    path != ancestor
+        && (ancestor == "/"
+            || path
+                .strip_prefix(ancestor)
+                .is_some_and(|r| r.starts_with('/')))
 }
 
 pub fn normalize(path: &str) -> String {
@@ -295,6 +321,14 @@ mod tests {
     fn mount_point_escapes() {
         assert_eq!(unescape_mount("/mnt/a\\040b"), "/mnt/a b");
         assert_eq!(unescape_mount("/plain"), "/plain");
+    }
+
+    #[test]
+    fn ancestry_and_below() {
+        assert_eq!(ancestry("/a/b"), vec!["/a/b", "/a", "/"]);
+        assert_eq!(ancestry("/"), vec!["/"]);
+        assert!(is_below("/a/b", "/a") && is_below("/a", "/"));
+        assert!(!is_below("/ab", "/a") && !is_below("/a", "/a"));
     }
 
     #[test]

@@ -218,7 +218,7 @@ impl NodeContext {
         let cgroups = self
             .pids
             .as_ref()
-            .map(PidsHierarchy::limited)
+            .map(PidsHierarchy::limited_and_below)
             .unwrap_or_default();
         let system = self.procfs.system();
         self.system = Some(Cached {

@@ -16,7 +16,10 @@ use super::{
     WarningStatus,
 };
 use crate::{
-    context::kube::PodRef,
+    context::{
+        cgroup::{ancestry, is_below},
+        kube::PodRef,
+    },
     observation::{Consumer, ForkFailed, NprocUsage, PidLimits, PidsCgroupState, SystemPids},
     time::Time,
 };
@@ -192,8 +195,35 @@ fn attribute(
             ),
         );
     }
-    // A pids cgroup whose rejection counter rose is proof; one at its maximum
-    // right after the failure is very likely it.
+    // A rising rejection counter is proof. On cgroup v1 it rises in the
+    // forking task's own cgroup, on v2 in the limited cgroup and every
+    // ancestor: the limit that fired is the nearest one at or above it.
+    if let Some(i) = f.cgroup_chain.iter().position(|c| {
+        events_seen
+            .get(&c.path)
+            .is_some_and(|seen| c.events_max > *seen)
+    }) {
+        let counted = &f.cgroup_chain[i];
+        let seen = events_seen[&counted.path];
+        let c = limiting_cgroup(f.cgroup_chain[i..].iter()).unwrap_or(counted);
+        let at = if c.path == counted.path {
+            String::new()
+        } else {
+            format!(" (counted in {})", counted.path)
+        };
+        return (
+            Limit::PidsCgroup,
+            c.path.clone(),
+            Confidence::Certain,
+            format!(
+                "pids.events max rose {seen} -> {}{at}; {} holds {} of pids.max {}",
+                counted.events_max,
+                c.path,
+                c.current,
+                c.max.map_or("max".into(), |m| m.to_string())
+            ),
+        );
+    }
     if let Some(c) = f.cgroup_chain.iter().find(|c| {
         events_seen
             .get(&c.path)
@@ -252,6 +282,17 @@ fn attribute(
         Confidence::Unknown,
         "no PID limit was at its maximum when read right after the failure".into(),
     )
+}
+
+/// The cgroup whose limit explains a rejection counted at the head of a
+/// leaf-first chain: the nearest at its limit, else the nearest with a limit.
+fn limiting_cgroup<'a>(
+    chain: impl Iterator<Item = &'a PidsCgroupState> + Clone,
+) -> Option<&'a PidsCgroupState> {
+    chain
+        .clone()
+        .find(|c| c.max.is_some_and(|m| c.current >= m))
+        .or_else(|| chain.into_iter().find(|c| c.max.is_some()))
 }
 
 fn headroom(f: &ForkFailed) -> Headroom {
@@ -385,26 +426,55 @@ impl PidExhaustion {
         let mut out = Vec::new();
         // Rejections counted by the kernel since the last sample: proof of a
         // pids-cgroup exhaustion even when the probe missed the failures.
-        for c in &l.cgroups {
-            let seen = self.events_seen.insert(c.path.clone(), c.events_max);
-            let Some(seen) = seen.filter(|s| c.events_max > *s) else {
+        // Only the deepest cgroups whose counter rose are causes (on v2 every
+        // ancestor counts too); each is charged to the limit above it.
+        let rising: Vec<(&PidsCgroupState, u64)> = l
+            .cgroups
+            .iter()
+            .filter_map(|c| {
+                let seen = self.events_seen.insert(c.path.clone(), c.events_max)?;
+                (c.events_max > seen).then(|| (c, c.events_max - seen))
+            })
+            .collect();
+        let by_path: HashMap<&str, &PidsCgroupState> =
+            l.cgroups.iter().map(|c| (c.path.as_str(), c)).collect();
+        for &(counted, delta) in &rising {
+            if rising.iter().any(|(r, _)| is_below(&r.path, &counted.path)) {
                 continue;
+            }
+            let chain: Vec<&PidsCgroupState> = ancestry(&counted.path)
+                .iter()
+                .filter_map(|p| by_path.get(p.as_str()).copied())
+                .collect();
+            let c = limiting_cgroup(chain.iter().copied()).unwrap_or(counted);
+            let at = if c.path == counted.path {
+                String::new()
+            } else {
+                format!(" (counted in {})", counted.path)
             };
-            let delta = c.events_max - seen;
+            let why = format!(
+                "pids.events max rose by {delta} to {}{at}; {} holds {} of {}",
+                counted.events_max,
+                c.path,
+                c.current,
+                c.max.map_or("max".into(), |m| m.to_string())
+            );
             let key = Key {
                 limit: Limit::PidsCgroup,
                 owner: c.path.clone(),
             };
-            let why = format!(
-                "pids.events max of {} rose by {delta} (to {})",
-                c.path, c.events_max
-            );
             match self.tracked.get_mut(&key) {
                 Some(t) => {
                     let fd = detail_mut(&mut t.finding);
                     *fd.kernel_rejections.get_or_insert(0) += delta;
                     t.finding.last_seen = l.at;
                     t.finding.confidence = Confidence::Certain;
+                    if t.finding.evidence.len() < MAX_EVIDENCE {
+                        t.finding.evidence.push(Evidence {
+                            at: l.at,
+                            what: why,
+                        });
+                    }
                     t.dirty = true;
                 }
                 None => {
