@@ -1101,13 +1101,14 @@ fn spawn_stderr_reader(mut stderr: impl Read + Send + 'static, shared: SharedSta
 // ---------------------------------------------------------------------------
 
 /// The python program of [`fork_until_eagain`]. argv: failures wanted, time
-/// limit in seconds. Prints `EAGAIN <unix ns>` at the first `EAGAIN` (the
+/// limit in seconds, pause after each successful fork in seconds (optional). Prints `EAGAIN <unix ns>` at the first `EAGAIN` (the
 /// CLOCK_REALTIME right after `fork()` failed), `DONE failures=N forked=N` at
 /// the end; exit status 0 if EAGAIN was seen, 2 if not, 3 on another error.
 pub const FORK_UNTIL_EAGAIN_PY: &str = r#"
 import ctypes, os, sys, time
 want = int(sys.argv[1])
 limit = float(sys.argv[2])
+interval = float(sys.argv[3]) if len(sys.argv) > 3 else 0.0
 libc = ctypes.CDLL(None, use_errno=True)
 me = os.getpid()
 print("START", me, flush=True)
@@ -1139,6 +1140,8 @@ while fails < want and time.monotonic() < deadline:
         finally:
             os._exit(0)
     kids.append(pid)
+    if interval > 0:
+        time.sleep(interval)
 for k in kids:
     try:
         os.kill(k, 9)
@@ -1160,6 +1163,8 @@ pub struct ForkOpts {
     pub failures: u32,
     /// Stop after this long even without EAGAIN.
     pub time_limit: Duration,
+    /// Pause after each successful fork (default 0: fill the limit at once).
+    pub fork_interval: Duration,
     /// Start already inside this cgroup (its `cgroup.procs` file), before
     /// python runs: `sh -c 'echo $$ > procs; exec python3 ...'`.
     pub cgroup_procs: Option<PathBuf>,
@@ -1173,6 +1178,7 @@ impl Default for ForkOpts {
         Self {
             failures: 10,
             time_limit: Duration::from_secs(20),
+            fork_interval: Duration::ZERO,
             cgroup_procs: None,
             as_user: None,
         }
@@ -1197,6 +1203,12 @@ impl ForkOpts {
 
     pub fn time_limit(mut self, d: Duration) -> Self {
         self.time_limit = d;
+        self
+    }
+
+    /// Pause this long after each successful fork (a slowly filling limit).
+    pub fn fork_interval(mut self, d: Duration) -> Self {
+        self.fork_interval = d;
         self
     }
 }
@@ -1233,10 +1245,11 @@ pub struct ForkOutcome {
 /// (the `sh`/`setpriv` wrappers exec into it).
 pub fn fork_until_eagain(opts: &ForkOpts) -> ForkWorkload {
     let py = format!(
-        "exec {PYTHON} -c {} {} {}",
+        "exec {PYTHON} -c {} {} {} {}",
         sh_quote(FORK_UNTIL_EAGAIN_PY),
         opts.failures,
-        opts.time_limit.as_secs_f64()
+        opts.time_limit.as_secs_f64(),
+        opts.fork_interval.as_secs_f64()
     );
     let mut script = String::new();
     if let Some(procs) = &opts.cgroup_procs {

@@ -139,6 +139,34 @@ fn fork_workload_hits_eagain_under_rlimit_nproc() {
 }
 
 #[test]
+fn fork_workload_fills_slowly_with_an_interval() {
+    if !skip_unless_pid_exhaustion_prereqs() {
+        return;
+    }
+    let cg = PidsCgroup::new(5);
+    let t = Instant::now();
+    let w = fork_until_eagain(
+        &ForkOpts::default()
+            .in_cgroup(&cg)
+            .failures(1)
+            .fork_interval(Duration::from_millis(50)),
+    );
+    assert!(
+        w.wait_first_eagain(Duration::from_secs(15)).is_some(),
+        "{:?}",
+        w.output()
+    );
+    // 4 children, 50 ms after each.
+    assert!(
+        t.elapsed() >= Duration::from_millis(200),
+        "{:?}",
+        t.elapsed()
+    );
+    let out = w.finish(Duration::from_secs(10));
+    assert_eq!(out.forked, 4, "{out:?}");
+}
+
+#[test]
 fn fork_workload_without_limit_reports_no_eagain() {
     if !skip_unless_root() {
         return;

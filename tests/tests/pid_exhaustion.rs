@@ -9,7 +9,17 @@ use std::time::Duration;
 use serde_json::Value;
 use watchdog_tests::*;
 
-const TRACE: &[&str] = &["trace", "--json", "--duration", "60s"];
+/// The fork probe attached for the whole session: every failure is attributed.
+const TRACE: &[&str] = &[
+    "trace",
+    "--json",
+    "--duration",
+    "60s",
+    "--fork-probe",
+    "always",
+];
+/// The default mode (`--fork-probe auto`): the probe attaches only under pressure.
+const TRACE_DEFAULT: &[&str] = &["trace", "--json", "--duration", "60s"];
 /// The longest a finding may take after the first refused fork.
 const DETECTION_DEADLINE: Duration = Duration::from_secs(5);
 
@@ -203,22 +213,40 @@ fn rlimit_nproc_exhaustion_is_reported() {
     assert_eq!(summary["drops"]["kernel"], 0, "kernel drops in {summary}");
 }
 
-/// Whether a finding/warning is about something this test did not start:
-/// it names processes, none of them ours, and another cgroup. Only such
+/// Whether a finding/warning/probe record is about something this test did
+/// not start: it names processes, none of them ours, and another cgroup. Only such
 /// records are tolerated (and reported) in the healthy-load test, because
 /// other tests may exhaust pids on a shared machine at the same time.
 fn is_foreign(v: &Value, our_pid: u64, our_cgroup: &str) -> bool {
     let pids = process_pids(v);
+    if v["type"] == "probe" {
+        // The fork probe was attached: foreign if the reason names neither us
+        // nor our cgroup (another test put some limit under pressure).
+        let reason = v["reason"].as_str().unwrap_or("");
+        return !reason.is_empty()
+            && !reason.contains(our_cgroup)
+            && !reason.contains(&format!("[{our_pid}]"));
+    }
     !pids.is_empty() && !pids.contains(&our_pid) && v["cgroup"] != our_cgroup
 }
 
 #[test]
 fn healthy_fork_load_is_not_reported() {
+    healthy_fork_load(TRACE);
+}
+
+/// The default mode must not even attach the fork probe for a healthy load.
+#[test]
+fn healthy_fork_load_is_not_reported_in_default_mode() {
+    healthy_fork_load(TRACE_DEFAULT);
+}
+
+fn healthy_fork_load(args: &[&str]) {
     if !skip_unless_pid_exhaustion_prereqs() {
         return;
     }
     const N: u32 = 3000;
-    let agent = Agent::start(TRACE);
+    let agent = Agent::start(args);
     // A pids cgroup far from its limit: attributes the load, and checks that a
     // limited-but-healthy cgroup is not reported either.
     let cg = PidsCgroup::new(10_000);
@@ -254,11 +282,12 @@ fn healthy_fork_load_is_not_reported() {
     let (foreign, ours): (Vec<_>, Vec<_>) = run
         .values()
         .into_iter()
-        .filter(|v| v["type"] == "finding" || v["type"] == "warning")
+        .filter(|v| v["type"] == "finding" || v["type"] == "warning" || v["type"] == "probe")
         .partition(|v| is_foreign(v, load_pid, &path));
     assert!(
         ours.is_empty(),
-        "a healthy fork load (sh pid {load_pid} in {path}) produced findings/warnings:\n{ours:#?}"
+        "a healthy fork load (sh pid {load_pid} in {path}, agent {args:?}) produced \
+         findings/warnings/probe attachments:\n{ours:#?}"
     );
     let summary = run
         .summary()
@@ -285,4 +314,68 @@ fn healthy_fork_load_is_not_reported() {
             );
         }
     }
+}
+
+/// Default mode, sudden exhaustion: the fork probe is in standby when the
+/// first fork fails, so the first report comes from `pids.events` at the next
+/// poll; the rejection then attaches the probe and a later report of the same
+/// finding names the failing process.
+#[test]
+fn sudden_exhaustion_is_reported_in_default_mode() {
+    if !skip_unless_pid_exhaustion_prereqs() {
+        return;
+    }
+    let agent = Agent::start(TRACE_DEFAULT);
+    let cg = PidsCgroup::new(8);
+    let path = cg.path_in_hierarchy();
+    let workload = fork_until_eagain(
+        &ForkOpts::default()
+            .in_cgroup(&cg)
+            .failures(1_000_000)
+            .time_limit(Duration::from_secs(30)),
+    );
+    let pid = workload.pid() as u64;
+    let first = expect_finding(&agent, &workload, "pids cgroup, default mode", |v| {
+        v["cgroup"] == path.as_str()
+    });
+    assert_eq!(first["limit"], "pids_cgroup", "limit of {first}");
+    assert_eq!(
+        first["status"], "active",
+        "first report must be active: {first}"
+    );
+    let attached = agent.wait_for(
+        |v| v["type"] == "probe" && v["name"] == "fork_failures" && v["status"] == "attached",
+        Duration::from_secs(5),
+    );
+    assert!(
+        attached.is_some(),
+        "the cgroup's rejections did not attach the fork probe"
+    );
+    let named = agent.wait_for(
+        |v| is_pid_finding(v) && v["cgroup"] == path.as_str() && process_pids(v).contains(&pid),
+        Duration::from_secs(15),
+    );
+    let Some((named, _)) = named else {
+        panic!(
+            "no report of {path} named the failing python pid {pid} within 15 s of the probe \
+             attaching; findings: {:#?}",
+            findings(&agent.records())
+        );
+    };
+    eprintln!(
+        "attributed report: status {} failures {}",
+        named["status"], named["failures"]
+    );
+    drop(workload);
+    drop(cg);
+    let run = agent.stop_full();
+    assert!(
+        run.status.is_some_and(|s| s.success()),
+        "agent exit status {:?}",
+        run.status
+    );
+    let summary = run
+        .summary()
+        .unwrap_or_else(|| panic!("no summary record at the end"));
+    assert_eq!(summary["drops"]["kernel"], 0, "kernel drops in {summary}");
 }
