@@ -1101,9 +1101,11 @@ fn spawn_stderr_reader(mut stderr: impl Read + Send + 'static, shared: SharedSta
 // ---------------------------------------------------------------------------
 
 /// The python program of [`fork_until_eagain`]. argv: failures wanted, time
-/// limit in seconds, pause after each successful fork in seconds (optional). Prints `EAGAIN <unix ns>` at the first `EAGAIN` (the
-/// CLOCK_REALTIME right after `fork()` failed), `DONE failures=N forked=N` at
-/// the end; exit status 0 if EAGAIN was seen, 2 if not, 3 on another error.
+/// limit in seconds, pause after each successful fork in seconds (optional).
+/// Prints `EAGAIN <unix ns before> <unix ns after>` at the first `EAGAIN`
+/// (CLOCK_REALTIME just before the `fork()` call that failed, and once python
+/// had the exception: the failure happened in between), `DONE failures=N
+/// forked=N` at the end; exit status 0 if EAGAIN was seen, 2 if not, 3 on another error.
 pub const FORK_UNTIL_EAGAIN_PY: &str = r#"
 import ctypes, os, sys, time
 want = int(sys.argv[1])
@@ -1118,13 +1120,13 @@ fails = 0
 code = 0
 deadline = time.monotonic() + limit
 while fails < want and time.monotonic() < deadline:
+    before = time.time_ns()
     try:
         pid = os.fork()
     except BlockingIOError:
-        now = time.time_ns()
         if first is None:
-            first = now
-            print("EAGAIN", now, flush=True)
+            first = before
+            print("EAGAIN", before, time.time_ns(), flush=True)
         fails += 1
         time.sleep(0.002)
         continue
@@ -1231,7 +1233,7 @@ pub struct ForkWorkload {
 /// The end of a [`ForkWorkload`].
 #[derive(Clone, Debug)]
 pub struct ForkOutcome {
-    /// CLOCK_REALTIME ns of the first EAGAIN.
+    /// CLOCK_REALTIME ns just before the fork() that first failed with EAGAIN.
     pub first_eagain_ns: Option<u128>,
     pub failures: u32,
     pub forked: u32,
@@ -1334,7 +1336,9 @@ impl ForkWorkload {
         self.child.pid()
     }
 
-    /// Waits up to `timeout` for the first EAGAIN; its CLOCK_REALTIME ns.
+    /// Waits up to `timeout` for the first EAGAIN; the CLOCK_REALTIME ns just
+    /// before the fork() call that failed (so latencies measured from it are
+    /// upper bounds, by the few microseconds the failing fork took).
     pub fn wait_first_eagain(&self, timeout: Duration) -> Option<u128> {
         let deadline = Instant::now() + timeout;
         let (m, cv) = &*self.lines;
@@ -1455,7 +1459,7 @@ mod tests {
     #[test]
     fn parses_eagain_line() {
         assert_eq!(
-            parse_eagain("EAGAIN 1700000000123456789"),
+            parse_eagain("EAGAIN 1700000000123456789 1700000000123556789"),
             Some(1_700_000_000_123_456_789)
         );
         assert_eq!(parse_eagain("DONE failures=3"), None);

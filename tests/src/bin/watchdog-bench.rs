@@ -10,12 +10,16 @@
 //! - `baseline`: no agent;
 //! - `floor`: `watchdog bench-floor` (an empty program on the same sys_exit
 //!   hook: the kernel's floor for any syscall hook);
-//! - `trace`: the full agent, `watchdog trace --json`.
+//! - `trace`: the full agent with the fork probe attached for the whole
+//!   session, `watchdog trace --json --fork-probe always` (its worst case);
+//! - `auto`: the agent as shipped, `watchdog trace --json` (`--fork-probe
+//!   auto`: on a healthy node only the task_newtask probe is attached).
 //!
-//! Then the detection latency: with the agent running, a fresh pids cgroup
-//! (max 16) per repetition and a python process forking in it until EAGAIN;
-//! latency = receive time of the finding line - the workload's CLOCK_REALTIME
-//! timestamp of its first EAGAIN.
+//! Then the detection latency, for `--fork-probe always` and `auto`: per
+//! repetition a fresh pids cgroup (max 16), a fresh agent, and a python
+//! process forking in the cgroup until EAGAIN; latency = receive time of the
+//! finding line - the workload's CLOCK_REALTIME timestamp taken just before
+//! the fork() call that failed (an upper bound: the failure is a few us later).
 //!
 //! Prints a table, then one final line of JSON with every number.
 //! Everything started here is an RAII guard: cleaned up on panic, and on
@@ -58,16 +62,23 @@ enum Condition {
     Baseline,
     Floor,
     Trace,
+    Auto,
 }
 
 impl Condition {
-    const ALL: [Condition; 3] = [Condition::Baseline, Condition::Floor, Condition::Trace];
+    const ALL: [Condition; 4] = [
+        Condition::Baseline,
+        Condition::Floor,
+        Condition::Trace,
+        Condition::Auto,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Condition::Baseline => "baseline",
             Condition::Floor => "floor",
             Condition::Trace => "trace",
+            Condition::Auto => "auto",
         }
     }
 
@@ -75,8 +86,13 @@ impl Condition {
         match self {
             Condition::Baseline => &[],
             Condition::Floor => &["bench-floor"],
-            Condition::Trace => &["trace", "--json"],
+            Condition::Trace => &["trace", "--json", "--fork-probe", "always"],
+            Condition::Auto => &["trace", "--json"],
         }
+    }
+
+    fn is_trace(self) -> bool {
+        matches!(self, Condition::Trace | Condition::Auto)
     }
 }
 
@@ -93,10 +109,10 @@ struct Opts {
 const USAGE: &str = "\
 usage: watchdog-bench [--rounds N] [--syscalls N] [--forks N] [--latency-reps N]
                       [--no-latency] [--no-overhead] [--quick] [--bin PATH]
-  --rounds N        rounds of baseline/floor/trace, order rotated (default 5)
+  --rounds N        rounds of baseline/floor/trace/auto, order rotated (default 5)
   --syscalls N      getppid() calls per syscall-heavy run (default 20000000)
   --forks N         fork()+waitpid() per fork-heavy run (default 5000)
-  --latency-reps N  detection-latency repetitions (default 5)
+  --latency-reps N  detection-latency repetitions per fork-probe mode (default 5)
   --quick           1 round, 2M syscalls, 500 forks, 2 latency reps (smoke run)
   --bin PATH        agent binary (default: $WATCHDOG_BIN, else target/release/watchdog)";
 
@@ -306,12 +322,13 @@ fn run_condition(o: &Opts, cond: Condition, runs: &mut CondRuns) {
             eprintln!("  {e}\n{}", run.report());
             runs.errors.push(e);
         }
-        if cond == Condition::Trace {
+        if cond.is_trace() {
+            let name = cond.name();
             match run.summary() {
                 Some(s) => runs.summaries.push(s.clone()),
                 None => runs
                     .errors
-                    .push("trace: no summary record at the end".into()),
+                    .push(format!("{name}: no summary record at the end")),
             }
             let noise = run.of_type("finding").len() + run.of_type("warning").len();
             if noise > 0 {
@@ -319,7 +336,19 @@ fn run_condition(o: &Opts, cond: Condition, runs: &mut CondRuns) {
                 // this machine may have; the overhead numbers still stand.
                 eprintln!("  note: {noise} findings/warnings during the overhead runs");
                 runs.notes.push(format!(
-                    "trace: {noise} findings/warnings during the overhead runs"
+                    "{name}: {noise} findings/warnings during the overhead runs"
+                ));
+            }
+            let armed = run
+                .of_type("probe")
+                .iter()
+                .filter(|v| v["status"] == "attached")
+                .count();
+            if cond == Condition::Auto && armed > 0 {
+                eprintln!("  note: the fork probe was attached {armed} times in auto mode");
+                runs.notes.push(format!(
+                    "auto: the fork probe was attached {armed} times during the overhead runs \
+                     (its numbers include the probe)"
                 ));
             }
         }
@@ -331,44 +360,51 @@ fn first_line(s: &str) -> String {
 }
 
 struct Latency {
+    mode: Condition,
     samples_ms: Vec<f64>,
     missed: usize,
     errors: Vec<String>,
     rss_kib: Vec<u64>,
+    /// Agent CPU seconds summed over the repetitions.
     agent_cpu_s: Option<f64>,
     agent_wall_s: f64,
-    summary: Option<Value>,
+    summaries: Vec<Value>,
 }
 
-fn run_latency(o: &Opts) -> Latency {
+/// Each repetition: a fresh pids cgroup (max 16) and a fresh agent (so that
+/// `auto` starts with the fork probe in standby every time), 1.5 s for the
+/// agent to see the cgroup at rest, then the fork loop.
+fn run_latency(o: &Opts, mode: Condition) -> Latency {
     let mut l = Latency {
+        mode,
         samples_ms: Vec::new(),
         missed: 0,
         errors: Vec::new(),
         rss_kib: Vec::new(),
         agent_cpu_s: None,
         agent_wall_s: 0.0,
-        summary: None,
+        summaries: Vec::new(),
     };
     if let Err(e) = pids_hierarchy() {
         l.errors.push(format!("no pids cgroup hierarchy: {e}"));
         return l;
     }
-    let agent =
-        match Agent::try_start_with(&o.bin, Condition::Trace.args(), Duration::from_secs(30)) {
-            Ok(a) => a,
-            Err(e) => {
-                eprintln!("latency: agent did not start: {e}");
-                l.errors.push(first_line(&e));
-                return l;
-            }
-        };
-    let cpu0 = cpu_s(agent.pid());
-    let t0 = Instant::now();
+    let name = mode.name();
     for rep in 0..o.latency_reps {
         check_interrupted();
         let cg = PidsCgroup::new(16);
         let path = cg.path_in_hierarchy();
+        let agent = match Agent::try_start_with(&o.bin, mode.args(), Duration::from_secs(30)) {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("latency ({name}): agent did not start: {e}");
+                l.errors.push(first_line(&e));
+                return l;
+            }
+        };
+        std::thread::sleep(Duration::from_millis(1500));
+        let t0 = Instant::now();
+        let cpu0 = cpu_s(agent.pid());
         let w = fork_until_eagain(
             &ForkOpts::default()
                 .in_cgroup(&cg)
@@ -377,7 +413,7 @@ fn run_latency(o: &Opts) -> Latency {
         );
         let Some(eagain_ns) = w.wait_first_eagain(Duration::from_secs(15)) else {
             l.errors.push(format!(
-                "rep {rep}: workload never got EAGAIN: {:?}",
+                "latency ({name}) rep {rep}: workload never got EAGAIN: {:?}",
                 w.output()
             ));
             continue;
@@ -404,19 +440,19 @@ fn run_latency(o: &Opts) -> Latency {
         if let Some(rss) = proc_rss_kib(agent.pid()) {
             l.rss_kib.push(rss);
         }
+        if let (Some(a), Some(b)) = (cpu0, cpu_s(agent.pid())) {
+            *l.agent_cpu_s.get_or_insert(0.0) += b - a;
+        }
+        l.agent_wall_s += t0.elapsed().as_secs_f64();
         drop(w);
         drop(cg);
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    l.agent_wall_s = t0.elapsed().as_secs_f64();
-    if let (Some(a), Some(b)) = (cpu0, cpu_s(agent.pid())) {
-        l.agent_cpu_s = Some(b - a);
-    }
-    let run = agent.stop_full();
-    l.summary = run.summary().cloned();
-    if l.summary.is_none() {
-        l.errors
-            .push("latency: no summary record at the end".into());
+        let run = agent.stop_full();
+        match run.summary() {
+            Some(s) => l.summaries.push(s.clone()),
+            None => l.errors.push(format!(
+                "latency ({name}) rep {rep}: no summary record at the end"
+            )),
+        }
     }
     l
 }
@@ -529,6 +565,9 @@ fn main() {
         .map(|c| (*c, CondRuns::default()))
         .collect();
     if o.overhead {
+        // Warm up caches and the CPU frequency; not measured.
+        getppid_loop(o.syscalls / 10);
+        fork_loop(o.forks / 10);
         for round in 0..o.rounds {
             let mut order = Condition::ALL.to_vec();
             order.rotate_left(round % Condition::ALL.len());
@@ -553,42 +592,41 @@ fn main() {
         }
     }
 
-    let latency = if o.latency {
-        eprintln!(
-            "detection latency: {} repetitions, pids cgroup max 16",
-            o.latency_reps
-        );
-        Some(run_latency(&o))
-    } else {
-        None
-    };
+    let mut latency = Vec::new();
+    if o.latency {
+        for mode in [Condition::Trace, Condition::Auto] {
+            check_interrupted();
+            eprintln!(
+                "detection latency, `{}`: {} repetitions, pids cgroup max 16",
+                mode.args().join(" "),
+                o.latency_reps
+            );
+            latency.push(run_latency(&o, mode));
+        }
+    }
 
     // ----- report -----
     let conds: Vec<(Condition, &CondRuns)> = runs.iter().map(|(c, r)| (*c, r)).collect();
     if o.overhead {
         print_table(&o, &conds);
     }
-    let trace = &runs
-        .iter()
-        .find(|(c, _)| *c == Condition::Trace)
-        .expect("trace")
-        .1;
-    let floor = &runs
-        .iter()
-        .find(|(c, _)| *c == Condition::Floor)
-        .expect("floor")
-        .1;
-    let rss_all: Vec<u64> = trace
-        .rss_kib
-        .iter()
-        .chain(latency.iter().flat_map(|l| l.rss_kib.iter()))
-        .copied()
-        .collect();
+    let get = |cond: Condition| {
+        &runs
+            .iter()
+            .find(|(c, _)| *c == cond)
+            .expect("all conditions")
+            .1
+    };
     println!();
-    if let Some(l) = &latency {
+    for l in &latency {
         println!(
-            "detection latency (first EAGAIN -> finding line received): median {:.1} ms, max {:.1} ms, \
-             min {:.1} ms over {} reps ({} missed)",
+            "detection latency, fork probe {:<6} (first EAGAIN -> finding line received): \
+             median {:.1} ms, max {:.1} ms, min {:.1} ms over {} reps ({} missed)",
+            if l.mode == Condition::Trace {
+                "always"
+            } else {
+                "auto"
+            },
             median(&l.samples_ms),
             max(&l.samples_ms),
             min(&l.samples_ms),
@@ -596,33 +634,57 @@ fn main() {
             l.missed
         );
     }
-    if !rss_all.is_empty() {
-        println!(
-            "agent (trace) VmRSS: max {} KiB, last {} KiB",
-            rss_all.iter().max().copied().unwrap_or(0),
-            rss_all.last().copied().unwrap_or(0)
-        );
-    }
-    if !trace.agent_cpu_getppid_s.is_empty() {
-        println!(
-            "agent (trace) CPU time per run: getppid {:.3} s, fork {:.3} s (median); start-up {:.2} s",
-            median(&trace.agent_cpu_getppid_s),
-            median(&trace.agent_cpu_fork_s),
-            median(&trace.startup_s)
-        );
-    }
-    if let Some(l) = &latency
-        && let Some(c) = l.agent_cpu_s
-    {
-        println!(
-            "agent (trace) CPU during the latency phase: {:.3} s over {:.1} s",
-            c, l.agent_wall_s
+    let mut agents = serde_json::Map::new();
+    for cond in [Condition::Floor, Condition::Trace, Condition::Auto] {
+        let r = get(cond);
+        let lat = latency.iter().find(|l| l.mode == cond);
+        let rss: Vec<u64> = r
+            .rss_kib
+            .iter()
+            .chain(lat.iter().flat_map(|l| l.rss_kib.iter()))
+            .copied()
+            .collect();
+        if !rss.is_empty() {
+            println!(
+                "agent `{}`: VmRSS max {} KiB",
+                cond.args().join(" "),
+                rss.iter().max().copied().unwrap_or(0)
+            );
+        }
+        if !r.agent_cpu_getppid_s.is_empty() {
+            println!(
+                "agent `{}`: CPU per run: getppid {:.3} s, fork {:.3} s (median); start-up {:.2} s",
+                cond.args().join(" "),
+                median(&r.agent_cpu_getppid_s),
+                median(&r.agent_cpu_fork_s),
+                median(&r.startup_s)
+            );
+        }
+        if let Some(l) = lat
+            && let Some(c) = l.agent_cpu_s
+        {
+            println!(
+                "agent `{}`: CPU from fork loop start to finding {:.3} s over {:.1} s (all reps)",
+                cond.args().join(" "),
+                c,
+                l.agent_wall_s
+            );
+        }
+        agents.insert(
+            cond.name().into(),
+            json!({
+                "args": cond.args(),
+                "rss_kib_max": rss.iter().max(),
+                "rss_kib_samples": rss,
+                "cpu_s_getppid_median": num(median(&r.agent_cpu_getppid_s)),
+                "cpu_s_fork_median": num(median(&r.agent_cpu_fork_s)),
+                "startup_s_median": num(median(&r.startup_s)),
+                "summaries": r.summaries,
+            }),
         );
     }
     let mut errors: Vec<String> = runs.iter().flat_map(|(_, r)| r.errors.clone()).collect();
-    if let Some(l) = &latency {
-        errors.extend(l.errors.iter().cloned());
-    }
+    errors.extend(latency.iter().flat_map(|l| l.errors.iter().cloned()));
     for e in &errors {
         println!("problem: {e}");
     }
@@ -631,35 +693,36 @@ fn main() {
         println!("note: {n}");
     }
 
+    let mut lat_json = serde_json::Map::new();
+    for l in &latency {
+        lat_json.insert(
+            if l.mode == Condition::Trace {
+                "always"
+            } else {
+                "auto"
+            }
+            .into(),
+            json!({
+                "reps": o.latency_reps,
+                "median": num(median(&l.samples_ms)),
+                "max": num(max(&l.samples_ms)),
+                "min": num(min(&l.samples_ms)),
+                "samples": l.samples_ms.iter().map(|x| num(*x)).collect::<Vec<_>>(),
+                "missed": l.missed,
+                "agent_cpu_s": l.agent_cpu_s.map(num),
+                "agent_wall_s": num(l.agent_wall_s),
+                "summaries": l.summaries,
+            }),
+        );
+    }
     let out = json!({
         "type": "bench",
         "agent": o.bin.display().to_string(),
         "rounds": o.rounds,
         "getppid": workload_json(o.syscalls, &conds, |r| &r.getppid_s),
         "fork": workload_json(o.forks as u64, &conds, |r| &r.fork_s),
-        "latency_ms": latency.as_ref().map(|l| json!({
-            "reps": o.latency_reps,
-            "median": num(median(&l.samples_ms)),
-            "max": num(max(&l.samples_ms)),
-            "min": num(min(&l.samples_ms)),
-            "samples": l.samples_ms.iter().map(|x| num(*x)).collect::<Vec<_>>(),
-            "missed": l.missed,
-            "agent_cpu_s": l.agent_cpu_s.map(num),
-            "agent_wall_s": num(l.agent_wall_s),
-            "summary": l.summary,
-        })),
-        "agent_trace": {
-            "rss_kib_max": rss_all.iter().max(),
-            "rss_kib_samples": rss_all,
-            "cpu_s_getppid_median": num(median(&trace.agent_cpu_getppid_s)),
-            "cpu_s_fork_median": num(median(&trace.agent_cpu_fork_s)),
-            "startup_s_median": num(median(&trace.startup_s)),
-            "summaries": trace.summaries,
-        },
-        "agent_floor": {
-            "rss_kib_max": floor.rss_kib.iter().max(),
-            "startup_s_median": num(median(&floor.startup_s)),
-        },
+        "latency_ms": lat_json,
+        "agents": agents,
         "errors": errors,
         "notes": notes,
     });
