@@ -130,8 +130,21 @@ fn test(no_lint: bool) -> Result<()> {
         ]))?;
         // The eBPF crate is linted for its own target with the nightly.
         run(Command::new("rustup")
-            .args(["run", "nightly", "cargo", "clippy", "--package", "watchdog-ebpf"])
-            .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core", "--"])
+            .args([
+                "run",
+                "nightly",
+                "cargo",
+                "clippy",
+                "--package",
+                "watchdog-ebpf",
+            ])
+            .args([
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+                "--",
+            ])
             .args(["-C", "panic=abort", "-D", "warnings"])
             .env("PATH", setup::path_with_cargo_bin())
             .env_remove("RUSTUP_TOOLCHAIN")
