@@ -1,7 +1,9 @@
 //! Overhead and detection-latency benchmark of the watchdog agent (run as
 //! root, by `cargo xtask bench`).
 //!
-//! Workloads, run in this process:
+//! Workloads, each run in a fresh child process (this binary with the hidden
+//! `--run-workload KIND N`) so that the bench's own threads and memory do not
+//! change what a fork costs; only the loop is timed:
 //! - syscall-heavy: N x `syscall(SYS_getppid)` (default 20 million);
 //! - fork-heavy: N x `fork()` + `waitpid()` of a child that `_exit(0)`s
 //!   (default 5000).
@@ -176,6 +178,41 @@ fn usage_exit(msg: &str) -> ! {
 // Workloads
 // ---------------------------------------------------------------------------
 
+/// Runs one workload in a fresh child process (`--run-workload KIND N`) and
+/// returns the time its loop took, as the child measured it.
+fn workload_in_child(kind: &str, n: u64) -> Duration {
+    let exe = std::env::current_exe().expect("own executable");
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(["--run-workload", kind, &n.to_string()])
+        .stdout(std::process::Stdio::piped());
+    let mut child = ChildGuard::spawn(&mut cmd, kind).unwrap_or_else(|e| panic!("{e}"));
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut child.take_stdout().expect("piped"), &mut out)
+        .expect("read workload output");
+    let status = child.wait_timeout(Duration::from_secs(600));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{kind} workload failed: {status:?} {out:?}"
+    );
+    let ns: u64 = out
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("{kind} workload printed {out:?}"));
+    Duration::from_nanos(ns)
+}
+
+/// The hidden `--run-workload KIND N` mode: run the loop, print its ns.
+fn run_workload_mode(args: &[String]) -> ! {
+    let n: u64 = args.get(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let d = match args.first().map(String::as_str) {
+        Some("getppid") => getppid_loop(n),
+        Some("fork") => fork_loop(n as u32),
+        other => usage_exit(&format!("unknown workload {other:?}")),
+    };
+    println!("{}", d.as_nanos());
+    std::process::exit(0);
+}
+
 fn getppid_loop(n: u64) -> Duration {
     let t = Instant::now();
     for _ in 0..n {
@@ -286,10 +323,10 @@ fn run_condition(o: &Opts, cond: Condition, runs: &mut CondRuns) {
     std::thread::sleep(Duration::from_millis(300));
     let pid = agent.as_ref().map(Agent::pid);
     let cpu0 = pid.and_then(cpu_s);
-    let g = getppid_loop(o.syscalls);
+    let g = workload_in_child("getppid", o.syscalls);
     let cpu1 = pid.and_then(cpu_s);
     check_interrupted();
-    let f = fork_loop(o.forks);
+    let f = workload_in_child("fork", o.forks as u64);
     let cpu2 = pid.and_then(cpu_s);
     runs.getppid_s.push(g.as_secs_f64());
     runs.fork_s.push(f.as_secs_f64());
@@ -548,6 +585,10 @@ fn print_table(o: &Opts, conds: &[(Condition, &CondRuns)]) {
 }
 
 fn main() {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.first().is_some_and(|a| a == "--run-workload") {
+        run_workload_mode(&argv[1..]);
+    }
     install_signal_handlers();
     if !is_root() {
         eprintln!("watchdog-bench: must run as root (it loads eBPF programs and creates cgroups)");
@@ -566,8 +607,8 @@ fn main() {
         .collect();
     if o.overhead {
         // Warm up caches and the CPU frequency; not measured.
-        getppid_loop(o.syscalls / 10);
-        fork_loop(o.forks / 10);
+        workload_in_child("getppid", o.syscalls / 10);
+        workload_in_child("fork", o.forks as u64 / 10);
         for round in 0..o.rounds {
             let mut order = Condition::ALL.to_vec();
             order.rotate_left(round % Condition::ALL.len());
