@@ -346,7 +346,7 @@ impl ChildGuard {
         send_signal(self.pgid, sig)
     }
 
-    /// Whether any process is still in our process group *and* our session
+    /// Whether any live (non-zombie) process is still in our process group *and* our session
     /// (the check that makes signalling the group safe after the leader was
     /// reaped and its pid could in theory have been reused).
     fn group_alive(&self) -> bool {
@@ -363,8 +363,10 @@ impl ChildGuard {
                 return false;
             };
             let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-            // f[0]=state f[1]=ppid f[2]=pgrp f[3]=session
-            f.get(2).and_then(|v| v.parse::<i32>().ok()) == Some(self.pgid)
+            // f[0]=state f[1]=ppid f[2]=pgrp f[3]=session. Zombies are dead
+            // already; orphans are reaped by init, in its own time.
+            !matches!(f.first(), Some(&"Z") | Some(&"X"))
+                && f.get(2).and_then(|v| v.parse::<i32>().ok()) == Some(self.pgid)
                 && f.get(3).and_then(|v| v.parse::<i32>().ok()) == Some(our_sid)
         })
     }
@@ -1105,9 +1107,15 @@ fn spawn_stderr_reader(mut stderr: impl Read + Send + 'static, shared: SharedSta
 /// Prints `EAGAIN <unix ns before> <unix ns after>` at the first `EAGAIN`
 /// (CLOCK_REALTIME just before the `fork()` call that failed, and once python
 /// had the exception: the failure happened in between), `DONE failures=N
-/// forked=N` at the end; exit status 0 if EAGAIN was seen, 2 if not, 3 on another error.
+/// forked=N` at the end (also on SIGTERM: it kills and reaps its children
+/// first, so none is left to init); exit status 0 if EAGAIN was seen, 2 if not, 3 on another error.
 pub const FORK_UNTIL_EAGAIN_PY: &str = r#"
-import ctypes, os, sys, time
+import ctypes, os, signal, sys, time
+stop = False
+def on_term(*_):
+    global stop
+    stop = True
+signal.signal(signal.SIGTERM, on_term)
 want = int(sys.argv[1])
 limit = float(sys.argv[2])
 interval = float(sys.argv[3]) if len(sys.argv) > 3 else 0.0
@@ -1119,7 +1127,7 @@ first = None
 fails = 0
 code = 0
 deadline = time.monotonic() + limit
-while fails < want and time.monotonic() < deadline:
+while not stop and fails < want and time.monotonic() < deadline:
     before = time.time_ns()
     try:
         pid = os.fork()
@@ -1330,7 +1338,23 @@ fn parse_eagain(line: &str) -> Option<u128> {
     it.next()?.parse().ok()
 }
 
+impl Drop for ForkWorkload {
+    fn drop(&mut self) {
+        self.stop_gracefully();
+        // Then the ChildGuard SIGKILLs whatever is left of the group.
+    }
+}
+
 impl ForkWorkload {
+    /// SIGTERM to python (not the group): it kills and reaps its children
+    /// itself, so that none becomes an orphan zombie waiting for init.
+    fn stop_gracefully(&mut self) {
+        if self.child.try_wait().is_none() {
+            let _ = self.child.signal(libc::SIGTERM);
+            self.child.wait_timeout(Duration::from_secs(3));
+        }
+    }
+
     /// The python process's pid.
     pub fn pid(&self) -> u32 {
         self.child.pid()
@@ -1372,6 +1396,7 @@ impl ForkWorkload {
     pub fn finish(mut self, timeout: Duration) -> ForkOutcome {
         let mut status = self.child.wait_timeout(timeout);
         if status.is_none() {
+            self.stop_gracefully();
             self.child.kill_group();
             status = self.child.try_wait();
         }
