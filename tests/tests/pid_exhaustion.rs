@@ -325,9 +325,11 @@ fn sudden_exhaustion_is_reported_in_default_mode() {
     if !skip_unless_pid_exhaustion_prereqs() {
         return;
     }
-    let agent = Agent::start(TRACE_DEFAULT);
+    // As on a node: the cgroup exists, at rest, before it is exhausted.
     let cg = PidsCgroup::new(8);
     let path = cg.path_in_hierarchy();
+    let agent = Agent::start(TRACE_DEFAULT);
+    std::thread::sleep(Duration::from_millis(1500));
     let workload = fork_until_eagain(
         &ForkOpts::default()
             .in_cgroup(&cg)
