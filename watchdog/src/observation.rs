@@ -108,6 +108,10 @@ pub struct PidLimits {
     /// cgroup v1 rejections are counted in the forking task's own cgroup).
     pub cgroups: Vec<PidsCgroupState>,
     pub system: SystemPids,
+    /// Largest task holders of the cgroups at their limit (refreshed at most
+    /// every few seconds per cgroup), by cgroup path.
+    #[serde(default)]
+    pub consumers: std::collections::BTreeMap<String, Vec<Consumer>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -136,6 +136,7 @@ mod tests {
                 threads_max: 100_000,
                 pid_max: 32_768,
             },
+            consumers: Default::default(),
         }
     }
 

@@ -213,8 +213,10 @@ impl NodeContext {
         }
     }
 
-    /// Periodic sample of every limited pids cgroup and the system limits.
+    /// Periodic sample of every limited pids cgroup (and those below), the
+    /// system limits, and who holds the tasks of cgroups at their limit.
     pub fn pid_limits(&mut self, at: Time) -> PidLimits {
+        let now = Instant::now();
         let cgroups = self
             .pids
             .as_ref()
@@ -222,13 +224,24 @@ impl NodeContext {
             .unwrap_or_default();
         let system = self.procfs.system();
         self.system = Some(Cached {
-            at: Instant::now(),
+            at: now,
             value: system,
         });
+        let mut consumers = std::collections::BTreeMap::new();
+        for c in cgroups
+            .iter()
+            .filter(|c| c.max.is_some_and(|m| c.current >= m))
+        {
+            let scope = Scope::Cgroup(c.path.clone());
+            if self.consumers_due(&scope, now) {
+                consumers.insert(c.path.clone(), self.consumers(&scope));
+            }
+        }
         PidLimits {
             at,
             cgroups,
             system,
+            consumers,
         }
     }
 }

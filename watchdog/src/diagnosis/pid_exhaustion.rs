@@ -485,9 +485,17 @@ impl PidExhaustion {
                 }
             }
         }
-        // Keep the culprit cgroups' usage current.
+        // Keep the culprit cgroups' usage and holders current.
         for t in self.tracked.values_mut() {
             let fd = detail_mut(&mut t.finding);
+            if let Some(c) = fd
+                .cgroup
+                .as_ref()
+                .and_then(|cg| l.consumers.get(cg))
+                .filter(|c| !c.is_empty())
+            {
+                fd.top_consumers = c.clone();
+            }
             for u in &mut fd.limits.pids_cgroups {
                 if let Some(c) = l.cgroups.iter().find(|c| c.path == u.cgroup) {
                     u.usage = Usage::new(c.current, c.max.unwrap_or(u.usage.max));
@@ -785,7 +793,7 @@ fn tracked_from_cgroup(c: &PidsCgroupState, l: &PidLimits, delta: u64, why: Stri
                     threads_max: system_usage(l.system.threads, l.system.threads_max),
                     pid_max: system_usage(l.system.threads, l.system.pid_max),
                 },
-                top_consumers: Vec::new(),
+                top_consumers: l.consumers.get(&c.path).cloned().unwrap_or_default(),
             }),
         },
         last_reported: l.at,

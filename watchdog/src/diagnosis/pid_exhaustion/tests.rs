@@ -46,6 +46,7 @@ fn limits(ms: u64, cgroups: Vec<PidsCgroupState>, system: SystemPids) -> Observa
         at: Time(T0 + ms),
         cgroups,
         system,
+        consumers: Default::default(),
     })
 }
 
@@ -229,6 +230,24 @@ fn kernel_counter_alone_creates_a_finding_when_the_probe_saw_nothing() {
         ),
         (Limit::PidsCgroup, Some("/b"), Some(7), 0)
     );
+    // Holders sampled later are added to it.
+    let mut sample = PidLimits {
+        at: Time(T0 + 1050),
+        cgroups: vec![cg("/b", 10, Some(10), 7)],
+        system: sys(100),
+        consumers: Default::default(),
+    };
+    sample.consumers.insert(
+        "/b".into(),
+        vec![Consumer {
+            pid: 77,
+            comm: "java".into(),
+            threads: 9,
+            uid: 0,
+        }],
+    );
+    e.observe(&Observation::PidLimits(sample));
+    assert_eq!(pid(&e.active()[0]).top_consumers[0].pid, 77);
     // The probe's failures then join the same finding.
     assert!(
         e.observe(&failure(1100, 3, vec![cg("/b", 10, Some(10), 8)]))
