@@ -152,14 +152,7 @@ fn test(no_lint: bool) -> Result<()> {
     }
     // Build the binaries the kernel tests spawn, then every test: unit tests in
     // parallel, the privileged kernel tests with one thread (kernel state is shared).
-    run(cargo().args([
-        "build",
-        "--release",
-        "--package",
-        "watchdog",
-        "--package",
-        "watchdog-tests",
-    ]))?;
+    build_release_agent_and_tests()?;
     run(cargo().args(["test", "--workspace", "--exclude", "watchdog-tests"]))?;
     run(cargo()
         .args([
@@ -177,8 +170,8 @@ fn test(no_lint: bool) -> Result<()> {
     Ok(())
 }
 
-fn bench(args: Vec<OsString>) -> Result<()> {
-    setup::ensure()?;
+/// The agent binary the kernel tests and the bench spawn, and the bench itself.
+fn build_release_agent_and_tests() -> Result<()> {
     run(cargo().args([
         "build",
         "--release",
@@ -186,7 +179,12 @@ fn bench(args: Vec<OsString>) -> Result<()> {
         "watchdog",
         "--package",
         "watchdog-tests",
-    ]))?;
+    ]))
+}
+
+fn bench(args: Vec<OsString>) -> Result<()> {
+    setup::ensure()?;
+    build_release_agent_and_tests()?;
     let mut cmd = Command::new(workspace_root().join("target/release/watchdog-bench"));
     cmd.env(
         "WATCHDOG_BIN",
