@@ -250,7 +250,13 @@ pub fn normalize(path: &str) -> String {
 #[derive(Debug, Default)]
 pub struct CgroupIndex {
     by_id: HashMap<u64, String>,
+    /// When the hierarchy was last walked: an id that is still unknown
+    /// (cgroup already removed) must not cost a walk per event in a storm.
+    walked: Option<std::time::Instant>,
 }
+
+/// Minimum time between two walks of the hierarchy for unknown ids.
+const REWALK_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
 impl CgroupIndex {
     pub fn lookup(&mut self, h: &PidsHierarchy, id: u64) -> Option<String> {
@@ -260,6 +266,10 @@ impl CgroupIndex {
         if let Some(p) = self.by_id.get(&id) {
             return Some(p.clone());
         }
+        if self.walked.is_some_and(|t| t.elapsed() < REWALK_EVERY) {
+            return None;
+        }
+        self.walked = Some(std::time::Instant::now());
         self.by_id = h.walk().into_iter().map(|(p, ino)| (ino, p)).collect();
         self.by_id.get(&id).cloned()
     }

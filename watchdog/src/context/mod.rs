@@ -159,16 +159,17 @@ impl NodeContext {
             .map(|p| self.chain(p, now))
             .unwrap_or_default();
         let system = self.system(now);
-        let user = match (ev.uid, self.procfs.nproc_limit(ev.pid)) {
-            // Root is exempt from RLIMIT_NPROC; an unreadable or unlimited
-            // limit cannot be the one that fired.
-            (0, _) | (_, None) | (_, Some(None)) => None,
-            (uid, Some(Some(limit))) => Some(UserTasks {
-                uid,
-                tasks: self.user_tasks(uid, now),
-                rlimit_nproc: Some(limit),
-            }),
-        };
+        // Root is exempt from RLIMIT_NPROC; an unreadable or unlimited limit
+        // cannot be the one that fired.
+        let limit = (ev.uid != 0)
+            .then(|| self.procfs.nproc_limit(ev.pid))
+            .flatten()
+            .flatten();
+        let user = limit.map(|limit| UserTasks {
+            uid: ev.uid,
+            tasks: self.user_tasks(ev.uid, now),
+            rlimit_nproc: Some(limit),
+        });
 
         // Top consumers of the limit this failure is closest to.
         let near = |cur: u64, max: u64| max > 0 && cur * 10 >= max * 9;
