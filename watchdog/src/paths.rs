@@ -3,7 +3,6 @@
 //! at recorded trees.
 
 pub const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
-pub const KALLSYMS: &str = "/proc/kallsyms";
 pub const TRACEFS: &str = "/sys/kernel/tracing";
 pub const LOCKDOWN: &str = "/sys/kernel/security/lockdown";
 

@@ -132,6 +132,7 @@ struct Key {
     owner: String,
 }
 
+#[derive(Clone)]
 struct Tracked {
     finding: Finding,
     last_reported: Time,
@@ -219,26 +220,6 @@ fn attribute(
                 "pids.events max rose {seen} -> {}{at}; {} holds {} of pids.max {}",
                 counted.events_max,
                 c.path,
-                c.current,
-                c.max.map_or("max".into(), |m| m.to_string())
-            ),
-        );
-    }
-    if let Some(c) = f.cgroup_chain.iter().find(|c| {
-        events_seen
-            .get(&c.path)
-            .is_some_and(|seen| c.events_max > *seen)
-    }) {
-        let seen = events_seen[&c.path];
-        return (
-            Limit::PidsCgroup,
-            c.path.clone(),
-            Confidence::Certain,
-            format!(
-                "pids.events max of {} rose {} -> {}; pids.current {} of pids.max {}",
-                c.path,
-                seen,
-                c.events_max,
                 c.current,
                 c.max.map_or("max".into(), |m| m.to_string())
             ),
@@ -412,9 +393,11 @@ impl PidExhaustion {
                 what: why,
             });
         }
-        refresh(t);
+        // Derived fields (sorted processes, summary) are rebuilt only when a
+        // report goes out, not on every failure of a storm.
         t.dirty = true;
         if is_new {
+            refresh(t);
             t.dirty = false;
             t.last_reported = f.at;
             return vec![Report::Finding(Box::new(t.finding.clone()))];
@@ -675,6 +658,7 @@ impl PidExhaustion {
         let update_every = self.cfg.update_every_ms;
         self.tracked.retain(|_, t| {
             if now.millis_since(t.finding.last_seen) >= resolve_after {
+                refresh(t);
                 let mut f = t.finding.clone();
                 f.status = FindingStatus::Resolved;
                 f.resolved_at = Some(now);
@@ -704,7 +688,15 @@ impl PidExhaustion {
     }
 
     pub fn active(&self) -> Vec<Finding> {
-        let mut v: Vec<Finding> = self.tracked.values().map(|t| t.finding.clone()).collect();
+        let mut v: Vec<Finding> = self
+            .tracked
+            .values()
+            .map(|t| {
+                let mut t = t.clone();
+                refresh(&mut t);
+                t.finding
+            })
+            .collect();
         v.sort_by(|a, b| a.first_seen.cmp(&b.first_seen).then(a.id.cmp(&b.id)));
         v
     }
@@ -713,6 +705,49 @@ impl PidExhaustion {
 fn detail_mut(f: &mut Finding) -> &mut PidDetail {
     match &mut f.detail {
         Detail::Pid(d) => d,
+    }
+}
+
+/// A new, active finding for `limit` owned by `owner`, first seen `at`.
+fn blank(
+    limit: Limit,
+    owner: &str,
+    at: Time,
+    confidence: Confidence,
+    cgroup: Option<String>,
+    uid: u32,
+    pod: Option<PodRef>,
+) -> Tracked {
+    Tracked {
+        finding: Finding {
+            cause: Cause::PidExhaustion,
+            status: FindingStatus::Active,
+            id: format!("pid_exhaustion/{}/{owner}", limit.name()),
+            summary: String::new(),
+            confidence,
+            first_seen: at,
+            last_seen: at,
+            resolved_at: None,
+            duration_s: None,
+            evidence: Vec::new(),
+            remedy: String::new(),
+            detail: Detail::Pid(PidDetail {
+                limit,
+                pod,
+                cgroup,
+                uid,
+                failures: 0,
+                kernel_rejections: None,
+                rate_per_sec: 0.0,
+                processes: Vec::new(),
+                limits: Headroom::default(),
+                top_consumers: Vec::new(),
+            }),
+        },
+        last_reported: at,
+        dirty: false,
+        buckets: VecDeque::new(),
+        processes: BTreeMap::new(),
     }
 }
 
@@ -725,82 +760,37 @@ fn new_tracked(f: &ForkFailed, limit: Limit, owner: &str, confidence: Confidence
         Limit::PidsCgroup => Some(owner.to_owned()),
         _ => f.pids_cgroup.clone(),
     };
-    Tracked {
-        finding: Finding {
-            cause: Cause::PidExhaustion,
-            status: FindingStatus::Active,
-            id: format!("pid_exhaustion/{}/{owner}", limit.name()),
-            summary: String::new(),
-            confidence,
-            first_seen: f.at,
-            last_seen: f.at,
-            resolved_at: None,
-            duration_s: None,
-            evidence: Vec::new(),
-            remedy: String::new(),
-            detail: Detail::Pid(PidDetail {
-                limit,
-                cgroup,
-                uid,
-                pod: None,
-                failures: 0,
-                kernel_rejections: None,
-                rate_per_sec: 0.0,
-                processes: Vec::new(),
-                limits: Headroom::default(),
-                top_consumers: Vec::new(),
-            }),
-        },
-        last_reported: f.at,
-        dirty: false,
-        buckets: VecDeque::new(),
-        processes: BTreeMap::new(),
-    }
+    blank(limit, owner, f.at, confidence, cgroup, uid, f.pod.clone())
 }
 
+/// A finding proven by a pids.events rise seen in a periodic sample alone.
 fn tracked_from_cgroup(c: &PidsCgroupState, l: &PidLimits, delta: u64, why: String) -> Tracked {
-    let mut t = Tracked {
-        finding: Finding {
-            cause: Cause::PidExhaustion,
-            status: FindingStatus::Active,
-            id: format!("pid_exhaustion/pids_cgroup/{}", c.path),
-            summary: String::new(),
-            confidence: Confidence::Certain,
-            first_seen: l.at,
-            last_seen: l.at,
-            resolved_at: None,
-            duration_s: None,
-            evidence: vec![Evidence {
-                at: l.at,
-                what: why,
-            }],
-            remedy: String::new(),
-            detail: Detail::Pid(PidDetail {
-                limit: Limit::PidsCgroup,
-                cgroup: Some(c.path.clone()),
-                uid: 0,
-                pod: crate::context::kube::pod_from_cgroup_path(&c.path),
-                failures: 0,
-                kernel_rejections: Some(delta),
-                rate_per_sec: 0.0,
-                processes: Vec::new(),
-                limits: Headroom {
-                    pids_cgroups: vec![CgroupUsage {
-                        cgroup: c.path.clone(),
-                        usage: Usage::new(c.current, c.max.unwrap_or(0)),
-                    }],
-                    rlimit_nproc: None,
-                    threads_max: system_usage(l.system.threads, l.system.threads_max),
-                    pid_max: system_usage(l.system.threads, l.system.pid_max),
-                },
-                top_consumers: l.consumers.get(&c.path).cloned().unwrap_or_default(),
-            }),
-        },
-        last_reported: l.at,
-        dirty: false,
-        buckets: VecDeque::new(),
-        processes: BTreeMap::new(),
+    let pod = crate::context::kube::pod_from_cgroup_path(&c.path);
+    let mut t = blank(
+        Limit::PidsCgroup,
+        &c.path,
+        l.at,
+        Confidence::Certain,
+        Some(c.path.clone()),
+        0,
+        pod,
+    );
+    t.finding.evidence.push(Evidence {
+        at: l.at,
+        what: why,
+    });
+    let d = detail_mut(&mut t.finding);
+    d.kernel_rejections = Some(delta);
+    d.limits = Headroom {
+        pids_cgroups: vec![CgroupUsage {
+            cgroup: c.path.clone(),
+            usage: Usage::new(c.current, c.max.unwrap_or(0)),
+        }],
+        rlimit_nproc: None,
+        threads_max: system_usage(l.system.threads, l.system.threads_max),
+        pid_max: system_usage(l.system.threads, l.system.pid_max),
     };
+    d.top_consumers = l.consumers.get(&c.path).cloned().unwrap_or_default();
     refresh(&mut t);
     t
 }

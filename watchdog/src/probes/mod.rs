@@ -403,12 +403,6 @@ impl Probes {
             .map(|per_cpu| per_cpu.iter().sum::<u64>())
             .sum()
     }
-
-    pub fn attached(&self, name: &str) -> bool {
-        self.statuses
-            .iter()
-            .any(|s| s.name == name && s.status == ProbeState::Attached)
-    }
 }
 
 pub fn error_chain(e: &dyn std::error::Error) -> String {
