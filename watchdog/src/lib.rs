@@ -6,6 +6,8 @@
 //! - [`context`]: /proc and cgroupfs reads that turn events into observations
 //! - [`observation`]: the timestamped facts the engine consumes
 //! - [`diagnosis`]: the pure engine (no clock, no I/O): observations -> findings
+//! - [`recording`]: `--record` files of engine inputs, read back by `watchdog replay`
+//! - [`replay`]: `watchdog replay`, a recording diagnosed offline
 //! - [`sinks`]: terminal and JSON output
 //! - [`agent`]: the live session wiring all of the above
 //! - [`cli`]: the `watchdog` command
@@ -16,6 +18,8 @@ pub mod diagnosis;
 pub mod observation;
 pub mod paths;
 pub mod probes;
+pub mod recording;
+pub mod replay;
 pub mod ringbuf;
 pub mod sinks;
 pub mod time;

@@ -5,6 +5,7 @@
 //! probe attaches), so it needs no new thread or process while the node is
 //! out of PIDs: nothing here forks, and tokio's blocking pool is never used.
 pub mod arming;
+pub mod diagnoser;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
@@ -17,15 +18,17 @@ use watchdog_common::decode::Event;
 
 use crate::{
     context::NodeContext,
-    diagnosis::{Engine, EngineConfig, Report},
+    diagnosis::{Cause, EngineConfig},
     observation::{NprocUsage, Observation},
     paths,
     probes::{self, FORK_FAILURES, KernelLayout, NPROC_PRESSURE, ProbeState, Probes},
+    recording::{Header, Recorder},
     ringbuf::{self, Counters},
-    sinks::{Drops, ProbeChange, Ready, Record, Sink, Summary},
+    sinks::{Drops, ProbeChange, Ready, Record, Sink, Stats, Summary},
     time::{MonotonicClock, Time},
 };
 use arming::{Arming, Change, ForkProbeMode};
+use diagnoser::Diagnoser;
 
 /// Events waiting for the engine; beyond this they are dropped and counted.
 const QUEUE: usize = 8192;
@@ -44,6 +47,10 @@ pub struct TraceOptions {
     pub arm_percent: f64,
     /// `auto`: detach it after this long without pressure.
     pub disarm_after: Duration,
+    /// Record every engine input to this file (`watchdog replay` reads it).
+    pub record: Option<PathBuf>,
+    /// This node's name (recorded; used by the Kubernetes outputs).
+    pub node_name: Option<String>,
 }
 
 impl Default for TraceOptions {
@@ -56,6 +63,8 @@ impl Default for TraceOptions {
             fork_probe: ForkProbeMode::Auto,
             arm_percent: 75.0,
             disarm_after: Duration::from_secs(60),
+            record: None,
+            node_name: None,
         }
     }
 }
@@ -100,22 +109,11 @@ fn apply_arming(
     }));
 }
 
-fn emit_reports(sink: &mut dyn Sink, reports: Vec<Report>, findings: &mut u64, warnings: &mut u64) {
-    for r in reports {
-        match r {
-            Report::Finding(f) => {
-                if f.status == crate::diagnosis::FindingStatus::Active {
-                    *findings += 1;
-                }
-                sink.emit(&Record::Finding(f));
-            }
-            Report::Warning(w) => {
-                if w.status == crate::diagnosis::WarningStatus::Raised {
-                    *warnings += 1;
-                }
-                sink.emit(&Record::Warning(w));
-            }
-        }
+fn drops(probes: &Probes, counters: &Counters) -> Drops {
+    Drops {
+        kernel: probes.kernel_drops(),
+        userspace: Counters::get(&counters.userspace_drops),
+        decode_errors: Counters::get(&counters.decode_errors),
     }
 }
 
@@ -145,9 +143,19 @@ async fn trace_async(opts: TraceOptions, sink: &mut dyn Sink) -> anyhow::Result<
     }
 
     let mut ctx = NodeContext::new(&opts.root);
-    let mut engine = Engine::new(opts.engine.clone());
+    let recorder = match &opts.record {
+        Some(path) => Some(Recorder::create(
+            path,
+            Header::new(
+                &opts.engine,
+                opts.node_name.clone(),
+                probes::kernel_release(),
+            ),
+        )?),
+        None => None,
+    };
+    let mut diag = Diagnoser::new(opts.engine.clone(), recorder);
     let clock = MonotonicClock::new();
-    let (mut findings, mut warnings) = (0u64, 0u64);
 
     sink.emit(&Record::Ready(Ready {
         at: Time::now(),
@@ -168,12 +176,7 @@ async fn trace_async(opts: TraceOptions, sink: &mut dyn Sink) -> anyhow::Result<
     let now = Time::now();
     let first = ctx.pid_limits(now);
     let pressure = arming.sample_pressure(&first);
-    emit_reports(
-        sink,
-        engine.observe(&Observation::PidLimits(first)),
-        &mut findings,
-        &mut warnings,
-    );
+    diag.observe(Observation::PidLimits(first), sink);
     apply_arming(auto, &mut arming, &mut probes, sink, now, pressure);
 
     let mut poll = tokio::time::interval(opts.poll_interval);
@@ -190,7 +193,7 @@ async fn trace_async(opts: TraceOptions, sink: &mut dyn Sink) -> anyhow::Result<
                 match ev {
                     Event::ForkFailure(f) => {
                         let obs = Observation::ForkFailed(Box::new(ctx.fork_failed(&f, clock.to_time(f.header.ts_ns))));
-                        emit_reports(sink, engine.observe(&obs), &mut findings, &mut warnings);
+                        diag.observe(obs, sink);
                     }
                     Event::NprocPressure(n) => {
                         let at = clock.to_time(n.header.ts_ns);
@@ -204,7 +207,7 @@ async fn trace_async(opts: TraceOptions, sink: &mut dyn Sink) -> anyhow::Result<
                             limit: n.limit,
                         };
                         let why = format!("uid {} at {}/{} of its RLIMIT_NPROC", n.uid, n.tasks, n.limit);
-                        emit_reports(sink, engine.observe(&Observation::NprocUsage(usage)), &mut findings, &mut warnings);
+                        diag.observe(Observation::NprocUsage(usage), sink);
                         apply_arming(auto, &mut arming, &mut probes, sink, at, Some(why));
                     }
                 }
@@ -213,12 +216,17 @@ async fn trace_async(opts: TraceOptions, sink: &mut dyn Sink) -> anyhow::Result<
                 let now = Time::now();
                 let sample = ctx.pid_limits(now);
                 let mut pressure = arming.sample_pressure(&sample);
-                emit_reports(sink, engine.observe(&Observation::PidLimits(sample)), &mut findings, &mut warnings);
-                emit_reports(sink, engine.tick(now), &mut findings, &mut warnings);
-                if pressure.is_none() && engine.has_active() {
+                diag.observe(Observation::PidLimits(sample), sink);
+                diag.tick(now, sink);
+                if pressure.is_none() && diag.engine.has_active_cause(Cause::PidExhaustion) {
                     pressure = Some("a PID-exhaustion finding is active".into());
                 }
                 apply_arming(auto, &mut arming, &mut probes, sink, now, pressure);
+                sink.stats(&Stats {
+                    probes: &probes.statuses,
+                    events: Counters::get(&counters.events),
+                    drops: drops(&probes, &counters),
+                });
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
@@ -231,14 +239,11 @@ async fn trace_async(opts: TraceOptions, sink: &mut dyn Sink) -> anyhow::Result<
         at: end,
         duration_s: end.secs_since(started),
         events: Counters::get(&counters.events),
-        findings,
-        warnings,
-        drops: Drops {
-            kernel: probes.kernel_drops(),
-            userspace: Counters::get(&counters.userspace_drops),
-            decode_errors: Counters::get(&counters.decode_errors),
-        },
-        active: engine.active(),
+        findings: diag.findings_total(),
+        warnings: diag.warnings,
+        drops: drops(&probes, &counters),
+        recorded: diag.recorded_lines(),
+        active: diag.engine.active(),
     };
     sink.emit(&Record::Summary(summary.clone()));
     Ok(summary)

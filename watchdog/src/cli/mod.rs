@@ -1,6 +1,7 @@
 //! The `watchdog` command line: one file per subcommand.
 mod bench_floor;
 mod check;
+mod replay;
 mod trace;
 
 use std::process::ExitCode;
@@ -27,6 +28,8 @@ enum Command {
     Trace(trace::Args),
     /// Which probes this kernel supports, and for each one that is not, why and what to do.
     Check(check::Args),
+    /// Diagnose a recorded observation stream (`--record FILE`) offline.
+    Replay(replay::Args),
     /// Attach only an empty program on the probes' hook (benchmark floor).
     #[command(hide = true)]
     BenchFloor,
@@ -48,6 +51,7 @@ pub fn main() -> ExitCode {
     let result = match cli.cmd {
         Command::Trace(a) => trace::run(a),
         Command::Check(a) => check::run(a),
+        Command::Replay(a) => replay::run(a),
         Command::BenchFloor => bench_floor::run(),
     };
     match result {

@@ -32,6 +32,10 @@ pub struct Args {
     /// `--fork-probe auto` attaches it when a PID limit is this full (percent).
     #[arg(long, default_value_t = 75.0, value_parser = percent)]
     arm_percent: f64,
+    /// Record every observation and clock tick to FILE (JSON lines) for
+    /// `watchdog replay FILE`; attach it to a bug report.
+    #[arg(long, value_name = "FILE")]
+    record: Option<std::path::PathBuf>,
 }
 
 fn percent(s: &str) -> Result<f64, String> {
@@ -60,6 +64,8 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         },
         fork_probe: a.fork_probe,
         arm_percent: a.arm_percent,
+        record: a.record,
+        node_name: std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty()),
         ..TraceOptions::default()
     };
     let stdout = std::io::stdout();

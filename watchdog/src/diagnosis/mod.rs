@@ -4,11 +4,14 @@
 //! findings.
 pub mod pid_exhaustion;
 
-use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
 
 use crate::{observation::Observation, time::Time};
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct EngineConfig {
     /// A finding resolves after this long without new evidence.
     pub resolve_after_ms: u64,
@@ -31,10 +34,35 @@ impl Default for EngineConfig {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Cause {
+    /// systemd stopped answering on D-Bus; runtimes wait for it.
+    SystemdHang,
+    /// fork/clone fail with EAGAIN: a PID limit is exhausted.
     PidExhaustion,
+    /// Tasks blocked in uninterruptible sleep on a mount.
+    StorageHang,
+    /// The container runtime is stuck and no kernel cause is proven.
+    RuntimeUnresponsive,
+}
+
+impl Cause {
+    pub const ALL: [Cause; 4] = [
+        Cause::SystemdHang,
+        Cause::PidExhaustion,
+        Cause::StorageHang,
+        Cause::RuntimeUnresponsive,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::SystemdHang => "systemd_hang",
+            Self::PidExhaustion => "pid_exhaustion",
+            Self::StorageHang => "storage_hang",
+            Self::RuntimeUnresponsive => "runtime_unresponsive",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -82,9 +110,39 @@ pub struct Finding {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub duration_s: Option<f64>,
     pub evidence: Vec<Evidence>,
+    /// Status transitions of this finding (first report, updates, resolution),
+    /// oldest first; filled in by the engine.
+    pub timeline: Vec<Transition>,
+    /// Other findings active at the same time (two causes at once).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub concurrent: Vec<String>,
+    /// How this finding explains kubelet's PLEG staleness, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pleg: Option<PlegLink>,
     pub remedy: String,
     #[serde(flatten)]
     pub detail: Detail,
+}
+
+/// One status change of a finding.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Transition {
+    pub at: Time,
+    pub status: FindingStatus,
+    pub summary: String,
+}
+
+/// The link from kubelet's PLEG staleness to the causes that explain it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PlegLink {
+    /// Seconds since the last successful relist.
+    pub stale_s: f64,
+    /// kubelet's threshold, seconds.
+    pub threshold_s: f64,
+    /// Seconds until kubelet reports PLEG unhealthy (0 when it already does).
+    pub until_unhealthy_s: f64,
+    /// Human-readable: "PLEG stale for 47 s; explained by storage_hang on ...".
+    pub message: String,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -123,36 +181,160 @@ pub enum Report {
     Warning(Warning),
 }
 
+/// One cause's detector. Pure like the engine: observations and time in,
+/// reports out. Each keeps its own findings' lifecycle (active, update,
+/// resolved); the engine adds what spans causes (timeline, concurrency, PLEG).
+pub trait Detector {
+    fn observe(&mut self, obs: &Observation) -> Vec<Report>;
+    /// Advance time: periodic updates and resolutions.
+    fn tick(&mut self, now: Time) -> Vec<Report>;
+    /// Findings still active, as last reported.
+    fn active(&self) -> Vec<Finding>;
+}
+
+/// Transitions kept per finding: the first report and the latest ones.
+const MAX_TIMELINE: usize = 24;
+
 pub struct Engine {
-    pid: pid_exhaustion::PidExhaustion,
+    detectors: Vec<Box<dyn Detector>>,
+    /// Status transitions by finding id (dropped when a finding resolves).
+    timelines: HashMap<String, Vec<Transition>>,
+    /// Active findings by id, with their cause and summary.
+    active: BTreeMap<String, (Cause, String)>,
+    /// kubelet's PLEG staleness as last estimated, when any signal gives it.
+    pleg: Option<PlegView>,
+}
+
+/// What the engine knows of PLEG health right now.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlegView {
+    pub at: Time,
+    pub stale_s: f64,
+    pub threshold_s: f64,
 }
 
 impl Engine {
     pub fn new(cfg: EngineConfig) -> Self {
         Self {
-            pid: pid_exhaustion::PidExhaustion::new(cfg),
+            detectors: vec![Box::new(pid_exhaustion::PidExhaustion::new(cfg))],
+            timelines: HashMap::new(),
+            active: BTreeMap::new(),
+            pleg: None,
         }
     }
 
     pub fn observe(&mut self, obs: &Observation) -> Vec<Report> {
-        match obs {
-            Observation::ForkFailed(f) => self.pid.fork_failed(f),
-            Observation::PidLimits(l) => self.pid.limits(l),
-            Observation::NprocUsage(n) => self.pid.nproc_usage(n),
+        let mut out = Vec::new();
+        for d in &mut self.detectors {
+            out.extend(d.observe(obs));
         }
+        self.annotate(out)
     }
 
     /// Advance time: periodic updates and resolutions.
     pub fn tick(&mut self, now: Time) -> Vec<Report> {
-        self.pid.tick(now)
+        let mut out = Vec::new();
+        for d in &mut self.detectors {
+            out.extend(d.tick(now));
+        }
+        self.annotate(out)
     }
 
     pub fn has_active(&self) -> bool {
-        self.pid.has_active()
+        !self.active.is_empty()
+    }
+
+    /// Active findings of one cause.
+    pub fn has_active_cause(&self, cause: Cause) -> bool {
+        self.active.values().any(|(c, _)| *c == cause)
     }
 
     /// Findings still active, as last reported.
     pub fn active(&self) -> Vec<Finding> {
-        self.pid.active()
+        let mut v: Vec<Finding> = self.detectors.iter().flat_map(|d| d.active()).collect();
+        for f in &mut v {
+            f.timeline = self.timelines.get(&f.id).cloned().unwrap_or_default();
+            f.concurrent = self.concurrent_with(&f.id);
+            f.pleg = self.pleg_link(f);
+        }
+        v.sort_by(|a, b| a.first_seen.cmp(&b.first_seen).then(a.id.cmp(&b.id)));
+        v
+    }
+
+    fn concurrent_with(&self, id: &str) -> Vec<String> {
+        self.active.keys().filter(|k| *k != id).cloned().collect()
+    }
+
+    /// The PLEG link of a finding: how long relist has been stale and which
+    /// active causes explain it.
+    fn pleg_link(&self, f: &Finding) -> Option<PlegLink> {
+        let p = self.pleg.as_ref()?;
+        if f.status == FindingStatus::Resolved || p.stale_s <= 0.0 {
+            return None;
+        }
+        let causes: Vec<String> = self
+            .active
+            .iter()
+            .filter(|(_, (c, _))| *c != Cause::RuntimeUnresponsive || self.active.len() == 1)
+            .map(|(_, (c, summary))| format!("{} ({summary})", c.name()))
+            .collect();
+        let explained = if causes.is_empty() {
+            format!("{} ({})", f.cause.name(), f.summary)
+        } else {
+            causes.join(" and ")
+        };
+        Some(PlegLink {
+            stale_s: p.stale_s,
+            threshold_s: p.threshold_s,
+            until_unhealthy_s: (p.threshold_s - p.stale_s).max(0.0),
+            message: format!(
+                "PLEG stale for {:.0} s (kubelet reports it at {:.0} s); explained by {explained}",
+                p.stale_s, p.threshold_s
+            ),
+        })
+    }
+
+    /// Record transitions and add what spans causes to each finding report.
+    fn annotate(&mut self, reports: Vec<Report>) -> Vec<Report> {
+        // First update the set of active findings so that every report of
+        // this batch sees the others (two causes appearing together).
+        for r in &reports {
+            if let Report::Finding(f) = r {
+                if f.status == FindingStatus::Resolved {
+                    self.active.remove(&f.id);
+                } else {
+                    self.active
+                        .insert(f.id.clone(), (f.cause, f.summary.clone()));
+                }
+            }
+        }
+        reports
+            .into_iter()
+            .map(|r| match r {
+                Report::Finding(mut f) => {
+                    let tl = self.timelines.entry(f.id.clone()).or_default();
+                    tl.push(Transition {
+                        at: match f.status {
+                            FindingStatus::Active => f.first_seen,
+                            FindingStatus::Update => f.last_seen,
+                            FindingStatus::Resolved => f.resolved_at.unwrap_or(f.last_seen),
+                        },
+                        status: f.status,
+                        summary: f.summary.clone(),
+                    });
+                    if tl.len() > MAX_TIMELINE {
+                        tl.remove(1);
+                    }
+                    f.timeline = tl.clone();
+                    if f.status == FindingStatus::Resolved {
+                        self.timelines.remove(&f.id);
+                    }
+                    f.concurrent = self.concurrent_with(&f.id);
+                    f.pleg = self.pleg_link(&f);
+                    Report::Finding(f)
+                }
+                other => other,
+            })
+            .collect()
     }
 }

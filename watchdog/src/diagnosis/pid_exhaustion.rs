@@ -12,15 +12,17 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use serde::Serialize;
 
 use super::{
-    Cause, Confidence, Detail, EngineConfig, Evidence, Finding, FindingStatus, Report, Warning,
-    WarningStatus,
+    Cause, Confidence, Detail, Detector, EngineConfig, Evidence, Finding, FindingStatus, Report,
+    Warning, WarningStatus,
 };
 use crate::{
     context::{
         cgroup::{ancestry, is_below},
         kube::PodRef,
     },
-    observation::{Consumer, ForkFailed, NprocUsage, PidLimits, PidsCgroupState, SystemPids},
+    observation::{
+        Consumer, ForkFailed, NprocUsage, Observation, PidLimits, PidsCgroupState, SystemPids,
+    },
     time::Time,
 };
 
@@ -702,6 +704,24 @@ impl PidExhaustion {
     }
 }
 
+impl Detector for PidExhaustion {
+    fn observe(&mut self, obs: &Observation) -> Vec<Report> {
+        match obs {
+            Observation::ForkFailed(f) => self.fork_failed(f),
+            Observation::PidLimits(l) => self.limits(l),
+            Observation::NprocUsage(n) => self.nproc_usage(n),
+        }
+    }
+
+    fn tick(&mut self, now: Time) -> Vec<Report> {
+        PidExhaustion::tick(self, now)
+    }
+
+    fn active(&self) -> Vec<Finding> {
+        PidExhaustion::active(self)
+    }
+}
+
 fn detail_mut(f: &mut Finding) -> &mut PidDetail {
     match &mut f.detail {
         Detail::Pid(d) => d,
@@ -730,6 +750,9 @@ fn blank(
             resolved_at: None,
             duration_s: None,
             evidence: Vec::new(),
+            timeline: Vec::new(),
+            concurrent: Vec::new(),
+            pleg: None,
             remedy: String::new(),
             detail: Detail::Pid(PidDetail {
                 limit,

@@ -42,6 +42,9 @@ pub struct Summary {
     pub findings: u64,
     pub warnings: u64,
     pub drops: Drops,
+    /// Lines written to the `--record` file, when recording.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recorded: Option<u64>,
     /// Findings still active at the end.
     pub active: Vec<Finding>,
 }
@@ -63,10 +66,41 @@ pub enum Record {
     Finding(Box<Finding>),
     Warning(Warning),
     Summary(Summary),
+    /// First record of `watchdog replay`.
+    Replay(crate::replay::ReplayInfo),
 }
 
 pub trait Sink {
     fn emit(&mut self, record: &Record);
+    /// Periodic agent health (every poll): probe states and counters. Only
+    /// sinks that export state (metrics) care.
+    fn stats(&mut self, _stats: &Stats<'_>) {}
+}
+
+/// The agent's own health, as of now.
+pub struct Stats<'a> {
+    pub probes: &'a [ProbeStatus],
+    /// Kernel events received so far.
+    pub events: u64,
+    pub drops: Drops,
+}
+
+/// Sends every record to several sinks.
+#[derive(Default)]
+pub struct Fanout(pub Vec<Box<dyn Sink>>);
+
+impl Sink for Fanout {
+    fn emit(&mut self, record: &Record) {
+        for s in &mut self.0 {
+            s.emit(record);
+        }
+    }
+
+    fn stats(&mut self, stats: &Stats<'_>) {
+        for s in &mut self.0 {
+            s.stats(stats);
+        }
+    }
 }
 
 /// Collects records (tests).

@@ -133,6 +133,20 @@ impl<W: std::io::Write> Sink for Terminal<W> {
                 };
                 format!("[{}] {tag} {}\n", w.at.hms(), w.message)
             }
+            Record::Replay(r) => format!(
+                "replaying {} ({} inputs recorded by watchdog {} on {} kernel {}, from {}){}\n",
+                r.file,
+                r.inputs,
+                r.recorded_by,
+                r.node.as_deref().unwrap_or("an unnamed node"),
+                r.kernel,
+                r.started.rfc3339(),
+                if r.truncated_tail {
+                    "; its truncated last line was skipped"
+                } else {
+                    ""
+                }
+            ),
             Record::Summary(s) => {
                 let mut t = format!(
                     "\nsummary: {:.1} s, {} kernel events, {} findings, {} warnings; drops: kernel {}, userspace {}, undecodable {}\n",

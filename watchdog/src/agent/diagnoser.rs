@@ -1,0 +1,75 @@
+//! The engine as the live session and replay drive it: every input is
+//! recorded (with `--record`) before the engine sees it, and every report
+//! goes to the sinks and is counted.
+use std::collections::BTreeMap;
+
+use crate::{
+    diagnosis::{Cause, Engine, EngineConfig, FindingStatus, Report, WarningStatus},
+    observation::Observation,
+    recording::{Line, Recorder},
+    sinks::{Record, Sink},
+    time::Time,
+};
+
+pub struct Diagnoser {
+    pub engine: Engine,
+    recorder: Option<Recorder>,
+    /// Distinct findings reported (first reports), by cause.
+    pub findings: BTreeMap<Cause, u64>,
+    pub warnings: u64,
+}
+
+impl Diagnoser {
+    pub fn new(cfg: EngineConfig, recorder: Option<Recorder>) -> Self {
+        Self {
+            engine: Engine::new(cfg),
+            recorder,
+            findings: BTreeMap::new(),
+            warnings: 0,
+        }
+    }
+
+    pub fn observe(&mut self, obs: Observation, sink: &mut dyn Sink) {
+        let reports = self.engine.observe(&obs);
+        if let Some(r) = self.recorder.as_mut() {
+            r.write(&Line::Observe(obs));
+        }
+        self.emit(reports, sink);
+    }
+
+    pub fn tick(&mut self, now: Time, sink: &mut dyn Sink) {
+        if let Some(r) = self.recorder.as_mut() {
+            r.write(&Line::Tick(now));
+            r.flush();
+        }
+        let reports = self.engine.tick(now);
+        self.emit(reports, sink);
+    }
+
+    pub fn findings_total(&self) -> u64 {
+        self.findings.values().sum()
+    }
+
+    pub fn recorded_lines(&self) -> Option<u64> {
+        self.recorder.as_ref().map(|r| r.lines)
+    }
+
+    fn emit(&mut self, reports: Vec<Report>, sink: &mut dyn Sink) {
+        for r in reports {
+            match r {
+                Report::Finding(f) => {
+                    if f.status == FindingStatus::Active {
+                        *self.findings.entry(f.cause).or_default() += 1;
+                    }
+                    sink.emit(&Record::Finding(f));
+                }
+                Report::Warning(w) => {
+                    if w.status == WarningStatus::Raised {
+                        self.warnings += 1;
+                    }
+                    sink.emit(&Record::Warning(w));
+                }
+            }
+        }
+    }
+}

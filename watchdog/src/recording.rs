@@ -1,0 +1,270 @@
+//! Recorded observation streams: what `--record FILE` writes and `watchdog
+//! replay` reads. One JSON object per line: a header, then every input the
+//! engine got in order, observations and clock ticks alike, so a replay
+//! reproduces the live session's findings exactly.
+use std::{
+    fs::File,
+    io::{BufRead, BufReader, BufWriter, Write},
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{diagnosis::EngineConfig, observation::Observation, time::Time};
+
+/// Version of the recording format; bumped on incompatible changes.
+pub const FORMAT: u32 = 1;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Line {
+    /// First line: who recorded it, where, with which engine settings.
+    Recording(Header),
+    /// An observation, fed to the engine.
+    Observe(Observation),
+    /// The engine's clock advanced to this time (periodic updates, resolutions).
+    Tick(Time),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Header {
+    pub format: u32,
+    /// watchdog version that recorded it.
+    pub version: String,
+    pub started: Time,
+    #[serde(default)]
+    pub node: Option<String>,
+    #[serde(default)]
+    pub kernel: String,
+    #[serde(default)]
+    pub engine: EngineConfig,
+}
+
+impl Header {
+    pub fn new(engine: &EngineConfig, node: Option<String>, kernel: String) -> Self {
+        Self {
+            format: FORMAT,
+            version: env!("CARGO_PKG_VERSION").into(),
+            started: Time::now(),
+            node,
+            kernel,
+            engine: engine.clone(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordingError {
+    #[error("cannot open recording {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read {path} at line {line}: {source}")]
+    Read {
+        path: PathBuf,
+        line: usize,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: not a watchdog recording line: {source}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        source: serde_json::Error,
+    },
+    #[error("{path}: the first line is not a recording header (`{{\"recording\": ...}}`)")]
+    NoHeader { path: PathBuf },
+    #[error(
+        "{path}: recording format {found} is not supported (this watchdog reads format {FORMAT})"
+    )]
+    Format { path: PathBuf, found: u32 },
+}
+
+/// Writes a recording. A write error (disk full, file removed) is logged
+/// once and stops the recording; the session goes on.
+pub struct Recorder {
+    out: Option<BufWriter<File>>,
+    path: PathBuf,
+    pub lines: u64,
+}
+
+impl Recorder {
+    pub fn create(path: &Path, header: Header) -> anyhow::Result<Self> {
+        let f = File::create(path)
+            .map_err(|e| anyhow::anyhow!("--record {}: cannot create: {e}", path.display()))?;
+        let mut r = Self {
+            out: Some(BufWriter::new(f)),
+            path: path.to_owned(),
+            lines: 0,
+        };
+        r.write(&Line::Recording(header));
+        r.flush();
+        Ok(r)
+    }
+
+    pub fn write(&mut self, line: &Line) {
+        let Some(out) = self.out.as_mut() else {
+            return;
+        };
+        let res = serde_json::to_writer(&mut *out, line)
+            .map_err(std::io::Error::from)
+            .and_then(|()| out.write_all(b"\n"));
+        match res {
+            Ok(()) => self.lines += 1,
+            Err(e) => self.fail(e),
+        }
+    }
+
+    /// Push buffered lines to the file (every tick and at the end).
+    pub fn flush(&mut self) {
+        if let Some(out) = self.out.as_mut()
+            && let Err(e) = out.flush()
+        {
+            self.fail(e);
+        }
+    }
+
+    fn fail(&mut self, e: std::io::Error) {
+        tracing::error!(
+            "recording to {} stopped after {} lines: {e}",
+            self.path.display(),
+            self.lines
+        );
+        self.out = None;
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+/// A recording read back: its header and inputs in order.
+pub struct Recording {
+    pub header: Header,
+    pub inputs: Vec<Line>,
+    /// A truncated last line (the recorder was killed mid-write) is skipped.
+    pub truncated_tail: bool,
+}
+
+pub fn read(path: &Path) -> Result<Recording, RecordingError> {
+    let f = File::open(path).map_err(|source| RecordingError::Open {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut lines: Vec<(usize, String)> = Vec::new();
+    for (i, l) in BufReader::new(f).lines().enumerate() {
+        let l = l.map_err(|source| RecordingError::Read {
+            path: path.to_owned(),
+            line: i + 1,
+            source,
+        })?;
+        if !l.trim().is_empty() {
+            lines.push((i + 1, l));
+        }
+    }
+    let last = lines.last().map(|(n, _)| *n);
+    let mut header = None;
+    let mut inputs = Vec::with_capacity(lines.len());
+    let mut truncated_tail = false;
+    for (n, l) in lines {
+        let parsed: Line = match serde_json::from_str(&l) {
+            Ok(p) => p,
+            // Only an unterminated last line counts as truncation.
+            Err(e) if Some(n) == last && e.is_eof() && header.is_some() => {
+                truncated_tail = true;
+                continue;
+            }
+            Err(source) => {
+                return Err(RecordingError::Parse {
+                    path: path.to_owned(),
+                    line: n,
+                    source,
+                });
+            }
+        };
+        match (parsed, header.is_some()) {
+            (Line::Recording(h), false) => {
+                if h.format != FORMAT {
+                    return Err(RecordingError::Format {
+                        path: path.to_owned(),
+                        found: h.format,
+                    });
+                }
+                header = Some(h);
+            }
+            (_, false) => {
+                return Err(RecordingError::NoHeader {
+                    path: path.to_owned(),
+                });
+            }
+            (other, true) => inputs.push(other),
+        }
+    }
+    let header = header.ok_or_else(|| RecordingError::NoHeader {
+        path: path.to_owned(),
+    })?;
+    Ok(Recording {
+        header,
+        inputs,
+        truncated_tail,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observation::{PidLimits, SystemPids};
+
+    fn tmp(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("watchdog-rec-{}-{name}", std::process::id()))
+    }
+
+    #[test]
+    fn round_trip_and_truncated_tail() {
+        let p = tmp("rt");
+        {
+            let mut r =
+                Recorder::create(&p, Header::new(&EngineConfig::default(), None, "k".into()))
+                    .unwrap();
+            r.write(&Line::Observe(Observation::PidLimits(PidLimits {
+                at: Time(1000),
+                cgroups: vec![],
+                system: SystemPids::default(),
+                consumers: Default::default(),
+            })));
+            r.write(&Line::Tick(Time(2000)));
+        }
+        let rec = read(&p).unwrap();
+        assert_eq!(rec.inputs.len(), 2);
+        assert_eq!(rec.inputs[1], Line::Tick(Time(2000)));
+        assert!(!rec.truncated_tail);
+        // A recorder killed mid-line leaves a truncated tail: skipped.
+        let mut text = std::fs::read_to_string(&p).unwrap();
+        text.push_str("{\"tick\":\"2026-");
+        std::fs::write(&p, text).unwrap();
+        let rec = read(&p).unwrap();
+        assert_eq!(rec.inputs.len(), 2);
+        assert!(rec.truncated_tail);
+        std::fs::remove_file(&p).unwrap();
+    }
+
+    #[test]
+    fn bad_lines_name_file_and_line() {
+        let p = tmp("bad");
+        std::fs::write(&p, "{\"tick\":\"2026-01-01T00:00:00Z\"}\n").unwrap();
+        let e = read(&p).err().unwrap().to_string();
+        assert!(e.contains("first line is not a recording header"), "{e}");
+        let h = serde_json::to_string(&Line::Recording(Header::new(
+            &EngineConfig::default(),
+            None,
+            String::new(),
+        )))
+        .unwrap();
+        std::fs::write(&p, format!("{h}\n{{\"observe\":{{\"kind\":\"nope\"}}}}\n{{\"tick\":\"2026-01-01T00:00:00Z\"}}\n")).unwrap();
+        let e = read(&p).err().unwrap().to_string();
+        assert!(e.contains(":2: not a watchdog recording line"), "{e}");
+        std::fs::remove_file(&p).unwrap();
+    }
+}

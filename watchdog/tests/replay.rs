@@ -1,0 +1,103 @@
+//! Golden replays: every recording in tests/golden/*.jsonl (made by a real
+//! `watchdog trace --record` session on this kind of fault) is diagnosed
+//! offline, and its findings, warnings and summary must equal the
+//! `*.expected.json` next to it. `WATCHDOG_BLESS=1` rewrites the expected
+//! files after an intended change (review the diff).
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use watchdog::sinks::{Capture, Record};
+
+fn golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
+}
+
+fn replay_records(path: &Path) -> Vec<Value> {
+    let mut cap = Capture::default();
+    watchdog::replay::replay(path, &mut cap)
+        .unwrap_or_else(|e| panic!("replay of {} failed: {e:#}", path.display()));
+    cap.0
+        .iter()
+        .filter(|r| !matches!(r, Record::Replay(_)))
+        .map(|r| serde_json::to_value(r).unwrap())
+        .collect()
+}
+
+fn check(name: &str) -> Vec<Value> {
+    let rec = golden_dir().join(format!("{name}.jsonl"));
+    let expected_path = golden_dir().join(format!("{name}.expected.json"));
+    let got = replay_records(&rec);
+    let got_text = serde_json::to_string_pretty(&got).unwrap() + "\n";
+    if std::env::var_os("WATCHDOG_BLESS").is_some() {
+        std::fs::write(&expected_path, &got_text).unwrap();
+    }
+    let want = std::fs::read_to_string(&expected_path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (run with WATCHDOG_BLESS=1 to create it)",
+            expected_path.display()
+        )
+    });
+    if got_text != want {
+        let tmp = std::env::temp_dir().join(format!("{name}.got.json"));
+        std::fs::write(&tmp, &got_text).unwrap();
+        panic!(
+            "replay of {name} differs from {}; got written to {} (diff them; WATCHDOG_BLESS=1 accepts)",
+            expected_path.display(),
+            tmp.display()
+        );
+    }
+    got
+}
+
+fn findings<'a>(records: &'a [Value], cause: &str) -> Vec<&'a Value> {
+    records
+        .iter()
+        .filter(|r| r["type"] == "finding" && r["cause"] == cause)
+        .collect()
+}
+
+#[test]
+fn every_golden_recording_has_an_expected_file() {
+    for e in std::fs::read_dir(golden_dir()).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "jsonl") {
+            let exp = p.with_extension("expected.json");
+            assert!(exp.exists(), "{} has no {}", p.display(), exp.display());
+        }
+    }
+}
+
+#[test]
+fn pid_exhaustion_cgroup() {
+    let r = check("pid_exhaustion_cgroup");
+    let f = findings(&r, "pid_exhaustion");
+    let statuses: Vec<&str> = f.iter().map(|f| f["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["active", "update", "resolved"], "{f:#?}");
+    assert_eq!(f[0]["limit"], "pids_cgroup");
+    assert_eq!(f[0]["confidence"], "certain");
+    // first_seen is stable across the finding's life; the timeline grows.
+    assert!(f.iter().all(|x| x["first_seen"] == f[0]["first_seen"]));
+    assert_eq!(f[2]["timeline"].as_array().unwrap().len(), 3);
+    assert!(f[2]["duration_s"].as_f64().unwrap() > 0.0);
+    let summary = r.last().unwrap();
+    assert_eq!(summary["type"], "summary");
+    assert_eq!(summary["active"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn bad_recordings_give_clear_errors() {
+    let dir = std::env::temp_dir().join(format!("wd-replay-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join("garbage.jsonl");
+    std::fs::write(&p, "this is not json\n").unwrap();
+    let mut cap = Capture::default();
+    let e = watchdog::replay::replay(&p, &mut cap)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("garbage.jsonl:1"), "{e}");
+    let e = watchdog::replay::replay(&dir.join("missing.jsonl"), &mut cap)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("cannot open recording"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
