@@ -10,9 +10,11 @@
 //! - [`replay`]: `watchdog replay`, a recording diagnosed offline
 //! - [`sinks`]: terminal and JSON output
 //! - [`agent`]: the live session wiring all of the above
+//! - [`config`]: `watchdog run --config FILE`, validated at start
 //! - [`cli`]: the `watchdog` command
 pub mod agent;
 pub mod cli;
+pub mod config;
 pub mod context;
 pub mod diagnosis;
 pub mod observation;

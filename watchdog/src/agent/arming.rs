@@ -11,7 +11,8 @@
 //! `disarm_after` without pressure. Pure: time is passed in.
 use crate::{observation::PidLimits, time::Time};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ForkProbeMode {
     /// Attach under PID pressure only (no cost while limits have room).
     Auto,

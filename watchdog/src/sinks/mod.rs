@@ -1,6 +1,8 @@
 //! Where reports go: a person's terminal or JSON lines. Every output record
 //! is a [`Record`]; its `type` field names the kind.
 pub mod json;
+pub mod kubernetes;
+pub mod metrics;
 pub mod terminal;
 
 use serde::Serialize;

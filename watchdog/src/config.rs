@@ -1,0 +1,357 @@
+//! `watchdog run --config FILE`: the daemon's settings, in TOML. Validated at
+//! start: an unknown key, a value of the wrong type or out of range stops the
+//! agent with a message naming the file, the key and why. Every key is
+//! optional; command-line flags override the file.
+//!
+//! ```toml
+//! node_name = "node-1"            # default: $NODE_NAME, else the hostname
+//! poll_interval = "1s"
+//! record = "/var/log/watchdog/observations.jsonl"   # default: not recorded
+//!
+//! [engine]
+//! resolve_after = "30s"           # a finding resolves after this long quiet
+//! update_every = "5s"             # an active finding is re-reported at most this often
+//! warn_percent = 90               # warn when a PID limit is this full
+//!
+//! [probes]
+//! fork_probe = "auto"             # auto | always | off
+//! arm_percent = 75
+//! disarm_after = "60s"
+//!
+//! [metrics]
+//! addr = "0.0.0.0:9102"           # Prometheus /metrics; "" disables
+//!
+//! [kubernetes]
+//! enabled = "auto"                # auto (in a cluster) | true | false
+//! conditions = true               # node conditions per cause
+//! events = true                   # Events on the Node
+//! timeout = "5s"                  # per apiserver call
+//! resync = "60s"                  # conditions re-sent (heartbeat) this often
+//! events_per_minute = 12          # Event rate limit (burst = this)
+//! ```
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use serde::{Deserialize, Deserializer};
+
+use crate::{agent::arming::ForkProbeMode, diagnosis::EngineConfig};
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub node_name: Option<String>,
+    #[serde(deserialize_with = "duration")]
+    pub poll_interval: Duration,
+    pub record: Option<PathBuf>,
+    pub engine: EngineSection,
+    pub probes: ProbesSection,
+    pub metrics: MetricsSection,
+    pub kubernetes: KubernetesSection,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineSection {
+    #[serde(deserialize_with = "duration")]
+    pub resolve_after: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub update_every: Duration,
+    pub warn_percent: f64,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProbesSection {
+    pub fork_probe: ForkProbeMode,
+    pub arm_percent: f64,
+    #[serde(deserialize_with = "duration")]
+    pub disarm_after: Duration,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// Where to serve Prometheus `/metrics`; "" disables.
+    pub addr: String,
+}
+
+/// `true`, `false` or `"auto"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Toggle {
+    On,
+    Off,
+    Auto,
+}
+
+impl<'de> Deserialize<'de> for Toggle {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Toggle;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("true, false or \"auto\"")
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Toggle, E> {
+                Ok(if v { Toggle::On } else { Toggle::Off })
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Toggle, E> {
+                match v {
+                    "auto" => Ok(Toggle::Auto),
+                    _ => Err(E::invalid_value(serde::de::Unexpected::Str(v), &self)),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KubernetesSection {
+    pub enabled: Toggle,
+    pub conditions: bool,
+    pub events: bool,
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub resync: Duration,
+    pub events_per_minute: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            node_name: None,
+            poll_interval: Duration::from_secs(1),
+            record: None,
+            engine: EngineSection::default(),
+            probes: ProbesSection::default(),
+            metrics: MetricsSection::default(),
+            kubernetes: KubernetesSection::default(),
+        }
+    }
+}
+
+impl Default for EngineSection {
+    fn default() -> Self {
+        let e = EngineConfig::default();
+        Self {
+            resolve_after: Duration::from_millis(e.resolve_after_ms),
+            update_every: Duration::from_millis(e.update_every_ms),
+            warn_percent: e.warn_percent,
+        }
+    }
+}
+
+impl Default for ProbesSection {
+    fn default() -> Self {
+        Self {
+            fork_probe: ForkProbeMode::Auto,
+            arm_percent: 75.0,
+            disarm_after: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        Self {
+            addr: "0.0.0.0:9102".into(),
+        }
+    }
+}
+
+impl Default for KubernetesSection {
+    fn default() -> Self {
+        Self {
+            enabled: Toggle::Auto,
+            conditions: true,
+            events: true,
+            timeout: Duration::from_secs(5),
+            resync: Duration::from_secs(60),
+            events_per_minute: 12,
+        }
+    }
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "{s:?} is not a duration ({e}); write e.g. \"500ms\", \"10s\", \"5m\""
+        ))
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config file {path}: {key} = {value}: {why}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        value: String,
+        why: String,
+    },
+}
+
+impl Config {
+    pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &std::path::Path) -> Result<Self, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            // toml's message names the line, the column and the key.
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    /// Range checks the types cannot express.
+    pub fn validate(&self, path: &std::path::Path) -> Result<(), ConfigError> {
+        let bad = |key: &'static str, value: String, why: &str| ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            value,
+            why: why.to_owned(),
+        };
+        let percent = |key, v: f64| {
+            if (1.0..=100.0).contains(&v) {
+                Ok(())
+            } else {
+                Err(bad(key, v.to_string(), "must be between 1 and 100"))
+            }
+        };
+        let positive = |key, d: Duration| {
+            if d.is_zero() {
+                Err(bad(key, "0".into(), "must be greater than zero"))
+            } else {
+                Ok(())
+            }
+        };
+        positive("poll_interval", self.poll_interval)?;
+        positive("engine.resolve_after", self.engine.resolve_after)?;
+        positive("kubernetes.timeout", self.kubernetes.timeout)?;
+        positive("kubernetes.resync", self.kubernetes.resync)?;
+        percent("engine.warn_percent", self.engine.warn_percent)?;
+        percent("probes.arm_percent", self.probes.arm_percent)?;
+        if self.engine.resolve_after < self.poll_interval {
+            return Err(bad(
+                "engine.resolve_after",
+                format!("{:?}", self.engine.resolve_after),
+                "must be at least poll_interval, or findings resolve between two samples",
+            ));
+        }
+        if let Some(n) = &self.node_name
+            && (n.is_empty() || n.len() > 253 || n.contains(char::is_whitespace))
+        {
+            return Err(bad(
+                "node_name",
+                format!("{n:?}"),
+                "is not a Kubernetes node name",
+            ));
+        }
+        self.metrics_addr()
+            .map_err(|why| bad("metrics.addr", format!("{:?}", self.metrics.addr), &why))?;
+        if self.kubernetes.events_per_minute == 0 && self.kubernetes.events {
+            return Err(bad(
+                "kubernetes.events_per_minute",
+                "0".into(),
+                "must be at least 1 (set kubernetes.events = false to send none)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The metrics listen address; None when disabled.
+    pub fn metrics_addr(&self) -> Result<Option<SocketAddr>, String> {
+        if self.metrics.addr.is_empty() {
+            return Ok(None);
+        }
+        self.metrics
+            .addr
+            .parse()
+            .map(Some)
+            .map_err(|e| format!("not HOST:PORT with an IP address ({e})"))
+    }
+
+    pub fn engine(&self) -> EngineConfig {
+        EngineConfig {
+            resolve_after_ms: self.engine.resolve_after.as_millis() as u64,
+            update_every_ms: self.engine.update_every.as_millis() as u64,
+            warn_percent: self.engine.warn_percent,
+            warn_clear_percent: (self.engine.warn_percent - 5.0).max(0.0),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn parse(t: &str) -> Result<Config, String> {
+        Config::parse(t, Path::new("/etc/watchdog.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        assert_eq!(parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn the_documented_example_parses() {
+        let doc: String = include_str!("config.rs")
+            .lines()
+            .skip_while(|l| !l.starts_with("//! ```toml"))
+            .skip(1)
+            .take_while(|l| !l.starts_with("//! ```"))
+            .map(|l| l.trim_start_matches("//!").trim_start_matches(' '))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c = parse(&doc).unwrap();
+        assert_eq!(c.node_name.as_deref(), Some("node-1"));
+        assert_eq!(c.kubernetes.enabled, Toggle::Auto);
+        assert_eq!(c.probes.fork_probe, ForkProbeMode::Auto);
+    }
+
+    #[test]
+    fn errors_name_the_key_and_why() {
+        let e = parse("[engine]\nwarn_percent = 150\n").unwrap_err();
+        assert!(
+            e.contains("engine.warn_percent = 150: must be between 1 and 100"),
+            "{e}"
+        );
+        let e = parse("[engine]\nresolve_after = \"soon\"\n").unwrap_err();
+        assert!(
+            e.contains("resolve_after") && e.contains("not a duration"),
+            "{e}"
+        );
+        let e = parse("[probes]\nfork_probe = \"sometimes\"\n").unwrap_err();
+        assert!(e.contains("fork_probe") && e.contains("sometimes"), "{e}");
+        let e = parse("[metrics]\naddr = \"localhost\"\n").unwrap_err();
+        assert!(e.contains("metrics.addr") && e.contains("HOST:PORT"), "{e}");
+        let e = parse("[kubernetes]\nenabeld = true\n").unwrap_err();
+        assert!(e.contains("unknown field `enabeld`"), "{e}");
+        assert!(e.contains("/etc/watchdog.toml"), "{e}");
+        let e = parse("poll_interval = 5\n").unwrap_err();
+        assert!(e.contains("poll_interval"), "{e}");
+        let e = parse("[kubernetes]\nenabled = \"yes\"\n").unwrap_err();
+        assert!(
+            e.contains("enabled") && e.contains("expected true, false or \"auto\""),
+            "{e}"
+        );
+    }
+}

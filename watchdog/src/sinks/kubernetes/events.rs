@@ -1,0 +1,200 @@
+//! Kubernetes Events on the Node: a Warning when a finding becomes active or
+//! a limit nears exhaustion, a Normal one when it resolves. Pure and rate
+//! limited: a token bucket (`per_minute`, burst of the same size), and while
+//! the apiserver is unreachable the pending events are coalesced by subject
+//! (the latest per finding wins) and bounded, so a long outage ends with one
+//! event per subject, not a storm.
+use std::collections::VecDeque;
+
+use super::conditions::{problem_reason, truncate};
+use crate::{
+    diagnosis::{Finding, FindingStatus, Warning, WarningStatus},
+    time::Time,
+};
+
+/// Events waiting to be sent; beyond this the oldest are dropped (counted).
+const MAX_PENDING: usize = 64;
+/// Kubernetes limits: reason and action 128 characters, note 1 kB.
+const MAX_REASON: usize = 128;
+const MAX_NOTE: usize = 1024;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeEvent {
+    pub warning: bool,
+    /// PascalCase, e.g. `PIDExhausted`, `PIDExhaustionResolved`.
+    pub reason: String,
+    pub action: String,
+    pub note: String,
+    /// What it is about (finding id); newer events replace pending older ones.
+    pub subject: String,
+}
+
+pub struct EventQueue {
+    pending: VecDeque<NodeEvent>,
+    tokens: f64,
+    per_minute: f64,
+    last_refill: Option<Time>,
+    pub dropped: u64,
+}
+
+impl EventQueue {
+    pub fn new(per_minute: u32) -> Self {
+        Self {
+            pending: VecDeque::new(),
+            tokens: f64::from(per_minute),
+            per_minute: f64::from(per_minute.max(1)),
+            last_refill: None,
+            dropped: 0,
+        }
+    }
+
+    fn push(&mut self, ev: NodeEvent) {
+        self.pending.retain(|p| p.subject != ev.subject);
+        self.pending.push_back(ev);
+        while self.pending.len() > MAX_PENDING {
+            self.pending.pop_front();
+            self.dropped += 1;
+        }
+    }
+
+    /// An event for a finding's first report and for its resolution;
+    /// updates are not events (the condition message carries them).
+    pub fn finding(&mut self, f: &Finding) {
+        let (warning, reason, action) = match f.status {
+            FindingStatus::Active => (true, problem_reason(f), "Diagnosed"),
+            FindingStatus::Resolved => (
+                false,
+                format!("{}Resolved", pascal(f.cause.name())),
+                "Recovered",
+            ),
+            FindingStatus::Update => return,
+        };
+        let note = format!("{} Remedy: {}", f.summary, f.remedy);
+        self.push(NodeEvent {
+            warning,
+            reason: truncate(&reason, MAX_REASON),
+            action: action.into(),
+            note: truncate(&note, MAX_NOTE),
+            subject: f.id.clone(),
+        });
+    }
+
+    pub fn warning(&mut self, w: &Warning) {
+        if w.status != WarningStatus::Raised {
+            return;
+        }
+        self.push(NodeEvent {
+            warning: true,
+            reason: "PIDLimitNearlyFull".into(),
+            action: "Warned".into(),
+            note: truncate(&w.message, MAX_NOTE),
+            subject: format!("warning/{:?}/{:?}/{:?}", w.limit, w.cgroup, w.uid),
+        });
+    }
+
+    fn refill(&mut self, now: Time) {
+        if let Some(last) = self.last_refill {
+            let add = now.millis_since(last) as f64 * self.per_minute / 60_000.0;
+            self.tokens = (self.tokens + add).min(self.per_minute);
+        }
+        self.last_refill = Some(now);
+    }
+
+    /// The events the rate limit lets out now (they leave the queue; put
+    /// back with `retry` if sending fails).
+    pub fn take(&mut self, now: Time) -> Vec<NodeEvent> {
+        self.refill(now);
+        let mut out = Vec::new();
+        while self.tokens >= 1.0 {
+            let Some(ev) = self.pending.pop_front() else {
+                break;
+            };
+            self.tokens -= 1.0;
+            out.push(ev);
+        }
+        out
+    }
+
+    /// Sending failed: keep the events (unless a newer one for the same
+    /// subject arrived meanwhile) and give the tokens back.
+    pub fn retry(&mut self, unsent: Vec<NodeEvent>) {
+        for ev in unsent.into_iter().rev() {
+            self.tokens = (self.tokens + 1.0).min(self.per_minute);
+            if !self.pending.iter().any(|p| p.subject == ev.subject) {
+                self.pending.push_front(ev);
+            }
+        }
+        while self.pending.len() > MAX_PENDING {
+            self.pending.pop_front();
+            self.dropped += 1;
+        }
+    }
+
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+}
+
+fn pascal(snake: &str) -> String {
+    snake
+        .split('_')
+        .map(|w| match w {
+            "pid" => "PID".to_owned(),
+            _ => {
+                let mut c = w.chars();
+                c.next()
+                    .map(|f| f.to_uppercase().collect::<String>() + c.as_str())
+                    .unwrap_or_default()
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(subject: &str) -> NodeEvent {
+        NodeEvent {
+            warning: true,
+            reason: "R".into(),
+            action: "A".into(),
+            note: "n".into(),
+            subject: subject.into(),
+        }
+    }
+
+    #[test]
+    fn rate_limited_with_refill() {
+        let mut q = EventQueue::new(2);
+        for i in 0..5 {
+            q.push(ev(&format!("s{i}")));
+        }
+        assert_eq!(q.take(Time(0)).len(), 2);
+        assert_eq!(q.take(Time(10_000)).len(), 0);
+        assert_eq!(q.take(Time(30_000)).len(), 1);
+        assert_eq!(q.pending(), 2);
+    }
+
+    #[test]
+    fn outage_coalesces_by_subject() {
+        let mut q = EventQueue::new(10);
+        let sent = q.take(Time(0));
+        assert!(sent.is_empty());
+        q.push(ev("a"));
+        let failed = q.take(Time(1000));
+        q.retry(failed);
+        for _ in 0..20 {
+            q.push(ev("a"));
+            q.push(ev("b"));
+        }
+        assert_eq!(q.pending(), 2);
+        assert_eq!(q.take(Time(2000)).len(), 2);
+    }
+
+    #[test]
+    fn pascal_names() {
+        assert_eq!(pascal("pid_exhaustion"), "PIDExhaustion");
+        assert_eq!(pascal("storage_hang"), "StorageHang");
+    }
+}
