@@ -51,6 +51,9 @@ pub struct TraceOptions {
     pub record: Option<PathBuf>,
     /// This node's name (recorded; used by the Kubernetes outputs).
     pub node_name: Option<String>,
+    /// Outputs besides the records (metrics endpoint, Kubernetes), for the
+    /// `ready` record.
+    pub outputs: Vec<String>,
 }
 
 impl Default for TraceOptions {
@@ -65,16 +68,23 @@ impl Default for TraceOptions {
             disarm_after: Duration::from_secs(60),
             record: None,
             node_name: None,
+            outputs: Vec::new(),
         }
     }
 }
 
 /// Run a tracing session until its duration ends or a signal arrives.
 pub fn trace(opts: TraceOptions, sink: &mut dyn Sink) -> anyhow::Result<Summary> {
+    block_on(session(opts, sink))
+}
+
+/// Run `fut` on the agent's single-threaded runtime (built before any probe
+/// attaches; it never starts another thread).
+pub fn block_on<T>(fut: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(trace_async(opts, sink))
+    rt.block_on(fut)
 }
 
 /// Attach or detach the fork probe as PID pressure comes and goes (`auto`).
@@ -117,7 +127,8 @@ fn drops(probes: &Probes, counters: &Counters) -> Drops {
     }
 }
 
-async fn trace_async(opts: TraceOptions, sink: &mut dyn Sink) -> anyhow::Result<Summary> {
+/// The session loop, on the current runtime: probes, context, engine, sinks.
+pub async fn session(opts: TraceOptions, sink: &mut dyn Sink) -> anyhow::Result<Summary> {
     let started = Time::now();
     let layout = KernelLayout::from_btf(std::path::Path::new(paths::KERNEL_BTF));
     let (wanted, standby): (&[_], &[_]) = match opts.fork_probe {
@@ -166,6 +177,9 @@ async fn trace_async(opts: TraceOptions, sink: &mut dyn Sink) -> anyhow::Result<
             .pids
             .as_ref()
             .map(|h| format!("{} ({:?})", h.mount.display(), h.version).to_lowercase()),
+        node: opts.node_name.clone(),
+        outputs: opts.outputs.clone(),
+        recording: opts.record.as_ref().map(|p| p.display().to_string()),
     }));
     if probes.state(FORK_FAILURES.name) == Some(ProbeState::Unavailable) {
         tracing::warn!(

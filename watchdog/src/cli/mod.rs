@@ -2,6 +2,7 @@
 mod bench_floor;
 mod check;
 mod replay;
+mod run;
 mod trace;
 
 use std::process::ExitCode;
@@ -26,6 +27,8 @@ pub struct Cli {
 enum Command {
     /// One-shot tracing session: attach, report findings live, summarize at the end.
     Trace(trace::Args),
+    /// The node agent (DaemonSet): all probes, metrics, Kubernetes conditions and events.
+    Run(run::Args),
     /// Which probes this kernel supports, and for each one that is not, why and what to do.
     Check(check::Args),
     /// Diagnose a recorded observation stream (`--record FILE`) offline.
@@ -51,6 +54,7 @@ pub fn main() -> ExitCode {
     let result = match cli.cmd {
         Command::Trace(a) => trace::run(a),
         Command::Check(a) => check::run(a),
+        Command::Run(a) => run::run(a),
         Command::Replay(a) => replay::run(a),
         Command::BenchFloor => bench_floor::run(),
     };

@@ -32,6 +32,14 @@ pub struct Ready {
     pub probes: Vec<ProbeStatus>,
     /// Where the pids controller's hierarchy is, e.g. `/sys/fs/cgroup/pids (v1)`.
     pub pids_hierarchy: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Outputs besides these records, e.g. `metrics http://0.0.0.0:9102/metrics`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<String>,
+    /// Where engine inputs are recorded (`--record`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recording: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]

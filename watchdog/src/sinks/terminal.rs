@@ -117,6 +117,12 @@ impl<W: std::io::Write> Sink for Terminal<W> {
                     }
                     s.push('\n');
                 }
+                for o in &r.outputs {
+                    s.push_str(&format!("  output {o}\n"));
+                }
+                if let Some(p) = &r.recording {
+                    s.push_str(&format!("  recording engine inputs to {p}\n"));
+                }
                 s.push_str("  Ctrl-C ends the session with a summary.\n");
                 s
             }

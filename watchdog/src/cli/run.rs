@@ -1,0 +1,182 @@
+//! `watchdog run`: the node agent for the DaemonSet. Every probe and signal,
+//! the engine, and all outputs: records on stdout (JSON lines by default,
+//! for the container log), Prometheus `/metrics`, Kubernetes node conditions
+//! and Events. Settings come from `--config FILE` (validated at start) and
+//! flags, which override the file. Each output degrades on its own: an
+//! unreachable apiserver is logged and retried, the rest keeps running.
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use crate::{
+    agent::{self, TraceOptions},
+    config::{Config, Toggle},
+    sinks::{
+        Fanout, Sink,
+        json::JsonLines,
+        kubernetes::{self, KubeOptions},
+        metrics::{self, Metrics},
+        terminal::Terminal,
+    },
+    time::Time,
+};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// TOML settings (see the README's configuration section).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Serve Prometheus metrics on HOST:PORT ("" disables); overrides metrics.addr.
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_addr: Option<String>,
+    /// This node's name (default: node_name, then $NODE_NAME, then the hostname).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// Record every engine input to FILE for `watchdog replay`.
+    #[arg(long, value_name = "FILE")]
+    record: Option<PathBuf>,
+    /// Records on stdout as text instead of JSON lines.
+    #[arg(long)]
+    text: bool,
+    /// Do not talk to the apiserver, whatever the config says.
+    #[arg(long)]
+    no_kubernetes: bool,
+    /// Stop after this long (tests, benchmarks); default: until SIGTERM.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+}
+
+fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+}
+
+/// Whether `auto` finds a cluster to talk to.
+fn in_cluster_or_kubeconfig() -> bool {
+    std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
+        || std::env::var_os("KUBECONFIG").is_some()
+}
+
+pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let mut cfg = match &a.config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    if let Some(m) = a.metrics_addr {
+        cfg.metrics.addr = m;
+    }
+    if let Some(n) = a.node_name {
+        cfg.node_name = Some(n);
+    }
+    if a.record.is_some() {
+        cfg.record = a.record;
+    }
+    if a.no_kubernetes {
+        cfg.kubernetes.enabled = Toggle::Off;
+    }
+    let origin = a
+        .config
+        .as_deref()
+        .unwrap_or(std::path::Path::new("(flags)"));
+    cfg.validate(origin)?;
+    let node = cfg
+        .node_name
+        .clone()
+        .or_else(|| std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty()))
+        .or_else(hostname);
+    // Bind now: a taken port stops the agent with a clear message.
+    let metrics_listener = match cfg
+        .metrics_addr()
+        .map_err(|e| anyhow::anyhow!("metrics.addr: {e}"))?
+    {
+        Some(addr) => Some((addr, metrics::bind(addr)?)),
+        None => None,
+    };
+    let kube_wanted = match cfg.kubernetes.enabled {
+        Toggle::On => true,
+        Toggle::Off => false,
+        Toggle::Auto => in_cluster_or_kubeconfig(),
+    };
+    let stdout = std::io::stdout();
+    let output: Box<dyn Sink> = if a.text {
+        Box::new(Terminal::new(stdout.lock()))
+    } else {
+        Box::new(JsonLines::new(stdout.lock()))
+    };
+    let mut opts = TraceOptions {
+        duration: a.duration,
+        poll_interval: cfg.poll_interval,
+        engine: cfg.engine(),
+        fork_probe: cfg.probes.fork_probe,
+        arm_percent: cfg.probes.arm_percent,
+        disarm_after: cfg.probes.disarm_after,
+        record: cfg.record.clone(),
+        node_name: node.clone(),
+        ..TraceOptions::default()
+    };
+    agent::block_on(async move {
+        let mut sinks = Fanout(vec![output]);
+        if let Some((addr, listener)) = metrics_listener {
+            let (m, registry) = Metrics::new();
+            sinks.0.push(Box::new(m));
+            tokio::spawn(metrics::serve(listener, registry));
+            opts.outputs.push(format!("metrics http://{addr}/metrics"));
+        }
+        if kube_wanted {
+            match kube_outputs(&cfg, node.as_deref()).await {
+                Ok((sink, what)) => {
+                    sinks.0.push(sink);
+                    opts.outputs.push(what);
+                }
+                Err(e) => {
+                    tracing::error!("Kubernetes outputs disabled: {e:#}");
+                    opts.outputs.push(format!("kubernetes UNAVAILABLE: {e:#}"));
+                }
+            }
+        } else {
+            opts.outputs.push(
+                "kubernetes off (not in a cluster and no KUBECONFIG; kubernetes.enabled = true forces it)"
+                    .into(),
+            );
+        }
+        agent::session(opts, &mut sinks).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn kube_outputs(cfg: &Config, node: Option<&str>) -> anyhow::Result<(Box<dyn Sink>, String)> {
+    let node = node.ok_or_else(|| {
+        anyhow::anyhow!("no node name: set node_name, --node-name or $NODE_NAME (the downward API's spec.nodeName)")
+    })?;
+    let client = tokio::time::timeout(cfg.kubernetes.timeout, kube::Client::try_default())
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "building the client timed out after {:?}",
+                cfg.kubernetes.timeout
+            )
+        })?
+        .map_err(|e| anyhow::anyhow!("no cluster configuration (in-cluster or kubeconfig): {e}"))?;
+    let opts = KubeOptions {
+        node: node.to_owned(),
+        conditions: cfg.kubernetes.conditions,
+        events: cfg.kubernetes.events,
+        timeout: cfg.kubernetes.timeout,
+        resync: cfg.kubernetes.resync,
+        events_per_minute: cfg.kubernetes.events_per_minute,
+    };
+    let (sink, exporter) = kubernetes::kubernetes(client, opts, Time::now());
+    tokio::spawn(exporter.run());
+    Ok((
+        Box::new(sink),
+        format!(
+            "kubernetes node {node}: conditions {}, events {}",
+            if cfg.kubernetes.conditions {
+                "on"
+            } else {
+                "off"
+            },
+            if cfg.kubernetes.events { "on" } else { "off" }
+        ),
+    ))
+}
