@@ -7,15 +7,19 @@
 //! - [`observation`]: the timestamped facts the engine consumes
 //! - [`diagnosis`]: the pure engine (no clock, no I/O): observations -> findings
 //! - [`sinks`]: terminal and JSON output
+//! - [`kubelet`], [`runtime`]: kubelet metrics/log/node condition and the
+//!   agent's own relist of the container runtime (PLEG signals)
 //! - [`agent`]: the live session wiring all of the above
 //! - [`cli`]: the `watchdog` command
 pub mod agent;
 pub mod cli;
 pub mod context;
 pub mod diagnosis;
+pub mod kubelet;
 pub mod observation;
 pub mod paths;
 pub mod probes;
 pub mod ringbuf;
+pub mod runtime;
 pub mod sinks;
 pub mod time;

@@ -44,6 +44,8 @@ pub struct TraceOptions {
     pub arm_percent: f64,
     /// `auto`: detach it after this long without pressure.
     pub disarm_after: Duration,
+    /// kubelet metrics/log/node watch and the agent's own relist.
+    pub pleg_sources: crate::kubelet::PlegSources,
 }
 
 impl Default for TraceOptions {
@@ -56,6 +58,7 @@ impl Default for TraceOptions {
             fork_probe: ForkProbeMode::Auto,
             arm_percent: 75.0,
             disarm_after: Duration::from_secs(60),
+            pleg_sources: crate::kubelet::PlegSources::none(),
         }
     }
 }
@@ -115,6 +118,7 @@ fn emit_reports(sink: &mut dyn Sink, reports: Vec<Report>, findings: &mut u64, w
                 }
                 sink.emit(&Record::Warning(w));
             }
+            Report::Pleg(p) => sink.emit(&Record::Pleg(p)),
         }
     }
 }
@@ -143,6 +147,10 @@ async fn trace_async(opts: TraceOptions, sink: &mut dyn Sink) -> anyhow::Result<
     } else {
         tracing::error!("the eBPF object has no events ring buffer; kernel events are unavailable");
     }
+
+    // kubelet and runtime sources: tasks on this thread, one bounded queue.
+    let (pleg_tx, mut pleg_rx) = crate::kubelet::ObsSender::channel();
+    opts.pleg_sources.clone().spawn(&pleg_tx);
 
     let mut ctx = NodeContext::new(&opts.root);
     let mut engine = Engine::new(opts.engine.clone());
@@ -209,6 +217,12 @@ async fn trace_async(opts: TraceOptions, sink: &mut dyn Sink) -> anyhow::Result<
                     }
                 }
             }
+            Some(obs) = pleg_rx.recv() => {
+                if let Observation::Source(s) = &obs {
+                    sink.emit(&Record::Source(s.clone()));
+                }
+                emit_reports(sink, engine.observe(&obs), &mut findings, &mut warnings);
+            }
             _ = poll.tick() => {
                 let now = Time::now();
                 let sample = ctx.pid_limits(now);
@@ -237,6 +251,7 @@ async fn trace_async(opts: TraceOptions, sink: &mut dyn Sink) -> anyhow::Result<
             kernel: probes.kernel_drops(),
             userspace: Counters::get(&counters.userspace_drops),
             decode_errors: Counters::get(&counters.decode_errors),
+            sources: pleg_tx.drops(),
         },
         active: engine.active(),
     };

@@ -3,6 +3,7 @@
 //! observations and from `tick(now)`, so recorded streams replay to the same
 //! findings.
 pub mod pid_exhaustion;
+pub mod pleg;
 
 use serde::Serialize;
 
@@ -18,6 +19,8 @@ pub struct EngineConfig {
     pub warn_percent: f64,
     /// Clear the warning below this (hysteresis).
     pub warn_clear_percent: f64,
+    /// PLEG estimate (threshold, report cadence).
+    pub pleg: pleg::PlegConfig,
 }
 
 impl Default for EngineConfig {
@@ -27,6 +30,7 @@ impl Default for EngineConfig {
             update_every_ms: 5_000,
             warn_percent: 90.0,
             warn_clear_percent: 85.0,
+            pleg: pleg::PlegConfig::default(),
         }
     }
 }
@@ -121,15 +125,19 @@ pub struct Warning {
 pub enum Report {
     Finding(Box<Finding>),
     Warning(Warning),
+    /// PLEG health estimate (on change and periodically).
+    Pleg(Box<pleg::PlegEstimate>),
 }
 
 pub struct Engine {
     pid: pid_exhaustion::PidExhaustion,
+    pleg: pleg::Pleg,
 }
 
 impl Engine {
     pub fn new(cfg: EngineConfig) -> Self {
         Self {
+            pleg: pleg::Pleg::new(cfg.pleg.clone()),
             pid: pid_exhaustion::PidExhaustion::new(cfg),
         }
     }
@@ -139,12 +147,36 @@ impl Engine {
             Observation::ForkFailed(f) => self.pid.fork_failed(f),
             Observation::PidLimits(l) => self.pid.limits(l),
             Observation::NprocUsage(n) => self.pid.nproc_usage(n),
+            pleg_obs => {
+                let related = self.related();
+                let e = match pleg_obs {
+                    Observation::KubeletMetrics(m) => self.pleg.metrics(m, &related),
+                    Observation::KubeletLog(l) => self.pleg.log(l, &related),
+                    Observation::NodeReady(n) => self.pleg.node_ready(n, &related),
+                    Observation::Relist(r) => self.pleg.relist(r, &related),
+                    Observation::Source(s) => self.pleg.source(s, &related),
+                    _ => None,
+                };
+                e.map(|e| Report::Pleg(Box::new(e))).into_iter().collect()
+            }
         }
+    }
+
+    /// Ids of active findings: the causes a PLEG estimate links to.
+    fn related(&self) -> Vec<String> {
+        self.pid.active().into_iter().map(|f| f.id).collect()
     }
 
     /// Advance time: periodic updates and resolutions.
     pub fn tick(&mut self, now: Time) -> Vec<Report> {
-        self.pid.tick(now)
+        let mut r = self.pid.tick(now);
+        let related = self.related();
+        r.extend(
+            self.pleg
+                .tick(now, &related)
+                .map(|e| Report::Pleg(Box::new(e))),
+        );
+        r
     }
 
     pub fn has_active(&self) -> bool {

@@ -2,6 +2,7 @@
 use super::{Record, Sink};
 use crate::{
     diagnosis::{Detail, Finding, FindingStatus, WarningStatus},
+    kubelet::SourceState,
     probes::ProbeState,
 };
 
@@ -133,6 +134,19 @@ impl<W: std::io::Write> Sink for Terminal<W> {
                 };
                 format!("[{}] {tag} {}\n", w.at.hms(), w.message)
             }
+            Record::Pleg(p) => super::pleg_line(p),
+            Record::Source(s) => format!(
+                "[{}] source  {} {}: {}: {}\n",
+                s.at.hms(),
+                s.source.name(),
+                s.target,
+                match s.state {
+                    SourceState::Available => "available",
+                    SourceState::Unavailable => "UNAVAILABLE",
+                    SourceState::Disabled => "disabled",
+                },
+                s.message
+            ),
             Record::Summary(s) => {
                 let mut t = format!(
                     "\nsummary: {:.1} s, {} kernel events, {} findings, {} warnings; drops: kernel {}, userspace {}, undecodable {}\n",
