@@ -280,7 +280,8 @@ impl Pleg {
             self.last_listed = Some(r.at);
         }
         self.relist = Some(r.clone());
-        self.evaluate(r.at, related)
+        // Judged when the relist ended (its hung calls' ages are as of then).
+        self.evaluate(r.at.plus_millis(r.duration_ms), related)
     }
 
     pub fn source(&mut self, s: &SourceStatus, related: &[String]) -> Option<PlegEstimate> {
