@@ -293,6 +293,7 @@ impl Config {
             update_every_ms: self.engine.update_every.as_millis() as u64,
             warn_percent: self.engine.warn_percent,
             warn_clear_percent: (self.engine.warn_percent - 5.0).max(0.0),
+            ..EngineConfig::default()
         }
     }
 }

@@ -9,6 +9,8 @@
 //! - [`recording`]: `--record` files of engine inputs, read back by `watchdog replay`
 //! - [`replay`]: `watchdog replay`, a recording diagnosed offline
 //! - [`sinks`]: terminal and JSON output
+//! - [`kubelet`], [`runtime`]: kubelet metrics/log/node condition and the
+//!   agent's own relist of the container runtime (PLEG signals)
 //! - [`agent`]: the live session wiring all of the above
 //! - [`config`]: `watchdog run --config FILE`, validated at start
 //! - [`cli`]: the `watchdog` command
@@ -17,11 +19,13 @@ pub mod cli;
 pub mod config;
 pub mod context;
 pub mod diagnosis;
+pub mod kubelet;
 pub mod observation;
 pub mod paths;
 pub mod probes;
 pub mod recording;
 pub mod replay;
 pub mod ringbuf;
+pub mod runtime;
 pub mod sinks;
 pub mod time;

@@ -14,6 +14,16 @@ pub enum Observation {
     PidLimits(PidLimits),
     /// A user's task count neared its RLIMIT_NPROC (kernel probe, rate-limited).
     NprocUsage(NprocUsage),
+    /// One scrape of kubelet's /metrics (PLEG and runtime operation metrics).
+    KubeletMetrics(Box<crate::kubelet::KubeletMetrics>),
+    /// A kubelet (or runtime/system) log line about PLEG or the runtime.
+    KubeletLog(crate::kubelet::KubeletLog),
+    /// This node's Ready condition (sent when it changes).
+    NodeReady(crate::kubelet::NodeReady),
+    /// One of the agent's own relists of the container runtime.
+    Relist(Box<crate::kubelet::Relist>),
+    /// A kubelet/runtime source became available or unavailable.
+    Source(crate::kubelet::SourceStatus),
 }
 
 impl Observation {
@@ -22,6 +32,11 @@ impl Observation {
             Self::ForkFailed(f) => f.at,
             Self::PidLimits(p) => p.at,
             Self::NprocUsage(n) => n.at,
+            Self::KubeletMetrics(m) => m.at,
+            Self::KubeletLog(l) => l.at,
+            Self::NodeReady(n) => n.at,
+            Self::Relist(r) => r.at,
+            Self::Source(s) => s.at,
         }
     }
 }

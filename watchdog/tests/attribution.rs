@@ -190,7 +190,7 @@ fn findings(reports: &[Report]) -> Vec<&Finding> {
         .iter()
         .filter_map(|r| match r {
             Report::Finding(f) => Some(&**f),
-            Report::Warning(_) => None,
+            Report::Warning(_) | Report::Pleg(_) => None,
         })
         .collect()
 }
@@ -828,7 +828,7 @@ fn rising_pids_events_between_samples_is_certain() {
         .iter()
         .filter_map(|r| match r {
             Report::Warning(w) => Some(w),
-            Report::Finding(_) => None,
+            Report::Finding(_) | Report::Pleg(_) => None,
         })
         .collect();
     assert_eq!(warnings.len(), 1, "{r1:#?}");

@@ -30,6 +30,9 @@ impl Diagnoser {
     }
 
     pub fn observe(&mut self, obs: Observation, sink: &mut dyn Sink) {
+        if let Observation::Source(s) = &obs {
+            sink.emit(&Record::Source(s.clone()));
+        }
         let reports = self.engine.observe(&obs);
         if let Some(r) = self.recorder.as_mut() {
             r.write(&Line::Observe(obs));
@@ -69,6 +72,7 @@ impl Diagnoser {
                     }
                     sink.emit(&Record::Warning(w));
                 }
+                Report::Pleg(p) => sink.emit(&Record::Pleg(p)),
             }
         }
     }

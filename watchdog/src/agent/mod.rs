@@ -54,6 +54,8 @@ pub struct TraceOptions {
     /// Outputs besides the records (metrics endpoint, Kubernetes), for the
     /// `ready` record.
     pub outputs: Vec<String>,
+    /// kubelet metrics/log/node watch and the agent's own relist.
+    pub pleg_sources: crate::kubelet::PlegSources,
 }
 
 impl Default for TraceOptions {
@@ -69,6 +71,7 @@ impl Default for TraceOptions {
             record: None,
             node_name: None,
             outputs: Vec::new(),
+            pleg_sources: crate::kubelet::PlegSources::none(),
         }
     }
 }
@@ -119,11 +122,12 @@ fn apply_arming(
     }));
 }
 
-fn drops(probes: &Probes, counters: &Counters) -> Drops {
+fn drops(probes: &Probes, counters: &Counters, sources: u64) -> Drops {
     Drops {
         kernel: probes.kernel_drops(),
         userspace: Counters::get(&counters.userspace_drops),
         decode_errors: Counters::get(&counters.decode_errors),
+        sources,
     }
 }
 
@@ -152,6 +156,10 @@ pub async fn session(opts: TraceOptions, sink: &mut dyn Sink) -> anyhow::Result<
     } else {
         tracing::error!("the eBPF object has no events ring buffer; kernel events are unavailable");
     }
+
+    // kubelet and runtime sources: tasks on this thread, one bounded queue.
+    let (pleg_tx, mut pleg_rx) = crate::kubelet::ObsSender::channel();
+    opts.pleg_sources.clone().spawn(&pleg_tx);
 
     let mut ctx = NodeContext::new(&opts.root);
     let recorder = match &opts.record {
@@ -226,6 +234,7 @@ pub async fn session(opts: TraceOptions, sink: &mut dyn Sink) -> anyhow::Result<
                     }
                 }
             }
+            Some(obs) = pleg_rx.recv() => diag.observe(obs, sink),
             _ = poll.tick() => {
                 let now = Time::now();
                 let sample = ctx.pid_limits(now);
@@ -239,7 +248,7 @@ pub async fn session(opts: TraceOptions, sink: &mut dyn Sink) -> anyhow::Result<
                 sink.stats(&Stats {
                     probes: &probes.statuses,
                     events: Counters::get(&counters.events),
-                    drops: drops(&probes, &counters),
+                    drops: drops(&probes, &counters, pleg_tx.drops()),
                 });
             }
             _ = sigint.recv() => break,
@@ -255,7 +264,7 @@ pub async fn session(opts: TraceOptions, sink: &mut dyn Sink) -> anyhow::Result<
         events: Counters::get(&counters.events),
         findings: diag.findings_total(),
         warnings: diag.warnings,
-        drops: drops(&probes, &counters),
+        drops: drops(&probes, &counters, pleg_tx.drops()),
         recorded: diag.recorded_lines(),
         active: diag.engine.active(),
     };

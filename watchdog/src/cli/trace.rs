@@ -1,9 +1,17 @@
 //! `watchdog trace`: a one-shot tracing session for an incident.
-use std::{process::ExitCode, time::Duration};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use crate::{
     agent::{self, TraceOptions, arming::ForkProbeMode},
-    diagnosis::EngineConfig,
+    diagnosis::{
+        EngineConfig,
+        pleg::{self, PlegConfig},
+    },
+    kubelet::{
+        self, PlegSources,
+        metrics::{self, ScrapeConfig},
+    },
+    runtime::RelistConfig,
     sinks::{Sink, json::JsonLines, terminal::Terminal},
 };
 
@@ -36,6 +44,131 @@ pub struct Args {
     /// `watchdog replay FILE`; attach it to a bug report.
     #[arg(long, value_name = "FILE")]
     record: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pleg: Box<PlegArgs>,
+}
+
+/// kubelet PLEG signals and the agent's own relist.
+#[derive(clap::Args, Clone, Debug)]
+pub struct PlegArgs {
+    /// Leave kubelet and the runtime alone (no metrics, log, node watch, relist).
+    #[arg(long)]
+    no_pleg: bool,
+    /// kubelet's metrics endpoint ("off" to disable). Use an IP literal.
+    #[arg(long, default_value = "https://127.0.0.1:10250/metrics")]
+    kubelet_metrics_url: String,
+    /// CA (PEM) of kubelet's serving certificate; default: the pod's
+    /// service-account ca.crt when present.
+    #[arg(long)]
+    kubelet_ca: Option<PathBuf>,
+    /// Do not verify kubelet's certificate (self-signed serving certificates).
+    #[arg(long)]
+    kubelet_insecure_tls: bool,
+    /// Bearer token file for kubelet; default: the pod's service-account token when present.
+    #[arg(long)]
+    kubelet_token: Option<PathBuf>,
+    /// How often kubelet's metrics are scraped.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    kubelet_scrape_interval: Duration,
+    /// kubelet's log file (its --log-file, or the syslog file); the systemd
+    /// journal is not read yet.
+    #[arg(long)]
+    kubelet_log: Option<PathBuf>,
+    /// This node's name, for the node condition watch (in-cluster only);
+    /// default: $NODE_NAME, else the hostname.
+    #[arg(long)]
+    node_name: Option<String>,
+    /// Docker endpoint for the agent's own relist ("off" to disable).
+    #[arg(long, default_value = "unix:///var/run/docker.sock")]
+    docker_host: String,
+    /// Pause between the agent's relists.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    relist_interval: Duration,
+    /// A runtime or kubelet call slower than this counts as hung.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    runtime_call_timeout: Duration,
+    /// Inspects in flight at once during a relist.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    relist_concurrency: u16,
+    /// kubelet's PLEG threshold (default 3m; 10m with --evented-pleg).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pleg_threshold: Option<Duration>,
+    /// kubelet runs the evented PLEG (threshold 10 minutes).
+    #[arg(long)]
+    evented_pleg: bool,
+    /// kubelet's --runtime-request-timeout: how long one hung runtime call holds its relist.
+    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+    runtime_request_timeout: Duration,
+}
+
+impl PlegArgs {
+    /// The sources and the estimate's configuration.
+    pub fn build(&self) -> anyhow::Result<(PlegSources, PlegConfig)> {
+        let threshold = self.pleg_threshold.unwrap_or(if self.evented_pleg {
+            Duration::from_millis(pleg::EVENTED_THRESHOLD_MS)
+        } else {
+            Duration::from_millis(pleg::GENERIC_THRESHOLD_MS)
+        });
+        if threshold.is_zero()
+            || self.relist_interval.is_zero()
+            || self.runtime_call_timeout.is_zero()
+        {
+            anyhow::bail!(
+                "--pleg-threshold, --relist-interval and --runtime-call-timeout must be greater than zero"
+            );
+        }
+        let cfg = PlegConfig {
+            threshold_ms: threshold.as_millis() as u64,
+            evented: self.evented_pleg,
+            runtime_request_timeout_ms: self.runtime_request_timeout.as_millis() as u64,
+            ..PlegConfig::default()
+        };
+        if self.no_pleg {
+            return Ok((PlegSources::none(), cfg));
+        }
+        let existing = |p: &str| Some(PathBuf::from(p)).filter(|p| p.exists());
+        let metrics = (self.kubelet_metrics_url != "off").then(|| ScrapeConfig {
+            url: self.kubelet_metrics_url.clone(),
+            ca: if self.kubelet_insecure_tls {
+                None
+            } else {
+                self.kubelet_ca.clone().or_else(|| existing(metrics::SA_CA))
+            },
+            insecure: self.kubelet_insecure_tls,
+            token: self
+                .kubelet_token
+                .clone()
+                .or_else(|| existing(metrics::SA_TOKEN)),
+            timeout: self.runtime_call_timeout,
+            interval: self.kubelet_scrape_interval,
+            ..ScrapeConfig::default()
+        });
+        let relist = (self.docker_host != "off").then(|| RelistConfig {
+            docker_host: self.docker_host.clone(),
+            interval: self.relist_interval,
+            call_timeout: self.runtime_call_timeout,
+            concurrency: self.relist_concurrency as usize,
+            ..RelistConfig::default()
+        });
+        if let Some(r) = &relist
+            && !r.docker_host.starts_with("unix://")
+        {
+            anyhow::bail!(
+                "--docker-host {:?}: only unix:// sockets are supported",
+                r.docker_host
+            );
+        }
+        Ok((
+            PlegSources {
+                metrics,
+                log: self.kubelet_log.clone(),
+                node_name: self.node_name.clone().or_else(kubelet::default_node_name),
+                node_watch: true,
+                relist,
+            },
+            cfg,
+        ))
+    }
 }
 
 fn percent(s: &str) -> Result<f64, String> {
@@ -53,6 +186,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     if a.poll_interval.is_zero() {
         anyhow::bail!("--poll-interval must be greater than zero");
     }
+    let (pleg_sources, pleg) = a.pleg.build()?;
     let opts = TraceOptions {
         duration: a.duration,
         poll_interval: a.poll_interval,
@@ -60,12 +194,14 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             warn_percent: a.warn_percent,
             warn_clear_percent: (a.warn_percent - 5.0).max(0.0),
             resolve_after_ms: a.resolve_after.as_millis() as u64,
+            pleg,
             ..EngineConfig::default()
         },
+        pleg_sources: pleg_sources.clone(),
         fork_probe: a.fork_probe,
         arm_percent: a.arm_percent,
         record: a.record,
-        node_name: std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty()),
+        node_name: pleg_sources.node_name.clone(),
         ..TraceOptions::default()
     };
     let stdout = std::io::stdout();

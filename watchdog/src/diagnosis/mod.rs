@@ -3,6 +3,8 @@
 //! observations and from `tick(now)`, so recorded streams replay to the same
 //! findings.
 pub mod pid_exhaustion;
+pub mod pleg;
+pub mod runtime_unresponsive;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -21,6 +23,8 @@ pub struct EngineConfig {
     pub warn_percent: f64,
     /// Clear the warning below this (hysteresis).
     pub warn_clear_percent: f64,
+    /// PLEG estimate (threshold, report cadence).
+    pub pleg: pleg::PlegConfig,
 }
 
 impl Default for EngineConfig {
@@ -30,6 +34,7 @@ impl Default for EngineConfig {
             update_every_ms: 5_000,
             warn_percent: 90.0,
             warn_clear_percent: 85.0,
+            pleg: pleg::PlegConfig::default(),
         }
     }
 }
@@ -149,6 +154,7 @@ pub struct PlegLink {
 #[serde(untagged)]
 pub enum Detail {
     Pid(pid_exhaustion::PidDetail),
+    Runtime(runtime_unresponsive::RuntimeDetail),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -179,6 +185,8 @@ pub struct Warning {
 pub enum Report {
     Finding(Box<Finding>),
     Warning(Warning),
+    /// PLEG health estimate (on change and periodically).
+    Pleg(Box<pleg::PlegEstimate>),
 }
 
 /// One cause's detector. Pure like the engine: observations and time in,
@@ -197,12 +205,16 @@ const MAX_TIMELINE: usize = 24;
 
 pub struct Engine {
     detectors: Vec<Box<dyn Detector>>,
+    /// kubelet's PLEG health, estimated from every PLEG signal.
+    pleg: pleg::Pleg,
+    /// The fallback cause, fed by the PLEG estimates.
+    runtime: runtime_unresponsive::RuntimeUnresponsive,
     /// Status transitions by finding id (dropped when a finding resolves).
     timelines: HashMap<String, Vec<Transition>>,
     /// Active findings by id, with their cause and summary.
     active: BTreeMap<String, (Cause, String)>,
-    /// kubelet's PLEG staleness as last estimated, when any signal gives it.
-    pleg: Option<PlegView>,
+    /// kubelet's PLEG staleness while it is stalled or unhealthy.
+    pleg_view: Option<PlegView>,
 }
 
 /// What the engine knows of PLEG health right now.
@@ -216,10 +228,12 @@ pub struct PlegView {
 impl Engine {
     pub fn new(cfg: EngineConfig) -> Self {
         Self {
+            pleg: pleg::Pleg::new(cfg.pleg.clone()),
+            runtime: runtime_unresponsive::RuntimeUnresponsive::new(cfg.clone()),
             detectors: vec![Box::new(pid_exhaustion::PidExhaustion::new(cfg))],
             timelines: HashMap::new(),
             active: BTreeMap::new(),
-            pleg: None,
+            pleg_view: None,
         }
     }
 
@@ -228,7 +242,20 @@ impl Engine {
         for d in &mut self.detectors {
             out.extend(d.observe(obs));
         }
-        self.annotate(out)
+        let mut out = self.annotate(out);
+        let related = self.kernel_causes();
+        let estimate = match obs {
+            Observation::KubeletMetrics(m) => self.pleg.metrics(m, &related),
+            Observation::KubeletLog(l) => self.pleg.log(l, &related),
+            Observation::NodeReady(n) => self.pleg.node_ready(n, &related),
+            Observation::Relist(r) => self.pleg.relist(r, &related),
+            Observation::Source(s) => self.pleg.source(s, &related),
+            _ => None,
+        };
+        if let Some(e) = estimate {
+            out.extend(self.pleg_estimate(e));
+        }
+        out
     }
 
     /// Advance time: periodic updates and resolutions.
@@ -237,7 +264,45 @@ impl Engine {
         for d in &mut self.detectors {
             out.extend(d.tick(now));
         }
-        self.annotate(out)
+        let mut out = self.annotate(out);
+        let related = self.kernel_causes();
+        match self.pleg.tick(now, &related) {
+            Some(e) => out.extend(self.pleg_estimate(e)),
+            None => {
+                let r = self.runtime.tick(now);
+                out.extend(self.annotate(r));
+            }
+        }
+        out
+    }
+
+    /// Ids of active kernel-level findings: what explains a stuck runtime.
+    fn kernel_causes(&self) -> Vec<String> {
+        self.active
+            .iter()
+            .filter(|(_, (c, _))| *c != Cause::RuntimeUnresponsive)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// A new PLEG estimate: remember the staleness for the PLEG links, let
+    /// the runtime fallback decide, then report the estimate.
+    fn pleg_estimate(&mut self, e: pleg::PlegEstimate) -> Vec<Report> {
+        self.pleg_view = match (e.status, e.seconds_since_relist) {
+            (pleg::PlegStatus::Stalled | pleg::PlegStatus::Unhealthy, Some(stale_s)) => {
+                Some(PlegView {
+                    at: e.at,
+                    stale_s,
+                    threshold_s: e.threshold_s,
+                })
+            }
+            _ => None,
+        };
+        let related = self.kernel_causes();
+        let r = self.runtime.estimate(&e, &related);
+        let mut out = self.annotate(r);
+        out.push(Report::Pleg(Box::new(e)));
+        out
     }
 
     pub fn has_active(&self) -> bool {
@@ -251,7 +316,12 @@ impl Engine {
 
     /// Findings still active, as last reported.
     pub fn active(&self) -> Vec<Finding> {
-        let mut v: Vec<Finding> = self.detectors.iter().flat_map(|d| d.active()).collect();
+        let mut v: Vec<Finding> = self
+            .detectors
+            .iter()
+            .flat_map(|d| d.active())
+            .chain(self.runtime.active())
+            .collect();
         for f in &mut v {
             f.timeline = self.timelines.get(&f.id).cloned().unwrap_or_default();
             f.concurrent = self.concurrent_with(&f.id);
@@ -268,7 +338,7 @@ impl Engine {
     /// The PLEG link of a finding: how long relist has been stale and which
     /// active causes explain it.
     fn pleg_link(&self, f: &Finding) -> Option<PlegLink> {
-        let p = self.pleg.as_ref()?;
+        let p = self.pleg_view.as_ref()?;
         if f.status == FindingStatus::Resolved || p.stale_s <= 0.0 {
             return None;
         }

@@ -710,6 +710,7 @@ impl Detector for PidExhaustion {
             Observation::ForkFailed(f) => self.fork_failed(f),
             Observation::PidLimits(l) => self.limits(l),
             Observation::NprocUsage(n) => self.nproc_usage(n),
+            _ => Vec::new(),
         }
     }
 
@@ -725,6 +726,7 @@ impl Detector for PidExhaustion {
 fn detail_mut(f: &mut Finding) -> &mut PidDetail {
     match &mut f.detail {
         Detail::Pid(d) => d,
+        _ => unreachable!("PID-exhaustion findings are only built with PID detail"),
     }
 }
 

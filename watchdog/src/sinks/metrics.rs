@@ -58,7 +58,7 @@ pub struct Metrics {
     warnings: BTreeSet<String>,
     /// Last values of counters kept elsewhere (we add the difference).
     last_events: u64,
-    last_drops: [u64; 3],
+    last_drops: [u64; 4],
     last_cpu_ticks: u64,
     clk_tck: f64,
     page_size: u64,
@@ -81,7 +81,7 @@ impl Metrics {
             active: BTreeMap::new(),
             warnings: BTreeSet::new(),
             last_events: 0,
-            last_drops: [0; 3],
+            last_drops: [0; 4],
             last_cpu_ticks: 0,
             // SAFETY: sysconf has no preconditions.
             clk_tck: (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).max(1) as f64,
@@ -117,7 +117,7 @@ impl Metrics {
             );
             wd.register(
                 "dropped_events",
-                "Events lost, by hop: kernel (ring buffer full), userspace (engine queue full), decode (undecodable)",
+                "Events lost, by hop: kernel (ring buffer full), userspace (engine queue full), decode (undecodable), sources (kubelet/runtime observations, queue full)",
                 m.dropped_total.clone(),
             );
         }
@@ -138,7 +138,7 @@ impl Metrics {
             let _ = m.findings_active.get_or_create(&l);
             let _ = m.findings_total.get_or_create(&l);
         }
-        for hop in ["kernel", "userspace", "decode"] {
+        for hop in ["kernel", "userspace", "decode", "sources"] {
             let _ = m.dropped_total.get_or_create(&HopLabels { hop });
         }
         (m, Arc::new(registry))
@@ -232,6 +232,7 @@ impl Sink for Metrics {
             ("kernel", s.drops.kernel),
             ("userspace", s.drops.userspace),
             ("decode", s.drops.decode_errors),
+            ("sources", s.drops.sources),
         ]
         .into_iter()
         .enumerate()
@@ -347,6 +348,7 @@ mod tests {
                 kernel: 2,
                 userspace: 0,
                 decode_errors: 1,
+                sources: 0,
             },
         });
         m.stats(&Stats {
@@ -356,6 +358,7 @@ mod tests {
                 kernel: 3,
                 userspace: 0,
                 decode_errors: 1,
+                sources: 0,
             },
         });
         let mut text = String::new();

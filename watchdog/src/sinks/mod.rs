@@ -22,6 +22,9 @@ pub struct Drops {
     pub userspace: u64,
     /// Ring-buffer records that did not decode.
     pub decode_errors: u64,
+    /// kubelet/runtime observations dropped because their queue was full.
+    #[serde(default)]
+    pub sources: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -75,6 +78,10 @@ pub enum Record {
     Probe(ProbeChange),
     Finding(Box<Finding>),
     Warning(Warning),
+    /// PLEG health estimate.
+    Pleg(Box<crate::diagnosis::pleg::PlegEstimate>),
+    /// A kubelet/runtime source became available or unavailable.
+    Source(crate::kubelet::SourceStatus),
     Summary(Summary),
     /// First record of `watchdog replay`.
     Replay(crate::replay::ReplayInfo),
@@ -121,4 +128,24 @@ impl Sink for Capture {
     fn emit(&mut self, record: &Record) {
         self.0.push(record.clone());
     }
+}
+
+/// One terminal line for a PLEG estimate (plus the hung calls).
+pub fn pleg_line(p: &crate::diagnosis::pleg::PlegEstimate) -> String {
+    let mut s = format!("[{}] PLEG    {}\n", p.at.hms(), p.message);
+    for h in p.hung.iter().skip(1) {
+        s.push_str(&format!(
+            "    hung:          {} {} for {:.0} s\n",
+            h.call,
+            h.container_name
+                .as_deref()
+                .or(h.container_id.as_deref())
+                .unwrap_or("(all)"),
+            h.elapsed_ms as f64 / 1000.0
+        ));
+    }
+    for e in &p.kubelet_errors {
+        s.push_str(&format!("    kubelet:       {e}\n"));
+    }
+    s
 }

@@ -2,6 +2,7 @@
 use super::{Record, Sink};
 use crate::{
     diagnosis::{Detail, Finding, FindingStatus, WarningStatus},
+    kubelet::SourceState,
     probes::ProbeState,
 };
 
@@ -29,8 +30,42 @@ pub fn render_finding(f: &Finding) -> String {
         cause_name(f),
         f.summary
     ));
-    let Detail::Pid(d) = &f.detail;
     if f.status != FindingStatus::Resolved {
+        match &f.detail {
+            Detail::Pid(d) => render_pid(&mut s, d),
+            Detail::Runtime(d) => {
+                for h in &d.hung {
+                    s.push_str(&format!(
+                        "    hung call:     {} {} for {:.0} s\n",
+                        h.call,
+                        h.container_name
+                            .as_deref()
+                            .or(h.container_id.as_deref())
+                            .unwrap_or("(all containers)"),
+                        h.elapsed_ms as f64 / 1000.0
+                    ));
+                }
+                for e in &d.kubelet_errors {
+                    s.push_str(&format!("    kubelet:       {e}\n"));
+                }
+            }
+        }
+        if let Some(p) = &f.pleg {
+            s.push_str(&format!("    PLEG:          {}\n", p.message));
+        }
+        if !f.concurrent.is_empty() {
+            s.push_str(&format!("    also active:   {}\n", f.concurrent.join(", ")));
+        }
+        for e in &f.evidence {
+            s.push_str(&format!("    evidence:      [{}] {}\n", e.at.hms(), e.what));
+        }
+        s.push_str(&format!("    remedy:        {}\n", f.remedy));
+    }
+    s
+}
+
+fn render_pid(s: &mut String, d: &crate::diagnosis::pid_exhaustion::PidDetail) {
+    {
         if !d.processes.is_empty() {
             let p: Vec<String> = d
                 .processes
@@ -83,17 +118,14 @@ pub fn render_finding(f: &Finding) -> String {
         if !lim.is_empty() {
             s.push_str(&format!("    limits:        {}\n", lim.join("; ")));
         }
-        for e in &f.evidence {
-            s.push_str(&format!("    evidence:      [{}] {}\n", e.at.hms(), e.what));
-        }
-        s.push_str(&format!("    remedy:        {}\n", f.remedy));
     }
-    s
 }
 
 fn cause_name(f: &Finding) -> String {
-    let Detail::Pid(d) = &f.detail;
-    format!("pid_exhaustion/{}", d.limit.name())
+    match &f.detail {
+        Detail::Pid(d) => format!("pid_exhaustion/{}", d.limit.name()),
+        _ => f.cause.name().to_owned(),
+    }
 }
 
 impl<W: std::io::Write> Sink for Terminal<W> {
@@ -152,6 +184,19 @@ impl<W: std::io::Write> Sink for Terminal<W> {
                 } else {
                     ""
                 }
+            ),
+            Record::Pleg(p) => super::pleg_line(p),
+            Record::Source(s) => format!(
+                "[{}] source  {} {}: {}: {}\n",
+                s.at.hms(),
+                s.source.name(),
+                s.target,
+                match s.state {
+                    SourceState::Available => "available",
+                    SourceState::Unavailable => "UNAVAILABLE",
+                    SourceState::Disabled => "disabled",
+                },
+                s.message
             ),
             Record::Summary(s) => {
                 let mut t = format!(

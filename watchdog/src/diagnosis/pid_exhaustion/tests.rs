@@ -54,7 +54,7 @@ fn findings(r: &[Report]) -> Vec<&Finding> {
     r.iter()
         .filter_map(|r| match r {
             Report::Finding(f) => Some(f.as_ref()),
-            Report::Warning(_) => None,
+            Report::Warning(_) | Report::Pleg(_) => None,
         })
         .collect()
 }
@@ -63,13 +63,15 @@ fn warnings(r: &[Report]) -> Vec<&Warning> {
     r.iter()
         .filter_map(|r| match r {
             Report::Warning(w) => Some(w),
-            Report::Finding(_) => None,
+            Report::Finding(_) | Report::Pleg(_) => None,
         })
         .collect()
 }
 
 fn pid(f: &Finding) -> &PidDetail {
-    let Detail::Pid(d) = &f.detail;
+    let Detail::Pid(d) = &f.detail else {
+        panic!("a PID finding without PID detail: {f:?}")
+    };
     d
 }
 

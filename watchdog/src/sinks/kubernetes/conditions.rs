@@ -44,10 +44,6 @@ fn healthy_reason(c: Cause) -> &'static str {
 
 /// The reason of a True condition: what exactly fired.
 pub fn problem_reason(f: &Finding) -> String {
-    #[allow(
-        irrefutable_let_patterns,
-        reason = "more causes bring more Detail variants"
-    )]
     if let Detail::Pid(d) = &f.detail {
         use crate::diagnosis::pid_exhaustion::Limit;
         return match d.limit {

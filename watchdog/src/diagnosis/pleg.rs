@@ -1,0 +1,530 @@
+//! PLEG health estimate: how long ago kubelet's PLEG last relisted, against
+//! its threshold (3 min generic, 10 min evented), and how soon kubelet will
+//! report the node unhealthy, from every source there is:
+//!
+//! - kubelet's `kubelet_pleg_last_seen_seconds` (scraped): the truth while the
+//!   scrape is fresh;
+//! - kubelet's log line `PLEG is not healthy: pleg was last seen active X ago`;
+//! - the node's Ready condition message (same text);
+//! - the agent's own relist: a listing that does not return keeps kubelet's
+//!   relist time from advancing at all; an inspect that hangs holds kubelet's
+//!   relist for one runtime request timeout (2 min) per hung container and
+//!   relist, which exceeds the threshold from two hung containers on (or
+//!   one that kubelet calls twice, kubernetes issue 94829).
+//!
+//! The largest fresh reading wins (the earliest warning). Pure: time comes
+//! from the observations and `tick(now)`.
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use crate::{
+    kubelet::types::{
+        HungCall, KubeletLog, KubeletLogEvent, KubeletMetrics, NodeReady, PlegMessage, Relist,
+        SlowCall, SourceKind, SourceState, SourceStatus,
+    },
+    time::Time,
+};
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct PlegConfig {
+    /// kubelet's PLEG threshold (3 min; 10 min with evented PLEG).
+    pub threshold_ms: u64,
+    pub evented: bool,
+    /// kubelet's `--runtime-request-timeout` (2 min): how long one hung CRI
+    /// call holds its relist.
+    pub runtime_request_timeout_ms: u64,
+    /// A metrics/log/relist reading older than this is not used.
+    pub max_reading_age_ms: u64,
+    /// A relist older than this (kubelet relists every second) is stalled.
+    pub stalled_after_ms: u64,
+    /// Re-emit the estimate at least this often.
+    pub report_every_ms: u64,
+}
+
+pub const GENERIC_THRESHOLD_MS: u64 = 180_000;
+pub const EVENTED_THRESHOLD_MS: u64 = 600_000;
+
+impl Default for PlegConfig {
+    fn default() -> Self {
+        Self {
+            threshold_ms: GENERIC_THRESHOLD_MS,
+            evented: false,
+            runtime_request_timeout_ms: 120_000,
+            max_reading_age_ms: 30_000,
+            stalled_after_ms: 15_000,
+            report_every_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlegSource {
+    KubeletMetrics,
+    KubeletLog,
+    NodeCondition,
+    AgentRelist,
+}
+
+impl PlegSource {
+    fn name(self) -> &'static str {
+        match self {
+            Self::KubeletMetrics => "kubelet metrics",
+            Self::KubeletLog => "kubelet log",
+            Self::NodeCondition => "node condition",
+            Self::AgentRelist => "agent relist",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlegStatus {
+    /// Relisting normally.
+    Healthy,
+    /// The relist is late or a runtime call hangs; kubelet has not reported it.
+    Stalled,
+    /// Past the threshold, or kubelet says so.
+    Unhealthy,
+    /// No source has a fresh reading.
+    Unknown,
+}
+
+/// One source's view.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Reading {
+    pub source: PlegSource,
+    pub seconds_since_relist: f64,
+    /// Whether this staleness keeps growing until the cause goes away (false:
+    /// hung inspects that kubelet's request timeout bounds below the threshold).
+    pub unbounded: bool,
+}
+
+/// A state change of the node's Ready condition.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Transition {
+    pub at: Time,
+    pub status: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The PLEG estimate (`"type": "pleg"` record).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PlegEstimate {
+    pub at: Time,
+    pub status: PlegStatus,
+    /// Seconds since PLEG's last successful relist (largest fresh reading).
+    pub seconds_since_relist: Option<f64>,
+    pub source: Option<PlegSource>,
+    pub threshold_s: f64,
+    pub evented: bool,
+    /// Seconds until kubelet reports PLEG unhealthy (0: already past the
+    /// threshold); None when nothing predicts it.
+    pub predicted_unhealthy_in_s: Option<f64>,
+    /// kubelet itself says PLEG is unhealthy (log line or node condition).
+    pub kubelet_reports_unhealthy: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_ready: Option<String>,
+    /// The slowest inspect of the agent's last relist.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slowest_container: Option<SlowCall>,
+    /// Runtime calls of the agent that have not returned.
+    pub hung: Vec<HungCall>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_relist_ms: Option<u64>,
+    /// Increase of `kubelet_runtime_operations_errors_total` since the first
+    /// scrape, by operation type (non-zero only).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub runtime_errors: BTreeMap<String, f64>,
+    /// Recent runtime failures kubelet logged (deadlines, KillContainerError, fork EAGAIN).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kubelet_errors: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub node_transitions: Vec<Transition>,
+    /// Active findings of other detectors (the kernel-level causes).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub related_findings: Vec<String>,
+    pub readings: Vec<Reading>,
+    pub message: String,
+}
+
+const MAX_KUBELET_ERRORS: usize = 5;
+const MAX_TRANSITIONS: usize = 10;
+
+#[derive(Default)]
+pub struct Pleg {
+    cfg: PlegConfig,
+    metrics: Option<KubeletMetrics>,
+    metrics_baseline: Option<BTreeMap<String, f64>>,
+    log_pleg: Option<(Time, PlegMessage)>,
+    kubelet_errors: Vec<(Time, String)>,
+    node: Option<NodeReady>,
+    transitions: Vec<Transition>,
+    relist: Option<Relist>,
+    /// Start of the last relist whose listing answered.
+    last_listed: Option<Time>,
+    unavailable: BTreeSet<SourceKind>,
+    last_emit: Option<(Time, String)>,
+}
+
+fn secs(ms: u64) -> f64 {
+    ms as f64 / 1000.0
+}
+
+impl Pleg {
+    pub fn new(cfg: PlegConfig) -> Self {
+        Self {
+            cfg,
+            ..Self::default()
+        }
+    }
+
+    pub fn config(&self) -> &PlegConfig {
+        &self.cfg
+    }
+
+    fn threshold_s(&self) -> f64 {
+        secs(self.cfg.threshold_ms)
+    }
+
+    pub fn metrics(&mut self, m: &KubeletMetrics, related: &[String]) -> Option<PlegEstimate> {
+        if self.metrics_baseline.is_none() {
+            self.metrics_baseline = Some(
+                m.runtime_operations
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.errors))
+                    .collect(),
+            );
+        }
+        self.metrics = Some(m.clone());
+        self.evaluate(m.at, related)
+    }
+
+    pub fn log(&mut self, l: &KubeletLog, related: &[String]) -> Option<PlegEstimate> {
+        let what = match &l.event {
+            KubeletLogEvent::PlegUnhealthy {
+                last_seen_s,
+                threshold_s,
+            } => {
+                self.log_pleg = Some((
+                    l.at,
+                    PlegMessage {
+                        last_seen_s: *last_seen_s,
+                        threshold_s: *threshold_s,
+                    },
+                ));
+                None
+            }
+            KubeletLogEvent::RuntimeDeadline {
+                operation,
+                container_id,
+                pod,
+            } => Some(format!(
+                "{operation} deadline exceeded{}{}",
+                container_id
+                    .as_ref()
+                    .map(|c| format!(" for container {}", &c[..c.len().min(12)]))
+                    .unwrap_or_default(),
+                pod.as_ref()
+                    .map(|p| format!(" of pod {}", p.name))
+                    .unwrap_or_default()
+            )),
+            KubeletLogEvent::KillContainerError {
+                pod,
+                container,
+                error,
+            } => Some(format!(
+                "KillContainer {container}{} failed: {error}",
+                pod.as_ref()
+                    .map(|p| format!(" of pod {}", p.name))
+                    .unwrap_or_default()
+            )),
+            KubeletLogEvent::ForkEagain { binary } => Some(format!(
+                "{} could not fork{}: resource temporarily unavailable",
+                l.program.as_deref().unwrap_or("a process"),
+                binary.as_ref().map(|b| format!(" {b}")).unwrap_or_default()
+            )),
+            KubeletLogEvent::RuntimeUnreachable { endpoint } => {
+                Some(format!("cannot connect to the runtime at {endpoint}"))
+            }
+        };
+        if let Some(w) = what {
+            self.kubelet_errors.retain(|(_, s)| *s != w);
+            self.kubelet_errors.push((l.at, w));
+            if self.kubelet_errors.len() > MAX_KUBELET_ERRORS {
+                self.kubelet_errors.remove(0);
+            }
+        }
+        self.evaluate(l.at, related)
+    }
+
+    pub fn node_ready(&mut self, n: &NodeReady, related: &[String]) -> Option<PlegEstimate> {
+        if self.node.as_ref().map(|o| &o.status) != Some(&n.status) {
+            self.transitions.push(Transition {
+                at: n.last_transition.unwrap_or(n.at),
+                status: n.status.clone(),
+                reason: n.reason.clone(),
+            });
+            if self.transitions.len() > MAX_TRANSITIONS {
+                self.transitions.remove(0);
+            }
+        }
+        self.node = Some(n.clone());
+        self.evaluate(n.at, related)
+    }
+
+    pub fn relist(&mut self, r: &Relist, related: &[String]) -> Option<PlegEstimate> {
+        if r.listed {
+            self.last_listed = Some(r.at);
+        }
+        self.relist = Some(r.clone());
+        // Judged when the relist ended (its hung calls' ages are as of then).
+        self.evaluate(r.at.plus_millis(r.duration_ms), related)
+    }
+
+    pub fn source(&mut self, s: &SourceStatus, related: &[String]) -> Option<PlegEstimate> {
+        if s.state == SourceState::Available {
+            self.unavailable.remove(&s.source);
+        } else {
+            self.unavailable.insert(s.source);
+        }
+        self.evaluate(s.at, related)
+    }
+
+    /// Periodic re-evaluation (readings age, predictions count down).
+    pub fn tick(&mut self, now: Time, related: &[String]) -> Option<PlegEstimate> {
+        self.evaluate(now, related)
+    }
+
+    fn fresh(&self, at: Time, now: Time) -> bool {
+        now.millis_since(at) <= self.cfg.max_reading_age_ms
+    }
+
+    fn readings(&self, now: Time) -> Vec<Reading> {
+        let mut v = Vec::new();
+        if let Some(m) = &self.metrics
+            && self.fresh(m.at, now)
+            && !self.unavailable.contains(&SourceKind::KubeletMetrics)
+            && let Some(seen) = m.pleg_last_seen
+        {
+            v.push(Reading {
+                source: PlegSource::KubeletMetrics,
+                seconds_since_relist: now.secs_since(seen),
+                unbounded: true,
+            });
+        }
+        if let Some((at, p)) = &self.log_pleg
+            && self.fresh(*at, now)
+        {
+            v.push(Reading {
+                source: PlegSource::KubeletLog,
+                seconds_since_relist: now.secs_since(*at) + p.last_seen_s,
+                unbounded: true,
+            });
+        }
+        if let Some(n) = &self.node
+            && n.status.as_deref() != Some("True")
+            && let Some(p) = &n.pleg
+        {
+            v.push(Reading {
+                source: PlegSource::NodeCondition,
+                seconds_since_relist: now.secs_since(n.at) + p.last_seen_s,
+                unbounded: true,
+            });
+        }
+        if let Some(r) = &self.relist
+            && self.fresh(r.at, now)
+        {
+            let list_hung = r.hung.iter().any(|h| h.call == "list");
+            let inspects: Vec<&HungCall> = r.hung.iter().filter(|h| h.call == "inspect").collect();
+            if list_hung || !r.listed {
+                // kubelet's relist time does not move until a listing answers.
+                if let Some(since) = self.last_listed.or(r.hung.first().map(|h| h.since)) {
+                    v.push(Reading {
+                        source: PlegSource::AgentRelist,
+                        seconds_since_relist: now.secs_since(since),
+                        unbounded: true,
+                    });
+                }
+            } else if let Some(oldest) = inspects.iter().map(|h| h.since).min() {
+                let blocked = now.secs_since(oldest);
+                let rt = self.cfg.runtime_request_timeout_ms;
+                let per_relist = secs(rt) * inspects.len() as f64;
+                let unbounded = rt == 0 || per_relist >= self.threshold_s();
+                v.push(Reading {
+                    source: PlegSource::AgentRelist,
+                    seconds_since_relist: if unbounded {
+                        blocked
+                    } else {
+                        blocked.min(per_relist)
+                    },
+                    unbounded,
+                });
+            } else if let Some(l) = self.last_listed {
+                v.push(Reading {
+                    source: PlegSource::AgentRelist,
+                    seconds_since_relist: now.secs_since(l),
+                    unbounded: false,
+                });
+            }
+        }
+        v
+    }
+
+    pub fn estimate(&self, now: Time, related: &[String]) -> PlegEstimate {
+        let readings = self.readings(now);
+        let worst = readings
+            .iter()
+            .max_by(|a, b| a.seconds_since_relist.total_cmp(&b.seconds_since_relist));
+        let threshold_s = self.threshold_s();
+        let log_says = self
+            .log_pleg
+            .as_ref()
+            .is_some_and(|(at, _)| self.fresh(*at, now));
+        let node_says = self
+            .node
+            .as_ref()
+            .is_some_and(|n| n.status.as_deref() != Some("True") && n.pleg.is_some());
+        let kubelet_reports_unhealthy = log_says || node_says;
+        let stale = worst.map(|w| w.seconds_since_relist);
+        let hung = self
+            .relist
+            .as_ref()
+            .filter(|r| self.fresh(r.at, now))
+            .map(|r| r.hung.clone())
+            .unwrap_or_default();
+        let status = match stale {
+            _ if kubelet_reports_unhealthy => PlegStatus::Unhealthy,
+            Some(s) if s >= threshold_s => PlegStatus::Unhealthy,
+            Some(s) if s * 1000.0 >= self.cfg.stalled_after_ms as f64 || !hung.is_empty() => {
+                PlegStatus::Stalled
+            }
+            Some(_) => PlegStatus::Healthy,
+            None => PlegStatus::Unknown,
+        };
+        let predicted_unhealthy_in_s = match (status, worst) {
+            (PlegStatus::Unhealthy, _) => Some(0.0),
+            (PlegStatus::Stalled, Some(w)) if w.unbounded => {
+                Some(((threshold_s - w.seconds_since_relist) * 10.0).round() / 10.0)
+            }
+            _ => None,
+        };
+        let runtime_errors = match (&self.metrics, &self.metrics_baseline) {
+            (Some(m), Some(base)) => m
+                .runtime_operations
+                .iter()
+                .filter_map(|(op, v)| {
+                    let d = v.errors - base.get(op).copied().unwrap_or(0.0);
+                    (d > 0.0).then(|| (op.clone(), d))
+                })
+                .collect(),
+            _ => BTreeMap::new(),
+        };
+        let relist = self.relist.as_ref().filter(|r| self.fresh(r.at, now));
+        let mut e = PlegEstimate {
+            at: now,
+            status,
+            seconds_since_relist: stale.map(|s| (s * 10.0).round() / 10.0),
+            source: worst.map(|w| w.source),
+            threshold_s,
+            evented: self.cfg.evented,
+            predicted_unhealthy_in_s,
+            kubelet_reports_unhealthy,
+            node_ready: self.node.as_ref().and_then(|n| n.status.clone()),
+            slowest_container: relist.and_then(|r| r.slowest.clone()),
+            hung,
+            agent_relist_ms: relist.map(|r| r.duration_ms),
+            runtime_errors,
+            kubelet_errors: self.kubelet_errors.iter().map(|(_, s)| s.clone()).collect(),
+            node_transitions: self.transitions.clone(),
+            related_findings: related.to_vec(),
+            readings,
+            message: String::new(),
+        };
+        e.message = message(&e);
+        e
+    }
+
+    /// The estimate when it changed meaningfully or `report_every_ms` passed.
+    fn evaluate(&mut self, now: Time, related: &[String]) -> Option<PlegEstimate> {
+        let e = self.estimate(now, related);
+        if e.status == PlegStatus::Unknown && self.last_emit.is_none() {
+            return None;
+        }
+        let key = format!(
+            "{:?}|{:?}|{}|{}|{:?}|{:?}|{:?}",
+            e.status,
+            e.source,
+            e.kubelet_reports_unhealthy,
+            e.hung
+                .iter()
+                .map(|h| format!("{}:{}", h.call, h.container_id.as_deref().unwrap_or("")))
+                .collect::<Vec<_>>()
+                .join(","),
+            e.node_ready,
+            e.related_findings,
+            e.kubelet_errors.len(),
+        );
+        let due = match &self.last_emit {
+            None => true,
+            Some((t, k)) => *k != key || now.millis_since(*t) >= self.cfg.report_every_ms,
+        };
+        if !due {
+            return None;
+        }
+        self.last_emit = Some((now, key));
+        Some(e)
+    }
+}
+
+fn message(e: &PlegEstimate) -> String {
+    let mut s = match (e.status, e.seconds_since_relist, e.source) {
+        (PlegStatus::Unknown, _, _) => "PLEG state unknown: no source has a fresh reading".into(),
+        (st, Some(since), Some(src)) => format!(
+            "PLEG {}: last relist {since:.0} s ago (threshold {:.0} s, from {})",
+            match st {
+                PlegStatus::Healthy => "healthy",
+                PlegStatus::Stalled => "stalled",
+                _ => "UNHEALTHY",
+            },
+            e.threshold_s,
+            src.name()
+        ),
+        (_, _, _) => "PLEG unhealthy (kubelet reports it)".into(),
+    };
+    if let Some(p) = e.predicted_unhealthy_in_s
+        && e.status == PlegStatus::Stalled
+    {
+        s.push_str(&format!(
+            "; kubelet reports the node unhealthy in ~{p:.0} s"
+        ));
+    }
+    if e.kubelet_reports_unhealthy {
+        s.push_str("; kubelet reports PLEG is not healthy");
+    }
+    if let Some(h) = e.hung.first() {
+        s.push_str(&format!(
+            "; {} {} hung for {:.0} s",
+            h.call,
+            h.container_name
+                .as_deref()
+                .or(h.container_id.as_deref())
+                .unwrap_or("(all containers)"),
+            secs(h.elapsed_ms)
+        ));
+        if e.hung.len() > 1 {
+            s.push_str(&format!(" (+{} more)", e.hung.len() - 1));
+        }
+    }
+    if !e.related_findings.is_empty() {
+        s.push_str(&format!("; related: {}", e.related_findings.join(", ")));
+    }
+    s
+}
+
+#[cfg(test)]
+#[path = "pleg_tests.rs"]
+mod tests;

@@ -1,0 +1,351 @@
+use std::collections::BTreeMap;
+
+use super::*;
+use crate::kubelet::types::{LoggedPod, RuntimeOperation};
+
+const T0: Time = Time(1_785_000_000_000);
+
+fn at(s: u64) -> Time {
+    T0.plus_millis(s * 1000)
+}
+
+fn metrics(now: Time, last_seen: Time, container_status_errors: f64) -> KubeletMetrics {
+    let mut ops = BTreeMap::new();
+    ops.insert(
+        "container_status".to_owned(),
+        RuntimeOperation {
+            count: 10.0,
+            sum_s: 1.0,
+            errors: container_status_errors,
+        },
+    );
+    KubeletMetrics {
+        at: now,
+        pleg_last_seen: Some(last_seen),
+        relist_duration: None,
+        relist_interval: None,
+        runtime_operations: ops,
+        unparseable_lines: 0,
+    }
+}
+
+fn relist(start: Time, listed: bool, hung: Vec<HungCall>) -> Relist {
+    Relist {
+        at: start,
+        runtime: "docker".into(),
+        listed,
+        complete: listed && hung.is_empty(),
+        duration_ms: 12,
+        containers: 3,
+        inspected: 3 - hung.len() as u32,
+        inspect_errors: 0,
+        error: None,
+        slowest: Some(SlowCall {
+            container_id: "aaa".into(),
+            container_name: "web".into(),
+            elapsed_ms: 4,
+        }),
+        hung,
+    }
+}
+
+fn hung(id: &str, since: Time, now: Time) -> HungCall {
+    HungCall {
+        call: "inspect".into(),
+        container_id: Some(id.into()),
+        container_name: Some(format!("name-{id}")),
+        since,
+        elapsed_ms: now.millis_since(since),
+    }
+}
+
+#[test]
+fn healthy_from_kubelet_metrics() {
+    let mut p = Pleg::new(PlegConfig::default());
+    let e = p.metrics(&metrics(at(10), at(9), 0.0), &[]).unwrap();
+    assert_eq!(e.status, PlegStatus::Healthy);
+    assert_eq!(e.source, Some(PlegSource::KubeletMetrics));
+    assert_eq!(e.seconds_since_relist, Some(1.0));
+    assert_eq!(e.predicted_unhealthy_in_s, None);
+    assert_eq!(e.threshold_s, 180.0);
+    assert!(!e.kubelet_reports_unhealthy);
+}
+
+#[test]
+fn stuck_last_seen_counts_down_to_unhealthy() {
+    let mut p = Pleg::new(PlegConfig::default());
+    p.metrics(&metrics(at(0), at(0), 0.0), &[]);
+    // Scrapes keep coming, last_seen does not move.
+    let mut last = None;
+    for s in (5..=200).step_by(5) {
+        if let Some(e) = p.metrics(&metrics(at(s), at(0), 0.0), &[]) {
+            last = Some(e);
+        }
+        if s == 60 {
+            let e = p.estimate(at(60), &[]);
+            assert_eq!(e.status, PlegStatus::Stalled);
+            assert_eq!(e.predicted_unhealthy_in_s, Some(120.0));
+            assert!(e.message.contains("in ~120 s"), "{}", e.message);
+        }
+    }
+    let e = last.unwrap();
+    assert_eq!(e.status, PlegStatus::Unhealthy);
+    assert_eq!(e.predicted_unhealthy_in_s, Some(0.0));
+    assert_eq!(e.seconds_since_relist, Some(200.0));
+}
+
+#[test]
+fn stale_metrics_are_not_used() {
+    let mut p = Pleg::new(PlegConfig::default());
+    p.metrics(&metrics(at(0), at(0), 0.0), &[]);
+    let e = p.estimate(at(31), &[]);
+    assert_eq!(e.status, PlegStatus::Unknown);
+    assert!(e.readings.is_empty());
+}
+
+#[test]
+fn one_hung_inspect_is_bounded_by_kubelets_request_timeout() {
+    let mut p = Pleg::new(PlegConfig::default());
+    p.relist(&relist(at(0), true, vec![]), &[]);
+    // From t=10 s the inspect of "nfs" hangs; relists go on around it.
+    let e = p
+        .relist(
+            &relist(at(30), true, vec![hung("nfs", at(10), at(30))]),
+            &[],
+        )
+        .unwrap();
+    assert_eq!(e.status, PlegStatus::Stalled);
+    assert_eq!(e.source, Some(PlegSource::AgentRelist));
+    assert_eq!(e.seconds_since_relist, Some(20.0));
+    // One 2-minute timeout per relist stays below the 3-minute threshold.
+    assert_eq!(e.predicted_unhealthy_in_s, None);
+    assert_eq!(e.hung[0].container_id.as_deref(), Some("nfs"));
+    assert!(
+        e.message.contains("inspect name-nfs hung for 20 s"),
+        "{}",
+        e.message
+    );
+    p.relist(
+        &relist(at(300), true, vec![hung("nfs", at(10), at(300))]),
+        &[],
+    );
+    let e = p.estimate(at(300), &[]);
+    assert_eq!(e.seconds_since_relist, Some(120.0));
+    assert_eq!(e.status, PlegStatus::Stalled);
+}
+
+#[test]
+fn two_hung_inspects_predict_unhealthy() {
+    let mut p = Pleg::new(PlegConfig::default());
+    let e = p
+        .relist(
+            &relist(
+                at(40),
+                true,
+                vec![hung("a", at(10), at(40)), hung("b", at(20), at(40))],
+            ),
+            &[],
+        )
+        .unwrap();
+    assert_eq!(e.status, PlegStatus::Stalled);
+    assert_eq!(e.seconds_since_relist, Some(30.0));
+    assert_eq!(e.predicted_unhealthy_in_s, Some(150.0));
+    // Evented PLEG: 10 minutes.
+    let mut p = Pleg::new(PlegConfig {
+        threshold_ms: EVENTED_THRESHOLD_MS,
+        evented: true,
+        ..PlegConfig::default()
+    });
+    let e = p
+        .relist(
+            &relist(
+                at(40),
+                true,
+                vec![hung("a", at(10), at(40)), hung("b", at(20), at(40))],
+            ),
+            &[],
+        )
+        .unwrap();
+    // 2 x 120 s per relist < 600 s: bounded.
+    assert_eq!(e.predicted_unhealthy_in_s, None);
+    assert!(e.evented);
+    assert_eq!(e.threshold_s, 600.0);
+}
+
+#[test]
+fn hung_listing_grows_without_bound() {
+    let mut p = Pleg::new(PlegConfig::default());
+    p.relist(&relist(at(0), true, vec![]), &[]);
+    let list = HungCall {
+        call: "list".into(),
+        container_id: None,
+        container_name: None,
+        since: at(5),
+        elapsed_ms: 95_000,
+    };
+    let mut r = relist(at(100), false, vec![list]);
+    r.error = Some("listing containers took longer than 10s".into());
+    let e = p.relist(&r, &[]).unwrap();
+    assert_eq!(e.seconds_since_relist, Some(100.0));
+    assert_eq!(e.predicted_unhealthy_in_s, Some(80.0));
+    assert!(
+        e.message.contains("list (all containers) hung"),
+        "{}",
+        e.message
+    );
+}
+
+#[test]
+fn node_condition_and_transitions() {
+    let mut p = Pleg::new(PlegConfig::default());
+    let ready = |t: Time, status: &str, pleg: Option<PlegMessage>| NodeReady {
+        at: t,
+        node: "worker-7".into(),
+        status: Some(status.into()),
+        reason: Some(
+            if status == "True" {
+                "KubeletReady"
+            } else {
+                "KubeletNotReady"
+            }
+            .into(),
+        ),
+        message: None,
+        last_transition: Some(t),
+        pleg,
+    };
+    p.node_ready(&ready(at(0), "True", None), &[]);
+    let msg = PlegMessage {
+        last_seen_s: 226.75,
+        threshold_s: 180.0,
+    };
+    let e = p
+        .node_ready(&ready(at(100), "False", Some(msg)), &[])
+        .unwrap();
+    assert_eq!(e.status, PlegStatus::Unhealthy);
+    assert!(e.kubelet_reports_unhealthy);
+    assert_eq!(e.source, Some(PlegSource::NodeCondition));
+    assert_eq!(e.seconds_since_relist, Some(226.8));
+    assert_eq!(e.node_ready.as_deref(), Some("False"));
+    let e = p.node_ready(&ready(at(200), "True", None), &[]).unwrap();
+    assert_eq!(e.status, PlegStatus::Unknown);
+    let st: Vec<_> = e
+        .node_transitions
+        .iter()
+        .map(|t| t.status.clone().unwrap())
+        .collect();
+    assert_eq!(st, ["True", "False", "True"]);
+}
+
+#[test]
+fn log_lines_report_unhealthy_and_name_failures() {
+    let mut p = Pleg::new(PlegConfig::default());
+    p.metrics(&metrics(at(0), at(0), 2.0), &[]);
+    let log = |t: Time, event: KubeletLogEvent| KubeletLog {
+        at: t,
+        logged: None,
+        program: Some("kubelet".into()),
+        event,
+    };
+    p.log(
+        &log(
+            at(1),
+            KubeletLogEvent::KillContainerError {
+                pod: Some(LoggedPod {
+                    name: "bushuzu-nettools-88854d496-9nvlk".into(),
+                    namespace: None,
+                    uid: None,
+                }),
+                container: "bushuzu-nettools".into(),
+                error: "rpc error: code = DeadlineExceeded desc = context deadline exceeded".into(),
+            },
+        ),
+        &[],
+    );
+    p.metrics(&metrics(at(2), at(2), 5.0), &[]);
+    let e = p
+        .log(
+            &log(
+                at(3),
+                KubeletLogEvent::PlegUnhealthy {
+                    last_seen_s: 237.1,
+                    threshold_s: 180.0,
+                },
+            ),
+            &["pid_exhaustion/pids_cgroup//kubepods".to_owned()],
+        )
+        .unwrap();
+    assert_eq!(e.status, PlegStatus::Unhealthy);
+    assert_eq!(e.source, Some(PlegSource::KubeletLog));
+    assert_eq!(e.seconds_since_relist, Some(237.1));
+    assert_eq!(e.runtime_errors["container_status"], 3.0);
+    assert!(
+        e.kubelet_errors[0]
+            .contains("KillContainer bushuzu-nettools of pod bushuzu-nettools-88854d496-9nvlk")
+    );
+    assert_eq!(e.related_findings.len(), 1);
+    assert!(
+        e.message.contains("related: pid_exhaustion"),
+        "{}",
+        e.message
+    );
+    // The log reading expires: with the metrics fresh and moving, healthy again.
+    p.metrics(&metrics(at(40), at(40), 5.0), &[]);
+    let e = p.estimate(at(40), &[]);
+    assert_eq!(e.status, PlegStatus::Healthy);
+    assert!(!e.kubelet_reports_unhealthy);
+}
+
+#[test]
+fn emitted_on_change_and_every_ten_seconds() {
+    let mut p = Pleg::new(PlegConfig::default());
+    assert!(p.tick(at(0), &[]).is_none(), "nothing known, nothing said");
+    let mut emitted = Vec::new();
+    for s in 1..=40 {
+        // Healthy scrapes each second until 20 s, then kubelet stops relisting.
+        let seen = if s <= 20 { at(s) } else { at(20) };
+        if let Some(e) = p.metrics(&metrics(at(s), seen, 0.0), &[]) {
+            emitted.push((s, e.status));
+        }
+        if let Some(e) = p.tick(at(s), &[]) {
+            emitted.push((s, e.status));
+        }
+    }
+    assert_eq!(
+        emitted,
+        [
+            (1, PlegStatus::Healthy),
+            (11, PlegStatus::Healthy),
+            (21, PlegStatus::Healthy),
+            (31, PlegStatus::Healthy),
+            (35, PlegStatus::Stalled),
+        ],
+        "first, every 10 s, then at once on the change (15 s without relist)"
+    );
+}
+
+#[test]
+fn json_record_shape() {
+    let mut p = Pleg::new(PlegConfig::default());
+    let e = p
+        .relist(
+            &relist(
+                at(40),
+                true,
+                vec![hung("a", at(10), at(40)), hung("b", at(20), at(40))],
+            ),
+            &[],
+        )
+        .unwrap();
+    let v = serde_json::to_value(crate::sinks::Record::Pleg(Box::new(e))).unwrap();
+    assert_eq!(v["type"], "pleg");
+    assert_eq!(v["status"], "stalled");
+    assert_eq!(v["source"], "agent_relist");
+    assert_eq!(v["seconds_since_relist"], 30.0);
+    assert_eq!(v["threshold_s"], 180.0);
+    assert_eq!(v["predicted_unhealthy_in_s"], 150.0);
+    assert_eq!(v["hung"][0]["container_id"], "a");
+    assert_eq!(v["hung"][0]["elapsed_ms"], 30_000);
+    assert_eq!(v["slowest_container"]["container_name"], "web");
+    assert!(v["message"].as_str().unwrap().starts_with("PLEG stalled"));
+}
