@@ -111,9 +111,15 @@ fn relist_healthy_then_a_hung_inspect_is_named() {
     let log = log_dir.join("kubelet.log");
     std::fs::write(&log, "").unwrap();
     let host = dockerd.host();
+    let record = log_dir.join("observations.jsonl");
     let agent = Agent::start(&agent_args(
         &host,
-        &["--kubelet-log", log.to_str().unwrap()],
+        &[
+            "--kubelet-log",
+            log.to_str().unwrap(),
+            "--record",
+            record.to_str().unwrap(),
+        ],
     ));
 
     // 1. Healthy: the agent relists both containers.
@@ -207,6 +213,26 @@ fn relist_healthy_then_a_hung_inspect_is_named() {
         "the healthy container is not hung: {v}"
     );
 
+    // The engine's fallback cause: the runtime is stuck and no kernel cause
+    // is proven (yet); it names the hung call.
+    let Some(rec) = agent.wait_for_record(
+        |v| v["type"] == "finding" && v["cause"] == "runtime_unresponsive",
+        Duration::from_secs(10),
+    ) else {
+        panic!("no runtime_unresponsive finding\n{}", agent.report());
+    };
+    let f = &rec.value;
+    eprintln!("runtime finding: {f}");
+    assert_eq!(f["status"], "active", "{f}");
+    assert_eq!(f["hung"][0]["container_name"], nfs_name.as_str(), "{f}");
+    assert!(
+        f["summary"]
+            .as_str()
+            .unwrap()
+            .contains("container runtime unresponsive"),
+        "{f}"
+    );
+
     // 3. The hang keeps growing, the agent keeps relisting the rest and keeps
     //    exactly one outstanding inspect for the hung container.
     std::thread::sleep(Duration::from_secs(12));
@@ -252,8 +278,16 @@ fn relist_healthy_then_a_hung_inspect_is_named() {
     assert!(agent.is_running(), "{}", agent.report());
     drop(fuse);
     let _ = start.wait_timeout(Duration::from_secs(20));
+    let _ = agent.stop();
+    // WATCHDOG_GOLDEN_OUT=DIR keeps the recording (to refresh the golden replays).
+    if let Some(dir) = std::env::var_os("WATCHDOG_GOLDEN_OUT") {
+        std::fs::copy(
+            &record,
+            std::path::Path::new(&dir).join("pleg_hung_inspect.jsonl"),
+        )
+        .unwrap();
+    }
     let _ = std::fs::remove_dir_all(&log_dir);
-    drop(agent);
     drop(dockerd);
 }
 

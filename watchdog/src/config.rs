@@ -21,6 +21,22 @@
 //! [metrics]
 //! addr = "0.0.0.0:9102"           # Prometheus /metrics; "" disables
 //!
+//! [pleg]                          # kubelet's PLEG signals and the agent's own relist
+//! enabled = true
+//! kubelet_metrics_url = "https://127.0.0.1:10250/metrics"   # "off" disables
+//! kubelet_ca = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
+//! kubelet_token = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+//! kubelet_insecure_tls = false    # kubelet's self-signed serving certificate
+//! kubelet_scrape_interval = "5s"
+//! kubelet_log = "/var/log/kubelet.log"          # default: not followed
+//! docker_host = "unix:///var/run/docker.sock"   # "off" disables the relist
+//! relist_interval = "5s"
+//! runtime_call_timeout = "10s"    # a runtime or kubelet call slower than this is hung
+//! relist_concurrency = 4
+//! threshold = "3m"                # kubelet's PLEG threshold (10m with evented = true)
+//! evented = false
+//! runtime_request_timeout = "2m"  # kubelet's --runtime-request-timeout
+//!
 //! [kubernetes]
 //! enabled = "auto"                # auto (in a cluster) | true | false
 //! conditions = true               # node conditions per cause
@@ -45,7 +61,57 @@ pub struct Config {
     pub engine: EngineSection,
     pub probes: ProbesSection,
     pub metrics: MetricsSection,
+    pub pleg: PlegSection,
     pub kubernetes: KubernetesSection,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlegSection {
+    pub enabled: bool,
+    pub kubelet_metrics_url: String,
+    pub kubelet_ca: Option<PathBuf>,
+    pub kubelet_token: Option<PathBuf>,
+    pub kubelet_insecure_tls: bool,
+    #[serde(deserialize_with = "duration")]
+    pub kubelet_scrape_interval: Duration,
+    pub kubelet_log: Option<PathBuf>,
+    pub docker_host: String,
+    #[serde(deserialize_with = "duration")]
+    pub relist_interval: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub runtime_call_timeout: Duration,
+    pub relist_concurrency: u16,
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub threshold: Option<Duration>,
+    pub evented: bool,
+    #[serde(deserialize_with = "duration")]
+    pub runtime_request_timeout: Duration,
+}
+
+impl Default for PlegSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            kubelet_metrics_url: "https://127.0.0.1:10250/metrics".into(),
+            kubelet_ca: None,
+            kubelet_token: None,
+            kubelet_insecure_tls: false,
+            kubelet_scrape_interval: Duration::from_secs(5),
+            kubelet_log: None,
+            docker_host: "unix:///var/run/docker.sock".into(),
+            relist_interval: Duration::from_secs(5),
+            runtime_call_timeout: Duration::from_secs(10),
+            relist_concurrency: 4,
+            threshold: None,
+            evented: false,
+            runtime_request_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -126,6 +192,7 @@ impl Default for Config {
             engine: EngineSection::default(),
             probes: ProbesSection::default(),
             metrics: MetricsSection::default(),
+            pleg: PlegSection::default(),
             kubernetes: KubernetesSection::default(),
         }
     }
@@ -245,6 +312,29 @@ impl Config {
         positive("engine.resolve_after", self.engine.resolve_after)?;
         positive("kubernetes.timeout", self.kubernetes.timeout)?;
         positive("kubernetes.resync", self.kubernetes.resync)?;
+        positive("pleg.relist_interval", self.pleg.relist_interval)?;
+        positive("pleg.runtime_call_timeout", self.pleg.runtime_call_timeout)?;
+        positive(
+            "pleg.kubelet_scrape_interval",
+            self.pleg.kubelet_scrape_interval,
+        )?;
+        if let Some(t) = self.pleg.threshold {
+            positive("pleg.threshold", t)?;
+        }
+        if !(1..=64).contains(&self.pleg.relist_concurrency) {
+            return Err(bad(
+                "pleg.relist_concurrency",
+                self.pleg.relist_concurrency.to_string(),
+                "must be between 1 and 64",
+            ));
+        }
+        if self.pleg.docker_host != "off" && !self.pleg.docker_host.starts_with("unix://") {
+            return Err(bad(
+                "pleg.docker_host",
+                format!("{:?}", self.pleg.docker_host),
+                "only unix:// sockets (or \"off\") are supported",
+            ));
+        }
         percent("engine.warn_percent", self.engine.warn_percent)?;
         percent("probes.arm_percent", self.probes.arm_percent)?;
         if self.engine.resolve_after < self.poll_interval {

@@ -101,3 +101,29 @@ fn bad_recordings_give_clear_errors() {
     assert!(e.contains("cannot open recording"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Recorded by tests/tests/pleg.rs (WATCHDOG_GOLDEN_OUT): a private dockerd
+/// whose `docker start` blocks on a hung FUSE volume, so the agent's relist
+/// has one inspect that never answers, then kubelet's PLEG log line.
+#[test]
+fn runtime_unresponsive_hung_inspect() {
+    let r = check("runtime_unresponsive_hung_inspect");
+    let f = findings(&r, "runtime_unresponsive");
+    assert!(!f.is_empty(), "no runtime_unresponsive finding");
+    assert_eq!(f[0]["status"], "active");
+    assert_eq!(f[0]["hung"][0]["call"], "inspect", "{:#}", f[0]);
+    assert!(
+        f[0]["pleg"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("PLEG stale for"),
+        "{:#}",
+        f[0]
+    );
+    let pleg: Vec<&Value> = r.iter().filter(|v| v["type"] == "pleg").collect();
+    assert!(pleg.iter().any(|p| p["status"] == "stalled"), "{pleg:#?}");
+    assert!(
+        pleg.iter().any(|p| p["kubelet_reports_unhealthy"] == true),
+        "the kubelet log line must make PLEG unhealthy: {pleg:#?}"
+    );
+}

@@ -35,7 +35,13 @@ impl Diagnoser {
         }
         let reports = self.engine.observe(&obs);
         if let Some(r) = self.recorder.as_mut() {
+            // Fork failures come in storms: they reach the file at the next
+            // tick; anything else right away, so a killed agent loses nothing.
+            let storm = matches!(obs, Observation::ForkFailed(_));
             r.write(&Line::Observe(obs));
+            if !storm {
+                r.flush();
+            }
         }
         self.emit(reports, sink);
     }

@@ -103,10 +103,34 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     } else {
         Box::new(JsonLines::new(stdout.lock()))
     };
+    let p = &cfg.pleg;
+    let pleg_args = super::trace::PlegArgs {
+        no_pleg: !p.enabled,
+        kubelet_metrics_url: p.kubelet_metrics_url.clone(),
+        kubelet_ca: p.kubelet_ca.clone(),
+        kubelet_insecure_tls: p.kubelet_insecure_tls,
+        kubelet_token: p.kubelet_token.clone(),
+        kubelet_scrape_interval: p.kubelet_scrape_interval,
+        kubelet_log: p.kubelet_log.clone(),
+        node_name: node.clone(),
+        docker_host: p.docker_host.clone(),
+        relist_interval: p.relist_interval,
+        runtime_call_timeout: p.runtime_call_timeout,
+        relist_concurrency: p.relist_concurrency,
+        pleg_threshold: p.threshold,
+        evented_pleg: p.evented,
+        runtime_request_timeout: p.runtime_request_timeout,
+    };
+    let (pleg_sources, pleg) = pleg_args
+        .build()
+        .map_err(|e| anyhow::anyhow!("{}: [pleg]: {e}", origin.display()))?;
+    let mut engine = cfg.engine();
+    engine.pleg = pleg;
     let mut opts = TraceOptions {
+        pleg_sources,
         duration: a.duration,
         poll_interval: cfg.poll_interval,
-        engine: cfg.engine(),
+        engine,
         fork_probe: cfg.probes.fork_probe,
         arm_percent: cfg.probes.arm_percent,
         disarm_after: cfg.probes.disarm_after,

@@ -53,52 +53,52 @@ pub struct Args {
 pub struct PlegArgs {
     /// Leave kubelet and the runtime alone (no metrics, log, node watch, relist).
     #[arg(long)]
-    no_pleg: bool,
+    pub(super) no_pleg: bool,
     /// kubelet's metrics endpoint ("off" to disable). Use an IP literal.
     #[arg(long, default_value = "https://127.0.0.1:10250/metrics")]
-    kubelet_metrics_url: String,
+    pub(super) kubelet_metrics_url: String,
     /// CA (PEM) of kubelet's serving certificate; default: the pod's
     /// service-account ca.crt when present.
     #[arg(long)]
-    kubelet_ca: Option<PathBuf>,
+    pub(super) kubelet_ca: Option<PathBuf>,
     /// Do not verify kubelet's certificate (self-signed serving certificates).
     #[arg(long)]
-    kubelet_insecure_tls: bool,
+    pub(super) kubelet_insecure_tls: bool,
     /// Bearer token file for kubelet; default: the pod's service-account token when present.
     #[arg(long)]
-    kubelet_token: Option<PathBuf>,
+    pub(super) kubelet_token: Option<PathBuf>,
     /// How often kubelet's metrics are scraped.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-    kubelet_scrape_interval: Duration,
+    pub(super) kubelet_scrape_interval: Duration,
     /// kubelet's log file (its --log-file, or the syslog file); the systemd
     /// journal is not read yet.
     #[arg(long)]
-    kubelet_log: Option<PathBuf>,
+    pub(super) kubelet_log: Option<PathBuf>,
     /// This node's name, for the node condition watch (in-cluster only);
     /// default: $NODE_NAME, else the hostname.
     #[arg(long)]
-    node_name: Option<String>,
+    pub(super) node_name: Option<String>,
     /// Docker endpoint for the agent's own relist ("off" to disable).
     #[arg(long, default_value = "unix:///var/run/docker.sock")]
-    docker_host: String,
+    pub(super) docker_host: String,
     /// Pause between the agent's relists.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-    relist_interval: Duration,
+    pub(super) relist_interval: Duration,
     /// A runtime or kubelet call slower than this counts as hung.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-    runtime_call_timeout: Duration,
+    pub(super) runtime_call_timeout: Duration,
     /// Inspects in flight at once during a relist.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
-    relist_concurrency: u16,
+    pub(super) relist_concurrency: u16,
     /// kubelet's PLEG threshold (default 3m; 10m with --evented-pleg).
     #[arg(long, value_parser = humantime::parse_duration)]
-    pleg_threshold: Option<Duration>,
+    pub(super) pleg_threshold: Option<Duration>,
     /// kubelet runs the evented PLEG (threshold 10 minutes).
     #[arg(long)]
-    evented_pleg: bool,
+    pub(super) evented_pleg: bool,
     /// kubelet's --runtime-request-timeout: how long one hung runtime call holds its relist.
     #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
-    runtime_request_timeout: Duration,
+    pub(super) runtime_request_timeout: Duration,
 }
 
 impl PlegArgs {

@@ -144,8 +144,11 @@ pub struct PlegLink {
     pub stale_s: f64,
     /// kubelet's threshold, seconds.
     pub threshold_s: f64,
-    /// Seconds until kubelet reports PLEG unhealthy (0 when it already does).
-    pub until_unhealthy_s: f64,
+    /// Seconds until kubelet reports PLEG unhealthy (0 when it already
+    /// does); absent when nothing predicts it (e.g. one hung call that
+    /// kubelet's request timeout bounds below the threshold).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub until_unhealthy_s: Option<f64>,
     /// Human-readable: "PLEG stale for 47 s; explained by storage_hang on ...".
     pub message: String,
 }
@@ -227,6 +230,7 @@ pub struct PlegView {
     pub at: Time,
     pub stale_s: f64,
     pub threshold_s: f64,
+    pub until_unhealthy_s: Option<f64>,
 }
 
 impl Engine {
@@ -298,6 +302,7 @@ impl Engine {
                     at: e.at,
                     stale_s,
                     threshold_s: e.threshold_s,
+                    until_unhealthy_s: e.predicted_unhealthy_in_s,
                 })
             }
             _ => None,
@@ -346,24 +351,30 @@ impl Engine {
         if f.status == FindingStatus::Resolved || p.stale_s <= 0.0 {
             return None;
         }
-        let causes: Vec<String> = self
+        // Kernel-level causes explain it; the runtime fallback only when
+        // nothing else is active.
+        let mut causes: Vec<&str> = self
             .active
             .iter()
-            .filter(|(_, (c, _))| *c != Cause::RuntimeUnresponsive || self.active.len() == 1)
-            .map(|(_, (c, summary))| format!("{} ({summary})", c.name()))
+            .filter(|(_, (c, _))| *c != Cause::RuntimeUnresponsive)
+            .map(|(id, _)| id.as_str())
             .collect();
-        let explained = if causes.is_empty() {
-            format!("{} ({})", f.cause.name(), f.summary)
-        } else {
-            causes.join(" and ")
+        if causes.is_empty() {
+            causes.push(f.id.as_str());
+        }
+        let when = match p.until_unhealthy_s {
+            Some(0.0) => "kubelet reports it now".to_owned(),
+            Some(s) => format!("kubelet reports it in ~{s:.0} s"),
+            None => format!("kubelet's threshold is {:.0} s", p.threshold_s),
         };
         Some(PlegLink {
             stale_s: p.stale_s,
             threshold_s: p.threshold_s,
-            until_unhealthy_s: (p.threshold_s - p.stale_s).max(0.0),
+            until_unhealthy_s: p.until_unhealthy_s,
             message: format!(
-                "PLEG stale for {:.0} s (kubelet reports it at {:.0} s); explained by {explained}",
-                p.stale_s, p.threshold_s
+                "PLEG stale for {:.0} s ({when}); explained by {}",
+                p.stale_s,
+                causes.join(" and ")
             ),
         })
     }
