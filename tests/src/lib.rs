@@ -10,6 +10,9 @@
 //! - [`ForkWorkload`] (from [`fork_until_eagain`]): a python process that forks
 //!   until the kernel refuses with `EAGAIN`.
 //!
+//! - [`fuse::HangingFuse`]: a FUSE mount whose daemon never answers chosen requests.
+//! - [`dockerd::Dockerd`]: a private dockerd with a busybox image.
+//!
 //! Safety rules (the machine is shared): only processes this crate started are
 //! ever signalled, never by name and never PID 1; cgroups get unique names.
 
@@ -26,6 +29,9 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
+
+pub mod dockerd;
+pub mod fuse;
 
 /// The system python: the pyenv shim on PATH forks, which breaks inside a
 /// pids cgroup at its limit.

@@ -14,6 +14,13 @@ const APT_PACKAGES: &[&str] = &[
     "zlib1g-dev",
     "python3",
     "util-linux",
+    // Storage-hang tests: a FUSE daemon of their own, a private dockerd.
+    "fuse3",
+    "python3-fusepy",
+    "docker.io",
+    "containerd",
+    "runc",
+    "busybox-static",
 ];
 const NIGHTLY: &str = "nightly";
 const BPF_LINKER_VERSION: &str = "0.13.0";

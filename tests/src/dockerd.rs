@@ -1,0 +1,330 @@
+//! [`Dockerd`]: a private Docker daemon of the test's own (unique data root,
+//! exec root, pid file and socket; no bridge, no iptables), with a
+//! busybox-static image imported from a rootfs tarball (no registry needed).
+//!
+//! Every docker CLI call runs under `timeout -s KILL` because a storage hang
+//! makes dockerd block in the kernel. `Drop` removes the containers it
+//! started, stops dockerd, SIGKILLs what is left of the processes this daemon
+//! started (found by our unique exec root on their command line: its
+//! containerd and shims), and unmounts what it left under its directories.
+//!
+//! Drop order matters with a [`crate::fuse::HangingFuse`]: declare the
+//! `Dockerd` first so that the FUSE guard drops (and aborts) before it.
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::{ChildGuard, skip_unless, skip_unless_root};
+
+pub const DOCKERD: &str = "/usr/sbin/dockerd";
+pub const BUSYBOX: &str = "/usr/bin/busybox";
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Root, dockerd, a docker CLI, busybox-static, `timeout`.
+pub fn skip_unless_docker_prereqs() -> bool {
+    if !skip_unless_root() {
+        return false;
+    }
+    for (bin, pkg) in [
+        (DOCKERD, "docker.io"),
+        (BUSYBOX, "busybox-static"),
+        ("/usr/bin/timeout", "coreutils"),
+    ] {
+        if !skip_unless(
+            Path::new(bin).exists(),
+            &format!("{bin} is missing (apt-get install {pkg})"),
+        ) {
+            return false;
+        }
+    }
+    skip_unless(
+        which_docker().is_some(),
+        "no docker CLI on PATH (apt-get install docker.io)",
+    )
+}
+
+fn which_docker() -> Option<PathBuf> {
+    ["/usr/local/bin/docker", "/usr/bin/docker"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+}
+
+/// A running private dockerd.
+pub struct Dockerd {
+    tag: String,
+    dir: PathBuf,
+    data_root: PathBuf,
+    exec_root: PathBuf,
+    sock: PathBuf,
+    docker: PathBuf,
+    daemon: Option<ChildGuard>,
+    containers: Vec<String>,
+    image: Option<String>,
+}
+
+impl Dockerd {
+    /// Starts dockerd and waits (up to 30 s) until it answers `docker version`.
+    pub fn start() -> Result<Self, String> {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let tag = format!("wd-dd-{}-{n}", std::process::id());
+        let dir = std::env::temp_dir().join(&tag);
+        // Short: containerd's socket path must fit in sun_path (108 bytes).
+        let exec_root = PathBuf::from("/run").join(&tag);
+        let data_root = dir.join("data");
+        let sock = exec_root.join("docker.sock");
+        for d in [&dir, &data_root, &exec_root] {
+            fs::create_dir_all(d).map_err(|e| format!("create {}: {e}", d.display()))?;
+        }
+        let docker = which_docker().ok_or("no docker CLI found")?;
+        let log = fs::File::create(dir.join("dockerd.log"))
+            .map_err(|e| format!("create dockerd.log: {e}"))?;
+        let mut cmd = Command::new(DOCKERD);
+        cmd.args([
+            "--iptables=false",
+            "--ip-forward=false",
+            "--ip-masq=false",
+            "--bridge=none",
+            "--storage-driver=overlay2",
+        ])
+        .arg("--data-root")
+        .arg(&data_root)
+        .arg("--exec-root")
+        .arg(&exec_root)
+        .arg("--pidfile")
+        .arg(dir.join("dockerd.pid"))
+        .arg("-H")
+        .arg(format!("unix://{}", sock.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+        let daemon =
+            ChildGuard::spawn(&mut cmd, &format!("dockerd {tag}")).map_err(|e| e.to_string())?;
+        let mut me = Self {
+            tag,
+            dir,
+            data_root,
+            exec_root,
+            sock,
+            docker,
+            daemon: Some(daemon),
+            containers: Vec::new(),
+            image: None,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if me.sock.exists()
+                && me
+                    .docker(&["version", "--format", "{{.Server.Version}}"], 5)
+                    .is_ok_and(|o| o.status.success())
+            {
+                break;
+            }
+            if let Some(d) = me.daemon.as_mut()
+                && let Some(s) = d.try_wait()
+            {
+                return Err(format!("dockerd exited ({s}) at start:\n{}", me.log_tail()));
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "dockerd did not answer within 30 s:\n{}",
+                    me.log_tail()
+                ));
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        Ok(me)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.daemon.as_ref().map(ChildGuard::pid).unwrap_or(0)
+    }
+
+    /// `unix:///run/wd-dd-.../docker.sock`
+    pub fn host(&self) -> String {
+        format!("unix://{}", self.sock.display())
+    }
+
+    pub fn exec_root(&self) -> &Path {
+        &self.exec_root
+    }
+
+    pub fn data_root(&self) -> &Path {
+        &self.data_root
+    }
+
+    pub fn log_tail(&self) -> String {
+        let s = fs::read_to_string(self.dir.join("dockerd.log")).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// Runs `docker -H <ours> args...` under `timeout -s KILL <secs>`.
+    pub fn docker(&self, args: &[&str], timeout_secs: u64) -> io::Result<Output> {
+        Command::new("timeout")
+            .args(["-s", "KILL", &timeout_secs.to_string()])
+            .arg(&self.docker)
+            .arg("-H")
+            .arg(self.host())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+    }
+
+    /// Like [`Dockerd::docker`] but requires success; returns trimmed stdout.
+    pub fn docker_ok(&self, args: &[&str], timeout_secs: u64) -> Result<String, String> {
+        let out = self
+            .docker(args, timeout_secs)
+            .map_err(|e| format!("docker {args:?}: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "docker {args:?} failed ({}): {}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr),
+                String::from_utf8_lossy(&out.stdout)
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    /// A busybox-static image (imported once per daemon); returns its name.
+    pub fn busybox_image(&mut self) -> Result<String, String> {
+        if let Some(i) = &self.image {
+            return Ok(i.clone());
+        }
+        let rootfs = self.dir.join("rootfs");
+        let bin = rootfs.join("bin");
+        fs::create_dir_all(&bin).map_err(|e| format!("create {}: {e}", bin.display()))?;
+        for d in ["tmp", "proc", "sys", "dev", "etc", "data"] {
+            let _ = fs::create_dir_all(rootfs.join(d));
+        }
+        fs::copy(BUSYBOX, bin.join("busybox")).map_err(|e| format!("copy busybox: {e}"))?;
+        let list = Command::new(BUSYBOX)
+            .arg("--list")
+            .output()
+            .map_err(|e| format!("busybox --list: {e}"))?;
+        for applet in String::from_utf8_lossy(&list.stdout).lines() {
+            let applet = applet.trim();
+            if applet.is_empty() || applet == "busybox" || applet.contains('/') {
+                continue;
+            }
+            let _ = std::os::unix::fs::symlink("busybox", bin.join(applet));
+        }
+        let tar = self.dir.join("rootfs.tar");
+        let st = Command::new("tar")
+            .arg("-C")
+            .arg(&rootfs)
+            .arg("-cf")
+            .arg(&tar)
+            .arg(".")
+            .status()
+            .map_err(|e| format!("tar: {e}"))?;
+        if !st.success() {
+            return Err(format!("tar of {} failed: {st}", rootfs.display()));
+        }
+        let name = format!("{}:busybox", self.tag);
+        self.docker_ok(&["import", &tar.to_string_lossy(), &name], 60)?;
+        self.image = Some(name.clone());
+        Ok(name)
+    }
+
+    /// `docker run -d <args...>`; remembers the container for cleanup.
+    pub fn run_detached(&mut self, args: &[&str]) -> Result<String, String> {
+        let mut full = vec!["run", "-d", "--network", "none"];
+        full.extend_from_slice(args);
+        let id = self.docker_ok(&full, 60)?;
+        self.containers.push(id.clone());
+        Ok(id)
+    }
+
+    /// Host pid of a container's init (`docker inspect`).
+    pub fn container_pid(&self, id: &str) -> Result<u32, String> {
+        self.docker_ok(&["inspect", "--format", "{{.State.Pid}}", id], 10)?
+            .parse()
+            .map_err(|e| format!("container {id} pid: {e}"))
+    }
+
+    /// Pids of live processes whose command line mentions our exec root
+    /// (our containerd, shims): processes this daemon started.
+    fn our_leftovers(&self) -> Vec<i32> {
+        let needle = self.exec_root.to_string_lossy().into_owned();
+        let me = self.pid() as i32;
+        let Ok(rd) = fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        rd.flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|&p| p > 1 && p != me && p != std::process::id() as i32)
+            .filter(|p| {
+                fs::read(format!("/proc/{p}/cmdline"))
+                    .map(|c| String::from_utf8_lossy(&c).contains(&needle))
+                    .unwrap_or(false)
+            })
+            .collect()
+    }
+
+    fn unmount_leftovers(&self) {
+        let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut points: Vec<String> = text
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+            .filter(|p| {
+                p.starts_with(&*self.exec_root.to_string_lossy())
+                    || p.starts_with(&*self.data_root.to_string_lossy())
+            })
+            .collect();
+        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for p in points {
+            if let Ok(c) = std::ffi::CString::new(p.clone()) {
+                // SAFETY: valid C string; detach never blocks.
+                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            }
+        }
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        for id in self.containers.clone() {
+            let _ = self.docker(&["rm", "-f", &id], 20);
+        }
+        if let Some(mut d) = self.daemon.take() {
+            let _ = d.signal(libc::SIGTERM);
+            if d.wait_timeout(Duration::from_secs(15)).is_none() {
+                eprintln!("warning: dockerd {} ignored SIGTERM; killing it", self.tag);
+            }
+            drop(d);
+        }
+        // containerd gets SIGKILL from dockerd's death (pdeathsig); shims are
+        // detached by design: kill what is left, by pid, only ours.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let left = self.our_leftovers();
+            if left.is_empty() {
+                break;
+            }
+            if Instant::now() > deadline {
+                eprintln!(
+                    "warning: processes of {} outlived SIGKILL: {left:?}",
+                    self.tag
+                );
+                break;
+            }
+            for p in left {
+                // SAFETY: a process whose command line names our private exec root.
+                unsafe { libc::kill(p, libc::SIGKILL) };
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        self.unmount_leftovers();
+        let _ = fs::remove_dir_all(&self.exec_root);
+        // data_root holds overlay directories owned by root: fine to remove
+        // now that nothing is mounted below it.
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
