@@ -7,6 +7,7 @@
 //! - [`observation`]: the timestamped facts the engine consumes
 //! - [`diagnosis`]: the pure engine (no clock, no I/O): observations -> findings
 //! - [`sinks`]: terminal and JSON output
+//! - [`storage`]: the storage-hang sweep over the probes' maps (blocked tasks)
 //! - [`agent`]: the live session wiring all of the above
 //! - [`cli`]: the `watchdog` command
 pub mod agent;
@@ -18,4 +19,5 @@ pub mod paths;
 pub mod probes;
 pub mod ringbuf;
 pub mod sinks;
+pub mod storage;
 pub mod time;

@@ -5,6 +5,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::{context::kube::PodRef, time::Time};
 
+pub mod storage;
+pub use storage::{BlockedTask, BlockedTasks, MountRef, WaitClass};
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Observation {
@@ -14,6 +17,8 @@ pub enum Observation {
     PidLimits(PidLimits),
     /// A user's task count neared its RLIMIT_NPROC (kernel probe, rate-limited).
     NprocUsage(NprocUsage),
+    /// Tasks blocked on storage past the threshold (storage sweep, every poll).
+    BlockedTasks(BlockedTasks),
 }
 
 impl Observation {
@@ -22,6 +27,7 @@ impl Observation {
             Self::ForkFailed(f) => f.at,
             Self::PidLimits(p) => p.at,
             Self::NprocUsage(n) => n.at,
+            Self::BlockedTasks(b) => b.at,
         }
     }
 }

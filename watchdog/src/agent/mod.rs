@@ -20,7 +20,9 @@ use crate::{
     diagnosis::{Engine, EngineConfig, Report},
     observation::{NprocUsage, Observation},
     paths,
-    probes::{self, FORK_FAILURES, KernelLayout, NPROC_PRESSURE, ProbeState, Probes},
+    probes::{
+        self, FORK_FAILURES, KernelLayout, NPROC_PRESSURE, ProbeState, Probes, STORAGE_PROBES,
+    },
     ringbuf::{self, Counters},
     sinks::{Drops, ProbeChange, Ready, Record, Sink, Summary},
     time::{MonotonicClock, Time},
@@ -44,6 +46,8 @@ pub struct TraceOptions {
     pub arm_percent: f64,
     /// `auto`: detach it after this long without pressure.
     pub disarm_after: Duration,
+    /// Storage-hang detection; None leaves its probes unattached.
+    pub storage: Option<crate::storage::StorageOptions>,
 }
 
 impl Default for TraceOptions {
@@ -56,6 +60,7 @@ impl Default for TraceOptions {
             fork_probe: ForkProbeMode::Auto,
             arm_percent: 75.0,
             disarm_after: Duration::from_secs(60),
+            storage: Some(crate::storage::StorageOptions::default()),
         }
     }
 }
@@ -127,7 +132,16 @@ async fn trace_async(opts: TraceOptions, sink: &mut dyn Sink) -> anyhow::Result<
         ForkProbeMode::Auto => (&[NPROC_PRESSURE], &[FORK_FAILURES]),
         ForkProbeMode::Off => (&[NPROC_PRESSURE], &[]),
     };
-    let mut probes = Probes::load(&layout, wanted, standby)?;
+    let wanted: Vec<_> = wanted
+        .iter()
+        .copied()
+        .chain(opts.storage.iter().flat_map(|_| STORAGE_PROBES))
+        .collect();
+    let mut probes = Probes::load(&layout, &wanted, standby)?;
+    let mut storage = opts
+        .storage
+        .as_ref()
+        .and_then(|s| crate::storage::StorageTracker::start(&mut probes, &opts.root, s));
     let mut arming = Arming::new(opts.arm_percent, opts.disarm_after.as_millis() as u64);
     let auto = opts.fork_probe == ForkProbeMode::Auto
         && probes.state(FORK_FAILURES.name) == Some(ProbeState::Standby);
@@ -215,6 +229,10 @@ async fn trace_async(opts: TraceOptions, sink: &mut dyn Sink) -> anyhow::Result<
                 let mut pressure = arming.sample_pressure(&sample);
                 emit_reports(sink, engine.observe(&Observation::PidLimits(sample)), &mut findings, &mut warnings);
                 emit_reports(sink, engine.tick(now), &mut findings, &mut warnings);
+                if let Some(s) = storage.as_mut() {
+                    let blocked = Observation::BlockedTasks(s.sweep(now));
+                    emit_reports(sink, engine.observe(&blocked), &mut findings, &mut warnings);
+                }
                 if pressure.is_none() && engine.has_active() {
                     pressure = Some("a PID-exhaustion finding is active".into());
                 }

@@ -29,7 +29,7 @@ enum Command {
     Check(check::Args),
     /// Attach only an empty program on the probes' hook (benchmark floor).
     #[command(hide = true)]
-    BenchFloor,
+    BenchFloor(bench_floor::Args),
 }
 
 pub fn main() -> ExitCode {
@@ -48,7 +48,7 @@ pub fn main() -> ExitCode {
     let result = match cli.cmd {
         Command::Trace(a) => trace::run(a),
         Command::Check(a) => check::run(a),
-        Command::BenchFloor => bench_floor::run(),
+        Command::BenchFloor(a) => bench_floor::run(a),
     };
     match result {
         Ok(code) => code,

@@ -3,6 +3,7 @@
 //! observations and from `tick(now)`, so recorded streams replay to the same
 //! findings.
 pub mod pid_exhaustion;
+pub mod storage_hang;
 
 use serde::Serialize;
 
@@ -35,6 +36,7 @@ impl Default for EngineConfig {
 #[serde(rename_all = "snake_case")]
 pub enum Cause {
     PidExhaustion,
+    StorageHang,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -91,6 +93,7 @@ pub struct Finding {
 #[serde(untagged)]
 pub enum Detail {
     Pid(pid_exhaustion::PidDetail),
+    Storage(storage_hang::StorageDetail),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -125,11 +128,13 @@ pub enum Report {
 
 pub struct Engine {
     pid: pid_exhaustion::PidExhaustion,
+    storage: storage_hang::StorageHang,
 }
 
 impl Engine {
     pub fn new(cfg: EngineConfig) -> Self {
         Self {
+            storage: storage_hang::StorageHang::new(&cfg),
             pid: pid_exhaustion::PidExhaustion::new(cfg),
         }
     }
@@ -139,20 +144,26 @@ impl Engine {
             Observation::ForkFailed(f) => self.pid.fork_failed(f),
             Observation::PidLimits(l) => self.pid.limits(l),
             Observation::NprocUsage(n) => self.pid.nproc_usage(n),
+            Observation::BlockedTasks(b) => self.storage.observe(b),
         }
     }
 
     /// Advance time: periodic updates and resolutions.
     pub fn tick(&mut self, now: Time) -> Vec<Report> {
-        self.pid.tick(now)
+        let mut r = self.pid.tick(now);
+        r.extend(self.storage.tick(now));
+        r
     }
 
+    /// A PID-exhaustion finding is active (arms the fork probe).
     pub fn has_active(&self) -> bool {
         self.pid.has_active()
     }
 
     /// Findings still active, as last reported.
     pub fn active(&self) -> Vec<Finding> {
-        self.pid.active()
+        let mut a = self.pid.active();
+        a.extend(self.storage.active());
+        a
     }
 }

@@ -705,6 +705,7 @@ impl PidExhaustion {
 fn detail_mut(f: &mut Finding) -> &mut PidDetail {
     match &mut f.detail {
         Detail::Pid(d) => d,
+        Detail::Storage(_) => unreachable!("PID-exhaustion findings are built with a PidDetail"),
     }
 }
 

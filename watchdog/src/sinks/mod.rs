@@ -1,6 +1,7 @@
 //! Where reports go: a person's terminal or JSON lines. Every output record
 //! is a [`Record`]; its `type` field names the kind.
 pub mod json;
+pub mod storage;
 pub mod terminal;
 
 use serde::Serialize;

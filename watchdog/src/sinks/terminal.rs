@@ -29,7 +29,10 @@ pub fn render_finding(f: &Finding) -> String {
         cause_name(f),
         f.summary
     ));
-    let Detail::Pid(d) = &f.detail;
+    let d = match &f.detail {
+        Detail::Pid(d) => d,
+        Detail::Storage(d) => return s + &super::storage::render(f, d),
+    };
     if f.status != FindingStatus::Resolved {
         if !d.processes.is_empty() {
             let p: Vec<String> = d
@@ -92,8 +95,10 @@ pub fn render_finding(f: &Finding) -> String {
 }
 
 fn cause_name(f: &Finding) -> String {
-    let Detail::Pid(d) = &f.detail;
-    format!("pid_exhaustion/{}", d.limit.name())
+    match &f.detail {
+        Detail::Pid(d) => format!("pid_exhaustion/{}", d.limit.name()),
+        Detail::Storage(d) => format!("storage_hang/{:?}", d.wait).to_lowercase(),
+    }
 }
 
 impl<W: std::io::Write> Sink for Terminal<W> {

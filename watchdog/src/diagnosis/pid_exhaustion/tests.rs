@@ -69,7 +69,9 @@ fn warnings(r: &[Report]) -> Vec<&Warning> {
 }
 
 fn pid(f: &Finding) -> &PidDetail {
-    let Detail::Pid(d) = &f.detail;
+    let Detail::Pid(d) = &f.detail else {
+        panic!("not a PID-exhaustion finding: {:?}", f.cause)
+    };
     d
 }
 
