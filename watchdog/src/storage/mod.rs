@@ -472,6 +472,13 @@ impl StorageTracker {
                 },
             })
         });
+        // A page-cache wait (folio lock) on a FUSE or NFS file is that
+        // server not answering: the request went out asynchronously, so the
+        // waiter's stack shows only the generic page wait.
+        let wait = match (wait, mount.as_ref()) {
+            (WaitClass::Block | WaitClass::Other, Some(m)) => fs_wait(&m.fs_type).unwrap_or(wait),
+            _ => wait,
+        };
         let cgroup_text = self
             .read(&self.root.join(format!("proc/{tgid}/cgroup")))
             .unwrap_or_default();
@@ -585,6 +592,18 @@ impl Candidate {
     }
 }
 
+/// The wait class a file system's own type implies, for network and
+/// userspace file systems.
+pub fn fs_wait(fs_type: &str) -> Option<WaitClass> {
+    if fs_type == "fuse" || fs_type == "fuseblk" || fs_type.starts_with("fuse.") {
+        Some(WaitClass::Fuse)
+    } else if fs_type == "nfs" || fs_type == "nfs4" {
+        Some(WaitClass::Nfs)
+    } else {
+        None
+    }
+}
+
 /// pid -> (comm, ppid) of every process.
 fn all_procs(root: &Path) -> HashMap<u32, (String, u32)> {
     let mut out = HashMap::new();
@@ -688,6 +707,14 @@ mod tests {
         let mut w: Vec<u32> = initial_watch_set(&procs, &comms).into_iter().collect();
         w.sort();
         assert_eq!(w, [100, 101, 200, 201, 202]);
+    }
+
+    #[test]
+    fn fs_types_imply_waits() {
+        assert_eq!(fs_wait("fuse.sshfs"), Some(WaitClass::Fuse));
+        assert_eq!(fs_wait("fuseblk"), Some(WaitClass::Fuse));
+        assert_eq!(fs_wait("nfs4"), Some(WaitClass::Nfs));
+        assert_eq!(fs_wait("ext4"), None);
     }
 
     #[test]
