@@ -12,6 +12,7 @@
 //! | `hang-read`  | regular file: lookup and open answer, `read` never does      |
 //! | `hang*`, `vol/hang*` | lookup (stat, open, ...) never answers               |
 //! | statfs       | never answers when started with [`FuseOpts::hang_statfs`]    |
+//! | everything but `/` | lookup never answers after [`HangingFuse::hang_everything`] |
 //!
 //! A task blocked on a FUSE request sleeps interruptibly (`S`) until a
 //! signal arrives; the daemon never answers the FUSE_INTERRUPT either, so the
@@ -36,9 +37,9 @@ use crate::{ChildGuard, PYTHON, skip_unless, skip_unless_root};
 /// The daemon (python3-fusepy, libfuse2). Blocked handlers wait on an event
 /// that is never set; libfuse's other threads keep serving the rest.
 const DAEMON: &str = r#"
-import errno, stat, sys, threading
+import errno, os, stat, sys, threading
 from fusepy import FUSE, FuseOSError, Operations
-mnt, fsname, hang_statfs = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+mnt, fsname, hang_statfs, flag = sys.argv[1], sys.argv[2], sys.argv[3] == "1", sys.argv[4]
 NEVER = threading.Event()
 DIR = dict(st_mode=stat.S_IFDIR | 0o755, st_nlink=2)
 FILE = dict(st_mode=stat.S_IFREG | 0o644, st_size=4096, st_nlink=1)
@@ -47,7 +48,7 @@ def hangs(path):
     return name.startswith("hang") and name != "hang-read"
 class Ops(Operations):
     def getattr(self, path, fh=None):
-        if hangs(path):
+        if hangs(path) or (path != "/" and os.path.exists(flag)):
             NEVER.wait()
         if path in ("/", "/vol"):
             return DIR
@@ -197,6 +198,7 @@ impl HangingFuse {
             .arg(&mnt)
             .arg(&tag)
             .arg(if opts.hang_statfs { "1" } else { "0" })
+            .arg(dir.join("hang-all"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -319,6 +321,13 @@ impl HangingFuse {
         self.aborted
     }
 
+    /// From now on every lookup but the root's never answers (`vol`, `file`
+    /// too): what a daemon that died mid-way looks like to new callers.
+    pub fn hang_everything(&self) -> Result<(), String> {
+        let f = self.dir.join("hang-all");
+        fs::write(&f, "1").map_err(|e| format!("create {}: {e}", f.display()))
+    }
+
     /// Fail every pending and future request of this connection (ENOTCONN):
     /// releases all blocked tasks, even unkillable ones.
     pub fn abort(&mut self) -> Result<(), String> {
@@ -366,6 +375,7 @@ impl Drop for HangingFuse {
         // remove_dir_all would descend into a mount still attached: only
         // remove what we created, non-recursively for the mount points.
         let _ = fs::remove_file(self.dir.join("hangfs.py"));
+        let _ = fs::remove_file(self.dir.join("hang-all"));
         let _ = fs::remove_dir(&self.mnt);
         let _ = fs::remove_dir(self.dir.join("fusectl"));
         let _ = fs::remove_dir(&self.dir);

@@ -144,12 +144,128 @@ pub struct NprocPressureEvent {
     pub comm: [u8; COMM_LEN],
 }
 
+// --- Storage hangs (maps read by userspace, no ring-buffer events) ---------
+
+/// Drop-counter slots in [`DROPS_MAP`] used by the storage probes (after the
+/// [`EventKind`] slots).
+pub const DROP_WATCHED: u32 = 4;
+pub const DROP_INFLIGHT: u32 = 5;
+pub const DROP_DSTATE: u32 = 6;
+pub const DROP_STACK: u32 = 7;
+
+/// tgid -> 1: processes whose syscalls are tracked (`HashMap<u32, u8>`).
+pub const WATCHED_MAP: &str = "WATCHED";
+pub const WATCHED_ENTRIES: u32 = 32768;
+/// Runtime names that make an exec'd process watched (`Array<CommPattern>`).
+pub const WATCH_COMMS_MAP: &str = "WATCH_COMMS";
+pub const WATCH_COMMS_SLOTS: u32 = 16;
+/// Syscall number -> [`ArgKind`] as `u8`; 0 = not tracked (`Array<u8>`).
+pub const SYSCALL_KINDS_MAP: &str = "SYSCALL_KINDS";
+pub const SYSCALL_SLOTS: u32 = 512;
+/// tid -> [`InflightSyscall`] of watched tasks (`HashMap<u32, InflightSyscall>`).
+pub const INFLIGHT_MAP: &str = "INFLIGHT";
+pub const INFLIGHT_ENTRIES: u32 = 8192;
+/// tid -> [`DstateEntry`], every task of the node (`HashMap<u32, DstateEntry>`).
+pub const DSTATE_MAP: &str = "DSTATE";
+pub const DSTATE_ENTRIES: u32 = 8192;
+/// Kernel stacks of tasks going to uninterruptible sleep (`StackTrace`).
+pub const STACKS_MAP: &str = "STACKS";
+pub const STACKS_ENTRIES: u32 = 2048;
+/// Bytes of a syscall's path argument kept (with the terminating NUL).
+pub const PATH_LEN: usize = 256;
+
+/// `task_struct::__state` bits as `sched_switch` reports them.
+pub const TASK_UNINTERRUPTIBLE: u32 = 0x2;
+pub const TASK_WAKEKILL: u32 = 0x100;
+pub const TASK_NOLOAD: u32 = 0x400;
+/// `TASK_WAKEKILL | TASK_UNINTERRUPTIBLE`: D, but SIGKILL still wakes it.
+pub const TASK_KILLABLE: u32 = TASK_WAKEKILL | TASK_UNINTERRUPTIBLE;
+
+/// A comm the exec probe matches: the first `len` bytes of `name`, and, if
+/// `prefix` is 0, nothing after them (exact match). `len == 0`: unused slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CommPattern {
+    pub name: [u8; COMM_LEN],
+    pub len: u32,
+    pub prefix: u32,
+}
+
+/// Where a tracked syscall's file argument is.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ArgKind {
+    Untracked = 0,
+    /// arg0 is a file descriptor (read, fsync, fstat...).
+    Fd = 1,
+    /// arg0 is a path, relative to the cwd (stat, statfs, mkdir, umount2...).
+    Path0 = 2,
+    /// arg0 is a directory fd, arg1 a path (openat, newfstatat, statx...).
+    DirfdPath1 = 3,
+    /// arg1 is a path, relative to the cwd (mount's target).
+    Path1 = 4,
+    /// No file argument (sync).
+    NoArg = 5,
+}
+
+impl ArgKind {
+    pub const fn from_u32(v: u32) -> Self {
+        match v {
+            1 => Self::Fd,
+            2 => Self::Path0,
+            3 => Self::DirfdPath1,
+            4 => Self::Path1,
+            5 => Self::NoArg,
+            _ => Self::Untracked,
+        }
+    }
+}
+
+/// `AT_FDCWD`: the path is relative to the task's cwd.
+pub const AT_FDCWD: i32 = -100;
+
+/// A tracked syscall of a watched task that has not returned yet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InflightSyscall {
+    /// `bpf_ktime_get_ns()` at sys_enter.
+    pub start_ns: u64,
+    pub tgid: u32,
+    pub nr: u32,
+    /// The fd argument ([`ArgKind::Fd`]), the dirfd ([`ArgKind::DirfdPath1`])
+    /// or [`AT_FDCWD`].
+    pub fd: i32,
+    /// [`ArgKind`] as `u32`.
+    pub kind: u32,
+    /// NUL-terminated path argument (empty for fd syscalls or when unreadable).
+    pub path: [u8; PATH_LEN],
+}
+
+/// The last time a task went to uninterruptible sleep.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DstateEntry {
+    /// `bpf_ktime_get_ns()` when it was switched out.
+    pub since_ns: u64,
+    /// `nvcsw + nivcsw` of the task right after that switch: when
+    /// /proc/<tid>/status still shows this count, the task has not run since.
+    pub switches: u64,
+    /// Id in [`STACKS_MAP`], negative when the stack could not be stored.
+    pub stack_id: i64,
+    /// Raw `__state` (`prev_state`) at the switch.
+    pub state: u32,
+    pub tgid: u32,
+}
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: plain-old-data, `#[repr(C)]`, no padding holes read as references.
     unsafe impl aya::Pod for super::EventHeader {}
     unsafe impl aya::Pod for super::ForkFailureEvent {}
     unsafe impl aya::Pod for super::NprocPressureEvent {}
+    unsafe impl aya::Pod for super::CommPattern {}
+    unsafe impl aya::Pod for super::InflightSyscall {}
+    unsafe impl aya::Pod for super::DstateEntry {}
 }
 
 /// Decoding of raw ring-buffer records (userspace only).

@@ -8,6 +8,8 @@
 #![no_std]
 #![no_main]
 
+mod storage;
+
 use aya_ebpf::{
     EbpfContext as _,
     helpers::{
@@ -38,7 +40,7 @@ static PT_REGS_NR_OFF: u64 = 0;
 /// Offset in `struct pt_regs` of the first syscall argument as passed
 /// (x86_64 `di`, arm64 `orig_x0`).
 #[unsafe(no_mangle)]
-static PT_REGS_ARG0_OFF: u64 = 0;
+pub(crate) static PT_REGS_ARG0_OFF: u64 = 0;
 /// This architecture's syscall numbers; -1 where the syscall does not exist.
 #[unsafe(no_mangle)]
 static NR_FORK: i64 = -1;
@@ -96,7 +98,7 @@ const RLIM_INFINITY: u64 = u64::MAX;
 static NPROC_LAST: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
 
 #[inline(always)]
-fn global<T: Copy>(v: &T) -> T {
+pub(crate) fn global<T: Copy>(v: &T) -> T {
     // SAFETY: reading a static; volatile so the loader's patched value is used
     // instead of the compile-time constant.
     unsafe { core::ptr::read_volatile(v) }
@@ -104,7 +106,12 @@ fn global<T: Copy>(v: &T) -> T {
 
 #[inline(always)]
 fn count_drop(kind: EventKind) {
-    if let Some(slot) = DROPS.get_ptr_mut(kind as u32) {
+    count_drop_slot(kind as u32);
+}
+
+#[inline(always)]
+pub(crate) fn count_drop_slot(slot: u32) {
+    if let Some(slot) = DROPS.get_ptr_mut(slot) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
         unsafe { *slot += 1 };
     }

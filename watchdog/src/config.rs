@@ -21,6 +21,11 @@
 //! [metrics]
 //! addr = "0.0.0.0:9102"           # Prometheus /metrics; "" disables
 //!
+//! [storage]                       # storage hangs (D state, blocked file syscalls)
+//! enabled = true
+//! hang_threshold = "10s"          # still blocked after this long is a hang
+//! watch_comm = ["kubelet", "dockerd", "containerd", "containerd-shim*", "runc", "crun", "crio", "conmon"]
+//!
 //! [pleg]                          # kubelet's PLEG signals and the agent's own relist
 //! enabled = true
 //! kubelet_metrics_url = "https://127.0.0.1:10250/metrics"   # "off" disables
@@ -61,8 +66,33 @@ pub struct Config {
     pub engine: EngineSection,
     pub probes: ProbesSection,
     pub metrics: MetricsSection,
+    pub storage: StorageSection,
     pub pleg: PlegSection,
     pub kubernetes: KubernetesSection,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSection {
+    pub enabled: bool,
+    #[serde(deserialize_with = "duration")]
+    pub hang_threshold: Duration,
+    /// Process names whose syscalls are tracked, with their descendants; a
+    /// trailing '*' matches a prefix.
+    pub watch_comm: Vec<String>,
+}
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            hang_threshold: Duration::from_secs(10),
+            watch_comm: crate::storage::DEFAULT_WATCH_COMMS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -192,6 +222,7 @@ impl Default for Config {
             engine: EngineSection::default(),
             probes: ProbesSection::default(),
             metrics: MetricsSection::default(),
+            storage: StorageSection::default(),
             pleg: PlegSection::default(),
             kubernetes: KubernetesSection::default(),
         }
@@ -312,6 +343,20 @@ impl Config {
         positive("engine.resolve_after", self.engine.resolve_after)?;
         positive("kubernetes.timeout", self.kubernetes.timeout)?;
         positive("kubernetes.resync", self.kubernetes.resync)?;
+        if self.storage.hang_threshold < Duration::from_millis(100) {
+            return Err(bad(
+                "storage.hang_threshold",
+                format!("{:?}", self.storage.hang_threshold),
+                "must be at least 100ms",
+            ));
+        }
+        crate::storage::parse_comms(&self.storage.watch_comm).map_err(|e| {
+            bad(
+                "storage.watch_comm",
+                format!("{:?}", self.storage.watch_comm),
+                &e.to_string(),
+            )
+        })?;
         positive("pleg.relist_interval", self.pleg.relist_interval)?;
         positive("pleg.runtime_call_timeout", self.pleg.runtime_call_timeout)?;
         positive(

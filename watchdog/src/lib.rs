@@ -11,6 +11,7 @@
 //! - [`sinks`]: terminal and JSON output
 //! - [`kubelet`], [`runtime`]: kubelet metrics/log/node condition and the
 //!   agent's own relist of the container runtime (PLEG signals)
+//! - [`storage`]: the storage-hang sweep over the probes' maps (blocked tasks)
 //! - [`agent`]: the live session wiring all of the above
 //! - [`config`]: `watchdog run --config FILE`, validated at start
 //! - [`cli`]: the `watchdog` command
@@ -28,4 +29,5 @@ pub mod replay;
 pub mod ringbuf;
 pub mod runtime;
 pub mod sinks;
+pub mod storage;
 pub mod time;

@@ -5,6 +5,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::{context::kube::PodRef, time::Time};
 
+pub mod storage;
+pub use storage::{BlockedTask, BlockedTasks, MountRef, WaitClass};
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Observation {
@@ -24,6 +27,8 @@ pub enum Observation {
     Relist(Box<crate::kubelet::Relist>),
     /// A kubelet/runtime source became available or unavailable.
     Source(crate::kubelet::SourceStatus),
+    /// Tasks blocked on storage past the threshold (storage sweep, every poll).
+    BlockedTasks(BlockedTasks),
 }
 
 impl Observation {
@@ -37,6 +42,7 @@ impl Observation {
             Self::NodeReady(n) => n.at,
             Self::Relist(r) => r.at,
             Self::Source(s) => s.at,
+            Self::BlockedTasks(b) => b.at,
         }
     }
 }

@@ -21,7 +21,9 @@ use crate::{
     diagnosis::{Cause, EngineConfig},
     observation::{NprocUsage, Observation},
     paths,
-    probes::{self, FORK_FAILURES, KernelLayout, NPROC_PRESSURE, ProbeState, Probes},
+    probes::{
+        self, FORK_FAILURES, KernelLayout, NPROC_PRESSURE, ProbeState, Probes, STORAGE_PROBES,
+    },
     recording::{Header, Recorder},
     ringbuf::{self, Counters},
     sinks::{Drops, ProbeChange, Ready, Record, Sink, Stats, Summary},
@@ -56,6 +58,8 @@ pub struct TraceOptions {
     pub outputs: Vec<String>,
     /// kubelet metrics/log/node watch and the agent's own relist.
     pub pleg_sources: crate::kubelet::PlegSources,
+    /// Storage-hang detection; None leaves its probes unattached.
+    pub storage: Option<crate::storage::StorageOptions>,
 }
 
 impl Default for TraceOptions {
@@ -72,6 +76,7 @@ impl Default for TraceOptions {
             node_name: None,
             outputs: Vec::new(),
             pleg_sources: crate::kubelet::PlegSources::none(),
+            storage: Some(crate::storage::StorageOptions::default()),
         }
     }
 }
@@ -140,7 +145,16 @@ pub async fn session(opts: TraceOptions, sink: &mut dyn Sink) -> anyhow::Result<
         ForkProbeMode::Auto => (&[NPROC_PRESSURE], &[FORK_FAILURES]),
         ForkProbeMode::Off => (&[NPROC_PRESSURE], &[]),
     };
-    let mut probes = Probes::load(&layout, wanted, standby)?;
+    let wanted: Vec<_> = wanted
+        .iter()
+        .copied()
+        .chain(opts.storage.iter().flat_map(|_| STORAGE_PROBES))
+        .collect();
+    let mut probes = Probes::load(&layout, &wanted, standby)?;
+    let mut storage = opts
+        .storage
+        .as_ref()
+        .and_then(|s| crate::storage::StorageTracker::start(&mut probes, &opts.root, s));
     let mut arming = Arming::new(opts.arm_percent, opts.disarm_after.as_millis() as u64);
     let auto = opts.fork_probe == ForkProbeMode::Auto
         && probes.state(FORK_FAILURES.name) == Some(ProbeState::Standby);
@@ -240,6 +254,9 @@ pub async fn session(opts: TraceOptions, sink: &mut dyn Sink) -> anyhow::Result<
                 let sample = ctx.pid_limits(now);
                 let mut pressure = arming.sample_pressure(&sample);
                 diag.observe(Observation::PidLimits(sample), sink);
+                if let Some(s) = storage.as_mut() {
+                    diag.observe(Observation::BlockedTasks(s.sweep(now)), sink);
+                }
                 diag.tick(now, sink);
                 if pressure.is_none() && diag.engine.has_active_cause(Cause::PidExhaustion) {
                     pressure = Some("a PID-exhaustion finding is active".into());

@@ -6,10 +6,23 @@ use std::process::ExitCode;
 
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::probes::{BENCH_FLOOR, KernelLayout, ProbeState, Probes};
+use crate::probes::{BENCH_FLOOR, BENCH_FLOOR_ENTER, KernelLayout, ProbeState, Probes};
 
-pub fn run() -> anyhow::Result<ExitCode> {
-    let probes = Probes::load(&KernelLayout::default(), &[BENCH_FLOOR], &[])?;
+#[derive(clap::Args)]
+pub struct Args {
+    /// Also attach an empty sys_enter program (the floor of the storage
+    /// probes' syscall tracking, which hooks both).
+    #[arg(long)]
+    enter: bool,
+}
+
+pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let wanted: &[_] = if a.enter {
+        &[BENCH_FLOOR, BENCH_FLOOR_ENTER]
+    } else {
+        &[BENCH_FLOOR]
+    };
+    let probes = Probes::load(&KernelLayout::default(), wanted, &[])?;
     if probes
         .statuses
         .iter()

@@ -8,7 +8,10 @@ use serde::Serialize;
 use crate::{
     context::cgroup,
     paths,
-    probes::{self, FORK_FAILURES, KernelLayout, NPROC_PRESSURE, ProbeState, Probes},
+    probes::{
+        self, FORK_FAILURES, KernelLayout, NPROC_PRESSURE, ProbeSpec, ProbeState, Probes,
+        STORAGE_PROBES,
+    },
 };
 
 #[derive(clap::Args)]
@@ -122,7 +125,10 @@ fn hint_for(detail: &str) -> String {
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let facts = facts();
-    let wanted = [FORK_FAILURES, NPROC_PRESSURE];
+    let wanted: Vec<ProbeSpec> = [FORK_FAILURES, NPROC_PRESSURE]
+        .into_iter()
+        .chain(STORAGE_PROBES)
+        .collect();
     let checks: Vec<ProbeCheck> = match Probes::load(
         &KernelLayout::from_btf(Path::new(paths::KERNEL_BTF)),
         &wanted,

@@ -35,7 +35,7 @@ enum Command {
     Replay(replay::Args),
     /// Attach only an empty program on the probes' hook (benchmark floor).
     #[command(hide = true)]
-    BenchFloor,
+    BenchFloor(bench_floor::Args),
 }
 
 pub fn main() -> ExitCode {
@@ -56,7 +56,7 @@ pub fn main() -> ExitCode {
         Command::Check(a) => check::run(a),
         Command::Run(a) => run::run(a),
         Command::Replay(a) => replay::run(a),
-        Command::BenchFloor => bench_floor::run(),
+        Command::BenchFloor(a) => bench_floor::run(a),
     };
     match result {
         Ok(code) => code,

@@ -126,7 +126,13 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         .map_err(|e| anyhow::anyhow!("{}: [pleg]: {e}", origin.display()))?;
     let mut engine = cfg.engine();
     engine.pleg = pleg;
+    let storage = cfg.storage.enabled.then(|| crate::storage::StorageOptions {
+        threshold_ms: cfg.storage.hang_threshold.as_millis() as u64,
+        watch_comms: crate::storage::parse_comms(&cfg.storage.watch_comm)
+            .expect("validated with the config"),
+    });
     let mut opts = TraceOptions {
+        storage,
         pleg_sources,
         duration: a.duration,
         poll_interval: cfg.poll_interval,

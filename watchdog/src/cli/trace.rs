@@ -13,6 +13,7 @@ use crate::{
     },
     runtime::RelistConfig,
     sinks::{Sink, json::JsonLines, terminal::Terminal},
+    storage::{StorageOptions, parse_comms},
 };
 
 #[derive(clap::Args)]
@@ -40,6 +41,21 @@ pub struct Args {
     /// `--fork-probe auto` attaches it when a PID limit is this full (percent).
     #[arg(long, default_value_t = 75.0, value_parser = percent)]
     arm_percent: f64,
+    /// A syscall of a watched process, or an uninterruptible sleep of any
+    /// task, still blocked after this long is a storage hang.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    hang_threshold: Duration,
+    /// Process names whose syscalls are tracked, with their descendants
+    /// (comma-separated or repeated; a trailing '*' matches a prefix).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "kubelet,dockerd,containerd,containerd-shim*,runc,crun,crio,conmon"
+    )]
+    watch_comm: Vec<String>,
+    /// Do not attach the storage-hang probes.
+    #[arg(long)]
+    no_storage: bool,
     /// Record every observation and clock tick to FILE (JSON lines) for
     /// `watchdog replay FILE`; attach it to a bug report.
     #[arg(long, value_name = "FILE")]
@@ -187,7 +203,19 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         anyhow::bail!("--poll-interval must be greater than zero");
     }
     let (pleg_sources, pleg) = a.pleg.build()?;
+    if a.hang_threshold < Duration::from_millis(100) {
+        anyhow::bail!("--hang-threshold must be at least 100ms");
+    }
+    let storage = if a.no_storage {
+        None
+    } else {
+        Some(StorageOptions {
+            threshold_ms: a.hang_threshold.as_millis() as u64,
+            watch_comms: parse_comms(&a.watch_comm)?,
+        })
+    };
     let opts = TraceOptions {
+        storage,
         duration: a.duration,
         poll_interval: a.poll_interval,
         engine: EngineConfig {

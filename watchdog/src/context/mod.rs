@@ -3,6 +3,7 @@
 //! go through a root directory so tests can use recorded trees.
 pub mod cgroup;
 pub mod kube;
+pub mod mounts;
 pub mod procfs;
 
 use std::{

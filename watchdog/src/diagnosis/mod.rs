@@ -5,6 +5,7 @@
 pub mod pid_exhaustion;
 pub mod pleg;
 pub mod runtime_unresponsive;
+pub mod storage_hang;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -162,6 +163,7 @@ pub struct PlegLink {
 pub enum Detail {
     Pid(pid_exhaustion::PidDetail),
     Runtime(runtime_unresponsive::RuntimeDetail),
+    Storage(storage_hang::StorageDetail),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -238,7 +240,10 @@ impl Engine {
         Self {
             pleg: pleg::Pleg::new(cfg.pleg.clone()),
             runtime: runtime_unresponsive::RuntimeUnresponsive::new(cfg.clone()),
-            detectors: vec![Box::new(pid_exhaustion::PidExhaustion::new(cfg))],
+            detectors: vec![
+                Box::new(storage_hang::StorageHang::new(&cfg)),
+                Box::new(pid_exhaustion::PidExhaustion::new(cfg)),
+            ],
             timelines: HashMap::new(),
             active: BTreeMap::new(),
             pleg_view: None,
@@ -314,6 +319,7 @@ impl Engine {
         out
     }
 
+    /// A PID-exhaustion finding is active (arms the fork probe).
     pub fn has_active(&self) -> bool {
         !self.active.is_empty()
     }

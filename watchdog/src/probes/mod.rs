@@ -7,8 +7,11 @@ use std::path::Path;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, RingBuf},
-    programs::{RawTracePoint, raw_trace_point::RawTracePointLinkId},
+    maps::{Map, MapData, PerCpuArray, RingBuf},
+    programs::{
+        BtfTracePoint, RawTracePoint, raw_trace_point::RawTracePointLinkId,
+        tp_btf::BtfTracePointLinkId,
+    },
 };
 use serde::Serialize;
 use watchdog_common::{DROP_SLOTS, DROPS_MAP, EVENTS_MAP};
@@ -44,6 +47,46 @@ pub const NPROC_PRESSURE: ProbeSpec = ProbeSpec {
     what: "successful forks of users near their RLIMIT_NPROC (arms fork_failures, warns early)",
 };
 
+/// The storage-hang probes (see `watchdog-ebpf/src/storage.rs`), attached together.
+pub const STORAGE_PROBES: [ProbeSpec; 6] = [
+    ProbeSpec {
+        name: "storage_fork",
+        program: "storage_fork",
+        hook: "raw_tp/sched_process_fork",
+        what: "children of watched runtime processes are watched too",
+    },
+    ProbeSpec {
+        name: "storage_exec",
+        program: "storage_exec",
+        hook: "raw_tp/sched_process_exec",
+        what: "processes exec'ing a watched runtime name (--watch-comm)",
+    },
+    ProbeSpec {
+        name: "storage_exit",
+        program: "storage_exit",
+        hook: "raw_tp/sched_process_exit",
+        what: "forgets exiting tasks (in-flight and D-state entries)",
+    },
+    ProbeSpec {
+        name: "storage_sys_enter",
+        program: "storage_sys_enter",
+        hook: "raw_tp/sys_enter",
+        what: "file syscalls in flight of watched processes (start, syscall, path)",
+    },
+    ProbeSpec {
+        name: "storage_sys_exit",
+        program: "storage_sys_exit",
+        hook: "raw_tp/sys_exit",
+        what: "clears the in-flight syscall of watched processes",
+    },
+    ProbeSpec {
+        name: "storage_dstate",
+        program: "storage_dstate",
+        hook: "tp_btf/sched_switch",
+        what: "when each task went to uninterruptible sleep (D), with its kernel stack",
+    },
+];
+
 /// Attaches nothing but an empty program on the same hook: the kernel's cost of
 /// any sys_exit program, for benchmarks.
 pub const BENCH_FLOOR: ProbeSpec = ProbeSpec {
@@ -51,6 +94,15 @@ pub const BENCH_FLOOR: ProbeSpec = ProbeSpec {
     program: "bench_empty_sys_exit",
     hook: "raw_tp/sys_exit",
     what: "empty sys_exit program (benchmark floor)",
+};
+
+/// The empty program on sys_enter (with [`BENCH_FLOOR`]: the floor of the
+/// storage syscall tracking).
+pub const BENCH_FLOOR_ENTER: ProbeSpec = ProbeSpec {
+    name: "bench_floor_enter",
+    program: "bench_empty_sys_enter",
+    hook: "raw_tp/sys_enter",
+    what: "empty sys_enter program (benchmark floor)",
 };
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -88,6 +140,10 @@ pub enum LoadError {
 pub struct KernelLayout {
     pub pt_regs_nr: u64,
     pub pt_regs_arg0: u64,
+    pub pt_regs_arg1: u64,
+    pub task_tgid: u64,
+    pub task_nvcsw: u64,
+    pub task_nivcsw: u64,
     pub task_cgroups: u64,
     pub css_set_subsys: u64,
     pub pids_cgrp_id: Option<u64>,
@@ -108,6 +164,8 @@ pub struct KernelLayout {
 mod arch {
     pub const PT_REGS_NR: &str = "orig_ax";
     pub const PT_REGS_ARG0: &str = "di";
+    /// The second argument's register and its UAPI offset.
+    pub const PT_REGS_ARG1: (&str, u64) = ("si", 104);
     /// UAPI layout of x86_64 pt_regs, used when BTF is absent.
     pub const PT_REGS_FALLBACK: (u64, u64) = (120, 112);
     pub const NR_FORK: i64 = 57;
@@ -119,6 +177,8 @@ mod arch {
 mod arch {
     pub const PT_REGS_NR: &str = "syscallno";
     pub const PT_REGS_ARG0: &str = "orig_x0";
+    /// x1 = regs[1] (no named member: BTF gives only the array).
+    pub const PT_REGS_ARG1: (&str, u64) = ("", 8);
     pub const PT_REGS_FALLBACK: (u64, u64) = (280, 272);
     pub const NR_FORK: i64 = -1;
     pub const NR_VFORK: i64 = -1;
@@ -131,6 +191,7 @@ impl KernelLayout {
         let mut l = Self {
             pt_regs_nr: arch::PT_REGS_FALLBACK.0,
             pt_regs_arg0: arch::PT_REGS_FALLBACK.1,
+            pt_regs_arg1: arch::PT_REGS_ARG1.1,
             ..Self::default()
         };
         let btf = match btf::Btf::from_file(path) {
@@ -162,6 +223,15 @@ impl KernelLayout {
         if pt_a0 != 0 {
             l.pt_regs_arg0 = pt_a0;
         }
+        if !arch::PT_REGS_ARG1.0.is_empty() {
+            let a1 = off("pt_regs", arch::PT_REGS_ARG1.0);
+            if a1 != 0 {
+                l.pt_regs_arg1 = a1;
+            }
+        }
+        l.task_tgid = off("task_struct", "tgid");
+        l.task_nvcsw = off("task_struct", "nvcsw");
+        l.task_nivcsw = off("task_struct", "nivcsw");
         l.task_cgroups = task_cgroups;
         l.css_set_subsys = css_set_subsys;
         l.css_cgroup = css_cgroup;
@@ -195,7 +265,12 @@ impl KernelLayout {
 pub struct Probes {
     ebpf: Ebpf,
     pub statuses: Vec<ProbeStatus>,
-    links: Vec<(&'static str, RawTracePointLinkId)>,
+    links: Vec<(&'static str, Link)>,
+}
+
+enum Link {
+    Raw(RawTracePointLinkId),
+    Btf(BtfTracePointLinkId),
 }
 
 /// Effective capabilities of this process (CapEff from /proc/self/status).
@@ -269,6 +344,10 @@ impl Probes {
         loader
             .override_global("PT_REGS_NR_OFF", &layout.pt_regs_nr, true)
             .override_global("PT_REGS_ARG0_OFF", &layout.pt_regs_arg0, true)
+            .override_global("PT_REGS_ARG1_OFF", &layout.pt_regs_arg1, true)
+            .override_global("TASK_TGID_OFF", &layout.task_tgid, true)
+            .override_global("TASK_NVCSW_OFF", &layout.task_nvcsw, true)
+            .override_global("TASK_NIVCSW_OFF", &layout.task_nivcsw, true)
             .override_global("NR_FORK", &arch::NR_FORK, true)
             .override_global("NR_VFORK", &arch::NR_VFORK, true)
             .override_global("NR_CLONE", &arch::NR_CLONE, true)
@@ -301,10 +380,7 @@ impl Probes {
             .map(|s| (s, true))
             .chain(standby.iter().map(|s| (s, false)))
         {
-            let result = probes.program(spec).and_then(|p| {
-                p.load()
-                    .map_err(|e| format!("the kernel rejected the program: {}", error_chain(&e)))
-            });
+            let result = probes.load_program(spec);
             let result = match result {
                 Ok(()) if attach => probes.arm(spec).map(|()| ProbeState::Attached),
                 Ok(()) => Ok(ProbeState::Standby),
@@ -331,6 +407,35 @@ impl Probes {
         Ok(probes)
     }
 
+    fn load_program(&mut self, spec: &ProbeSpec) -> Result<(), String> {
+        let rejected = |e: aya::programs::ProgramError| {
+            format!("the kernel rejected the program: {}", error_chain(&e))
+        };
+        if let Some(tp) = spec.hook.strip_prefix("tp_btf/") {
+            let btf = aya::Btf::from_sys_fs().map_err(|e| {
+                format!(
+                    "no kernel BTF ({}): {} (BTF tracepoints need CONFIG_DEBUG_INFO_BTF)",
+                    paths::KERNEL_BTF,
+                    error_chain(&e)
+                )
+            })?;
+            self.btf_program(spec)?.load(tp, &btf).map_err(rejected)
+        } else {
+            self.program(spec)?.load().map_err(rejected)
+        }
+    }
+
+    fn btf_program(&mut self, spec: &ProbeSpec) -> Result<&mut BtfTracePoint, String> {
+        let prog = self.ebpf.program_mut(spec.program).ok_or_else(|| {
+            format!(
+                "program {} missing from the eBPF object (build mismatch)",
+                spec.program
+            )
+        })?;
+        prog.try_into()
+            .map_err(|e: aya::programs::ProgramError| e.to_string())
+    }
+
     fn program(&mut self, spec: &ProbeSpec) -> Result<&mut RawTracePoint, String> {
         let prog = self.ebpf.program_mut(spec.program).ok_or_else(|| {
             format!(
@@ -347,10 +452,19 @@ impl Probes {
         if self.links.iter().any(|(n, _)| *n == spec.name) {
             return Ok(());
         }
-        let tp = spec.hook.trim_start_matches("raw_tp/");
-        let link = self.program(spec)?.attach(tp).map_err(|e| {
-            format!("cannot attach to raw tracepoint {tp}: {} (needs CONFIG_BPF_EVENTS and kernel >= 4.17)", error_chain(&e))
-        })?;
+        let link = if let Some(tp) = spec.hook.strip_prefix("tp_btf/") {
+            Link::Btf(self.btf_program(spec)?.attach().map_err(|e| {
+                format!(
+                    "cannot attach to BTF tracepoint {tp}: {} (needs kernel >= 5.5)",
+                    error_chain(&e)
+                )
+            })?)
+        } else {
+            let tp = spec.hook.trim_start_matches("raw_tp/");
+            Link::Raw(self.program(spec)?.attach(tp).map_err(|e| {
+                format!("cannot attach to raw tracepoint {tp}: {} (needs CONFIG_BPF_EVENTS and kernel >= 4.17)", error_chain(&e))
+            })?)
+        };
         self.links.push((spec.name, link));
         self.set_state(spec, ProbeState::Attached);
         Ok(())
@@ -362,9 +476,11 @@ impl Probes {
             return Ok(());
         };
         let (_, link) = self.links.remove(i);
-        self.program(spec)?
-            .detach(link)
-            .map_err(|e| error_chain(&e))?;
+        match link {
+            Link::Raw(l) => self.program(spec)?.detach(l),
+            Link::Btf(l) => self.btf_program(spec)?.detach(l),
+        }
+        .map_err(|e| error_chain(&e))?;
         self.set_state(spec, ProbeState::Standby);
         Ok(())
     }
@@ -389,19 +505,31 @@ impl Probes {
             .and_then(|m| RingBuf::try_from(m).ok())
     }
 
-    /// Sum over CPUs of the kernel-side drop counters (failed ring-buffer
-    /// reservations), per event kind.
+    /// Sum over CPUs of the kernel-side drop counters of the ring buffer
+    /// (failed reservations, slots below [`watchdog_common::DROP_WATCHED`]).
     pub fn kernel_drops(&self) -> u64 {
+        (0..watchdog_common::DROP_WATCHED.min(DROP_SLOTS))
+            .map(|i| self.drop_slot(i))
+            .sum()
+    }
+
+    /// Sum over CPUs of one slot of the kernel-side drop counters.
+    pub fn drop_slot(&self, slot: u32) -> u64 {
         let Some(map) = self.ebpf.map(DROPS_MAP) else {
             return 0;
         };
         let Ok(drops) = PerCpuArray::<_, u64>::try_from(map) else {
             return 0;
         };
-        (0..DROP_SLOTS)
-            .filter_map(|i| drops.get(&i, 0).ok())
+        drops
+            .get(&slot, 0)
             .map(|per_cpu| per_cpu.iter().sum::<u64>())
-            .sum()
+            .unwrap_or(0)
+    }
+
+    /// Take a map out of the object (the programs keep using it).
+    pub fn take_map(&mut self, name: &str) -> Option<Map> {
+        self.ebpf.take_map(name)
     }
 }
 

@@ -3,6 +3,7 @@
 pub mod json;
 pub mod kubernetes;
 pub mod metrics;
+pub mod storage;
 pub mod terminal;
 
 use serde::Serialize;

@@ -33,6 +33,7 @@ pub fn render_finding(f: &Finding) -> String {
     if f.status != FindingStatus::Resolved {
         match &f.detail {
             Detail::Pid(d) => render_pid(&mut s, d),
+            Detail::Storage(d) => s.push_str(&super::storage::render_detail(d)),
             Detail::Runtime(d) => {
                 for h in &d.hung {
                     s.push_str(&format!(
@@ -124,6 +125,7 @@ fn render_pid(s: &mut String, d: &crate::diagnosis::pid_exhaustion::PidDetail) {
 fn cause_name(f: &Finding) -> String {
     match &f.detail {
         Detail::Pid(d) => format!("pid_exhaustion/{}", d.limit.name()),
+        Detail::Storage(d) => format!("storage_hang/{:?}", d.wait).to_lowercase(),
         _ => f.cause.name().to_owned(),
     }
 }

@@ -1,0 +1,428 @@
+//! Storage hangs: tasks blocked on a FUSE mount whose daemon never answers.
+//!
+//! Every test makes its own hanging mount ([`HangingFuse`]) and, where it
+//! needs one, its own dockerd ([`Dockerd`]); both clean up on drop (the FUSE
+//! connection is aborted through fusectl before anything is killed). Blocked
+//! children are declared before the FUSE guard so that it drops (aborts)
+//! first: SIGKILL alone cannot end a task blocked on a FUSE request.
+//!
+//! The agent runs with `--hang-threshold 3s` to keep the tests short; the
+//! deadline for a finding is that threshold + 2 s after the call blocked.
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::Value;
+use watchdog_tests::dockerd::{Dockerd, skip_unless_docker_prereqs};
+use watchdog_tests::fuse::{FuseOpts, HangingFuse, skip_unless_fuse_prereqs};
+use watchdog_tests::{Agent, ChildGuard, PYTHON, secs_since_unix_ns, unix_ns};
+
+const THRESHOLD: Duration = Duration::from_secs(3);
+const TRACE: &[&str] = &["trace", "--json", "--hang-threshold", "3s"];
+
+const STAT: &str = "import os, sys; os.stat(sys.argv[1])";
+const STATFS: &str = "import os, sys; os.statvfs(sys.argv[1])";
+const READ: &str = "import os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); os.read(fd, 16)";
+
+/// A directory of symlinks to python3 under container-runtime names (the
+/// kernel names a process after the file it executed).
+struct RuntimeNames {
+    dir: PathBuf,
+}
+
+impl RuntimeNames {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "wd-names-{}-{}",
+            std::process::id(),
+            unix_ns(SystemTime::now())
+        ));
+        fs::create_dir_all(&dir).expect("create names dir");
+        Self { dir }
+    }
+
+    /// Runs `script arg` as a process named `name`.
+    fn spawn(&self, name: &str, script: &str, arg: &Path) -> ChildGuard {
+        let exe = self.dir.join(name);
+        if !exe.exists() {
+            std::os::unix::fs::symlink(PYTHON, &exe).expect("symlink python3");
+        }
+        let mut cmd = Command::new(&exe);
+        cmd.args(["-c", script]).arg(arg).stdin(Stdio::null());
+        ChildGuard::spawn(&mut cmd, &format!("{name} ({script})")).expect("spawn")
+    }
+}
+
+impl Drop for RuntimeNames {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn is_storage_finding(v: &Value, mount: &str) -> bool {
+    v["type"] == "finding" && v["cause"] == "storage_hang" && v["mount_point"] == mount
+}
+
+fn blocked(v: &Value, pid: u32) -> Option<&Value> {
+    v["blocked"]
+        .as_array()?
+        .iter()
+        .find(|b| b["pid"].as_u64() == Some(u64::from(pid)))
+}
+
+fn mount_str(f: &HangingFuse) -> String {
+    f.mount_point().to_string_lossy().into_owned()
+}
+
+/// /proc/<pid>/stat state letter.
+fn state(pid: u32) -> Option<char> {
+    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    s[s.rfind(')')? + 2..].chars().next()
+}
+
+fn wchan(pid: u32) -> String {
+    fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default()
+}
+
+/// Waits until `pid` sleeps in `request_wait_answer` (blocked on our FUSE).
+fn wait_blocked_on_fuse(pid: u32, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if wchan(pid) == "request_wait_answer" {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// A python process that stats `path` (blocks on the hanging mount).
+fn stat_in_background(path: &Path) -> ChildGuard {
+    let mut cmd = Command::new(PYTHON);
+    cmd.args(["-c", STAT]).arg(path).stdin(Stdio::null());
+    ChildGuard::spawn(&mut cmd, "stat on hanging FUSE").expect("spawn python")
+}
+
+/// Waits for the resolution of `id` and returns it.
+fn expect_resolved(agent: &Agent, id: &str, within: Duration) -> Value {
+    agent
+        .wait_for(
+            |v| v["type"] == "finding" && v["id"] == id && v["status"] == "resolved",
+            within,
+        )
+        .unwrap_or_else(|| panic!("{id} did not resolve within {within:?}\n{}", agent.report()))
+        .0
+}
+
+#[test]
+fn runtime_blocked_on_stat_statfs_read_is_found_within_threshold_plus_2s() {
+    if !skip_unless_fuse_prereqs() {
+        return;
+    }
+    // Blocked children first: they drop after the FUSE guard aborted.
+    let mut kids: Vec<ChildGuard> = Vec::new();
+    let mut fuse =
+        HangingFuse::start_with(FuseOpts { hang_statfs: true }).unwrap_or_else(|e| panic!("{e}"));
+    let names = RuntimeNames::new();
+    let agent = Agent::start(TRACE);
+    let mp = mount_str(&fuse);
+
+    let spawned = SystemTime::now();
+    kids.push(names.spawn("runc", STAT, &fuse.hang_path()));
+    kids.push(names.spawn("crun", STATFS, fuse.mount_point()));
+    kids.push(names.spawn("conmon", READ, &fuse.read_hang_path()));
+    let pids: Vec<u32> = kids.iter().map(ChildGuard::pid).collect();
+    let deadline = THRESHOLD + Duration::from_secs(2);
+    let Some(rec) = agent.wait_for_record(
+        |v| is_storage_finding(v, &mp) && pids.iter().all(|p| blocked(v, *p).is_some()),
+        deadline,
+    ) else {
+        let states: Vec<String> = pids
+            .iter()
+            .map(|p| format!("{p}: {:?} {}", state(*p), wchan(*p)))
+            .collect();
+        panic!(
+            "no storage_hang finding naming all of {pids:?} on {mp} within {deadline:?} \
+             (tasks: {states:?})\n{}",
+            agent.report()
+        );
+    };
+    let f = rec.value;
+    println!(
+        "detection: {:.2} s after the calls started (threshold {THRESHOLD:?})",
+        secs_since_unix_ns(rec.wall, unix_ns(spawned))
+    );
+    assert_eq!(f["status"], "active", "{f:#}");
+    assert_eq!(f["fs_type"], "fuse");
+    assert_eq!(f["source"], fuse.fsname());
+    assert_eq!(f["dev"], fuse.dev());
+    assert_eq!(f["wait"], "fuse");
+    assert_eq!(f["confidence"], "certain");
+    assert_eq!(f["id"], format!("storage_hang:{mp}"));
+    for (pid, comm, syscalls, path) in [
+        (
+            pids[0],
+            "runc",
+            &["newfstatat", "statx", "stat"][..],
+            fuse.hang_path(),
+        ),
+        (
+            pids[1],
+            "crun",
+            &["statfs"][..],
+            fuse.mount_point().to_owned(),
+        ),
+        // The read blocks; now and then libfuse2's thread pool has not
+        // picked up the OPEN yet when the other two requests hold its
+        // workers, and the call is stuck in openat instead: a hang too.
+        (
+            pids[2],
+            "conmon",
+            &["read", "openat"][..],
+            fuse.read_hang_path(),
+        ),
+    ] {
+        let b = blocked(&f, pid).unwrap();
+        assert_eq!(b["comm"], comm, "{b:#}");
+        assert!(
+            syscalls.iter().any(|s| b["syscall"] == *s),
+            "{comm}: syscall {} not in {syscalls:?}",
+            b["syscall"]
+        );
+        assert_eq!(b["path"], path.to_string_lossy().as_ref(), "{b:#}");
+        let for_s = b["blocked_for_s"].as_f64().unwrap();
+        assert!((3.0..10.0).contains(&for_s), "{comm} blocked_for_s {for_s}");
+        assert_eq!(b["wait"], "fuse");
+        // Nobody signalled them: the FUSE request waits are interruptible,
+        // still killable. (The page-lock wait of an open behind a pending
+        // read is not: only the stat and statfs are asserted.)
+        if comm != "conmon" {
+            assert_eq!(b["killable"], true, "{b:#}");
+        }
+    }
+    let stack: Vec<&str> = f["stack"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        stack.iter().any(|s| s.starts_with("request_wait_answer")),
+        "stack {stack:?}"
+    );
+    let processes = f["processes"].as_array().unwrap();
+    for c in ["runc", "crun", "conmon"] {
+        assert!(processes.iter().any(|p| p == c), "{processes:?}");
+    }
+
+    // SIGKILL: the request is with the daemon already, so the task now waits
+    // uninterruptibly and cannot die. The finding must say so (updates come
+    // every 5 s at most).
+    kids[0].signal(libc::SIGKILL).unwrap();
+    let stat_pid = pids[0];
+    let Some((u, _)) = agent.wait_for(
+        |v| {
+            is_storage_finding(v, &mp)
+                && blocked(v, stat_pid).is_some_and(|b| b["killable"] == false && b["state"] == "D")
+        },
+        Duration::from_secs(8),
+    ) else {
+        panic!(
+            "no update showing pid {stat_pid} unkillable in D (state now {:?})\n{}",
+            state(stat_pid),
+            agent.report()
+        );
+    };
+    assert!(u["unkillable"].as_u64().unwrap() >= 1, "{u:#}");
+    assert_eq!(u["first_seen"], f["first_seen"]);
+
+    // Release: the abort fails every request, the tasks finish or die.
+    let aborted = Instant::now();
+    fuse.abort().unwrap();
+    let r = expect_resolved(
+        &agent,
+        &format!("storage_hang:{mp}"),
+        Duration::from_secs(4),
+    );
+    println!(
+        "resolution: {:.2} s after the abort",
+        aborted.elapsed().as_secs_f64()
+    );
+    let d = r["duration_s"].as_f64().unwrap();
+    assert!(d >= 3.0, "duration_s {d}");
+    for k in &mut kids {
+        assert!(
+            k.wait_timeout(Duration::from_secs(5)).is_some(),
+            "{} still alive after the abort",
+            k.label()
+        );
+    }
+    assert!(agent.bad_lines().is_empty(), "{:?}", agent.bad_lines());
+}
+
+#[test]
+fn slow_but_progressing_io_gives_no_finding() {
+    if !skip_unless_fuse_prereqs() {
+        return;
+    }
+    let names = RuntimeNames::new();
+    let agent = Agent::start(&["trace", "--json", "--hang-threshold", "2s"]);
+    // fsync after every small write on the root file system, for 6 s.
+    let file = names.dir.join("fsync-load");
+    let script = "import os, sys, time\n\
+        fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT, 0o600)\n\
+        end = time.time() + 6\n\
+        n = 0\n\
+        while time.time() < end:\n    os.write(fd, b'x' * 4096); os.fsync(fd); n += 1\n\
+        print(n)\n";
+    let mut load = names.spawn("runc", script, &file);
+    assert!(
+        load.wait_timeout(Duration::from_secs(20))
+            .is_some_and(|s| s.success()),
+        "fsync loop failed"
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let pid = u64::from(load.pid());
+    let bad: Vec<Value> = agent
+        .records()
+        .into_iter()
+        .filter(|v| {
+            v["cause"] == "storage_hang"
+                && v["blocked"]
+                    .as_array()
+                    .is_some_and(|b| b.iter().any(|t| t["pid"].as_u64() == Some(pid)))
+        })
+        .collect();
+    assert!(bad.is_empty(), "progressing I/O was reported: {bad:#?}");
+}
+
+#[test]
+fn dockerd_blocked_on_a_container_volume_names_the_mount_and_dockerd() {
+    if !skip_unless_docker_prereqs() || !skip_unless_fuse_prereqs() {
+        return;
+    }
+    // Drop order (reverse): agent, FUSE guard (abort), docker CLI, dockerd.
+    let mut dockerd = Dockerd::start().unwrap_or_else(|e| panic!("{e}"));
+    let mut kids: Vec<ChildGuard> = Vec::new();
+    let mut fuse = HangingFuse::start();
+    let mp = mount_str(&fuse);
+    let image = dockerd.busybox_image().unwrap_or_else(|e| panic!("{e}"));
+    let agent = Agent::start(TRACE);
+
+    // A container whose volume is on the mount; its process blocks there.
+    let vol = format!("{}:/data", fuse.vol_dir().display());
+    let id = dockerd
+        .run_detached(&["-v", &vol, &image, "sh", "-c", "stat /data/hang; sleep 600"])
+        .unwrap_or_else(|e| panic!("{e}\n{}", dockerd.log_tail()));
+    // Now the daemon dies for everyone: dockerd's own check of the volume
+    // source for a new container blocks (newfstatat in dockerd).
+    fuse.hang_everything().unwrap();
+    let vol2 = format!("{}:/data2", fuse.vol_dir().display());
+    let mut cmd = Command::new("timeout");
+    cmd.args([
+        "-s",
+        "KILL",
+        "60",
+        "docker",
+        "-H",
+        &dockerd.host(),
+        "run",
+        "-d",
+    ])
+    .args(["--network", "none", "-v", &vol2, &image, "true"])
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    kids.push(ChildGuard::spawn(&mut cmd, "docker run on the hung volume").unwrap());
+
+    let dpid = dockerd.pid();
+    let Some((f, _)) = agent.wait_for(
+        |v| {
+            is_storage_finding(v, &mp)
+                && blocked(v, dpid).is_some()
+                && v["containers"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|c| c["container_id"] == id.as_str()))
+        },
+        THRESHOLD + Duration::from_secs(10),
+    ) else {
+        panic!(
+            "no storage_hang finding on {mp} naming dockerd {dpid} and container {id}\n{}\n{}",
+            agent.report(),
+            dockerd.log_tail()
+        );
+    };
+    let d = blocked(&f, dpid).unwrap();
+    assert_eq!(d["comm"], "dockerd", "{d:#}");
+    assert!(
+        d["path"].as_str().is_some_and(|p| p.starts_with(&mp)),
+        "dockerd's path {d:#}"
+    );
+    assert_eq!(f["processes"][0], "dockerd", "{f:#}");
+    assert_eq!(f["fs_type"], "fuse");
+    assert_eq!(f["wait"], "fuse");
+
+    fuse.abort().unwrap();
+    expect_resolved(
+        &agent,
+        &format!("storage_hang:{mp}"),
+        Duration::from_secs(5),
+    );
+}
+
+#[test]
+fn fixture_fuse_blocks_and_abort_releases() {
+    if !skip_unless_fuse_prereqs() {
+        return;
+    }
+    let mut fuse = HangingFuse::start();
+    // Answering paths answer.
+    assert_eq!(
+        std::fs::metadata(fuse.file_path())
+            .expect("stat file")
+            .len(),
+        4096
+    );
+    assert!(fuse.vol_dir().is_dir());
+    let mut stat = stat_in_background(&fuse.hang_path());
+    assert!(
+        wait_blocked_on_fuse(stat.pid(), Duration::from_secs(5)),
+        "stat of {} did not block in request_wait_answer (wchan {:?}, state {:?})",
+        fuse.hang_path().display(),
+        wchan(stat.pid()),
+        state(stat.pid())
+    );
+    // A signal moves it from the interruptible to the killable (D) wait.
+    stat.signal(libc::SIGTERM).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(state(stat.pid()), Some('D'));
+    fuse.abort().expect("abort");
+    assert!(
+        stat.wait_timeout(Duration::from_secs(5)).is_some(),
+        "abort did not release the blocked stat"
+    );
+}
+
+#[test]
+fn fixture_dockerd_runs_a_container_with_a_fuse_volume() {
+    if !skip_unless_docker_prereqs() || !skip_unless_fuse_prereqs() {
+        return;
+    }
+    let mut dockerd = Dockerd::start().unwrap_or_else(|e| panic!("{e}"));
+    let fuse = HangingFuse::start();
+    let image = dockerd.busybox_image().unwrap_or_else(|e| panic!("{e}"));
+    let vol = format!("{}:/data", fuse.vol_dir().display());
+    let id = dockerd
+        .run_detached(&[
+            "-v",
+            &vol,
+            &image,
+            "sh",
+            "-c",
+            "cat /data/file >/dev/null; sleep 600",
+        ])
+        .unwrap_or_else(|e| panic!("{e}\n{}", dockerd.log_tail()));
+    let pid = dockerd.container_pid(&id).unwrap_or_else(|e| panic!("{e}"));
+    assert!(pid > 1);
+}

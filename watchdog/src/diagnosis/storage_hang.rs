@@ -1,0 +1,593 @@
+//! Storage hangs: tasks stuck in the kernel on a mount whose server, daemon or
+//! disk stopped answering. Pure: fed one [`BlockedTasks`] per sweep.
+//!
+//! One finding per mount (tasks whose mount is unknown share one finding):
+//! active when the first sweep shows tasks blocked on it past the threshold,
+//! updated at most every `update_every_ms` while it lasts (with the tasks'
+//! growing blocked-for times), resolved on the first sweep that shows no task
+//! blocked on it any more, with the hang's duration.
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use super::{
+    Cause, Confidence, Detail, Detector, EngineConfig, Evidence, Finding, FindingStatus, Report,
+};
+use crate::{
+    context::kube::PodRef,
+    observation::{BlockedTask, BlockedTasks, MountRef, Observation, WaitClass},
+    time::Time,
+};
+
+const MAX_TASKS: usize = 20;
+const MAX_EVIDENCE: usize = 8;
+/// Key of the group of tasks whose mount could not be resolved.
+const UNKNOWN: &str = "unknown";
+
+/// A blocked task as the finding lists it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct BlockedProcess {
+    pub comm: String,
+    pub pid: u32,
+    pub tid: u32,
+    pub syscall: Option<String>,
+    pub path: Option<String>,
+    pub blocked_for_s: f64,
+    pub state: String,
+    pub killable: Option<bool>,
+    pub wait: WaitClass,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+}
+
+/// A container (and its pod, when it is a Kubernetes one) with blocked tasks.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct AffectedContainer {
+    pub container_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StorageDetail {
+    /// `unknown` when the blocked calls could not be tied to a mount.
+    pub mount_point: String,
+    pub fs_type: Option<String>,
+    pub source: Option<String>,
+    pub dev: Option<String>,
+    /// The dominant wait (fuse, nfs, block, other).
+    pub wait: WaitClass,
+    /// Blocked tasks, longest blocked first (at most 20; `blocked_total` counts all).
+    pub blocked: Vec<BlockedProcess>,
+    pub blocked_total: usize,
+    /// Tasks that SIGKILL can no longer end (plain TASK_UNINTERRUPTIBLE).
+    pub unkillable: usize,
+    /// Symbolised kernel stack of the longest-blocked task, innermost first.
+    pub stack: Vec<String>,
+    pub containers: Vec<AffectedContainer>,
+    pub pods: Vec<PodRef>,
+    /// Distinct process names blocked (runtime components first: kubelet, dockerd...).
+    pub processes: Vec<String>,
+}
+
+struct Active {
+    first_seen: Time,
+    last_reported: Time,
+    evidence: Vec<Evidence>,
+    finding: Finding,
+}
+
+pub struct StorageHang {
+    cfg: EngineConfig,
+    active: BTreeMap<String, Active>,
+}
+
+fn key(t: &BlockedTask) -> String {
+    t.mount
+        .as_ref()
+        .map(|m| m.mount_point.clone())
+        .unwrap_or_else(|| UNKNOWN.to_owned())
+}
+
+const RUNTIMES: [&str; 8] = [
+    "kubelet",
+    "dockerd",
+    "containerd",
+    "containerd-shim",
+    "runc",
+    "crun",
+    "crio",
+    "conmon",
+];
+
+fn runtime_rank(comm: &str) -> usize {
+    RUNTIMES
+        .iter()
+        .position(|r| comm.starts_with(r))
+        .unwrap_or(RUNTIMES.len())
+}
+
+fn remedy(wait: WaitClass, mount: Option<&MountRef>) -> String {
+    let mp = mount.map(|m| m.mount_point.as_str()).unwrap_or("the mount");
+    let src = mount.map(|m| m.source.as_str()).unwrap_or("its source");
+    match wait {
+        WaitClass::Fuse => {
+            let conn = mount
+                .and_then(|m| m.dev.split_once(':'))
+                .map(|(_, minor)| minor.to_owned())
+                .unwrap_or_else(|| "<minor>".into());
+            format!(
+                "The FUSE daemon serving {mp} ({src}) stopped answering. Restart or fix it; \
+                 if it is gone for good, abort the connection (this fails every pending \
+                 request and frees even unkillable tasks): mount -t fusectl fusectl \
+                 /sys/fs/fuse/connections; echo 1 > /sys/fs/fuse/connections/{conn}/abort; \
+                 then umount -l {mp}. Do not stat or ls the mount meanwhile: that blocks too."
+            )
+        }
+        WaitClass::Nfs => format!(
+            "The NFS server of {mp} ({src}) is not answering: check the server and the network \
+             path to it. Hard mounts retry forever; umount -f -l {mp} releases what can be \
+             released, and the pods using it must be rescheduled elsewhere."
+        ),
+        WaitClass::Block => format!(
+            "I/O to the device behind {mp} ({src}) is not completing: check dmesg for I/O \
+             errors and resets, the disk's health and the storage path (multipath, iSCSI)."
+        ),
+        WaitClass::Other => format!(
+            "Tasks are stuck in uninterruptible sleep on {mp}: check dmesg (hung task \
+             reports) and the kernel stacks above for the lock or resource they wait on."
+        ),
+    }
+}
+
+impl Detector for StorageHang {
+    fn observe(&mut self, obs: &Observation) -> Vec<Report> {
+        match obs {
+            Observation::BlockedTasks(b) => StorageHang::observe(self, b),
+            _ => Vec::new(),
+        }
+    }
+
+    fn tick(&mut self, now: Time) -> Vec<Report> {
+        StorageHang::tick(self, now)
+    }
+
+    fn active(&self) -> Vec<Finding> {
+        StorageHang::active(self)
+    }
+}
+
+impl StorageHang {
+    pub fn new(cfg: &EngineConfig) -> Self {
+        Self {
+            cfg: cfg.clone(),
+            active: BTreeMap::new(),
+        }
+    }
+
+    pub fn observe(&mut self, obs: &BlockedTasks) -> Vec<Report> {
+        let mut groups: BTreeMap<String, Vec<&BlockedTask>> = BTreeMap::new();
+        for t in &obs.tasks {
+            groups.entry(key(t)).or_default().push(t);
+        }
+        let mut out = Vec::new();
+        for (k, tasks) in &groups {
+            let detail = Self::detail(k, tasks);
+            let since = tasks.iter().map(|t| t.since).min().unwrap_or(obs.at);
+            match self.active.get_mut(k) {
+                None => {
+                    let mut evidence = vec![Evidence {
+                        at: since,
+                        what: format!(
+                            "{} task(s) blocked past {} ms on {k}, first since {}",
+                            tasks.len(),
+                            obs.threshold_ms,
+                            since.rfc3339()
+                        ),
+                    }];
+                    evidence.extend(Self::task_evidence(obs.at, tasks));
+                    evidence.truncate(MAX_EVIDENCE);
+                    let finding = Self::finding(
+                        FindingStatus::Active,
+                        since,
+                        obs.at,
+                        evidence.clone(),
+                        detail,
+                        tasks,
+                    );
+                    out.push(Report::Finding(Box::new(finding.clone())));
+                    self.active.insert(
+                        k.clone(),
+                        Active {
+                            first_seen: since,
+                            last_reported: obs.at,
+                            evidence,
+                            finding,
+                        },
+                    );
+                }
+                Some(a) => {
+                    a.first_seen = a.first_seen.min(since);
+                    let finding = Self::finding(
+                        FindingStatus::Update,
+                        a.first_seen,
+                        obs.at,
+                        a.evidence.clone(),
+                        detail,
+                        tasks,
+                    );
+                    if obs.at.millis_since(a.last_reported) >= self.cfg.update_every_ms {
+                        a.last_reported = obs.at;
+                        out.push(Report::Finding(Box::new(finding.clone())));
+                    }
+                    a.finding = finding;
+                }
+            }
+        }
+        let gone: Vec<String> = self
+            .active
+            .keys()
+            .filter(|k| !groups.contains_key(*k))
+            .cloned()
+            .collect();
+        for k in gone {
+            if let Some(a) = self.active.remove(&k) {
+                let mut f = a.finding;
+                f.status = FindingStatus::Resolved;
+                f.resolved_at = Some(obs.at);
+                f.duration_s = Some(obs.at.secs_since(a.first_seen));
+                f.evidence.push(Evidence {
+                    at: obs.at,
+                    what: format!("no task blocked on {k} any more"),
+                });
+                f.summary = format!(
+                    "storage hang on {k} is over after {:.1} s",
+                    obs.at.secs_since(a.first_seen)
+                );
+                out.push(Report::Finding(Box::new(f)));
+            }
+        }
+        out
+    }
+
+    fn task_evidence(at: Time, tasks: &[&BlockedTask]) -> Vec<Evidence> {
+        tasks
+            .iter()
+            .take(4)
+            .map(|t| Evidence {
+                at,
+                what: format!(
+                    "{}[{}] tid {} in {}{} for {:.1} s, state {} ({}), stack {}",
+                    t.comm,
+                    t.pid,
+                    t.tid,
+                    t.syscall.as_deref().unwrap_or("?"),
+                    t.path
+                        .as_deref()
+                        .map(|p| format!("({p})"))
+                        .unwrap_or_default(),
+                    t.blocked_for_s,
+                    t.state,
+                    t.wait.describe(),
+                    t.stack
+                        .iter()
+                        .take(3)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(" < ")
+                ),
+            })
+            .collect()
+    }
+
+    fn detail(k: &str, tasks: &[&BlockedTask]) -> StorageDetail {
+        let mut sorted: Vec<&BlockedTask> = tasks.to_vec();
+        sorted.sort_by(|a, b| {
+            b.blocked_for_s
+                .total_cmp(&a.blocked_for_s)
+                .then(a.tid.cmp(&b.tid))
+        });
+        let mount = sorted.iter().find_map(|t| t.mount.clone());
+        // Dominant wait: the most specific class any task shows.
+        let wait = sorted
+            .iter()
+            .map(|t| t.wait)
+            .min()
+            .unwrap_or(WaitClass::Other);
+        let stack = sorted
+            .iter()
+            .find(|t| t.wait == wait && !t.stack.is_empty())
+            .map(|t| t.stack.clone())
+            .unwrap_or_default();
+        let containers: BTreeSet<AffectedContainer> = sorted
+            .iter()
+            .filter_map(|t| {
+                t.container_id.as_ref().map(|c| AffectedContainer {
+                    container_id: c.clone(),
+                    pod_uid: t.pod.as_ref().map(|p| p.pod_uid.clone()),
+                })
+            })
+            .collect();
+        let mut pods: Vec<PodRef> = Vec::new();
+        for p in sorted.iter().filter_map(|t| t.pod.as_ref()) {
+            if !pods.iter().any(|q| q.pod_uid == p.pod_uid) {
+                let mut p = p.clone();
+                p.container_id = None;
+                pods.push(p);
+            }
+        }
+        let mut processes: Vec<String> = Vec::new();
+        for t in &sorted {
+            if !processes.contains(&t.comm) {
+                processes.push(t.comm.clone());
+            }
+        }
+        processes.sort_by_key(|c| runtime_rank(c));
+        StorageDetail {
+            mount_point: k.to_owned(),
+            fs_type: mount.as_ref().map(|m| m.fs_type.clone()),
+            source: mount.as_ref().map(|m| m.source.clone()),
+            dev: mount.as_ref().map(|m| m.dev.clone()),
+            wait,
+            blocked_total: sorted.len(),
+            unkillable: sorted.iter().filter(|t| t.killable == Some(false)).count(),
+            blocked: sorted
+                .iter()
+                .take(MAX_TASKS)
+                .map(|t| BlockedProcess {
+                    comm: t.comm.clone(),
+                    pid: t.pid,
+                    tid: t.tid,
+                    syscall: t.syscall.clone(),
+                    path: t.path.clone(),
+                    blocked_for_s: t.blocked_for_s,
+                    state: t.state.clone(),
+                    killable: t.killable,
+                    wait: t.wait,
+                    container_id: t.container_id.clone(),
+                })
+                .collect(),
+            stack,
+            containers: containers.into_iter().collect(),
+            pods,
+            processes,
+        }
+    }
+
+    fn finding(
+        status: FindingStatus,
+        first_seen: Time,
+        at: Time,
+        evidence: Vec<Evidence>,
+        d: StorageDetail,
+        tasks: &[&BlockedTask],
+    ) -> Finding {
+        let mount = tasks.iter().find_map(|t| t.mount.as_ref());
+        let longest = d.blocked.first().map(|b| b.blocked_for_s).unwrap_or(0.0);
+        let who: Vec<String> = d
+            .blocked
+            .iter()
+            .take(4)
+            .map(|b| {
+                format!(
+                    "{}[{}] {}",
+                    b.comm,
+                    b.pid,
+                    b.syscall.as_deref().unwrap_or("?")
+                )
+            })
+            .collect();
+        let summary = format!(
+            "{} task(s) blocked up to {longest:.0} s on {} mount {}{}, {}: {}{}",
+            d.blocked_total,
+            d.fs_type.as_deref().unwrap_or("an unknown"),
+            d.mount_point,
+            d.source
+                .as_deref()
+                .map(|s| format!(" ({s})"))
+                .unwrap_or_default(),
+            d.wait.describe(),
+            who.join(", "),
+            if d.unkillable > 0 {
+                format!("; {} cannot be killed", d.unkillable)
+            } else {
+                String::new()
+            }
+        );
+        // Certain when the kernel stack shows the storage wait itself.
+        let confidence = if d.wait == WaitClass::Other || d.mount_point == UNKNOWN {
+            Confidence::Likely
+        } else {
+            Confidence::Certain
+        };
+        Finding {
+            cause: Cause::StorageHang,
+            status,
+            id: format!("storage_hang:{}", d.mount_point),
+            summary,
+            confidence,
+            first_seen,
+            last_seen: at,
+            resolved_at: None,
+            duration_s: None,
+            evidence,
+            timeline: Vec::new(),
+            concurrent: Vec::new(),
+            pleg: None,
+            remedy: remedy(d.wait, mount),
+            detail: Detail::Storage(d),
+        }
+    }
+
+    /// Nothing is time-driven: sweeps come every poll interval, also when
+    /// empty, and resolve findings.
+    pub fn tick(&mut self, _now: Time) -> Vec<Report> {
+        Vec::new()
+    }
+
+    pub fn has_active(&self) -> bool {
+        !self.active.is_empty()
+    }
+
+    pub fn active(&self) -> Vec<Finding> {
+        self.active.values().map(|a| a.finding.clone()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fuse_mount() -> MountRef {
+        MountRef {
+            mount_point: "/mnt/fuse".into(),
+            fs_type: "fuse".into(),
+            source: "hangfs".into(),
+            dev: "0:39".into(),
+            mount_point_in_task: None,
+        }
+    }
+
+    fn task(tid: u32, comm: &str, at: Time, since: Time, killable: Option<bool>) -> BlockedTask {
+        BlockedTask {
+            tid,
+            pid: tid,
+            comm: comm.into(),
+            state: "D".into(),
+            killable,
+            syscall: Some("newfstatat".into()),
+            path: Some("/mnt/fuse/hang".into()),
+            since,
+            blocked_for_s: at.secs_since(since),
+            wait: WaitClass::Fuse,
+            stack: vec!["request_wait_answer".into(), "fuse_lookup_name".into()],
+            mount: Some(fuse_mount()),
+            cgroup: Some("/docker/0123456789abcdef0123".into()),
+            container_id: Some("0123456789abcdef0123".into()),
+            pod: None,
+            watched: true,
+        }
+    }
+
+    fn sweep(at: u64, tasks: Vec<BlockedTask>) -> BlockedTasks {
+        BlockedTasks {
+            at: Time(at),
+            threshold_ms: 10_000,
+            tasks,
+        }
+    }
+
+    fn findings(r: Vec<Report>) -> Vec<Finding> {
+        r.into_iter()
+            .filter_map(|r| match r {
+                Report::Finding(f) => Some(*f),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn active_update_resolve_lifecycle() {
+        let mut d = StorageHang::new(&EngineConfig::default());
+        assert!(findings(d.observe(&sweep(1_000, vec![]))).is_empty());
+        let t0 = Time(1_000);
+        let f = findings(d.observe(&sweep(
+            11_000,
+            vec![
+                task(10, "runc", Time(11_000), t0, Some(true)),
+                task(20, "dockerd", Time(11_000), Time(2_000), Some(false)),
+            ],
+        )));
+        assert_eq!(f.len(), 1);
+        let a = &f[0];
+        assert_eq!(a.status, FindingStatus::Active);
+        assert_eq!(a.id, "storage_hang:/mnt/fuse");
+        assert_eq!(a.first_seen, t0);
+        assert_eq!(a.confidence, Confidence::Certain);
+        let json = serde_json::to_value(a).unwrap();
+        assert_eq!(json["cause"], "storage_hang");
+        assert_eq!(json["mount_point"], "/mnt/fuse");
+        assert_eq!(json["fs_type"], "fuse");
+        assert_eq!(json["unkillable"], 1);
+        assert_eq!(json["blocked"][0]["comm"], "runc");
+        assert_eq!(json["processes"][0], "dockerd");
+        assert_eq!(json["stack"][0], "request_wait_answer");
+        assert!(a.remedy.contains("/sys/fs/fuse/connections/39/abort"));
+        assert!(d.has_active());
+
+        // Within update_every: silent; after it: an update with the same first_seen.
+        assert!(
+            findings(d.observe(&sweep(
+                12_000,
+                vec![task(10, "runc", Time(12_000), t0, Some(true))]
+            )))
+            .is_empty()
+        );
+        let u = findings(d.observe(&sweep(
+            16_500,
+            vec![task(10, "runc", Time(16_500), t0, Some(true))],
+        )));
+        assert_eq!(u.len(), 1);
+        assert_eq!(u[0].status, FindingStatus::Update);
+        assert_eq!(u[0].first_seen, t0);
+
+        let r = findings(d.observe(&sweep(20_000, vec![])));
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].status, FindingStatus::Resolved);
+        assert_eq!(r[0].duration_s, Some(19.0));
+        assert_eq!(r[0].resolved_at, Some(Time(20_000)));
+        assert!(!d.has_active());
+    }
+
+    #[test]
+    fn one_finding_per_mount_and_unknown_group() {
+        let mut d = StorageHang::new(&EngineConfig::default());
+        let mut other = task(30, "containerd", Time(20_000), Time(5_000), None);
+        other.mount = Some(MountRef {
+            mount_point: "/mnt/nfs".into(),
+            fs_type: "nfs4".into(),
+            source: "srv:/x".into(),
+            dev: "0:50".into(),
+            mount_point_in_task: None,
+        });
+        other.wait = WaitClass::Nfs;
+        let mut nomount = task(40, "kubelet", Time(20_000), Time(8_000), None);
+        nomount.mount = None;
+        nomount.wait = WaitClass::Other;
+        let f = findings(d.observe(&sweep(
+            20_000,
+            vec![
+                task(10, "runc", Time(20_000), Time(1_000), Some(true)),
+                other,
+                nomount,
+            ],
+        )));
+        let ids: Vec<&str> = f.iter().map(|f| f.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            [
+                "storage_hang:/mnt/fuse",
+                "storage_hang:/mnt/nfs",
+                "storage_hang:unknown"
+            ]
+        );
+        assert_eq!(f[2].confidence, Confidence::Likely);
+        assert!(f[1].remedy.contains("NFS server"));
+        // Only the NFS one clears.
+        let r = findings(d.observe(&sweep(
+            21_000,
+            vec![
+                task(10, "runc", Time(21_000), Time(1_000), Some(true)),
+                task(40, "kubelet", Time(21_000), Time(8_000), None),
+            ],
+        )));
+        // kubelet now resolves to /mnt/fuse, so both nfs and unknown resolve.
+        let resolved: Vec<&str> = r
+            .iter()
+            .filter(|f| f.status == FindingStatus::Resolved)
+            .map(|f| f.id.as_str())
+            .collect();
+        assert_eq!(resolved, ["storage_hang:/mnt/nfs", "storage_hang:unknown"]);
+        assert_eq!(d.active().len(), 1);
+    }
+}

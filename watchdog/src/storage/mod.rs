@@ -1,0 +1,753 @@
+//! The storage-hang sweep: which watched processes are stuck in a file
+//! syscall, and which tasks sleep uninterruptibly, for longer than the
+//! threshold; and on which mount, in which container.
+//!
+//! The probes keep the state in kernel maps (see watchdog-ebpf/src/storage.rs);
+//! every poll interval [`StorageTracker::sweep`] reads them and enriches the
+//! old entries from /proc only: `stat`, `status`, `stack`, `syscall`,
+//! `cgroup`, `mountinfo`, and readlink of `cwd` and `fd/N`. None of these
+//! touch the hung mount (no stat/statfs/open of user paths; no `cmdline`,
+//! `environ` or `mem`, which take the task's mmap lock).
+pub mod stack;
+pub mod syscalls;
+
+use std::{
+    collections::{HashMap, HashSet},
+    fs,
+    path::{Path, PathBuf},
+};
+
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, StackTraceMap};
+use watchdog_common::{
+    AT_FDCWD, ArgKind, COMM_LEN, CommPattern, DSTATE_MAP, DstateEntry, INFLIGHT_MAP,
+    InflightSyscall, STACKS_MAP, SYSCALL_KINDS_MAP, TASK_WAKEKILL, WATCH_COMMS_MAP,
+    WATCH_COMMS_SLOTS, WATCHED_MAP,
+};
+
+use crate::{
+    context::{kube, mounts},
+    observation::{BlockedTask, BlockedTasks, MountRef, WaitClass},
+    probes::Probes,
+    time::{MonotonicClock, Time},
+};
+
+/// Runtime process names watched by default (`*` = prefix).
+pub const DEFAULT_WATCH_COMMS: &[&str] = &[
+    "kubelet",
+    "dockerd",
+    "containerd",
+    "containerd-shim*",
+    "runc",
+    "crun",
+    "crio",
+    "conmon",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("the eBPF object has no {0} map (build mismatch)")]
+    MissingMap(&'static str),
+    #[error("map {map}: {source}")]
+    Map {
+        map: &'static str,
+        source: aya::maps::MapError,
+    },
+    #[error(
+        "--watch-comm {0:?}: a process name is 1 to 15 bytes (TASK_COMM_LEN - 1), optionally ending in '*' for a prefix"
+    )]
+    BadComm(String),
+    #[error("--watch-comm: at most {max} names, got {got}")]
+    TooManyComms { max: u32, got: usize },
+}
+
+/// A parsed `--watch-comm` entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommMatch {
+    pub name: String,
+    pub prefix: bool,
+}
+
+impl CommMatch {
+    pub fn parse(s: &str) -> Result<Self, SetupError> {
+        let (name, prefix) = match s.strip_suffix('*') {
+            Some(n) => (n, true),
+            None => (s, false),
+        };
+        // The kernel truncates comm to 15 bytes: a longer exact name can
+        // never match, a longer prefix is cut.
+        if name.is_empty() || name.contains('*') || (!prefix && name.len() > COMM_LEN - 1) {
+            return Err(SetupError::BadComm(s.to_owned()));
+        }
+        let name = name[..name.len().min(COMM_LEN - 1)].to_owned();
+        Ok(Self { name, prefix })
+    }
+
+    pub fn matches(&self, comm: &str) -> bool {
+        if self.prefix {
+            comm.starts_with(&self.name)
+        } else {
+            comm == self.name
+        }
+    }
+
+    fn pattern(&self) -> CommPattern {
+        let mut name = [0u8; COMM_LEN];
+        name[..self.name.len()].copy_from_slice(self.name.as_bytes());
+        CommPattern {
+            name,
+            len: self.name.len() as u32,
+            prefix: u32::from(self.prefix),
+        }
+    }
+}
+
+pub fn parse_comms<S: AsRef<str>>(list: &[S]) -> Result<Vec<CommMatch>, SetupError> {
+    if list.len() > WATCH_COMMS_SLOTS as usize {
+        return Err(SetupError::TooManyComms {
+            max: WATCH_COMMS_SLOTS,
+            got: list.len(),
+        });
+    }
+    list.iter().map(|s| CommMatch::parse(s.as_ref())).collect()
+}
+
+/// `/proc/<pid>/stat`: (comm, state, ppid).
+fn parse_stat(text: &str) -> Option<(String, char, u32)> {
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let comm = text.get(open + 1..close)?.to_owned();
+    let mut f = text.get(close + 2..)?.split_whitespace();
+    let state = f.next()?.chars().next()?;
+    let ppid = f.next()?.parse().ok()?;
+    Some((comm, state, ppid))
+}
+
+/// Processes to watch at start: runtimes by name, and all their descendants.
+pub fn initial_watch_set(procs: &HashMap<u32, (String, u32)>, comms: &[CommMatch]) -> HashSet<u32> {
+    let mut memo: HashMap<u32, bool> = HashMap::new();
+    let mut out = HashSet::new();
+    for &pid in procs.keys() {
+        let mut chain = Vec::new();
+        let mut cur = pid;
+        let verdict = loop {
+            if let Some(v) = memo.get(&cur) {
+                break *v;
+            }
+            let Some((comm, ppid)) = procs.get(&cur) else {
+                break false;
+            };
+            chain.push(cur);
+            if comms.iter().any(|c| c.matches(comm)) {
+                break true;
+            }
+            if *ppid == 0 || *ppid == cur || chain.len() > 4096 {
+                break false;
+            }
+            cur = *ppid;
+        };
+        for p in chain {
+            memo.insert(p, verdict);
+        }
+        if verdict {
+            out.insert(pid);
+        }
+    }
+    out
+}
+
+/// `watchdog trace` options of the storage-hang detection.
+#[derive(Clone, Debug)]
+pub struct StorageOptions {
+    /// A call or D sleep counts as a hang after this long (still blocked).
+    pub threshold_ms: u64,
+    pub watch_comms: Vec<CommMatch>,
+}
+
+impl Default for StorageOptions {
+    fn default() -> Self {
+        Self {
+            threshold_ms: 10_000,
+            watch_comms: parse_comms(DEFAULT_WATCH_COMMS).expect("valid default names"),
+        }
+    }
+}
+
+/// Counters of the last sweep, for the summary and `ready`.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct SweepStats {
+    pub watched: usize,
+    pub inflight: usize,
+    pub dstate: usize,
+    pub stale_removed: u64,
+}
+
+/// Owns the storage maps and turns them into observations.
+pub struct StorageTracker {
+    root: PathBuf,
+    threshold_ns: u64,
+    inflight: BpfHashMap<MapData, u32, InflightSyscall>,
+    dstate: BpfHashMap<MapData, u32, DstateEntry>,
+    watched: BpfHashMap<MapData, u32, u8>,
+    stacks: Option<StackTraceMap<MapData>>,
+    symbolizer: stack::Symbolizer,
+    clock: MonotonicClock,
+    pub stats: SweepStats,
+}
+
+fn take<T>(
+    probes: &mut Probes,
+    name: &'static str,
+    conv: impl FnOnce(aya::maps::Map) -> Result<T, aya::maps::MapError>,
+) -> Result<T, SetupError> {
+    let m = probes.take_map(name).ok_or(SetupError::MissingMap(name))?;
+    conv(m).map_err(|source| SetupError::Map { map: name, source })
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a local timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+impl StorageTracker {
+    /// Fill the name and syscall tables, then seed WATCHED from /proc. Call
+    /// after the probes are attached (so nothing forked meanwhile is missed).
+    pub fn new(
+        probes: &mut Probes,
+        root: &Path,
+        comms: &[CommMatch],
+        threshold_ms: u64,
+    ) -> Result<Self, SetupError> {
+        let mut names: Array<MapData, CommPattern> =
+            take(probes, WATCH_COMMS_MAP, Array::try_from)?;
+        for (i, c) in comms.iter().enumerate() {
+            names
+                .set(i as u32, c.pattern(), 0)
+                .map_err(|source| SetupError::Map {
+                    map: WATCH_COMMS_MAP,
+                    source,
+                })?;
+        }
+        let mut kinds: Array<MapData, u8> = take(probes, SYSCALL_KINDS_MAP, Array::try_from)?;
+        for (nr, _, kind) in syscalls::TRACKED {
+            kinds
+                .set(*nr, *kind as u8, 0)
+                .map_err(|source| SetupError::Map {
+                    map: SYSCALL_KINDS_MAP,
+                    source,
+                })?;
+        }
+        let mut watched: BpfHashMap<MapData, u32, u8> =
+            take(probes, WATCHED_MAP, BpfHashMap::try_from)?;
+        let procs = all_procs(root);
+        let seed = initial_watch_set(&procs, comms);
+        for pid in &seed {
+            if let Err(e) = watched.insert(pid, 1, 0) {
+                tracing::warn!("cannot watch pid {pid}: {e}");
+            }
+        }
+        let stacks = take(probes, STACKS_MAP, StackTraceMap::try_from)
+            .map_err(|e| tracing::warn!("kernel stacks unavailable: {e}"))
+            .ok();
+        Ok(Self {
+            root: root.to_owned(),
+            threshold_ns: threshold_ms * 1_000_000,
+            inflight: take(probes, INFLIGHT_MAP, BpfHashMap::try_from)?,
+            dstate: take(probes, DSTATE_MAP, BpfHashMap::try_from)?,
+            watched,
+            stacks,
+            symbolizer: stack::Symbolizer::new(&root.join("proc/kallsyms")),
+            clock: MonotonicClock::new(),
+            stats: SweepStats {
+                watched: seed.len(),
+                ..SweepStats::default()
+            },
+        })
+    }
+
+    /// [`StorageTracker::new`] when every storage probe attached; otherwise
+    /// logs why and returns None (the other probes keep running).
+    pub fn start(probes: &mut Probes, root: &Path, opts: &StorageOptions) -> Option<Self> {
+        let missing: Vec<String> = probes
+            .statuses
+            .iter()
+            .filter(|s| {
+                crate::probes::STORAGE_PROBES
+                    .iter()
+                    .any(|p| p.name == s.name)
+                    && s.status != crate::probes::ProbeState::Attached
+            })
+            .map(|s| format!("{} ({})", s.name, s.detail.as_deref().unwrap_or("?")))
+            .collect();
+        if !missing.is_empty() {
+            tracing::warn!(
+                "storage-hang detection is off, its probes are unavailable: {}",
+                missing.join("; ")
+            );
+            return None;
+        }
+        match Self::new(probes, root, &opts.watch_comms, opts.threshold_ms) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::error!("storage-hang detection is off: {e}");
+                None
+            }
+        }
+    }
+
+    fn task_file(&self, tgid: u32, tid: u32, file: &str) -> PathBuf {
+        self.root.join(format!("proc/{tgid}/task/{tid}/{file}"))
+    }
+
+    fn read(&self, p: &Path) -> Option<String> {
+        fs::read_to_string(p).ok()
+    }
+
+    /// Context switches of a task so far (nvcsw + nivcsw).
+    fn switches(&self, tgid: u32, tid: u32) -> Option<u64> {
+        let s = self.read(&self.task_file(tgid, tid, "status"))?;
+        let mut total = 0u64;
+        let mut found = 0;
+        for l in s.lines() {
+            if let Some(v) = l
+                .strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))
+            {
+                total += v.trim().parse::<u64>().ok()?;
+                found += 1;
+            }
+        }
+        (found == 2).then_some(total)
+    }
+
+    /// One sweep. `at` is the observation time.
+    pub fn sweep(&mut self, at: Time) -> BlockedTasks {
+        let now = monotonic_ns();
+        let threshold = self.threshold_ns;
+        let mut cands: HashMap<u32, Candidate> = HashMap::new();
+
+        let inflight: Vec<(u32, InflightSyscall)> = self
+            .inflight
+            .iter()
+            .filter_map(Result::ok)
+            .take(watchdog_common::INFLIGHT_ENTRIES as usize * 2)
+            .collect();
+        self.stats.inflight = inflight.len();
+        for (tid, e) in inflight {
+            if now.saturating_sub(e.start_ns) < threshold {
+                continue;
+            }
+            if !self.task_file(e.tgid, tid, "stat").exists() {
+                // Gone without the exit probe seeing it (probe attached late).
+                let _ = self.inflight.remove(&tid);
+                self.stats.stale_removed += 1;
+                continue;
+            }
+            cands
+                .entry(tid)
+                .or_insert_with(|| Candidate::new(e.tgid))
+                .syscall = Some(e);
+        }
+
+        let dstate: Vec<(u32, DstateEntry)> = self
+            .dstate
+            .iter()
+            .filter_map(Result::ok)
+            .take(watchdog_common::DSTATE_ENTRIES as usize * 2)
+            .collect();
+        self.stats.dstate = dstate.len();
+        for (tid, d) in dstate {
+            if now.saturating_sub(d.since_ns) < threshold {
+                continue;
+            }
+            // Valid only while the task has not been switched since.
+            match self.switches(d.tgid, tid) {
+                Some(n) if d.switches == 0 || n == d.switches => {
+                    cands
+                        .entry(tid)
+                        .or_insert_with(|| Candidate::new(d.tgid))
+                        .dstate = Some(d);
+                }
+                _ => {
+                    let _ = self.dstate.remove(&tid);
+                    self.stats.stale_removed += 1;
+                }
+            }
+        }
+        self.stats.watched = self.watched.keys().filter_map(Result::ok).count();
+
+        let mut tasks = Vec::new();
+        let mut host_mounts: Option<Vec<mounts::MountEntry>> = None;
+        let mut ns_mounts: HashMap<String, Vec<mounts::MountEntry>> = HashMap::new();
+        for (tid, c) in cands {
+            if let Some(t) = self.enrich(tid, &c, now, &mut host_mounts, &mut ns_mounts) {
+                tasks.push(t);
+            }
+        }
+        tasks.sort_by(|a, b| a.since.cmp(&b.since).then(a.tid.cmp(&b.tid)));
+        BlockedTasks {
+            at,
+            threshold_ms: threshold / 1_000_000,
+            tasks,
+        }
+    }
+
+    fn enrich(
+        &mut self,
+        tid: u32,
+        c: &Candidate,
+        now: u64,
+        host_mounts: &mut Option<Vec<mounts::MountEntry>>,
+        ns_mounts: &mut HashMap<String, Vec<mounts::MountEntry>>,
+    ) -> Option<BlockedTask> {
+        let tgid = c.tgid;
+        let (comm, state, _) = parse_stat(&self.read(&self.task_file(tgid, tid, "stat"))?)?;
+        // A D-state record is only current while the task is still in D.
+        let dstate = c.dstate.filter(|_| state == 'D');
+        if c.syscall.is_none() && dstate.is_none() {
+            return None;
+        }
+        let stack = self.stack_of(tgid, tid, dstate.as_ref());
+        let wait = stack::classify(&stack);
+        // A long read on a pipe or socket is no hang: report only D, or a
+        // wait on storage (FUSE requests sleep interruptibly until signalled).
+        if state != 'D' && wait == WaitClass::Other {
+            return None;
+        }
+        let killable = match (state, dstate) {
+            ('D', Some(d)) => Some(d.state & TASK_WAKEKILL != 0),
+            ('D', None) => None,
+            _ => Some(true),
+        };
+        let start_ns = match (c.syscall, dstate) {
+            (Some(s), _) => s.start_ns,
+            (None, Some(d)) => d.since_ns,
+            (None, None) => return None,
+        };
+        let (syscall, path) = match c.syscall {
+            Some(s) => {
+                let (name, _) = syscalls::lookup(s.nr).unwrap_or(("?", ArgKind::Untracked));
+                (Some(name.to_owned()), self.path_of(tgid, tid, &s))
+            }
+            None => self.proc_syscall(tgid, tid),
+        };
+        let mount = path.as_deref().and_then(|p| {
+            let ns = fs::read_link(self.root.join(format!("proc/{tgid}/ns/mnt")))
+                .map(|l| l.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| format!("pid:{tgid}"));
+            let table = ns_mounts.entry(ns).or_insert_with(|| {
+                mounts::parse(
+                    &self
+                        .read(&self.root.join(format!("proc/{tgid}/mountinfo")))
+                        .unwrap_or_default(),
+                )
+            });
+            let m = mounts::mount_of(table, p)?.clone();
+            let host = host_mounts.get_or_insert_with(|| {
+                mounts::parse(
+                    &self
+                        .read(&self.root.join(crate::paths::MOUNTINFO))
+                        .unwrap_or_default(),
+                )
+            });
+            Some(match mounts::same_fs(host, &m.dev) {
+                Some(h) => MountRef {
+                    mount_point: h.mount_point.clone(),
+                    fs_type: h.fs_type.clone(),
+                    source: h.source.clone(),
+                    dev: h.dev.clone(),
+                    mount_point_in_task: (h.mount_point != m.mount_point)
+                        .then(|| m.mount_point.clone()),
+                },
+                None => MountRef {
+                    mount_point: m.mount_point.clone(),
+                    fs_type: m.fs_type,
+                    source: m.source,
+                    dev: m.dev,
+                    mount_point_in_task: None,
+                },
+            })
+        });
+        // A page-cache wait (folio lock) on a FUSE or NFS file is that
+        // server not answering: the request went out asynchronously, so the
+        // waiter's stack shows only the generic page wait.
+        let wait = match (wait, mount.as_ref()) {
+            (WaitClass::Block | WaitClass::Other, Some(m)) => fs_wait(&m.fs_type).unwrap_or(wait),
+            _ => wait,
+        };
+        let cgroup_text = self
+            .read(&self.root.join(format!("proc/{tgid}/cgroup")))
+            .unwrap_or_default();
+        let cgroup = container_cgroup(&cgroup_text);
+        let since = self.clock.to_time(start_ns);
+        Some(BlockedTask {
+            tid,
+            pid: tgid,
+            comm,
+            state: state.to_string(),
+            killable,
+            syscall,
+            path,
+            since,
+            blocked_for_s: now.saturating_sub(start_ns) as f64 / 1e9,
+            wait,
+            stack,
+            mount,
+            container_id: cgroup.as_deref().and_then(container_id),
+            pod: cgroup.as_deref().and_then(kube::pod_from_cgroup_path),
+            cgroup,
+            watched: c.syscall.is_some(),
+        })
+    }
+
+    /// The recorded stack (symbolised) of a D task, else its current stack
+    /// from /proc.
+    fn stack_of(&mut self, tgid: u32, tid: u32, d: Option<&DstateEntry>) -> Vec<String> {
+        if let Some(d) = d
+            && d.stack_id >= 0
+        {
+            if let Some(s) = self.symbolizer.cached(d.stack_id) {
+                return s.clone();
+            }
+            if let Some(st) = &self.stacks
+                && let Ok(trace) = st.get(&(d.stack_id as u32), 0)
+            {
+                let ips: Vec<u64> = trace.frames().iter().map(|f| f.ip).collect();
+                return self.symbolizer.symbolize(d.stack_id, &ips);
+            }
+        }
+        self.read(&self.task_file(tgid, tid, "stack"))
+            .map(|t| stack::parse_proc_stack(&t))
+            .unwrap_or_default()
+    }
+
+    /// Absolute path of a tracked call's file argument, as the task sees it.
+    fn path_of(&self, tgid: u32, tid: u32, s: &InflightSyscall) -> Option<String> {
+        let len = s.path.iter().position(|&b| b == 0).unwrap_or(s.path.len());
+        let raw = String::from_utf8_lossy(&s.path[..len]).into_owned();
+        let link = |p: PathBuf| {
+            fs::read_link(p)
+                .ok()
+                .map(|l| l.to_string_lossy().into_owned())
+        };
+        match ArgKind::from_u32(s.kind) {
+            ArgKind::Fd => link(self.root.join(format!("proc/{tgid}/fd/{}", s.fd))),
+            ArgKind::Path0 | ArgKind::Path1 | ArgKind::DirfdPath1 => {
+                if raw.starts_with('/') {
+                    return Some(mounts::normalize(&raw));
+                }
+                let base = if s.fd == AT_FDCWD || ArgKind::from_u32(s.kind) != ArgKind::DirfdPath1 {
+                    link(self.task_file(tgid, tid, "cwd"))?
+                } else {
+                    link(self.root.join(format!("proc/{tgid}/fd/{}", s.fd)))?
+                };
+                Some(mounts::join(&base, &raw))
+            }
+            _ => None,
+        }
+    }
+
+    /// Syscall (and the file of an fd argument) of an untracked D task from
+    /// /proc/<pid>/task/<tid>/syscall.
+    fn proc_syscall(&self, tgid: u32, tid: u32) -> (Option<String>, Option<String>) {
+        let Some(text) = self.read(&self.task_file(tgid, tid, "syscall")) else {
+            return (None, None);
+        };
+        let mut f = text.split_whitespace();
+        let Some(nr) = f.next().and_then(|n| n.parse::<u32>().ok()) else {
+            return (None, None);
+        };
+        let arg0 = f
+            .next()
+            .and_then(|a| u64::from_str_radix(a.trim_start_matches("0x"), 16).ok());
+        let path = match (syscalls::lookup(nr), arg0) {
+            (Some((_, ArgKind::Fd)), Some(fd)) if fd < 1 << 31 => {
+                fs::read_link(self.root.join(format!("proc/{tgid}/fd/{fd}")))
+                    .ok()
+                    .map(|l| l.to_string_lossy().into_owned())
+            }
+            _ => None,
+        };
+        (Some(syscalls::name(nr)), path)
+    }
+}
+
+struct Candidate {
+    tgid: u32,
+    syscall: Option<InflightSyscall>,
+    dstate: Option<DstateEntry>,
+}
+
+impl Candidate {
+    fn new(tgid: u32) -> Self {
+        Self {
+            tgid,
+            syscall: None,
+            dstate: None,
+        }
+    }
+}
+
+/// The wait class a file system's own type implies, for network and
+/// userspace file systems.
+pub fn fs_wait(fs_type: &str) -> Option<WaitClass> {
+    if fs_type == "fuse" || fs_type == "fuseblk" || fs_type.starts_with("fuse.") {
+        Some(WaitClass::Fuse)
+    } else if fs_type == "nfs" || fs_type == "nfs4" {
+        Some(WaitClass::Nfs)
+    } else {
+        None
+    }
+}
+
+/// pid -> (comm, ppid) of every process.
+fn all_procs(root: &Path) -> HashMap<u32, (String, u32)> {
+    let mut out = HashMap::new();
+    let Ok(rd) = fs::read_dir(root.join("proc")) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if let Some((comm, _, ppid)) = fs::read_to_string(e.path().join("stat"))
+            .ok()
+            .and_then(|t| parse_stat(&t))
+        {
+            out.insert(pid, (comm, ppid));
+        }
+    }
+    out
+}
+
+/// The cgroup path that names a container, else the unified (or first) one.
+pub fn container_cgroup(proc_cgroup: &str) -> Option<String> {
+    let paths: Vec<&str> = proc_cgroup
+        .lines()
+        .filter_map(|l| l.splitn(3, ':').nth(2))
+        .collect();
+    paths
+        .iter()
+        .find(|p| kube::pod_from_cgroup_path(p).is_some())
+        .or_else(|| paths.iter().find(|p| container_id(p).is_some()))
+        .map(|p| (*p).to_owned())
+        .or_else(|| {
+            proc_cgroup
+                .lines()
+                .find_map(|l| l.strip_prefix("0::"))
+                .map(str::to_owned)
+        })
+        .or_else(|| paths.first().map(|p| (*p).to_owned()))
+}
+
+/// Docker, containerd and CRI-O ids are 64 hex digits.
+fn is_hex_id(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The container id in a cgroup path: `/docker/<id>`, `/kubepods/.../<id>`,
+/// `.../docker-<id>.scope`, `cri-containerd-<id>.scope`, `crio-<id>.scope`,
+/// `libpod-<id>.scope`.
+pub fn container_id(cgroup: &str) -> Option<String> {
+    cgroup.split('/').rev().find_map(|c| {
+        let c = c.strip_suffix(".scope").unwrap_or(c);
+        let id = c.rsplit_once('-').map(|(_, id)| id).unwrap_or(c);
+        is_hex_id(id).then(|| id.to_owned())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CID: &str = "052b011f5fcc54536223afb2d544344c58e62b96bc836a64140c5e36af004ceb";
+
+    #[test]
+    fn comm_patterns() {
+        let c = parse_comms(&["dockerd", "containerd-shim*"]).unwrap();
+        assert!(c[0].matches("dockerd"));
+        assert!(!c[0].matches("dockerd2"));
+        assert!(c[1].matches("containerd-shim"));
+        assert!(!c[1].matches("containerd"));
+        assert!(CommMatch::parse("").is_err());
+        assert!(CommMatch::parse("a-very-long-process-name").is_err());
+        assert!(
+            CommMatch::parse("a-very-long-process-name*")
+                .unwrap()
+                .name
+                .len()
+                == 15
+        );
+        let p = c[1].pattern();
+        assert_eq!(p.len, 15);
+        assert_eq!(p.prefix, 1);
+        assert!(parse_comms(&vec!["x"; 17]).is_err());
+        assert_eq!(parse_comms(DEFAULT_WATCH_COMMS).unwrap().len(), 8);
+    }
+
+    #[test]
+    fn watch_set_includes_descendants() {
+        let procs: HashMap<u32, (String, u32)> = [
+            (1, ("init", 0)),
+            (100, ("dockerd", 1)),
+            (101, ("containerd", 100)),
+            (200, ("containerd-shim", 1)),
+            (201, ("sh", 200)),
+            (202, ("sleep", 201)),
+            (300, ("bash", 1)),
+        ]
+        .into_iter()
+        .map(|(p, (c, pp))| (p, (c.to_owned(), pp)))
+        .collect();
+        let comms = parse_comms(DEFAULT_WATCH_COMMS).unwrap();
+        let mut w: Vec<u32> = initial_watch_set(&procs, &comms).into_iter().collect();
+        w.sort();
+        assert_eq!(w, [100, 101, 200, 201, 202]);
+    }
+
+    #[test]
+    fn fs_types_imply_waits() {
+        assert_eq!(fs_wait("fuse.sshfs"), Some(WaitClass::Fuse));
+        assert_eq!(fs_wait("fuseblk"), Some(WaitClass::Fuse));
+        assert_eq!(fs_wait("nfs4"), Some(WaitClass::Nfs));
+        assert_eq!(fs_wait("ext4"), None);
+    }
+
+    #[test]
+    fn stat_parsing_with_odd_comm() {
+        let (comm, state, ppid) = parse_stat("42 (a) b (c)) D 7 42 42 0 -1").unwrap();
+        assert_eq!(comm, "a) b (c)");
+        assert_eq!(state, 'D');
+        assert_eq!(ppid, 7);
+    }
+
+    #[test]
+    fn container_ids_from_cgroups() {
+        assert_eq!(
+            container_id(&format!("/docker/{CID}")).as_deref(),
+            Some(CID)
+        );
+        assert_eq!(
+            container_id(&format!("/system.slice/docker-{CID}.scope")).as_deref(),
+            Some(CID)
+        );
+        assert_eq!(
+            container_id(&format!(
+                "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-podx.slice/cri-containerd-{CID}.scope"
+            ))
+            .as_deref(),
+            Some(CID)
+        );
+        assert_eq!(container_id("/user.slice/user-0.slice"), None);
+        let text = format!("12:pids:/docker/{CID}\n1:name=systemd:/docker/{CID}\n0::/\n");
+        assert_eq!(container_cgroup(&text), Some(format!("/docker/{CID}")));
+        assert_eq!(
+            container_cgroup("0::/user.slice\n").as_deref(),
+            Some("/user.slice")
+        );
+    }
+}

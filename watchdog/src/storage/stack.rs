@@ -1,0 +1,243 @@
+//! Kernel stacks: symbolising stack-trace ids with /proc/kallsyms, reading
+//! /proc/<pid>/task/<tid>/stack, and classifying what a blocked task waits for.
+use std::{
+    collections::HashMap,
+    io::{BufRead, BufReader},
+    path::Path,
+};
+
+use crate::observation::WaitClass;
+
+/// The function name of a frame (`request_wait_answer+0x112/0x210` ->
+/// `request_wait_answer`).
+pub fn function(frame: &str) -> &str {
+    let f = frame.split_once('+').map(|(f, _)| f).unwrap_or(frame);
+    f.split_whitespace().next().unwrap_or(f)
+}
+
+/// Classifies a stack (innermost first) by the storage wait in it. FUSE and
+/// NFS take precedence over block I/O: their page-cache waits go through the
+/// same folio helpers.
+pub fn classify<S: AsRef<str>>(frames: &[S]) -> WaitClass {
+    let names: Vec<&str> = frames.iter().map(|f| function(f.as_ref())).collect();
+    let any = |p: &dyn Fn(&str) -> bool| names.iter().any(|n| p(n));
+    if any(&|n| n == "request_wait_answer" || n.starts_with("fuse_")) {
+        WaitClass::Fuse
+    } else if any(&|n| {
+        n == "rpc_wait_bit_killable"
+            || n.starts_with("nfs_")
+            || n.starts_with("nfs4_")
+            || n.starts_with("rpc_")
+            || n.starts_with("__rpc_")
+    }) {
+        WaitClass::Nfs
+    } else if any(&|n| {
+        n == "io_schedule"
+            || n == "io_schedule_timeout"
+            || n == "bit_wait_io"
+            || n.starts_with("blk_")
+            || n.starts_with("wait_on_page_bit")
+            || n.starts_with("folio_wait_bit")
+            || n == "__wait_on_buffer"
+            || n == "submit_bio_wait"
+            || n.starts_with("jbd2_")
+    }) {
+        WaitClass::Block
+    } else {
+        WaitClass::Other
+    }
+}
+
+/// Parses /proc/<pid>/task/<tid>/stack (`[<0>] request_wait_answer+0x112/0x210`).
+pub fn parse_proc_stack(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let rest = l.split_once("] ").map(|(_, r)| r).unwrap_or(l);
+            (!rest.is_empty()).then(|| rest.to_owned())
+        })
+        .collect()
+}
+
+/// Symbolises kernel addresses by streaming /proc/kallsyms (not kept in
+/// memory: it is megabytes, and stacks are few and cached by id).
+pub struct Symbolizer {
+    path: std::path::PathBuf,
+    cache: HashMap<i64, Vec<String>>,
+}
+
+impl Symbolizer {
+    pub fn new(kallsyms: &Path) -> Self {
+        Self {
+            path: kallsyms.to_owned(),
+            cache: HashMap::new(),
+        }
+    }
+
+    pub fn cached(&self, id: i64) -> Option<&Vec<String>> {
+        self.cache.get(&id)
+    }
+
+    /// Symbolise `ips` (innermost first) and remember them as stack `id`.
+    pub fn symbolize(&mut self, id: i64, ips: &[u64]) -> Vec<String> {
+        if let Some(s) = self.cache.get(&id) {
+            return s.clone();
+        }
+        let v = match std::fs::File::open(&self.path) {
+            Ok(f) => trim_scheduler(resolve(BufReader::new(f), ips)),
+            Err(_) => ips.iter().map(|ip| format!("{ip:#x}")).collect(),
+        };
+        self.cache.insert(id, v.clone());
+        v
+    }
+}
+
+/// Drops the frames of the probe and the scheduler at the top of a stack
+/// recorded at sched_switch: the wait that called schedule() is what matters.
+pub fn trim_scheduler(frames: Vec<String>) -> Vec<String> {
+    let skip = frames
+        .iter()
+        .take_while(|f| {
+            let n = function(f);
+            n.starts_with("bpf_")
+                || n.starts_with("__traceiter")
+                || n.starts_with("__bpf_trace")
+                || n.starts_with("__schedule")
+                || n == "schedule"
+                || n == "schedule_timeout"
+                || n == "io_schedule"
+        })
+        .count();
+    // Keep io_schedule: it is the block-I/O marker.
+    let keep_from = frames[..skip]
+        .iter()
+        .rposition(|f| function(f) == "io_schedule")
+        .unwrap_or(skip);
+    frames.into_iter().skip(keep_from).collect()
+}
+
+/// For each ip, the text symbol with the greatest address <= ip, as
+/// `name+0xoff`; the bare address when kallsyms hides addresses.
+pub fn resolve(reader: impl BufRead, ips: &[u64]) -> Vec<String> {
+    let mut best: Vec<Option<(u64, String)>> = vec![None; ips.len()];
+    for line in reader.lines().map_while(Result::ok) {
+        let mut it = line.split_whitespace();
+        let (Some(addr), Some(ty), Some(name)) = (it.next(), it.next(), it.next()) else {
+            continue;
+        };
+        if !matches!(ty, "t" | "T" | "w" | "W") {
+            continue;
+        }
+        let Ok(addr) = u64::from_str_radix(addr, 16) else {
+            continue;
+        };
+        if addr == 0 {
+            continue;
+        }
+        for (i, ip) in ips.iter().enumerate() {
+            if addr <= *ip && best[i].as_ref().is_none_or(|(a, _)| addr > *a) {
+                best[i] = Some((addr, name.to_owned()));
+            }
+        }
+    }
+    ips.iter()
+        .zip(best)
+        .map(|(ip, b)| match b {
+            Some((a, n)) => format!("{n}+{:#x}", ip - a),
+            None => format!("{ip:#x}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_the_storage_waits() {
+        assert_eq!(
+            classify(&[
+                "__schedule+0x1",
+                "request_wait_answer+0x112/0x210",
+                "__fuse_simple_request+0x120/0x330"
+            ]),
+            WaitClass::Fuse
+        );
+        assert_eq!(
+            classify(&[
+                "schedule",
+                "rpc_wait_bit_killable",
+                "__rpc_execute",
+                "nfs4_proc_getattr"
+            ]),
+            WaitClass::Nfs
+        );
+        assert_eq!(
+            classify(&["io_schedule", "folio_wait_bit_common", "filemap_read"]),
+            WaitClass::Block
+        );
+        // FUSE page waits go through folio helpers too.
+        assert_eq!(
+            classify(&["folio_wait_bit_common", "fuse_read_folio"]),
+            WaitClass::Fuse
+        );
+        assert_eq!(classify(&["pipe_read", "vfs_read"]), WaitClass::Other);
+    }
+
+    #[test]
+    fn trims_probe_and_scheduler_frames() {
+        let f = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            trim_scheduler(f(&[
+                "bpf_prog_9ac19b51313ec8f6_storage_dstate+0xfc",
+                "bpf_trace_run4+0xfc",
+                "__schedule+0x618",
+                "schedule+0x23",
+                "request_wait_answer+0x151",
+            ])),
+            f(&["request_wait_answer+0x151"])
+        );
+        assert_eq!(
+            trim_scheduler(f(&[
+                "__schedule+0x1",
+                "schedule+0x2",
+                "io_schedule+0x3",
+                "folio_wait_bit_common+0x4"
+            ])),
+            f(&["io_schedule+0x3", "folio_wait_bit_common+0x4"])
+        );
+    }
+
+    #[test]
+    fn parses_proc_stack() {
+        let s = parse_proc_stack(
+            "[<0>] request_wait_answer+0x112/0x210\n[<0>] __fuse_simple_request+0x120/0x330\n",
+        );
+        assert_eq!(s[0], "request_wait_answer+0x112/0x210");
+        assert_eq!(function(&s[1]), "__fuse_simple_request");
+    }
+
+    #[test]
+    fn resolves_against_unsorted_kallsyms() {
+        let ks = "\
+ffffffff81000000 T _stext
+ffffffff81100000 t request_wait_answer
+ffffffff81100200 T fuse_simple_request
+ffffffffc0000000 t mod_fn\t[somemod]
+ffffffff81050000 D some_data
+";
+        let r = resolve(
+            ks.as_bytes(),
+            &[
+                0xffffffff81100112,
+                0xffffffffc0000010,
+                0xffffffff81000001,
+                0x10,
+            ],
+        );
+        assert_eq!(r[0], "request_wait_answer+0x112");
+        assert_eq!(r[1], "mod_fn+0x10");
+        assert_eq!(r[2], "_stext+0x1");
+        assert_eq!(r[3], "0x10");
+    }
+}
