@@ -156,10 +156,6 @@ pub struct PlegLink {
 
 #[derive(Clone, Debug, Serialize)]
 #[serde(untagged)]
-#[expect(
-    clippy::large_enum_variant,
-    reason = "findings travel boxed (Report::Finding); one allocation per finding is enough"
-)]
 pub enum Detail {
     Pid(pid_exhaustion::PidDetail),
     Runtime(runtime_unresponsive::RuntimeDetail),
