@@ -13,6 +13,7 @@ use std::{
 };
 
 use serde_json::Value;
+use watchdog_tests::ChildGuard;
 use watchdog_tests::*;
 
 fn free_port() -> u16 {
@@ -299,4 +300,139 @@ fn run_stops_on_a_bad_config_or_a_taken_port() {
         err.contains(&format!("--metrics-addr {addr}: cannot listen")),
         "{err}"
     );
+}
+
+/// Two causes at once, through `watchdog run`: a runtime-named process stuck
+/// on a FUSE mount that never answers, while a pids cgroup is exhausted.
+/// Both findings are active together, each names the other as concurrent,
+/// Prometheus counts one of each, and both resolve when released.
+#[test]
+fn two_causes_at_once_through_run() {
+    use watchdog_tests::fuse::{FuseOpts, HangingFuse, skip_unless_fuse_prereqs};
+    if !skip_unless_pid_exhaustion_prereqs() || !skip_unless_fuse_prereqs() {
+        return;
+    }
+    let dir = TempDir::new("mixed");
+    // The blocked child is declared first so that it drops after the FUSE
+    // guard has aborted the connection (a D-state task cannot be killed).
+    let mut stuck: Option<ChildGuard>;
+    let mut fuse =
+        HangingFuse::start_with(FuseOpts { hang_statfs: true }).unwrap_or_else(|e| panic!("{e}"));
+    let config = dir.0.join("watchdog.toml");
+    let record = dir.0.join("observations.jsonl");
+    std::fs::write(
+        &config,
+        "[engine]\nresolve_after = \"5s\"\n[storage]\nhang_threshold = \"3s\"\n\
+         [pleg]\nenabled = false\n[kubernetes]\nenabled = false\n",
+    )
+    .unwrap();
+    let port = free_port();
+    let agent = Agent::start(&[
+        "run".to_owned(),
+        "--config".into(),
+        config.display().to_string(),
+        "--metrics-addr".into(),
+        format!("127.0.0.1:{port}"),
+        "--record".into(),
+        record.display().to_string(),
+        "--duration".into(),
+        "120s".into(),
+    ]);
+
+    // A process named like a runtime stats a file on the hung mount.
+    let runc = dir.0.join("runc");
+    std::os::unix::fs::symlink(PYTHON, &runc).unwrap();
+    let mut cmd = Command::new(&runc);
+    cmd.args(["-c", "import os, sys; os.stat(sys.argv[1])"])
+        .arg(fuse.hang_path())
+        .stdin(std::process::Stdio::null());
+    stuck = Some(ChildGuard::spawn(&mut cmd, "runc (stat on the hung mount)").unwrap());
+    let runc_pid = stuck.as_ref().unwrap().pid();
+
+    let cg = PidsCgroup::new(8);
+    let path = cg.path_in_hierarchy();
+    let workload = fork_until_eagain(
+        &ForkOpts::default()
+            .in_cgroup(&cg)
+            .failures(1_000_000)
+            .time_limit(Duration::from_secs(40)),
+    );
+
+    let mount = fuse.mount_point().display().to_string();
+    let is_storage = |v: &Value| {
+        v["type"] == "finding" && v["cause"] == "storage_hang" && v["mount_point"] == mount.as_str()
+    };
+    let is_pid = |v: &Value| {
+        v["type"] == "finding" && v["cause"] == "pid_exhaustion" && v["cgroup"] == path.as_str()
+    };
+    let storage = agent
+        .wait_for(is_storage, Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("no storage_hang finding on {mount}\n{}", agent.report()))
+        .0;
+    let pid = agent
+        .wait_for(is_pid, Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("no pid_exhaustion finding for {path}\n{}", agent.report()))
+        .0;
+    assert!(
+        storage["blocked"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["pid"].as_u64() == Some(runc_pid.into()) && b["comm"] == "runc"),
+        "{storage:#}"
+    );
+    // Whichever came second names the first as concurrent; later updates
+    // of either name the other.
+    let (sid, pidid) = (storage["id"].clone(), pid["id"].clone());
+    let names = |v: &Value, other: &Value| {
+        v["concurrent"]
+            .as_array()
+            .is_some_and(|c| c.contains(other))
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let recs = agent.records();
+        let s_ok = recs.iter().any(|v| is_storage(v) && names(v, &pidid));
+        let p_ok = recs.iter().any(|v| is_pid(v) && names(v, &sid));
+        if s_ok && p_ok {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the findings never named each other as concurrent (storage: {s_ok}, pid: {p_ok})\n{}",
+            agent.report()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let page = http_get(port, "/metrics").1;
+    for cause in ["storage_hang", "pid_exhaustion"] {
+        let series = format!("watchdog_findings_active{{cause=\"{cause}\"}}");
+        assert_eq!(sample(&page, &series), Some(1.0), "{series}\n{page}");
+    }
+
+    // Release both: abort the FUSE connection, end the fork workload.
+    fuse.abort().unwrap();
+    drop(workload);
+    drop(cg);
+    if let Some(mut s) = stuck.take() {
+        let _ = s.wait_timeout(Duration::from_secs(5));
+    }
+    for (what, id) in [("storage", &sid), ("pid", &pidid)] {
+        agent
+            .wait_for(
+                |v| v["type"] == "finding" && v["id"] == *id && v["status"] == "resolved",
+                Duration::from_secs(20),
+            )
+            .unwrap_or_else(|| panic!("the {what} finding never resolved\n{}", agent.report()));
+    }
+    let live = agent.stop();
+    assert_eq!(live.last().unwrap()["type"], "summary");
+    if let Some(out) = std::env::var_os("WATCHDOG_GOLDEN_OUT") {
+        std::fs::copy(
+            &record,
+            std::path::Path::new(&out).join("mixed_pid_storage.jsonl"),
+        )
+        .unwrap();
+    }
+    drop(fuse);
 }

@@ -127,3 +127,33 @@ fn runtime_unresponsive_hung_inspect() {
         "the kubelet log line must make PLEG unhealthy: {pleg:#?}"
     );
 }
+
+/// Recorded by tests/tests/agent_run.rs (`watchdog run`, WATCHDOG_GOLDEN_OUT):
+/// a runtime-named process stuck on a FUSE mount that never answers while a
+/// pids cgroup is exhausted. Two causes at once, then both released.
+#[test]
+fn mixed_pid_storage() {
+    let r = check("mixed_pid_storage");
+    let s = findings(&r, "storage_hang");
+    let p = findings(&r, "pid_exhaustion");
+    assert_eq!(
+        s.first().map(|f| &f["status"]),
+        Some(&Value::from("active"))
+    );
+    assert_eq!(
+        p.first().map(|f| &f["status"]),
+        Some(&Value::from("active"))
+    );
+    assert_eq!(s.last().unwrap()["status"], "resolved");
+    assert_eq!(p.last().unwrap()["status"], "resolved");
+    let (sid, pid) = (&s[0]["id"], &p[0]["id"]);
+    let names = |f: &&Value, other: &Value| {
+        f["concurrent"]
+            .as_array()
+            .is_some_and(|c| c.contains(other))
+    };
+    assert!(s.iter().any(|f| names(f, pid)), "storage never names {pid}");
+    assert!(p.iter().any(|f| names(f, sid)), "pid never names {sid}");
+    assert_eq!(s[0]["wait"], "fuse");
+    assert_eq!(p[0]["limit"], "pids_cgroup");
+}
