@@ -157,3 +157,46 @@ fn mixed_pid_storage() {
     assert_eq!(s[0]["wait"], "fuse");
     assert_eq!(p[0]["limit"], "pids_cgroup");
 }
+
+/// Recorded by tests/tests/pleg.rs with storage tracking on: dockerd blocks
+/// in newfstatat on a hung FUSE volume while starting a container, the
+/// agent's relist finds the container's inspect hung. First the runtime
+/// fallback, then the kernel cause: the storage hang explains PLEG.
+#[test]
+fn storage_hang_dockerd_pleg() {
+    let r = check("storage_hang_dockerd_pleg");
+    let rt = findings(&r, "runtime_unresponsive");
+    let st = findings(&r, "storage_hang");
+    assert_eq!(rt[0]["status"], "active");
+    let resolved = rt
+        .iter()
+        .find(|f| f["status"] == "resolved")
+        .expect("runtime_unresponsive resolves once the kernel cause is found");
+    let sid = st[0]["id"].as_str().unwrap();
+    assert!(
+        resolved["summary"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("explained by {sid}")),
+        "{resolved:#}"
+    );
+    assert_eq!(st[0]["wait"], "fuse");
+    assert!(
+        st[0]["blocked"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["comm"] == "dockerd"),
+        "{:#}",
+        st[0]
+    );
+    let link = st
+        .iter()
+        .rev()
+        .find_map(|f| f["pleg"]["message"].as_str())
+        .expect("the storage finding carries the PLEG link");
+    assert!(
+        link.starts_with("PLEG stale for") && link.ends_with(&format!("explained by {sid}")),
+        "{link}"
+    );
+}
