@@ -255,6 +255,9 @@ async fn trace_async(opts: TraceOptions, sink: &mut dyn Sink) -> anyhow::Result<
             kernel: probes.kernel_drops(),
             userspace: Counters::get(&counters.userspace_drops),
             decode_errors: Counters::get(&counters.decode_errors),
+            storage: storage
+                .as_ref()
+                .map(|_| crate::storage::StorageDrops::read(&probes)),
         },
         active: engine.active(),
     };

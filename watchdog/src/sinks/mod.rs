@@ -21,6 +21,9 @@ pub struct Drops {
     pub userspace: u64,
     /// Ring-buffer records that did not decode.
     pub decode_errors: u64,
+    /// Failed inserts of the storage probes' maps (full maps).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storage: Option<crate::storage::StorageDrops>,
 }
 
 #[derive(Clone, Debug, Serialize)]
