@@ -518,6 +518,13 @@ impl StorageTracker {
             (WaitClass::Block | WaitClass::Other, Some(m)) => fs_wait(&m.fs_type).unwrap_or(wait),
             _ => wait,
         };
+        // A D sleep that is neither a storage wait nor on a known mount (a
+        // driver's kernel thread, a lock of something else) is not ours to
+        // report; a watched call stuck on a lock under a hung mount has its
+        // path, so it stays.
+        if wait == WaitClass::Other && mount.is_none() {
+            return None;
+        }
         let cgroup_text = self
             .read(&self.root.join(format!("proc/{tgid}/cgroup")))
             .unwrap_or_default();
