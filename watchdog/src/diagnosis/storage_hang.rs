@@ -275,9 +275,15 @@ impl StorageHang {
             .map(|t| t.wait)
             .min()
             .unwrap_or(WaitClass::Other);
+        // The most telling stack: one that shows the wait itself.
         let stack = sorted
             .iter()
-            .find(|t| t.wait == wait && !t.stack.is_empty())
+            .find(|t| t.wait == wait && t.wait_in_stack && !t.stack.is_empty())
+            .or_else(|| {
+                sorted
+                    .iter()
+                    .find(|t| t.wait == wait && !t.stack.is_empty())
+            })
             .map(|t| t.stack.clone())
             .unwrap_or_default();
         let containers: BTreeSet<AffectedContainer> = sorted
@@ -438,6 +444,7 @@ mod tests {
             since,
             blocked_for_s: at.secs_since(since),
             wait: WaitClass::Fuse,
+            wait_in_stack: true,
             stack: vec!["request_wait_answer".into(), "fuse_lookup_name".into()],
             mount: Some(fuse_mount()),
             cgroup: Some("/docker/0123456789abcdef0123".into()),

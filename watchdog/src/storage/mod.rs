@@ -514,6 +514,7 @@ impl StorageTracker {
         // A page-cache wait (folio lock) on a FUSE or NFS file is that
         // server not answering: the request went out asynchronously, so the
         // waiter's stack shows only the generic page wait.
+        let stack_wait = wait;
         let wait = match (wait, mount.as_ref()) {
             (WaitClass::Block | WaitClass::Other, Some(m)) => fs_wait(&m.fs_type).unwrap_or(wait),
             _ => wait,
@@ -541,6 +542,7 @@ impl StorageTracker {
             since,
             blocked_for_s: now.saturating_sub(start_ns) as f64 / 1e9,
             wait,
+            wait_in_stack: wait == stack_wait,
             stack,
             mount,
             container_id: cgroup.as_deref().and_then(container_id),
