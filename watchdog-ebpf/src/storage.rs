@@ -238,14 +238,18 @@ pub fn storage_sys_enter(ctx: RawTracePointContext) -> i32 {
     let Some(slot) = SLOT.get_ptr_mut(0) else {
         return 0;
     };
-    // SAFETY: per-CPU slot; nothing else runs on this CPU meanwhile.
+    // SAFETY: per-CPU slot. The slot is empty or holds this task's previous
+    // call (every switch-out parks or clears it). The tid goes in last so
+    // that a preemption in the middle (preemptible kernels) parks nothing.
     let slot = unsafe { &mut *slot };
-    slot.tid = pid_tgid as u32;
+    slot.tid = 0;
     slot.tgid = tgid;
     slot.nr = ctx.arg(1);
     slot.regs = ctx.arg(0);
     // SAFETY: plain helper call.
     slot.start_ns = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: a plain store; volatile keeps it after the others.
+    unsafe { core::ptr::write_volatile(&mut slot.tid, pid_tgid as u32) };
     0
 }
 
