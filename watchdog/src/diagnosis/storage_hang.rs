@@ -525,6 +525,26 @@ mod tests {
     }
 
     #[test]
+    fn renders_for_a_terminal() {
+        let mut d = StorageHang::new(&EngineConfig::default());
+        let f = findings(d.observe(&sweep(
+            11_000,
+            vec![task(20, "dockerd", Time(11_000), Time(1_000), Some(false))],
+        )));
+        let text = crate::sinks::terminal::render_finding(&f[0]);
+        assert!(text.contains("storage_hang/fuse"), "{text}");
+        assert!(
+            text.contains("mount:         /mnt/fuse (fuse, hangfs, dev 0:39)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("dockerd[20/20] newfstatat(/mnt/fuse/hang) 10.0 s, D, NOT killable"),
+            "{text}"
+        );
+        assert!(text.contains("stack:         request_wait_answer < fuse_lookup_name"));
+    }
+
+    #[test]
     fn one_finding_per_mount_and_unknown_group() {
         let mut d = StorageHang::new(&EngineConfig::default());
         let mut other = task(30, "containerd", Time(20_000), Time(5_000), None);
