@@ -156,6 +156,12 @@ pub const DROP_STACK: u32 = 7;
 /// tgid -> 1: processes whose syscalls are tracked (`HashMap<u32, u8>`).
 pub const WATCHED_MAP: &str = "WATCHED";
 pub const WATCHED_ENTRIES: u32 = 32768;
+/// Watched tgids as one byte each, 64 per element (`Array<[u8; 64]>`, byte
+/// `tgid % 64` of element `tgid / 64`): the syscall hooks' fast path, an
+/// inlined array lookup. Compiled for PID_MAX_LIMIT (4194304) pids; the
+/// loader shrinks it to the node's pid_max.
+pub const WATCHED_BYTES_MAP: &str = "WATCHED_BYTES";
+pub const WATCHED_BITS_WORDS: u32 = 4_194_304 / 64;
 /// Runtime names that make an exec'd process watched (`Array<CommPattern>`).
 pub const WATCH_COMMS_MAP: &str = "WATCH_COMMS";
 pub const WATCH_COMMS_SLOTS: u32 = 16;

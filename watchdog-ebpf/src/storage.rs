@@ -4,12 +4,14 @@
 //! than its threshold ("still blocked"), so nothing here sends events.
 //!
 //! Costs, cheapest test first in every program:
-//! - sys_enter/sys_exit: one WATCHED lookup by tgid; unwatched tasks return.
-//!   Watched ones: one array lookup by syscall number; untracked numbers
-//!   return. Tracked ones: one hash update at enter (with the path string),
-//!   one delete at exit.
-//! - sched_switch: tests `prev_state` and returns unless the task goes to
-//!   uninterruptible sleep. The entry is never cleared on wake-up (that would
+//! - sys_enter/sys_exit: one inlined array lookup (WATCHED_BYTES) by tgid;
+//!   unwatched tasks return. Watched ones note the call in a per-CPU slot
+//!   (tid, number, regs pointer, start time) and clear it at exit. Only
+//!   a call that is still in flight when its task is switched out (it sleeps,
+//!   or is preempted) moves to the INFLIGHT hash, with its path read then; its
+//!   exit deletes it.
+//! - sched_switch: checks this CPU's syscall slot (a compare), then tests
+//!   `prev_state` and returns unless the task goes to uninterruptible sleep. The entry is never cleared on wake-up (that would
 //!   cost a lookup on every switch): it stores the task's context-switch count,
 //!   and userspace discards it when the count in /proc moved on.
 //! - fork/exec/exit run once per task life, not per syscall.
@@ -26,13 +28,22 @@ use aya_ebpf::{
 use watchdog_common::{
     AT_FDCWD, ArgKind, COMM_LEN, CommPattern, DROP_DSTATE, DROP_INFLIGHT, DROP_STACK, DROP_WATCHED,
     DSTATE_ENTRIES, DstateEntry, INFLIGHT_ENTRIES, InflightSyscall, PATH_LEN, STACKS_ENTRIES,
-    SYSCALL_SLOTS, TASK_NOLOAD, TASK_UNINTERRUPTIBLE, WATCH_COMMS_SLOTS, WATCHED_ENTRIES,
+    SYSCALL_SLOTS, TASK_NOLOAD, TASK_UNINTERRUPTIBLE, WATCH_COMMS_SLOTS, WATCHED_BITS_WORDS,
+    WATCHED_ENTRIES,
 };
 
 use crate::{count_drop_slot, global};
 
 #[map(name = "WATCHED")]
 static WATCHED: HashMap<u32, u8> = HashMap::with_max_entries(WATCHED_ENTRIES, 0);
+
+/// The same set as one byte per tgid (64 per element): what the per-syscall
+/// hooks test. The verifier inlines array lookups, while a hash lookup on
+/// every syscall of the node cost about as much as the kernel's own tracing
+/// slow path. Bytes, not bits: the bpf target has no atomic OR, and byte
+/// stores need none. The loader sizes it to pid_max.
+#[map(name = "WATCHED_BYTES")]
+static WATCHED_BYTES: Array<[u8; 64]> = Array::with_max_entries(WATCHED_BITS_WORDS, 0);
 
 #[map(name = "WATCH_COMMS")]
 static WATCH_COMMS: Array<CommPattern> = Array::with_max_entries(WATCH_COMMS_SLOTS, 0);
@@ -75,14 +86,32 @@ fn read_kernel<T>(addr: u64) -> Option<T> {
 
 #[inline(always)]
 fn watched(tgid: u32) -> bool {
-    WATCHED.get_ptr(tgid).is_some()
+    match WATCHED_BYTES.get(tgid >> 6) {
+        Some(w) => w[(tgid & 63) as usize] != 0,
+        None => false,
+    }
+}
+
+#[inline(always)]
+fn set_watched(tgid: u32, v: u8) {
+    if let Some(p) = WATCHED_BYTES.get_ptr_mut(tgid >> 6) {
+        // SAFETY: map value; a single-byte store needs no atomic RMW.
+        unsafe { core::ptr::write_volatile(&mut (*p)[(tgid & 63) as usize], v) };
+    }
 }
 
 #[inline(always)]
 fn watch(tgid: u32) {
+    set_watched(tgid, 1);
     if WATCHED.insert(tgid, 1u8, 0).is_err() {
         count_drop_slot(DROP_WATCHED);
     }
+}
+
+#[inline(always)]
+fn unwatch(tgid: u32) {
+    set_watched(tgid, 0);
+    let _ = WATCHED.remove(tgid);
 }
 
 /// A new task inherits its parent's watched flag (threads share the tgid, so
@@ -162,12 +191,41 @@ pub fn storage_exit(_ctx: RawTracePointContext) -> i32 {
     if !watched(tgid) {
         return 0;
     }
+    // Its exit syscall never returns: forget it here, before the last switch.
+    if let Some(slot) = SLOT.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot.
+        unsafe {
+            if (*slot).tid == tid {
+                (*slot).tid = 0;
+            }
+        }
+    }
     let _ = INFLIGHT.remove(tid);
     if tid == tgid {
-        let _ = WATCHED.remove(tgid);
+        unwatch(tgid);
     }
     0
 }
+
+/// The syscall a watched task entered on this CPU, until it exits or the
+/// task is switched out (then, if it is a tracked one, it moves to
+/// INFLIGHT). Most syscalls never sleep: they pay a few per-CPU stores, and
+/// the arguments are read only when the call sleeps (`regs` stays valid while
+/// the task is inside the syscall: it is on its kernel stack).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Slot {
+    /// 0 = empty.
+    pub tid: u32,
+    pub tgid: u32,
+    pub start_ns: u64,
+    pub nr: u64,
+    /// `struct pt_regs *` of the syscall.
+    pub regs: u64,
+}
+
+#[map(name = "SYSCALL_SLOT")]
+static SLOT: PerCpuArray<Slot> = PerCpuArray::with_max_entries(1, 0);
 
 /// Args: (struct pt_regs *regs, long id).
 #[raw_tracepoint(tracepoint = "sys_enter")]
@@ -177,18 +235,67 @@ pub fn storage_sys_enter(ctx: RawTracePointContext) -> i32 {
     if !watched(tgid) {
         return 0;
     }
-    let nr: i64 = ctx.arg(1);
-    if nr < 0 || nr >= i64::from(SYSCALL_SLOTS) {
+    let Some(slot) = SLOT.get_ptr_mut(0) else {
         return 0;
+    };
+    // SAFETY: per-CPU slot. The slot is empty or holds this task's previous
+    // call (every switch-out parks or clears it). The tid goes in last so
+    // that a preemption in the middle (preemptible kernels) parks nothing.
+    let slot = unsafe { &mut *slot };
+    slot.tid = 0;
+    slot.tgid = tgid;
+    slot.nr = ctx.arg(1);
+    slot.regs = ctx.arg(0);
+    // SAFETY: plain helper call.
+    slot.start_ns = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: a plain store; volatile keeps it after the others.
+    unsafe { core::ptr::write_volatile(&mut slot.tid, pid_tgid as u32) };
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn storage_sys_exit(_ctx: RawTracePointContext) -> i32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !watched((pid_tgid >> 32) as u32) {
+        return 0;
+    }
+    let tid = pid_tgid as u32;
+    if let Some(slot) = SLOT.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot.
+        let slot = unsafe { &mut *slot };
+        if slot.tid == tid {
+            // Never switched out during the call: it was never in INFLIGHT.
+            slot.tid = 0;
+            return 0;
+        }
+    }
+    let _ = INFLIGHT.remove(tid);
+    0
+}
+
+/// At a switch-out of the task that owns this CPU's slot: a tracked call
+/// that sleeps (or is preempted) goes to INFLIGHT, with its path read now,
+/// while the task's memory is still the current one.
+#[inline(always)]
+fn park_inflight(tid: u32) {
+    let Some(slot) = SLOT.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU slot.
+    let slot = unsafe { &mut *slot };
+    if slot.tid != tid || tid == 0 {
+        return;
+    }
+    slot.tid = 0;
+    let nr = slot.nr;
+    if nr >= u64::from(SYSCALL_SLOTS) {
+        return;
     }
     let kind = match SYSCALL_KINDS.get(nr as u32) {
         Some(k) if *k != 0 => ArgKind::from_u32(u32::from(*k)),
-        _ => return 0,
+        _ => return,
     };
-    let Some(e) = SCRATCH.get_ptr_mut(0) else {
-        return 0;
-    };
-    let regs: u64 = ctx.arg(0);
+    let regs = slot.regs;
     let (a0, a1) = (global(&crate::PT_REGS_ARG0_OFF), global(&PT_REGS_ARG1_OFF));
     let arg = |off: u64| -> u64 {
         if off == 0 {
@@ -202,52 +309,41 @@ pub fn storage_sys_enter(ctx: RawTracePointContext) -> i32 {
         ArgKind::Path0 => (AT_FDCWD, arg(a0)),
         ArgKind::DirfdPath1 => (arg(a0) as i32, arg(a1)),
         ArgKind::Path1 => (AT_FDCWD, arg(a1)),
-        ArgKind::NoArg => (-1, 0),
-        ArgKind::Untracked => return 0,
+        ArgKind::NoArg | ArgKind::Untracked => (-1, 0),
     };
-    // SAFETY: per-CPU scratch, no concurrent user on this CPU.
+    let Some(e) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU scratch.
     let e = unsafe { &mut *e };
-    e.start_ns = unsafe { bpf_ktime_get_ns() };
-    e.tgid = tgid;
+    e.start_ns = slot.start_ns;
+    e.tgid = slot.tgid;
     e.nr = nr as u32;
     e.fd = fd;
     e.kind = kind as u32;
     e.path[0] = 0;
     if path_ptr != 0 {
-        // SAFETY: user pointer read by the helper (fails cleanly when unmapped).
+        // SAFETY: user pointer of the current task, read without faulting.
         if unsafe { bpf_probe_read_user_str_bytes(path_ptr as *const u8, &mut e.path) }.is_err() {
             e.path[0] = 0;
         }
     }
     e.path[PATH_LEN - 1] = 0;
-    if INFLIGHT.insert(pid_tgid as u32, e, 0).is_err() {
+    if INFLIGHT.insert(tid, e, 0).is_err() {
         count_drop_slot(DROP_INFLIGHT);
     }
-    0
-}
-
-#[raw_tracepoint(tracepoint = "sys_exit")]
-pub fn storage_sys_exit(_ctx: RawTracePointContext) -> i32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if !watched((pid_tgid >> 32) as u32) {
-        return 0;
-    }
-    let _ = INFLIGHT.remove(pid_tgid as u32);
-    0
 }
 
 /// Args: (bool preempt, struct task_struct *prev, *next, unsigned int prev_state).
 /// At this point `current == prev`.
 #[btf_tracepoint(function = "sched_switch")]
 pub fn storage_dstate(ctx: BtfTracePointContext) -> i32 {
-    let state: u64 = ctx.arg(3);
-    let state = state as u32;
-    if state & TASK_UNINTERRUPTIBLE == 0 || state & TASK_NOLOAD != 0 {
-        return 0;
-    }
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
-    if tid == 0 {
+    park_inflight(tid);
+    let state: u64 = ctx.arg(3);
+    let state = state as u32;
+    if state & TASK_UNINTERRUPTIBLE == 0 || state & TASK_NOLOAD != 0 || tid == 0 {
         return 0;
     }
     let prev: u64 = ctx.arg(1);

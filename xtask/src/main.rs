@@ -191,5 +191,12 @@ fn bench(args: Vec<OsString>) -> Result<()> {
         workspace_root().join("target/release/watchdog"),
     );
     cmd.args(args);
-    run(&mut cmd)
+    run(&mut cmd)?;
+    // Storage-hang probes: overhead on unwatched and watched tasks, detection delay.
+    let mut storage = Command::new(workspace_root().join("target/release/storage-bench"));
+    storage.env(
+        "WATCHDOG_BIN",
+        workspace_root().join("target/release/watchdog"),
+    );
+    run(&mut storage)
 }

@@ -127,12 +127,13 @@ fn apply_arming(
     }));
 }
 
-fn drops(probes: &Probes, counters: &Counters, sources: u64) -> Drops {
+fn drops(probes: &Probes, counters: &Counters, sources: u64, storage: bool) -> Drops {
     Drops {
         kernel: probes.kernel_drops(),
         userspace: Counters::get(&counters.userspace_drops),
         decode_errors: Counters::get(&counters.decode_errors),
         sources,
+        storage: storage.then(|| crate::storage::StorageDrops::read(probes)),
     }
 }
 
@@ -265,7 +266,7 @@ pub async fn session(opts: TraceOptions, sink: &mut dyn Sink) -> anyhow::Result<
                 sink.stats(&Stats {
                     probes: &probes.statuses,
                     events: Counters::get(&counters.events),
-                    drops: drops(&probes, &counters, pleg_tx.drops()),
+                    drops: drops(&probes, &counters, pleg_tx.drops(), storage.is_some()),
                 });
             }
             _ = sigint.recv() => break,
@@ -281,7 +282,7 @@ pub async fn session(opts: TraceOptions, sink: &mut dyn Sink) -> anyhow::Result<
         events: Counters::get(&counters.events),
         findings: diag.findings_total(),
         warnings: diag.warnings,
-        drops: drops(&probes, &counters, pleg_tx.drops()),
+        drops: drops(&probes, &counters, pleg_tx.drops(), storage.is_some()),
         recorded: diag.recorded_lines(),
         active: diag.engine.active(),
     };

@@ -294,9 +294,15 @@ impl StorageHang {
             .map(|t| t.wait)
             .min()
             .unwrap_or(WaitClass::Other);
+        // The most telling stack: one that shows the wait itself.
         let stack = sorted
             .iter()
-            .find(|t| t.wait == wait && !t.stack.is_empty())
+            .find(|t| t.wait == wait && t.wait_in_stack && !t.stack.is_empty())
+            .or_else(|| {
+                sorted
+                    .iter()
+                    .find(|t| t.wait == wait && !t.stack.is_empty())
+            })
             .map(|t| t.stack.clone())
             .unwrap_or_default();
         let containers: BTreeSet<AffectedContainer> = sorted
@@ -460,6 +466,7 @@ mod tests {
             since,
             blocked_for_s: at.secs_since(since),
             wait: WaitClass::Fuse,
+            wait_in_stack: true,
             stack: vec!["request_wait_answer".into(), "fuse_lookup_name".into()],
             mount: Some(fuse_mount()),
             cgroup: Some("/docker/0123456789abcdef0123".into()),
@@ -537,6 +544,26 @@ mod tests {
         assert_eq!(r[0].duration_s, Some(19.0));
         assert_eq!(r[0].resolved_at, Some(Time(20_000)));
         assert!(!d.has_active());
+    }
+
+    #[test]
+    fn renders_for_a_terminal() {
+        let mut d = StorageHang::new(&EngineConfig::default());
+        let f = findings(d.observe(&sweep(
+            11_000,
+            vec![task(20, "dockerd", Time(11_000), Time(1_000), Some(false))],
+        )));
+        let text = crate::sinks::terminal::render_finding(&f[0]);
+        assert!(text.contains("storage_hang/fuse"), "{text}");
+        assert!(
+            text.contains("mount:         /mnt/fuse (fuse, hangfs, dev 0:39)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("dockerd[20/20] newfstatat(/mnt/fuse/hang) 10.0 s, D, NOT killable"),
+            "{text}"
+        );
+        assert!(text.contains("stack:         request_wait_answer < fuse_lookup_name"));
     }
 
     #[test]

@@ -66,6 +66,10 @@ pub struct BlockedTask {
     pub since: Time,
     pub blocked_for_s: f64,
     pub wait: WaitClass,
+    /// `wait` shows in the stack itself (else it was inferred from the
+    /// mount's type, e.g. a page wait on a FUSE file).
+    #[serde(default)]
+    pub wait_in_stack: bool,
     /// Symbolised kernel stack, innermost first.
     pub stack: Vec<String>,
     pub mount: Option<MountRef>,

@@ -364,6 +364,17 @@ impl Probes {
             .override_global("UCOUNT_NPROC_IDX", &layout.ucount_nproc_idx, true)
             .override_global("TASK_SIGNAL_OFF", &layout.task_signal, true)
             .override_global("SIGNAL_RLIM_OFF", &layout.signal_rlim, true);
+        // One byte per possible tgid, 64 per element (storage probes).
+        let pid_max = std::fs::read_to_string(Path::new("/").join(paths::PID_MAX))
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .unwrap_or(4_194_304);
+        loader.map_max_entries(
+            watchdog_common::WATCHED_BYTES_MAP,
+            pid_max
+                .div_ceil(64)
+                .clamp(1, watchdog_common::WATCHED_BITS_WORDS),
+        );
         let ebpf = loader.load(EBPF_OBJECT)?;
         let mut probes = Self {
             ebpf,

@@ -58,7 +58,7 @@ pub struct Metrics {
     warnings: BTreeSet<String>,
     /// Last values of counters kept elsewhere (we add the difference).
     last_events: u64,
-    last_drops: [u64; 4],
+    last_drops: [u64; 8],
     last_cpu_ticks: u64,
     clk_tck: f64,
     page_size: u64,
@@ -81,7 +81,7 @@ impl Metrics {
             active: BTreeMap::new(),
             warnings: BTreeSet::new(),
             last_events: 0,
-            last_drops: [0; 4],
+            last_drops: [0; 8],
             last_cpu_ticks: 0,
             // SAFETY: sysconf has no preconditions.
             clk_tck: (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).max(1) as f64,
@@ -117,7 +117,7 @@ impl Metrics {
             );
             wd.register(
                 "dropped_events",
-                "Events lost, by hop: kernel (ring buffer full), userspace (engine queue full), decode (undecodable), sources (kubelet/runtime observations, queue full)",
+                "Events lost, by hop: kernel (ring buffer full), userspace (engine queue full), decode (undecodable), sources (kubelet/runtime observations, queue full), storage_* (storage probe map inserts that failed: processes not watched, calls, D sleeps, stacks not recorded)",
                 m.dropped_total.clone(),
             );
         }
@@ -138,7 +138,16 @@ impl Metrics {
             let _ = m.findings_active.get_or_create(&l);
             let _ = m.findings_total.get_or_create(&l);
         }
-        for hop in ["kernel", "userspace", "decode", "sources"] {
+        for hop in [
+            "kernel",
+            "userspace",
+            "decode",
+            "sources",
+            "storage_watched",
+            "storage_inflight",
+            "storage_dstate",
+            "storage_stacks",
+        ] {
             let _ = m.dropped_total.get_or_create(&HopLabels { hop });
         }
         (m, Arc::new(registry))
@@ -233,6 +242,13 @@ impl Sink for Metrics {
             ("userspace", s.drops.userspace),
             ("decode", s.drops.decode_errors),
             ("sources", s.drops.sources),
+            ("storage_watched", s.drops.storage.map_or(0, |d| d.watched)),
+            (
+                "storage_inflight",
+                s.drops.storage.map_or(0, |d| d.inflight),
+            ),
+            ("storage_dstate", s.drops.storage.map_or(0, |d| d.dstate)),
+            ("storage_stacks", s.drops.storage.map_or(0, |d| d.stacks)),
         ]
         .into_iter()
         .enumerate()
@@ -349,6 +365,7 @@ mod tests {
                 userspace: 0,
                 decode_errors: 1,
                 sources: 0,
+                storage: None,
             },
         });
         m.stats(&Stats {
@@ -359,6 +376,7 @@ mod tests {
                 userspace: 0,
                 decode_errors: 1,
                 sources: 0,
+                storage: None,
             },
         });
         let mut text = String::new();

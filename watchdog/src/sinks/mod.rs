@@ -26,6 +26,9 @@ pub struct Drops {
     /// kubelet/runtime observations dropped because their queue was full.
     #[serde(default)]
     pub sources: u64,
+    /// Failed inserts of the storage probes' maps (full maps).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storage: Option<crate::storage::StorageDrops>,
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -21,7 +21,7 @@ use aya::maps::{Array, HashMap as BpfHashMap, MapData, StackTraceMap};
 use watchdog_common::{
     AT_FDCWD, ArgKind, COMM_LEN, CommPattern, DSTATE_MAP, DstateEntry, INFLIGHT_MAP,
     InflightSyscall, STACKS_MAP, SYSCALL_KINDS_MAP, TASK_WAKEKILL, WATCH_COMMS_MAP,
-    WATCH_COMMS_SLOTS, WATCHED_MAP,
+    WATCH_COMMS_SLOTS, WATCHED_BYTES_MAP, WATCHED_MAP,
 };
 
 use crate::{
@@ -172,6 +172,30 @@ impl Default for StorageOptions {
     }
 }
 
+/// Kernel-side failures of the storage probes, from the DROPS slots.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, PartialEq, Eq)]
+pub struct StorageDrops {
+    /// WATCHED inserts that failed (map full): processes not tracked.
+    pub watched: u64,
+    /// In-flight syscalls not recorded (map full).
+    pub inflight: u64,
+    /// D-state sleeps not recorded (map full).
+    pub dstate: u64,
+    /// Kernel stacks not stored (stack map full or hash collision).
+    pub stacks: u64,
+}
+
+impl StorageDrops {
+    pub fn read(probes: &Probes) -> Self {
+        Self {
+            watched: probes.drop_slot(watchdog_common::DROP_WATCHED),
+            inflight: probes.drop_slot(watchdog_common::DROP_INFLIGHT),
+            dstate: probes.drop_slot(watchdog_common::DROP_DSTATE),
+            stacks: probes.drop_slot(watchdog_common::DROP_STACK),
+        }
+    }
+}
+
 /// Counters of the last sweep, for the summary and `ready`.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct SweepStats {
@@ -243,11 +267,26 @@ impl StorageTracker {
         }
         let mut watched: BpfHashMap<MapData, u32, u8> =
             take(probes, WATCHED_MAP, BpfHashMap::try_from)?;
+        let mut bytes: Array<MapData, [u8; 64]> = take(probes, WATCHED_BYTES_MAP, Array::try_from)?;
         let procs = all_procs(root);
         let seed = initial_watch_set(&procs, comms);
+        let mut words: HashMap<u32, [u8; 64]> = HashMap::new();
         for pid in &seed {
             if let Err(e) = watched.insert(pid, 1, 0) {
                 tracing::warn!("cannot watch pid {pid}: {e}");
+            }
+            words.entry(pid >> 6).or_insert([0; 64])[(pid & 63) as usize] = 1;
+        }
+        // Merge with what the probes set since they attached (a store racing
+        // this read-modify-write of one 64-byte element could be lost: the
+        // window is this loop, once at start).
+        for (i, add) in words {
+            let mut cur = bytes.get(&i, 0).unwrap_or([0; 64]);
+            for (c, a) in cur.iter_mut().zip(add) {
+                *c |= a;
+            }
+            if let Err(e) = bytes.set(i, cur, 0) {
+                tracing::warn!("cannot mark pids {}..{} watched: {e}", i * 64, i * 64 + 63);
             }
         }
         let stacks = take(probes, STACKS_MAP, StackTraceMap::try_from)
@@ -475,10 +514,18 @@ impl StorageTracker {
         // A page-cache wait (folio lock) on a FUSE or NFS file is that
         // server not answering: the request went out asynchronously, so the
         // waiter's stack shows only the generic page wait.
+        let stack_wait = wait;
         let wait = match (wait, mount.as_ref()) {
             (WaitClass::Block | WaitClass::Other, Some(m)) => fs_wait(&m.fs_type).unwrap_or(wait),
             _ => wait,
         };
+        // A D sleep that is neither a storage wait nor on a known mount (a
+        // driver's kernel thread, a lock of something else) is not ours to
+        // report; a watched call stuck on a lock under a hung mount has its
+        // path, so it stays.
+        if wait == WaitClass::Other && mount.is_none() {
+            return None;
+        }
         let cgroup_text = self
             .read(&self.root.join(format!("proc/{tgid}/cgroup")))
             .unwrap_or_default();
@@ -495,6 +542,7 @@ impl StorageTracker {
             since,
             blocked_for_s: now.saturating_sub(start_ns) as f64 / 1e9,
             wait,
+            wait_in_stack: wait == stack_wait,
             stack,
             mount,
             container_id: cgroup.as_deref().and_then(container_id),
