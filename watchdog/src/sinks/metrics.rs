@@ -38,6 +38,11 @@ struct ProbeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabels {
+    status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HopLabels {
     hop: &'static str,
 }
@@ -52,6 +57,10 @@ pub struct Metrics {
     events_total: Counter,
     dropped_total: Family<HopLabels, Counter>,
     cpu_seconds: Counter<f64, AtomicU64>,
+    pleg_relist_age: Gauge<f64, AtomicU64>,
+    pleg_until_unhealthy: Gauge<f64, AtomicU64>,
+    pleg_threshold: Gauge<f64, AtomicU64>,
+    pleg_status: Family<StatusLabels, Gauge>,
     resident_bytes: Gauge,
     /// Active finding ids by cause; active warnings by (cause, message key).
     active: BTreeMap<Cause, BTreeSet<String>>,
@@ -77,6 +86,10 @@ impl Metrics {
             events_total: Counter::default(),
             dropped_total: Family::default(),
             cpu_seconds: Counter::default(),
+            pleg_relist_age: nan_gauge(),
+            pleg_until_unhealthy: nan_gauge(),
+            pleg_threshold: nan_gauge(),
+            pleg_status: Family::default(),
             resident_bytes: Gauge::default(),
             active: BTreeMap::new(),
             warnings: BTreeSet::new(),
@@ -109,6 +122,29 @@ impl Metrics {
                 "probe_state",
                 "1 for each probe's current state (attached, standby, unavailable), else 0",
                 m.probe_state.clone(),
+            );
+            wd.register_with_unit(
+                "pleg_relist_age",
+                "Time since kubelet's PLEG last relisted, as estimated from all PLEG signals (NaN: unknown)",
+                Unit::Seconds,
+                m.pleg_relist_age.clone(),
+            );
+            wd.register_with_unit(
+                "pleg_until_unhealthy",
+                "Predicted time until kubelet reports PLEG unhealthy (0: it does; NaN: no prediction)",
+                Unit::Seconds,
+                m.pleg_until_unhealthy.clone(),
+            );
+            wd.register_with_unit(
+                "pleg_threshold",
+                "kubelet's PLEG threshold (3 min generic, 10 min evented)",
+                Unit::Seconds,
+                m.pleg_threshold.clone(),
+            );
+            wd.register(
+                "pleg_status",
+                "1 for the current PLEG estimate (healthy, stalled, unhealthy, unknown), else 0",
+                m.pleg_status.clone(),
             );
             wd.register(
                 "kernel_events",
@@ -175,6 +211,12 @@ impl Metrics {
     }
 }
 
+fn nan_gauge() -> Gauge<f64, AtomicU64> {
+    let g = Gauge::<f64, AtomicU64>::default();
+    g.set(f64::NAN);
+    g
+}
+
 fn add_delta(c: &Counter, last: &mut u64, now: u64) {
     if now > *last {
         c.inc_by(now - *last);
@@ -208,6 +250,19 @@ impl Sink for Metrics {
                         cause: f.cause.name(),
                     })
                     .set(ids.len() as i64);
+            }
+            Record::Pleg(p) => {
+                self.pleg_relist_age
+                    .set(p.seconds_since_relist.unwrap_or(f64::NAN));
+                self.pleg_until_unhealthy
+                    .set(p.predicted_unhealthy_in_s.unwrap_or(f64::NAN));
+                self.pleg_threshold.set(p.threshold_s);
+                let current = format!("{:?}", p.status).to_lowercase();
+                for status in ["healthy", "stalled", "unhealthy", "unknown"] {
+                    self.pleg_status
+                        .get_or_create(&StatusLabels { status })
+                        .set(i64::from(status == current));
+                }
             }
             Record::Warning(w) => {
                 let key = format!("{:?}/{:?}/{:?}/{:?}", w.cause, w.limit, w.cgroup, w.uid);
@@ -390,9 +445,39 @@ mod tests {
             "watchdog_dropped_events_total{hop=\"kernel\"} 3",
             "watchdog_dropped_events_total{hop=\"decode\"} 1",
             "# UNIT process_cpu_seconds seconds",
+            "watchdog_pleg_relist_age_seconds NaN",
             "process_resident_memory_bytes ",
         ] {
             assert!(text.contains(want), "missing {want:?} in\n{text}");
         }
+    }
+
+    #[test]
+    fn pleg_records_set_the_pleg_gauges() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/golden/runtime_unresponsive_hung_inspect.jsonl");
+        let mut cap = crate::sinks::Capture::default();
+        crate::replay::replay(&path, &mut cap).unwrap();
+        let (mut m, reg) = Metrics::new();
+        let stalled = cap
+            .0
+            .iter()
+            .find(|r| matches!(r, Record::Pleg(p) if p.status == crate::diagnosis::pleg::PlegStatus::Stalled))
+            .expect("a stalled PLEG record in the golden recording");
+        m.emit(stalled);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &reg).unwrap();
+        for want in [
+            "watchdog_pleg_status{status=\"stalled\"} 1",
+            "watchdog_pleg_status{status=\"healthy\"} 0",
+            "watchdog_pleg_threshold_seconds 180.0",
+            "watchdog_pleg_until_unhealthy_seconds NaN",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+        assert!(
+            !text.contains("watchdog_pleg_relist_age_seconds NaN"),
+            "{text}"
+        );
     }
 }
