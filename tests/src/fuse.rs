@@ -138,33 +138,13 @@ fn mountinfo() -> Vec<MountLine> {
             let r: Vec<&str> = right.split(' ').collect();
             let (maj, min) = f.get(2)?.split_once(':')?;
             Some(MountLine {
-                mount_point: unescape(f.get(4)?),
+                mount_point: crate::unescape_mountinfo(f.get(4)?),
                 dev: (maj.parse().ok()?, min.parse().ok()?),
                 fs_type: (*r.first()?).to_owned(),
-                source: unescape(r.get(1)?),
+                source: crate::unescape_mountinfo(r.get(1)?),
             })
         })
         .collect()
-}
-
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn umount_detach(p: &Path) -> io::Result<()> {

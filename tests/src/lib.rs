@@ -430,7 +430,7 @@ pub struct PidsHierarchy {
 }
 
 /// Undoes mountinfo's octal escapes (`\040` for space, ...).
-fn unescape_mountinfo(s: &str) -> String {
+pub(crate) fn unescape_mountinfo(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

@@ -50,6 +50,26 @@ fn sample(page: &str, series: &str) -> Option<f64> {
         .and_then(|l| l[series.len()..].trim().parse().ok())
 }
 
+/// `watchdog run` with a config file, metrics on 127.0.0.1:`port` and a recording.
+fn start_run(
+    config: &std::path::Path,
+    port: u16,
+    record: &std::path::Path,
+    duration: &str,
+) -> Agent {
+    Agent::start(&[
+        "run".to_owned(),
+        "--config".into(),
+        config.display().to_string(),
+        "--metrics-addr".into(),
+        format!("127.0.0.1:{port}"),
+        "--record".into(),
+        record.display().to_string(),
+        "--duration".into(),
+        duration.into(),
+    ])
+}
+
 struct TempDir(PathBuf);
 
 impl TempDir {
@@ -80,17 +100,7 @@ fn run_reports_to_stdout_metrics_and_recording() {
     )
     .unwrap();
     let port = free_port();
-    let agent = Agent::start(&[
-        "run".to_owned(),
-        "--config".into(),
-        config.display().to_string(),
-        "--metrics-addr".into(),
-        format!("127.0.0.1:{port}"),
-        "--record".into(),
-        record.display().to_string(),
-        "--duration".into(),
-        "90s".into(),
-    ]);
+    let agent = start_run(&config, port, &record, "90s");
     let ready = agent
         .wait_for(|v| v["type"] == "ready", Duration::ZERO)
         .unwrap()
@@ -327,17 +337,7 @@ fn two_causes_at_once_through_run() {
     )
     .unwrap();
     let port = free_port();
-    let agent = Agent::start(&[
-        "run".to_owned(),
-        "--config".into(),
-        config.display().to_string(),
-        "--metrics-addr".into(),
-        format!("127.0.0.1:{port}"),
-        "--record".into(),
-        record.display().to_string(),
-        "--duration".into(),
-        "120s".into(),
-    ]);
+    let agent = start_run(&config, port, &record, "120s");
 
     // A process named like a runtime stats a file on the hung mount.
     let runc = dir.0.join("runc");

@@ -38,7 +38,7 @@ pub fn find_pids_hierarchy(root: &Path, mountinfo: &str) -> Option<PidsHierarchy
         let mut r = right.split(' ');
         let fstype = r.next().unwrap_or("");
         let superopts = r.nth(1).unwrap_or("");
-        let mp = root.join(unescape_mount(mount_point).trim_start_matches('/'));
+        let mp = root.join(crate::context::mounts::unescape(mount_point).trim_start_matches('/'));
         if fstype == "cgroup" && superopts.split(',').any(|o| o == "pids") {
             return Some(PidsHierarchy {
                 mount: mp,
@@ -57,26 +57,6 @@ pub fn find_pids_hierarchy(root: &Path, mountinfo: &str) -> Option<PidsHierarchy
         }
     }
     v2
-}
-
-/// mountinfo escapes space, tab, newline and backslash as octal.
-fn unescape_mount(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8)
-        {
-            out.push(v as char);
-            i += 4;
-            continue;
-        }
-        out.push(b[i] as char);
-        i += 1;
-    }
-    out
 }
 
 /// The pids hierarchy of a root: from its mountinfo, else the conventional
@@ -329,8 +309,8 @@ mod tests {
 
     #[test]
     fn mount_point_escapes() {
-        assert_eq!(unescape_mount("/mnt/a\\040b"), "/mnt/a b");
-        assert_eq!(unescape_mount("/plain"), "/plain");
+        assert_eq!(crate::context::mounts::unescape("/mnt/a\\040b"), "/mnt/a b");
+        assert_eq!(crate::context::mounts::unescape("/plain"), "/plain");
     }
 
     #[test]

@@ -252,13 +252,13 @@ impl Engine {
             out.extend(d.observe(obs));
         }
         let mut out = self.annotate(out);
-        let related = self.kernel_causes();
+        // Kernel observations (fork-failure storms included) stop here.
         let estimate = match obs {
-            Observation::KubeletMetrics(m) => self.pleg.metrics(m, &related),
-            Observation::KubeletLog(l) => self.pleg.log(l, &related),
-            Observation::NodeReady(n) => self.pleg.node_ready(n, &related),
-            Observation::Relist(r) => self.pleg.relist(r, &related),
-            Observation::Source(s) => self.pleg.source(s, &related),
+            Observation::KubeletMetrics(m) => self.pleg.metrics(m, &self.kernel_causes()),
+            Observation::KubeletLog(l) => self.pleg.log(l, &self.kernel_causes()),
+            Observation::NodeReady(n) => self.pleg.node_ready(n, &self.kernel_causes()),
+            Observation::Relist(r) => self.pleg.relist(r, &self.kernel_causes()),
+            Observation::Source(s) => self.pleg.source(s, &self.kernel_causes()),
             _ => None,
         };
         if let Some(e) = estimate {
@@ -316,10 +316,6 @@ impl Engine {
     }
 
     /// A PID-exhaustion finding is active (arms the fork probe).
-    pub fn has_active(&self) -> bool {
-        !self.active.is_empty()
-    }
-
     /// Active findings of one cause.
     pub fn has_active_cause(&self, cause: Cause) -> bool {
         self.active.values().any(|(c, _)| *c == cause)

@@ -685,10 +685,6 @@ impl PidExhaustion {
         out
     }
 
-    pub fn has_active(&self) -> bool {
-        !self.tracked.is_empty()
-    }
-
     pub fn active(&self) -> Vec<Finding> {
         let mut v: Vec<Finding> = self
             .tracked

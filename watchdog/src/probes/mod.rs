@@ -436,26 +436,29 @@ impl Probes {
         }
     }
 
-    fn btf_program(&mut self, spec: &ProbeSpec) -> Result<&mut BtfTracePoint, String> {
-        let prog = self.ebpf.program_mut(spec.program).ok_or_else(|| {
-            format!(
-                "program {} missing from the eBPF object (build mismatch)",
-                spec.program
-            )
-        })?;
-        prog.try_into()
+    /// The probe's program as type `P` (raw or BTF tracepoint).
+    fn typed_program<'a, P>(&'a mut self, spec: &ProbeSpec) -> Result<&'a mut P, String>
+    where
+        &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+    {
+        self.ebpf
+            .program_mut(spec.program)
+            .ok_or_else(|| {
+                format!(
+                    "program {} missing from the eBPF object (build mismatch)",
+                    spec.program
+                )
+            })?
+            .try_into()
             .map_err(|e: aya::programs::ProgramError| e.to_string())
     }
 
+    fn btf_program(&mut self, spec: &ProbeSpec) -> Result<&mut BtfTracePoint, String> {
+        self.typed_program(spec)
+    }
+
     fn program(&mut self, spec: &ProbeSpec) -> Result<&mut RawTracePoint, String> {
-        let prog = self.ebpf.program_mut(spec.program).ok_or_else(|| {
-            format!(
-                "program {} missing from the eBPF object (build mismatch)",
-                spec.program
-            )
-        })?;
-        prog.try_into()
-            .map_err(|e: aya::programs::ProgramError| e.to_string())
+        self.typed_program(spec)
     }
 
     /// Attach a loaded probe (no-op when attached).
