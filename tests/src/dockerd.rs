@@ -22,6 +22,7 @@ use crate::{ChildGuard, skip_unless, skip_unless_root};
 
 pub const DOCKERD: &str = "/usr/sbin/dockerd";
 pub const BUSYBOX: &str = "/usr/bin/busybox";
+const NSENTER: &str = "/usr/bin/nsenter";
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -55,6 +56,18 @@ fn which_docker() -> Option<PathBuf> {
         .find(|p| p.exists())
 }
 
+/// Options of [`Dockerd::start_with`] (the default is what [`Dockerd::start`] does).
+#[derive(Clone, Debug, Default)]
+pub struct DockerdOpts {
+    /// Start dockerd in the mount namespace of this process
+    /// (`nsenter -t <pid> -m -- dockerd ...`), e.g. the holder of a
+    /// [`crate::systemd::PrivateNs`]. Its containerd, shims and runc then live
+    /// there too; `Drop` unmounts what it left in that namespace as well.
+    pub mount_ns_of: Option<u32>,
+    /// Extra dockerd arguments, e.g. `--exec-opt native.cgroupdriver=systemd`.
+    pub extra_args: Vec<String>,
+}
+
 /// A running private dockerd.
 pub struct Dockerd {
     tag: String,
@@ -66,11 +79,17 @@ pub struct Dockerd {
     daemon: Option<ChildGuard>,
     containers: Vec<String>,
     image: Option<String>,
+    mount_ns_of: Option<u32>,
 }
 
 impl Dockerd {
     /// Starts dockerd and waits (up to 30 s) until it answers `docker version`.
     pub fn start() -> Result<Self, String> {
+        Self::start_with(&DockerdOpts::default())
+    }
+
+    /// [`Dockerd::start`] with options.
+    pub fn start_with(opts: &DockerdOpts) -> Result<Self, String> {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let tag = format!("wd-dd-{}-{n}", std::process::id());
         let dir = std::env::temp_dir().join(&tag);
@@ -84,7 +103,15 @@ impl Dockerd {
         let docker = which_docker().ok_or("no docker CLI found")?;
         let log = fs::File::create(dir.join("dockerd.log"))
             .map_err(|e| format!("create dockerd.log: {e}"))?;
-        let mut cmd = Command::new(DOCKERD);
+        let mut cmd = match opts.mount_ns_of {
+            Some(pid) => {
+                let mut c = Command::new(NSENTER);
+                c.args(["-t", &pid.to_string(), "-m", "--", DOCKERD])
+                    .current_dir("/");
+                c
+            }
+            None => Command::new(DOCKERD),
+        };
         cmd.args([
             "--iptables=false",
             "--ip-forward=false",
@@ -100,6 +127,7 @@ impl Dockerd {
         .arg(dir.join("dockerd.pid"))
         .arg("-H")
         .arg(format!("unix://{}", sock.display()))
+        .args(&opts.extra_args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log);
@@ -115,6 +143,7 @@ impl Dockerd {
             daemon: Some(daemon),
             containers: Vec::new(),
             image: None,
+            mount_ns_of: opts.mount_ns_of,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -265,10 +294,25 @@ impl Dockerd {
                     .map(|c| String::from_utf8_lossy(&c).contains(&needle))
                     .unwrap_or(false)
             })
+            .flat_map(|p| {
+                // Their children too: e.g. the `runc init` of a runc hung on
+                // D-Bus (its command line does not name our exec root).
+                let mut v = vec![p];
+                v.extend(
+                    crate::systemd::descendants(p as u32)
+                        .into_iter()
+                        .map(|c| c as i32)
+                        .filter(|&c| c > 1 && c != me),
+                );
+                v
+            })
             .collect()
     }
 
     fn unmount_leftovers(&self) {
+        if let Some(ns) = self.mount_ns_of {
+            self.unmount_leftovers_in_ns(ns);
+        }
         let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let mut points: Vec<String> = text
             .lines()
@@ -284,6 +328,42 @@ impl Dockerd {
                 // SAFETY: valid C string; detach never blocks.
                 unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
             }
+        }
+    }
+}
+
+impl Dockerd {
+    /// Mounts of ours in the namespace dockerd ran in, detached through
+    /// `nsenter ... umount -l` (host-side umount cannot reach them).
+    fn unmount_leftovers_in_ns(&self, ns: u32) {
+        let text = fs::read_to_string(format!("/proc/{ns}/mountinfo")).unwrap_or_default();
+        let mut points: Vec<String> = text
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4).map(crate::unescape_mountinfo))
+            .filter(|p| {
+                p.starts_with(&*self.exec_root.to_string_lossy())
+                    || p.starts_with(&*self.data_root.to_string_lossy())
+            })
+            .collect();
+        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for p in points {
+            let _ = Command::new("timeout")
+                .args([
+                    "-s",
+                    "KILL",
+                    "10",
+                    NSENTER,
+                    "-t",
+                    &ns.to_string(),
+                    "-m",
+                    "--",
+                ])
+                .args(["umount", "-l", &p])
+                .current_dir("/")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
         }
     }
 }

@@ -12,6 +12,8 @@
 //!
 //! - [`fuse::HangingFuse`]: a FUSE mount whose daemon never answers chosen requests.
 //! - [`dockerd::Dockerd`]: a private dockerd with a busybox image.
+//! - [`systemd`]: runc with the systemd cgroup driver, our own dbus-daemon and
+//!   a fake systemd with fault modes, in a private mount namespace.
 //!
 //! Safety rules (the machine is shared): only processes this crate started are
 //! ever signalled, never by name and never PID 1; cgroups get unique names.
@@ -32,6 +34,7 @@ use serde_json::Value;
 
 pub mod dockerd;
 pub mod fuse;
+pub mod systemd;
 
 /// The system python: the pyenv shim on PATH forks, which breaks inside a
 /// pids cgroup at its limit.

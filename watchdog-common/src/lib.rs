@@ -16,7 +16,7 @@ pub const EVENTS_MAP: &str = "EVENTS";
 /// indexed by [`EventKind`].
 pub const DROPS_MAP: &str = "DROPS";
 /// Number of slots in [`DROPS_MAP`] (one per `EventKind` value).
-pub const DROP_SLOTS: u32 = 8;
+pub const DROP_SLOTS: u32 = 10;
 
 /// Which struct follows the header. Stored as `u32` in the header.
 #[repr(u32)]
@@ -27,6 +27,8 @@ pub enum EventKind {
     ForkFailure = 1,
     /// A non-root user's task count neared its RLIMIT_NPROC: [`NprocPressureEvent`].
     NprocPressure = 2,
+    /// A call on a tracked unix-socket connection (D-Bus/systemd): [`SocketEvent`].
+    Socket = 3,
 }
 
 impl EventKind {
@@ -34,6 +36,7 @@ impl EventKind {
         match v {
             1 => Self::ForkFailure,
             2 => Self::NprocPressure,
+            3 => Self::Socket,
             _ => Self::Unknown,
         }
     }
@@ -263,6 +266,133 @@ pub struct DstateEntry {
     pub tgid: u32,
 }
 
+// --- D-Bus/systemd sockets (ring-buffer events, see SocketEvent) ------------
+
+/// Drop-counter slot: a connection that could not be tracked (map full).
+pub const DROP_SOCK_CONNS: u32 = 8;
+/// Socket paths whose connections are tracked (`Array<SockPath>`).
+pub const SOCK_PATHS_MAP: &str = "SOCK_PATHS";
+pub const SOCK_PATH_SLOTS: u32 = 8;
+/// `sizeof(sockaddr_un.sun_path)`.
+pub const SOCK_PATH_LEN: usize = 108;
+/// Syscall number -> [`SockCall`] as `u8`; 0 = not a tracked call (`Array<u8>`).
+pub const SOCK_CALLS_MAP: &str = "SOCK_CALLS";
+/// `(tgid << 32) | fd` -> [`SockConn`] of open tracked connections (LRU hash).
+pub const SOCK_CONNS_MAP: &str = "SOCK_CONNS";
+pub const SOCK_CONNS_ENTRIES: u32 = 4096;
+/// At a process's exec or exit, its fds below this are forgotten (the
+/// connections of a process that never closed them).
+pub const SOCK_FD_SCAN: u32 = 64;
+/// The WATCHED_BYTES bit of a process that has a tracked connection.
+pub const WATCHED_HAS_CONN: u8 = 2;
+
+/// A socket path to follow (`len == 0`: unused slot).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockPath {
+    pub path: [u8; SOCK_PATH_LEN],
+    pub len: u32,
+}
+
+/// What an open tracked connection is (value of [`SOCK_CONNS_MAP`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockConn {
+    /// Slot in [`SOCK_PATHS_MAP`] of the path it connected to.
+    pub slot: u32,
+    pub _pad: u32,
+}
+
+/// The syscall of a [`SocketEvent`], classified by the probe (numbers differ
+/// per architecture).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SockCall {
+    None = 0,
+    /// connect(fd, addr, len); `path` is the address.
+    Connect = 1,
+    /// write/send(to): `requested` is the length asked.
+    Write = 2,
+    /// writev: `requested` sums the first [`SOCK_IOV_MAX`] iovecs.
+    Writev = 3,
+    /// sendmsg: the same over the message's iovecs.
+    Sendmsg = 4,
+    Read = 5,
+    Readv = 6,
+    Recvmsg = 7,
+    Close = 8,
+    /// The process exec'd or exited with tracked connections (fd = -1).
+    ProcessGone = 9,
+}
+
+impl SockCall {
+    pub const fn from_u32(v: u32) -> Self {
+        match v {
+            1 => Self::Connect,
+            2 => Self::Write,
+            3 => Self::Writev,
+            4 => Self::Sendmsg,
+            5 => Self::Read,
+            6 => Self::Readv,
+            7 => Self::Recvmsg,
+            8 => Self::Close,
+            9 => Self::ProcessGone,
+            _ => Self::None,
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Connect => "connect",
+            Self::Write => "write",
+            Self::Writev => "writev",
+            Self::Sendmsg => "sendmsg",
+            Self::Read => "read",
+            Self::Readv => "readv",
+            Self::Recvmsg => "recvmsg",
+            Self::Close => "close",
+            Self::ProcessGone => "process_gone",
+        }
+    }
+
+    pub const fn is_send(self) -> bool {
+        matches!(self, Self::Write | Self::Writev | Self::Sendmsg)
+    }
+
+    pub const fn is_recv(self) -> bool {
+        matches!(self, Self::Read | Self::Readv | Self::Recvmsg)
+    }
+}
+
+/// iovecs summed for `requested` (writev, sendmsg, readv, recvmsg).
+pub const SOCK_IOV_MAX: u32 = 8;
+
+/// A call of a watched process on a connection to a followed socket path
+/// (connect to one of the paths, then every send, receive and close on that
+/// fd), at syscall exit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SocketEvent {
+    pub header: EventHeader,
+    pub tid: u32,
+    pub pid: u32,
+    pub fd: i32,
+    /// [`SockCall`] as `u32`.
+    pub call: u32,
+    /// The syscall's return: bytes, 0, or a negative errno (-11 EAGAIN).
+    pub ret: i64,
+    /// Bytes the caller asked to send or had room to receive.
+    pub requested: u64,
+    /// Slot in [`SOCK_PATHS_MAP`] of the connection's path.
+    pub slot: u32,
+    pub _pad: u32,
+    pub comm: [u8; COMM_LEN],
+    /// The address of a connect (NUL-padded); empty for other calls.
+    pub path: [u8; SOCK_PATH_LEN],
+    pub _pad2: u32,
+}
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: plain-old-data, `#[repr(C)]`, no padding holes read as references.
@@ -272,6 +402,9 @@ mod user {
     unsafe impl aya::Pod for super::CommPattern {}
     unsafe impl aya::Pod for super::InflightSyscall {}
     unsafe impl aya::Pod for super::DstateEntry {}
+    unsafe impl aya::Pod for super::SocketEvent {}
+    unsafe impl aya::Pod for super::SockPath {}
+    unsafe impl aya::Pod for super::SockConn {}
 }
 
 /// Decoding of raw ring-buffer records (userspace only).
@@ -279,13 +412,14 @@ mod user {
 pub mod decode {
     use core::mem::size_of;
 
-    use super::{EventHeader, EventKind, ForkFailureEvent, NprocPressureEvent};
+    use super::{EventHeader, EventKind, ForkFailureEvent, NprocPressureEvent, SocketEvent};
 
     /// A decoded record.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub enum Event {
         ForkFailure(ForkFailureEvent),
         NprocPressure(NprocPressureEvent),
+        Socket(SocketEvent),
     }
 
     /// Why a record could not be decoded.
@@ -341,6 +475,7 @@ pub mod decode {
         let (expected, kind) = match EventKind::from_u32(header.kind) {
             EventKind::ForkFailure => (size_of::<ForkFailureEvent>(), EventKind::ForkFailure),
             EventKind::NprocPressure => (size_of::<NprocPressureEvent>(), EventKind::NprocPressure),
+            EventKind::Socket => (size_of::<SocketEvent>(), EventKind::Socket),
             EventKind::Unknown => return Err(DecodeError::UnknownKind { kind: header.kind }),
         };
         if header.size as usize != expected || buf.len() < expected {
@@ -354,6 +489,7 @@ pub mod decode {
         Ok(match kind {
             EventKind::ForkFailure => Event::ForkFailure(read(buf)),
             EventKind::NprocPressure => Event::NprocPressure(read(buf)),
+            EventKind::Socket => Event::Socket(read(buf)),
             EventKind::Unknown => unreachable!(),
         })
     }
@@ -429,6 +565,28 @@ pub mod decode {
                 decode(as_bytes(&wrong)),
                 Err(DecodeError::SizeMismatch { .. })
             ));
+        }
+
+        #[test]
+        fn socket_event_round_trips() {
+            let mut path = [0u8; crate::SOCK_PATH_LEN];
+            path[..20].copy_from_slice(b"/run/systemd/private");
+            let ev = SocketEvent {
+                header: EventHeader::new(EventKind::Socket, size_of::<SocketEvent>(), 7),
+                tid: 11,
+                pid: 10,
+                fd: 5,
+                call: crate::SockCall::Connect as u32,
+                ret: 0,
+                requested: 0,
+                slot: 1,
+                _pad: 0,
+                comm: *b"runc\0\0\0\0\0\0\0\0\0\0\0\0",
+                path,
+                _pad2: 0,
+            };
+            assert_eq!(size_of::<SocketEvent>() % 8, 0);
+            assert_eq!(decode(as_bytes(&ev)), Ok(Event::Socket(ev)));
         }
 
         #[test]

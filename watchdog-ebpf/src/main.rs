@@ -8,6 +8,7 @@
 #![no_std]
 #![no_main]
 
+mod dbus;
 mod storage;
 
 use aya_ebpf::{
@@ -27,7 +28,7 @@ use watchdog_common::{
 const EAGAIN: i64 = 11;
 
 #[map(name = "EVENTS")]
-static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
 #[map(name = "DROPS")]
 static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_SLOTS, 0);
@@ -36,7 +37,7 @@ static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_SLOTS, 0);
 
 /// Offset in `struct pt_regs` of the syscall number (x86_64 `orig_ax`, arm64 `syscallno`).
 #[unsafe(no_mangle)]
-static PT_REGS_NR_OFF: u64 = 0;
+pub(crate) static PT_REGS_NR_OFF: u64 = 0;
 /// Offset in `struct pt_regs` of the first syscall argument as passed
 /// (x86_64 `di`, arm64 `orig_x0`).
 #[unsafe(no_mangle)]
@@ -105,7 +106,7 @@ pub(crate) fn global<T: Copy>(v: &T) -> T {
 }
 
 #[inline(always)]
-fn count_drop(kind: EventKind) {
+pub(crate) fn count_drop(kind: EventKind) {
     count_drop_slot(kind as u32);
 }
 

@@ -29,7 +29,7 @@ use watchdog_common::{
     AT_FDCWD, ArgKind, COMM_LEN, CommPattern, DROP_DSTATE, DROP_INFLIGHT, DROP_STACK, DROP_WATCHED,
     DSTATE_ENTRIES, DstateEntry, INFLIGHT_ENTRIES, InflightSyscall, PATH_LEN, STACKS_ENTRIES,
     SYSCALL_SLOTS, TASK_NOLOAD, TASK_UNINTERRUPTIBLE, WATCH_COMMS_SLOTS, WATCHED_BITS_WORDS,
-    WATCHED_ENTRIES,
+    WATCHED_ENTRIES, WATCHED_HAS_CONN,
 };
 
 use crate::{count_drop_slot, global};
@@ -69,7 +69,7 @@ static SCRATCH: PerCpuArray<InflightSyscall> = PerCpuArray::with_max_entries(1, 
 /// Offsets in `struct pt_regs` of the second syscall argument (x86_64 `si`,
 /// arm64 `regs[1]`); the first is `PT_REGS_ARG0_OFF` in main.rs.
 #[unsafe(no_mangle)]
-static PT_REGS_ARG1_OFF: u64 = 0;
+pub(crate) static PT_REGS_ARG1_OFF: u64 = 0;
 /// task_struct->tgid, ->nvcsw, ->nivcsw.
 #[unsafe(no_mangle)]
 static TASK_TGID_OFF: u64 = 0;
@@ -79,17 +79,29 @@ static TASK_NVCSW_OFF: u64 = 0;
 static TASK_NIVCSW_OFF: u64 = 0;
 
 #[inline(always)]
-fn read_kernel<T>(addr: u64) -> Option<T> {
+pub(crate) fn read_kernel<T>(addr: u64) -> Option<T> {
     // SAFETY: bpf_probe_read_kernel tolerates any address.
     unsafe { bpf_probe_read_kernel(addr as *const T) }.ok()
 }
 
 #[inline(always)]
-fn watched(tgid: u32) -> bool {
+fn watched_byte(tgid: u32) -> u8 {
     match WATCHED_BYTES.get(tgid >> 6) {
-        Some(w) => w[(tgid & 63) as usize] != 0,
-        None => false,
+        Some(w) => w[(tgid & 63) as usize],
+        None => 0,
     }
+}
+
+#[inline(always)]
+fn watched(tgid: u32) -> bool {
+    watched_byte(tgid) != 0
+}
+
+/// The process has a tracked D-Bus connection (see dbus.rs): its exec or
+/// exit forgets them.
+#[inline(always)]
+pub(crate) fn mark_has_conn(tgid: u32) {
+    set_watched(tgid, 1 | WATCHED_HAS_CONN);
 }
 
 #[inline(always)]
@@ -140,8 +152,15 @@ pub fn storage_fork(ctx: RawTracePointContext) -> i32 {
 /// watched whatever they exec). The comm is already the new one here.
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
 pub fn storage_exec(_ctx: RawTracePointContext) -> i32 {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if watched(tgid) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let byte = watched_byte(tgid);
+    if byte != 0 {
+        if byte & WATCHED_HAS_CONN != 0 {
+            // Its close-on-exec fds (every Go fd) are gone.
+            set_watched(tgid, 1);
+            crate::dbus::forget_process(pid_tgid);
+        }
         return 0;
     }
     let Ok(comm) = bpf_get_current_comm() else {
@@ -202,6 +221,9 @@ pub fn storage_exit(_ctx: RawTracePointContext) -> i32 {
     }
     let _ = INFLIGHT.remove(tid);
     if tid == tgid {
+        if watched_byte(tgid) & WATCHED_HAS_CONN != 0 {
+            crate::dbus::forget_process(pid_tgid);
+        }
         unwatch(tgid);
     }
     0
@@ -254,11 +276,12 @@ pub fn storage_sys_enter(ctx: RawTracePointContext) -> i32 {
 }
 
 #[raw_tracepoint(tracepoint = "sys_exit")]
-pub fn storage_sys_exit(_ctx: RawTracePointContext) -> i32 {
+pub fn storage_sys_exit(ctx: RawTracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     if !watched((pid_tgid >> 32) as u32) {
         return 0;
     }
+    crate::dbus::on_sys_exit(&ctx, pid_tgid);
     let tid = pid_tgid as u32;
     if let Some(slot) = SLOT.get_ptr_mut(0) {
         // SAFETY: per-CPU slot.

@@ -12,6 +12,8 @@
 //! - [`kubelet`], [`runtime`]: kubelet metrics/log/node condition and the
 //!   agent's own relist of the container runtime (PLEG signals)
 //! - [`storage`]: the storage-hang sweep over the probes' maps (blocked tasks)
+//! - [`dbus`]: D-Bus/systemd socket calls of runtime processes, their queues
+//!   (sock_diag) and the agent's own probes of the bus and systemd
 //! - [`agent`]: the live session wiring all of the above
 //! - [`config`]: `watchdog run --config FILE`, validated at start
 //! - [`cli`]: the `watchdog` command
@@ -19,6 +21,7 @@ pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod context;
+pub mod dbus;
 pub mod diagnosis;
 pub mod kubelet;
 pub mod observation;

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{context::kube::PodRef, time::Time};
 
+pub mod dbus;
 pub mod storage;
 pub use storage::{BlockedTask, BlockedTasks, MountRef, WaitClass};
 
@@ -29,6 +30,12 @@ pub enum Observation {
     Source(crate::kubelet::SourceStatus),
     /// Tasks blocked on storage past the threshold (storage sweep, every poll).
     BlockedTasks(BlockedTasks),
+    /// A call on a D-Bus/systemd socket connection of a runtime process.
+    SocketCall(dbus::SocketCall),
+    /// Queue lengths of those connections and sockets (sock_diag).
+    SocketQueues(dbus::SocketQueues),
+    /// The agent's own probe of the bus or of systemd.
+    BusProbe(dbus::BusProbe),
 }
 
 impl Observation {
@@ -43,6 +50,9 @@ impl Observation {
             Self::Relist(r) => r.at,
             Self::Source(s) => s.at,
             Self::BlockedTasks(b) => b.at,
+            Self::SocketCall(c) => c.at,
+            Self::SocketQueues(q) => q.at,
+            Self::BusProbe(p) => p.at,
         }
     }
 }

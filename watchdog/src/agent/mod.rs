@@ -60,6 +60,8 @@ pub struct TraceOptions {
     pub pleg_sources: crate::kubelet::PlegSources,
     /// Storage-hang detection; None leaves its probes unattached.
     pub storage: Option<crate::storage::StorageOptions>,
+    /// D-Bus/systemd socket tracking (needs the storage probes).
+    pub dbus: Option<crate::dbus::DbusOptions>,
 }
 
 impl Default for TraceOptions {
@@ -77,6 +79,7 @@ impl Default for TraceOptions {
             outputs: Vec::new(),
             pleg_sources: crate::kubelet::PlegSources::none(),
             storage: Some(crate::storage::StorageOptions::default()),
+            dbus: Some(crate::dbus::DbusOptions::default()),
         }
     }
 }
@@ -156,6 +159,22 @@ pub async fn session(opts: TraceOptions, sink: &mut dyn Sink) -> anyhow::Result<
         .storage
         .as_ref()
         .and_then(|s| crate::storage::StorageTracker::start(&mut probes, &opts.root, s));
+    let mut dbus = match (&opts.dbus, &storage) {
+        (None, _) => None,
+        (Some(_), None) => {
+            tracing::warn!(
+                "systemd-hang detection is off: the D-Bus socket tracking rides on the storage probes, which are off or unavailable"
+            );
+            None
+        }
+        (Some(d), Some(_)) => match crate::dbus::DbusTracker::new(&mut probes, &opts.root, d) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::warn!("systemd-hang detection is off: {e}");
+                None
+            }
+        },
+    };
     let mut arming = Arming::new(opts.arm_percent, opts.disarm_after.as_millis() as u64);
     let auto = opts.fork_probe == ForkProbeMode::Auto
         && probes.state(FORK_FAILURES.name) == Some(ProbeState::Standby);
@@ -247,6 +266,12 @@ pub async fn session(opts: TraceOptions, sink: &mut dyn Sink) -> anyhow::Result<
                         diag.observe(Observation::NprocUsage(usage), sink);
                         apply_arming(auto, &mut arming, &mut probes, sink, at, Some(why));
                     }
+                    Event::Socket(s) => {
+                        if let Some(t) = dbus.as_mut() {
+                            let call = t.call(&s, clock.to_time(s.header.ts_ns));
+                            diag.observe(Observation::SocketCall(call), sink);
+                        }
+                    }
                 }
             }
             Some(obs) = pleg_rx.recv() => diag.observe(obs, sink),
@@ -257,6 +282,19 @@ pub async fn session(opts: TraceOptions, sink: &mut dyn Sink) -> anyhow::Result<
                 diag.observe(Observation::PidLimits(sample), sink);
                 if let Some(s) = storage.as_mut() {
                     diag.observe(Observation::BlockedTasks(s.sweep(now)), sink);
+                }
+                if let Some(t) = dbus.as_mut() {
+                    if let Some(q) = t.sweep(now) {
+                        diag.observe(Observation::SocketQueues(q), sink);
+                    }
+                    for (socket, target) in t.probes_due(now) {
+                        let tx = pleg_tx.clone();
+                        let timeout = t.probe_timeout();
+                        tokio::spawn(async move {
+                            let p = crate::dbus::probe::probe(socket, target, timeout).await;
+                            tx.send(Observation::BusProbe(p));
+                        });
+                    }
                 }
                 diag.tick(now, sink);
                 if pressure.is_none() && diag.engine.has_active_cause(Cause::PidExhaustion) {

@@ -3,9 +3,11 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use crate::{
     agent::{self, TraceOptions, arming::ForkProbeMode},
+    dbus::DbusOptions,
     diagnosis::{
         EngineConfig,
         pleg::{self, PlegConfig},
+        systemd_hang::SystemdConfig,
     },
     kubelet::{
         self, PlegSources,
@@ -53,9 +55,26 @@ pub struct Args {
         default_value = "kubelet,dockerd,containerd,containerd-shim*,runc,crun,crio,conmon"
     )]
     watch_comm: Vec<String>,
-    /// Do not attach the storage-hang probes.
+    /// Do not attach the storage-hang probes (this also turns off the
+    /// D-Bus/systemd socket tracking, which rides on them).
     #[arg(long)]
     no_storage: bool,
+    /// Unix socket paths of systemd and the system bus whose connections from
+    /// watched processes are followed (comma-separated or repeated; default:
+    /// /run/systemd/private, the system bus under /run and /var/run, and the
+    /// path of $DBUS_SYSTEM_BUS_ADDRESS).
+    #[arg(long, value_delimiter = ',')]
+    systemd_socket: Vec<String>,
+    /// A request to systemd or the bus still without a reply after this long
+    /// is a systemd hang.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    systemd_threshold: Duration,
+    /// Do not probe the bus and systemd over D-Bus (while a request waits).
+    #[arg(long)]
+    no_dbus_probe: bool,
+    /// Do not follow D-Bus/systemd sockets.
+    #[arg(long)]
+    no_systemd: bool,
     /// Record every observation and clock tick to FILE (JSON lines) for
     /// `watchdog replay FILE`; attach it to a bug report.
     #[arg(long, value_name = "FILE")]
@@ -214,8 +233,25 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             watch_comms: parse_comms(&a.watch_comm)?,
         })
     };
+    if a.systemd_threshold < Duration::from_millis(100) {
+        anyhow::bail!("--systemd-threshold must be at least 100ms");
+    }
+    let dbus = (!a.no_systemd).then(|| {
+        let mut d = DbusOptions::default();
+        if !a.systemd_socket.is_empty() {
+            d.sockets = a.systemd_socket.clone();
+        }
+        d.probe = !a.no_dbus_probe;
+        d.suspect_after_ms = (a.systemd_threshold.as_millis() as u64 / 2).max(100);
+        d
+    });
+    if let Some(d) = &dbus {
+        crate::dbus::validate_sockets(&d.sockets)
+            .map_err(|e| anyhow::anyhow!("--systemd-socket: {e}"))?;
+    }
     let opts = TraceOptions {
         storage,
+        dbus,
         duration: a.duration,
         poll_interval: a.poll_interval,
         engine: EngineConfig {
@@ -223,6 +259,9 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             warn_clear_percent: (a.warn_percent - 5.0).max(0.0),
             resolve_after_ms: a.resolve_after.as_millis() as u64,
             pleg,
+            systemd: SystemdConfig {
+                threshold_ms: a.systemd_threshold.as_millis() as u64,
+            },
             ..EngineConfig::default()
         },
         pleg_sources: pleg_sources.clone(),

@@ -6,6 +6,7 @@ pub mod pid_exhaustion;
 pub mod pleg;
 pub mod runtime_unresponsive;
 pub mod storage_hang;
+pub mod systemd_hang;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -26,6 +27,8 @@ pub struct EngineConfig {
     pub warn_clear_percent: f64,
     /// PLEG estimate (threshold, report cadence).
     pub pleg: pleg::PlegConfig,
+    /// systemd/D-Bus hangs (how long a request may wait for its reply).
+    pub systemd: systemd_hang::SystemdConfig,
 }
 
 impl Default for EngineConfig {
@@ -36,6 +39,7 @@ impl Default for EngineConfig {
             warn_percent: 90.0,
             warn_clear_percent: 85.0,
             pleg: pleg::PlegConfig::default(),
+            systemd: systemd_hang::SystemdConfig::default(),
         }
     }
 }
@@ -160,6 +164,7 @@ pub enum Detail {
     Pid(pid_exhaustion::PidDetail),
     Runtime(runtime_unresponsive::RuntimeDetail),
     Storage(storage_hang::StorageDetail),
+    Systemd(systemd_hang::SystemdDetail),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -237,6 +242,7 @@ impl Engine {
             pleg: pleg::Pleg::new(cfg.pleg.clone()),
             runtime: runtime_unresponsive::RuntimeUnresponsive::new(cfg.clone()),
             detectors: vec![
+                Box::new(systemd_hang::SystemdHang::new(&cfg)),
                 Box::new(storage_hang::StorageHang::new(&cfg)),
                 Box::new(pid_exhaustion::PidExhaustion::new(cfg)),
             ],

@@ -141,6 +141,7 @@ pub struct KernelLayout {
     pub pt_regs_nr: u64,
     pub pt_regs_arg0: u64,
     pub pt_regs_arg1: u64,
+    pub pt_regs_arg2: u64,
     pub task_tgid: u64,
     pub task_nvcsw: u64,
     pub task_nivcsw: u64,
@@ -166,6 +167,7 @@ mod arch {
     pub const PT_REGS_ARG0: &str = "di";
     /// The second argument's register and its UAPI offset.
     pub const PT_REGS_ARG1: (&str, u64) = ("si", 104);
+    pub const PT_REGS_ARG2: (&str, u64) = ("dx", 96);
     /// UAPI layout of x86_64 pt_regs, used when BTF is absent.
     pub const PT_REGS_FALLBACK: (u64, u64) = (120, 112);
     pub const NR_FORK: i64 = 57;
@@ -179,6 +181,7 @@ mod arch {
     pub const PT_REGS_ARG0: &str = "orig_x0";
     /// x1 = regs[1] (no named member: BTF gives only the array).
     pub const PT_REGS_ARG1: (&str, u64) = ("", 8);
+    pub const PT_REGS_ARG2: (&str, u64) = ("", 16);
     pub const PT_REGS_FALLBACK: (u64, u64) = (280, 272);
     pub const NR_FORK: i64 = -1;
     pub const NR_VFORK: i64 = -1;
@@ -192,6 +195,7 @@ impl KernelLayout {
             pt_regs_nr: arch::PT_REGS_FALLBACK.0,
             pt_regs_arg0: arch::PT_REGS_FALLBACK.1,
             pt_regs_arg1: arch::PT_REGS_ARG1.1,
+            pt_regs_arg2: arch::PT_REGS_ARG2.1,
             ..Self::default()
         };
         let btf = match btf::Btf::from_file(path) {
@@ -227,6 +231,12 @@ impl KernelLayout {
             let a1 = off("pt_regs", arch::PT_REGS_ARG1.0);
             if a1 != 0 {
                 l.pt_regs_arg1 = a1;
+            }
+        }
+        if !arch::PT_REGS_ARG2.0.is_empty() {
+            let a2 = off("pt_regs", arch::PT_REGS_ARG2.0);
+            if a2 != 0 {
+                l.pt_regs_arg2 = a2;
             }
         }
         l.task_tgid = off("task_struct", "tgid");
@@ -345,6 +355,7 @@ impl Probes {
             .override_global("PT_REGS_NR_OFF", &layout.pt_regs_nr, true)
             .override_global("PT_REGS_ARG0_OFF", &layout.pt_regs_arg0, true)
             .override_global("PT_REGS_ARG1_OFF", &layout.pt_regs_arg1, true)
+            .override_global("PT_REGS_ARG2_OFF", &layout.pt_regs_arg2, true)
             .override_global("TASK_TGID_OFF", &layout.task_tgid, true)
             .override_global("TASK_NVCSW_OFF", &layout.task_nvcsw, true)
             .override_global("TASK_NIVCSW_OFF", &layout.task_nivcsw, true)

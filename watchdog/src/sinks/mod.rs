@@ -4,6 +4,7 @@ pub mod json;
 pub mod kubernetes;
 pub mod metrics;
 pub mod storage;
+pub mod systemd;
 pub mod terminal;
 
 use serde::Serialize;

@@ -34,6 +34,7 @@ pub fn render_finding(f: &Finding) -> String {
         match &f.detail {
             Detail::Pid(d) => render_pid(&mut s, d),
             Detail::Storage(d) => s.push_str(&super::storage::render_detail(d)),
+            Detail::Systemd(d) => s.push_str(&super::systemd::render_detail(d)),
             Detail::Runtime(d) => {
                 for h in &d.hung {
                     s.push_str(&format!(
@@ -126,6 +127,7 @@ fn cause_name(f: &Finding) -> String {
     match &f.detail {
         Detail::Pid(d) => format!("pid_exhaustion/{}", d.limit.name()),
         Detail::Storage(d) => format!("storage_hang/{:?}", d.wait).to_lowercase(),
+        Detail::Systemd(d) => format!("systemd_hang/{}", d.stuck.name()),
         _ => f.cause.name().to_owned(),
     }
 }

@@ -55,6 +55,15 @@ pub fn problem_reason(f: &Finding) -> String {
         }
         .into();
     }
+    if let Detail::Systemd(d) = &f.detail {
+        use crate::diagnosis::systemd_hang::Stuck;
+        return match d.stuck {
+            Stuck::BusNotReading => "SystemBusNotReading",
+            Stuck::SystemdNotReading => "SystemdNotReading",
+            Stuck::SystemdNotReplying => "SystemdNotReplying",
+        }
+        .into();
+    }
     condition_type(f.cause).into()
 }
 

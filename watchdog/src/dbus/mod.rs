@@ -1,0 +1,638 @@
+//! D-Bus/systemd sockets: the tracker behind the `systemd_hang` cause.
+//!
+//! The kernel side (watchdog-ebpf/src/dbus.rs) follows the connections of
+//! watched runtime processes to the configured socket paths and sends one
+//! event per connect, send, receive and close on them. Here each event
+//! becomes a [`SocketCall`] observation (a connect also reads who connected:
+//! the runc command line and the container it is creating), and while some
+//! connection waits for a reply the tracker corroborates: the socket queues
+//! from sock_diag ([`SocketQueues`]) and the agent's own probes of the bus and
+//! of systemd ([`probe`]), both bounded in time.
+pub mod probe;
+pub mod sock_diag;
+
+use std::{
+    collections::{HashMap, HashSet},
+    fs,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use aya::maps::{Array, MapData};
+use watchdog_common::{
+    SOCK_CALLS_MAP, SOCK_PATH_LEN, SOCK_PATH_SLOTS, SOCK_PATHS_MAP, SockCall, SockPath, SocketEvent,
+};
+
+use crate::{
+    observation::dbus::{
+        CallKind, ConnQueue, Holder, ListenerQueue, ProcessInfo, SocketCall, SocketQueues,
+    },
+    probes::Probes,
+    time::Time,
+};
+
+/// Socket paths followed by default (the system bus under both spellings
+/// clients use; /var/run is a symlink to /run).
+pub const DEFAULT_SOCKETS: &[&str] = &[
+    "/run/systemd/private",
+    "/run/dbus/system_bus_socket",
+    "/var/run/dbus/system_bus_socket",
+];
+
+/// Options of the systemd-hang detection (`[systemd]` in the config).
+#[derive(Clone, Debug)]
+pub struct DbusOptions {
+    pub sockets: Vec<String>,
+    /// Probe the bus and systemd while a connection waits.
+    pub probe: bool,
+    pub probe_timeout: Duration,
+    /// Start corroborating when a connection has waited this long.
+    pub suspect_after_ms: u64,
+}
+
+impl Default for DbusOptions {
+    fn default() -> Self {
+        Self {
+            sockets: default_sockets(std::env::var("DBUS_SYSTEM_BUS_ADDRESS").ok().as_deref()),
+            probe: true,
+            probe_timeout: Duration::from_secs(2),
+            suspect_after_ms: 2_000,
+        }
+    }
+}
+
+/// The default paths, plus the unix path of `DBUS_SYSTEM_BUS_ADDRESS`.
+pub fn default_sockets(bus_address: Option<&str>) -> Vec<String> {
+    let mut v: Vec<String> = DEFAULT_SOCKETS.iter().map(|s| (*s).to_owned()).collect();
+    if let Some(p) = bus_address.and_then(unix_path_of_address)
+        && !v.contains(&p)
+    {
+        v.push(p);
+    }
+    v
+}
+
+/// The `path=` of the first `unix:` entry of a D-Bus address.
+pub fn unix_path_of_address(addr: &str) -> Option<String> {
+    addr.split(';').find_map(|entry| {
+        let rest = entry.strip_prefix("unix:")?;
+        rest.split(',')
+            .find_map(|kv| kv.strip_prefix("path="))
+            .map(str::to_owned)
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("the eBPF object has no {0} map (build mismatch)")]
+    MissingMap(&'static str),
+    #[error("map {map}: {source}")]
+    Map {
+        map: &'static str,
+        source: aya::maps::MapError,
+    },
+    #[error(
+        "systemd.sockets {0:?}: a socket path is absolute and at most {max} bytes",
+        max = SOCK_PATH_LEN - 1
+    )]
+    BadPath(String),
+    #[error("systemd.sockets: at most {max} paths, got {got}", max = SOCK_PATH_SLOTS)]
+    TooManyPaths { got: usize },
+}
+
+pub fn validate_sockets(paths: &[String]) -> Result<(), SetupError> {
+    if paths.len() > SOCK_PATH_SLOTS as usize {
+        return Err(SetupError::TooManyPaths { got: paths.len() });
+    }
+    for p in paths {
+        if !p.starts_with('/') || p.len() >= SOCK_PATH_LEN || p.contains('\0') {
+            return Err(SetupError::BadPath(p.clone()));
+        }
+    }
+    Ok(())
+}
+
+/// This architecture's socket syscalls and how the probe classifies them.
+#[cfg(target_arch = "x86_64")]
+const SOCK_SYSCALLS: &[(u32, SockCall)] = &[
+    (0, SockCall::Read),
+    (1, SockCall::Write),
+    (3, SockCall::Close),
+    (19, SockCall::Readv),
+    (20, SockCall::Writev),
+    (42, SockCall::Connect),
+    (44, SockCall::Write),   // sendto
+    (45, SockCall::Read),    // recvfrom
+    (46, SockCall::Sendmsg), // sendmsg
+    (47, SockCall::Recvmsg), // recvmsg
+];
+#[cfg(target_arch = "aarch64")]
+const SOCK_SYSCALLS: &[(u32, SockCall)] = &[
+    (63, SockCall::Read),
+    (64, SockCall::Write),
+    (57, SockCall::Close),
+    (65, SockCall::Readv),
+    (66, SockCall::Writev),
+    (203, SockCall::Connect),
+    (206, SockCall::Write),
+    (207, SockCall::Read),
+    (211, SockCall::Sendmsg),
+    (212, SockCall::Recvmsg),
+];
+
+fn cstr(b: &[u8]) -> String {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(&b[..end]).into_owned()
+}
+
+/// A connection as the tracker follows it (for corroboration only; the
+/// engine decides).
+#[derive(Clone, Debug)]
+struct Tracked {
+    socket: String,
+    pending_since: Option<Time>,
+}
+
+pub struct DbusTracker {
+    root: PathBuf,
+    opts: DbusOptions,
+    /// The configured path of each map slot.
+    paths: Vec<String>,
+    conns: HashMap<(u32, i32), Tracked>,
+    /// Socket inode -> holder, and inodes searched for in vain.
+    holders: HashMap<u64, Holder>,
+    /// When each (socket, target) was last probed.
+    probed: HashMap<(String, &'static str), Time>,
+    /// Last scan of /proc for socket holders (at most one per 5 s).
+    holders_scanned: Option<Time>,
+}
+
+impl DbusTracker {
+    /// Fill the path and syscall tables (the storage probes' `sys_exit`
+    /// program and watched set must be attached).
+    pub fn new(probes: &mut Probes, root: &Path, opts: &DbusOptions) -> Result<Self, SetupError> {
+        validate_sockets(&opts.sockets)?;
+        let map_err = |map| move |source| SetupError::Map { map, source };
+        let mut paths: Array<MapData, SockPath> = Array::try_from(
+            probes
+                .take_map(SOCK_PATHS_MAP)
+                .ok_or(SetupError::MissingMap(SOCK_PATHS_MAP))?,
+        )
+        .map_err(map_err(SOCK_PATHS_MAP))?;
+        for (i, p) in opts.sockets.iter().enumerate() {
+            let mut path = [0u8; SOCK_PATH_LEN];
+            path[..p.len()].copy_from_slice(p.as_bytes());
+            paths
+                .set(
+                    i as u32,
+                    SockPath {
+                        path,
+                        len: p.len() as u32,
+                    },
+                    0,
+                )
+                .map_err(map_err(SOCK_PATHS_MAP))?;
+        }
+        let mut calls: Array<MapData, u8> = Array::try_from(
+            probes
+                .take_map(SOCK_CALLS_MAP)
+                .ok_or(SetupError::MissingMap(SOCK_CALLS_MAP))?,
+        )
+        .map_err(map_err(SOCK_CALLS_MAP))?;
+        for (nr, call) in SOCK_SYSCALLS {
+            calls
+                .set(*nr, *call as u8, 0)
+                .map_err(map_err(SOCK_CALLS_MAP))?;
+        }
+        Ok(Self {
+            root: root.to_owned(),
+            opts: opts.clone(),
+            paths: opts.sockets.clone(),
+            conns: HashMap::new(),
+            holders: HashMap::new(),
+            probed: HashMap::new(),
+            holders_scanned: None,
+        })
+    }
+
+    pub fn sockets(&self) -> &[String] {
+        &self.paths
+    }
+
+    /// One kernel event as an observation.
+    pub fn call(&mut self, ev: &SocketEvent, at: Time) -> SocketCall {
+        let sc = SockCall::from_u32(ev.call);
+        let call = match sc {
+            SockCall::Connect => CallKind::Connect,
+            SockCall::Close => CallKind::Close,
+            SockCall::ProcessGone => CallKind::ProcessGone,
+            c if c.is_send() => CallKind::Send,
+            _ => CallKind::Recv,
+        };
+        let socket = if sc == SockCall::Connect {
+            cstr(&ev.path)
+        } else {
+            self.paths
+                .get(ev.slot as usize)
+                .cloned()
+                .unwrap_or_default()
+        };
+        let key = (ev.pid, ev.fd);
+        let mut process = None;
+        match call {
+            CallKind::Connect => {
+                if ev.ret == 0 || ev.ret == -115 {
+                    self.conns.insert(
+                        key,
+                        Tracked {
+                            socket: socket.clone(),
+                            pending_since: None,
+                        },
+                    );
+                }
+                process = Some(process_info(&self.root, ev.pid));
+            }
+            CallKind::Send => {
+                if let Some(t) = self.conns.get_mut(&key)
+                    && (ev.ret > 0 || ev.ret == -11)
+                {
+                    t.pending_since.get_or_insert(at);
+                }
+            }
+            CallKind::Recv => {
+                if ev.ret > 0
+                    && let Some(t) = self.conns.get_mut(&key)
+                {
+                    t.pending_since = None;
+                } else if ev.ret == 0 {
+                    self.conns.remove(&key);
+                }
+            }
+            CallKind::Close => {
+                self.conns.remove(&key);
+            }
+            CallKind::ProcessGone => self.conns.retain(|(pid, _), _| *pid != ev.pid),
+        }
+        SocketCall {
+            at,
+            pid: ev.pid,
+            tid: ev.tid,
+            comm: cstr(&ev.comm),
+            fd: ev.fd,
+            call,
+            syscall: sc.name().to_owned(),
+            ret: ev.ret,
+            requested: ev.requested,
+            socket,
+            process,
+        }
+    }
+
+    /// Connections waiting for a reply for at least `suspect_after_ms`.
+    fn suspects(&self, now: Time) -> Vec<((u32, i32), &Tracked)> {
+        let mut v: Vec<_> = self
+            .conns
+            .iter()
+            .filter(|(_, t)| {
+                t.pending_since
+                    .is_some_and(|s| now.millis_since(s) >= self.opts.suspect_after_ms)
+            })
+            .map(|(k, t)| (*k, t))
+            .collect();
+        v.sort_by_key(|(k, _)| *k);
+        v
+    }
+
+    /// Every poll: while some connection waits, the queues of the waiting
+    /// connections and of the followed listeners (None when nothing waits).
+    /// Forgets connections whose process is gone (events can be lost).
+    pub fn sweep(&mut self, now: Time) -> Option<SocketQueues> {
+        let proc = self.root.join("proc");
+        self.conns
+            .retain(|(pid, _), _| proc.join(pid.to_string()).exists());
+        let suspects: Vec<((u32, i32), String)> = self
+            .suspects(now)
+            .into_iter()
+            .map(|(k, t)| (k, t.socket.clone()))
+            .collect();
+        if suspects.is_empty() {
+            return None;
+        }
+        let all = match sock_diag::dump() {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!("sock_diag dump of unix sockets failed: {e}");
+                Vec::new()
+            }
+        };
+        let by_inode: HashMap<u64, &sock_diag::UnixSock> =
+            all.iter().map(|s| (s.inode, s)).collect();
+        let mut conns = Vec::new();
+        let mut want: HashSet<u64> = HashSet::new();
+        for ((pid, fd), _) in &suspects {
+            let Some(inode) = socket_inode(&self.root, *pid, *fd) else {
+                continue;
+            };
+            let me = by_inode.get(&inode);
+            let peer_inode = me.and_then(|s| s.peer);
+            let peer = peer_inode.and_then(|p| by_inode.get(&p));
+            if let Some(p) = peer_inode {
+                want.insert(p);
+            }
+            conns.push(ConnQueue {
+                pid: *pid,
+                fd: *fd,
+                inode,
+                unread_by_peer: peer
+                    .and_then(|p| p.rqlen)
+                    .map(|r| u64::from(r.0))
+                    .unwrap_or(0),
+                unread_here: me
+                    .and_then(|s| s.rqlen)
+                    .map(|r| u64::from(r.0))
+                    .unwrap_or(0),
+                peer_inode,
+                peer: None,
+                peer_not_accepted: false,
+            });
+        }
+        let sockets: HashSet<&String> = suspects.iter().map(|(_, s)| s).collect();
+        let mut listeners: Vec<ListenerQueue> = all
+            .iter()
+            .filter(|s| s.listening() && s.name.as_ref().is_some_and(|n| sockets.contains(n)))
+            .map(|s| {
+                want.insert(s.inode);
+                ListenerQueue {
+                    socket: s.name.clone().unwrap_or_default(),
+                    inode: s.inode,
+                    pending: s.rqlen.map(|r| u64::from(r.0)).unwrap_or(0),
+                    backlog: s.rqlen.map(|r| u64::from(r.1)).unwrap_or(0),
+                    holder: None,
+                }
+            })
+            .collect();
+        if self
+            .holders_scanned
+            .is_none_or(|t| now.millis_since(t) >= 5_000)
+            && want.iter().any(|i| !self.holders.contains_key(i))
+        {
+            self.holders_scanned = Some(now);
+            self.find_holders(&want);
+        }
+        for c in &mut conns {
+            c.peer = c.peer_inode.and_then(|p| self.holders.get(&p).cloned());
+            // Held by no process: still in the listener's accept queue.
+            c.peer_not_accepted = c.peer_inode.is_some() && c.peer.is_none();
+        }
+        for l in &mut listeners {
+            l.holder = self.holders.get(&l.inode).cloned();
+        }
+        Some(SocketQueues {
+            at: now,
+            conns,
+            listeners,
+        })
+    }
+
+    /// Probes due now: (socket, target) of the sockets with waiting
+    /// connections, each at most every 5 s.
+    pub fn probes_due(&mut self, now: Time) -> Vec<(String, &'static str)> {
+        if !self.opts.probe {
+            return Vec::new();
+        }
+        let sockets: HashSet<String> = self
+            .suspects(now)
+            .into_iter()
+            .map(|(_, t)| t.socket.clone())
+            .collect();
+        let mut due = Vec::new();
+        for s in sockets {
+            for t in probe::targets(&s) {
+                let k = (s.clone(), t);
+                if self
+                    .probed
+                    .get(&k)
+                    .is_none_or(|last| now.millis_since(*last) >= 5_000)
+                {
+                    self.probed.insert(k, now);
+                    due.push((s.clone(), t));
+                }
+            }
+        }
+        due.sort();
+        due
+    }
+
+    pub fn probe_timeout(&self) -> Duration {
+        self.opts.probe_timeout
+    }
+
+    /// Which processes hold these socket inodes (one pass over /proc/*/fd;
+    /// readlink only, nothing that can block on a mount).
+    fn find_holders(&mut self, want: &HashSet<u64>) {
+        let missing: HashSet<u64> = want
+            .iter()
+            .filter(|i| !self.holders.contains_key(i))
+            .copied()
+            .collect();
+        if missing.is_empty() {
+            return;
+        }
+        let Ok(dir) = fs::read_dir(self.root.join("proc")) else {
+            return;
+        };
+        for e in dir.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(fds) = fs::read_dir(e.path().join("fd")) else {
+                continue;
+            };
+            for fd in fds.flatten() {
+                let Some(ino) = fs::read_link(fd.path())
+                    .ok()
+                    .and_then(|l| parse_socket_link(&l.to_string_lossy()))
+                else {
+                    continue;
+                };
+                if missing.contains(&ino) && !self.holders.contains_key(&ino) {
+                    let comm = fs::read_to_string(e.path().join("comm"))
+                        .map(|s| s.trim().to_owned())
+                        .unwrap_or_default();
+                    self.holders.insert(ino, Holder { pid, comm });
+                }
+            }
+        }
+    }
+}
+
+/// `socket:[123]` -> 123.
+pub fn parse_socket_link(l: &str) -> Option<u64> {
+    l.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+}
+
+fn socket_inode(root: &Path, pid: u32, fd: i32) -> Option<u64> {
+    let l = fs::read_link(root.join(format!("proc/{pid}/fd/{fd}"))).ok()?;
+    parse_socket_link(&l.to_string_lossy())
+}
+
+/// Who connected: its command line and, for runc/crun, the container it is
+/// working on. The command line is read only when no thread of the process
+/// is in uninterruptible sleep (reading it takes the process's mmap lock).
+pub fn process_info(root: &Path, pid: u32) -> ProcessInfo {
+    let proc = root.join(format!("proc/{pid}"));
+    let any_d = fs::read_dir(proc.join("task"))
+        .map(|d| {
+            d.flatten().any(|t| {
+                fs::read_to_string(t.path().join("stat"))
+                    .ok()
+                    .and_then(|s| {
+                        s.rfind(')')
+                            .and_then(|i| s.get(i + 2..i + 3).map(|c| c == "D"))
+                    })
+                    .unwrap_or(false)
+            })
+        })
+        .unwrap_or(true);
+    if any_d {
+        return ProcessInfo::default();
+    }
+    let Ok(raw) = fs::read(proc.join("cmdline")) else {
+        return ProcessInfo::default();
+    };
+    let args: Vec<String> = raw
+        .split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let mut info = runtime_args(&args);
+    if let Some(bundle) = flag_value(&args, "--bundle").or_else(|| flag_value(&args, "-b")) {
+        info.pod = bundle_pod(Path::new(&bundle));
+    }
+    let mut cmdline = args.join(" ");
+    if cmdline.len() > 300 {
+        let mut end = 297;
+        while !cmdline.is_char_boundary(end) {
+            end -= 1;
+        }
+        cmdline.truncate(end);
+        cmdline.push_str("...");
+    }
+    info.cmdline = cmdline;
+    info
+}
+
+fn flag_value(args: &[String], flag: &str) -> Option<String> {
+    let eq = format!("{flag}=");
+    args.iter().enumerate().find_map(|(i, a)| {
+        if a == flag {
+            args.get(i + 1).cloned()
+        } else {
+            a.strip_prefix(&eq).map(str::to_owned)
+        }
+    })
+}
+
+/// runc/crun: `runc [global flags] <action> [flags] <container-id>`.
+pub fn runtime_args(args: &[String]) -> ProcessInfo {
+    let prog = args
+        .first()
+        .map(|a| a.rsplit('/').next().unwrap_or(a).to_owned())
+        .unwrap_or_default();
+    if !(prog == "runc" || prog == "crun") {
+        return ProcessInfo::default();
+    }
+    const ACTIONS: [&str; 9] = [
+        "create", "run", "start", "exec", "delete", "kill", "update", "pause", "resume",
+    ];
+    let Some(i) = args.iter().position(|a| ACTIONS.contains(&a.as_str())) else {
+        return ProcessInfo::default();
+    };
+    let last = args
+        .last()
+        .filter(|a| !a.starts_with('-') && args.len() > i + 1);
+    ProcessInfo {
+        cmdline: String::new(),
+        container: last.cloned(),
+        action: Some(args[i].clone()),
+        pod: None,
+    }
+}
+
+/// namespace/name of the pod a bundle belongs to, from its config.json
+/// annotations (CRI and dockershim keys). Only bundles on the runtime's
+/// tmpfs state directories are read.
+fn bundle_pod(bundle: &Path) -> Option<String> {
+    let b = bundle.to_string_lossy();
+    if !(b.starts_with("/run/") || b.starts_with("/var/run/")) {
+        return None;
+    }
+    let f = fs::File::open(bundle.join("config.json")).ok()?;
+    if f.metadata().ok()?.len() > 4 << 20 {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_reader(std::io::BufReader::new(f)).ok()?;
+    let a = v.get("annotations")?;
+    let get = |k: &str| a.get(k).and_then(|x| x.as_str());
+    let ns = get("io.kubernetes.cri.sandbox-namespace").or(get("io.kubernetes.pod.namespace"))?;
+    let name = get("io.kubernetes.cri.sandbox-name").or(get("io.kubernetes.pod.name"))?;
+    Some(format!("{ns}/{name}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| (*x).to_owned()).collect()
+    }
+
+    #[test]
+    fn runc_arguments_name_the_container() {
+        let i = runtime_args(&s(&[
+            "runc",
+            "--root",
+            "/var/run/docker/runtime-runc/moby",
+            "--log",
+            "/run/x/log.json",
+            "--systemd-cgroup",
+            "create",
+            "--bundle",
+            "/run/containerd/io.containerd.runtime.v2.task/moby/abc",
+            "--pid-file",
+            "/run/x/init.pid",
+            "abc123",
+        ]));
+        assert_eq!(i.action.as_deref(), Some("create"));
+        assert_eq!(i.container.as_deref(), Some("abc123"));
+        assert_eq!(
+            runtime_args(&s(&["dockerd", "-H", "x"])),
+            ProcessInfo::default()
+        );
+        assert_eq!(
+            runtime_args(&s(&["/usr/sbin/runc", "--version"])).action,
+            None
+        );
+    }
+
+    #[test]
+    fn addresses_and_paths() {
+        assert_eq!(
+            unix_path_of_address("unix:path=/x/bus,guid=1;tcp:host=a"),
+            Some("/x/bus".into())
+        );
+        assert_eq!(unix_path_of_address("unix:abstract=/tmp/x"), None);
+        let d = default_sockets(Some("unix:path=/custom/bus"));
+        assert_eq!(d.len(), 4);
+        assert_eq!(
+            default_sockets(Some("unix:path=/run/dbus/system_bus_socket")).len(),
+            3
+        );
+        assert!(validate_sockets(&s(&["relative"])).is_err());
+        assert!(validate_sockets(&[format!("/{}", "x".repeat(120))]).is_err());
+        assert!(validate_sockets(&s(&["/a"; 9])).is_err());
+        assert!(validate_sockets(&s(DEFAULT_SOCKETS)).is_ok());
+        assert_eq!(parse_socket_link("socket:[42]"), Some(42));
+        assert_eq!(parse_socket_link("pipe:[42]"), None);
+    }
+}

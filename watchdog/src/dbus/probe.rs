@@ -1,0 +1,70 @@
+//! The agent's own D-Bus probes, each under a hard timeout: `Ping` of
+//! systemd (through the bus, or peer to peer on its private socket) and
+//! `GetId` of the bus daemon. zbus runs on the agent's current-thread tokio
+//! runtime (client connections use no blocking pool); dropping the future at
+//! the timeout drops the connection, so a hung peer costs one socket for the
+//! timeout and nothing after it.
+use std::time::{Duration, Instant};
+
+use crate::{
+    diagnosis::systemd_hang::SocketKind,
+    observation::dbus::{BusProbe, ProbeOutcome},
+    time::Time,
+};
+
+pub const SYSTEMD: &str = "org.freedesktop.systemd1";
+pub const BUS: &str = "org.freedesktop.DBus";
+
+/// What to probe on one socket path.
+pub fn targets(socket: &str) -> Vec<&'static str> {
+    match SocketKind::of(socket) {
+        SocketKind::SystemdPrivate => vec![SYSTEMD],
+        SocketKind::SystemBus => vec![BUS, SYSTEMD],
+    }
+}
+
+async fn call(socket: &str, target: &str) -> zbus::Result<()> {
+    let stream = tokio::net::UnixStream::connect(socket).await?;
+    let p2p = SocketKind::of(socket) == SocketKind::SystemdPrivate;
+    let mut builder = zbus::connection::Builder::unix_stream(stream);
+    if p2p {
+        builder = builder.p2p();
+    }
+    let conn = builder.build().await?;
+    if target == BUS {
+        conn.call_method(Some(BUS), "/org/freedesktop/DBus", Some(BUS), "GetId", &())
+            .await?;
+    } else {
+        conn.call_method(
+            (!p2p).then_some(SYSTEMD),
+            "/org/freedesktop/systemd1",
+            Some("org.freedesktop.DBus.Peer"),
+            "Ping",
+            &(),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Probe `target` on `socket`, giving up after `timeout`.
+pub async fn probe(socket: String, target: &'static str, timeout: Duration) -> BusProbe {
+    let start = Instant::now();
+    let outcome = match tokio::time::timeout(timeout, call(&socket, target)).await {
+        Ok(Ok(())) => ProbeOutcome::Answered {
+            ms: start.elapsed().as_millis() as u64,
+        },
+        Ok(Err(e)) => ProbeOutcome::Failed {
+            error: e.to_string(),
+        },
+        Err(_) => ProbeOutcome::Timeout {
+            ms: timeout.as_millis() as u64,
+        },
+    };
+    BusProbe {
+        at: Time::now(),
+        socket,
+        target: target.to_owned(),
+        outcome,
+    }
+}

@@ -1,0 +1,709 @@
+//! systemd hangs: runtime processes (runc with the systemd cgroup driver,
+//! containerd, dockerd, kubelet) waiting on D-Bus for systemd. Pure: fed the
+//! calls on their connections to systemd's private socket and to the system
+//! bus ([`SocketCall`]), the socket queues ([`SocketQueues`]) and the agent's
+//! own probes ([`BusProbe`]).
+//!
+//! A connection waits when it sent bytes and has read nothing since (Go's
+//! non-blocking sockets: the request went out, reads return EAGAIN, the
+//! threads park in epoll). Its write side is stalled when a send came back
+//! partial or EAGAIN (the peer stopped reading and the socket buffer is
+//! full). One finding per socket path: active when a connection to it has
+//! waited past the threshold, updated while it lasts, resolved when no
+//! connection waits any more (a reply came, or the waiting processes are
+//! gone).
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    Cause, Confidence, Detail, Detector, EngineConfig, Evidence, Finding, FindingStatus, Report,
+};
+use crate::{
+    observation::{
+        Observation,
+        dbus::{
+            BusProbe, CallKind, ConnQueue, Holder, ListenerQueue, ProbeOutcome, ProcessInfo,
+            SocketCall, SocketQueues,
+        },
+    },
+    time::Time,
+};
+
+const MAX_WAITING: usize = 20;
+const MAX_EVIDENCE: usize = 10;
+const EAGAIN: i64 = -11;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SystemdConfig {
+    /// A connection waiting this long for a reply is a hang.
+    pub threshold_ms: u64,
+}
+
+impl Default for SystemdConfig {
+    fn default() -> Self {
+        Self {
+            threshold_ms: 5_000,
+        }
+    }
+}
+
+/// Which end of the conversation is stuck.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stuck {
+    /// The bus daemon does not read (or accept) what clients send.
+    BusNotReading,
+    /// systemd does not read its private socket.
+    SystemdNotReading,
+    /// The request was read, and systemd sends no reply.
+    SystemdNotReplying,
+}
+
+impl Stuck {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::BusNotReading => "bus_not_reading",
+            Self::SystemdNotReading => "systemd_not_reading",
+            Self::SystemdNotReplying => "systemd_not_replying",
+        }
+    }
+}
+
+/// Whose socket a path is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SocketKind {
+    /// systemd's own peer-to-peer socket (`/run/systemd/private`).
+    SystemdPrivate,
+    /// The system bus (dbus-daemon or dbus-broker in front of systemd).
+    SystemBus,
+}
+
+impl SocketKind {
+    pub fn of(path: &str) -> Self {
+        if path.ends_with("systemd/private") {
+            Self::SystemdPrivate
+        } else {
+            Self::SystemBus
+        }
+    }
+}
+
+/// A process waiting for systemd, as the finding lists it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Waiting {
+    pub comm: String,
+    pub pid: u32,
+    pub fd: i32,
+    pub waiting_s: f64,
+    /// Bytes sent since its last reply.
+    pub bytes_sent: u64,
+    /// Bytes it still has to send (a partial write or EAGAIN).
+    pub bytes_unsent: u64,
+    /// Its sends come back partial or EAGAIN: the peer does not read.
+    pub write_stalled: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SystemdDetail {
+    /// The socket path the waiting processes connected to.
+    pub socket: String,
+    pub socket_kind: SocketKind,
+    pub stuck: Stuck,
+    /// Why that side, in words.
+    pub stuck_detail: String,
+    /// When the oldest waiting request was sent.
+    pub since: Time,
+    pub waiting_s: f64,
+    /// Waiting processes, longest first (at most 20; `waiting_total` counts all).
+    pub waiting: Vec<Waiting>,
+    pub waiting_total: usize,
+    /// Containers being created (or handled) by the waiting processes.
+    pub containers: Vec<String>,
+    /// Bytes sent and not yet read by the server (sock_diag), or sent without
+    /// a reply when the queues are unknown.
+    pub bytes_queued: u64,
+    /// The server end (dbus-daemon, systemd) when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server: Option<Holder>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listener: Option<ListenerQueue>,
+    /// The agent's latest probes of the bus and of systemd.
+    pub probes: Vec<BusProbe>,
+}
+
+#[derive(Clone, Debug)]
+struct Conn {
+    comm: String,
+    socket: String,
+    process: Option<ProcessInfo>,
+    /// First send since the last reply.
+    pending_since: Option<Time>,
+    pending_bytes: u64,
+    /// First partial or EAGAIN send since the last complete one.
+    stalled_since: Option<Time>,
+    unsent: u64,
+}
+
+struct Active {
+    first_seen: Time,
+    last_reported: Time,
+    evidence: Vec<Evidence>,
+    finding: Finding,
+    /// Replies read on this socket since the finding started.
+    replies: u64,
+}
+
+pub struct SystemdHang {
+    cfg: EngineConfig,
+    conns: BTreeMap<(u32, i32), Conn>,
+    queues: Option<SocketQueues>,
+    /// Latest probe per (socket, target).
+    probes: BTreeMap<(String, String), BusProbe>,
+    /// Failed connects per socket (time, errno), for evidence.
+    refused: BTreeMap<String, (Time, i64, String)>,
+    active: BTreeMap<String, Active>,
+}
+
+impl Detector for SystemdHang {
+    fn observe(&mut self, obs: &Observation) -> Vec<Report> {
+        match obs {
+            Observation::SocketCall(c) => self.call(c),
+            Observation::SocketQueues(q) => self.queues = Some(q.clone()),
+            Observation::BusProbe(p) => {
+                self.probes
+                    .insert((p.socket.clone(), p.target.clone()), p.clone());
+            }
+            _ => {}
+        }
+        Vec::new()
+    }
+
+    fn tick(&mut self, now: Time) -> Vec<Report> {
+        SystemdHang::tick(self, now)
+    }
+
+    fn active(&self) -> Vec<Finding> {
+        self.active.values().map(|a| a.finding.clone()).collect()
+    }
+}
+
+fn errno_name(ret: i64) -> String {
+    match -ret {
+        2 => "ENOENT".into(),
+        11 => "EAGAIN".into(),
+        13 => "EACCES".into(),
+        104 => "ECONNRESET".into(),
+        111 => "ECONNREFUSED".into(),
+        115 => "EINPROGRESS".into(),
+        n => format!("errno {n}"),
+    }
+}
+
+impl SystemdHang {
+    pub fn new(cfg: &EngineConfig) -> Self {
+        Self {
+            cfg: cfg.clone(),
+            conns: BTreeMap::new(),
+            queues: None,
+            probes: BTreeMap::new(),
+            refused: BTreeMap::new(),
+            active: BTreeMap::new(),
+        }
+    }
+
+    fn call(&mut self, c: &SocketCall) {
+        let key = (c.pid, c.fd);
+        match c.call {
+            CallKind::Connect => {
+                if c.ret == 0 || c.ret == -115 {
+                    self.conns.insert(
+                        key,
+                        Conn {
+                            comm: c.comm.clone(),
+                            socket: c.socket.clone(),
+                            process: c.process.clone(),
+                            pending_since: None,
+                            pending_bytes: 0,
+                            stalled_since: None,
+                            unsent: 0,
+                        },
+                    );
+                } else {
+                    self.refused.insert(
+                        c.socket.clone(),
+                        (c.at, c.ret, format!("{}[{}]", c.comm, c.pid)),
+                    );
+                }
+            }
+            CallKind::Send => {
+                let Some(conn) = self.conns.get_mut(&key) else {
+                    return;
+                };
+                if c.ret > 0 {
+                    conn.pending_since.get_or_insert(c.at);
+                    conn.pending_bytes += c.ret as u64;
+                    if (c.ret as u64) < c.requested {
+                        conn.stalled_since.get_or_insert(c.at);
+                        conn.unsent = c.requested - c.ret as u64;
+                    } else {
+                        conn.stalled_since = None;
+                        conn.unsent = 0;
+                    }
+                } else if c.ret == EAGAIN {
+                    conn.pending_since.get_or_insert(c.at);
+                    conn.stalled_since.get_or_insert(c.at);
+                    conn.unsent = c.requested;
+                }
+            }
+            CallKind::Recv => {
+                let Some(conn) = self.conns.get_mut(&key) else {
+                    return;
+                };
+                if c.ret > 0 {
+                    conn.pending_since = None;
+                    conn.pending_bytes = 0;
+                    if let Some(a) = self.active.get_mut(&conn.socket) {
+                        a.replies += 1;
+                    }
+                } else if c.ret == 0 {
+                    // The server closed the connection: nothing to wait for.
+                    self.conns.remove(&key);
+                }
+            }
+            CallKind::Close => {
+                self.conns.remove(&key);
+            }
+            CallKind::ProcessGone => {
+                self.conns.retain(|(pid, _), _| *pid != c.pid);
+            }
+        }
+    }
+
+    fn tick(&mut self, now: Time) -> Vec<Report> {
+        let threshold = self.cfg.systemd.threshold_ms;
+        let mut groups: BTreeMap<String, Vec<((u32, i32), &Conn)>> = BTreeMap::new();
+        for (k, c) in &self.conns {
+            if let Some(since) = c.pending_since
+                && now.millis_since(since) >= threshold
+            {
+                groups.entry(c.socket.clone()).or_default().push((*k, c));
+            }
+        }
+        let mut out = Vec::new();
+        for (socket, conns) in &groups {
+            let since = conns
+                .iter()
+                .filter_map(|(_, c)| c.pending_since)
+                .min()
+                .unwrap_or(now);
+            let (detail, confidence) = self.detail(now, socket, conns, since);
+            match self.active.get_mut(socket) {
+                None => {
+                    let evidence = self.evidence(now, socket, conns, &detail);
+                    let finding = Self::finding(
+                        FindingStatus::Active,
+                        since,
+                        now,
+                        &evidence,
+                        detail,
+                        confidence,
+                    );
+                    out.push(Report::Finding(Box::new(finding.clone())));
+                    self.active.insert(
+                        socket.clone(),
+                        Active {
+                            first_seen: since,
+                            last_reported: now,
+                            evidence,
+                            finding,
+                            replies: 0,
+                        },
+                    );
+                }
+                Some(a) => {
+                    a.first_seen = a.first_seen.min(since);
+                    let changed = a.finding.summary != Self::summary(&detail)
+                        || a.finding.confidence != confidence;
+                    let finding = Self::finding(
+                        FindingStatus::Update,
+                        a.first_seen,
+                        now,
+                        &a.evidence,
+                        detail,
+                        confidence,
+                    );
+                    if changed && now.millis_since(a.last_reported) >= self.cfg.update_every_ms {
+                        a.last_reported = now;
+                        out.push(Report::Finding(Box::new(finding.clone())));
+                    }
+                    a.finding = finding;
+                }
+            }
+        }
+        let over: Vec<String> = self
+            .active
+            .keys()
+            .filter(|k| !groups.contains_key(*k))
+            .cloned()
+            .collect();
+        for socket in over {
+            let Some(a) = self.active.remove(&socket) else {
+                continue;
+            };
+            let mut f = a.finding;
+            let why = if a.replies > 0 {
+                format!("replies flow again on {socket} ({} read)", a.replies)
+            } else {
+                format!("no process waits on {socket} any more (closed or exited without a reply)")
+            };
+            f.status = FindingStatus::Resolved;
+            f.resolved_at = Some(now);
+            f.duration_s = Some(now.secs_since(a.first_seen));
+            f.evidence.push(Evidence {
+                at: now,
+                what: why.clone(),
+            });
+            f.summary = format!(
+                "systemd hang on {socket} is over after {:.1} s: {why}",
+                now.secs_since(a.first_seen)
+            );
+            out.push(Report::Finding(Box::new(f)));
+        }
+        out
+    }
+
+    fn queue_of(&self, pid: u32, fd: i32) -> Option<&ConnQueue> {
+        self.queues
+            .as_ref()?
+            .conns
+            .iter()
+            .find(|q| q.pid == pid && q.fd == fd)
+    }
+
+    fn detail(
+        &self,
+        now: Time,
+        socket: &str,
+        conns: &[((u32, i32), &Conn)],
+        since: Time,
+    ) -> (SystemdDetail, Confidence) {
+        let kind = SocketKind::of(socket);
+        let mut waiting: Vec<Waiting> = conns
+            .iter()
+            .map(|((pid, fd), c)| Waiting {
+                comm: c.comm.clone(),
+                pid: *pid,
+                fd: *fd,
+                waiting_s: c.pending_since.map(|t| now.secs_since(t)).unwrap_or(0.0),
+                bytes_sent: c.pending_bytes,
+                bytes_unsent: c.unsent,
+                write_stalled: c.stalled_since.is_some(),
+                container: c.process.as_ref().and_then(|p| p.container.clone()),
+                action: c.process.as_ref().and_then(|p| p.action.clone()),
+                pod: c.process.as_ref().and_then(|p| p.pod.clone()),
+                cmdline: c.process.as_ref().map(|p| p.cmdline.clone()),
+            })
+            .collect();
+        waiting.sort_by(|a, b| b.waiting_s.total_cmp(&a.waiting_s).then(a.pid.cmp(&b.pid)));
+        let waiting_total = waiting.len();
+        let containers: Vec<String> = waiting
+            .iter()
+            .filter_map(|w| w.container.clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let queues: Vec<&ConnQueue> = conns
+            .iter()
+            .filter_map(|((pid, fd), _)| self.queue_of(*pid, *fd))
+            .collect();
+        let unread: u64 = queues.iter().map(|q| q.unread_by_peer).sum();
+        let not_accepted = queues.iter().any(|q| q.peer_not_accepted);
+        let server = queues.iter().find_map(|q| q.peer.clone());
+        let listener = self
+            .queues
+            .as_ref()
+            .and_then(|q| q.listeners.iter().find(|l| l.socket == socket).cloned());
+        let stalled = waiting.iter().any(|w| w.write_stalled);
+        let probes: Vec<BusProbe> = self
+            .probes
+            .values()
+            .filter(|p| p.socket == socket)
+            .cloned()
+            .collect();
+        let probe = |target: &str| probes.iter().find(|p| p.target == target);
+        let systemd_probe = probe("org.freedesktop.systemd1");
+        let bus_probe = probe("org.freedesktop.DBus");
+        let timed_out = |p: Option<&BusProbe>| {
+            matches!(p.map(|p| &p.outcome), Some(ProbeOutcome::Timeout { .. }))
+        };
+        let answered = |p: Option<&BusProbe>| {
+            matches!(p.map(|p| &p.outcome), Some(ProbeOutcome::Answered { .. }))
+        };
+        let server_name = server
+            .as_ref()
+            .map(|h| format!("{}[{}]", h.comm, h.pid))
+            .unwrap_or_else(|| match kind {
+                SocketKind::SystemBus => "the bus daemon".into(),
+                SocketKind::SystemdPrivate => "systemd".into(),
+            });
+        let not_reading = if kind == SocketKind::SystemBus {
+            Stuck::BusNotReading
+        } else {
+            Stuck::SystemdNotReading
+        };
+        let (stuck, why, certain) = if stalled {
+            (
+                not_reading,
+                format!(
+                    "{server_name} stopped reading: sends come back partial or EAGAIN (the socket buffer is full){}",
+                    if unread > 0 {
+                        format!(", {unread} bytes unread in its queue")
+                    } else {
+                        String::new()
+                    }
+                ),
+                true,
+            )
+        } else if not_accepted || listener.as_ref().is_some_and(|l| l.pending > 0) {
+            (
+                not_reading,
+                format!(
+                    "{server_name} does not accept connections: {} waiting in the listen queue of {socket}",
+                    listener.as_ref().map(|l| l.pending).unwrap_or(1)
+                ),
+                true,
+            )
+        } else if unread > 0 {
+            (
+                not_reading,
+                format!(
+                    "{server_name} has not read the request: {unread} bytes unread in its queue"
+                ),
+                true,
+            )
+        } else if kind == SocketKind::SystemBus && timed_out(bus_probe) {
+            (
+                Stuck::BusNotReading,
+                "the bus daemon does not answer the agent's GetId either".into(),
+                true,
+            )
+        } else {
+            let probe_words = match (systemd_probe.map(|p| &p.outcome), kind) {
+                (Some(ProbeOutcome::Timeout { ms }), _) => {
+                    format!(
+                        "; systemd does not answer the agent's Ping either (no reply in {ms} ms)"
+                    )
+                }
+                (Some(ProbeOutcome::Answered { ms }), _) => format!(
+                    "; systemd answers the agent's Ping ({ms} ms) but not this request (a call that never completes)"
+                ),
+                _ => String::new(),
+            };
+            let bus_words = if kind == SocketKind::SystemBus && answered(bus_probe) {
+                "; the bus itself answers"
+            } else {
+                ""
+            };
+            (
+                Stuck::SystemdNotReplying,
+                format!(
+                    "the request was read{} and no reply came{probe_words}{bus_words}",
+                    if queues.is_empty() {
+                        " (queues unknown)"
+                    } else {
+                        " (nothing left unread)"
+                    }
+                ),
+                !queues.is_empty() || systemd_probe.is_some(),
+            )
+        };
+        let bytes_queued = if queues.is_empty() {
+            waiting.iter().map(|w| w.bytes_sent + w.bytes_unsent).sum()
+        } else {
+            unread + waiting.iter().map(|w| w.bytes_unsent).sum::<u64>()
+        };
+        waiting.truncate(MAX_WAITING);
+        (
+            SystemdDetail {
+                socket: socket.to_owned(),
+                socket_kind: kind,
+                stuck,
+                stuck_detail: why,
+                since,
+                waiting_s: now.secs_since(since),
+                waiting,
+                waiting_total,
+                containers,
+                bytes_queued,
+                server,
+                listener,
+                probes,
+            },
+            if certain {
+                Confidence::Certain
+            } else {
+                Confidence::Likely
+            },
+        )
+    }
+
+    fn evidence(
+        &self,
+        now: Time,
+        socket: &str,
+        conns: &[((u32, i32), &Conn)],
+        d: &SystemdDetail,
+    ) -> Vec<Evidence> {
+        let mut ev = Vec::new();
+        if let Some((at, ret, who)) = self.refused.get(socket) {
+            ev.push(Evidence {
+                at: *at,
+                what: format!("{who} could not connect to {socket}: {}", errno_name(*ret)),
+            });
+        }
+        for ((pid, fd), c) in conns.iter().take(4) {
+            let Some(since) = c.pending_since else {
+                continue;
+            };
+            ev.push(Evidence {
+                at: since,
+                what: format!(
+                    "{}[{pid}] fd {fd} sent {} bytes to {socket} and read nothing back{}",
+                    c.comm,
+                    c.pending_bytes,
+                    c.stalled_since
+                        .map(|t| format!(
+                            "; its writes stall (partial/EAGAIN, {} bytes unsent) since {}",
+                            c.unsent,
+                            t.rfc3339()
+                        ))
+                        .unwrap_or_default()
+                ),
+            });
+        }
+        ev.push(Evidence {
+            at: now,
+            what: format!("{}: {}", d.stuck.name(), d.stuck_detail),
+        });
+        for p in &d.probes {
+            ev.push(Evidence {
+                at: p.at,
+                what: format!(
+                    "probe of {} on {}: {}",
+                    p.target,
+                    p.socket,
+                    match &p.outcome {
+                        ProbeOutcome::Answered { ms } => format!("answered in {ms} ms"),
+                        ProbeOutcome::Timeout { ms } => format!("no answer in {ms} ms"),
+                        ProbeOutcome::Failed { error } => format!("failed: {error}"),
+                    }
+                ),
+            });
+        }
+        ev.truncate(MAX_EVIDENCE);
+        ev
+    }
+
+    fn summary(d: &SystemdDetail) -> String {
+        let who = d
+            .waiting
+            .first()
+            .map(|w| {
+                format!(
+                    "{}[{}]{}",
+                    w.comm,
+                    w.pid,
+                    w.container
+                        .as_deref()
+                        .map(|c| format!(
+                            " ({} container {})",
+                            w.action.as_deref().unwrap_or("handling"),
+                            &c[..c.len().min(12)]
+                        ))
+                        .unwrap_or_default()
+                )
+            })
+            .unwrap_or_default();
+        let more = if d.waiting_total > 1 {
+            format!(" and {} more", d.waiting_total - 1)
+        } else {
+            String::new()
+        };
+        let side = match d.stuck {
+            Stuck::BusNotReading => "the bus is not reading",
+            Stuck::SystemdNotReading => "systemd is not reading",
+            Stuck::SystemdNotReplying => "systemd is not replying",
+        };
+        format!(
+            "{who}{more} waiting {:.0} s for systemd on {}: {side}",
+            d.waiting_s, d.socket
+        )
+    }
+
+    fn remedy(d: &SystemdDetail) -> String {
+        match d.stuck {
+            Stuck::BusNotReading => format!(
+                "The system bus daemon{} is not serving {}: check whether it is stopped or \
+                 overloaded (its /proc status and stack), and restart it; runtimes then \
+                 reconnect. If systemd itself does not answer afterwards, re-execute systemd \
+                 (below).",
+                d.server
+                    .as_ref()
+                    .map(|h| format!(" ({}[{}])", h.comm, h.pid))
+                    .unwrap_or_default(),
+                d.socket
+            ),
+            Stuck::SystemdNotReading | Stuck::SystemdNotReplying => format!(
+                "systemd is not serving D-Bus (on {}); restarting dbus-daemon does not help. \
+                 Re-execute systemd: `systemctl daemon-reexec` needs D-Bus and may hang too, \
+                 `kill -TERM 1` makes systemd (PID 1) re-execute itself without D-Bus. The \
+                 known case is the sd-bus cookie overflow fixed in systemd PR #11818 (v242): \
+                 upgrade systemd. Waiting runc processes then finish or time out, and \
+                 kubelet's PLEG recovers.",
+                d.socket
+            ),
+        }
+    }
+
+    fn finding(
+        status: FindingStatus,
+        first_seen: Time,
+        now: Time,
+        evidence: &[Evidence],
+        detail: SystemdDetail,
+        confidence: Confidence,
+    ) -> Finding {
+        Finding {
+            cause: Cause::SystemdHang,
+            status,
+            id: format!("systemd_hang:{}", detail.socket),
+            summary: Self::summary(&detail),
+            confidence,
+            first_seen,
+            last_seen: now,
+            resolved_at: None,
+            duration_s: None,
+            evidence: evidence.to_vec(),
+            timeline: Vec::new(),
+            concurrent: Vec::new(),
+            pleg: None,
+            remedy: Self::remedy(&detail),
+            detail: Detail::Systemd(detail),
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "systemd_hang_tests.rs"]
+mod tests;

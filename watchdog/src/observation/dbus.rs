@@ -1,0 +1,125 @@
+//! Observations of D-Bus/systemd sockets: the calls of runtime processes on
+//! their connections (kernel probe), the socket queues (sock_diag) and the
+//! agent's own probes of the bus and of systemd.
+use serde::{Deserialize, Serialize};
+
+use crate::time::Time;
+
+/// The syscall of a [`SocketCall`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallKind {
+    Connect,
+    Send,
+    Recv,
+    Close,
+    /// The process exec'd or exited: all its connections are gone.
+    ProcessGone,
+}
+
+/// One call of a watched process on a connection to a followed socket.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SocketCall {
+    pub at: Time,
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub fd: i32,
+    pub call: CallKind,
+    /// The syscall's name (write, sendmsg, recvmsg...).
+    pub syscall: String,
+    /// Bytes, 0, or a negative errno (-11 = EAGAIN).
+    pub ret: i64,
+    /// Bytes asked to send, or room to receive.
+    #[serde(default)]
+    pub requested: u64,
+    /// The socket path of the connection.
+    pub socket: String,
+    /// Who connected (connect only): what it was doing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<ProcessInfo>,
+}
+
+/// What a connecting process is, read once at its connect.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessInfo {
+    /// The command line, shortened.
+    pub cmdline: String,
+    /// The container it is creating/handling (runc/crun's container id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// runc's subcommand (create, run, start, delete...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// Pod from the bundle's annotations (namespace/name), when there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+}
+
+/// Queues of tracked connections and of the followed sockets' listeners,
+/// from sock_diag (taken while some connection waits for a reply).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SocketQueues {
+    pub at: Time,
+    pub conns: Vec<ConnQueue>,
+    pub listeners: Vec<ListenerQueue>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnQueue {
+    pub pid: u32,
+    pub fd: i32,
+    pub inode: u64,
+    /// Bytes this end has sent that the peer has not read yet.
+    pub unread_by_peer: u64,
+    /// Bytes queued for this end that it has not read.
+    pub unread_here: u64,
+    /// The server's end: its inode, and who holds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_inode: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<Holder>,
+    /// The server has not accept()ed this connection yet.
+    #[serde(default)]
+    pub peer_not_accepted: bool,
+}
+
+/// A process holding a socket.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    pub pid: u32,
+    pub comm: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListenerQueue {
+    pub socket: String,
+    pub inode: u64,
+    /// Connections waiting for accept().
+    pub pending: u64,
+    pub backlog: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<Holder>,
+}
+
+/// What the agent's own D-Bus probe got.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum ProbeOutcome {
+    Answered { ms: u64 },
+    Timeout { ms: u64 },
+    Failed { error: String },
+}
+
+/// One active probe: `Ping` of systemd (through the bus, or on its private
+/// socket), or `GetId` of the bus itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BusProbe {
+    pub at: Time,
+    /// The socket path probed.
+    pub socket: String,
+    /// `org.freedesktop.systemd1` or `org.freedesktop.DBus` (the bus daemon).
+    pub target: String,
+    #[serde(flatten)]
+    pub outcome: ProbeOutcome,
+}
