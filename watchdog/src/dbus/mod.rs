@@ -343,9 +343,10 @@ impl DbusTracker {
                 pid: *pid,
                 fd: *fd,
                 inode,
-                unread_by_peer: peer
-                    .and_then(|p| p.rqlen)
-                    .map(|r| u64::from(r.0))
+                unread_by_peer: peer.and_then(|p| p.rqlen).map(|r| u64::from(r.0)),
+                send_queue: me
+                    .and_then(|s| s.rqlen)
+                    .map(|r| u64::from(r.1))
                     .unwrap_or(0),
                 unread_here: me
                     .and_then(|s| s.rqlen)
@@ -353,17 +354,38 @@ impl DbusTracker {
                     .unwrap_or(0),
                 peer_inode,
                 peer: None,
-                peer_not_accepted: false,
+                // The server's end appears in sock_diag once accept()ed.
+                peer_not_accepted: peer_inode.is_some() && peer.is_none(),
             });
         }
-        let sockets: HashSet<&String> = suspects.iter().map(|(_, s)| s).collect();
+        // A listener by the path the clients used, or by where it leads
+        // (/var/run -> /run), or by the path its accepted ends carry.
+        let mut names: HashMap<String, String> = HashMap::new();
+        for (_, s) in &suspects {
+            names.insert(s.clone(), s.clone());
+            if let Some(real) = canonical_socket_path(s) {
+                names.insert(real, s.clone());
+            }
+        }
+        for c in &conns {
+            if let Some(n) = c
+                .peer_inode
+                .and_then(|p| by_inode.get(&p))
+                .and_then(|p| p.name.clone())
+                && let Some(s) = suspects
+                    .iter()
+                    .find(|((pid, fd), _)| (*pid, *fd) == (c.pid, c.fd))
+            {
+                names.insert(n, s.1.clone());
+            }
+        }
         let mut listeners: Vec<ListenerQueue> = all
             .iter()
-            .filter(|s| s.listening() && s.name.as_ref().is_some_and(|n| sockets.contains(n)))
+            .filter(|s| s.listening() && s.name.as_ref().is_some_and(|n| names.contains_key(n)))
             .map(|s| {
                 want.insert(s.inode);
                 ListenerQueue {
-                    socket: s.name.clone().unwrap_or_default(),
+                    socket: names[s.name.as_ref().expect("filtered")].clone(),
                     inode: s.inode,
                     pending: s.rqlen.map(|r| u64::from(r.0)).unwrap_or(0),
                     backlog: s.rqlen.map(|r| u64::from(r.1)).unwrap_or(0),
@@ -381,8 +403,6 @@ impl DbusTracker {
         }
         for c in &mut conns {
             c.peer = c.peer_inode.and_then(|p| self.holders.get(&p).cloned());
-            // Held by no process: still in the listener's accept queue.
-            c.peer_not_accepted = c.peer_inode.is_some() && c.peer.is_none();
         }
         for l in &mut listeners {
             l.holder = self.holders.get(&l.inode).cloned();
@@ -464,6 +484,16 @@ impl DbusTracker {
             }
         }
     }
+}
+
+/// The path with its directory's symlinks resolved (`/var/run/dbus/x` ->
+/// `/run/dbus/x`); only the directory is resolved, the socket itself is
+/// not touched.
+fn canonical_socket_path(path: &str) -> Option<String> {
+    let p = Path::new(path);
+    let dir = fs::canonicalize(p.parent()?).ok()?;
+    let real = dir.join(p.file_name()?).to_string_lossy().into_owned();
+    (real != path).then_some(real)
 }
 
 /// `socket:[123]` -> 123.

@@ -224,15 +224,28 @@ mod tests {
             .unwrap()
             .ino();
         let client = all.iter().find(|s| s.inode == ino).expect("client");
-        let peer = all
-            .iter()
-            .find(|s| Some(s.inode) == client.peer)
-            .expect("the not-yet-accepted server end is in the dump");
+        assert!(client.peer.is_some(), "{client:?}");
+        // The server end is not in the dump before accept(): the client's
+        // own send-side memory shows the unread bytes.
+        assert!(!all.iter().any(|s| Some(s.inode) == client.peer));
+        assert!(client.rqlen.is_some_and(|r| r.1 > 0), "{client:?}");
+        let (server, _) = l.accept().unwrap();
+        let all = dump().unwrap();
+        let sino = std::fs::metadata(format!("/proc/self/fd/{}", server.as_raw_fd()))
+            .unwrap()
+            .ino();
+        let peer = all.iter().find(|s| s.inode == sino).expect("accepted end");
         assert_eq!(
             peer.rqlen.map(|r| r.0),
             Some(5),
             "5 bytes unread by the server"
         );
+        assert_eq!(
+            peer.name.as_deref(),
+            path.to_str(),
+            "accepted ends carry the path"
+        );
+        assert_eq!(peer.peer, Some(ino));
         drop(l);
         let _ = std::fs::remove_dir_all(&dir);
     }

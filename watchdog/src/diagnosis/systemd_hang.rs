@@ -170,8 +170,10 @@ pub struct SystemdHang {
     queues: Option<SocketQueues>,
     /// Latest probe per (socket, target).
     probes: BTreeMap<(String, String), BusProbe>,
-    /// Failed connects per socket (time, errno), for evidence.
-    refused: BTreeMap<String, (Time, i64, String)>,
+    /// Failed connects to a followed socket per process (time, socket,
+    /// errno), for evidence (runc falls back from the bus to the private
+    /// socket).
+    refused: BTreeMap<u32, Vec<(Time, String, i64)>>,
     active: BTreeMap<String, Active>,
 }
 
@@ -240,10 +242,10 @@ impl SystemdHang {
                         },
                     );
                 } else {
-                    self.refused.insert(
-                        c.socket.clone(),
-                        (c.at, c.ret, format!("{}[{}]", c.comm, c.pid)),
-                    );
+                    let v = self.refused.entry(c.pid).or_default();
+                    if v.len() < 4 {
+                        v.push((c.at, c.socket.clone(), c.ret));
+                    }
                 }
             }
             CallKind::Send => {
@@ -286,6 +288,7 @@ impl SystemdHang {
             }
             CallKind::ProcessGone => {
                 self.conns.retain(|(pid, _), _| *pid != c.pid);
+                self.refused.remove(&c.pid);
             }
         }
     }
@@ -427,7 +430,7 @@ impl SystemdHang {
             .iter()
             .filter_map(|((pid, fd), _)| self.queue_of(*pid, *fd))
             .collect();
-        let unread: u64 = queues.iter().map(|q| q.unread_by_peer).sum();
+        let unread: u64 = queues.iter().filter_map(|q| q.unread_by_peer).sum();
         let not_accepted = queues.iter().any(|q| q.peer_not_accepted);
         let server = queues.iter().find_map(|q| q.peer.clone());
         let listener = self
@@ -528,11 +531,18 @@ impl SystemdHang {
                 !queues.is_empty() || systemd_probe.is_some(),
             )
         };
-        let bytes_queued = if queues.is_empty() {
-            waiting.iter().map(|w| w.bytes_sent + w.bytes_unsent).sum()
-        } else {
-            unread + waiting.iter().map(|w| w.bytes_unsent).sum::<u64>()
-        };
+        // Per waiting connection: what the server has not read (sock_diag),
+        // or, when its end is not visible, what was sent without a reply;
+        // plus what the client could not even send.
+        let bytes_queued = waiting
+            .iter()
+            .map(|w| {
+                self.queue_of(w.pid, w.fd)
+                    .and_then(|q| q.unread_by_peer)
+                    .unwrap_or(w.bytes_sent)
+                    + w.bytes_unsent
+            })
+            .sum();
         waiting.truncate(MAX_WAITING);
         (
             SystemdDetail {
@@ -566,11 +576,22 @@ impl SystemdHang {
         d: &SystemdDetail,
     ) -> Vec<Evidence> {
         let mut ev = Vec::new();
-        if let Some((at, ret, who)) = self.refused.get(socket) {
-            ev.push(Evidence {
-                at: *at,
-                what: format!("{who} could not connect to {socket}: {}", errno_name(*ret)),
-            });
+        for ((pid, _), c) in conns.iter().take(4) {
+            for (at, other, ret) in self.refused.get(pid).into_iter().flatten() {
+                ev.push(Evidence {
+                    at: *at,
+                    what: format!(
+                        "{}[{pid}] could not connect to {other}: {}{}",
+                        c.comm,
+                        errno_name(*ret),
+                        if other != socket {
+                            format!(" (then used {socket})")
+                        } else {
+                            String::new()
+                        }
+                    ),
+                });
+            }
         }
         for ((pid, fd), c) in conns.iter().take(4) {
             let Some(since) = c.pending_since else {

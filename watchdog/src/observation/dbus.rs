@@ -70,8 +70,13 @@ pub struct ConnQueue {
     pub pid: u32,
     pub fd: i32,
     pub inode: u64,
-    /// Bytes this end has sent that the peer has not read yet.
-    pub unread_by_peer: u64,
+    /// Bytes this end has sent that the server has not read yet; None when
+    /// the server's end is not visible (not accept()ed yet).
+    pub unread_by_peer: Option<u64>,
+    /// Kernel memory of this end's sent data not yet consumed (bytes plus
+    /// buffer overhead): above 0 while the server has not read everything.
+    #[serde(default)]
+    pub send_queue: u64,
     /// Bytes queued for this end that it has not read.
     pub unread_here: u64,
     /// The server's end: its inode, and who holds it.
