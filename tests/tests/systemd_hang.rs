@@ -29,23 +29,20 @@ fn start_agent(ns: &PrivateNs, name: &str) -> Run {
     let record =
         std::env::temp_dir().join(format!("wd-systemd-{name}-{}.jsonl", std::process::id()));
     let mut args = ns.launcher_args();
-    args.extend(
-        [
-            agent_bin().display().to_string(),
-            "trace".into(),
-            "--json".into(),
-            "--no-pleg".into(),
-            "--fork-probe".into(),
-            "off".into(),
-            "--poll-interval".into(),
-            "250ms".into(),
-            "--systemd-threshold".into(),
-            format!("{}s", THRESHOLD.as_secs()),
-            "--record".into(),
-            record.display().to_string(),
-        ]
-        .into_iter(),
-    );
+    args.extend([
+        agent_bin().display().to_string(),
+        "trace".into(),
+        "--json".into(),
+        "--no-pleg".into(),
+        "--fork-probe".into(),
+        "off".into(),
+        "--poll-interval".into(),
+        "250ms".into(),
+        "--systemd-threshold".into(),
+        format!("{}s", THRESHOLD.as_secs()),
+        "--record".into(),
+        record.display().to_string(),
+    ]);
     let agent = Agent::start_with(Path::new(NSENTER), &args, Duration::from_secs(30));
     Run { agent, record }
 }

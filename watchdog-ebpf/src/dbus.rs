@@ -110,7 +110,7 @@ pub(crate) fn on_sys_exit(ctx: &RawTracePointContext, pid_tgid: u64) {
         return;
     }
     let k = key(tgid, fd);
-    let Some(conn) = SOCK_CONNS.get_ptr(&k) else {
+    let Some(conn) = SOCK_CONNS.get_ptr(k) else {
         return;
     };
     // SAFETY: map value pointer, read at once.
@@ -129,7 +129,7 @@ pub(crate) fn on_sys_exit(ctx: &RawTracePointContext, pid_tgid: u64) {
             )
         }
         SockCall::Close => {
-            let _ = SOCK_CONNS.remove(&k);
+            let _ = SOCK_CONNS.remove(k);
             0
         }
         _ => 0,
@@ -161,7 +161,7 @@ fn connect(pid_tgid: u64, fd: i32, ret: i64, addr: u64, len: u64) {
     let tgid = (pid_tgid >> 32) as u32;
     if ret == 0 || ret == -EINPROGRESS {
         let conn = SockConn { slot, _pad: 0 };
-        if SOCK_CONNS.insert(&key(tgid, fd), &conn, 0).is_err() {
+        if SOCK_CONNS.insert(key(tgid, fd), conn, 0).is_err() {
             crate::count_drop_slot(DROP_SOCK_CONNS);
         }
         crate::storage::mark_has_conn(tgid);
@@ -235,9 +235,7 @@ fn emit(
         (*e).comm = bpf_get_current_comm().unwrap_or([0u8; COMM_LEN]);
         match addr {
             Some(a) => {
-                for i in 0..SOCK_PATH_LEN {
-                    (*e).path[i] = a[i + 2];
-                }
+                (*e).path.copy_from_slice(&a[2..SOCK_PATH_LEN + 2]);
             }
             None => {
                 for i in 0..SOCK_PATH_LEN {
@@ -256,7 +254,7 @@ fn emit(
 pub(crate) fn forget_process(pid_tgid: u64) {
     let tgid = (pid_tgid >> 32) as u32;
     for fd in 0..SOCK_FD_SCAN {
-        let _ = SOCK_CONNS.remove(&key(tgid, fd as i32));
+        let _ = SOCK_CONNS.remove(key(tgid, fd as i32));
     }
     emit(pid_tgid, -1, SockCall::ProcessGone, 0, 0, 0, None);
 }

@@ -26,6 +26,13 @@
 //! hang_threshold = "10s"          # still blocked after this long is a hang
 //! watch_comm = ["kubelet", "dockerd", "containerd", "containerd-shim*", "runc", "crun", "crio", "conmon"]
 //!
+//! [systemd]                       # systemd/D-Bus hangs (needs [storage] enabled)
+//! enabled = true
+//! threshold = "5s"                # a request without reply this long is a hang
+//! sockets = ["/run/systemd/private", "/run/dbus/system_bus_socket", "/var/run/dbus/system_bus_socket"]
+//! probe = true                    # the agent's own Ping/GetId while a request waits
+//! probe_timeout = "2s"
+//!
 //! [pleg]                          # kubelet's PLEG signals and the agent's own relist
 //! enabled = true
 //! kubelet_metrics_url = "https://127.0.0.1:10250/metrics"   # "off" disables
@@ -67,8 +74,49 @@ pub struct Config {
     pub probes: ProbesSection,
     pub metrics: MetricsSection,
     pub storage: StorageSection,
+    pub systemd: SystemdSection,
     pub pleg: PlegSection,
     pub kubernetes: KubernetesSection,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SystemdSection {
+    pub enabled: bool,
+    #[serde(deserialize_with = "duration")]
+    pub threshold: Duration,
+    /// Socket paths of systemd and the system bus (default: the usual ones
+    /// and $DBUS_SYSTEM_BUS_ADDRESS).
+    pub sockets: Vec<String>,
+    pub probe: bool,
+    #[serde(deserialize_with = "duration")]
+    pub probe_timeout: Duration,
+}
+
+impl Default for SystemdSection {
+    fn default() -> Self {
+        let d = crate::dbus::DbusOptions::default();
+        Self {
+            enabled: true,
+            threshold: Duration::from_millis(
+                crate::diagnosis::systemd_hang::SystemdConfig::default().threshold_ms,
+            ),
+            sockets: d.sockets,
+            probe: d.probe,
+            probe_timeout: d.probe_timeout,
+        }
+    }
+}
+
+impl SystemdSection {
+    pub fn options(&self) -> Option<crate::dbus::DbusOptions> {
+        self.enabled.then(|| crate::dbus::DbusOptions {
+            sockets: self.sockets.clone(),
+            probe: self.probe,
+            probe_timeout: self.probe_timeout,
+            suspect_after_ms: (self.threshold.as_millis() as u64 / 2).max(100),
+        })
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -223,6 +271,7 @@ impl Default for Config {
             probes: ProbesSection::default(),
             metrics: MetricsSection::default(),
             storage: StorageSection::default(),
+            systemd: SystemdSection::default(),
             pleg: PlegSection::default(),
             kubernetes: KubernetesSection::default(),
         }
@@ -357,6 +406,21 @@ impl Config {
                 &e.to_string(),
             )
         })?;
+        if self.systemd.threshold < Duration::from_millis(100) {
+            return Err(bad(
+                "systemd.threshold",
+                format!("{:?}", self.systemd.threshold),
+                "must be at least 100ms",
+            ));
+        }
+        positive("systemd.probe_timeout", self.systemd.probe_timeout)?;
+        crate::dbus::validate_sockets(&self.systemd.sockets).map_err(|e| {
+            bad(
+                "systemd.sockets",
+                format!("{:?}", self.systemd.sockets),
+                &e.to_string(),
+            )
+        })?;
         positive("pleg.relist_interval", self.pleg.relist_interval)?;
         positive("pleg.runtime_call_timeout", self.pleg.runtime_call_timeout)?;
         positive(
@@ -428,6 +492,9 @@ impl Config {
             update_every_ms: self.engine.update_every.as_millis() as u64,
             warn_percent: self.engine.warn_percent,
             warn_clear_percent: (self.engine.warn_percent - 5.0).max(0.0),
+            systemd: crate::diagnosis::systemd_hang::SystemdConfig {
+                threshold_ms: self.systemd.threshold.as_millis() as u64,
+            },
             ..EngineConfig::default()
         }
     }
@@ -484,6 +551,16 @@ mod tests {
         assert!(e.contains("/etc/watchdog.toml"), "{e}");
         let e = parse("poll_interval = 5\n").unwrap_err();
         assert!(e.contains("poll_interval"), "{e}");
+        let e = parse("[systemd]\nsockets = [\"run/dbus/bus\"]\n").unwrap_err();
+        assert!(
+            e.contains("systemd.sockets") && e.contains("absolute"),
+            "{e}"
+        );
+        let e = parse("[systemd]\nthreshold = \"10ms\"\n").unwrap_err();
+        assert!(
+            e.contains("systemd.threshold") && e.contains("at least 100ms"),
+            "{e}"
+        );
         let e = parse("[kubernetes]\nenabled = \"yes\"\n").unwrap_err();
         assert!(
             e.contains("enabled") && e.contains("expected true, false or \"auto\""),

@@ -133,6 +133,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     });
     let mut opts = TraceOptions {
         storage,
+        dbus: cfg.systemd.options(),
         pleg_sources,
         duration: a.duration,
         poll_interval: cfg.poll_interval,

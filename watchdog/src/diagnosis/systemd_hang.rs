@@ -155,6 +155,9 @@ struct Conn {
     unsent: u64,
 }
 
+/// A connection with its (pid, fd).
+type ConnRef<'a> = ((u32, i32), &'a Conn);
+
 struct Active {
     first_seen: Time,
     last_reported: Time,
@@ -295,7 +298,7 @@ impl SystemdHang {
 
     fn tick(&mut self, now: Time) -> Vec<Report> {
         let threshold = self.cfg.systemd.threshold_ms;
-        let mut groups: BTreeMap<String, Vec<((u32, i32), &Conn)>> = BTreeMap::new();
+        let mut groups: BTreeMap<String, Vec<ConnRef<'_>>> = BTreeMap::new();
         for (k, c) in &self.conns {
             if let Some(since) = c.pending_since
                 && now.millis_since(since) >= threshold
@@ -398,7 +401,7 @@ impl SystemdHang {
         &self,
         now: Time,
         socket: &str,
-        conns: &[((u32, i32), &Conn)],
+        conns: &[ConnRef<'_>],
         since: Time,
     ) -> (SystemdDetail, Confidence) {
         let kind = SocketKind::of(socket);
@@ -572,7 +575,7 @@ impl SystemdHang {
         &self,
         now: Time,
         socket: &str,
-        conns: &[((u32, i32), &Conn)],
+        conns: &[ConnRef<'_>],
         d: &SystemdDetail,
     ) -> Vec<Evidence> {
         let mut ev = Vec::new();

@@ -1,1 +1,297 @@
+use super::*;
+use crate::observation::dbus::{CallKind, ConnQueue, Holder, ListenerQueue, SocketQueues};
 
+const T0: Time = Time(1_785_000_000_000);
+const BUS: &str = "/var/run/dbus/system_bus_socket";
+const PRIVATE: &str = "/run/systemd/private";
+
+fn at(ms: u64) -> Time {
+    T0.plus_millis(ms)
+}
+
+fn call(ms: u64, pid: u32, call: CallKind, ret: i64, requested: u64, socket: &str) -> Observation {
+    Observation::SocketCall(SocketCall {
+        at: at(ms),
+        pid,
+        tid: pid,
+        comm: "runc".into(),
+        fd: 7,
+        call,
+        syscall: "write".into(),
+        ret,
+        requested,
+        socket: socket.into(),
+        process: (call == CallKind::Connect).then(|| ProcessInfo {
+            cmdline: "runc --systemd-cgroup create --bundle /run/b c1".into(),
+            container: Some("c1".into()),
+            action: Some("create".into()),
+            pod: Some("default/web-0".into()),
+        }),
+    })
+}
+
+fn engine() -> SystemdHang {
+    SystemdHang::new(&EngineConfig::default())
+}
+
+fn feed(d: &mut SystemdHang, obs: &[Observation]) {
+    for o in obs {
+        assert!(Detector::observe(d, o).is_empty());
+    }
+}
+
+fn findings(r: Vec<Report>) -> Vec<Finding> {
+    r.into_iter()
+        .filter_map(|r| match r {
+            Report::Finding(f) => Some(*f),
+            _ => None,
+        })
+        .collect()
+}
+
+fn detail(f: &Finding) -> &SystemdDetail {
+    match &f.detail {
+        Detail::Systemd(d) => d,
+        other => panic!("not a systemd detail: {other:?}"),
+    }
+}
+
+#[test]
+fn a_request_without_reply_past_the_threshold_is_a_hang_and_resolves_on_reply() {
+    let mut d = engine();
+    feed(
+        &mut d,
+        &[
+            call(0, 42, CallKind::Connect, 0, 0, BUS),
+            call(1, 42, CallKind::Send, 128, 128, BUS),
+            call(2, 42, CallKind::Recv, 61, 4096, BUS),
+            call(10, 42, CallKind::Send, 576, 576, BUS),
+            call(11, 42, CallKind::Recv, -11, 4096, BUS),
+        ],
+    );
+    assert!(
+        findings(d.tick(at(4_000))).is_empty(),
+        "below the threshold"
+    );
+    let f = findings(d.tick(at(5_010)));
+    assert_eq!(f.len(), 1);
+    let f = &f[0];
+    assert_eq!(f.status, FindingStatus::Active);
+    assert_eq!(f.id, format!("systemd_hang:{BUS}"));
+    assert_eq!(f.confidence, Confidence::Likely, "no queue or probe yet");
+    let dt = detail(f);
+    assert_eq!(dt.stuck, Stuck::SystemdNotReplying);
+    assert_eq!(dt.socket_kind, SocketKind::SystemBus);
+    assert_eq!(dt.since, at(10));
+    assert_eq!(dt.waiting[0].pid, 42);
+    assert_eq!(dt.waiting[0].bytes_sent, 576);
+    assert_eq!(dt.containers, vec!["c1".to_owned()]);
+    assert_eq!(dt.waiting[0].pod.as_deref(), Some("default/web-0"));
+    assert_eq!(dt.bytes_queued, 576);
+    assert!(
+        f.summary.contains("runc[42] (create container c1)"),
+        "{}",
+        f.summary
+    );
+    assert!(f.remedy.contains("kill -TERM 1"));
+    // Reply: resolves.
+    feed(&mut d, &[call(6_000, 42, CallKind::Recv, 200, 4096, BUS)]);
+    let r = findings(d.tick(at(6_100)));
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].status, FindingStatus::Resolved);
+    assert!(
+        r[0].summary.contains("replies flow again"),
+        "{}",
+        r[0].summary
+    );
+    assert!(d.active().is_empty());
+}
+
+#[test]
+fn answered_requests_and_idle_connections_give_nothing() {
+    let mut d = engine();
+    feed(
+        &mut d,
+        &[
+            call(0, 42, CallKind::Connect, 0, 0, BUS),
+            call(1, 42, CallKind::Send, 128, 128, BUS),
+            call(3, 42, CallKind::Recv, 64, 4096, BUS),
+            call(4, 42, CallKind::Recv, -11, 4096, BUS),
+        ],
+    );
+    assert!(findings(d.tick(at(60_000))).is_empty());
+    // Sends on a connection the agent never saw open are ignored.
+    feed(&mut d, &[call(61_000, 43, CallKind::Send, 10, 10, BUS)]);
+    assert!(findings(d.tick(at(90_000))).is_empty());
+}
+
+#[test]
+fn partial_write_then_eagain_on_the_private_socket_is_systemd_not_reading() {
+    let mut d = engine();
+    feed(
+        &mut d,
+        &[
+            call(0, 7, CallKind::Connect, -2, 0, BUS),
+            call(1, 7, CallKind::Connect, 0, 0, PRIVATE),
+            call(2, 7, CallKind::Send, 219_264, 300_600, PRIVATE),
+            call(3, 7, CallKind::Send, -11, 81_336, PRIVATE),
+            Observation::SocketQueues(SocketQueues {
+                at: at(2_500),
+                conns: vec![ConnQueue {
+                    pid: 7,
+                    fd: 7,
+                    inode: 100,
+                    unread_by_peer: Some(150_000),
+                    send_queue: 200_000,
+                    unread_here: 0,
+                    peer_inode: Some(101),
+                    peer: Some(Holder {
+                        pid: 1,
+                        comm: "systemd".into(),
+                    }),
+                    peer_not_accepted: false,
+                }],
+                listeners: vec![],
+            }),
+        ],
+    );
+    let f = findings(d.tick(at(5_100)));
+    assert_eq!(f.len(), 1);
+    let dt = detail(&f[0]);
+    assert_eq!(f[0].confidence, Confidence::Certain);
+    assert_eq!(dt.stuck, Stuck::SystemdNotReading);
+    assert_eq!(dt.socket_kind, SocketKind::SystemdPrivate);
+    assert!(dt.waiting[0].write_stalled);
+    assert_eq!(dt.waiting[0].bytes_unsent, 81_336);
+    assert_eq!(dt.bytes_queued, 150_000 + 81_336);
+    assert_eq!(dt.server.as_ref().map(|h| h.pid), Some(1));
+    assert!(
+        dt.stuck_detail.contains("systemd[1] stopped reading"),
+        "{}",
+        dt.stuck_detail
+    );
+    let ev: Vec<&str> = f[0].evidence.iter().map(|e| e.what.as_str()).collect();
+    assert!(
+        ev.iter().any(|e| e.contains("could not connect to /var/run/dbus/system_bus_socket: ENOENT (then used /run/systemd/private)")),
+        "{ev:?}"
+    );
+    // The process exits without a reply: resolved, and says so.
+    feed(&mut d, &[call(6_000, 7, CallKind::ProcessGone, 0, 0, "")]);
+    let r = findings(d.tick(at(6_100)));
+    assert_eq!(r[0].status, FindingStatus::Resolved);
+    assert!(
+        r[0].summary.contains("no process waits"),
+        "{}",
+        r[0].summary
+    );
+}
+
+#[test]
+fn a_connection_the_bus_never_accepted_is_the_bus_not_reading() {
+    let mut d = engine();
+    feed(
+        &mut d,
+        &[
+            call(0, 9, CallKind::Connect, 0, 0, BUS),
+            call(1, 9, CallKind::Send, 1, 1, BUS),
+            call(2, 9, CallKind::Send, 6, 6, BUS),
+            Observation::SocketQueues(SocketQueues {
+                at: at(3_000),
+                conns: vec![ConnQueue {
+                    pid: 9,
+                    fd: 7,
+                    inode: 100,
+                    unread_by_peer: None,
+                    send_queue: 1_536,
+                    unread_here: 0,
+                    peer_inode: Some(101),
+                    peer: None,
+                    peer_not_accepted: true,
+                }],
+                listeners: vec![ListenerQueue {
+                    socket: BUS.into(),
+                    inode: 5,
+                    pending: 1,
+                    backlog: 4096,
+                    holder: Some(Holder {
+                        pid: 77,
+                        comm: "dbus-daemon".into(),
+                    }),
+                }],
+            }),
+        ],
+    );
+    let f = findings(d.tick(at(5_100)));
+    let dt = detail(&f[0]);
+    assert_eq!(dt.stuck, Stuck::BusNotReading);
+    assert_eq!(dt.bytes_queued, 7);
+    assert!(
+        dt.stuck_detail.contains("does not accept connections"),
+        "{}",
+        dt.stuck_detail
+    );
+    assert!(f[0].remedy.contains("bus daemon"));
+}
+
+#[test]
+fn probes_tell_a_silent_systemd_from_a_stuck_call() {
+    let run = |outcome: ProbeOutcome| {
+        let mut d = engine();
+        feed(
+            &mut d,
+            &[
+                call(0, 9, CallKind::Connect, 0, 0, BUS),
+                call(1, 9, CallKind::Send, 500, 500, BUS),
+                Observation::BusProbe(BusProbe {
+                    at: at(3_000),
+                    socket: BUS.into(),
+                    target: "org.freedesktop.systemd1".into(),
+                    outcome,
+                }),
+            ],
+        );
+        let f = findings(d.tick(at(5_100)));
+        (f[0].confidence, detail(&f[0]).stuck_detail.clone())
+    };
+    let (c, s) = run(ProbeOutcome::Timeout { ms: 2000 });
+    assert_eq!(c, Confidence::Certain);
+    assert!(s.contains("does not answer the agent's Ping"), "{s}");
+    let (_, s) = run(ProbeOutcome::Answered { ms: 1 });
+    assert!(
+        s.contains("answers the agent's Ping (1 ms) but not this request"),
+        "{s}"
+    );
+}
+
+#[test]
+fn updates_are_rate_limited_and_one_finding_per_socket() {
+    let mut d = engine();
+    feed(
+        &mut d,
+        &[
+            call(0, 1, CallKind::Connect, 0, 0, BUS),
+            call(1, 1, CallKind::Send, 10, 10, BUS),
+            call(2, 2, CallKind::Connect, 0, 0, PRIVATE),
+            call(3, 2, CallKind::Send, 10, 10, PRIVATE),
+        ],
+    );
+    let f = findings(d.tick(at(5_100)));
+    assert_eq!(f.len(), 2, "one per socket");
+    feed(
+        &mut d,
+        &[
+            call(5_200, 3, CallKind::Connect, 0, 0, BUS),
+            call(5_300, 3, CallKind::Send, 10, 10, BUS),
+        ],
+    );
+    // A second waiting process changes the summary, but updates wait for
+    // update_every_ms after the last report (at 5.1 s).
+    assert!(findings(d.tick(at(9_000))).is_empty());
+    let u: Vec<Finding> = findings(d.tick(at(10_500)))
+        .into_iter()
+        .filter(|f| f.id.ends_with(BUS))
+        .collect();
+    assert_eq!(u.len(), 1);
+    assert_eq!(u[0].status, FindingStatus::Update);
+    assert_eq!(detail(&u[0]).waiting_total, 2);
+}

@@ -1,0 +1,884 @@
+//! Overhead of the D-Bus/systemd socket tracking (run as root).
+//!
+//! The tracking rides on the storage probes' `sys_exit` program: a syscall of
+//! an unwatched process returns after one array lookup, a watched process
+//! pays a syscall-table lookup and, for reads, writes, sends, receives,
+//! connects and closes, a hash lookup of (tgid, fd); only calls on a tracked
+//! connection emit a ring-buffer event.
+//!
+//! Workloads, each in a fresh child process (a copy of this binary with the
+//! hidden `--run-workload KIND N IO [PATH]`), timed inside the child: N round
+//! trips of 64-byte messages between the child and a forked echo process,
+//! both pinned to CPU 0 (every round trip is two context switches; unpinned,
+//! the time depends on where the scheduler puts them):
+//! - `pair`: over a unix stream socketpair;
+//! - `conn`: over a connection to a unix listener at a temp path.
+//!
+//! Each runs as `sockbench` (unwatched) and as `runc` (a symlink to the copy:
+//! the kernel names the task after the exec'd path, so it is watched and its
+//! echo child too), on an untracked path; then `runc` on a path the agent
+//! follows (`--systemd-socket`): every send and receive of the client is an
+//! event (the worst case). I/O is sendmsg/recvmsg (what godbus, systemd and
+//! dbus-daemon use) or read/write (`--io rw`).
+//!
+//! Conditions, alternated in rounds with the order rotated each round:
+//! - `baseline`: no agent;
+//! - `floor`: `watchdog trace --json --no-pleg --fork-probe off
+//!   --no-dbus-probe --no-systemd` (the storage probes only);
+//! - `tracking`: the same without `--no-systemd`, with the default socket
+//!   paths plus the bench's own listener path.
+//!
+//! Prints a table, then one final line of JSON with every number.
+//! Everything started here is an RAII guard: cleaned up on panic, and on
+//! SIGINT/SIGTERM (checked between runs, then unwound).
+
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use watchdog_tests::*;
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+fn install_signal_handlers() {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic (async-signal-safe).
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_signal as *const () as libc::sighandler_t;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+}
+
+/// Panics (so that every guard unwinds and cleans up) if we were signalled.
+fn check_interrupted() {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        panic!("interrupted by a signal; cleaning up");
+    }
+}
+
+/// The agent's default `--systemd-socket` paths (kept in the tracking
+/// condition, so that only the bench's path is added).
+const DEFAULT_SOCKETS: [&str; 3] = [
+    "/run/systemd/private",
+    "/run/dbus/system_bus_socket",
+    "/var/run/dbus/system_bus_socket",
+];
+const MSG_LEN: usize = 64;
+const UNWATCHED_NAME: &str = "sockbench";
+const WATCHED_NAME: &str = "runc";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Condition {
+    Baseline,
+    Floor,
+    Tracking,
+}
+
+impl Condition {
+    const ALL: [Condition; 3] = [Condition::Baseline, Condition::Floor, Condition::Tracking];
+
+    fn name(self) -> &'static str {
+        match self {
+            Condition::Baseline => "baseline",
+            Condition::Floor => "floor",
+            Condition::Tracking => "tracking",
+        }
+    }
+
+    fn args(self, tracked: &Path) -> Vec<String> {
+        let mut a: Vec<String> = [
+            "trace",
+            "--json",
+            "--no-pleg",
+            "--fork-probe",
+            "off",
+            "--no-dbus-probe",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        match self {
+            Condition::Baseline => return Vec::new(),
+            Condition::Floor => a.push("--no-systemd".into()),
+            Condition::Tracking => {
+                let mut paths: Vec<String> =
+                    DEFAULT_SOCKETS.iter().map(|s| s.to_string()).collect();
+                paths.push(tracked.display().to_string());
+                a.push("--systemd-socket".into());
+                a.push(paths.join(","));
+            }
+        }
+        a
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Io {
+    /// sendmsg/recvmsg with one iovec.
+    Msg,
+    /// write/read.
+    Rw,
+}
+
+impl Io {
+    fn name(self) -> &'static str {
+        match self {
+            Io::Msg => "msg",
+            Io::Rw => "rw",
+        }
+    }
+}
+
+/// One workload as run in every condition.
+struct Workload {
+    label: &'static str,
+    /// `pair` or `conn`.
+    kind: &'static str,
+    watched: bool,
+    /// Connects to the path the tracking condition follows.
+    tracked_path: bool,
+}
+
+/// The tracked one last: an agent busy with its events must not slow the
+/// others down.
+const WORKLOADS: [Workload; 5] = [
+    Workload {
+        label: "sockbench pair",
+        kind: "pair",
+        watched: false,
+        tracked_path: false,
+    },
+    Workload {
+        label: "sockbench conn",
+        kind: "conn",
+        watched: false,
+        tracked_path: false,
+    },
+    Workload {
+        label: "runc pair",
+        kind: "pair",
+        watched: true,
+        tracked_path: false,
+    },
+    Workload {
+        label: "runc conn",
+        kind: "conn",
+        watched: true,
+        tracked_path: false,
+    },
+    Workload {
+        label: "runc conn tracked",
+        kind: "conn",
+        watched: true,
+        tracked_path: true,
+    },
+];
+
+struct Opts {
+    rounds: usize,
+    round_trips: u64,
+    io: Io,
+    bin: PathBuf,
+}
+
+const USAGE: &str = "\
+usage: dbus-bench [--rounds N] [--round-trips N] [--io msg|rw] [--quick] [--bin PATH]
+  --rounds N        rounds of baseline/floor/tracking, order rotated (default 5)
+  --round-trips N   64-byte round trips per run (default 150000)
+  --io msg|rw       sendmsg/recvmsg (default, as D-Bus clients do) or write/read
+  --quick           1 round, 20000 round trips (smoke run)
+  --bin PATH        agent binary (default: $WATCHDOG_BIN, else target/release/watchdog)";
+
+fn parse_args() -> Opts {
+    let mut o = Opts {
+        rounds: 5,
+        round_trips: 150_000,
+        io: Io::Msg,
+        bin: PathBuf::new(),
+    };
+    let mut bin = None;
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let mut num = |name: &str| -> u64 {
+            it.next()
+                .and_then(|v| v.replace('_', "").parse().ok())
+                .unwrap_or_else(|| usage_exit(&format!("{name} needs a number")))
+        };
+        match a.as_str() {
+            "--rounds" => o.rounds = num("--rounds").max(1) as usize,
+            "--round-trips" => o.round_trips = num("--round-trips").max(1),
+            "--io" => {
+                o.io = match it.next().as_deref() {
+                    Some("msg") => Io::Msg,
+                    Some("rw") => Io::Rw,
+                    _ => usage_exit("--io needs msg or rw"),
+                }
+            }
+            "--quick" => {
+                o.rounds = 1;
+                o.round_trips = 20_000;
+            }
+            "--bin" => {
+                bin = Some(PathBuf::from(
+                    it.next()
+                        .unwrap_or_else(|| usage_exit("--bin needs a path")),
+                ))
+            }
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => usage_exit(&format!("unknown argument {other:?}")),
+        }
+    }
+    o.bin = match bin {
+        Some(b) => b,
+        None => agent_bin(),
+    };
+    o
+}
+
+fn usage_exit(msg: &str) -> ! {
+    eprintln!("dbus-bench: {msg}\n{USAGE}");
+    std::process::exit(2);
+}
+
+// ---------------------------------------------------------------------------
+// Workloads (in the child)
+// ---------------------------------------------------------------------------
+
+/// The hidden `--run-workload KIND N IO [PATH]` mode: run the loop, print its
+/// ns and the task's comm (the kernel's name for it, which decides whether
+/// it is watched).
+fn run_workload_mode(args: &[String]) -> ! {
+    let kind = args.first().map(String::as_str).unwrap_or("");
+    let n: u64 = args.get(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let io = match args.get(2).map(String::as_str) {
+        Some("rw") => Io::Rw,
+        _ => Io::Msg,
+    };
+    pin_to_cpu0();
+    let d = match kind {
+        "pair" => pair(n, io),
+        "conn" => conn(
+            n,
+            io,
+            Path::new(
+                args.get(3)
+                    .unwrap_or_else(|| usage_exit("conn needs a path")),
+            ),
+        ),
+        other => usage_exit(&format!("unknown workload {other:?}")),
+    };
+    let comm = std::fs::read_to_string("/proc/self/comm").unwrap_or_default();
+    println!("{} {}", d.as_nanos(), comm.trim());
+    std::process::exit(0);
+}
+
+fn pin_to_cpu0() {
+    // SAFETY: a zeroed cpu_set_t with one bit set; the fork()ed echo process
+    // inherits the mask.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// Sends all of `buf` on `fd`.
+fn send_all(fd: i32, buf: &[u8], io: Io) -> bool {
+    let mut off = 0;
+    while off < buf.len() {
+        let rest = &buf[off..];
+        // SAFETY: a valid buffer and fd of our own; the msghdr points at it.
+        let r = unsafe {
+            match io {
+                Io::Rw => libc::write(fd, rest.as_ptr().cast(), rest.len()),
+                Io::Msg => {
+                    let mut iov = libc::iovec {
+                        iov_base: rest.as_ptr() as *mut libc::c_void,
+                        iov_len: rest.len(),
+                    };
+                    let mut msg: libc::msghdr = std::mem::zeroed();
+                    msg.msg_iov = &mut iov;
+                    msg.msg_iovlen = 1;
+                    libc::sendmsg(fd, &msg, 0)
+                }
+            }
+        };
+        if r <= 0 {
+            return false;
+        }
+        off += r as usize;
+    }
+    true
+}
+
+/// Fills `buf` from `fd`; false on EOF or error.
+fn recv_all(fd: i32, buf: &mut [u8], io: Io) -> bool {
+    let mut off = 0;
+    while off < buf.len() {
+        let rest = &mut buf[off..];
+        // SAFETY: a valid buffer and fd of our own; the msghdr points at it.
+        let r = unsafe {
+            match io {
+                Io::Rw => libc::read(fd, rest.as_mut_ptr().cast(), rest.len()),
+                Io::Msg => {
+                    let mut iov = libc::iovec {
+                        iov_base: rest.as_mut_ptr().cast(),
+                        iov_len: rest.len(),
+                    };
+                    let mut msg: libc::msghdr = std::mem::zeroed();
+                    msg.msg_iov = &mut iov;
+                    msg.msg_iovlen = 1;
+                    libc::recvmsg(fd, &mut msg, 0)
+                }
+            }
+        };
+        if r <= 0 {
+            return false;
+        }
+        off += r as usize;
+    }
+    true
+}
+
+/// Forks the echo process: it runs `serve` (given the fd it should use) and
+/// `_exit`s. Returns its pid.
+fn fork_echo(serve: impl FnOnce() -> i32) -> i32 {
+    // SAFETY: we are single-threaded (the workload child), so the forked copy
+    // may run ordinary code before it `_exit`s.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+    if pid == 0 {
+        let fd = serve();
+        // SAFETY: fds of this process; _exit skips the parent's atexit work.
+        unsafe {
+            libc::close(fd);
+            libc::_exit(0)
+        }
+    }
+    pid
+}
+
+fn echo(fd: i32, n: u64, io: Io) {
+    let mut buf = [0u8; MSG_LEN];
+    for _ in 0..n {
+        if !recv_all(fd, &mut buf, io) || !send_all(fd, &buf, io) {
+            break;
+        }
+    }
+}
+
+/// The timed client side: N round trips.
+fn client(fd: i32, n: u64, io: Io) -> Duration {
+    let mut buf = [7u8; MSG_LEN];
+    let t = Instant::now();
+    for i in 0..n {
+        assert!(send_all(fd, &buf, io), "send #{i} failed");
+        assert!(recv_all(fd, &mut buf, io), "receive #{i} failed");
+    }
+    t.elapsed()
+}
+
+fn reap(pid: i32) {
+    let mut status = 0;
+    // SAFETY: our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+}
+
+fn pair(n: u64, io: Io) -> Duration {
+    let mut sv = [0i32; 2];
+    // SAFETY: a valid array of two fds.
+    let r = unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, sv.as_mut_ptr()) };
+    assert_eq!(r, 0, "socketpair: {}", std::io::Error::last_os_error());
+    let pid = fork_echo(|| {
+        // SAFETY: our fd.
+        unsafe { libc::close(sv[0]) };
+        echo(sv[1], n, io);
+        sv[1]
+    });
+    // SAFETY: our fd.
+    unsafe { libc::close(sv[1]) };
+    let d = client(sv[0], n, io);
+    // SAFETY: our fd.
+    unsafe { libc::close(sv[0]) };
+    reap(pid);
+    d
+}
+
+fn sockaddr_un(path: &Path) -> (libc::sockaddr_un, libc::socklen_t) {
+    // SAFETY: sockaddr_un is plain data.
+    let mut a: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    a.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let b = path.as_os_str().as_encoded_bytes();
+    assert!(b.len() < a.sun_path.len(), "socket path too long");
+    for (d, s) in a.sun_path.iter_mut().zip(b) {
+        *d = *s as libc::c_char;
+    }
+    let len = std::mem::size_of::<libc::sa_family_t>() + b.len() + 1;
+    (a, len as libc::socklen_t)
+}
+
+fn unix_socket() -> i32 {
+    // SAFETY: plain syscall.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+    fd
+}
+
+fn conn(n: u64, io: Io, path: &Path) -> Duration {
+    let (addr, len) = sockaddr_un(path);
+    let cpath = CString::new(path.as_os_str().as_encoded_bytes()).expect("path without NUL");
+    let l = unix_socket();
+    // SAFETY: our fd, a valid sockaddr_un of `len` bytes, a valid C string.
+    unsafe {
+        libc::unlink(cpath.as_ptr());
+        assert_eq!(
+            libc::bind(l, (&raw const addr).cast(), len),
+            0,
+            "bind {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
+        assert_eq!(libc::listen(l, 4), 0);
+    }
+    let pid = fork_echo(|| {
+        // SAFETY: the listening fd we inherited.
+        let a = unsafe { libc::accept4(l, std::ptr::null_mut(), std::ptr::null_mut(), 0) };
+        assert!(a >= 0, "accept: {}", std::io::Error::last_os_error());
+        echo(a, n, io);
+        a
+    });
+    let c = unix_socket();
+    // SAFETY: our fds, a valid sockaddr_un of `len` bytes, a valid C string.
+    unsafe {
+        libc::close(l);
+        assert_eq!(
+            libc::connect(c, (&raw const addr).cast(), len),
+            0,
+            "connect {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
+        libc::unlink(cpath.as_ptr());
+    }
+    let d = client(c, n, io);
+    // SAFETY: our fd.
+    unsafe { libc::close(c) };
+    reap(pid);
+    d
+}
+
+// ---------------------------------------------------------------------------
+// Running them (in the bench)
+// ---------------------------------------------------------------------------
+
+/// The bench's temp directory: the workload binary under both names and the
+/// listeners' paths. Removed on drop.
+struct BenchDir {
+    dir: PathBuf,
+}
+
+impl BenchDir {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!("wd-dbench-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create the bench's temp dir");
+        let d = Self { dir };
+        // A copy, so that a concurrent rebuild of target/release cannot swap
+        // the workload binary in the middle of the runs.
+        let me = std::env::current_exe().expect("own executable");
+        std::fs::copy(&me, d.exe(false)).expect("copy the workload binary");
+        std::os::unix::fs::symlink(UNWATCHED_NAME, d.exe(true)).expect("symlink runc");
+        d
+    }
+
+    /// What to exec: the kernel names the task after the path's last
+    /// component (a symlink's own name).
+    fn exe(&self, watched: bool) -> PathBuf {
+        self.dir.join(if watched {
+            WATCHED_NAME
+        } else {
+            UNWATCHED_NAME
+        })
+    }
+
+    /// The path the tracking condition follows.
+    fn tracked(&self) -> PathBuf {
+        self.dir.join("bus.sock")
+    }
+
+    fn untracked(&self) -> PathBuf {
+        self.dir.join("other.sock")
+    }
+}
+
+impl Drop for BenchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs one workload in a fresh child and returns the time its loop took.
+fn workload_in_child(d: &BenchDir, w: &Workload, n: u64, io: Io) -> Duration {
+    let mut cmd = std::process::Command::new(d.exe(w.watched));
+    cmd.args(["--run-workload", w.kind, &n.to_string(), io.name()]);
+    if w.kind == "conn" {
+        cmd.arg(if w.tracked_path {
+            d.tracked()
+        } else {
+            d.untracked()
+        });
+    }
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped());
+    let mut child = ChildGuard::spawn(&mut cmd, w.label).unwrap_or_else(|e| panic!("{e}"));
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut child.take_stdout().expect("piped"), &mut out)
+        .expect("read workload output");
+    let status = child.wait_timeout(Duration::from_secs(120));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{} workload failed: {status:?} {out:?}",
+        w.label
+    );
+    let mut f = out.split_whitespace();
+    let ns: u64 = f
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{} workload printed {out:?}", w.label));
+    let comm = f.next().unwrap_or("");
+    let want = if w.watched {
+        WATCHED_NAME
+    } else {
+        UNWATCHED_NAME
+    };
+    assert_eq!(comm, want, "the {} workload ran as {comm:?}", w.label);
+    Duration::from_nanos(ns)
+}
+
+#[derive(Default)]
+struct CondRuns {
+    /// Per workload: seconds per run.
+    secs: Vec<Vec<f64>>,
+    /// Per workload: agent CPU seconds during each run.
+    agent_cpu: Vec<Vec<f64>>,
+    rss_kib: Vec<u64>,
+    summaries: Vec<Value>,
+    errors: Vec<String>,
+    notes: Vec<String>,
+}
+
+fn cpu_s(pid: u32) -> Option<f64> {
+    proc_cpu_ticks(pid).map(|t| t as f64 / clk_tck() as f64)
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or("").to_string()
+}
+
+fn run_condition(o: &Opts, d: &BenchDir, cond: Condition, runs: &mut CondRuns) {
+    check_interrupted();
+    let agent = match cond {
+        Condition::Baseline => None,
+        _ => match Agent::try_start_with(&o.bin, &cond.args(&d.tracked()), Duration::from_secs(30))
+        {
+            Ok(a) => Some(a),
+            Err(e) => {
+                eprintln!("  {}: agent did not start: {e}", cond.name());
+                runs.errors.push(first_line(&e));
+                return;
+            }
+        },
+    };
+    // Let the agent finish its start-up work before measuring.
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = agent.as_ref().map(Agent::pid);
+    let mut line = format!("  {:<9}", cond.name());
+    for (i, w) in WORKLOADS.iter().enumerate() {
+        check_interrupted();
+        let cpu0 = pid.and_then(cpu_s);
+        let t = workload_in_child(d, w, o.round_trips, o.io);
+        if let (Some(a), Some(b)) = (cpu0, pid.and_then(cpu_s)) {
+            runs.agent_cpu[i].push(b - a);
+        }
+        runs.secs[i].push(t.as_secs_f64());
+        line += &format!(
+            " {}: {:.2} us",
+            w.label,
+            t.as_secs_f64() * 1e6 / o.round_trips as f64
+        );
+    }
+    eprintln!("{line}");
+    let Some(agent) = agent else {
+        return;
+    };
+    if let Some(rss) = proc_rss_kib(agent.pid()) {
+        runs.rss_kib.push(rss);
+    }
+    // Let it read what is left in the ring buffer.
+    std::thread::sleep(Duration::from_millis(200));
+    let run = agent.stop_full();
+    let name = cond.name();
+    if run.killed || !run.status.is_some_and(|s| s.success()) {
+        let e = format!(
+            "{name}: agent did not exit cleanly on SIGINT (status {:?}, killed {})",
+            run.status, run.killed
+        );
+        eprintln!("  {e}\n{}", run.report());
+        runs.errors.push(e);
+    }
+    match run.summary() {
+        Some(s) => {
+            let events = s["events"].as_u64().unwrap_or(0);
+            // The tracked client's sends and receives, 2 per round trip.
+            let want = 2 * o.round_trips;
+            if cond == Condition::Tracking && events < want {
+                let e = format!(
+                    "{name}: {events} events, fewer than the tracked workload's {want} \
+                     sends and receives (drops {})",
+                    s["drops"]
+                );
+                eprintln!("  {e}");
+                runs.errors.push(e);
+            }
+            runs.summaries.push(s.clone());
+        }
+        None => runs
+            .errors
+            .push(format!("{name}: no summary record at the end")),
+    }
+    let noise = run.of_type("finding").len() + run.of_type("warning").len();
+    if noise > 0 {
+        // The workloads never block: another user of this machine may have.
+        eprintln!("  note: {noise} findings/warnings during the runs");
+        runs.notes
+            .push(format!("{name}: {noise} findings/warnings during the runs"));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Statistics and report
+// ---------------------------------------------------------------------------
+
+fn median(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let m = s.len() / 2;
+    if s.len() % 2 == 1 {
+        s[m]
+    } else {
+        (s[m - 1] + s[m]) / 2.0
+    }
+}
+
+fn min(v: &[f64]) -> f64 {
+    v.iter().copied().fold(f64::NAN, f64::min)
+}
+
+fn num(x: f64) -> Value {
+    if x.is_finite() {
+        json!((x * 1e6).round() / 1e6)
+    } else {
+        Value::Null
+    }
+}
+
+fn u64s(v: &[Value], f: impl Fn(&Value) -> &Value) -> Vec<u64> {
+    v.iter().filter_map(|s| f(s).as_u64()).collect()
+}
+
+fn main() {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.first().is_some_and(|a| a == "--run-workload") {
+        run_workload_mode(&argv[1..]);
+    }
+    install_signal_handlers();
+    if !is_root() {
+        eprintln!("dbus-bench: must run as root (it loads eBPF programs)");
+        std::process::exit(2);
+    }
+    let o = parse_args();
+    eprintln!(
+        "dbus-bench: agent {}, {} round trips of {MSG_LEN} B per run, io {}",
+        o.bin.display(),
+        o.round_trips,
+        o.io.name()
+    );
+    if !Path::new(&o.bin).is_file() {
+        eprintln!("dbus-bench: {} does not exist", o.bin.display());
+        std::process::exit(2);
+    }
+    let d = BenchDir::new();
+    let mut runs: Vec<(Condition, CondRuns)> = Condition::ALL
+        .iter()
+        .map(|c| {
+            (
+                *c,
+                CondRuns {
+                    secs: vec![Vec::new(); WORKLOADS.len()],
+                    agent_cpu: vec![Vec::new(); WORKLOADS.len()],
+                    ..CondRuns::default()
+                },
+            )
+        })
+        .collect();
+    // Warm up caches and the CPU frequency; not measured.
+    for w in &WORKLOADS {
+        workload_in_child(&d, w, o.round_trips / 10, o.io);
+    }
+    for round in 0..o.rounds {
+        let mut order = Condition::ALL.to_vec();
+        order.rotate_left(round % Condition::ALL.len());
+        eprintln!(
+            "round {}/{}: {}",
+            round + 1,
+            o.rounds,
+            order
+                .iter()
+                .map(|c| c.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        for cond in order {
+            let r = &mut runs
+                .iter_mut()
+                .find(|(c, _)| *c == cond)
+                .expect("all conditions")
+                .1;
+            run_condition(&o, &d, cond, r);
+        }
+    }
+
+    // ----- report -----
+    let get = |cond: Condition| {
+        &runs
+            .iter()
+            .find(|(c, _)| *c == cond)
+            .expect("all conditions")
+            .1
+    };
+    let n = o.round_trips as f64;
+    println!();
+    println!(
+        "{:<18} {:<9} {:>9} {:>9} {:>10} {:>10} {:>9} {:>10}",
+        "workload", "condition", "median", "min", "per trip", "x baseline", "x floor", "agent CPU"
+    );
+    let mut wl_json = Vec::new();
+    for (i, w) in WORKLOADS.iter().enumerate() {
+        let base = median(&get(Condition::Baseline).secs[i]);
+        let floor = median(&get(Condition::Floor).secs[i]);
+        let mut obj = serde_json::Map::new();
+        obj.insert("workload".into(), json!(w.label));
+        obj.insert("kind".into(), json!(w.kind));
+        obj.insert("watched".into(), json!(w.watched));
+        obj.insert("tracked_path".into(), json!(w.tracked_path));
+        for cond in Condition::ALL {
+            let r = get(cond);
+            let v = &r.secs[i];
+            if v.is_empty() {
+                println!("{:<18} {:<9} {:>9}", w.label, cond.name(), "n/a");
+                continue;
+            }
+            let m = median(v);
+            let cpu = &r.agent_cpu[i];
+            let cpu_txt = if cpu.is_empty() {
+                "-".to_string()
+            } else {
+                format!("{:.3} s", median(cpu))
+            };
+            println!(
+                "{:<18} {:<9} {:>7.3} s {:>7.3} s {:>7.2} us {:>9.3}x {:>8.3}x {:>10}",
+                w.label,
+                cond.name(),
+                m,
+                min(v),
+                m * 1e6 / n,
+                m / base,
+                m / floor,
+                cpu_txt
+            );
+            obj.insert(
+                cond.name().into(),
+                json!({
+                    "median_s": num(m),
+                    "min_s": num(min(v)),
+                    "per_round_trip_ns_median": num(m * 1e9 / n),
+                    "ratio_baseline": num(m / base),
+                    "ratio_floor": num(m / floor),
+                    "agent_cpu_s_median": num(median(cpu)),
+                    "runs_s": v.iter().map(|x| num(*x)).collect::<Vec<_>>(),
+                }),
+            );
+        }
+        wl_json.push(Value::Object(obj));
+    }
+    println!();
+    let mut agents = serde_json::Map::new();
+    for cond in [Condition::Floor, Condition::Tracking] {
+        let r = get(cond);
+        let args = cond.args(&d.tracked()).join(" ");
+        let events = u64s(&r.summaries, |s| &s["events"]);
+        let kdrops = u64s(&r.summaries, |s| &s["drops"]["kernel"]);
+        let udrops = u64s(&r.summaries, |s| &s["drops"]["userspace"]);
+        println!(
+            "agent `{args}`: events per session {events:?}, kernel drops {kdrops:?}, \
+             userspace drops {udrops:?}, VmRSS max {} KiB",
+            r.rss_kib.iter().max().copied().unwrap_or(0)
+        );
+        agents.insert(
+            cond.name().into(),
+            json!({
+                "args": cond.args(&d.tracked()),
+                "rss_kib_max": r.rss_kib.iter().max(),
+                "events": events,
+                "drops_kernel": kdrops,
+                "drops_userspace": udrops,
+                "summaries": r.summaries,
+            }),
+        );
+    }
+    println!(
+        "(the tracked workload's client makes {} sends and receives per run: that many events \
+         are expected per tracking session, plus its connect and close)",
+        2 * o.round_trips
+    );
+    let errors: Vec<String> = runs.iter().flat_map(|(_, r)| r.errors.clone()).collect();
+    for e in &errors {
+        println!("problem: {e}");
+    }
+    let notes: Vec<String> = runs.iter().flat_map(|(_, r)| r.notes.clone()).collect();
+    for n in &notes {
+        println!("note: {n}");
+    }
+    let out = json!({
+        "type": "dbus_bench",
+        "agent": o.bin.display().to_string(),
+        "rounds": o.rounds,
+        "round_trips": o.round_trips,
+        "msg_bytes": MSG_LEN,
+        "io": o.io.name(),
+        "workloads": wl_json,
+        "agents": agents,
+        "errors": errors,
+        "notes": notes,
+    });
+    println!("{out}");
+    drop(d);
+    if !errors.is_empty() {
+        std::process::exit(1);
+    }
+}
