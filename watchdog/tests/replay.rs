@@ -200,3 +200,52 @@ fn storage_hang_dockerd_pleg() {
         "{link}"
     );
 }
+
+fn systemd_statuses(r: &[Value]) -> Vec<(String, String)> {
+    findings(r, "systemd_hang")
+        .iter()
+        .map(|f| {
+            (
+                f["status"].as_str().unwrap().to_owned(),
+                f["stuck"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn systemd_hang_bus_stopped() {
+    let r = check("systemd_hang_bus_stopped");
+    let s = systemd_statuses(&r);
+    assert_eq!(s.first().map(|x| x.0.as_str()), Some("active"), "{s:?}");
+    assert!(s.iter().all(|x| x.1 == "bus_not_reading"), "{s:?}");
+    assert_eq!(s.last().map(|x| x.0.as_str()), Some("resolved"), "{s:?}");
+    let f = findings(&r, "systemd_hang");
+    assert_eq!(f[0]["socket"], "/var/run/dbus/system_bus_socket");
+    assert_eq!(f[0]["waiting"][0]["comm"], "runc");
+}
+
+#[test]
+fn systemd_hang_never_reply() {
+    let r = check("systemd_hang_never_reply");
+    let s = systemd_statuses(&r);
+    assert_eq!(s.first().map(|x| x.0.as_str()), Some("active"), "{s:?}");
+    assert!(s.iter().all(|x| x.1 == "systemd_not_replying"), "{s:?}");
+    assert_eq!(s.last().map(|x| x.0.as_str()), Some("resolved"), "{s:?}");
+    let last = *findings(&r, "systemd_hang").last().unwrap();
+    assert!(
+        last["summary"].as_str().unwrap().contains("replies flow again"),
+        "{last}"
+    );
+}
+
+#[test]
+fn systemd_hang_private_stop_reading() {
+    let r = check("systemd_hang_private_stop_reading");
+    let f = findings(&r, "systemd_hang");
+    assert_eq!(f[0]["status"], "active");
+    assert_eq!(f[0]["socket"], "/run/systemd/private");
+    assert_eq!(f[0]["stuck"], "systemd_not_reading");
+    assert_eq!(f[0]["waiting"][0]["write_stalled"], true);
+    assert_eq!(f.last().unwrap()["status"], "resolved");
+}
