@@ -21,6 +21,10 @@ const APT_PACKAGES: &[&str] = &[
     "containerd",
     "runc",
     "busybox-static",
+    // systemd-hang tests: our own dbus-daemon (and strace for the fixtures'
+    // syscall-level self-checks).
+    "dbus",
+    "strace",
 ];
 const NIGHTLY: &str = "nightly";
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -153,7 +153,7 @@ impl Metrics {
             );
             wd.register(
                 "dropped_events",
-                "Events lost, by hop: kernel (ring buffer full), userspace (engine queue full), decode (undecodable), sources (kubelet/runtime observations, queue full), storage_* (storage probe map inserts that failed: processes not watched, calls, D sleeps, stacks not recorded)",
+                "Events lost, by hop: kernel (ring buffer full), userspace (engine queue full), decode (undecodable), sources (kubelet/runtime observations, queue full), storage_* (storage probe map inserts that failed: processes not watched, calls, D sleeps, stacks, D-Bus connections not recorded)",
                 m.dropped_total.clone(),
             );
         }
@@ -183,6 +183,7 @@ impl Metrics {
             "storage_inflight",
             "storage_dstate",
             "storage_stacks",
+            "storage_sock_conns",
         ] {
             let _ = m.dropped_total.get_or_create(&HopLabels { hop });
         }
@@ -304,6 +305,7 @@ impl Sink for Metrics {
             ),
             ("storage_dstate", s.drops.storage.map_or(0, |d| d.dstate)),
             ("storage_stacks", s.drops.storage.map_or(0, |d| d.stacks)),
+            ("storage_sock_conns", s.drops.storage.map_or(0, |d| d.sock_conns)),
         ]
         .into_iter()
         .enumerate()

@@ -183,6 +183,8 @@ pub struct StorageDrops {
     pub dstate: u64,
     /// Kernel stacks not stored (stack map full or hash collision).
     pub stacks: u64,
+    /// D-Bus/systemd connections not followed (SOCK_CONNS full).
+    pub sock_conns: u64,
 }
 
 impl StorageDrops {
@@ -192,6 +194,7 @@ impl StorageDrops {
             inflight: probes.drop_slot(watchdog_common::DROP_INFLIGHT),
             dstate: probes.drop_slot(watchdog_common::DROP_DSTATE),
             stacks: probes.drop_slot(watchdog_common::DROP_STACK),
+            sock_conns: probes.drop_slot(watchdog_common::DROP_SOCK_CONNS),
         }
     }
 }
