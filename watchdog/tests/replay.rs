@@ -234,7 +234,10 @@ fn systemd_hang_never_reply() {
     assert_eq!(s.last().map(|x| x.0.as_str()), Some("resolved"), "{s:?}");
     let last = *findings(&r, "systemd_hang").last().unwrap();
     assert!(
-        last["summary"].as_str().unwrap().contains("replies flow again"),
+        last["summary"]
+            .as_str()
+            .unwrap()
+            .contains("replies flow again"),
         "{last}"
     );
 }

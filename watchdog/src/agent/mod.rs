@@ -222,6 +222,7 @@ pub async fn session(opts: TraceOptions, sink: &mut dyn Sink) -> anyhow::Result<
         node: opts.node_name.clone(),
         outputs: opts.outputs.clone(),
         recording: opts.record.as_ref().map(|p| p.display().to_string()),
+        systemd_sockets: dbus.as_ref().map(|t| t.sockets().to_vec()),
     }));
     if probes.state(FORK_FAILURES.name) == Some(ProbeState::Unavailable) {
         tracing::warn!(

@@ -305,7 +305,10 @@ impl Sink for Metrics {
             ),
             ("storage_dstate", s.drops.storage.map_or(0, |d| d.dstate)),
             ("storage_stacks", s.drops.storage.map_or(0, |d| d.stacks)),
-            ("storage_sock_conns", s.drops.storage.map_or(0, |d| d.sock_conns)),
+            (
+                "storage_sock_conns",
+                s.drops.storage.map_or(0, |d| d.sock_conns),
+            ),
         ]
         .into_iter()
         .enumerate()

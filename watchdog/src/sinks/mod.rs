@@ -48,6 +48,10 @@ pub struct Ready {
     /// Where engine inputs are recorded (`--record`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recording: Option<String>,
+    /// Socket paths whose connections are followed for systemd hangs
+    /// (absent: the D-Bus tracking is off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub systemd_sockets: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug, Serialize)]

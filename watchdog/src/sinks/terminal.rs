@@ -159,6 +159,13 @@ impl<W: std::io::Write> Sink for Terminal<W> {
                 if let Some(p) = &r.recording {
                     s.push_str(&format!("  recording engine inputs to {p}\n"));
                 }
+                match &r.systemd_sockets {
+                    Some(v) => s.push_str(&format!(
+                        "  following D-Bus/systemd connections to {}\n",
+                        v.join(", ")
+                    )),
+                    None => s.push_str("  D-Bus/systemd connections are NOT followed\n"),
+                }
                 s.push_str("  Ctrl-C ends the session with a summary.\n");
                 s
             }
