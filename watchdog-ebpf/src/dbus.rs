@@ -23,6 +23,11 @@ use watchdog_common::{
 use crate::{EVENTS, count_drop, global};
 
 const AF_UNIX: u16 = 1;
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+/// Unread bytes in the ring buffer past which every event wakes the agent.
+const WAKE_AT_BYTES: u64 = 64 * 1024;
 const EINPROGRESS: i64 = 115;
 /// `sizeof(struct sockaddr_un)`.
 const SOCKADDR_UN_LEN: usize = 2 + SOCK_PATH_LEN;
@@ -244,7 +249,19 @@ fn emit(
             }
         }
     }
-    entry.submit(0);
+    // A successful send or receive does not wake the agent (it drains the
+    // ring buffer every 100 ms anyway): a chatty connection would otherwise
+    // cost a wakeup per call. Connects, closes, EAGAIN, partial sends, and a
+    // filling buffer do.
+    let quiet = ret > 0 && (call.is_recv() || (call.is_send() && ret as u64 >= requested));
+    // (The default, adaptive wakeup would not wake a reader that has not
+    // caught up, and quiet events keep it from catching up: force it.)
+    let flags = if quiet && EVENTS.query(BPF_RB_AVAIL_DATA) < WAKE_AT_BYTES {
+        BPF_RB_NO_WAKEUP
+    } else {
+        BPF_RB_FORCE_WAKEUP
+    };
+    entry.submit(flags);
 }
 
 /// A process with tracked connections exec'd (its close-on-exec fds are

@@ -28,7 +28,7 @@ use watchdog_common::{
 const EAGAIN: i64 = 11;
 
 #[map(name = "EVENTS")]
-pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(512 * 1024, 0);
 
 #[map(name = "DROPS")]
 static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_SLOTS, 0);

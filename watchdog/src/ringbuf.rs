@@ -28,7 +28,12 @@ impl Counters {
     }
 }
 
-/// Drain `rb` into `tx` until the receiver goes away.
+/// How often the ring buffer is drained without a wakeup (some probes
+/// submit quiet events that do not wake the reader).
+pub const DRAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Drain `rb` into `tx` until the receiver goes away: on every wakeup, and
+/// every [`DRAIN_EVERY`].
 pub async fn forward(
     rb: RingBuf<MapData>,
     tx: mpsc::Sender<Event>,
@@ -38,27 +43,44 @@ pub async fn forward(
     // the AsyncFd (which owns the ring buffer) lives.
     let mut fd = unsafe { AsyncFd::register_with_interest(rb, tokio::io::Interest::READABLE) }?;
     loop {
-        let mut guard = fd.readable_mut().await?;
-        let rb = guard.get_inner_mut();
-        while let Some(item) = rb.next() {
-            match decode(&item) {
-                Ok(ev) => {
-                    counters.events.fetch_add(1, Ordering::Relaxed);
-                    match tx.try_send(ev) {
-                        Ok(()) => {}
-                        Err(mpsc::error::TrySendError::Full(_)) => {
-                            counters.userspace_drops.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
-                    }
+        match tokio::time::timeout(DRAIN_EVERY, fd.readable_mut()).await {
+            Ok(guard) => {
+                let mut guard = guard?;
+                let open = drain(guard.get_inner_mut(), &tx, &counters);
+                guard.clear_ready();
+                if !open {
+                    return Ok(());
                 }
-                Err(e) => {
-                    if counters.decode_errors.fetch_add(1, Ordering::Relaxed) == 0 {
-                        tracing::warn!("undecodable ring-buffer record: {e}");
-                    }
+            }
+            Err(_) => {
+                if !drain(fd.get_mut(), &tx, &counters) {
+                    return Ok(());
                 }
             }
         }
-        guard.clear_ready();
     }
+}
+
+/// Everything in the ring buffer now; false when the receiver is gone.
+fn drain(rb: &mut RingBuf<MapData>, tx: &mpsc::Sender<Event>, counters: &Counters) -> bool {
+    while let Some(item) = rb.next() {
+        match decode(&item) {
+            Ok(ev) => {
+                counters.events.fetch_add(1, Ordering::Relaxed);
+                match tx.try_send(ev) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        counters.userspace_drops.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => return false,
+                }
+            }
+            Err(e) => {
+                if counters.decode_errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                    tracing::warn!("undecodable ring-buffer record: {e}");
+                }
+            }
+        }
+    }
+    true
 }

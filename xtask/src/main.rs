@@ -198,5 +198,12 @@ fn bench(args: Vec<OsString>) -> Result<()> {
         "WATCHDOG_BIN",
         workspace_root().join("target/release/watchdog"),
     );
-    run(&mut storage)
+    run(&mut storage)?;
+    // D-Bus/systemd socket tracking: unrelated, watched and tracked socket I/O.
+    let mut dbus = Command::new(workspace_root().join("target/release/dbus-bench"));
+    dbus.env(
+        "WATCHDOG_BIN",
+        workspace_root().join("target/release/watchdog"),
+    );
+    run(&mut dbus)
 }
