@@ -386,7 +386,12 @@ pub struct SocketEvent {
     pub requested: u64,
     /// Slot in [`SOCK_PATHS_MAP`] of the connection's path.
     pub slot: u32,
-    pub _pad: u32,
+    /// Sends: the first bytes sent (a D-Bus message header starts with the
+    /// byte order, the message type and its flags; SASL lines with text).
+    pub head: [u8; 4],
+    /// `bpf_ktime_get_ns()` at the syscall's entry (0 when unknown): a reply
+    /// read before this send returned may still answer it.
+    pub start_ns: u64,
     pub comm: [u8; COMM_LEN],
     /// The address of a connect (NUL-padded); empty for other calls.
     pub path: [u8; SOCK_PATH_LEN],
@@ -580,7 +585,8 @@ pub mod decode {
                 ret: 0,
                 requested: 0,
                 slot: 1,
-                _pad: 0,
+                head: *b"l\x01\x00\x01",
+                start_ns: 6,
                 comm: *b"runc\0\0\0\0\0\0\0\0\0\0\0\0",
                 path,
                 _pad2: 0,

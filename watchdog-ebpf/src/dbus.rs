@@ -122,24 +122,35 @@ pub(crate) fn on_sys_exit(ctx: &RawTracePointContext, pid_tgid: u64) {
     let slot = unsafe { (*conn).slot };
     let a1 = || arg(global(&crate::storage::PT_REGS_ARG1_OFF));
     let a2 = || arg(global(&PT_REGS_ARG2_OFF));
-    let requested = match call {
-        SockCall::Write | SockCall::Read => a2(),
-        SockCall::Writev | SockCall::Readv => iov_bytes(a1(), a2()),
+    // Where the data starts (first buffer) and how much was asked.
+    let (buf, requested) = match call {
+        SockCall::Write | SockCall::Read => (a1(), a2()),
+        SockCall::Writev | SockCall::Readv => {
+            let iov = a1();
+            (read_user::<u64>(iov).unwrap_or(0), iov_bytes(iov, a2()))
+        }
         // struct user_msghdr: msg_iov at 16, msg_iovlen at 24.
         SockCall::Sendmsg | SockCall::Recvmsg => {
             let msg = a1();
-            iov_bytes(
-                read_user::<u64>(msg + 16).unwrap_or(0),
-                read_user::<u64>(msg + 24).unwrap_or(0),
+            let iov = read_user::<u64>(msg + 16).unwrap_or(0);
+            (
+                read_user::<u64>(iov).unwrap_or(0),
+                iov_bytes(iov, read_user::<u64>(msg + 24).unwrap_or(0)),
             )
         }
         SockCall::Close => {
             let _ = SOCK_CONNS.remove(k);
-            0
+            (0, 0)
         }
-        _ => 0,
+        _ => (0, 0),
     };
-    emit(pid_tgid, fd, call, ret, requested, slot, None);
+    let head = if call.is_send() && ret > 0 && buf != 0 {
+        read_user::<[u8; 4]>(buf).unwrap_or([0; 4])
+    } else {
+        [0; 4]
+    };
+    let start = crate::storage::syscall_start(pid_tgid as u32);
+    emit(pid_tgid, fd, call, ret, requested, slot, None, head, start);
 }
 
 fn connect(pid_tgid: u64, fd: i32, ret: i64, addr: u64, len: u64) {
@@ -155,6 +166,9 @@ fn connect(pid_tgid: u64, fd: i32, ret: i64, addr: u64, len: u64) {
     if unsafe { aya_ebpf::helpers::bpf_probe_read_user_buf(addr as *const u8, buf) }.is_err() {
         return;
     }
+    let tgid = (pid_tgid >> 32) as u32;
+    // Whatever this fd was, it is not a tracked connection any more.
+    let _ = SOCK_CONNS.remove(key(tgid, fd));
     if u16::from_ne_bytes([buf[0], buf[1]]) != AF_UNIX || buf[2] == 0 {
         // Not unix, or an abstract address.
         return;
@@ -163,7 +177,13 @@ fn connect(pid_tgid: u64, fd: i32, ret: i64, addr: u64, len: u64) {
     let Some(slot) = match_path(buf, len) else {
         return;
     };
-    let tgid = (pid_tgid >> 32) as u32;
+    // Only the runtimes themselves: not the workloads of their containers
+    // (descendants are watched for storage hangs, and a container may run
+    // its own bus at the same path in its own mount namespace).
+    let comm = bpf_get_current_comm().unwrap_or([0u8; COMM_LEN]);
+    if !crate::storage::comm_is_runtime(&comm) {
+        return;
+    }
     if ret == 0 || ret == -EINPROGRESS {
         let conn = SockConn { slot, _pad: 0 };
         if SOCK_CONNS.insert(key(tgid, fd), conn, 0).is_err() {
@@ -171,7 +191,17 @@ fn connect(pid_tgid: u64, fd: i32, ret: i64, addr: u64, len: u64) {
         }
         crate::storage::mark_has_conn(tgid);
     }
-    emit(pid_tgid, fd, SockCall::Connect, ret, 0, slot, Some(buf));
+    emit(
+        pid_tgid,
+        fd,
+        SockCall::Connect,
+        ret,
+        0,
+        slot,
+        Some(buf),
+        [0; 4],
+        0,
+    );
 }
 
 /// The slot of the configured path `buf` (a sockaddr_un of `len` bytes)
@@ -206,6 +236,7 @@ fn same_path(buf: &[u8; SOCKADDR_UN_LEN], len: usize, p: &SockPath, plen: usize)
 }
 
 #[inline(always)]
+#[expect(clippy::too_many_arguments, reason = "one event's fields, inlined")]
 fn emit(
     pid_tgid: u64,
     fd: i32,
@@ -214,6 +245,8 @@ fn emit(
     requested: u64,
     slot: u32,
     addr: Option<&[u8; SOCKADDR_UN_LEN]>,
+    head: [u8; 4],
+    start_ns: u64,
 ) {
     let Some(mut entry) = EVENTS.reserve::<SocketEvent>(0) else {
         count_drop(EventKind::Socket);
@@ -235,7 +268,8 @@ fn emit(
         (*e).ret = ret;
         (*e).requested = requested;
         (*e).slot = slot;
-        (*e)._pad = 0;
+        (*e).head = head;
+        (*e).start_ns = start_ns;
         (*e)._pad2 = 0;
         (*e).comm = bpf_get_current_comm().unwrap_or([0u8; COMM_LEN]);
         match addr {
@@ -253,7 +287,8 @@ fn emit(
     // ring buffer every 100 ms anyway): a chatty connection would otherwise
     // cost a wakeup per call. Connects, closes, EAGAIN, partial sends, and a
     // filling buffer do.
-    let quiet = ret > 0 && (call.is_recv() || (call.is_send() && ret as u64 >= requested));
+    let quiet = (call.is_recv() && (ret > 0 || ret == -11))
+        || (call.is_send() && ret > 0 && ret as u64 >= requested);
     // (The default, adaptive wakeup would not wake a reader that has not
     // caught up, and quiet events keep it from catching up: force it.)
     let flags = if quiet && EVENTS.query(BPF_RB_AVAIL_DATA) < WAKE_AT_BYTES {
@@ -273,5 +308,15 @@ pub(crate) fn forget_process(pid_tgid: u64) {
     for fd in 0..SOCK_FD_SCAN {
         let _ = SOCK_CONNS.remove(key(tgid, fd as i32));
     }
-    emit(pid_tgid, -1, SockCall::ProcessGone, 0, 0, 0, None);
+    emit(
+        pid_tgid,
+        -1,
+        SockCall::ProcessGone,
+        0,
+        0,
+        0,
+        None,
+        [0; 4],
+        0,
+    );
 }

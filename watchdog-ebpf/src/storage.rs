@@ -182,6 +182,38 @@ pub fn storage_exec(_ctx: RawTracePointContext) -> i32 {
     0
 }
 
+/// The comm of the current task is one of the watched runtime names.
+#[inline(always)]
+pub(crate) fn comm_is_runtime(comm: &[u8; COMM_LEN]) -> bool {
+    for slot in 0..WATCH_COMMS_SLOTS {
+        let Some(p) = WATCH_COMMS.get(slot) else {
+            break;
+        };
+        let len = p.len as usize;
+        if len == 0 || len > COMM_LEN {
+            break;
+        }
+        if matches(comm, p, len) {
+            return true;
+        }
+    }
+    false
+}
+
+/// When the syscall `tid` is in started (its entry time), if known.
+#[inline(always)]
+pub(crate) fn syscall_start(tid: u32) -> u64 {
+    if let Some(slot) = SLOT.get_ptr(0) {
+        // SAFETY: per-CPU slot.
+        let slot = unsafe { &*slot };
+        if slot.tid == tid {
+            return slot.start_ns;
+        }
+    }
+    // SAFETY: map value read at once.
+    unsafe { INFLIGHT.get(tid) }.map_or(0, |e| e.start_ns)
+}
+
 #[inline(always)]
 #[expect(
     clippy::needless_range_loop,

@@ -269,7 +269,8 @@ pub async fn session(opts: TraceOptions, sink: &mut dyn Sink) -> anyhow::Result<
                     }
                     Event::Socket(s) => {
                         if let Some(t) = dbus.as_mut() {
-                            let call = t.call(&s, clock.to_time(s.header.ts_ns));
+                            let started = (s.start_ns != 0).then(|| clock.to_time(s.start_ns));
+                            let call = t.call(&s, clock.to_time(s.header.ts_ns), started);
                             diag.observe(Observation::SocketCall(call), sink);
                         }
                     }

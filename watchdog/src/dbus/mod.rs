@@ -25,7 +25,8 @@ use watchdog_common::{
 
 use crate::{
     observation::dbus::{
-        CallKind, ConnQueue, Holder, ListenerQueue, ProcessInfo, SocketCall, SocketQueues,
+        CallKind, ConnQueue, Holder, ListenerQueue, MessageKind, ProcessInfo, SocketCall,
+        SocketQueues,
     },
     probes::Probes,
     time::Time,
@@ -219,8 +220,8 @@ impl DbusTracker {
         &self.paths
     }
 
-    /// One kernel event as an observation.
-    pub fn call(&mut self, ev: &SocketEvent, at: Time) -> SocketCall {
+    /// One kernel event as an observation (`started`: the syscall's entry).
+    pub fn call(&mut self, ev: &SocketEvent, at: Time, started: Option<Time>) -> SocketCall {
         let sc = SockCall::from_u32(ev.call);
         let call = match sc {
             SockCall::Connect => CallKind::Connect,
@@ -254,7 +255,7 @@ impl DbusTracker {
             }
             CallKind::Send => {
                 if let Some(t) = self.conns.get_mut(&key)
-                    && (ev.ret > 0 || ev.ret == -11)
+                    && (ev.ret == -11 || (ev.ret > 0 && MessageKind::of(ev.head).expects_reply()))
                 {
                     t.pending_since.get_or_insert(at);
                 }
@@ -284,6 +285,8 @@ impl DbusTracker {
             ret: ev.ret,
             requested: ev.requested,
             socket,
+            started: (call == CallKind::Send).then_some(started).flatten(),
+            message: (call == CallKind::Send && ev.ret > 0).then(|| MessageKind::of(ev.head)),
             process,
         }
     }
@@ -333,7 +336,12 @@ impl DbusTracker {
             let Some(inode) = socket_inode(&self.root, *pid, *fd) else {
                 continue;
             };
-            let me = by_inode.get(&inode);
+            // Not in the dump: a socket of another network namespace (or the
+            // dump failed); its queues are unknown.
+            let Some(me) = by_inode.get(&inode) else {
+                continue;
+            };
+            let me = Some(me);
             let peer_inode = me.and_then(|s| s.peer);
             let peer = peer_inode.and_then(|p| by_inode.get(&p));
             if let Some(p) = peer_inode {

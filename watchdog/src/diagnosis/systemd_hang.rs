@@ -153,6 +153,11 @@ struct Conn {
     /// First partial or EAGAIN send since the last complete one.
     stalled_since: Option<Time>,
     unsent: u64,
+    /// The last receive of any bytes.
+    last_recv: Option<Time>,
+    /// The last send did not complete: the next one continues its message,
+    /// which expects a reply or not.
+    continuing: Option<bool>,
 }
 
 /// A connection with its (pid, fd).
@@ -242,9 +247,14 @@ impl SystemdHang {
                             pending_bytes: 0,
                             stalled_since: None,
                             unsent: 0,
+                            last_recv: None,
+                            continuing: None,
                         },
                     );
                 } else {
+                    if self.refused.len() >= 256 && !self.refused.contains_key(&c.pid) {
+                        self.refused.pop_first();
+                    }
                     let v = self.refused.entry(c.pid).or_default();
                     if v.len() < 4 {
                         v.push((c.at, c.socket.clone(), c.ret));
@@ -255,20 +265,37 @@ impl SystemdHang {
                 let Some(conn) = self.conns.get_mut(&key) else {
                     return;
                 };
+                // Recordings without the message kind: every send is a request.
+                let expects = conn.continuing.unwrap_or_else(|| {
+                    c.message
+                        .is_none_or(crate::observation::dbus::MessageKind::expects_reply)
+                });
                 if c.ret > 0 {
-                    conn.pending_since.get_or_insert(c.at);
-                    conn.pending_bytes += c.ret as u64;
+                    // A reply read after this send started answers it (Go
+                    // reads replies on another thread, which can finish
+                    // first).
+                    let answered = conn
+                        .last_recv
+                        .is_some_and(|r| r >= c.started.unwrap_or(c.at));
+                    if expects && !answered {
+                        conn.pending_since.get_or_insert(c.at);
+                        conn.pending_bytes += c.ret as u64;
+                    }
                     if (c.ret as u64) < c.requested {
                         conn.stalled_since.get_or_insert(c.at);
                         conn.unsent = c.requested - c.ret as u64;
+                        conn.continuing = Some(expects);
                     } else {
                         conn.stalled_since = None;
                         conn.unsent = 0;
+                        conn.continuing = None;
                     }
                 } else if c.ret == EAGAIN {
+                    // Something it cannot even send: it waits whatever it is.
                     conn.pending_since.get_or_insert(c.at);
                     conn.stalled_since.get_or_insert(c.at);
                     conn.unsent = c.requested;
+                    conn.continuing = Some(expects);
                 }
             }
             CallKind::Recv => {
@@ -278,6 +305,7 @@ impl SystemdHang {
                 if c.ret > 0 {
                     conn.pending_since = None;
                     conn.pending_bytes = 0;
+                    conn.last_recv = Some(c.at);
                     if let Some(a) = self.active.get_mut(&conn.socket) {
                         a.replies += 1;
                     }
@@ -389,9 +417,12 @@ impl SystemdHang {
         out
     }
 
-    fn queue_of(&self, pid: u32, fd: i32) -> Option<&ConnQueue> {
+    /// The queue of a connection, from a sock_diag sweep taken while its
+    /// current request waited (older ones describe something else).
+    fn queue_of(&self, pid: u32, fd: i32, since: Time) -> Option<&ConnQueue> {
         self.queues
-            .as_ref()?
+            .as_ref()
+            .filter(|q| q.at >= since)?
             .conns
             .iter()
             .find(|q| q.pid == pid && q.fd == fd)
@@ -431,7 +462,7 @@ impl SystemdHang {
             .collect();
         let queues: Vec<&ConnQueue> = conns
             .iter()
-            .filter_map(|((pid, fd), _)| self.queue_of(*pid, *fd))
+            .filter_map(|((pid, fd), c)| self.queue_of(*pid, *fd, c.pending_since.unwrap_or(now)))
             .collect();
         let unread: u64 = queues.iter().filter_map(|q| q.unread_by_peer).sum();
         let not_accepted = queues.iter().any(|q| q.peer_not_accepted);
@@ -439,12 +470,13 @@ impl SystemdHang {
         let listener = self
             .queues
             .as_ref()
+            .filter(|q| q.at >= since)
             .and_then(|q| q.listeners.iter().find(|l| l.socket == socket).cloned());
         let stalled = waiting.iter().any(|w| w.write_stalled);
         let probes: Vec<BusProbe> = self
             .probes
             .values()
-            .filter(|p| p.socket == socket)
+            .filter(|p| p.socket == socket && p.at >= since)
             .cloned()
             .collect();
         let probe = |target: &str| probes.iter().find(|p| p.target == target);
@@ -540,7 +572,7 @@ impl SystemdHang {
         let bytes_queued = waiting
             .iter()
             .map(|w| {
-                self.queue_of(w.pid, w.fd)
+                self.queue_of(w.pid, w.fd, since)
                     .and_then(|q| q.unread_by_peer)
                     .unwrap_or(w.bytes_sent)
                     + w.bytes_unsent
@@ -653,7 +685,7 @@ impl SystemdHang {
                         .map(|c| format!(
                             " ({} container {})",
                             w.action.as_deref().unwrap_or("handling"),
-                            &c[..c.len().min(12)]
+                            c.chars().take(12).collect::<String>()
                         ))
                         .unwrap_or_default()
                 )

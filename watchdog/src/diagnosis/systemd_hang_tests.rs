@@ -1,5 +1,7 @@
 use super::*;
-use crate::observation::dbus::{CallKind, ConnQueue, Holder, ListenerQueue, SocketQueues};
+use crate::observation::dbus::{
+    CallKind, ConnQueue, Holder, ListenerQueue, MessageKind, SocketQueues,
+};
 
 const T0: Time = Time(1_785_000_000_000);
 const BUS: &str = "/var/run/dbus/system_bus_socket";
@@ -21,6 +23,8 @@ fn call(ms: u64, pid: u32, call: CallKind, ret: i64, requested: u64, socket: &st
         ret,
         requested,
         socket: socket.into(),
+        started: None,
+        message: None,
         process: (call == CallKind::Connect).then(|| ProcessInfo {
             cmdline: "runc --systemd-cgroup create --bundle /run/b c1".into(),
             container: Some("c1".into()),
@@ -294,4 +298,94 @@ fn updates_are_rate_limited_and_one_finding_per_socket() {
     assert_eq!(u.len(), 1);
     assert_eq!(u[0].status, FindingStatus::Update);
     assert_eq!(detail(&u[0]).waiting_total, 2);
+}
+
+fn send(ms: u64, started_ms: u64, head: [u8; 4], ret: i64, requested: u64) -> Observation {
+    let Observation::SocketCall(mut c) = call(ms, 42, CallKind::Send, ret, requested, BUS) else {
+        unreachable!()
+    };
+    c.started = Some(at(started_ms));
+    c.message = Some(MessageKind::of(head));
+    Observation::SocketCall(c)
+}
+
+#[test]
+fn signals_replies_and_no_reply_calls_are_not_requests() {
+    let mut d = engine();
+    feed(
+        &mut d,
+        &[
+            call(0, 42, CallKind::Connect, 0, 0, BUS),
+            send(1, 1, [0, 0, 0, 0], 1, 1),        // credentials byte
+            send(2, 2, *b"BEGI", 7, 7),            // end of SASL
+            send(3, 3, [b'l', 4, 0, 1], 100, 100), // signal
+            send(4, 4, [b'l', 1, 1, 1], 100, 100), // call, NO_REPLY_EXPECTED
+            send(5, 5, [b'l', 2, 0, 1], 100, 100), // method return
+        ],
+    );
+    assert!(findings(d.tick(at(60_000))).is_empty());
+    // A method call is.
+    feed(&mut d, &[send(61_000, 61_000, [b'l', 1, 0, 1], 300, 300)]);
+    assert_eq!(findings(d.tick(at(66_500))).len(), 1);
+}
+
+#[test]
+fn a_reply_read_before_the_send_returned_answers_it() {
+    let mut d = engine();
+    feed(
+        &mut d,
+        &[
+            call(0, 42, CallKind::Connect, 0, 0, BUS),
+            // The reader thread got the reply (at 12) before the sending
+            // thread's write (started at 10) returned (at 13).
+            call(12, 42, CallKind::Recv, 80, 4096, BUS),
+            send(13, 10, [b'l', 1, 0, 1], 300, 300),
+        ],
+    );
+    assert!(findings(d.tick(at(30_000))).is_empty());
+}
+
+#[test]
+fn the_rest_of_a_partial_call_keeps_waiting_and_auth_lines_wait_too() {
+    let mut d = engine();
+    feed(
+        &mut d,
+        &[
+            call(0, 42, CallKind::Connect, 0, 0, BUS),
+            send(1, 1, *b"AUTH", 6, 6),
+            call(2, 42, CallKind::Recv, 20, 4096, BUS),
+            send(3, 3, [b'l', 1, 0, 1], 1000, 4000),
+            send(4, 4, *b"zzzz", -11, 3000), // the rest: EAGAIN
+        ],
+    );
+    let f = findings(d.tick(at(5_100)));
+    assert_eq!(f.len(), 1);
+    assert!(detail(&f[0]).waiting[0].write_stalled);
+    assert_eq!(MessageKind::of(*b"AUTH"), MessageKind::Auth);
+    assert_eq!(MessageKind::of(*b"NEGO"), MessageKind::Auth);
+    assert_eq!(MessageKind::of(*b"zzzz"), MessageKind::Other);
+    assert_eq!(MessageKind::of([b'B', 1, 0, 1]), MessageKind::MethodCall);
+}
+
+#[test]
+fn stale_probes_do_not_describe_a_new_hang() {
+    let mut d = engine();
+    feed(
+        &mut d,
+        &[
+            Observation::BusProbe(BusProbe {
+                at: at(0),
+                socket: BUS.into(),
+                target: "org.freedesktop.DBus".into(),
+                outcome: ProbeOutcome::Timeout { ms: 2000 },
+            }),
+            call(100_000, 9, CallKind::Connect, 0, 0, BUS),
+            call(100_001, 9, CallKind::Send, 500, 500, BUS),
+        ],
+    );
+    let f = findings(d.tick(at(105_100)));
+    let dt = detail(&f[0]);
+    assert!(dt.probes.is_empty());
+    assert_eq!(dt.stuck, Stuck::SystemdNotReplying);
+    assert_eq!(f[0].confidence, Confidence::Likely);
 }

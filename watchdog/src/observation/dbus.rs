@@ -35,9 +35,59 @@ pub struct SocketCall {
     pub requested: u64,
     /// The socket path of the connection.
     pub socket: String,
+    /// When the syscall started (sends), if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<Time>,
+    /// Sends: what the bytes start (from the first bytes sent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<MessageKind>,
     /// Who connected (connect only): what it was doing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub process: Option<ProcessInfo>,
+}
+
+/// What a send starts, from its first bytes: a D-Bus message header (byte
+/// order, type, flags, version 1), or a line of the SASL authentication.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageKind {
+    /// A method call that expects a reply.
+    MethodCall,
+    /// A method call flagged NO_REPLY_EXPECTED.
+    MethodCallNoReply,
+    MethodReturn,
+    Error,
+    Signal,
+    /// An authentication line that the server answers (AUTH, DATA,
+    /// NEGOTIATE_UNIX_FD...).
+    Auth,
+    /// The credentials byte or BEGIN: no answer follows.
+    AuthNoReply,
+    /// Not the start of a message (e.g. the rest of a partial write).
+    Other,
+}
+
+impl MessageKind {
+    /// Classify the first bytes of a send.
+    pub fn of(head: [u8; 4]) -> Self {
+        match head {
+            [b'l' | b'B', t @ 1..=4, flags, 1] => match t {
+                1 if flags & 0x1 != 0 => Self::MethodCallNoReply,
+                1 => Self::MethodCall,
+                2 => Self::MethodReturn,
+                3 => Self::Error,
+                _ => Self::Signal,
+            },
+            [0, ..] | [b'B', b'E', b'G', b'I'] => Self::AuthNoReply,
+            [c, ..] if c.is_ascii_uppercase() => Self::Auth,
+            _ => Self::Other,
+        }
+    }
+
+    /// The peer is expected to answer it.
+    pub fn expects_reply(self) -> bool {
+        matches!(self, Self::MethodCall | Self::Auth)
+    }
 }
 
 /// What a connecting process is, read once at its connect.

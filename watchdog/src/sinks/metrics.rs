@@ -67,7 +67,7 @@ pub struct Metrics {
     warnings: BTreeSet<String>,
     /// Last values of counters kept elsewhere (we add the difference).
     last_events: u64,
-    last_drops: [u64; 8],
+    last_drops: [u64; 9],
     last_cpu_ticks: u64,
     clk_tck: f64,
     page_size: u64,
@@ -94,7 +94,7 @@ impl Metrics {
             active: BTreeMap::new(),
             warnings: BTreeSet::new(),
             last_events: 0,
-            last_drops: [0; 8],
+            last_drops: [0; 9],
             last_cpu_ticks: 0,
             // SAFETY: sysconf has no preconditions.
             clk_tck: (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).max(1) as f64,
