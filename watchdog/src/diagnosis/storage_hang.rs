@@ -216,7 +216,17 @@ impl StorageHang {
                         detail,
                         tasks,
                     );
-                    if obs.at.millis_since(a.last_reported) >= self.cfg.update_every_ms {
+                    // New tasks blocked on the mount are reported at once
+                    // (at most once per sweep); growing times only every
+                    // update_every_ms.
+                    let tids = |f: &Finding| -> BTreeSet<u32> {
+                        match &f.detail {
+                            Detail::Storage(d) => d.blocked.iter().map(|b| b.tid).collect(),
+                            _ => BTreeSet::new(),
+                        }
+                    };
+                    let grew = !tids(&finding).is_subset(&tids(&a.finding));
+                    if grew || obs.at.millis_since(a.last_reported) >= self.cfg.update_every_ms {
                         a.last_reported = obs.at;
                         out.push(Report::Finding(Box::new(finding.clone())));
                     }
