@@ -80,6 +80,9 @@ pub struct Dockerd {
     containers: Vec<String>,
     image: Option<String>,
     mount_ns_of: Option<u32>,
+    /// Our own cgroup parent (cgroupfs driver): its directories are removed
+    /// in every hierarchy at drop, instead of leaving dockerd's `/docker`.
+    cgroup_parent: Option<String>,
 }
 
 impl Dockerd {
@@ -127,10 +130,16 @@ impl Dockerd {
         .arg(dir.join("dockerd.pid"))
         .arg("-H")
         .arg(format!("unix://{}", sock.display()))
-        .args(&opts.extra_args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log);
+        .args(&opts.extra_args);
+        let cgroup_parent = (!opts
+            .extra_args
+            .iter()
+            .any(|a| a.starts_with("--cgroup-parent")))
+        .then(|| tag.clone());
+        if let Some(p) = &cgroup_parent {
+            cmd.arg("--cgroup-parent").arg(format!("/{p}"));
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
         let daemon =
             ChildGuard::spawn(&mut cmd, &format!("dockerd {tag}")).map_err(|e| e.to_string())?;
         let mut me = Self {
@@ -144,6 +153,7 @@ impl Dockerd {
             containers: Vec::new(),
             image: None,
             mount_ns_of: opts.mount_ns_of,
+            cgroup_parent,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -402,6 +412,11 @@ impl Drop for Dockerd {
             thread::sleep(Duration::from_millis(50));
         }
         self.unmount_leftovers();
+        if let Some(p) = &self.cgroup_parent {
+            for problem in crate::systemd::cleanup_slice(p) {
+                eprintln!("warning: cgroup parent {p} of {}: {problem}", self.tag);
+            }
+        }
         let _ = fs::remove_dir_all(&self.exec_root);
         // data_root holds overlay directories owned by root: fine to remove
         // now that nothing is mounted below it.

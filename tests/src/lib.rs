@@ -32,6 +32,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
+pub mod bench;
 pub mod dockerd;
 pub mod fuse;
 pub mod systemd;

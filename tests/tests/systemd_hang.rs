@@ -55,6 +55,24 @@ impl Run {
         )
     }
 
+    /// The first active finding, which must come within `timeout`.
+    fn expect_active(&self, timeout: Duration) -> (Value, Instant) {
+        self.finding("active", timeout)
+            .unwrap_or_else(|| panic!("no systemd_hang finding: {}", self.agent.report()))
+    }
+
+    /// After the fault is lifted: runc finishes and the finding resolves.
+    fn expect_resolved(&self, c: &mut RuncContainer) -> Value {
+        assert!(
+            c.wait_exit(Duration::from_secs(10)).is_some(),
+            "{}",
+            c.output()
+        );
+        self.finding("resolved", Duration::from_secs(5))
+            .unwrap_or_else(|| panic!("not resolved: {}", self.agent.report()))
+            .0
+    }
+
     fn socket_calls(&self) -> Vec<Value> {
         std::fs::read_to_string(&self.record)
             .unwrap_or_default()
@@ -162,9 +180,7 @@ fn stopped_dbus_daemon_while_a_container_starts() {
     bus.stop().unwrap();
     let started = Instant::now();
     let mut c = RuncContainer::start(&ns, &RuncOpts::default()).unwrap();
-    let (f, at) = run
-        .finding("active", THRESHOLD + SLACK + Duration::from_secs(3))
-        .unwrap_or_else(|| panic!("no systemd_hang finding: {}", run.agent.report()));
+    let (f, at) = run.expect_active(THRESHOLD + SLACK + Duration::from_secs(3));
     assert_in_time(started, at, &f);
     assert_eq!(f["socket"], "/var/run/dbus/system_bus_socket", "{f}");
     assert_eq!(f["stuck"], "bus_not_reading", "{f}");
@@ -190,14 +206,7 @@ fn stopped_dbus_daemon_while_a_container_starts() {
     }
     // Lift the fault: runc goes on, replies flow, the finding resolves.
     bus.cont().unwrap();
-    assert!(
-        c.wait_exit(Duration::from_secs(10)).is_some(),
-        "{}",
-        c.output()
-    );
-    let (r, _) = run
-        .finding("resolved", Duration::from_secs(5))
-        .unwrap_or_else(|| panic!("not resolved: {}", run.agent.report()));
+    let r = run.expect_resolved(&mut c);
     assert!(
         r["summary"]
             .as_str()
@@ -225,9 +234,7 @@ fn systemd_never_replies_to_start_transient_unit() {
     let mut c = RuncContainer::start(&ns, &RuncOpts::default()).unwrap();
     assert!(fake.wait_log("holding StartTransientUnit", Duration::from_secs(10)));
     let held = Instant::now();
-    let (f, at) = run
-        .finding("active", THRESHOLD + SLACK + Duration::from_secs(3))
-        .unwrap_or_else(|| panic!("no systemd_hang finding: {}", run.agent.report()));
+    let (f, at) = run.expect_active(THRESHOLD + SLACK + Duration::from_secs(3));
     assert_in_time(held, at, &f);
     assert_eq!(f["socket"], "/var/run/dbus/system_bus_socket", "{f}");
     assert_eq!(f["stuck"], "systemd_not_replying", "{f}");
@@ -250,14 +257,7 @@ fn systemd_never_replies_to_start_transient_unit() {
         Duration::from_secs(12),
     );
     fake.answer().unwrap();
-    assert!(
-        c.wait_exit(Duration::from_secs(10)).is_some(),
-        "{}",
-        c.output()
-    );
-    let (r, _) = run
-        .finding("resolved", Duration::from_secs(5))
-        .unwrap_or_else(|| panic!("not resolved: {}", run.agent.report()));
+    let r = run.expect_resolved(&mut c);
     assert!(
         r["summary"]
             .as_str()
@@ -290,9 +290,7 @@ fn systemd_stops_reading_a_large_message_on_its_private_socket() {
         },
     )
     .unwrap();
-    let (f, at) = run
-        .finding("active", THRESHOLD + SLACK + Duration::from_secs(3))
-        .unwrap_or_else(|| panic!("no systemd_hang finding: {}", run.agent.report()));
+    let (f, at) = run.expect_active(THRESHOLD + SLACK + Duration::from_secs(3));
     assert_in_time(started, at, &f);
     assert_eq!(f["socket"], "/run/systemd/private", "{f}");
     assert_eq!(f["socket_kind"], "systemd_private", "{f}");
@@ -320,14 +318,7 @@ fn systemd_stops_reading_a_large_message_on_its_private_socket() {
         "no EAGAIN write recorded"
     );
     fake.answer().unwrap();
-    assert!(
-        c.wait_exit(Duration::from_secs(10)).is_some(),
-        "{}",
-        c.output()
-    );
-    let (r, _) = run
-        .finding("resolved", Duration::from_secs(5))
-        .unwrap_or_else(|| panic!("not resolved: {}", run.agent.report()));
+    let r = run.expect_resolved(&mut c);
     eprintln!("{}", r["summary"]);
     run.keep_recording("systemd_hang_private_stop_reading");
 }
@@ -377,9 +368,7 @@ fn dockerd_with_the_systemd_driver_names_the_container_being_created() {
             ])
             .output()
     });
-    let (f, at) = run
-        .finding("active", THRESHOLD + SLACK + Duration::from_secs(5))
-        .unwrap_or_else(|| panic!("no systemd_hang finding: {}", run.agent.report()));
+    let (f, at) = run.expect_active(THRESHOLD + SLACK + Duration::from_secs(5));
     eprintln!("after docker run: {:?}", at.duration_since(started));
     let runcs = d.runc_pids();
     assert!(

@@ -166,18 +166,8 @@ pub fn storage_exec(_ctx: RawTracePointContext) -> i32 {
     let Ok(comm) = bpf_get_current_comm() else {
         return 0;
     };
-    for slot in 0..WATCH_COMMS_SLOTS {
-        let Some(p) = WATCH_COMMS.get(slot) else {
-            break;
-        };
-        let len = p.len as usize;
-        if len == 0 || len > COMM_LEN {
-            break;
-        }
-        if matches(&comm, p, len) {
-            watch(tgid);
-            break;
-        }
+    if comm_is_runtime(&comm) {
+        watch(tgid);
     }
     0
 }

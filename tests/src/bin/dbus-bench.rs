@@ -34,36 +34,10 @@
 
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use watchdog_tests::*;
-
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-fn install_signal_handlers() {
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: the handler only stores to an atomic (async-signal-safe).
-        unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_signal as *const () as libc::sighandler_t;
-            libc::sigemptyset(&mut sa.sa_mask);
-            libc::sigaction(sig, &sa, std::ptr::null_mut());
-        }
-    }
-}
-
-/// Panics (so that every guard unwinds and cleans up) if we were signalled.
-fn check_interrupted() {
-    if INTERRUPTED.load(Ordering::SeqCst) {
-        panic!("interrupted by a signal; cleaning up");
-    }
-}
+use watchdog_tests::{bench::*, *};
 
 /// The agent's default `--systemd-socket` paths (kept in the tracking
 /// condition, so that only the bench's path is added).
@@ -579,14 +553,6 @@ struct CondRuns {
     notes: Vec<String>,
 }
 
-fn cpu_s(pid: u32) -> Option<f64> {
-    proc_cpu_ticks(pid).map(|t| t as f64 / clk_tck() as f64)
-}
-
-fn first_line(s: &str) -> String {
-    s.lines().next().unwrap_or("").to_string()
-}
-
 fn run_condition(o: &Opts, d: &BenchDir, cond: Condition, runs: &mut CondRuns) {
     check_interrupted();
     let agent = match cond {
@@ -670,32 +636,6 @@ fn run_condition(o: &Opts, d: &BenchDir, cond: Condition, runs: &mut CondRuns) {
 // ---------------------------------------------------------------------------
 // Statistics and report
 // ---------------------------------------------------------------------------
-
-fn median(v: &[f64]) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let m = s.len() / 2;
-    if s.len() % 2 == 1 {
-        s[m]
-    } else {
-        (s[m - 1] + s[m]) / 2.0
-    }
-}
-
-fn min(v: &[f64]) -> f64 {
-    v.iter().copied().fold(f64::NAN, f64::min)
-}
-
-fn num(x: f64) -> Value {
-    if x.is_finite() {
-        json!((x * 1e6).round() / 1e6)
-    } else {
-        Value::Null
-    }
-}
 
 fn u64s(v: &[Value], f: impl Fn(&Value) -> &Value) -> Vec<u64> {
     v.iter().filter_map(|s| f(s).as_u64()).collect()

@@ -254,12 +254,11 @@ pub async fn session(opts: TraceOptions, sink: &mut dyn Sink) -> anyhow::Result<
                     }
                     Event::NprocPressure(n) => {
                         let at = clock.to_time(n.header.ts_ns);
-                        let comm_len = n.comm.iter().position(|&b| b == 0).unwrap_or(n.comm.len());
                         let usage = NprocUsage {
                             at,
                             uid: n.uid,
                             pid: n.pid,
-                            comm: String::from_utf8_lossy(&n.comm[..comm_len]).into_owned(),
+                            comm: crate::context::nul_terminated(&n.comm),
                             tasks: n.tasks,
                             limit: n.limit,
                         };

@@ -19,6 +19,12 @@ use crate::{
     time::Time,
 };
 use cgroup::{CgroupIndex, PidsHierarchy};
+
+/// A NUL-padded kernel string (comm, path) as text.
+pub fn nul_terminated(b: &[u8]) -> String {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(&b[..end]).into_owned()
+}
 use procfs::Procfs;
 
 /// How long cached reads stay fresh during a burst of failures: a fork storm
@@ -193,17 +199,12 @@ impl NodeContext {
             _ => Vec::new(),
         };
 
-        let comm_len = ev
-            .comm
-            .iter()
-            .position(|&b| b == 0)
-            .unwrap_or(ev.comm.len());
         ForkFailed {
             at,
             tid: ev.tid,
             pid: ev.pid,
             uid: ev.uid,
-            comm: String::from_utf8_lossy(&ev.comm[..comm_len]).into_owned(),
+            comm: nul_terminated(&ev.comm),
             syscall: ForkSyscall::from_u32(ev.syscall).name().to_owned(),
             thread: ev.clone_flags & CLONE_THREAD != 0,
             pod: pids_cgroup.as_deref().and_then(kube::pod_from_cgroup_path),

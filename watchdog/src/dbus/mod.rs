@@ -24,6 +24,7 @@ use watchdog_common::{
 };
 
 use crate::{
+    context::nul_terminated,
     observation::dbus::{
         CallKind, ConnQueue, Holder, ListenerQueue, MessageKind, ProcessInfo, SocketCall,
         SocketQueues,
@@ -85,13 +86,9 @@ pub fn unix_path_of_address(addr: &str) -> Option<String> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
-    #[error("the eBPF object has no {0} map (build mismatch)")]
-    MissingMap(&'static str),
-    #[error("map {map}: {source}")]
-    Map {
-        map: &'static str,
-        source: aya::maps::MapError,
-    },
+    /// A missing map or a failed map update (shared with the storage probes).
+    #[error(transparent)]
+    Maps(#[from] crate::storage::SetupError),
     #[error(
         "systemd.sockets {0:?}: a socket path is absolute and at most {max} bytes",
         max = SOCK_PATH_LEN - 1
@@ -141,11 +138,6 @@ const SOCK_SYSCALLS: &[(u32, SockCall)] = &[
     (212, SockCall::Recvmsg),
 ];
 
-fn cstr(b: &[u8]) -> String {
-    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-    String::from_utf8_lossy(&b[..end]).into_owned()
-}
-
 /// A connection as the tracker follows it (for corroboration only; the
 /// engine decides).
 #[derive(Clone, Debug)]
@@ -173,13 +165,10 @@ impl DbusTracker {
     /// program and watched set must be attached).
     pub fn new(probes: &mut Probes, root: &Path, opts: &DbusOptions) -> Result<Self, SetupError> {
         validate_sockets(&opts.sockets)?;
-        let map_err = |map| move |source| SetupError::Map { map, source };
-        let mut paths: Array<MapData, SockPath> = Array::try_from(
-            probes
-                .take_map(SOCK_PATHS_MAP)
-                .ok_or(SetupError::MissingMap(SOCK_PATHS_MAP))?,
-        )
-        .map_err(map_err(SOCK_PATHS_MAP))?;
+        let map_err =
+            |map| move |source| SetupError::Maps(crate::storage::SetupError::Map { map, source });
+        let mut paths: Array<MapData, SockPath> =
+            crate::storage::take(probes, SOCK_PATHS_MAP, Array::try_from)?;
         for (i, p) in opts.sockets.iter().enumerate() {
             let mut path = [0u8; SOCK_PATH_LEN];
             path[..p.len()].copy_from_slice(p.as_bytes());
@@ -194,12 +183,8 @@ impl DbusTracker {
                 )
                 .map_err(map_err(SOCK_PATHS_MAP))?;
         }
-        let mut calls: Array<MapData, u8> = Array::try_from(
-            probes
-                .take_map(SOCK_CALLS_MAP)
-                .ok_or(SetupError::MissingMap(SOCK_CALLS_MAP))?,
-        )
-        .map_err(map_err(SOCK_CALLS_MAP))?;
+        let mut calls: Array<MapData, u8> =
+            crate::storage::take(probes, SOCK_CALLS_MAP, Array::try_from)?;
         for (nr, call) in SOCK_SYSCALLS {
             calls
                 .set(*nr, *call as u8, 0)
@@ -231,7 +216,7 @@ impl DbusTracker {
             _ => CallKind::Recv,
         };
         let socket = if sc == SockCall::Connect {
-            cstr(&ev.path)
+            nul_terminated(&ev.path)
         } else {
             self.paths
                 .get(ev.slot as usize)
@@ -278,7 +263,7 @@ impl DbusTracker {
             at,
             pid: ev.pid,
             tid: ev.tid,
-            comm: cstr(&ev.comm),
+            comm: nul_terminated(&ev.comm),
             fd: ev.fd,
             call,
             syscall: sc.name().to_owned(),
@@ -524,11 +509,8 @@ pub fn process_info(root: &Path, pid: u32) -> ProcessInfo {
             d.flatten().any(|t| {
                 fs::read_to_string(t.path().join("stat"))
                     .ok()
-                    .and_then(|s| {
-                        s.rfind(')')
-                            .and_then(|i| s.get(i + 2..i + 3).map(|c| c == "D"))
-                    })
-                    .unwrap_or(false)
+                    .and_then(|s| crate::storage::parse_stat(&s))
+                    .is_some_and(|(_, state, _)| state == 'D')
             })
         })
         .unwrap_or(true);

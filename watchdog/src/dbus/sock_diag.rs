@@ -184,8 +184,7 @@ fn parse_unix(m: &[u8]) -> Option<UnixSock> {
         let data = &a[4..alen];
         match aty {
             UNIX_DIAG_NAME if !data.is_empty() && data[0] != 0 => {
-                let end = data.iter().position(|&c| c == 0).unwrap_or(data.len());
-                s.name = Some(String::from_utf8_lossy(&data[..end]).into_owned());
+                s.name = Some(crate::context::nul_terminated(data));
             }
             UNIX_DIAG_PEER if data.len() >= 4 => s.peer = Some(u64::from(u32_at(data, 0))),
             UNIX_DIAG_RQLEN if data.len() >= 8 => {

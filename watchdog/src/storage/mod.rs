@@ -112,7 +112,7 @@ pub fn parse_comms<S: AsRef<str>>(list: &[S]) -> Result<Vec<CommMatch>, SetupErr
 }
 
 /// `/proc/<pid>/stat`: (comm, state, ppid).
-fn parse_stat(text: &str) -> Option<(String, char, u32)> {
+pub(crate) fn parse_stat(text: &str) -> Option<(String, char, u32)> {
     let open = text.find('(')?;
     let close = text.rfind(')')?;
     let comm = text.get(open + 1..close)?.to_owned();
@@ -221,7 +221,8 @@ pub struct StorageTracker {
     pub stats: SweepStats,
 }
 
-fn take<T>(
+/// Take a map out of the probes' object as type `T`.
+pub(crate) fn take<T>(
     probes: &mut Probes,
     name: &'static str,
     conv: impl FnOnce(aya::maps::Map) -> Result<T, aya::maps::MapError>,
@@ -578,8 +579,7 @@ impl StorageTracker {
 
     /// Absolute path of a tracked call's file argument, as the task sees it.
     fn path_of(&self, tgid: u32, tid: u32, s: &InflightSyscall) -> Option<String> {
-        let len = s.path.iter().position(|&b| b == 0).unwrap_or(s.path.len());
-        let raw = String::from_utf8_lossy(&s.path[..len]).into_owned();
+        let raw = crate::context::nul_terminated(&s.path);
         let link = |p: PathBuf| {
             fs::read_link(p)
                 .ok()
