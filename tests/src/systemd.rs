@@ -113,6 +113,37 @@ pub fn skip_unless_systemd_prereqs() -> bool {
     true
 }
 
+/// Joins the halves of syscalls that `strace -f` split because another
+/// thread made a call meanwhile: `PID TIME name(args <unfinished ...>` and,
+/// later, `PID TIME <... name resumed>rest`.
+pub fn join_strace_lines(text: &str) -> String {
+    let mut pending: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        let pid = line.split_whitespace().next().unwrap_or("").to_owned();
+        if let Some(head) = line.strip_suffix(" <unfinished ...>") {
+            pending.insert(pid, head.to_owned());
+            continue;
+        }
+        if let Some(i) = line.find("<... ")
+            && let Some(j) = line[i..].find(" resumed>")
+            && let Some(head) = pending.remove(&pid)
+        {
+            out.push_str(&head);
+            out.push_str(&line[i + j + " resumed>".len()..]);
+            out.push('\n');
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    for head in pending.into_values() {
+        out.push_str(&head);
+        out.push('\n');
+    }
+    out
+}
+
 /// Whether `pid` exists and is not a zombie.
 pub fn pid_alive(pid: u32) -> bool {
     proc_state(pid).is_some_and(|s| s != 'Z' && s != 'X')
@@ -938,10 +969,13 @@ impl RuncContainer {
     }
 
     /// The strace output so far (empty without [`RuncOpts::strace`]).
+    /// The strace output, with calls that strace split across threads
+    /// (`<unfinished ...>` ... `<... name resumed>`) joined into one line.
     pub fn strace_text(&self) -> String {
         self.strace_file
             .as_ref()
             .and_then(|f| fs::read_to_string(f).ok())
+            .map(|t| join_strace_lines(&t))
             .unwrap_or_default()
     }
 
@@ -1196,5 +1230,22 @@ impl Drop for SystemdDockerd {
         for p in cleanup_slice(&self.slice) {
             eprintln!("warning: cleanup of {}: {p}", self.slice);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn split_strace_calls_are_joined() {
+        let t = "9813  15:41:46.074827 connect(7, {sa_family=AF_UNIX, sun_path=\"/var/run/dbus/system_bus_socket\"}, 34 <unfinished ...>\n\
+                 9812  15:41:46.074900 futex(0x1, FUTEX_WAKE, 1) = 0\n\
+                 9813  15:41:46.075000 <... connect resumed>) = 0\n";
+        let j = super::join_strace_lines(t);
+        assert!(
+            j.contains("sun_path=\"/var/run/dbus/system_bus_socket\"}, 34) = 0\n"),
+            "{j}"
+        );
+        assert!(j.contains("futex(0x1"));
+        assert_eq!(j.lines().count(), 2);
     }
 }
