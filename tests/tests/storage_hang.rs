@@ -179,7 +179,16 @@ fn runtime_blocked_on_stat_statfs_read_is_found_within_threshold_plus_2s() {
         "detection: {:.2} s after the calls started (threshold {THRESHOLD:?})",
         secs_since_unix_ns(rec.wall, unix_ns(spawned))
     );
-    assert_eq!(f["status"], "active", "{f:#}");
+    // conmon's read blocks first; runc and crun start a few ms later and may
+    // cross the threshold one sweep after it. Then the first report (active)
+    // names conmon alone and the one naming all three is its update.
+    let first = agent
+        .records()
+        .into_iter()
+        .find(|v| is_storage_finding(v, &mp))
+        .expect("the record found above");
+    assert_eq!(first["status"], "active", "{first:#}");
+    assert!(f["status"] == "active" || f["status"] == "update", "{f:#}");
     assert_eq!(f["fs_type"], "fuse");
     assert_eq!(f["source"], fuse.fsname());
     assert_eq!(f["dev"], fuse.dev());
