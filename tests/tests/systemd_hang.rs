@@ -57,8 +57,15 @@ impl Run {
 
     /// The first active finding, which must come within `timeout`.
     fn expect_active(&self, timeout: Duration) -> (Value, Instant) {
-        self.finding("active", timeout)
-            .unwrap_or_else(|| panic!("no systemd_hang finding: {}", self.agent.report()))
+        self.finding("active", timeout).unwrap_or_else(|| {
+            let calls: Vec<String> = self.socket_calls().iter().map(|c| c.to_string()).collect();
+            panic!(
+                "no systemd_hang finding: {}\nsocket calls recorded ({}):\n{}",
+                self.agent.report(),
+                calls.len(),
+                calls.join("\n")
+            )
+        })
     }
 
     /// After the fault is lifted: runc finishes and the finding resolves.

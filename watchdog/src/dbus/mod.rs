@@ -271,6 +271,8 @@ impl DbusTracker {
             requested: ev.requested,
             socket,
             started: (call == CallKind::Send).then_some(started).flatten(),
+            ktime_ns: Some(ev.header.ts_ns),
+            started_ktime_ns: (call == CallKind::Send && ev.start_ns != 0).then_some(ev.start_ns),
             message: (call == CallKind::Send && ev.ret > 0).then(|| MessageKind::of(ev.head)),
             process,
         }

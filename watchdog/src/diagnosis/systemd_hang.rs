@@ -153,8 +153,9 @@ struct Conn {
     /// First partial or EAGAIN send since the last complete one.
     stalled_since: Option<Time>,
     unsent: u64,
-    /// The last receive of any bytes.
+    /// The last receive of any bytes, and its kernel time when known.
     last_recv: Option<Time>,
+    last_recv_ns: Option<u64>,
     /// The last send did not complete: the next one continues its message,
     /// which expects a reply or not.
     continuing: Option<bool>,
@@ -248,6 +249,7 @@ impl SystemdHang {
                             stalled_since: None,
                             unsent: 0,
                             last_recv: None,
+                            last_recv_ns: None,
                             continuing: None,
                         },
                     );
@@ -273,10 +275,15 @@ impl SystemdHang {
                 if c.ret > 0 {
                     // A reply read after this send started answers it (Go
                     // reads replies on another thread, which can finish
-                    // first).
-                    let answered = conn
-                        .last_recv
-                        .is_some_and(|r| r >= c.started.unwrap_or(c.at));
+                    // first). In kernel nanoseconds when both are known: the
+                    // previous reply is often read in the same millisecond
+                    // as the next request starts, and answers nothing.
+                    let answered = match (conn.last_recv_ns, c.started_ktime_ns) {
+                        (Some(r), Some(s)) => r >= s,
+                        _ => conn
+                            .last_recv
+                            .is_some_and(|r| r >= c.started.unwrap_or(c.at)),
+                    };
                     if expects && !answered {
                         conn.pending_since.get_or_insert(c.at);
                         conn.pending_bytes += c.ret as u64;
@@ -306,6 +313,7 @@ impl SystemdHang {
                     conn.pending_since = None;
                     conn.pending_bytes = 0;
                     conn.last_recv = Some(c.at);
+                    conn.last_recv_ns = c.ktime_ns;
                     if let Some(a) = self.active.get_mut(&conn.socket) {
                         a.replies += 1;
                     }

@@ -24,6 +24,8 @@ fn call(ms: u64, pid: u32, call: CallKind, ret: i64, requested: u64, socket: &st
         requested,
         socket: socket.into(),
         started: None,
+        ktime_ns: None,
+        started_ktime_ns: None,
         message: None,
         process: (call == CallKind::Connect).then(|| ProcessInfo {
             cmdline: "runc --systemd-cgroup create --bundle /run/b c1".into(),
@@ -343,6 +345,74 @@ fn a_reply_read_before_the_send_returned_answers_it() {
         ],
     );
     assert!(findings(d.tick(at(30_000))).is_empty());
+}
+
+/// `call` with kernel times: exit at `ns` and, for sends, entry at `started_ns`.
+fn timed(mut o: Observation, ns: u64, started_ns: Option<u64>) -> Observation {
+    let Observation::SocketCall(c) = &mut o else {
+        unreachable!()
+    };
+    c.ktime_ns = Some(ns);
+    c.started_ktime_ns = started_ns;
+    o
+}
+
+#[test]
+fn the_previous_reply_read_in_the_same_millisecond_does_not_answer_the_next_request() {
+    // As recorded when runc's StartTransientUnit went unanswered: the reply
+    // to the call before was read at ...326.4 ms, the next call's write
+    // started at ...326.9 ms; both are "326" in milliseconds.
+    let ms = 326;
+    let ns = |us: u64| 1_000_000_000 + us * 1_000;
+    let mut d = engine();
+    feed(
+        &mut d,
+        &[
+            call(0, 42, CallKind::Connect, 0, 0, BUS),
+            timed(
+                send(ms, ms, [b'l', 1, 0, 1], 128, 128),
+                ns(326_100),
+                Some(ns(326_050)),
+            ),
+            timed(
+                call(ms, 42, CallKind::Recv, 144, 4096, BUS),
+                ns(326_400),
+                None,
+            ),
+            timed(
+                call(ms, 42, CallKind::Recv, -11, 16, BUS),
+                ns(326_500),
+                None,
+            ),
+            timed(
+                send(ms + 1, ms, [b'l', 1, 0, 1], 576, 576),
+                ns(327_100),
+                Some(ns(326_900)),
+            ),
+        ],
+    );
+    let f = findings(d.tick(at(ms + 5_010)));
+    assert_eq!(f.len(), 1, "the second call waits");
+    assert_eq!(detail(&f[0]).waiting[0].bytes_sent, 576);
+    // Whereas a reply read after the write started (another thread) answers it.
+    let mut d = engine();
+    feed(
+        &mut d,
+        &[
+            call(0, 42, CallKind::Connect, 0, 0, BUS),
+            timed(
+                call(ms, 42, CallKind::Recv, 80, 4096, BUS),
+                ns(326_950),
+                None,
+            ),
+            timed(
+                send(ms + 1, ms, [b'l', 1, 0, 1], 576, 576),
+                ns(327_100),
+                Some(ns(326_900)),
+            ),
+        ],
+    );
+    assert!(findings(d.tick(at(ms + 5_010))).is_empty());
 }
 
 #[test]

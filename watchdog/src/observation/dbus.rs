@@ -38,6 +38,14 @@ pub struct SocketCall {
     /// When the syscall started (sends), if known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started: Option<Time>,
+    /// The kernel's monotonic clock (ns) at the syscall's exit and, for
+    /// sends, at its entry. `at` and `started` have milliseconds: a reply
+    /// read in the same millisecond as the next request started is ordered
+    /// by these. Absent in recordings made before they existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ktime_ns: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_ktime_ns: Option<u64>,
     /// Sends: what the bytes start (from the first bytes sent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<MessageKind>,
