@@ -651,6 +651,97 @@ impl FakeSystemd {
     }
 }
 
+/// A long-lived D-Bus client in a [`PrivateNs`] under a runtime's name, as
+/// kubelet, CRI-O or containerd keep one connection to systemd for life
+/// (fake_systemd.py's client mode). `Drop`: SIGKILL by PID, script removed.
+pub struct SystemdClient {
+    child: ChildGuard,
+    dir: PathBuf,
+    stdin: std::process::ChildStdin,
+    log: Arc<Mutex<String>>,
+}
+
+impl SystemdClient {
+    /// Starts it as `comm`, connected to the bus or the private socket, and
+    /// waits (up to 10 s) until it is connected (authenticated, Hello done).
+    pub fn start(ns: &PrivateNs, transport: Transport, comm: &str) -> Result<Self, String> {
+        let tag = unique("wdt-sdclient");
+        let dir = std::env::temp_dir().join(&tag);
+        fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        let script = dir.join("fake_systemd.py");
+        fs::write(&script, FAKE_SYSTEMD_PY)
+            .map_err(|e| format!("write {}: {e}", script.display()))?;
+        let mut cmd = ns.command(PYTHON);
+        cmd.arg(&script);
+        match transport {
+            Transport::Bus => cmd.args(["--client-of-bus", SYSTEM_BUS_SOCKET]),
+            Transport::Private => cmd.args(["--client-of-private", SYSTEMD_PRIVATE_SOCKET]),
+        };
+        cmd.args(["--comm", comm])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = match ChildGuard::spawn(&mut cmd, &format!("systemd client {tag}")) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = fs::remove_dir_all(&dir);
+                return Err(e.to_string());
+            }
+        };
+        let stdin = child.child_mut().stdin.take().expect("piped");
+        let stdout = child.take_stdout().expect("piped");
+        let stderr = child.child_mut().stderr.take().expect("piped");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        spawn_line_reader(stdout, log.clone(), Some(("CONNECTED", tx)));
+        spawn_line_reader(stderr, log.clone(), None);
+        let me = Self {
+            child,
+            dir,
+            stdin,
+            log,
+        };
+        if rx.recv_timeout(Duration::from_secs(10)).is_err() {
+            return Err(format!("systemd client did not connect:\n{}", me.log()));
+        }
+        Ok(me)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+
+    /// Sends StartTransientUnit(`unit`) on its connection.
+    pub fn start_unit(&mut self, unit: &str) -> io::Result<()> {
+        use std::io::Write;
+        writeln!(self.stdin, "start {unit}")?;
+        self.stdin.flush()
+    }
+
+    pub fn log(&self) -> String {
+        lock(&self.log).clone()
+    }
+
+    /// Waits up to `timeout` for `needle` in [`SystemdClient::log`].
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while !lock(&self.log).contains(needle) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        true
+    }
+}
+
+impl Drop for SystemdClient {
+    fn drop(&mut self) {
+        self.child.kill_group();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
 impl Drop for FakeSystemd {
     fn drop(&mut self) {
         if self.child.try_wait().is_none() {

@@ -281,6 +281,92 @@ fn systemd_never_replies_to_start_transient_unit() {
 }
 
 #[test]
+fn a_connection_opened_before_the_agent_started_is_followed() {
+    if !skip_unless_systemd_prereqs() {
+        return;
+    }
+    let ns = PrivateNs::start().unwrap();
+    let _bus = DbusDaemon::start(&ns).unwrap();
+    let mut fake = FakeSystemd::start(&ns, Transport::Bus, FakeMode::NeverReply).unwrap();
+    // Connected before the agent runs, as kubelet, CRI-O or containerd keep
+    // their connection to systemd for life.
+    let mut client = SystemdClient::start(&ns, Transport::Bus, "containerd").unwrap();
+    let run = start_agent(&ns, "existing");
+    client.start_unit("wdt-existing.scope").unwrap();
+    assert!(
+        fake.wait_log("holding StartTransientUnit", Duration::from_secs(10)),
+        "{}\n{}",
+        fake.log(),
+        client.log()
+    );
+    let held = Instant::now();
+    let (f, at) = run.expect_active(THRESHOLD + SLACK + Duration::from_secs(3));
+    assert_in_time(held, at, &f);
+    assert_eq!(f["socket"], SYSTEM_BUS_SOCKET, "{f}");
+    assert_eq!(f["stuck"], "systemd_not_replying", "{f}");
+    assert_eq!(f["waiting"][0]["pid"], client.pid(), "{f}");
+    assert_eq!(f["waiting"][0]["comm"], "containerd", "{f}");
+    let adopted = run.socket_calls().into_iter().any(|c| {
+        c["call"] == "connect"
+            && c["syscall"] == "connected_before_start"
+            && c["pid"] == client.pid()
+    });
+    assert!(adopted, "no adopted connect in {:?}", run.socket_calls());
+    fake.answer().unwrap();
+    assert!(
+        client.wait_log("REPLY", Duration::from_secs(10)),
+        "{}",
+        client.log()
+    );
+    let r = run
+        .finding("resolved", Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("not resolved: {}", run.agent.report()))
+        .0;
+    assert!(
+        r["summary"]
+            .as_str()
+            .unwrap()
+            .contains("replies flow again"),
+        "{r}"
+    );
+    // Hung again, then the client dies: the kernel forgets its connections
+    // at exit (it was marked as holding some when adopted), and the finding
+    // resolves for want of waiters.
+    fake.refault().unwrap();
+    client.start_unit("wdt-existing-2.scope").unwrap();
+    let again = run
+        .agent
+        .wait_for(
+            |v| {
+                v["type"] == "finding"
+                    && v["cause"] == "systemd_hang"
+                    && v["status"] == "active"
+                    && v["first_seen"] != f["first_seen"]
+            },
+            THRESHOLD + SLACK + Duration::from_secs(3),
+        )
+        .unwrap_or_else(|| panic!("not hung again: {}", run.agent.report()))
+        .0;
+    assert_eq!(again["waiting"][0]["pid"], client.pid(), "{again}");
+    drop(client);
+    let gone = run
+        .agent
+        .wait_for(
+            |v| {
+                v["type"] == "finding"
+                    && v["status"] == "resolved"
+                    && v["summary"]
+                        .as_str()
+                        .is_some_and(|s| s.contains("no process waits"))
+            },
+            Duration::from_secs(5),
+        )
+        .unwrap_or_else(|| panic!("not resolved at exit: {}", run.agent.report()))
+        .0;
+    assert_eq!(gone["cause"], "systemd_hang", "{gone}");
+}
+
+#[test]
 fn systemd_stops_reading_a_large_message_on_its_private_socket() {
     if !skip_unless_systemd_prereqs() {
         return;

@@ -175,6 +175,22 @@ pub async fn session(opts: TraceOptions, sink: &mut dyn Sink) -> anyhow::Result<
             }
         },
     };
+    // Connections to systemd that kubelet, CRI-O, containerd or dockerd
+    // opened before we started: follow them from now on.
+    let mut adopted = Vec::new();
+    if let (Some(t), Some(s)) = (dbus.as_mut(), storage.as_mut()) {
+        for (e, call) in t.adopt_existing(s.runtimes_at_start(), Time::now()) {
+            tracing::info!(
+                "following {}[{}] fd {} to {}, connected before start",
+                call.comm,
+                e.pid,
+                e.fd,
+                call.socket
+            );
+            s.mark_has_conn(e.pid);
+            adopted.push(call);
+        }
+    }
     let mut arming = Arming::new(opts.arm_percent, opts.disarm_after.as_millis() as u64);
     let auto = opts.fork_probe == ForkProbeMode::Auto
         && probes.state(FORK_FAILURES.name) == Some(ProbeState::Standby);
@@ -208,6 +224,9 @@ pub async fn session(opts: TraceOptions, sink: &mut dyn Sink) -> anyhow::Result<
         None => None,
     };
     let mut diag = Diagnoser::new(opts.engine.clone(), recorder);
+    for call in adopted {
+        diag.observe(Observation::SocketCall(call), sink);
+    }
     let clock = MonotonicClock::new();
 
     sink.emit(&Record::Ready(Ready {

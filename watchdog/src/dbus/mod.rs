@@ -18,9 +18,10 @@ use std::{
     time::Duration,
 };
 
-use aya::maps::{Array, MapData};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData};
 use watchdog_common::{
-    SOCK_CALLS_MAP, SOCK_PATH_LEN, SOCK_PATH_SLOTS, SOCK_PATHS_MAP, SockCall, SockPath, SocketEvent,
+    SOCK_CALLS_MAP, SOCK_CONNS_MAP, SOCK_PATH_LEN, SOCK_PATH_SLOTS, SOCK_PATHS_MAP, SockCall,
+    SockConn, SockPath, SocketEvent,
 };
 
 use crate::{
@@ -32,6 +33,10 @@ use crate::{
     probes::Probes,
     time::Time,
 };
+
+/// The `syscall` of the connect observation of a connection opened before
+/// the agent started.
+pub const EXISTING: &str = "connected_before_start";
 
 /// Socket paths followed by default (the system bus under both spellings
 /// clients use; /var/run is a symlink to /run).
@@ -158,6 +163,42 @@ pub struct DbusTracker {
     probed: HashMap<(String, &'static str), Time>,
     /// Last scan of /proc for socket holders (at most one per 5 s).
     holders_scanned: Option<Time>,
+    /// The kernel's table of followed connections, to adopt the ones opened
+    /// before the probes attached.
+    sock_conns: BpfHashMap<MapData, u64, SockConn>,
+}
+
+/// A connection to a followed socket that a process opened before the agent
+/// started (kubelet, CRI-O, containerd and dockerd keep theirs for life).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Existing {
+    pub pid: u32,
+    pub fd: i32,
+    pub inode: u64,
+    /// The map slot of the followed path.
+    pub slot: u32,
+}
+
+/// The client sockets connected to a followed socket, by inode, with the
+/// slot of its path. A client end has no name; its peer, the server's
+/// accepted end, carries the listener's path (as `ss -x` shows it).
+/// `slot_of` maps such a path to its slot.
+pub fn existing_clients(
+    all: &[sock_diag::UnixSock],
+    slot_of: impl Fn(&str) -> Option<u32>,
+) -> HashMap<u64, u32> {
+    let named: HashMap<u64, &str> = all
+        .iter()
+        .filter(|s| !s.listening())
+        .filter_map(|s| Some((s.inode, s.name.as_deref()?)))
+        .collect();
+    all.iter()
+        .filter(|s| s.name.is_none())
+        .filter_map(|s| {
+            let path = named.get(&s.peer?)?;
+            Some((s.inode, slot_of(path)?))
+        })
+        .collect()
 }
 
 impl DbusTracker {
@@ -198,11 +239,116 @@ impl DbusTracker {
             holders: HashMap::new(),
             probed: HashMap::new(),
             holders_scanned: None,
+            sock_conns: crate::storage::take(probes, SOCK_CONNS_MAP, BpfHashMap::try_from)?,
         })
     }
 
     pub fn sockets(&self) -> &[String] {
         &self.paths
+    }
+
+    /// The slot of a path a listener bound: a followed path, or one that
+    /// leads to the same place (`/var/run` is a symlink to `/run`).
+    fn slot_of(&self, bound: &str) -> Option<u32> {
+        let bound_real = canonical_socket_path(bound);
+        self.paths
+            .iter()
+            .position(|p| {
+                p == bound
+                    || bound_real.as_deref() == Some(p.as_str())
+                    || canonical_socket_path(p).as_deref() == Some(bound)
+            })
+            .map(|i| i as u32)
+    }
+
+    /// Follow the connections `pids` (the runtime processes running at
+    /// start) opened to the followed sockets before the probes attached:
+    /// found through sock_diag and `/proc/<pid>/fd` (readlink only), put in
+    /// the kernel's table, and returned as connect observations at `now`.
+    /// A request such a connection sent before now is not seen; every later
+    /// one is.
+    pub fn adopt_existing(&mut self, pids: &[u32], now: Time) -> Vec<(Existing, SocketCall)> {
+        let all = match sock_diag::dump() {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(
+                    "connections to systemd opened before start are not followed: sock_diag dump of unix sockets failed: {e}"
+                );
+                return Vec::new();
+            }
+        };
+        let clients = existing_clients(&all, |p| self.slot_of(p));
+        if clients.is_empty() {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for &pid in pids {
+            let Ok(fds) = fs::read_dir(self.root.join(format!("proc/{pid}/fd"))) else {
+                continue;
+            };
+            for e in fds.flatten() {
+                let Some(fd) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                    continue;
+                };
+                let Some(inode) = fs::read_link(e.path())
+                    .ok()
+                    .and_then(|l| parse_socket_link(&l.to_string_lossy()))
+                else {
+                    continue;
+                };
+                let Some(&slot) = clients.get(&inode) else {
+                    continue;
+                };
+                let key = (u64::from(pid) << 32) | u64::from(fd as u32);
+                if let Err(e) = self.sock_conns.insert(key, SockConn { slot, _pad: 0 }, 0) {
+                    tracing::warn!("cannot follow pid {pid} fd {fd}: {e}");
+                    continue;
+                }
+                // Closed (and the fd reused) between the dump and now: drop it.
+                if socket_inode(&self.root, pid, fd) != Some(inode) {
+                    let _ = self.sock_conns.remove(&key);
+                    continue;
+                }
+                let socket = self.paths[slot as usize].clone();
+                self.conns.insert(
+                    (pid, fd),
+                    Tracked {
+                        socket: socket.clone(),
+                        pending_since: None,
+                    },
+                );
+                let comm = fs::read_to_string(self.root.join(format!("proc/{pid}/comm")))
+                    .map(|s| s.trim().to_owned())
+                    .unwrap_or_default();
+                let call = SocketCall {
+                    at: now,
+                    pid,
+                    tid: pid,
+                    comm,
+                    fd,
+                    call: CallKind::Connect,
+                    syscall: EXISTING.into(),
+                    ret: 0,
+                    requested: 0,
+                    socket,
+                    started: None,
+                    ktime_ns: None,
+                    started_ktime_ns: None,
+                    message: None,
+                    process: Some(process_info(&self.root, pid)),
+                };
+                out.push((
+                    Existing {
+                        pid,
+                        fd,
+                        inode,
+                        slot,
+                    },
+                    call,
+                ));
+            }
+        }
+        out
     }
 
     /// One kernel event as an observation (`started`: the syscall's entry).
@@ -607,6 +753,37 @@ mod tests {
 
     fn s(v: &[&str]) -> Vec<String> {
         v.iter().map(|x| (*x).to_owned()).collect()
+    }
+
+    #[test]
+    fn existing_clients_are_found_by_their_peers_path() {
+        use std::os::{fd::AsRawFd, unix::fs::MetadataExt};
+        let dir = std::env::temp_dir().join(format!("wd-existing-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bus.sock");
+        let other = dir.join("other.sock");
+        let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let lo = std::os::unix::net::UnixListener::bind(&other).unwrap();
+        let c = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        let (server, _) = l.accept().unwrap();
+        let co = std::os::unix::net::UnixStream::connect(&other).unwrap();
+        let (_so, _) = lo.accept().unwrap();
+        let ino = |fd: i32| fs::metadata(format!("/proc/self/fd/{fd}")).unwrap().ino();
+        let want = path.to_str().unwrap();
+        let found = existing_clients(&sock_diag::dump().unwrap(), |p| (p == want).then_some(3));
+        assert_eq!(found.get(&ino(c.as_raw_fd())), Some(&3), "{found:?}");
+        assert!(
+            !found.contains_key(&ino(server.as_raw_fd())),
+            "the server end"
+        );
+        assert!(!found.contains_key(&ino(co.as_raw_fd())), "another path");
+        assert_eq!(
+            socket_inode(Path::new("/"), std::process::id(), c.as_raw_fd()),
+            Some(ino(c.as_raw_fd()))
+        );
+        drop((l, lo));
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]
