@@ -156,6 +156,10 @@ pub struct DbusTracker {
     opts: DbusOptions,
     /// The configured path of each map slot.
     paths: Vec<String>,
+    /// Where each leads (`/var/run/dbus/x` -> `/run/dbus/x`): observations
+    /// name the real socket, so clients spelling one bus two ways wait on
+    /// one finding.
+    real_paths: Vec<String>,
     conns: HashMap<(u32, i32), Tracked>,
     /// Socket inode -> holder, and inodes searched for in vain.
     holders: HashMap<u64, Holder>,
@@ -235,6 +239,11 @@ impl DbusTracker {
             root: root.to_owned(),
             opts: opts.clone(),
             paths: opts.sockets.clone(),
+            real_paths: opts
+                .sockets
+                .iter()
+                .map(|p| canonical_socket_path(p).unwrap_or_else(|| p.clone()))
+                .collect(),
             conns: HashMap::new(),
             holders: HashMap::new(),
             probed: HashMap::new(),
@@ -309,7 +318,7 @@ impl DbusTracker {
                     let _ = self.sock_conns.remove(&key);
                     continue;
                 }
-                let socket = self.paths[slot as usize].clone();
+                let socket = self.real_paths[slot as usize].clone();
                 self.conns.insert(
                     (pid, fd),
                     Tracked {
@@ -361,13 +370,10 @@ impl DbusTracker {
             c if c.is_send() => CallKind::Send,
             _ => CallKind::Recv,
         };
-        let socket = if sc == SockCall::Connect {
-            nul_terminated(&ev.path)
-        } else {
-            self.paths
-                .get(ev.slot as usize)
-                .cloned()
-                .unwrap_or_default()
+        let socket = match self.real_paths.get(ev.slot as usize) {
+            Some(p) => p.clone(),
+            None if sc == SockCall::Connect => nul_terminated(&ev.path),
+            None => String::new(),
         };
         let key = (ev.pid, ev.fd);
         let mut process = None;
@@ -753,6 +759,28 @@ mod tests {
 
     fn s(v: &[&str]) -> Vec<String> {
         v.iter().map(|x| (*x).to_owned()).collect()
+    }
+
+    #[test]
+    fn socket_paths_are_named_by_where_they_lead() {
+        let dir = std::env::temp_dir().join(format!("wd-canon-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("run/dbus")).unwrap();
+        fs::create_dir_all(dir.join("var")).unwrap();
+        std::os::unix::fs::symlink("../run", dir.join("var/run")).unwrap();
+        let real = fs::canonicalize(&dir).unwrap();
+        let via = format!("{}/var/run/dbus/system_bus_socket", real.display());
+        assert_eq!(
+            canonical_socket_path(&via),
+            Some(format!("{}/run/dbus/system_bus_socket", real.display()))
+        );
+        // Already real, or a directory that does not exist: kept as given.
+        assert_eq!(
+            canonical_socket_path(&format!("{}/run/dbus/x", real.display())),
+            None
+        );
+        assert_eq!(canonical_socket_path("/nonexistent-wd/dbus/x"), None);
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]
