@@ -118,6 +118,10 @@ pub(crate) fn on_sys_exit(ctx: &RawTracePointContext, pid_tgid: u64) {
     let Some(conn) = SOCK_CONNS.get_ptr(k) else {
         return;
     };
+    // Its exec or exit forgets its connections. (Set here, not only at
+    // connect: the agent adopts connections opened before it started, and
+    // a byte store is cheaper than a check.)
+    crate::storage::mark_has_conn(tgid);
     // SAFETY: map value pointer, read at once.
     let slot = unsafe { (*conn).slot };
     let a1 = || arg(global(&crate::storage::PT_REGS_ARG1_OFF));

@@ -178,7 +178,7 @@ pub async fn session(opts: TraceOptions, sink: &mut dyn Sink) -> anyhow::Result<
     // Connections to systemd that kubelet, CRI-O, containerd or dockerd
     // opened before we started: follow them from now on.
     let mut adopted = Vec::new();
-    if let (Some(t), Some(s)) = (dbus.as_mut(), storage.as_mut()) {
+    if let (Some(t), Some(s)) = (dbus.as_mut(), storage.as_ref()) {
         for (e, call) in t.adopt_existing(s.runtimes_at_start(), Time::now()) {
             tracing::info!(
                 "following {}[{}] fd {} to {}, connected before start",
@@ -187,7 +187,6 @@ pub async fn session(opts: TraceOptions, sink: &mut dyn Sink) -> anyhow::Result<
                 e.fd,
                 call.socket
             );
-            s.mark_has_conn(e.pid);
             adopted.push(call);
         }
     }
@@ -304,6 +303,9 @@ pub async fn session(opts: TraceOptions, sink: &mut dyn Sink) -> anyhow::Result<
                     diag.observe(Observation::BlockedTasks(s.sweep(now)), sink);
                 }
                 if let Some(t) = dbus.as_mut() {
+                    for call in t.prune(now) {
+                        diag.observe(Observation::SocketCall(call), sink);
+                    }
                     if let Some(q) = t.sweep(now) {
                         diag.observe(Observation::SocketQueues(q), sink);
                     }

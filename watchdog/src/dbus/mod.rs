@@ -256,17 +256,14 @@ impl DbusTracker {
         &self.paths
     }
 
-    /// The slot of a path a listener bound: a followed path, or one that
-    /// leads to the same place (`/var/run` is a symlink to `/run`).
+    /// The slot of a path a listener bound: a followed path as configured
+    /// or as it resolved at start. Strings only: these are paths any
+    /// process bound, anywhere, and resolving one could hang on its mount.
     fn slot_of(&self, bound: &str) -> Option<u32> {
-        let bound_real = canonical_socket_path(bound);
         self.paths
             .iter()
-            .position(|p| {
-                p == bound
-                    || bound_real.as_deref() == Some(p.as_str())
-                    || canonical_socket_path(p).as_deref() == Some(bound)
-            })
+            .zip(&self.real_paths)
+            .position(|(p, r)| p == bound || r == bound)
             .map(|i| i as u32)
     }
 
@@ -445,13 +442,52 @@ impl DbusTracker {
         v
     }
 
+    /// Every poll, before [`DbusTracker::sweep`]: connections whose process
+    /// is gone without the kernel saying so (a lost event, or an adopted
+    /// connection whose process exited before its first call on it marked
+    /// it): out of the kernel's table, and a `ProcessGone` observation each.
+    pub fn prune(&mut self, now: Time) -> Vec<SocketCall> {
+        let proc = self.root.join("proc");
+        let gone: Vec<(u32, i32)> = self
+            .conns
+            .keys()
+            .filter(|(pid, _)| !proc.join(pid.to_string()).exists())
+            .copied()
+            .collect();
+        let mut pids: Vec<u32> = Vec::new();
+        for (pid, fd) in gone {
+            self.conns.remove(&(pid, fd));
+            let _ = self
+                .sock_conns
+                .remove(&((u64::from(pid) << 32) | u64::from(fd as u32)));
+            if !pids.contains(&pid) {
+                pids.push(pid);
+            }
+        }
+        pids.into_iter()
+            .map(|pid| SocketCall {
+                at: now,
+                pid,
+                tid: pid,
+                comm: String::new(),
+                fd: -1,
+                call: CallKind::ProcessGone,
+                syscall: "exit".into(),
+                ret: 0,
+                requested: 0,
+                socket: String::new(),
+                started: None,
+                ktime_ns: None,
+                started_ktime_ns: None,
+                message: None,
+                process: None,
+            })
+            .collect()
+    }
+
     /// Every poll: while some connection waits, the queues of the waiting
     /// connections and of the followed listeners (None when nothing waits).
-    /// Forgets connections whose process is gone (events can be lost).
     pub fn sweep(&mut self, now: Time) -> Option<SocketQueues> {
-        let proc = self.root.join("proc");
-        self.conns
-            .retain(|(pid, _), _| proc.join(pid.to_string()).exists());
         let suspects: Vec<((u32, i32), String)> = self
             .suspects(now)
             .into_iter()
@@ -510,8 +546,12 @@ impl DbusTracker {
         let mut names: HashMap<String, String> = HashMap::new();
         for (_, s) in &suspects {
             names.insert(s.clone(), s.clone());
-            if let Some(real) = canonical_socket_path(s) {
-                names.insert(real, s.clone());
+            // The spellings configured for it (a listener bound at
+            // /var/run/dbus/... on older systems).
+            for (p, r) in self.paths.iter().zip(&self.real_paths) {
+                if r == s {
+                    names.insert(p.clone(), s.clone());
+                }
             }
         }
         for c in &conns {

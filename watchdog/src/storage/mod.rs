@@ -21,7 +21,7 @@ use aya::maps::{Array, HashMap as BpfHashMap, MapData, StackTraceMap};
 use watchdog_common::{
     AT_FDCWD, ArgKind, COMM_LEN, CommPattern, DSTATE_MAP, DstateEntry, INFLIGHT_MAP,
     InflightSyscall, STACKS_MAP, SYSCALL_KINDS_MAP, TASK_WAKEKILL, WATCH_COMMS_MAP,
-    WATCH_COMMS_SLOTS, WATCHED_BYTES_MAP, WATCHED_HAS_CONN, WATCHED_MAP,
+    WATCH_COMMS_SLOTS, WATCHED_BYTES_MAP, WATCHED_MAP,
 };
 
 use crate::{
@@ -215,9 +215,6 @@ pub struct StorageTracker {
     inflight: BpfHashMap<MapData, u32, InflightSyscall>,
     dstate: BpfHashMap<MapData, u32, DstateEntry>,
     watched: BpfHashMap<MapData, u32, u8>,
-    /// One byte per pid: 1 watched, `| WATCHED_HAS_CONN` with D-Bus
-    /// connections followed (the hot path's copy of `watched`).
-    watched_bytes: Array<MapData, [u8; 64]>,
     /// Processes running at start whose own name is a runtime name (not
     /// their descendants).
     runtimes_at_start: Vec<u32>,
@@ -314,7 +311,6 @@ impl StorageTracker {
             inflight: take(probes, INFLIGHT_MAP, BpfHashMap::try_from)?,
             dstate: take(probes, DSTATE_MAP, BpfHashMap::try_from)?,
             watched,
-            watched_bytes: bytes,
             runtimes_at_start,
             stacks,
             symbolizer: stack::Symbolizer::new(&root.join("proc/kallsyms")),
@@ -329,19 +325,6 @@ impl StorageTracker {
     /// Processes running at start whose own name is a runtime name.
     pub fn runtimes_at_start(&self) -> &[u32] {
         &self.runtimes_at_start
-    }
-
-    /// Mark a watched process as having followed D-Bus connections (opened
-    /// before start): its exec or exit then forgets them, as for the ones
-    /// the probe saw connect. (A store by the probe into the same 64-pid
-    /// element during this read-modify-write could be lost.)
-    pub fn mark_has_conn(&mut self, pid: u32) {
-        let i = pid >> 6;
-        let mut cur = self.watched_bytes.get(&i, 0).unwrap_or([0; 64]);
-        cur[(pid & 63) as usize] |= 1 | WATCHED_HAS_CONN;
-        if let Err(e) = self.watched_bytes.set(i, cur, 0) {
-            tracing::warn!("cannot mark pid {pid} as holding D-Bus connections: {e}");
-        }
     }
 
     /// [`StorageTracker::new`] when every storage probe attached; otherwise
