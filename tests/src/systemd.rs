@@ -541,6 +541,65 @@ impl FakeMode {
     }
 }
 
+/// fake_systemd.py run in `ns` with `args` from its own directory under a
+/// unique tag; its stdout and stderr go to one log. Waits up to 10 s for the
+/// stdout line `ready`; on failure the directory is removed and the error
+/// holds the log.
+fn spawn_fake_systemd_py(
+    ns: &PrivateNs,
+    prefix: &str,
+    label: &str,
+    args: &[&str],
+    stdin: Stdio,
+    ready: &'static str,
+) -> Result<(ChildGuard, PathBuf, Arc<Mutex<String>>), String> {
+    let tag = unique(prefix);
+    let dir = std::env::temp_dir().join(&tag);
+    fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    let script = dir.join("fake_systemd.py");
+    if let Err(e) = fs::write(&script, FAKE_SYSTEMD_PY) {
+        let _ = fs::remove_dir_all(&dir);
+        return Err(format!("write {}: {e}", script.display()));
+    }
+    let mut cmd = ns.command(PYTHON);
+    cmd.arg(&script)
+        .args(args)
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = match ChildGuard::spawn(&mut cmd, &format!("{label} {tag}")) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = fs::remove_dir_all(&dir);
+            return Err(e.to_string());
+        }
+    };
+    let stdout = child.take_stdout().expect("piped");
+    let stderr = child.child_mut().stderr.take().expect("piped");
+    let log = Arc::new(Mutex::new(String::new()));
+    let (tx, rx) = mpsc::channel();
+    spawn_line_reader(stdout, log.clone(), Some((ready, tx)));
+    spawn_line_reader(stderr, log.clone(), None);
+    if rx.recv_timeout(Duration::from_secs(10)).is_err() {
+        drop(child);
+        let _ = fs::remove_dir_all(&dir);
+        return Err(format!("{label} did not print {ready}:\n{}", lock(&log)));
+    }
+    Ok((child, dir, log))
+}
+
+/// Waits up to `timeout` for `needle` to appear in `log`.
+fn wait_in_log(log: &Mutex<String>, needle: &str, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while !lock(log).contains(needle) {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
 /// The fake systemd manager in a [`PrivateNs`]. `Drop`: SIGTERM, then the
 /// guard's SIGKILL; removes the private socket and the script.
 pub struct FakeSystemd {
@@ -556,53 +615,35 @@ impl FakeSystemd {
     /// Starts it and waits (up to 10 s) for `READY` (name owned on the bus,
     /// or listening on the private socket).
     pub fn start(ns: &PrivateNs, transport: Transport, mode: FakeMode) -> Result<Self, String> {
-        let tag = unique("wdt-fakesd");
-        let dir = std::env::temp_dir().join(&tag);
-        fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-        let script = dir.join("fake_systemd.py");
-        fs::write(&script, FAKE_SYSTEMD_PY)
-            .map_err(|e| format!("write {}: {e}", script.display()))?;
-        let mut cmd = ns.command(PYTHON);
-        cmd.arg(&script);
-        let socket_host_path = match transport {
-            Transport::Bus => {
-                cmd.args(["--bus", SYSTEM_BUS_SOCKET]);
-                None
-            }
-            Transport::Private => {
-                cmd.args(["--private", SYSTEMD_PRIVATE_SOCKET]);
-                Some(ns.host_path(SYSTEMD_PRIVATE_SOCKET))
-            }
+        let (flag, path, socket_host_path) = match transport {
+            Transport::Bus => ("--bus", SYSTEM_BUS_SOCKET, None),
+            Transport::Private => (
+                "--private",
+                SYSTEMD_PRIVATE_SOCKET,
+                Some(ns.host_path(SYSTEMD_PRIVATE_SOCKET)),
+            ),
         };
-        cmd.args(["--mode", mode.as_arg()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = match ChildGuard::spawn(&mut cmd, &format!("fake systemd {tag}")) {
-            Ok(c) => c,
-            Err(e) => {
-                let _ = fs::remove_dir_all(&dir);
-                return Err(e.to_string());
+        let (child, dir, log) = spawn_fake_systemd_py(
+            ns,
+            "wdt-fakesd",
+            "fake systemd",
+            &[flag, path, "--mode", mode.as_arg()],
+            Stdio::null(),
+            "READY",
+        )
+        .inspect_err(|_| {
+            if let Some(p) = &socket_host_path {
+                let _ = fs::remove_file(p);
             }
-        };
-        let stdout = child.take_stdout().expect("piped");
-        let stderr = child.child_mut().stderr.take().expect("piped");
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = mpsc::channel();
-        spawn_line_reader(stdout, log.clone(), Some(("READY", tx)));
-        spawn_line_reader(stderr, log.clone(), None);
-        let me = Self {
+        })?;
+        Ok(Self {
             child,
             dir,
             transport,
             mode,
             socket_host_path,
             log,
-        };
-        if rx.recv_timeout(Duration::from_secs(10)).is_err() {
-            return Err(format!("fake systemd did not get ready:\n{}", me.log()));
-        }
-        Ok(me)
+        })
     }
 
     pub fn pid(&self) -> u32 {
@@ -624,16 +665,7 @@ impl FakeSystemd {
 
     /// Waits up to `timeout` for `needle` to appear in [`FakeSystemd::log`].
     pub fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if lock(&self.log).contains(needle) {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
+        wait_in_log(&self.log, needle, timeout)
     }
 
     /// SIGUSR1: switch to answering; held StartTransientUnit calls are
@@ -665,46 +697,25 @@ impl SystemdClient {
     /// Starts it as `comm`, connected to the bus or the private socket, and
     /// waits (up to 10 s) until it is connected (authenticated, Hello done).
     pub fn start(ns: &PrivateNs, transport: Transport, comm: &str) -> Result<Self, String> {
-        let tag = unique("wdt-sdclient");
-        let dir = std::env::temp_dir().join(&tag);
-        fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-        let script = dir.join("fake_systemd.py");
-        fs::write(&script, FAKE_SYSTEMD_PY)
-            .map_err(|e| format!("write {}: {e}", script.display()))?;
-        let mut cmd = ns.command(PYTHON);
-        cmd.arg(&script);
-        match transport {
-            Transport::Bus => cmd.args(["--client-of-bus", SYSTEM_BUS_SOCKET]),
-            Transport::Private => cmd.args(["--client-of-private", SYSTEMD_PRIVATE_SOCKET]),
+        let (flag, path) = match transport {
+            Transport::Bus => ("--client-of-bus", SYSTEM_BUS_SOCKET),
+            Transport::Private => ("--client-of-private", SYSTEMD_PRIVATE_SOCKET),
         };
-        cmd.args(["--comm", comm])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = match ChildGuard::spawn(&mut cmd, &format!("systemd client {tag}")) {
-            Ok(c) => c,
-            Err(e) => {
-                let _ = fs::remove_dir_all(&dir);
-                return Err(e.to_string());
-            }
-        };
+        let (mut child, dir, log) = spawn_fake_systemd_py(
+            ns,
+            "wdt-sdclient",
+            "systemd client",
+            &[flag, path, "--comm", comm],
+            Stdio::piped(),
+            "CONNECTED",
+        )?;
         let stdin = child.child_mut().stdin.take().expect("piped");
-        let stdout = child.take_stdout().expect("piped");
-        let stderr = child.child_mut().stderr.take().expect("piped");
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = mpsc::channel();
-        spawn_line_reader(stdout, log.clone(), Some(("CONNECTED", tx)));
-        spawn_line_reader(stderr, log.clone(), None);
-        let me = Self {
+        Ok(Self {
             child,
             dir,
             stdin,
             log,
-        };
-        if rx.recv_timeout(Duration::from_secs(10)).is_err() {
-            return Err(format!("systemd client did not connect:\n{}", me.log()));
-        }
-        Ok(me)
+        })
     }
 
     pub fn pid(&self) -> u32 {
@@ -724,14 +735,7 @@ impl SystemdClient {
 
     /// Waits up to `timeout` for `needle` in [`SystemdClient::log`].
     pub fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while !lock(&self.log).contains(needle) {
-            if Instant::now() >= deadline {
-                return false;
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-        true
+        wait_in_log(&self.log, needle, timeout)
     }
 }
 
