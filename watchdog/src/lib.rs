@@ -4,7 +4,8 @@
 //! - [`probes`]: load and attach the eBPF programs (`watchdog-ebpf`)
 //! - [`ringbuf`]: drain the ring buffer, decode, count drops
 //! - [`context`]: /proc and cgroupfs reads that turn events into observations
-//! - [`observation`]: the timestamped facts the engine consumes
+//! - [`model`]: the data every stage exchanges (observations, the recording
+//!   schema), importing nothing with I/O
 //! - [`diagnosis`]: the pure engine (no clock, no I/O): observations -> findings
 //! - [`recording`]: `--record` files of engine inputs, read back by `watchdog replay`
 //! - [`replay`]: `watchdog replay`, a recording diagnosed offline
@@ -24,7 +25,7 @@ pub mod context;
 pub mod dbus;
 pub mod diagnosis;
 pub mod kubelet;
-pub mod observation;
+pub mod model;
 pub mod paths;
 pub mod probes;
 pub mod recording;
@@ -33,4 +34,3 @@ pub mod ringbuf;
 pub mod runtime;
 pub mod sinks;
 pub mod storage;
-pub mod time;

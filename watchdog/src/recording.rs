@@ -10,7 +10,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{diagnosis::EngineConfig, observation::Observation, time::Time};
+use crate::{diagnosis::EngineConfig, model::Observation, model::Time};
 
 /// Version of the recording format; bumped on incompatible changes.
 pub const FORMAT: u32 = 1;
@@ -215,7 +215,7 @@ pub fn read(path: &Path) -> Result<Recording, RecordingError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::observation::{PidLimits, SystemPids};
+    use crate::model::{PidLimits, SystemPids};
 
     fn tmp(name: &str) -> PathBuf {
         std::env::temp_dir().join(format!("watchdog-rec-{}-{name}", std::process::id()))

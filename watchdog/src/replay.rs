@@ -7,9 +7,9 @@ use serde::Serialize;
 
 use crate::{
     agent::diagnoser::Diagnoser,
+    model::Time,
     recording::{self, Line},
     sinks::{Drops, Record, Sink, Summary},
-    time::Time,
 };
 
 /// First record of a replay: what is being replayed.

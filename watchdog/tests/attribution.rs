@@ -16,17 +16,15 @@ use std::{
 };
 
 use watchdog::{
-    context::{
-        NodeContext,
-        cgroup::CgroupVersion,
-        kube::{CgroupDriver, PodRef},
-    },
+    context::{NodeContext, cgroup::CgroupVersion},
     diagnosis::{
         Confidence, Detail, Engine, EngineConfig, Finding, FindingStatus, Report, WarningStatus,
         pid_exhaustion::{CgroupUsage, Headroom, Limit, PidDetail, ProcessFailures, Usage},
     },
-    observation::{Consumer, ForkFailed, Observation, PidsCgroupState, SystemPids},
-    time::Time,
+    model::{
+        Consumer, ForkFailed, Observation, PidsCgroupState, SystemPids, Time,
+        pod::{CgroupDriver, PodRef},
+    },
 };
 use watchdog_common::{COMM_LEN, EventHeader, EventKind, ForkFailureEvent, ForkSyscall};
 

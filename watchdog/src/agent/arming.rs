@@ -9,7 +9,7 @@
 //! the always-attached, per-fork (not per-syscall) `nproc_pressure` probe
 //! reporting a user near its RLIMIT_NPROC. It is detached again after
 //! `disarm_after` without pressure. Pure: time is passed in.
-use crate::{observation::PidLimits, time::Time};
+use crate::{model::PidLimits, model::Time};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -121,7 +121,7 @@ impl Arming {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::observation::{PidsCgroupState, SystemPids};
+    use crate::model::{PidsCgroupState, SystemPids};
 
     fn sample(current: u64) -> PidLimits {
         PidLimits {

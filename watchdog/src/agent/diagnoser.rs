@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 
 use crate::{
     diagnosis::{Cause, Engine, EngineConfig, FindingStatus, Report, WarningStatus},
-    observation::Observation,
+    model::Observation,
+    model::Time,
     recording::{Line, Recorder},
     sinks::{Record, Sink},
-    time::Time,
 };
 
 pub struct Diagnoser {

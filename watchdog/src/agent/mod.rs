@@ -19,7 +19,8 @@ use watchdog_common::decode::Event;
 use crate::{
     context::NodeContext,
     diagnosis::{Cause, EngineConfig},
-    observation::{NprocUsage, Observation},
+    model::time::{MonotonicClock, Time},
+    model::{NprocUsage, Observation},
     paths,
     probes::{
         self, FORK_FAILURES, KernelLayout, NPROC_PRESSURE, ProbeState, Probes, STORAGE_PROBES,
@@ -27,7 +28,6 @@ use crate::{
     recording::{Header, Recorder},
     ringbuf::{self, Counters},
     sinks::{Drops, ProbeChange, Ready, Record, Sink, Stats, Summary},
-    time::{MonotonicClock, Time},
 };
 use arming::{Arming, Change, ForkProbeMode};
 use diagnoser::Diagnoser;

@@ -9,6 +9,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use crate::{
     agent::{self, TraceOptions},
     config::{Config, Toggle},
+    model::Time,
     sinks::{
         Fanout, Sink,
         json::JsonLines,
@@ -16,7 +17,6 @@ use crate::{
         metrics::{self, Metrics},
         terminal::Terminal,
     },
-    time::Time,
 };
 
 #[derive(clap::Args)]

@@ -2,7 +2,6 @@
 //! and cgroupfs (never user mounts), and samples the node's limits. All reads
 //! go through a root directory so tests can use recorded trees.
 pub mod cgroup;
-pub mod kube;
 pub mod mounts;
 pub mod procfs;
 
@@ -15,8 +14,8 @@ use std::{
 use watchdog_common::{CLONE_THREAD, ForkFailureEvent, ForkSyscall};
 
 use crate::{
-    observation::{ForkFailed, PidLimits, PidsCgroupState, SystemPids, UserTasks},
-    time::Time,
+    model::Time,
+    model::{ForkFailed, PidLimits, PidsCgroupState, SystemPids, UserTasks},
 };
 use cgroup::{CgroupIndex, PidsHierarchy};
 
@@ -123,7 +122,7 @@ impl NodeContext {
     }
 
     /// The processes holding the most tasks within a limit's scope.
-    fn consumers(&self, scope: &Scope) -> Vec<crate::observation::Consumer> {
+    fn consumers(&self, scope: &Scope) -> Vec<crate::model::Consumer> {
         let procs = match scope {
             Scope::Uid(uid) => self
                 .procfs
@@ -207,7 +206,9 @@ impl NodeContext {
             comm: nul_terminated(&ev.comm),
             syscall: ForkSyscall::from_u32(ev.syscall).name().to_owned(),
             thread: ev.clone_flags & CLONE_THREAD != 0,
-            pod: pids_cgroup.as_deref().and_then(kube::pod_from_cgroup_path),
+            pod: pids_cgroup
+                .as_deref()
+                .and_then(crate::model::pod::pod_from_cgroup_path),
             pids_cgroup,
             cgroup_chain,
             system,

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::{
-    observation::{Consumer, SystemPids},
+    model::{Consumer, SystemPids},
     paths,
 };
 

@@ -26,12 +26,12 @@ use watchdog_common::{
 
 use crate::{
     context::nul_terminated,
-    observation::dbus::{
+    model::Time,
+    model::dbus::{
         CallKind, ConnQueue, Holder, ListenerQueue, MessageKind, ProcessInfo, SocketCall,
         SocketQueues,
     },
     probes::Probes,
-    time::Time,
 };
 
 /// The `syscall` of the connect observation of a connection opened before

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use crate::{
     diagnosis::systemd_hang::SocketKind,
-    observation::dbus::{BusProbe, ProbeOutcome},
-    time::Time,
+    model::Time,
+    model::dbus::{BusProbe, ProbeOutcome},
 };
 
 pub const SYSTEMD: &str = "org.freedesktop.systemd1";

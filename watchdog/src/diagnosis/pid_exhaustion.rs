@@ -15,15 +15,10 @@ use super::{
     Cause, Confidence, Detail, Detector, EngineConfig, Evidence, Finding, FindingStatus, Report,
     Warning, WarningStatus,
 };
-use crate::{
-    context::{
-        cgroup::{ancestry, is_below},
-        kube::PodRef,
-    },
-    observation::{
-        Consumer, ForkFailed, NprocUsage, Observation, PidLimits, PidsCgroupState, SystemPids,
-    },
-    time::Time,
+use crate::model::{
+    Consumer, ForkFailed, NprocUsage, Observation, PidLimits, PidsCgroupState, SystemPids, Time,
+    cgroup::{ancestry, is_below},
+    pod::PodRef,
 };
 
 /// Pids the kernel keeps for itself below pid_max (RESERVED_PIDS).
@@ -786,7 +781,7 @@ fn new_tracked(f: &ForkFailed, limit: Limit, owner: &str, confidence: Confidence
 
 /// A finding proven by a pids.events rise seen in a periodic sample alone.
 fn tracked_from_cgroup(c: &PidsCgroupState, l: &PidLimits, delta: u64, why: String) -> Tracked {
-    let pod = crate::context::kube::pod_from_cgroup_path(&c.path);
+    let pod = crate::model::pod::pod_from_cgroup_path(&c.path);
     let mut t = blank(
         Limit::PidsCgroup,
         &c.path,

@@ -19,11 +19,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 
 use crate::{
-    kubelet::types::{
+    model::Time,
+    model::kubelet::{
         HungCall, KubeletLog, KubeletLogEvent, KubeletMetrics, NodeReady, PlegMessage, Relist,
         SlowCall, SourceKind, SourceState, SourceStatus,
     },
-    time::Time,
 };
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]

@@ -1,7 +1,7 @@
 use std::collections::BTreeMap;
 
 use super::*;
-use crate::kubelet::types::{LoggedPod, RuntimeOperation};
+use crate::model::kubelet::{LoggedPod, RuntimeOperation};
 
 const T0: Time = Time(1_785_000_000_000);
 

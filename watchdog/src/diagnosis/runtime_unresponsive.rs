@@ -9,7 +9,7 @@ use super::{
     Cause, Confidence, Detail, EngineConfig, Evidence, Finding, FindingStatus, Report,
     pleg::{PlegEstimate, PlegSource, PlegStatus},
 };
-use crate::{kubelet::HungCall, time::Time};
+use crate::model::{kubelet::HungCall, time::Time};
 
 const MAX_EVIDENCE: usize = 8;
 

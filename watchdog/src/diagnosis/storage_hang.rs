@@ -14,9 +14,9 @@ use super::{
     Cause, Confidence, Detail, Detector, EngineConfig, Evidence, Finding, FindingStatus, Report,
 };
 use crate::{
-    context::kube::PodRef,
-    observation::{BlockedTask, BlockedTasks, MountRef, Observation, WaitClass},
-    time::Time,
+    model::Time,
+    model::pod::PodRef,
+    model::{BlockedTask, BlockedTasks, MountRef, Observation, WaitClass},
 };
 
 const MAX_TASKS: usize = 20;

@@ -20,14 +20,14 @@ use super::{
     Cause, Confidence, Detail, Detector, EngineConfig, Evidence, Finding, FindingStatus, Report,
 };
 use crate::{
-    observation::{
+    model::Time,
+    model::{
         Observation,
         dbus::{
             BusProbe, CallKind, ConnQueue, Holder, ListenerQueue, ProbeOutcome, ProcessInfo,
             SocketCall, SocketQueues,
         },
     },
-    time::Time,
 };
 
 const MAX_WAITING: usize = 20;
@@ -270,7 +270,7 @@ impl SystemdHang {
                 // Recordings without the message kind: every send is a request.
                 let expects = conn.continuing.unwrap_or_else(|| {
                     c.message
-                        .is_none_or(crate::observation::dbus::MessageKind::expects_reply)
+                        .is_none_or(crate::model::dbus::MessageKind::expects_reply)
                 });
                 if c.ret > 0 {
                     // A reply read after this send started answers it (Go

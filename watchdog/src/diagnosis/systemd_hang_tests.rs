@@ -1,7 +1,5 @@
 use super::*;
-use crate::observation::dbus::{
-    CallKind, ConnQueue, Holder, ListenerQueue, MessageKind, SocketQueues,
-};
+use crate::model::dbus::{CallKind, ConnQueue, Holder, ListenerQueue, MessageKind, SocketQueues};
 
 const T0: Time = Time(1_785_000_000_000);
 const BUS: &str = "/var/run/dbus/system_bus_socket";

@@ -19,8 +19,8 @@ use std::{
     time::Duration,
 };
 
-use super::types::{KubeletLog, KubeletLogEvent, LoggedPod, PlegMessage};
-use crate::time::Time;
+use crate::model::Time;
+use crate::model::kubelet::{KubeletLog, KubeletLogEvent, LoggedPod, PlegMessage};
 
 /// The longest line kept; longer lines are cut and counted as unparseable.
 pub const MAX_LINE: usize = 16 * 1024;

@@ -10,8 +10,8 @@ use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 use http_body_util::{BodyExt, Limited};
 use prometheus_parse::{LineInfo, Scrape, Value};
 
-use super::types::{Histogram, KubeletMetrics, RuntimeOperation};
-use crate::time::Time;
+use crate::model::Time;
+use crate::model::kubelet::{Histogram, KubeletMetrics, RuntimeOperation};
 
 pub const PLEG_LAST_SEEN: &str = "kubelet_pleg_last_seen_seconds";
 pub const PLEG_RELIST_DURATION: &str = "kubelet_pleg_relist_duration_seconds";

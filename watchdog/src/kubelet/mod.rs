@@ -15,7 +15,6 @@
 pub mod log;
 pub mod metrics;
 pub mod node;
-pub mod types;
 
 use std::{
     path::PathBuf,
@@ -28,9 +27,11 @@ use std::{
 
 use tokio::sync::mpsc;
 
-pub use types::*;
-
-use crate::{observation::Observation, time::Time};
+use crate::model::{
+    Observation,
+    kubelet::{SourceKind, SourceState, SourceStatus},
+    time::Time,
+};
 
 /// Observations waiting for the agent loop; beyond this they are dropped.
 pub const QUEUE: usize = 1024;

@@ -11,10 +11,12 @@ use kube::{
     runtime::{WatchStreamExt, watcher},
 };
 
-use super::{
-    ObsSender, Reporter, SourceKind, SourceState, log::parse_pleg_message, types::NodeReady,
+use super::{ObsSender, Reporter, log::parse_pleg_message};
+use crate::model::{
+    Observation,
+    kubelet::{NodeReady, SourceKind, SourceState},
+    time::Time,
 };
-use crate::{observation::Observation, time::Time};
 
 /// The apiserver ends a watch after this long (watcher's default 290 s); a
 /// read that waits longer than [`READ_TIMEOUT`] is a stalled connection.

@@ -6,7 +6,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use super::*;
-use crate::kubelet::{SourceState, types::SourceStatus};
+use crate::model::kubelet::{SourceState, SourceStatus};
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 

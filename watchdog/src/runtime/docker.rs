@@ -20,9 +20,12 @@ use tokio::{sync::Semaphore, task::JoinHandle};
 
 use super::{HungCall, Relist, RelistConfig, SlowCall};
 use crate::{
-    kubelet::{Backoff, ObsSender, Reporter, SourceKind, SourceState},
-    observation::Observation,
-    time::Time,
+    kubelet::{Backoff, ObsSender, Reporter},
+    model::{
+        Observation,
+        kubelet::{SourceKind, SourceState},
+        time::Time,
+    },
 };
 
 /// API version spoken before negotiation (Docker 20.10 to 28 accept it).

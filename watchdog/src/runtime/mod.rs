@@ -9,7 +9,7 @@ pub mod docker;
 
 use std::time::Duration;
 
-pub use crate::kubelet::types::{HungCall, Relist, SlowCall};
+pub use crate::model::kubelet::{HungCall, Relist, SlowCall};
 
 #[derive(Clone, Debug)]
 pub struct RelistConfig {

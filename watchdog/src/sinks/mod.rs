@@ -11,8 +11,8 @@ use serde::Serialize;
 
 use crate::{
     diagnosis::{Finding, Warning},
+    model::Time,
     probes::{ProbeState, ProbeStatus},
-    time::Time,
 };
 
 /// Drop counters at every hop, reported in the summary.
@@ -90,7 +90,7 @@ pub enum Record {
     /// PLEG health estimate.
     Pleg(Box<crate::diagnosis::pleg::PlegEstimate>),
     /// A kubelet/runtime source became available or unavailable.
-    Source(crate::kubelet::SourceStatus),
+    Source(crate::model::kubelet::SourceStatus),
     Summary(Summary),
     /// First record of `watchdog replay`.
     Replay(crate::replay::ReplayInfo),

@@ -1,7 +1,7 @@
 //! Terminal rendering of systemd-hang findings.
 use crate::{
     diagnosis::systemd_hang::{SocketKind, SystemdDetail},
-    observation::dbus::ProbeOutcome,
+    model::dbus::ProbeOutcome,
 };
 
 /// The systemd-specific lines of an active systemd-hang finding.

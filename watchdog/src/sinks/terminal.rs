@@ -2,7 +2,7 @@
 use super::{Record, Sink};
 use crate::{
     diagnosis::{Detail, Finding, FindingStatus, WarningStatus},
-    kubelet::SourceState,
+    model::kubelet::SourceState,
     probes::ProbeState,
 };
 

@@ -25,10 +25,10 @@ use watchdog_common::{
 };
 
 use crate::{
-    context::{kube, mounts},
-    observation::{BlockedTask, BlockedTasks, MountRef, WaitClass},
+    context::mounts,
+    model::time::{MonotonicClock, Time},
+    model::{BlockedTask, BlockedTasks, MountRef, WaitClass},
     probes::Probes,
-    time::{MonotonicClock, Time},
 };
 
 /// Runtime process names watched by default (`*` = prefix).
@@ -565,7 +565,9 @@ impl StorageTracker {
             stack,
             mount,
             container_id: cgroup.as_deref().and_then(container_id),
-            pod: cgroup.as_deref().and_then(kube::pod_from_cgroup_path),
+            pod: cgroup
+                .as_deref()
+                .and_then(crate::model::pod::pod_from_cgroup_path),
             cgroup,
             watched: c.syscall.is_some(),
         })
@@ -698,7 +700,7 @@ pub fn container_cgroup(proc_cgroup: &str) -> Option<String> {
         .collect();
     paths
         .iter()
-        .find(|p| kube::pod_from_cgroup_path(p).is_some())
+        .find(|p| crate::model::pod::pod_from_cgroup_path(p).is_some())
         .or_else(|| paths.iter().find(|p| container_id(p).is_some()))
         .map(|p| (*p).to_owned())
         .or_else(|| {

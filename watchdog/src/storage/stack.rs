@@ -6,7 +6,7 @@ use std::{
     path::Path,
 };
 
-use crate::observation::WaitClass;
+use crate::model::WaitClass;
 
 /// The function name of a frame (`request_wait_answer+0x112/0x210` ->
 /// `request_wait_answer`).

@@ -1,7 +1,7 @@
 use super::*;
 use crate::{
     diagnosis::Engine,
-    observation::{Observation, UserTasks},
+    model::{Observation, UserTasks},
 };
 
 const T0: u64 = 1_790_000_000_000;
@@ -343,7 +343,7 @@ fn rlimit_pressure_warns_once_and_clears_after_silence() {
     };
     let mut e = Engine::new(cfg);
     let usage = |ms, tasks| {
-        Observation::NprocUsage(crate::observation::NprocUsage {
+        Observation::NprocUsage(crate::model::NprocUsage {
             at: Time(T0 + ms),
             uid: 1000,
             pid: 5,

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use crate::{
     diagnosis::{Cause, Detail, Finding, FindingStatus},
-    time::Time,
+    model::Time,
 };
 
 /// Kubernetes caps a condition message; stay well inside it.

@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use super::conditions::{problem_reason, truncate};
 use crate::{
     diagnosis::{Finding, FindingStatus, Warning, WarningStatus},
-    time::Time,
+    model::Time,
 };
 
 /// Events waiting to be sent; beyond this the oldest are dropped (counted).

@@ -21,7 +21,7 @@ use serde_json::json;
 use tokio::sync::Notify;
 
 use super::{Record, Sink};
-use crate::time::Time;
+use crate::model::Time;
 use conditions::{Condition, ConditionManager};
 use events::{EventQueue, NodeEvent};
 

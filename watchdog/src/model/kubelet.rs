@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::time::Time;
+use super::time::Time;
 
 /// A histogram as kubelet exposes it, cumulative since kubelet started.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -1,61 +1,7 @@
-//! Observations: what the probes and the node context saw, timestamped, in a
-//! form the pure diagnosis engine consumes (and that can be recorded and
-//! replayed). No kernel or runtime handles in here, only data.
+//! PID-limit observations: fork failures, limit samples, RLIMIT_NPROC pressure.
 use serde::{Deserialize, Serialize};
 
-use crate::{context::kube::PodRef, time::Time};
-
-pub mod dbus;
-pub mod storage;
-pub use storage::{BlockedTask, BlockedTasks, MountRef, WaitClass};
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Observation {
-    /// A process-creating syscall failed with EAGAIN (kernel probe).
-    ForkFailed(Box<ForkFailed>),
-    /// Periodic sample of the PID limits (pids cgroups with a limit, system).
-    PidLimits(PidLimits),
-    /// A user's task count neared its RLIMIT_NPROC (kernel probe, rate-limited).
-    NprocUsage(NprocUsage),
-    /// One scrape of kubelet's /metrics (PLEG and runtime operation metrics).
-    KubeletMetrics(Box<crate::kubelet::KubeletMetrics>),
-    /// A kubelet (or runtime/system) log line about PLEG or the runtime.
-    KubeletLog(crate::kubelet::KubeletLog),
-    /// This node's Ready condition (sent when it changes).
-    NodeReady(crate::kubelet::NodeReady),
-    /// One of the agent's own relists of the container runtime.
-    Relist(Box<crate::kubelet::Relist>),
-    /// A kubelet/runtime source became available or unavailable.
-    Source(crate::kubelet::SourceStatus),
-    /// Tasks blocked on storage past the threshold (storage sweep, every poll).
-    BlockedTasks(BlockedTasks),
-    /// A call on a D-Bus/systemd socket connection of a runtime process.
-    SocketCall(dbus::SocketCall),
-    /// Queue lengths of those connections and sockets (sock_diag).
-    SocketQueues(dbus::SocketQueues),
-    /// The agent's own probe of the bus or of systemd.
-    BusProbe(dbus::BusProbe),
-}
-
-impl Observation {
-    pub fn at(&self) -> Time {
-        match self {
-            Self::ForkFailed(f) => f.at,
-            Self::PidLimits(p) => p.at,
-            Self::NprocUsage(n) => n.at,
-            Self::KubeletMetrics(m) => m.at,
-            Self::KubeletLog(l) => l.at,
-            Self::NodeReady(n) => n.at,
-            Self::Relist(r) => r.at,
-            Self::Source(s) => s.at,
-            Self::BlockedTasks(b) => b.at,
-            Self::SocketCall(c) => c.at,
-            Self::SocketQueues(q) => q.at,
-            Self::BusProbe(p) => p.at,
-        }
-    }
-}
+use super::{pod::PodRef, time::Time};
 
 /// State of one pids cgroup, read from its control files.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

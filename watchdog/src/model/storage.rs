@@ -1,7 +1,7 @@
 //! Observations of tasks blocked on storage (the storage sweep's output).
 use serde::{Deserialize, Serialize};
 
-use crate::{context::kube::PodRef, time::Time};
+use super::{pod::PodRef, time::Time};
 
 /// What a blocked task waits for, from its kernel stack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

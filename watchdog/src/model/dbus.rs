@@ -3,7 +3,7 @@
 //! agent's own probes of the bus and of systemd.
 use serde::{Deserialize, Serialize};
 
-use crate::time::Time;
+use super::time::Time;
 
 /// The syscall of a [`SocketCall`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
