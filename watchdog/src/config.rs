@@ -61,7 +61,8 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Deserializer};
 
-use crate::{agent::arming::ForkProbeMode, diagnosis::EngineConfig};
+use crate::agent::arming::ForkProbeMode;
+use crate::model::settings::EngineConfig;
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -99,7 +100,7 @@ impl Default for SystemdSection {
         Self {
             enabled: true,
             threshold: Duration::from_millis(
-                crate::diagnosis::systemd_hang::SystemdConfig::default().threshold_ms,
+                crate::model::settings::SystemdConfig::default().threshold_ms,
             ),
             sockets: d.sockets,
             probe: d.probe,
@@ -492,7 +493,7 @@ impl Config {
             update_every_ms: self.engine.update_every.as_millis() as u64,
             warn_percent: self.engine.warn_percent,
             warn_clear_percent: (self.engine.warn_percent - 5.0).max(0.0),
-            systemd: crate::diagnosis::systemd_hang::SystemdConfig {
+            systemd: crate::model::settings::SystemdConfig {
                 threshold_ms: self.systemd.threshold.as_millis() as u64,
             },
             ..EngineConfig::default()

@@ -10,7 +10,8 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{diagnosis::EngineConfig, model::Observation, model::Time};
+use crate::model::settings::EngineConfig;
+use crate::model::{Observation, Time};
 
 /// Version of the recording format; bumped on incompatible changes.
 pub const FORMAT: u32 = 1;

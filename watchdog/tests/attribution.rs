@@ -15,17 +15,16 @@ use std::{
     sync::atomic::{AtomicUsize, Ordering},
 };
 
-use watchdog::{
-    context::{NodeContext, cgroup::CgroupVersion},
-    diagnosis::{
-        Confidence, Detail, Engine, EngineConfig, Finding, FindingStatus, Report, WarningStatus,
-        pid_exhaustion::{CgroupUsage, Headroom, Limit, PidDetail, ProcessFailures, Usage},
-    },
-    model::{
-        Consumer, ForkFailed, Observation, PidsCgroupState, SystemPids, Time,
-        pod::{CgroupDriver, PodRef},
-    },
+use watchdog::context::NodeContext;
+use watchdog::context::cgroup::CgroupVersion;
+use watchdog::diagnosis::Engine;
+use watchdog::model::finding::pid::{
+    CgroupUsage, Headroom, Limit, PidDetail, ProcessFailures, Usage,
 };
+use watchdog::model::finding::{Confidence, Detail, Finding, FindingStatus, Report, WarningStatus};
+use watchdog::model::pod::{CgroupDriver, PodRef};
+use watchdog::model::settings::EngineConfig;
+use watchdog::model::{Consumer, ForkFailed, Observation, PidsCgroupState, SystemPids, Time};
 use watchdog_common::{COMM_LEN, EventHeader, EventKind, ForkFailureEvent, ForkSyscall};
 
 const T0: Time = Time(1_785_000_000_000);

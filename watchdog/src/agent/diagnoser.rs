@@ -3,13 +3,12 @@
 //! goes to the sinks and is counted.
 use std::collections::BTreeMap;
 
-use crate::{
-    diagnosis::{Cause, Engine, EngineConfig, FindingStatus, Report, WarningStatus},
-    model::Observation,
-    model::Time,
-    recording::{Line, Recorder},
-    sinks::{Record, Sink},
-};
+use crate::diagnosis::Engine;
+use crate::model::finding::{Cause, FindingStatus, Report, WarningStatus};
+use crate::model::settings::EngineConfig;
+use crate::model::{Observation, Time};
+use crate::recording::{Line, Recorder};
+use crate::sinks::{Record, Sink};
 
 pub struct Diagnoser {
     pub engine: Engine,

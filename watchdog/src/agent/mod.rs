@@ -16,19 +16,18 @@ use tokio::{
 };
 use watchdog_common::decode::Event;
 
-use crate::{
-    context::NodeContext,
-    diagnosis::{Cause, EngineConfig},
-    model::time::{MonotonicClock, Time},
-    model::{NprocUsage, Observation},
-    paths,
-    probes::{
-        self, FORK_FAILURES, KernelLayout, NPROC_PRESSURE, ProbeState, Probes, STORAGE_PROBES,
-    },
-    recording::{Header, Recorder},
-    ringbuf::{self, Counters},
-    sinks::{Drops, ProbeChange, Ready, Record, Sink, Stats, Summary},
+use crate::context::NodeContext;
+use crate::model::finding::Cause;
+use crate::model::settings::EngineConfig;
+use crate::model::time::{MonotonicClock, Time};
+use crate::model::{NprocUsage, Observation};
+use crate::paths;
+use crate::probes::{
+    self, FORK_FAILURES, KernelLayout, NPROC_PRESSURE, ProbeState, Probes, STORAGE_PROBES,
 };
+use crate::recording::{Header, Recorder};
+use crate::ringbuf::{self, Counters};
+use crate::sinks::{Drops, ProbeChange, Ready, Record, Sink, Stats, Summary};
 use arming::{Arming, Change, ForkProbeMode};
 use diagnoser::Diagnoser;
 

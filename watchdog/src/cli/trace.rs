@@ -1,22 +1,17 @@
 //! `watchdog trace`: a one-shot tracing session for an incident.
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
-use crate::{
-    agent::{self, TraceOptions, arming::ForkProbeMode},
-    dbus::DbusOptions,
-    diagnosis::{
-        EngineConfig,
-        pleg::{self, PlegConfig},
-        systemd_hang::SystemdConfig,
-    },
-    kubelet::{
-        self, PlegSources,
-        metrics::{self, ScrapeConfig},
-    },
-    runtime::RelistConfig,
-    sinks::{Sink, json::JsonLines, terminal::Terminal},
-    storage::{StorageOptions, parse_comms},
-};
+use crate::agent::arming::ForkProbeMode;
+use crate::agent::{self, TraceOptions};
+use crate::dbus::DbusOptions;
+use crate::kubelet::metrics::{self, ScrapeConfig};
+use crate::kubelet::{self, PlegSources};
+use crate::model::settings::{EngineConfig, PlegConfig, SystemdConfig};
+use crate::runtime::RelistConfig;
+use crate::sinks::Sink;
+use crate::sinks::json::JsonLines;
+use crate::sinks::terminal::Terminal;
+use crate::storage::{StorageOptions, parse_comms};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -140,9 +135,9 @@ impl PlegArgs {
     /// The sources and the estimate's configuration.
     pub fn build(&self) -> anyhow::Result<(PlegSources, PlegConfig)> {
         let threshold = self.pleg_threshold.unwrap_or(if self.evented_pleg {
-            Duration::from_millis(pleg::EVENTED_THRESHOLD_MS)
+            Duration::from_millis(crate::model::settings::EVENTED_THRESHOLD_MS)
         } else {
-            Duration::from_millis(pleg::GENERIC_THRESHOLD_MS)
+            Duration::from_millis(crate::model::settings::GENERIC_THRESHOLD_MS)
         });
         if threshold.is_zero()
             || self.relist_interval.is_zero()

@@ -6,11 +6,9 @@
 //! timeout and nothing after it.
 use std::time::{Duration, Instant};
 
-use crate::{
-    diagnosis::systemd_hang::SocketKind,
-    model::Time,
-    model::dbus::{BusProbe, ProbeOutcome},
-};
+use crate::model::Time;
+use crate::model::dbus::{BusProbe, ProbeOutcome};
+use crate::model::finding::systemd::SocketKind;
 
 pub const SYSTEMD: &str = "org.freedesktop.systemd1";
 pub const BUS: &str = "org.freedesktop.DBus";

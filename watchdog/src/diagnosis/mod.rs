@@ -10,194 +10,11 @@ pub mod systemd_hang;
 
 use std::collections::{BTreeMap, HashMap};
 
-use serde::{Deserialize, Serialize};
-
-use crate::{model::Observation, model::Time};
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct EngineConfig {
-    /// A finding resolves after this long without new evidence.
-    pub resolve_after_ms: u64,
-    /// An active finding is re-reported at most this often while it changes.
-    pub update_every_ms: u64,
-    /// Warn when a limit is this full (percent).
-    pub warn_percent: f64,
-    /// Clear the warning below this (hysteresis).
-    pub warn_clear_percent: f64,
-    /// PLEG estimate (threshold, report cadence).
-    pub pleg: pleg::PlegConfig,
-    /// systemd/D-Bus hangs (how long a request may wait for its reply).
-    pub systemd: systemd_hang::SystemdConfig,
-}
-
-impl Default for EngineConfig {
-    fn default() -> Self {
-        Self {
-            resolve_after_ms: 30_000,
-            update_every_ms: 5_000,
-            warn_percent: 90.0,
-            warn_clear_percent: 85.0,
-            pleg: pleg::PlegConfig::default(),
-            systemd: systemd_hang::SystemdConfig::default(),
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Cause {
-    /// systemd stopped answering on D-Bus; runtimes wait for it.
-    SystemdHang,
-    /// fork/clone fail with EAGAIN: a PID limit is exhausted.
-    PidExhaustion,
-    /// Tasks blocked in uninterruptible sleep on a mount.
-    StorageHang,
-    /// The container runtime is stuck and no kernel cause is proven.
-    RuntimeUnresponsive,
-}
-
-impl Cause {
-    pub const ALL: [Cause; 4] = [
-        Cause::SystemdHang,
-        Cause::PidExhaustion,
-        Cause::StorageHang,
-        Cause::RuntimeUnresponsive,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::SystemdHang => "systemd_hang",
-            Self::PidExhaustion => "pid_exhaustion",
-            Self::StorageHang => "storage_hang",
-            Self::RuntimeUnresponsive => "runtime_unresponsive",
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FindingStatus {
-    /// First report.
-    Active,
-    /// Still active, with new evidence.
-    Update,
-    /// Recovered.
-    Resolved,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Confidence {
-    /// A kernel counter proves it (e.g. pids.events of that cgroup rose).
-    Certain,
-    /// The limit was at its maximum when read right after the failure.
-    Likely,
-    /// No limit could be shown to be exhausted.
-    Unknown,
-}
-
-/// One step of the evidence chain.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Evidence {
-    pub at: Time,
-    pub what: String,
-}
-
-/// A diagnosis. Cause-specific fields are flattened into the same record.
-#[derive(Clone, Debug, Serialize)]
-pub struct Finding {
-    pub cause: Cause,
-    pub status: FindingStatus,
-    /// Stable id of this finding (cause and culprit).
-    pub id: String,
-    pub summary: String,
-    pub confidence: Confidence,
-    pub first_seen: Time,
-    pub last_seen: Time,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub resolved_at: Option<Time>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub duration_s: Option<f64>,
-    pub evidence: Vec<Evidence>,
-    /// Status transitions of this finding (first report, updates, resolution),
-    /// oldest first; filled in by the engine.
-    pub timeline: Vec<Transition>,
-    /// Other findings active at the same time (two causes at once).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub concurrent: Vec<String>,
-    /// How this finding explains kubelet's PLEG staleness, when known.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pleg: Option<PlegLink>,
-    pub remedy: String,
-    #[serde(flatten)]
-    pub detail: Detail,
-}
-
-/// One status change of a finding.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Transition {
-    pub at: Time,
-    pub status: FindingStatus,
-    pub summary: String,
-}
-
-/// The link from kubelet's PLEG staleness to the causes that explain it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct PlegLink {
-    /// Seconds since the last successful relist.
-    pub stale_s: f64,
-    /// kubelet's threshold, seconds.
-    pub threshold_s: f64,
-    /// Seconds until kubelet reports PLEG unhealthy (0 when it already
-    /// does); absent when nothing predicts it (e.g. one hung call that
-    /// kubelet's request timeout bounds below the threshold).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub until_unhealthy_s: Option<f64>,
-    /// Human-readable: "PLEG stale for 47 s; explained by storage_hang on ...".
-    pub message: String,
-}
-
-#[derive(Clone, Debug, Serialize)]
-#[serde(untagged)]
-pub enum Detail {
-    Pid(pid_exhaustion::PidDetail),
-    Runtime(runtime_unresponsive::RuntimeDetail),
-    Storage(storage_hang::StorageDetail),
-    Systemd(systemd_hang::SystemdDetail),
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WarningStatus {
-    Raised,
-    Cleared,
-}
-
-/// A limit approaching exhaustion (before anything failed).
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Warning {
-    pub cause: Cause,
-    pub status: WarningStatus,
-    pub at: Time,
-    pub limit: pid_exhaustion::Limit,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cgroup: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub uid: Option<u32>,
-    pub current: u64,
-    pub max: u64,
-    pub percent: f64,
-    pub message: String,
-}
-
-#[derive(Clone, Debug)]
-pub enum Report {
-    Finding(Box<Finding>),
-    Warning(Warning),
-    /// PLEG health estimate (on change and periodically).
-    Pleg(Box<pleg::PlegEstimate>),
-}
+use crate::model::{
+    Observation, Time,
+    finding::{Cause, Finding, FindingStatus, PlegLink, Report, Transition},
+    settings::EngineConfig,
+};
 
 /// One cause's detector. Pure like the engine: observations and time in,
 /// reports out. Each keeps its own findings' lifecycle (active, update,
@@ -302,16 +119,18 @@ impl Engine {
 
     /// A new PLEG estimate: remember the staleness for the PLEG links, let
     /// the runtime fallback decide, then report the estimate.
-    fn pleg_estimate(&mut self, e: pleg::PlegEstimate) -> Vec<Report> {
+    fn pleg_estimate(&mut self, e: crate::model::finding::pleg::PlegEstimate) -> Vec<Report> {
         self.pleg_view = match (e.status, e.seconds_since_relist) {
-            (pleg::PlegStatus::Stalled | pleg::PlegStatus::Unhealthy, Some(stale_s)) => {
-                Some(PlegView {
-                    at: e.at,
-                    stale_s,
-                    threshold_s: e.threshold_s,
-                    until_unhealthy_s: e.predicted_unhealthy_in_s,
-                })
-            }
+            (
+                crate::model::finding::pleg::PlegStatus::Stalled
+                | crate::model::finding::pleg::PlegStatus::Unhealthy,
+                Some(stale_s),
+            ) => Some(PlegView {
+                at: e.at,
+                stale_s,
+                threshold_s: e.threshold_s,
+                until_unhealthy_s: e.predicted_unhealthy_in_s,
+            }),
             _ => None,
         };
         let related = self.kernel_causes();

@@ -16,140 +16,17 @@
 //! from the observations and `tick(now)`.
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::Serialize;
-
+use crate::model::{
+    finding::pleg::{PlegEstimate, PlegSource, PlegStatus, Reading, Transition},
+    settings::PlegConfig,
+};
 use crate::{
     model::Time,
     model::kubelet::{
         HungCall, KubeletLog, KubeletLogEvent, KubeletMetrics, NodeReady, PlegMessage, Relist,
-        SlowCall, SourceKind, SourceState, SourceStatus,
+        SourceKind, SourceState, SourceStatus,
     },
 };
-
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
-pub struct PlegConfig {
-    /// kubelet's PLEG threshold (3 min; 10 min with evented PLEG).
-    pub threshold_ms: u64,
-    pub evented: bool,
-    /// kubelet's `--runtime-request-timeout` (2 min): how long one hung CRI
-    /// call holds its relist.
-    pub runtime_request_timeout_ms: u64,
-    /// A metrics/log/relist reading older than this is not used.
-    pub max_reading_age_ms: u64,
-    /// A relist older than this (kubelet relists every second) is stalled.
-    pub stalled_after_ms: u64,
-    /// Re-emit the estimate at least this often.
-    pub report_every_ms: u64,
-}
-
-pub const GENERIC_THRESHOLD_MS: u64 = 180_000;
-pub const EVENTED_THRESHOLD_MS: u64 = 600_000;
-
-impl Default for PlegConfig {
-    fn default() -> Self {
-        Self {
-            threshold_ms: GENERIC_THRESHOLD_MS,
-            evented: false,
-            runtime_request_timeout_ms: 120_000,
-            max_reading_age_ms: 30_000,
-            stalled_after_ms: 15_000,
-            report_every_ms: 10_000,
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PlegSource {
-    KubeletMetrics,
-    KubeletLog,
-    NodeCondition,
-    AgentRelist,
-}
-
-impl PlegSource {
-    fn name(self) -> &'static str {
-        match self {
-            Self::KubeletMetrics => "kubelet metrics",
-            Self::KubeletLog => "kubelet log",
-            Self::NodeCondition => "node condition",
-            Self::AgentRelist => "agent relist",
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PlegStatus {
-    /// Relisting normally.
-    Healthy,
-    /// The relist is late or a runtime call hangs; kubelet has not reported it.
-    Stalled,
-    /// Past the threshold, or kubelet says so.
-    Unhealthy,
-    /// No source has a fresh reading.
-    Unknown,
-}
-
-/// One source's view.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Reading {
-    pub source: PlegSource,
-    pub seconds_since_relist: f64,
-    /// Whether this staleness keeps growing until the cause goes away (false:
-    /// hung inspects that kubelet's request timeout bounds below the threshold).
-    pub unbounded: bool,
-}
-
-/// A state change of the node's Ready condition.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Transition {
-    pub at: Time,
-    pub status: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-}
-
-/// The PLEG estimate (`"type": "pleg"` record).
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct PlegEstimate {
-    pub at: Time,
-    pub status: PlegStatus,
-    /// Seconds since PLEG's last successful relist (largest fresh reading).
-    pub seconds_since_relist: Option<f64>,
-    pub source: Option<PlegSource>,
-    pub threshold_s: f64,
-    pub evented: bool,
-    /// Seconds until kubelet reports PLEG unhealthy (0: already past the
-    /// threshold); None when nothing predicts it.
-    pub predicted_unhealthy_in_s: Option<f64>,
-    /// kubelet itself says PLEG is unhealthy (log line or node condition).
-    pub kubelet_reports_unhealthy: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub node_ready: Option<String>,
-    /// The slowest inspect of the agent's last relist.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub slowest_container: Option<SlowCall>,
-    /// Runtime calls of the agent that have not returned.
-    pub hung: Vec<HungCall>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub agent_relist_ms: Option<u64>,
-    /// Increase of `kubelet_runtime_operations_errors_total` since the first
-    /// scrape, by operation type (non-zero only).
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub runtime_errors: BTreeMap<String, f64>,
-    /// Recent runtime failures kubelet logged (deadlines, KillContainerError, fork EAGAIN).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub kubelet_errors: Vec<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub node_transitions: Vec<Transition>,
-    /// Active findings of other detectors (the kernel-level causes).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub related_findings: Vec<String>,
-    pub readings: Vec<Reading>,
-    pub message: String,
-}
 
 const MAX_KUBELET_ERRORS: usize = 5;
 const MAX_TRANSITIONS: usize = 10;

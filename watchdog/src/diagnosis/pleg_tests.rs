@@ -1,7 +1,10 @@
 use std::collections::BTreeMap;
 
 use super::*;
-use crate::model::kubelet::{LoggedPod, RuntimeOperation};
+use crate::model::{
+    kubelet::{LoggedPod, RuntimeOperation, SlowCall},
+    settings::EVENTED_THRESHOLD_MS,
+};
 
 const T0: Time = Time(1_785_000_000_000);
 

@@ -3,32 +3,14 @@
 //! cause is proven. It is the engine's fallback: when a kernel-level finding
 //! (PID exhaustion, storage hang, systemd hang) becomes active, this finding
 //! resolves as "explained by" it, since that finding carries the PLEG link.
-use serde::Serialize;
 
-use super::{
-    Cause, Confidence, Detail, EngineConfig, Evidence, Finding, FindingStatus, Report,
-    pleg::{PlegEstimate, PlegSource, PlegStatus},
-};
-use crate::model::{kubelet::HungCall, time::Time};
+use crate::model::finding::pleg::{PlegEstimate, PlegSource, PlegStatus};
+use crate::model::finding::runtime::RuntimeDetail;
+use crate::model::finding::{Cause, Confidence, Detail, Evidence, Finding, FindingStatus, Report};
+use crate::model::settings::EngineConfig;
+use crate::model::time::Time;
 
 const MAX_EVIDENCE: usize = 8;
-
-#[derive(Clone, Debug, Serialize)]
-pub struct RuntimeDetail {
-    /// Seconds since PLEG's last successful relist.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub seconds_since_relist: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub source: Option<PlegSource>,
-    pub threshold_s: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub predicted_unhealthy_in_s: Option<f64>,
-    pub kubelet_reports_unhealthy: bool,
-    /// Runtime calls of the agent's relist that have not returned.
-    pub hung: Vec<HungCall>,
-    /// What kubelet logged about the runtime (deadlines, kill errors).
-    pub kubelet_errors: Vec<String>,
-}
 
 pub struct RuntimeUnresponsive {
     cfg: EngineConfig,

@@ -11,9 +11,11 @@ use serde::{Deserialize, Serialize};
 
 pub mod cgroup;
 pub mod dbus;
+pub mod finding;
 pub mod kubelet;
 pub mod pids;
 pub mod pod;
+pub mod settings;
 pub mod storage;
 pub mod time;
 

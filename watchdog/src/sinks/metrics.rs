@@ -21,10 +21,8 @@ use prometheus_client::{
 };
 
 use super::{Record, Sink, Stats};
-use crate::{
-    diagnosis::{Cause, FindingStatus, WarningStatus},
-    probes::ProbeState,
-};
+use crate::model::finding::{Cause, FindingStatus, WarningStatus};
+use crate::probes::ProbeState;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CauseLabels {
@@ -467,7 +465,7 @@ mod tests {
         let stalled = cap
             .0
             .iter()
-            .find(|r| matches!(r, Record::Pleg(p) if p.status == crate::diagnosis::pleg::PlegStatus::Stalled))
+            .find(|r| matches!(r, Record::Pleg(p) if p.status == crate::model::finding::pleg::PlegStatus::Stalled))
             .expect("a stalled PLEG record in the golden recording");
         m.emit(stalled);
         let mut text = String::new();

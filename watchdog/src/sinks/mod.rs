@@ -9,11 +9,9 @@ pub mod terminal;
 
 use serde::Serialize;
 
-use crate::{
-    diagnosis::{Finding, Warning},
-    model::Time,
-    probes::{ProbeState, ProbeStatus},
-};
+use crate::model::Time;
+use crate::model::finding::{Finding, Warning};
+use crate::probes::{ProbeState, ProbeStatus};
 
 /// Drop counters at every hop, reported in the summary.
 #[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
@@ -88,7 +86,7 @@ pub enum Record {
     Finding(Box<Finding>),
     Warning(Warning),
     /// PLEG health estimate.
-    Pleg(Box<crate::diagnosis::pleg::PlegEstimate>),
+    Pleg(Box<crate::model::finding::pleg::PlegEstimate>),
     /// A kubelet/runtime source became available or unavailable.
     Source(crate::model::kubelet::SourceStatus),
     Summary(Summary),
@@ -140,7 +138,7 @@ impl Sink for Capture {
 }
 
 /// One terminal line for a PLEG estimate (plus the hung calls).
-pub fn pleg_line(p: &crate::diagnosis::pleg::PlegEstimate) -> String {
+pub fn pleg_line(p: &crate::model::finding::pleg::PlegEstimate) -> String {
     let mut s = format!("[{}] PLEG    {}\n", p.at.hms(), p.message);
     for h in p.hung.iter().skip(1) {
         s.push_str(&format!(

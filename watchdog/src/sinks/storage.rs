@@ -1,5 +1,5 @@
 //! Terminal rendering of storage-hang findings.
-use crate::diagnosis::storage_hang::StorageDetail;
+use crate::model::finding::storage::StorageDetail;
 
 /// The storage-specific lines of an active storage-hang finding.
 pub fn render_detail(d: &StorageDetail) -> String {

@@ -1,8 +1,6 @@
 //! Terminal rendering of systemd-hang findings.
-use crate::{
-    diagnosis::systemd_hang::{SocketKind, SystemdDetail},
-    model::dbus::ProbeOutcome,
-};
+use crate::model::dbus::ProbeOutcome;
+use crate::model::finding::systemd::{SocketKind, SystemdDetail};
 
 /// The systemd-specific lines of an active systemd-hang finding.
 pub fn render_detail(d: &SystemdDetail) -> String {

@@ -1,10 +1,8 @@
 //! Human-readable output for a person running `watchdog trace` in a terminal.
 use super::{Record, Sink};
-use crate::{
-    diagnosis::{Detail, Finding, FindingStatus, WarningStatus},
-    model::kubelet::SourceState,
-    probes::ProbeState,
-};
+use crate::model::finding::{Detail, Finding, FindingStatus, WarningStatus};
+use crate::model::kubelet::SourceState;
+use crate::probes::ProbeState;
 
 pub struct Terminal<W: std::io::Write> {
     out: W,
@@ -66,7 +64,7 @@ pub fn render_finding(f: &Finding) -> String {
     s
 }
 
-fn render_pid(s: &mut String, d: &crate::diagnosis::pid_exhaustion::PidDetail) {
+fn render_pid(s: &mut String, d: &crate::model::finding::pid::PidDetail) {
     {
         if !d.processes.is_empty() {
             let p: Vec<String> = d

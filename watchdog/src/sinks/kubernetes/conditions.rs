@@ -5,10 +5,8 @@
 //! heartbeats, updates and apiserver outages.
 use std::collections::BTreeMap;
 
-use crate::{
-    diagnosis::{Cause, Detail, Finding, FindingStatus},
-    model::Time,
-};
+use crate::model::Time;
+use crate::model::finding::{Cause, Detail, Finding, FindingStatus};
 
 /// Kubernetes caps a condition message; stay well inside it.
 const MAX_MESSAGE: usize = 1024;
@@ -45,7 +43,7 @@ fn healthy_reason(c: Cause) -> &'static str {
 /// The reason of a True condition: what exactly fired.
 pub fn problem_reason(f: &Finding) -> String {
     if let Detail::Pid(d) = &f.detail {
-        use crate::diagnosis::pid_exhaustion::Limit;
+        use crate::model::finding::pid::Limit;
         return match d.limit {
             Limit::PidsCgroup => "PIDsCgroupLimitReached",
             Limit::RlimitNproc => "RlimitNprocReached",
@@ -56,7 +54,7 @@ pub fn problem_reason(f: &Finding) -> String {
         .into();
     }
     if let Detail::Systemd(d) = &f.detail {
-        use crate::diagnosis::systemd_hang::Stuck;
+        use crate::model::finding::systemd::Stuck;
         return match d.stuck {
             Stuck::BusNotReading => "SystemBusNotReading",
             Stuck::SystemdNotReading => "SystemdNotReading",

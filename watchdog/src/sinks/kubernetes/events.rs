@@ -7,10 +7,8 @@
 use std::collections::VecDeque;
 
 use super::conditions::{problem_reason, truncate};
-use crate::{
-    diagnosis::{Finding, FindingStatus, Warning, WarningStatus},
-    model::Time,
-};
+use crate::model::Time;
+use crate::model::finding::{Finding, FindingStatus, Warning, WarningStatus};
 
 /// Events waiting to be sent; beyond this the oldest are dropped (counted).
 const MAX_PENDING: usize = 64;

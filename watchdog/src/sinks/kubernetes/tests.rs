@@ -9,10 +9,8 @@ use kube::{Client, client::Body};
 use serde_json::{Value, json};
 
 use super::*;
-use crate::{
-    diagnosis::{Finding, FindingStatus},
-    sinks::{Capture, Record},
-};
+use crate::model::finding::{Finding, FindingStatus};
+use crate::sinks::{Capture, Record};
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
