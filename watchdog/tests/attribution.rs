@@ -334,7 +334,10 @@ fn v1_cgroupfs_pod_limit() {
     let d = pid(&f);
     assert_eq!(d.limit, Limit::PidsCgroup);
     assert_eq!(f.confidence, Confidence::Likely);
-    assert_eq!(f.id, format!("pid_exhaustion/pids_cgroup/{}", pod1()));
+    assert_eq!(
+        f.id.to_string(),
+        format!("pid_exhaustion/pids_cgroup/{}", pod1())
+    );
     assert_eq!(d.cgroup.as_deref(), Some(pod1().as_str()));
     assert_eq!(d.uid, 185);
     assert_eq!(
@@ -378,9 +381,10 @@ fn v1_cgroupfs_pod_limit() {
     );
     assert!(
         f.remedy
+            .text
             .contains("The largest holder is java[41877] with 1000 tasks."),
         "{}",
-        f.remedy
+        f.remedy.text
     );
 }
 
@@ -473,7 +477,7 @@ fn v1_docker_service_tasksmax() {
     assert_eq!(f.confidence, Confidence::Likely);
     // The id is the limit's name and the owner (here an absolute path).
     assert_eq!(
-        f.id,
+        f.id.to_string(),
         "pid_exhaustion/pids_cgroup//system.slice/docker.service"
     );
     assert_eq!(d.cgroup.as_deref(), Some("/system.slice/docker.service"));
@@ -499,7 +503,7 @@ fn v1_docker_service_tasksmax() {
             pid_max: Some(usage(6210, 32_768, 19.0)),
         }
     );
-    assert!(f.remedy.contains("TasksMax="), "{}", f.remedy);
+    assert!(f.remedy.text.contains("TasksMax="), "{}", f.remedy.text);
 }
 
 /// 4. RLIMIT_NPROC: uid 1000 (in two pods, docker's default-ulimit nproc
@@ -520,7 +524,7 @@ fn rlimit_nproc() {
     let d = pid(&f);
     assert_eq!(d.limit, Limit::RlimitNproc);
     assert_eq!(f.confidence, Confidence::Likely);
-    assert_eq!(f.id, "pid_exhaustion/rlimit_nproc/uid 1000");
+    assert_eq!(f.id.to_string(), "pid_exhaustion/rlimit_nproc/uid 1000");
     assert_eq!(d.uid, 1000);
     // For this limit `cgroup` is the failing task's.
     assert_eq!(d.cgroup.as_deref(), Some(pod4_app().as_str()));
@@ -586,7 +590,7 @@ fn threads_max() {
     let d = pid(&f);
     assert_eq!(d.limit, Limit::ThreadsMax);
     assert_eq!(f.confidence, Confidence::Likely);
-    assert_eq!(f.id, "pid_exhaustion/threads_max/system");
+    assert_eq!(f.id.to_string(), "pid_exhaustion/threads_max/system");
     assert_eq!(d.cgroup.as_deref(), Some("/system.slice/kubelet.service"));
     assert_eq!(d.uid, 0);
     assert_eq!(d.pod, None);
@@ -642,7 +646,7 @@ fn pid_max() {
     let d = pid(&f);
     assert_eq!(d.limit, Limit::PidMax);
     assert_eq!(f.confidence, Confidence::Likely);
-    assert_eq!(f.id, "pid_exhaustion/pid_max/system");
+    assert_eq!(f.id.to_string(), "pid_exhaustion/pid_max/system");
     assert_eq!(
         d.cgroup.as_deref(),
         Some("/system.slice/containerd.service")
@@ -670,7 +674,11 @@ fn pid_max() {
             pid_max: Some(usage(32_600, 32_768, 99.5)),
         }
     );
-    assert!(f.remedy.contains("kernel.pid_max"), "{}", f.remedy);
+    assert!(
+        f.remedy.text.contains("kernel.pid_max"),
+        "{}",
+        f.remedy.text
+    );
 }
 
 /// 7. Nothing is at its limit (a Guaranteed pod at 211 of 1024, the system
@@ -693,7 +701,10 @@ fn healthy_transient() {
     let d = pid(&f);
     assert_eq!(d.limit, Limit::Unknown);
     assert_eq!(f.confidence, Confidence::Unknown);
-    assert_eq!(f.id, format!("pid_exhaustion/unknown/{}", pod8_app()));
+    assert_eq!(
+        f.id.to_string(),
+        format!("pid_exhaustion/unknown/{}", pod8_app())
+    );
     assert_eq!(d.cgroup.as_deref(), Some(pod8_app().as_str()));
     assert_eq!(d.uid, 1000);
     assert_eq!(

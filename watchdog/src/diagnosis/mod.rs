@@ -2,44 +2,56 @@
 //! warnings) out. It reads no clock, file or socket: time comes from the
 //! observations and from `tick(now)`, so recorded streams replay to the same
 //! findings.
+pub mod lifecycle;
 pub mod pid_exhaustion;
 pub mod pleg;
 pub mod runtime_unresponsive;
 pub mod storage_hang;
 pub mod systemd_hang;
 
-use std::collections::{BTreeMap, HashMap};
+pub use lifecycle::{Book, Urgency};
 
 use crate::model::{
     Observation, Time,
-    finding::{Cause, Finding, FindingStatus, PlegLink, Report, Transition},
+    finding::{
+        Cause, Finding, FindingId, FindingStatus, PlegLink, Report,
+        pleg::{PlegEstimate, PlegStatus},
+    },
     settings::EngineConfig,
 };
 
 /// One cause's detector. Pure like the engine: observations and time in,
-/// reports out. Each keeps its own findings' lifecycle (active, update,
-/// resolved); the engine adds what spans causes (timeline, concurrency, PLEG).
+/// evidence out. The lifecycle of its findings (active, update, resolved,
+/// timeline) is the engine's [`Book`], lent to every call; the detector
+/// supplies the keys and the evidence.
 pub trait Detector {
-    fn observe(&mut self, obs: &Observation) -> Vec<Report>;
+    fn observe(&mut self, obs: &Observation, book: &mut Book) -> Vec<Report>;
     /// Advance time: periodic updates and resolutions.
-    fn tick(&mut self, now: Time) -> Vec<Report>;
-    /// Findings still active, as last reported.
-    fn active(&self) -> Vec<Finding>;
+    fn tick(&mut self, now: Time, book: &mut Book) -> Vec<Report>;
+    /// A new PLEG estimate (`Some`, with the active kernel-level findings that
+    /// explain it), or a tick without one (`None`): causes seen through PLEG
+    /// rather than the kernel act on it. Called after every detector has seen
+    /// the same observation or tick.
+    fn pleg(
+        &mut self,
+        _estimate: Option<(&PlegEstimate, &[FindingId])>,
+        _now: Time,
+        _book: &mut Book,
+    ) -> Vec<Report> {
+        Vec::new()
+    }
+    /// Rebuild derived fields a detector keeps out of the hot path (called
+    /// before a finding is shown as active).
+    fn refresh(&self, _f: &mut Finding) {}
 }
 
-/// Transitions kept per finding: the first report and the latest ones.
-const MAX_TIMELINE: usize = 24;
-
 pub struct Engine {
+    /// Kernel-level causes first, then the runtime fallback.
     detectors: Vec<Box<dyn Detector>>,
+    /// Every active finding and its lifecycle.
+    book: Book,
     /// kubelet's PLEG health, estimated from every PLEG signal.
     pleg: pleg::Pleg,
-    /// The fallback cause, fed by the PLEG estimates.
-    runtime: runtime_unresponsive::RuntimeUnresponsive,
-    /// Status transitions by finding id (dropped when a finding resolves).
-    timelines: HashMap<String, Vec<Transition>>,
-    /// Active findings by id, with their cause and summary.
-    active: BTreeMap<String, (Cause, String)>,
     /// kubelet's PLEG staleness while it is stalled or unhealthy.
     pleg_view: Option<PlegView>,
 }
@@ -57,14 +69,13 @@ impl Engine {
     pub fn new(cfg: EngineConfig) -> Self {
         Self {
             pleg: pleg::Pleg::new(cfg.pleg.clone()),
-            runtime: runtime_unresponsive::RuntimeUnresponsive::new(cfg.clone()),
+            book: Book::new(cfg.update_every_ms),
             detectors: vec![
                 Box::new(systemd_hang::SystemdHang::new(&cfg)),
                 Box::new(storage_hang::StorageHang::new(&cfg)),
-                Box::new(pid_exhaustion::PidExhaustion::new(cfg)),
+                Box::new(pid_exhaustion::PidExhaustion::new(cfg.clone())),
+                Box::new(runtime_unresponsive::RuntimeUnresponsive::new(cfg)),
             ],
-            timelines: HashMap::new(),
-            active: BTreeMap::new(),
             pleg_view: None,
         }
     }
@@ -72,16 +83,17 @@ impl Engine {
     pub fn observe(&mut self, obs: &Observation) -> Vec<Report> {
         let mut out = Vec::new();
         for d in &mut self.detectors {
-            out.extend(d.observe(obs));
+            out.extend(d.observe(obs, &mut self.book));
         }
         let mut out = self.annotate(out);
         // Kernel observations (fork-failure storms included) stop here.
+        let related = self.kernel_causes();
         let estimate = match obs {
-            Observation::KubeletMetrics(m) => self.pleg.metrics(m, &self.kernel_causes()),
-            Observation::KubeletLog(l) => self.pleg.log(l, &self.kernel_causes()),
-            Observation::NodeReady(n) => self.pleg.node_ready(n, &self.kernel_causes()),
-            Observation::Relist(r) => self.pleg.relist(r, &self.kernel_causes()),
-            Observation::Source(s) => self.pleg.source(s, &self.kernel_causes()),
+            Observation::KubeletMetrics(m) => self.pleg.metrics(m, &related),
+            Observation::KubeletLog(l) => self.pleg.log(l, &related),
+            Observation::NodeReady(n) => self.pleg.node_ready(n, &related),
+            Observation::Relist(r) => self.pleg.relist(r, &related),
+            Observation::Source(s) => self.pleg.source(s, &related),
             _ => None,
         };
         if let Some(e) = estimate {
@@ -94,14 +106,17 @@ impl Engine {
     pub fn tick(&mut self, now: Time) -> Vec<Report> {
         let mut out = Vec::new();
         for d in &mut self.detectors {
-            out.extend(d.tick(now));
+            out.extend(d.tick(now, &mut self.book));
         }
         let mut out = self.annotate(out);
         let related = self.kernel_causes();
         match self.pleg.tick(now, &related) {
             Some(e) => out.extend(self.pleg_estimate(e)),
             None => {
-                let r = self.runtime.tick(now);
+                let mut r = Vec::new();
+                for d in &mut self.detectors {
+                    r.extend(d.pleg(None, now, &mut self.book));
+                }
                 out.extend(self.annotate(r));
             }
         }
@@ -109,23 +124,19 @@ impl Engine {
     }
 
     /// Ids of active kernel-level findings: what explains a stuck runtime.
-    fn kernel_causes(&self) -> Vec<String> {
-        self.active
-            .iter()
-            .filter(|(_, (c, _))| *c != Cause::RuntimeUnresponsive)
-            .map(|(id, _)| id.clone())
+    fn kernel_causes(&self) -> Vec<FindingId> {
+        self.book
+            .all_ids()
+            .filter(|id| id.cause.is_kernel())
+            .cloned()
             .collect()
     }
 
     /// A new PLEG estimate: remember the staleness for the PLEG links, let
-    /// the runtime fallback decide, then report the estimate.
-    fn pleg_estimate(&mut self, e: crate::model::finding::pleg::PlegEstimate) -> Vec<Report> {
+    /// the causes seen through PLEG decide, then report the estimate.
+    fn pleg_estimate(&mut self, e: PlegEstimate) -> Vec<Report> {
         self.pleg_view = match (e.status, e.seconds_since_relist) {
-            (
-                crate::model::finding::pleg::PlegStatus::Stalled
-                | crate::model::finding::pleg::PlegStatus::Unhealthy,
-                Some(stale_s),
-            ) => Some(PlegView {
+            (PlegStatus::Stalled | PlegStatus::Unhealthy, Some(stale_s)) => Some(PlegView {
                 at: e.at,
                 stale_s,
                 threshold_s: e.threshold_s,
@@ -134,28 +145,27 @@ impl Engine {
             _ => None,
         };
         let related = self.kernel_causes();
-        let r = self.runtime.estimate(&e, &related);
+        let mut r = Vec::new();
+        for d in &mut self.detectors {
+            r.extend(d.pleg(Some((&e, &related)), e.at, &mut self.book));
+        }
         let mut out = self.annotate(r);
         out.push(Report::Pleg(Box::new(e)));
         out
     }
 
-    /// A PID-exhaustion finding is active (arms the fork probe).
     /// Active findings of one cause.
     pub fn has_active_cause(&self, cause: Cause) -> bool {
-        self.active.values().any(|(c, _)| *c == cause)
+        self.book.all_ids().any(|id| id.cause == cause)
     }
 
-    /// Findings still active, as last reported.
+    /// Findings still active, as last changed.
     pub fn active(&self) -> Vec<Finding> {
-        let mut v: Vec<Finding> = self
-            .detectors
-            .iter()
-            .flat_map(|d| d.active())
-            .chain(self.runtime.active())
-            .collect();
+        let mut v: Vec<Finding> = self.book.active().collect();
         for f in &mut v {
-            f.timeline = self.timelines.get(&f.id).cloned().unwrap_or_default();
+            for d in &self.detectors {
+                d.refresh(f);
+            }
             f.concurrent = self.concurrent_with(&f.id);
             f.pleg = self.pleg_link(f);
         }
@@ -163,8 +173,8 @@ impl Engine {
         v
     }
 
-    fn concurrent_with(&self, id: &str) -> Vec<String> {
-        self.active.keys().filter(|k| *k != id).cloned().collect()
+    fn concurrent_with(&self, id: &FindingId) -> Vec<FindingId> {
+        self.book.all_ids().filter(|k| *k != id).cloned().collect()
     }
 
     /// The PLEG link of a finding: how long relist has been stale and which
@@ -176,14 +186,9 @@ impl Engine {
         }
         // Kernel-level causes explain it; the runtime fallback only when
         // nothing else is active.
-        let mut causes: Vec<&str> = self
-            .active
-            .iter()
-            .filter(|(_, (c, _))| *c != Cause::RuntimeUnresponsive)
-            .map(|(id, _)| id.as_str())
-            .collect();
+        let mut causes = self.kernel_causes();
         if causes.is_empty() {
-            causes.push(f.id.as_str());
+            causes.push(f.id.clone());
         }
         let when = match p.until_unhealthy_s {
             Some(0.0) => "kubelet reports it now".to_owned(),
@@ -197,46 +202,23 @@ impl Engine {
             message: format!(
                 "PLEG stale for {:.0} s ({when}); explained by {}",
                 p.stale_s,
-                causes.join(" and ")
+                causes
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" and ")
             ),
         })
     }
 
-    /// Record transitions and add what spans causes to each finding report.
-    fn annotate(&mut self, reports: Vec<Report>) -> Vec<Report> {
-        // First update the set of active findings so that every report of
-        // this batch sees the others (two causes appearing together).
-        for r in &reports {
-            if let Report::Finding(f) = r {
-                if f.status == FindingStatus::Resolved {
-                    self.active.remove(&f.id);
-                } else {
-                    self.active
-                        .insert(f.id.clone(), (f.cause, f.summary.clone()));
-                }
-            }
-        }
+    /// Add what spans causes to each finding report of a batch (the book
+    /// already holds every change of the batch, so each report sees the
+    /// others: two causes appearing together).
+    fn annotate(&self, reports: Vec<Report>) -> Vec<Report> {
         reports
             .into_iter()
             .map(|r| match r {
                 Report::Finding(mut f) => {
-                    let tl = self.timelines.entry(f.id.clone()).or_default();
-                    tl.push(Transition {
-                        at: match f.status {
-                            FindingStatus::Active => f.first_seen,
-                            FindingStatus::Update => f.last_seen,
-                            FindingStatus::Resolved => f.resolved_at.unwrap_or(f.last_seen),
-                        },
-                        status: f.status,
-                        summary: f.summary.clone(),
-                    });
-                    if tl.len() > MAX_TIMELINE {
-                        tl.remove(1);
-                    }
-                    f.timeline = tl.clone();
-                    if f.status == FindingStatus::Resolved {
-                        self.timelines.remove(&f.id);
-                    }
                     f.concurrent = self.concurrent_with(&f.id);
                     f.pleg = self.pleg_link(&f);
                     Report::Finding(f)
@@ -244,5 +226,34 @@ impl Engine {
                 other => other,
             })
             .collect()
+    }
+}
+
+/// A detector with a book of its own, for its unit tests.
+#[cfg(test)]
+pub(crate) struct Harness<D> {
+    pub d: D,
+    pub book: Book,
+}
+
+#[cfg(test)]
+impl<D: Detector> Harness<D> {
+    pub fn new(d: D) -> Self {
+        Self {
+            d,
+            book: Book::new(EngineConfig::default().update_every_ms),
+        }
+    }
+
+    pub fn observe(&mut self, obs: &Observation) -> Vec<Report> {
+        self.d.observe(obs, &mut self.book)
+    }
+
+    pub fn tick(&mut self, now: Time) -> Vec<Report> {
+        self.d.tick(now, &mut self.book)
+    }
+
+    pub fn active(&self) -> Vec<Finding> {
+        self.book.active().collect()
     }
 }

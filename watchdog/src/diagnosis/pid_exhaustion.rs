@@ -9,10 +9,11 @@
 //! pids.events counter as proof for the cgroup case.
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
-use super::Detector;
+use super::{Book, Detector};
 use crate::model::finding::pid::{CgroupUsage, Headroom, Limit, PidDetail, ProcessFailures, Usage};
 use crate::model::finding::{
-    Cause, Confidence, Detail, Evidence, Finding, FindingStatus, Report, Warning, WarningStatus,
+    Cause, Confidence, Detail, Evidence, Finding, FindingId, FindingStatus, Remedy, RemedyAction,
+    Report, Warning, WarningStatus,
 };
 use crate::model::settings::EngineConfig;
 use crate::model::{
@@ -27,25 +28,23 @@ const MAX_PROCESSES: usize = 10;
 const MAX_EVIDENCE: usize = 8;
 const RATE_WINDOW_S: u64 = 10;
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct Key {
-    limit: Limit,
-    owner: String,
-}
-
-#[derive(Clone)]
-struct Tracked {
-    finding: Finding,
-    last_reported: Time,
-    dirty: bool,
+/// What a finding's derived fields are rebuilt from (the finding itself is in
+/// the engine's [`Book`]).
+#[derive(Clone, Default)]
+struct Counts {
     /// (second, failures) buckets for the rate.
     buckets: VecDeque<(u64, u64)>,
     processes: BTreeMap<u32, ProcessFailures>,
 }
 
+fn finding_id(limit: Limit, owner: &str) -> FindingId {
+    FindingId::new(Cause::PidExhaustion, format!("{}/{owner}", limit.name()))
+}
+
 pub struct PidExhaustion {
     cfg: EngineConfig,
-    tracked: HashMap<Key, Tracked>,
+    /// Per active finding.
+    counts: HashMap<FindingId, Counts>,
     /// Last pids.events `max` count seen per cgroup path.
     events_seen: HashMap<String, u64>,
     /// Warnings currently raised, by (limit, owner).
@@ -201,7 +200,7 @@ fn system_usage(cur: u64, max: u64) -> Option<Usage> {
     (max > 0).then(|| Usage::new(cur, max))
 }
 
-fn remedy(limit: Limit, owner: &str, consumers: &[Consumer]) -> String {
+fn remedy_text(limit: Limit, owner: &str, consumers: &[Consumer]) -> String {
     let top = consumers
         .first()
         .map(|c| {
@@ -228,50 +227,54 @@ impl PidExhaustion {
     pub fn new(cfg: EngineConfig) -> Self {
         Self {
             cfg,
-            tracked: HashMap::new(),
+            counts: HashMap::new(),
             events_seen: HashMap::new(),
             warnings: HashSet::new(),
             nproc_seen: HashMap::new(),
         }
     }
 
-    pub fn fork_failed(&mut self, f: &ForkFailed) -> Vec<Report> {
+    pub fn fork_failed(&mut self, f: &ForkFailed, book: &mut Book) -> Vec<Report> {
         let (limit, owner, confidence, why) = attribute(f, &self.events_seen);
         for c in &f.cgroup_chain {
             self.events_seen.insert(c.path.clone(), c.events_max);
         }
-        let key = Key {
-            limit,
-            owner: owner.clone(),
+        let id = finding_id(limit, &owner);
+        let is_new = !book.contains(&id);
+        if is_new {
+            self.counts.remove(&id);
+        }
+        let counts = self.counts.entry(id.clone()).or_default();
+        let mut fresh = is_new.then(|| new_finding(f, limit, &owner, confidence));
+        let Some(finding) = fresh.as_mut().or_else(|| book.change(&id, true)) else {
+            return Vec::new();
         };
-        let is_new = !self.tracked.contains_key(&key);
-        let t = self
-            .tracked
-            .entry(key)
-            .or_insert_with(|| new_tracked(f, limit, &owner, confidence));
-        let fd = detail_mut(&mut t.finding);
+        let fd = detail_mut(finding);
 
         // Counts, rate, processes.
         fd.failures += 1;
         let sec = f.at.0 / 1000;
-        match t.buckets.back_mut() {
+        match counts.buckets.back_mut() {
             Some((s, n)) if *s == sec => *n += 1,
-            _ => t.buckets.push_back((sec, 1)),
+            _ => counts.buckets.push_back((sec, 1)),
         }
-        while t
+        while counts
             .buckets
             .front()
             .is_some_and(|(s, _)| *s + RATE_WINDOW_S <= sec)
         {
-            t.buckets.pop_front();
+            counts.buckets.pop_front();
         }
-        let p = t.processes.entry(f.pid).or_insert_with(|| ProcessFailures {
-            pid: f.pid,
-            comm: f.comm.clone(),
-            uid: f.uid,
-            failures: 0,
-            thread_failures: 0,
-        });
+        let p = counts
+            .processes
+            .entry(f.pid)
+            .or_insert_with(|| ProcessFailures {
+                pid: f.pid,
+                comm: f.comm.clone(),
+                uid: f.uid,
+                failures: 0,
+                thread_failures: 0,
+            });
         p.failures += 1;
         p.thread_failures += u64::from(f.thread);
 
@@ -282,31 +285,29 @@ impl PidExhaustion {
         if fd.pod.is_none() {
             fd.pod = f.pod.clone();
         }
-        t.finding.last_seen = f.at;
+        finding.last_seen = f.at;
         if confidence == Confidence::Certain {
-            t.finding.confidence = Confidence::Certain;
+            finding.confidence = Confidence::Certain;
         }
-        if t.finding.evidence.len() < MAX_EVIDENCE
-            && !t.finding.evidence.iter().any(|e| e.what == why)
+        if finding.evidence.len() < MAX_EVIDENCE && !finding.evidence.iter().any(|e| e.what == why)
         {
-            t.finding.evidence.push(Evidence {
+            finding.evidence.push(Evidence {
                 at: f.at,
                 what: why,
             });
         }
         // Derived fields (sorted processes, summary) are rebuilt only when a
         // report goes out, not on every failure of a storm.
-        t.dirty = true;
-        if is_new {
-            refresh(t);
-            t.dirty = false;
-            t.last_reported = f.at;
-            return vec![Report::Finding(Box::new(t.finding.clone()))];
+        match fresh {
+            Some(mut finding) => {
+                refresh(&mut finding, counts);
+                vec![Report::Finding(Box::new(book.open(finding)))]
+            }
+            None => Vec::new(),
         }
-        Vec::new()
     }
 
-    pub fn limits(&mut self, l: &PidLimits) -> Vec<Report> {
+    pub fn limits(&mut self, l: &PidLimits, book: &mut Book) -> Vec<Report> {
         let mut out = Vec::new();
         // Rejections counted by the kernel since the last sample: proof of a
         // pids-cgroup exhaustion even when the probe missed the failures.
@@ -343,35 +344,34 @@ impl PidExhaustion {
                 c.current,
                 c.max.map_or("max".into(), |m| m.to_string())
             );
-            let key = Key {
-                limit: Limit::PidsCgroup,
-                owner: c.path.clone(),
-            };
-            match self.tracked.get_mut(&key) {
-                Some(t) => {
-                    let fd = detail_mut(&mut t.finding);
+            let id = finding_id(Limit::PidsCgroup, &c.path);
+            match book.change(&id, true) {
+                Some(finding) => {
+                    let fd = detail_mut(finding);
                     *fd.kernel_rejections.get_or_insert(0) += delta;
-                    t.finding.last_seen = l.at;
-                    t.finding.confidence = Confidence::Certain;
-                    if t.finding.evidence.len() < MAX_EVIDENCE {
-                        t.finding.evidence.push(Evidence {
+                    finding.last_seen = l.at;
+                    finding.confidence = Confidence::Certain;
+                    if finding.evidence.len() < MAX_EVIDENCE {
+                        finding.evidence.push(Evidence {
                             at: l.at,
                             what: why,
                         });
                     }
-                    t.dirty = true;
                 }
                 None => {
-                    let mut t = tracked_from_cgroup(c, l, delta, why);
-                    t.last_reported = l.at;
-                    out.push(Report::Finding(Box::new(t.finding.clone())));
-                    self.tracked.insert(key, t);
+                    let counts = Counts::default();
+                    let finding = finding_from_cgroup(id.clone(), c, l, delta, why, &counts);
+                    self.counts.insert(id, counts);
+                    out.push(Report::Finding(Box::new(book.open(finding))));
                 }
             }
         }
         // Keep the culprit cgroups' usage and holders current.
-        for t in self.tracked.values_mut() {
-            let fd = detail_mut(&mut t.finding);
+        for id in book.ids(Cause::PidExhaustion) {
+            let Some(finding) = book.change(&id, false) else {
+                continue;
+            };
+            let fd = detail_mut(finding);
             if let Some(c) = fd
                 .cgroup
                 .as_ref()
@@ -523,7 +523,7 @@ impl PidExhaustion {
         })]
     }
 
-    pub fn tick(&mut self, now: Time) -> Vec<Report> {
+    pub fn tick(&mut self, now: Time, book: &mut Book) -> Vec<Report> {
         let mut out = Vec::new();
         // RLIMIT_NPROC warnings clear after a quiet period.
         let quiet: Vec<u32> = self
@@ -555,66 +555,46 @@ impl PidExhaustion {
                 }));
             }
         }
-        let resolve_after = self.cfg.resolve_after_ms;
-        let update_every = self.cfg.update_every_ms;
-        self.tracked.retain(|_, t| {
-            if now.millis_since(t.finding.last_seen) >= resolve_after {
-                refresh(t);
-                let mut f = t.finding.clone();
-                f.status = FindingStatus::Resolved;
-                f.resolved_at = Some(now);
-                f.duration_s = Some(now.secs_since(f.first_seen));
-                f.summary = format!(
-                    "resolved after {:.0} s: {}",
-                    now.secs_since(f.first_seen),
-                    f.summary
-                );
-                out.push(Report::Finding(Box::new(f)));
-                return false;
-            }
-            if t.dirty && now.millis_since(t.last_reported) >= update_every {
-                refresh(t);
-                t.finding.status = FindingStatus::Update;
-                t.dirty = false;
-                t.last_reported = now;
-                out.push(Report::Finding(Box::new(t.finding.clone())));
-            }
-            true
-        });
+        for id in book.ids(Cause::PidExhaustion) {
+            let counts = self.counts.get(&id).cloned().unwrap_or_default();
+            let quiet = book
+                .get(&id)
+                .is_some_and(|f| now.millis_since(f.last_seen) >= self.cfg.resolve_after_ms);
+            let report = if quiet {
+                self.counts.remove(&id);
+                if let Some(f) = book.change(&id, false) {
+                    refresh(f, &counts);
+                }
+                book.resolve(&id, now, None, |f, d| {
+                    format!("resolved after {d:.0} s: {}", f.summary)
+                })
+            } else {
+                book.flush(&id, now, |f| refresh(f, &counts))
+            };
+            out.extend(report.map(|f| Report::Finding(Box::new(f))));
+        }
         out
-    }
-
-    pub fn active(&self) -> Vec<Finding> {
-        let mut v: Vec<Finding> = self
-            .tracked
-            .values()
-            .map(|t| {
-                let mut t = t.clone();
-                refresh(&mut t);
-                t.finding
-            })
-            .collect();
-        v.sort_by(|a, b| a.first_seen.cmp(&b.first_seen).then(a.id.cmp(&b.id)));
-        v
     }
 }
 
 impl Detector for PidExhaustion {
-    fn observe(&mut self, obs: &Observation) -> Vec<Report> {
+    fn observe(&mut self, obs: &Observation, book: &mut Book) -> Vec<Report> {
         match obs {
-            Observation::ForkFailed(f) => self.fork_failed(f),
-            Observation::PidLimits(l) => self.limits(l),
+            Observation::ForkFailed(f) => self.fork_failed(f, book),
+            Observation::PidLimits(l) => self.limits(l, book),
             Observation::NprocUsage(n) => self.nproc_usage(n),
             _ => Vec::new(),
         }
     }
 
-    fn tick(&mut self, now: Time) -> Vec<Report> {
-        PidExhaustion::tick(self, now)
+    fn tick(&mut self, now: Time, book: &mut Book) -> Vec<Report> {
+        PidExhaustion::tick(self, now, book)
     }
 
-    fn active(&self) -> Vec<Finding> {
-        PidExhaustion::active(self)
+    fn refresh(&self, f: &mut Finding) {
+        if let Some(c) = self.counts.get(&f.id) {
+            refresh(f, c);
+        }
     }
 }
 
@@ -634,44 +614,38 @@ fn blank(
     cgroup: Option<String>,
     uid: u32,
     pod: Option<PodRef>,
-) -> Tracked {
-    Tracked {
-        finding: Finding {
-            cause: Cause::PidExhaustion,
-            status: FindingStatus::Active,
-            id: format!("pid_exhaustion/{}/{owner}", limit.name()),
-            summary: String::new(),
-            confidence,
-            first_seen: at,
-            last_seen: at,
-            resolved_at: None,
-            duration_s: None,
-            evidence: Vec::new(),
-            timeline: Vec::new(),
-            concurrent: Vec::new(),
-            pleg: None,
-            remedy: String::new(),
-            detail: Detail::Pid(PidDetail {
-                limit,
-                pod,
-                cgroup,
-                uid,
-                failures: 0,
-                kernel_rejections: None,
-                rate_per_sec: 0.0,
-                processes: Vec::new(),
-                limits: Headroom::default(),
-                top_consumers: Vec::new(),
-            }),
-        },
-        last_reported: at,
-        dirty: false,
-        buckets: VecDeque::new(),
-        processes: BTreeMap::new(),
+) -> Finding {
+    Finding {
+        cause: Cause::PidExhaustion,
+        status: FindingStatus::Active,
+        id: finding_id(limit, owner),
+        summary: String::new(),
+        confidence,
+        first_seen: at,
+        last_seen: at,
+        resolved_at: None,
+        duration_s: None,
+        evidence: Vec::new(),
+        timeline: Vec::new(),
+        concurrent: Vec::new(),
+        pleg: None,
+        remedy: Remedy::new(String::new(), Vec::new()),
+        detail: Detail::Pid(PidDetail {
+            limit,
+            pod,
+            cgroup,
+            uid,
+            failures: 0,
+            kernel_rejections: None,
+            rate_per_sec: 0.0,
+            processes: Vec::new(),
+            limits: Headroom::default(),
+            top_consumers: Vec::new(),
+        }),
     }
 }
 
-fn new_tracked(f: &ForkFailed, limit: Limit, owner: &str, confidence: Confidence) -> Tracked {
+fn new_finding(f: &ForkFailed, limit: Limit, owner: &str, confidence: Confidence) -> Finding {
     let uid = match (limit, f.user) {
         (Limit::RlimitNproc, Some(u)) => u.uid,
         _ => f.uid,
@@ -684,9 +658,16 @@ fn new_tracked(f: &ForkFailed, limit: Limit, owner: &str, confidence: Confidence
 }
 
 /// A finding proven by a pids.events rise seen in a periodic sample alone.
-fn tracked_from_cgroup(c: &PidsCgroupState, l: &PidLimits, delta: u64, why: String) -> Tracked {
+fn finding_from_cgroup(
+    id: FindingId,
+    c: &PidsCgroupState,
+    l: &PidLimits,
+    delta: u64,
+    why: String,
+    counts: &Counts,
+) -> Finding {
     let pod = crate::model::pod::pod_from_cgroup_path(&c.path);
-    let mut t = blank(
+    let mut f = blank(
         Limit::PidsCgroup,
         &c.path,
         l.at,
@@ -695,11 +676,12 @@ fn tracked_from_cgroup(c: &PidsCgroupState, l: &PidLimits, delta: u64, why: Stri
         0,
         pod,
     );
-    t.finding.evidence.push(Evidence {
+    debug_assert_eq!(f.id, id);
+    f.evidence.push(Evidence {
         at: l.at,
         what: why,
     });
-    let d = detail_mut(&mut t.finding);
+    let d = detail_mut(&mut f);
     d.kernel_rejections = Some(delta);
     d.limits = Headroom {
         pids_cgroups: vec![CgroupUsage {
@@ -711,12 +693,12 @@ fn tracked_from_cgroup(c: &PidsCgroupState, l: &PidLimits, delta: u64, why: Stri
         pid_max: system_usage(l.system.threads, l.system.pid_max),
     };
     d.top_consumers = l.consumers.get(&c.path).cloned().unwrap_or_default();
-    refresh(&mut t);
-    t
+    refresh(&mut f, counts);
+    f
 }
 
 /// Recompute the derived fields (processes list, rate, summary, remedy).
-fn refresh(t: &mut Tracked) {
+fn refresh(f: &mut Finding, t: &Counts) {
     let mut procs: Vec<ProcessFailures> = t.processes.values().cloned().collect();
     procs.sort_by(|a, b| b.failures.cmp(&a.failures).then(a.pid.cmp(&b.pid)));
     procs.truncate(MAX_PROCESSES);
@@ -725,8 +707,7 @@ fn refresh(t: &mut Tracked) {
         (Some((a, _)), Some((b, _))) => (b - a + 1).min(RATE_WINDOW_S),
         _ => 1,
     };
-    let f = &mut t.finding;
-    let (summary, remedy_text);
+    let (summary, remedy);
     {
         let d = detail_mut(f);
         d.processes = procs;
@@ -789,10 +770,21 @@ fn refresh(t: &mut Tracked) {
             Limit::RlimitNproc => format!("uid {}", d.uid),
             _ => d.cgroup.clone().unwrap_or_default(),
         };
-        remedy_text = remedy(d.limit, &owner, &d.top_consumers);
+        let mut actions = Vec::new();
+        if let (Limit::PidsCgroup, Some(cgroup)) = (d.limit, &d.cgroup) {
+            actions.push(RemedyAction::KillContainer {
+                cgroup: cgroup.clone(),
+            });
+        }
+        if let Some(p) = &d.pod {
+            actions.push(RemedyAction::EvictPod {
+                pod_uid: p.pod_uid.clone(),
+            });
+        }
+        remedy = Remedy::new(remedy_text(d.limit, &owner, &d.top_consumers), actions);
     }
     f.summary = summary;
-    f.remedy = remedy_text;
+    f.remedy = remedy;
 }
 
 #[cfg(test)]

@@ -17,7 +17,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::model::{
-    finding::pleg::{PlegEstimate, PlegSource, PlegStatus, Reading, Transition},
+    finding::{
+        FindingId,
+        pleg::{PlegEstimate, PlegSource, PlegStatus, Reading, Transition},
+    },
     settings::PlegConfig,
 };
 use crate::{
@@ -67,7 +70,7 @@ impl Pleg {
         secs(self.cfg.threshold_ms)
     }
 
-    pub fn metrics(&mut self, m: &KubeletMetrics, related: &[String]) -> Option<PlegEstimate> {
+    pub fn metrics(&mut self, m: &KubeletMetrics, related: &[FindingId]) -> Option<PlegEstimate> {
         if self.metrics_baseline.is_none() {
             self.metrics_baseline = Some(
                 m.runtime_operations
@@ -80,7 +83,7 @@ impl Pleg {
         self.evaluate(m.at, related)
     }
 
-    pub fn log(&mut self, l: &KubeletLog, related: &[String]) -> Option<PlegEstimate> {
+    pub fn log(&mut self, l: &KubeletLog, related: &[FindingId]) -> Option<PlegEstimate> {
         let what = match &l.event {
             KubeletLogEvent::PlegUnhealthy {
                 last_seen_s,
@@ -138,7 +141,7 @@ impl Pleg {
         self.evaluate(l.at, related)
     }
 
-    pub fn node_ready(&mut self, n: &NodeReady, related: &[String]) -> Option<PlegEstimate> {
+    pub fn node_ready(&mut self, n: &NodeReady, related: &[FindingId]) -> Option<PlegEstimate> {
         if self.node.as_ref().map(|o| &o.status) != Some(&n.status) {
             self.transitions.push(Transition {
                 at: n.last_transition.unwrap_or(n.at),
@@ -153,7 +156,7 @@ impl Pleg {
         self.evaluate(n.at, related)
     }
 
-    pub fn relist(&mut self, r: &Relist, related: &[String]) -> Option<PlegEstimate> {
+    pub fn relist(&mut self, r: &Relist, related: &[FindingId]) -> Option<PlegEstimate> {
         if r.listed {
             self.last_listed = Some(r.at);
         }
@@ -162,7 +165,7 @@ impl Pleg {
         self.evaluate(r.at.plus_millis(r.duration_ms), related)
     }
 
-    pub fn source(&mut self, s: &SourceStatus, related: &[String]) -> Option<PlegEstimate> {
+    pub fn source(&mut self, s: &SourceStatus, related: &[FindingId]) -> Option<PlegEstimate> {
         if s.state == SourceState::Available {
             self.unavailable.remove(&s.source);
         } else {
@@ -172,7 +175,7 @@ impl Pleg {
     }
 
     /// Periodic re-evaluation (readings age, predictions count down).
-    pub fn tick(&mut self, now: Time, related: &[String]) -> Option<PlegEstimate> {
+    pub fn tick(&mut self, now: Time, related: &[FindingId]) -> Option<PlegEstimate> {
         self.evaluate(now, related)
     }
 
@@ -251,7 +254,7 @@ impl Pleg {
         v
     }
 
-    pub fn estimate(&self, now: Time, related: &[String]) -> PlegEstimate {
+    pub fn estimate(&self, now: Time, related: &[FindingId]) -> PlegEstimate {
         let readings = self.readings(now);
         let worst = readings
             .iter()
@@ -326,7 +329,7 @@ impl Pleg {
     }
 
     /// The estimate when it changed meaningfully or `report_every_ms` passed.
-    fn evaluate(&mut self, now: Time, related: &[String]) -> Option<PlegEstimate> {
+    fn evaluate(&mut self, now: Time, related: &[FindingId]) -> Option<PlegEstimate> {
         let e = self.estimate(now, related);
         if e.status == PlegStatus::Unknown && self.last_emit.is_none() {
             return None;
@@ -397,7 +400,14 @@ fn message(e: &PlegEstimate) -> String {
         }
     }
     if !e.related_findings.is_empty() {
-        s.push_str(&format!("; related: {}", e.related_findings.join(", ")));
+        s.push_str(&format!(
+            "; related: {}",
+            e.related_findings
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
     }
     s
 }

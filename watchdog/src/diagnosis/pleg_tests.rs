@@ -1,6 +1,7 @@
 use std::collections::BTreeMap;
 
 use super::*;
+use crate::model::finding::Cause;
 use crate::model::{
     kubelet::{LoggedPod, RuntimeOperation, SlowCall},
     settings::EVENTED_THRESHOLD_MS,
@@ -275,7 +276,10 @@ fn log_lines_report_unhealthy_and_name_failures() {
                     threshold_s: 180.0,
                 },
             ),
-            &["pid_exhaustion/pids_cgroup//kubepods".to_owned()],
+            &[FindingId::new(
+                Cause::PidExhaustion,
+                "pids_cgroup//kubepods",
+            )],
         )
         .unwrap();
     assert_eq!(e.status, PlegStatus::Unhealthy);

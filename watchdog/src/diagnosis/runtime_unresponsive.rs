@@ -4,24 +4,27 @@
 //! (PID exhaustion, storage hang, systemd hang) becomes active, this finding
 //! resolves as "explained by" it, since that finding carries the PLEG link.
 
-use crate::model::finding::pleg::{PlegEstimate, PlegSource, PlegStatus};
-use crate::model::finding::runtime::RuntimeDetail;
-use crate::model::finding::{Cause, Confidence, Detail, Evidence, Finding, FindingStatus, Report};
-use crate::model::settings::EngineConfig;
-use crate::model::time::Time;
+use super::{Book, Detector};
+use crate::model::{
+    Observation, Time,
+    finding::{
+        Cause, Confidence, Detail, Evidence, Finding, FindingId, FindingStatus, Remedy, Report,
+        pleg::{PlegEstimate, PlegSource, PlegStatus},
+        runtime::RuntimeDetail,
+    },
+    settings::EngineConfig,
+};
 
 const MAX_EVIDENCE: usize = 8;
 
 pub struct RuntimeUnresponsive {
     cfg: EngineConfig,
-    current: Option<Tracked>,
+    /// When the runtime last looked stuck, while a finding is active.
+    last_bad: Option<Time>,
 }
 
-struct Tracked {
-    finding: Finding,
-    last_bad: Time,
-    last_reported: Time,
-    dirty: bool,
+fn id() -> FindingId {
+    FindingId::new(Cause::RuntimeUnresponsive, "runtime")
 }
 
 fn stuck(e: &PlegEstimate) -> bool {
@@ -81,17 +84,33 @@ const REMEDY: &str = "Find what the runtime waits on: dump its goroutines (SIGUS
 
 impl RuntimeUnresponsive {
     pub fn new(cfg: EngineConfig) -> Self {
-        Self { cfg, current: None }
+        Self {
+            cfg,
+            last_bad: None,
+        }
     }
 
     /// A new PLEG estimate; `kernel_causes` are the ids of active
     /// kernel-level findings.
-    pub fn estimate(&mut self, e: &PlegEstimate, kernel_causes: &[String]) -> Vec<Report> {
+    fn estimate(
+        &mut self,
+        e: &PlegEstimate,
+        kernel_causes: &[FindingId],
+        book: &mut Book,
+    ) -> Vec<Report> {
         if !kernel_causes.is_empty() {
-            return self.resolve(e.at, format!("explained by {}", kernel_causes.join(", ")));
+            let why = format!(
+                "explained by {}",
+                kernel_causes
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            return self.resolve(e.at, why, book);
         }
         if !stuck(e) {
-            return self.resolve(e.at, "the runtime answers again".into());
+            return self.resolve(e.at, "the runtime answers again".into(), book);
         }
         let detail = RuntimeDetail {
             seconds_since_relist: e.seconds_since_relist,
@@ -112,92 +131,85 @@ impl RuntimeUnresponsive {
             at: e.at,
             what: e.message.clone(),
         };
-        match &mut self.current {
-            None => {
-                let f = Finding {
-                    cause: Cause::RuntimeUnresponsive,
-                    status: FindingStatus::Active,
-                    id: "runtime_unresponsive/runtime".into(),
-                    summary: text,
-                    confidence,
-                    first_seen: e.at,
-                    last_seen: e.at,
-                    resolved_at: None,
-                    duration_s: None,
-                    evidence: vec![evidence],
-                    timeline: Vec::new(),
-                    concurrent: Vec::new(),
-                    pleg: None,
-                    remedy: REMEDY.into(),
-                    detail: Detail::Runtime(detail),
-                };
-                self.current = Some(Tracked {
-                    finding: f.clone(),
-                    last_bad: e.at,
-                    last_reported: e.at,
-                    dirty: false,
-                });
-                vec![Report::Finding(Box::new(f))]
-            }
-            Some(t) => {
-                t.last_bad = e.at;
-                t.finding.last_seen = e.at;
-                if t.finding.summary != text {
-                    t.dirty = true;
-                    if t.finding.evidence.len() >= MAX_EVIDENCE {
-                        t.finding.evidence.remove(1);
-                    }
-                    t.finding.evidence.push(evidence);
-                }
-                t.finding.summary = text;
-                t.finding.confidence = confidence;
-                t.finding.detail = Detail::Runtime(detail);
-                self.maybe_update(e.at)
-            }
+        self.last_bad = Some(e.at);
+        let id = id();
+        if !book.contains(&id) {
+            return vec![Report::Finding(Box::new(book.open(Finding {
+                cause: Cause::RuntimeUnresponsive,
+                status: FindingStatus::Active,
+                id,
+                summary: text,
+                confidence,
+                first_seen: e.at,
+                last_seen: e.at,
+                resolved_at: None,
+                duration_s: None,
+                evidence: vec![evidence],
+                timeline: Vec::new(),
+                concurrent: Vec::new(),
+                pleg: None,
+                remedy: Remedy::new(REMEDY, Vec::new()),
+                detail: Detail::Runtime(detail),
+            })))];
         }
+        let changed = book.get(&id).is_some_and(|f| f.summary != text);
+        if let Some(f) = book.change(&id, changed) {
+            f.last_seen = e.at;
+            if changed {
+                if f.evidence.len() >= MAX_EVIDENCE {
+                    f.evidence.remove(1);
+                }
+                f.evidence.push(evidence);
+            }
+            f.summary = text;
+            f.confidence = confidence;
+            f.detail = Detail::Runtime(detail);
+        }
+        Self::flush(e.at, book)
     }
 
-    fn maybe_update(&mut self, now: Time) -> Vec<Report> {
-        let Some(t) = &mut self.current else {
-            return Vec::new();
-        };
-        if t.dirty && now.millis_since(t.last_reported) >= self.cfg.update_every_ms {
-            t.dirty = false;
-            t.last_reported = now;
-            t.finding.status = FindingStatus::Update;
-            return vec![Report::Finding(Box::new(t.finding.clone()))];
-        }
+    /// Reports a new summary once an update is due.
+    fn flush(now: Time, book: &mut Book) -> Vec<Report> {
+        book.flush(&id(), now, |_| {})
+            .map(|f| vec![Report::Finding(Box::new(f))])
+            .unwrap_or_default()
+    }
+
+    fn resolve(&mut self, now: Time, why: String, book: &mut Book) -> Vec<Report> {
+        self.last_bad = None;
+        book.resolve(&id(), now, None, |f, d| {
+            format!("resolved after {d:.0} s ({why}): {}", f.summary)
+        })
+        .map(|f| vec![Report::Finding(Box::new(f))])
+        .unwrap_or_default()
+    }
+}
+
+impl Detector for RuntimeUnresponsive {
+    fn observe(&mut self, _obs: &Observation, _book: &mut Book) -> Vec<Report> {
         Vec::new()
     }
 
-    fn resolve(&mut self, now: Time, why: String) -> Vec<Report> {
-        let Some(t) = self.current.take() else {
-            return Vec::new();
-        };
-        let mut f = t.finding;
-        f.status = FindingStatus::Resolved;
-        f.resolved_at = Some(now);
-        f.duration_s = Some(now.secs_since(f.first_seen));
-        f.summary = format!(
-            "resolved after {:.0} s ({why}): {}",
-            now.secs_since(f.first_seen),
-            f.summary
-        );
-        vec![Report::Finding(Box::new(f))]
+    fn tick(&mut self, _now: Time, _book: &mut Book) -> Vec<Report> {
+        Vec::new()
     }
 
-    /// No stuck estimate for `resolve_after` (the sources went quiet).
-    pub fn tick(&mut self, now: Time) -> Vec<Report> {
-        match &self.current {
-            Some(t) if now.millis_since(t.last_bad) >= self.cfg.resolve_after_ms => {
-                self.resolve(now, "no sign of a stuck runtime since".into())
+    /// Fed by the PLEG estimates; without one, a tick resolves the finding
+    /// after `resolve_after` without a stuck estimate (the sources went
+    /// quiet), else reports what changed when due.
+    fn pleg(
+        &mut self,
+        estimate: Option<(&PlegEstimate, &[FindingId])>,
+        now: Time,
+        book: &mut Book,
+    ) -> Vec<Report> {
+        match (estimate, self.last_bad) {
+            (Some((e, kernel)), _) => self.estimate(e, kernel, book),
+            (None, Some(bad)) if now.millis_since(bad) >= self.cfg.resolve_after_ms => {
+                self.resolve(now, "no sign of a stuck runtime since".into(), book)
             }
-            Some(_) => self.maybe_update(now),
-            None => Vec::new(),
+            (None, Some(_)) => Self::flush(now, book),
+            (None, None) => Vec::new(),
         }
-    }
-
-    pub fn active(&self) -> Vec<Finding> {
-        self.current.iter().map(|t| t.finding.clone()).collect()
     }
 }

@@ -8,14 +8,16 @@
 //! blocked on it any more, with the hang's duration.
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::Detector;
-use crate::model::finding::storage::{AffectedContainer, BlockedProcess, StorageDetail};
-use crate::model::finding::{Cause, Confidence, Detail, Evidence, Finding, FindingStatus, Report};
+use super::{Book, Detector, Urgency};
 use crate::model::settings::EngineConfig;
-use crate::{
-    model::Time,
-    model::pod::PodRef,
-    model::{BlockedTask, BlockedTasks, MountRef, Observation, WaitClass},
+use crate::model::{
+    BlockedTask, BlockedTasks, MountRef, Observation, Time, WaitClass,
+    finding::{
+        Cause, Confidence, Detail, Evidence, Finding, FindingId, FindingStatus, Remedy,
+        RemedyAction, Report,
+        storage::{AffectedContainer, BlockedProcess, StorageDetail},
+    },
+    pod::PodRef,
 };
 
 const MAX_TASKS: usize = 20;
@@ -23,17 +25,9 @@ const MAX_EVIDENCE: usize = 8;
 /// Key of the group of tasks whose mount could not be resolved.
 const UNKNOWN: &str = "unknown";
 
-struct Active {
-    first_seen: Time,
-    last_reported: Time,
-    evidence: Vec<Evidence>,
-    finding: Finding,
-}
-
-pub struct StorageHang {
-    cfg: EngineConfig,
-    active: BTreeMap<String, Active>,
-}
+/// Stateless but for its configuration: each sweep is a full picture, and
+/// the findings themselves live in the engine's [`Book`].
+pub struct StorageHang {}
 
 fn key(t: &BlockedTask) -> String {
     t.mount
@@ -60,7 +54,21 @@ fn runtime_rank(comm: &str) -> usize {
         .unwrap_or(RUNTIMES.len())
 }
 
-fn remedy(wait: WaitClass, mount: Option<&MountRef>) -> String {
+fn remedy(wait: WaitClass, mount: Option<&MountRef>) -> Remedy {
+    let actions = match (wait, mount) {
+        (WaitClass::Fuse, Some(m)) => vec![RemedyAction::AbortFuse {
+            mount_point: m.mount_point.clone(),
+            dev: m.dev.clone(),
+        }],
+        (WaitClass::Nfs, Some(m)) => vec![RemedyAction::ForceUnmount {
+            mount_point: m.mount_point.clone(),
+        }],
+        _ => Vec::new(),
+    };
+    Remedy::new(remedy_text(wait, mount), actions)
+}
+
+fn remedy_text(wait: WaitClass, mount: Option<&MountRef>) -> String {
     let mp = mount.map(|m| m.mount_point.as_str()).unwrap_or("the mount");
     let src = mount.map(|m| m.source.as_str()).unwrap_or("its source");
     match wait {
@@ -94,40 +102,36 @@ fn remedy(wait: WaitClass, mount: Option<&MountRef>) -> String {
 }
 
 impl Detector for StorageHang {
-    fn observe(&mut self, obs: &Observation) -> Vec<Report> {
+    fn observe(&mut self, obs: &Observation, book: &mut Book) -> Vec<Report> {
         match obs {
-            Observation::BlockedTasks(b) => StorageHang::observe(self, b),
+            Observation::BlockedTasks(b) => StorageHang::observe(self, b, book),
             _ => Vec::new(),
         }
     }
 
-    fn tick(&mut self, now: Time) -> Vec<Report> {
-        StorageHang::tick(self, now)
-    }
-
-    fn active(&self) -> Vec<Finding> {
-        StorageHang::active(self)
+    /// Nothing is time-driven: sweeps come every poll interval, also when
+    /// empty, and resolve findings.
+    fn tick(&mut self, _now: Time, _book: &mut Book) -> Vec<Report> {
+        Vec::new()
     }
 }
 
 impl StorageHang {
-    pub fn new(cfg: &EngineConfig) -> Self {
-        Self {
-            cfg: cfg.clone(),
-            active: BTreeMap::new(),
-        }
+    pub fn new(_cfg: &EngineConfig) -> Self {
+        Self {}
     }
 
-    pub fn observe(&mut self, obs: &BlockedTasks) -> Vec<Report> {
+    pub fn observe(&mut self, obs: &BlockedTasks, book: &mut Book) -> Vec<Report> {
         let mut groups: BTreeMap<String, Vec<&BlockedTask>> = BTreeMap::new();
         for t in &obs.tasks {
             groups.entry(key(t)).or_default().push(t);
         }
         let mut out = Vec::new();
         for (k, tasks) in &groups {
+            let id = FindingId::new(Cause::StorageHang, k.as_str());
             let detail = Self::detail(k, tasks);
             let since = tasks.iter().map(|t| t.since).min().unwrap_or(obs.at);
-            match self.active.get_mut(k) {
+            let (evidence, urgency) = match book.get(&id) {
                 None => {
                     let mut evidence = vec![Evidence {
                         at: since,
@@ -140,75 +144,35 @@ impl StorageHang {
                     }];
                     evidence.extend(Self::task_evidence(obs.at, tasks));
                     evidence.truncate(MAX_EVIDENCE);
-                    let finding = Self::finding(
-                        FindingStatus::Active,
-                        since,
-                        obs.at,
-                        evidence.clone(),
-                        detail,
-                        tasks,
-                    );
-                    out.push(Report::Finding(Box::new(finding.clone())));
-                    self.active.insert(
-                        k.clone(),
-                        Active {
-                            first_seen: since,
-                            last_reported: obs.at,
-                            evidence,
-                            finding,
-                        },
-                    );
+                    (evidence, Urgency::Now)
                 }
-                Some(a) => {
-                    a.first_seen = a.first_seen.min(since);
-                    let finding = Self::finding(
-                        FindingStatus::Update,
-                        a.first_seen,
-                        obs.at,
-                        a.evidence.clone(),
-                        detail,
-                        tasks,
-                    );
-                    // New tasks blocked on the mount are reported at once
-                    // (at most once per sweep); growing times only every
-                    // update_every_ms.
-                    let tids = |f: &Finding| -> BTreeSet<u32> {
-                        match &f.detail {
-                            Detail::Storage(d) => d.blocked.iter().map(|b| b.tid).collect(),
-                            _ => BTreeSet::new(),
-                        }
-                    };
-                    let grew = !tids(&finding).is_subset(&tids(&a.finding));
-                    if grew || obs.at.millis_since(a.last_reported) >= self.cfg.update_every_ms {
-                        a.last_reported = obs.at;
-                        out.push(Report::Finding(Box::new(finding.clone())));
-                    }
-                    a.finding = finding;
+                // New tasks blocked on the mount are reported at once (at
+                // most once per sweep); growing times only when an update
+                // is due.
+                Some(f) => {
+                    let grew = !blocked_tids(&detail).is_subset(&tids_of(f));
+                    let urgency = if grew { Urgency::Now } else { Urgency::WhenDue };
+                    (f.evidence.clone(), urgency)
                 }
-            }
+            };
+            let finding = Self::finding(id, since, obs.at, evidence, detail, tasks);
+            out.extend(
+                book.upsert(finding, urgency)
+                    .map(|f| Report::Finding(Box::new(f))),
+            );
         }
-        let gone: Vec<String> = self
-            .active
-            .keys()
-            .filter(|k| !groups.contains_key(*k))
-            .cloned()
-            .collect();
-        for k in gone {
-            if let Some(a) = self.active.remove(&k) {
-                let mut f = a.finding;
-                f.status = FindingStatus::Resolved;
-                f.resolved_at = Some(obs.at);
-                f.duration_s = Some(obs.at.secs_since(a.first_seen));
-                f.evidence.push(Evidence {
-                    at: obs.at,
-                    what: format!("no task blocked on {k} any more"),
-                });
-                f.summary = format!(
-                    "storage hang on {k} is over after {:.1} s",
-                    obs.at.secs_since(a.first_seen)
-                );
-                out.push(Report::Finding(Box::new(f)));
+        for id in book.ids(Cause::StorageHang) {
+            if groups.contains_key(&id.key) {
+                continue;
             }
+            let closing = Evidence {
+                at: obs.at,
+                what: format!("no task blocked on {} any more", id.key),
+            };
+            let resolved = book.resolve(&id, obs.at, Some(closing), |_, d| {
+                format!("storage hang on {} is over after {d:.1} s", id.key)
+            });
+            out.extend(resolved.map(|f| Report::Finding(Box::new(f))));
         }
         out
     }
@@ -324,7 +288,7 @@ impl StorageHang {
     }
 
     fn finding(
-        status: FindingStatus,
+        id: FindingId,
         first_seen: Time,
         at: Time,
         evidence: Vec<Evidence>,
@@ -371,8 +335,8 @@ impl StorageHang {
         };
         Finding {
             cause: Cause::StorageHang,
-            status,
-            id: format!("storage_hang:{}", d.mount_point),
+            status: FindingStatus::Active,
+            id,
             summary,
             confidence,
             first_seen,
@@ -387,25 +351,23 @@ impl StorageHang {
             detail: Detail::Storage(d),
         }
     }
+}
 
-    /// Nothing is time-driven: sweeps come every poll interval, also when
-    /// empty, and resolve findings.
-    pub fn tick(&mut self, _now: Time) -> Vec<Report> {
-        Vec::new()
-    }
+fn blocked_tids(d: &StorageDetail) -> BTreeSet<u32> {
+    d.blocked.iter().map(|b| b.tid).collect()
+}
 
-    pub fn has_active(&self) -> bool {
-        !self.active.is_empty()
-    }
-
-    pub fn active(&self) -> Vec<Finding> {
-        self.active.values().map(|a| a.finding.clone()).collect()
+fn tids_of(f: &Finding) -> BTreeSet<u32> {
+    match &f.detail {
+        Detail::Storage(d) => blocked_tids(d),
+        _ => BTreeSet::new(),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::diagnosis::Harness;
 
     fn fuse_mount() -> MountRef {
         MountRef {
@@ -439,12 +401,12 @@ mod tests {
         }
     }
 
-    fn sweep(at: u64, tasks: Vec<BlockedTask>) -> BlockedTasks {
-        BlockedTasks {
+    fn sweep(at: u64, tasks: Vec<BlockedTask>) -> Observation {
+        Observation::BlockedTasks(BlockedTasks {
             at: Time(at),
             threshold_ms: 10_000,
             tasks,
-        }
+        })
     }
 
     fn findings(r: Vec<Report>) -> Vec<Finding> {
@@ -458,7 +420,7 @@ mod tests {
 
     #[test]
     fn active_update_resolve_lifecycle() {
-        let mut d = StorageHang::new(&EngineConfig::default());
+        let mut d = Harness::new(StorageHang::new(&EngineConfig::default()));
         assert!(findings(d.observe(&sweep(1_000, vec![]))).is_empty());
         let t0 = Time(1_000);
         let f = findings(d.observe(&sweep(
@@ -471,7 +433,7 @@ mod tests {
         assert_eq!(f.len(), 1);
         let a = &f[0];
         assert_eq!(a.status, FindingStatus::Active);
-        assert_eq!(a.id, "storage_hang:/mnt/fuse");
+        assert_eq!(a.id.to_string(), "storage_hang:/mnt/fuse");
         assert_eq!(a.first_seen, t0);
         assert_eq!(a.confidence, Confidence::Certain);
         let json = serde_json::to_value(a).unwrap();
@@ -482,8 +444,8 @@ mod tests {
         assert_eq!(json["blocked"][0]["comm"], "runc");
         assert_eq!(json["processes"][0], "dockerd");
         assert_eq!(json["stack"][0], "request_wait_answer");
-        assert!(a.remedy.contains("/sys/fs/fuse/connections/39/abort"));
-        assert!(d.has_active());
+        assert!(a.remedy.text.contains("/sys/fs/fuse/connections/39/abort"));
+        assert!(!d.active().is_empty());
 
         // Within update_every: silent; after it: an update with the same first_seen.
         assert!(
@@ -506,12 +468,12 @@ mod tests {
         assert_eq!(r[0].status, FindingStatus::Resolved);
         assert_eq!(r[0].duration_s, Some(19.0));
         assert_eq!(r[0].resolved_at, Some(Time(20_000)));
-        assert!(!d.has_active());
+        assert!(d.active().is_empty());
     }
 
     #[test]
     fn renders_for_a_terminal() {
-        let mut d = StorageHang::new(&EngineConfig::default());
+        let mut d = Harness::new(StorageHang::new(&EngineConfig::default()));
         let f = findings(d.observe(&sweep(
             11_000,
             vec![task(20, "dockerd", Time(11_000), Time(1_000), Some(false))],
@@ -531,7 +493,7 @@ mod tests {
 
     #[test]
     fn one_finding_per_mount_and_unknown_group() {
-        let mut d = StorageHang::new(&EngineConfig::default());
+        let mut d = Harness::new(StorageHang::new(&EngineConfig::default()));
         let mut other = task(30, "containerd", Time(20_000), Time(5_000), None);
         other.mount = Some(MountRef {
             mount_point: "/mnt/nfs".into(),
@@ -552,7 +514,7 @@ mod tests {
                 nomount,
             ],
         )));
-        let ids: Vec<&str> = f.iter().map(|f| f.id.as_str()).collect();
+        let ids: Vec<String> = f.iter().map(|f| f.id.to_string()).collect();
         assert_eq!(
             ids,
             [
@@ -562,7 +524,7 @@ mod tests {
             ]
         );
         assert_eq!(f[2].confidence, Confidence::Likely);
-        assert!(f[1].remedy.contains("NFS server"));
+        assert!(f[1].remedy.text.contains("NFS server"));
         // Only the NFS one clears.
         let r = findings(d.observe(&sweep(
             21_000,
@@ -572,10 +534,10 @@ mod tests {
             ],
         )));
         // kubelet now resolves to /mnt/fuse, so both nfs and unknown resolve.
-        let resolved: Vec<&str> = r
+        let resolved: Vec<String> = r
             .iter()
             .filter(|f| f.status == FindingStatus::Resolved)
-            .map(|f| f.id.as_str())
+            .map(|f| f.id.to_string())
             .collect();
         assert_eq!(resolved, ["storage_hang:/mnt/nfs", "storage_hang:unknown"]);
         assert_eq!(d.active().len(), 1);

@@ -14,18 +14,16 @@
 //! gone).
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::Detector;
-use crate::model::finding::systemd::{SocketKind, Stuck, SystemdDetail, Waiting};
-use crate::model::finding::{Cause, Confidence, Detail, Evidence, Finding, FindingStatus, Report};
-use crate::model::settings::EngineConfig;
-use crate::{
-    model::Time,
-    model::{
-        Observation,
-        dbus::{
-            BusProbe, CallKind, ConnQueue, ProbeOutcome, ProcessInfo, SocketCall, SocketQueues,
-        },
+use super::{Book, Detector, Urgency};
+use crate::model::{
+    Observation, Time,
+    dbus::{BusProbe, CallKind, ConnQueue, ProbeOutcome, ProcessInfo, SocketCall, SocketQueues},
+    finding::{
+        Cause, Confidence, Detail, Evidence, Finding, FindingId, FindingStatus, Remedy,
+        RemedyAction, Report,
+        systemd::{SocketKind, Stuck, SystemdDetail, Waiting},
     },
+    settings::EngineConfig,
 };
 
 const MAX_WAITING: usize = 20;
@@ -54,15 +52,6 @@ struct Conn {
 /// A connection with its (pid, fd).
 type ConnRef<'a> = ((u32, i32), &'a Conn);
 
-struct Active {
-    first_seen: Time,
-    last_reported: Time,
-    evidence: Vec<Evidence>,
-    finding: Finding,
-    /// Replies read on this socket since the finding started.
-    replies: u64,
-}
-
 pub struct SystemdHang {
     cfg: EngineConfig,
     conns: BTreeMap<(u32, i32), Conn>,
@@ -73,11 +62,12 @@ pub struct SystemdHang {
     /// errno), for evidence (runc falls back from the bus to the private
     /// socket).
     refused: BTreeMap<u32, Vec<(Time, String, i64)>>,
-    active: BTreeMap<String, Active>,
+    /// Replies read on each socket with an active finding since it started.
+    replies: BTreeMap<String, u64>,
 }
 
 impl Detector for SystemdHang {
-    fn observe(&mut self, obs: &Observation) -> Vec<Report> {
+    fn observe(&mut self, obs: &Observation, _book: &mut Book) -> Vec<Report> {
         match obs {
             Observation::SocketCall(c) => self.call(c),
             Observation::SocketQueues(q) => self.queues = Some(q.clone()),
@@ -90,12 +80,8 @@ impl Detector for SystemdHang {
         Vec::new()
     }
 
-    fn tick(&mut self, now: Time) -> Vec<Report> {
-        SystemdHang::tick(self, now)
-    }
-
-    fn active(&self) -> Vec<Finding> {
-        self.active.values().map(|a| a.finding.clone()).collect()
+    fn tick(&mut self, now: Time, book: &mut Book) -> Vec<Report> {
+        SystemdHang::tick(self, now, book)
     }
 }
 
@@ -119,7 +105,7 @@ impl SystemdHang {
             queues: None,
             probes: BTreeMap::new(),
             refused: BTreeMap::new(),
-            active: BTreeMap::new(),
+            replies: BTreeMap::new(),
         }
     }
 
@@ -204,8 +190,8 @@ impl SystemdHang {
                     conn.pending_bytes = 0;
                     conn.last_recv = Some(c.at);
                     conn.last_recv_ns = c.ktime_ns;
-                    if let Some(a) = self.active.get_mut(&conn.socket) {
-                        a.replies += 1;
+                    if let Some(n) = self.replies.get_mut(&conn.socket) {
+                        *n += 1;
                     }
                 } else if c.ret == 0 {
                     // The server closed the connection: nothing to wait for.
@@ -222,7 +208,7 @@ impl SystemdHang {
         }
     }
 
-    fn tick(&mut self, now: Time) -> Vec<Report> {
+    fn tick(&mut self, now: Time, book: &mut Book) -> Vec<Report> {
         let threshold = self.cfg.systemd.threshold_ms;
         let mut groups: BTreeMap<String, Vec<ConnRef<'_>>> = BTreeMap::new();
         for (k, c) in &self.conns {
@@ -234,83 +220,49 @@ impl SystemdHang {
         }
         let mut out = Vec::new();
         for (socket, conns) in &groups {
+            let id = FindingId::new(Cause::SystemdHang, socket.as_str());
             let since = conns
                 .iter()
                 .filter_map(|(_, c)| c.pending_since)
                 .min()
                 .unwrap_or(now);
             let (detail, confidence) = self.detail(now, socket, conns, since);
-            match self.active.get_mut(socket) {
+            // An update goes out when the summary or the confidence changed.
+            let (evidence, urgency) = match book.get(&id) {
                 None => {
-                    let evidence = self.evidence(now, socket, conns, &detail);
-                    let finding = Self::finding(
-                        FindingStatus::Active,
-                        since,
-                        now,
-                        &evidence,
-                        detail,
-                        confidence,
-                    );
-                    out.push(Report::Finding(Box::new(finding.clone())));
-                    self.active.insert(
-                        socket.clone(),
-                        Active {
-                            first_seen: since,
-                            last_reported: now,
-                            evidence,
-                            finding,
-                            replies: 0,
-                        },
-                    );
+                    self.replies.insert(socket.clone(), 0);
+                    (self.evidence(now, socket, conns, &detail), Urgency::Now)
                 }
-                Some(a) => {
-                    a.first_seen = a.first_seen.min(since);
-                    let changed = a.finding.summary != Self::summary(&detail)
-                        || a.finding.confidence != confidence;
-                    let finding = Self::finding(
-                        FindingStatus::Update,
-                        a.first_seen,
-                        now,
-                        &a.evidence,
-                        detail,
-                        confidence,
-                    );
-                    if changed && now.millis_since(a.last_reported) >= self.cfg.update_every_ms {
-                        a.last_reported = now;
-                        out.push(Report::Finding(Box::new(finding.clone())));
-                    }
-                    a.finding = finding;
+                Some(f) if f.summary != Self::summary(&detail) || f.confidence != confidence => {
+                    (f.evidence.clone(), Urgency::WhenDue)
                 }
-            }
-        }
-        let over: Vec<String> = self
-            .active
-            .keys()
-            .filter(|k| !groups.contains_key(*k))
-            .cloned()
-            .collect();
-        for socket in over {
-            let Some(a) = self.active.remove(&socket) else {
-                continue;
+                Some(f) => (f.evidence.clone(), Urgency::Never),
             };
-            let mut f = a.finding;
-            let why = if a.replies > 0 {
-                format!("replies flow again on {socket} ({} read)", a.replies)
+            let finding = Self::finding(id, since, now, evidence, detail, confidence);
+            out.extend(
+                book.upsert(finding, urgency)
+                    .map(|f| Report::Finding(Box::new(f))),
+            );
+        }
+        for id in book.ids(Cause::SystemdHang) {
+            if groups.contains_key(&id.key) {
+                continue;
+            }
+            let socket = &id.key;
+            let replies = self.replies.remove(socket).unwrap_or(0);
+            let why = if replies > 0 {
+                format!("replies flow again on {socket} ({replies} read)")
             } else {
                 format!("no process waits on {socket} any more (closed or exited without a reply)")
             };
-            f.status = FindingStatus::Resolved;
-            f.resolved_at = Some(now);
-            f.duration_s = Some(now.secs_since(a.first_seen));
-            f.evidence.push(Evidence {
+            let closing = Evidence {
                 at: now,
                 what: why.clone(),
+            };
+            let resolved = book.resolve(&id, now, Some(closing), |_, d| {
+                format!("systemd hang on {socket} is over after {d:.1} s: {why}")
             });
-            f.summary = format!(
-                "systemd hang on {socket} is over after {:.1} s: {why}",
-                now.secs_since(a.first_seen)
-            );
-            out.push(Report::Finding(Box::new(f)));
+            out.extend(resolved.map(|f| Report::Finding(Box::new(f))));
         }
         out
     }
@@ -605,7 +557,19 @@ impl SystemdHang {
         )
     }
 
-    fn remedy(d: &SystemdDetail) -> String {
+    fn remedy(d: &SystemdDetail) -> Remedy {
+        let actions = match d.stuck {
+            Stuck::BusNotReading => Vec::new(),
+            Stuck::SystemdNotReading | Stuck::SystemdNotReplying => {
+                vec![RemedyAction::ReexecSystemd {
+                    socket: d.socket.clone(),
+                }]
+            }
+        };
+        Remedy::new(Self::remedy_text(d), actions)
+    }
+
+    fn remedy_text(d: &SystemdDetail) -> String {
         match d.stuck {
             Stuck::BusNotReading => format!(
                 "The system bus daemon{} is not serving {}: check whether it is stopped or \
@@ -631,24 +595,24 @@ impl SystemdHang {
     }
 
     fn finding(
-        status: FindingStatus,
+        id: FindingId,
         first_seen: Time,
         now: Time,
-        evidence: &[Evidence],
+        evidence: Vec<Evidence>,
         detail: SystemdDetail,
         confidence: Confidence,
     ) -> Finding {
         Finding {
             cause: Cause::SystemdHang,
-            status,
-            id: format!("systemd_hang:{}", detail.socket),
+            status: FindingStatus::Active,
+            id,
             summary: Self::summary(&detail),
             confidence,
             first_seen,
             last_seen: now,
             resolved_at: None,
             duration_s: None,
-            evidence: evidence.to_vec(),
+            evidence,
             timeline: Vec::new(),
             concurrent: Vec::new(),
             pleg: None,

@@ -1,4 +1,5 @@
 use super::*;
+use crate::diagnosis::Harness;
 use crate::model::dbus::{CallKind, ConnQueue, Holder, ListenerQueue, MessageKind, SocketQueues};
 
 const T0: Time = Time(1_785_000_000_000);
@@ -34,13 +35,13 @@ fn call(ms: u64, pid: u32, call: CallKind, ret: i64, requested: u64, socket: &st
     })
 }
 
-fn engine() -> SystemdHang {
-    SystemdHang::new(&EngineConfig::default())
+fn engine() -> Harness<SystemdHang> {
+    Harness::new(SystemdHang::new(&EngineConfig::default()))
 }
 
-fn feed(d: &mut SystemdHang, obs: &[Observation]) {
+fn feed(d: &mut Harness<SystemdHang>, obs: &[Observation]) {
     for o in obs {
-        assert!(Detector::observe(d, o).is_empty());
+        assert!(d.observe(o).is_empty());
     }
 }
 
@@ -81,7 +82,7 @@ fn a_request_without_reply_past_the_threshold_is_a_hang_and_resolves_on_reply() 
     assert_eq!(f.len(), 1);
     let f = &f[0];
     assert_eq!(f.status, FindingStatus::Active);
-    assert_eq!(f.id, format!("systemd_hang:{BUS}"));
+    assert_eq!(f.id.to_string(), format!("systemd_hang:{BUS}"));
     assert_eq!(f.confidence, Confidence::Likely, "no queue or probe yet");
     let dt = detail(f);
     assert_eq!(dt.stuck, Stuck::SystemdNotReplying);
@@ -97,7 +98,7 @@ fn a_request_without_reply_past_the_threshold_is_a_hang_and_resolves_on_reply() 
         "{}",
         f.summary
     );
-    assert!(f.remedy.contains("kill -TERM 1"));
+    assert!(f.remedy.text.contains("kill -TERM 1"));
     // Reply: resolves.
     feed(&mut d, &[call(6_000, 42, CallKind::Recv, 200, 4096, BUS)]);
     let r = findings(d.tick(at(6_100)));
@@ -234,7 +235,7 @@ fn a_connection_the_bus_never_accepted_is_the_bus_not_reading() {
         "{}",
         dt.stuck_detail
     );
-    assert!(f[0].remedy.contains("bus daemon"));
+    assert!(f[0].remedy.text.contains("bus daemon"));
 }
 
 #[test]
@@ -293,7 +294,7 @@ fn updates_are_rate_limited_and_one_finding_per_socket() {
     assert!(findings(d.tick(at(9_000))).is_empty());
     let u: Vec<Finding> = findings(d.tick(at(10_500)))
         .into_iter()
-        .filter(|f| f.id.ends_with(BUS))
+        .filter(|f| f.id.key.ends_with(BUS))
         .collect();
     assert_eq!(u.len(), 1);
     assert_eq!(u[0].status, FindingStatus::Update);

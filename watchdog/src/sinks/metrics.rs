@@ -21,7 +21,7 @@ use prometheus_client::{
 };
 
 use super::{Record, Sink, Stats};
-use crate::model::finding::{Cause, FindingStatus, WarningStatus};
+use crate::model::finding::{Cause, FindingId, FindingStatus, WarningStatus};
 use crate::probes::ProbeState;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -61,7 +61,7 @@ pub struct Metrics {
     pleg_status: Family<StatusLabels, Gauge>,
     resident_bytes: Gauge,
     /// Active finding ids by cause; active warnings by (cause, message key).
-    active: BTreeMap<Cause, BTreeSet<String>>,
+    active: BTreeMap<Cause, BTreeSet<FindingId>>,
     warnings: BTreeSet<String>,
     /// Last values of counters kept elsewhere (we add the difference).
     last_events: u64,

@@ -54,12 +54,19 @@ pub fn render_finding(f: &Finding) -> String {
             s.push_str(&format!("    PLEG:          {}\n", p.message));
         }
         if !f.concurrent.is_empty() {
-            s.push_str(&format!("    also active:   {}\n", f.concurrent.join(", ")));
+            s.push_str(&format!(
+                "    also active:   {}\n",
+                f.concurrent
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
         }
         for e in &f.evidence {
             s.push_str(&format!("    evidence:      [{}] {}\n", e.at.hms(), e.what));
         }
-        s.push_str(&format!("    remedy:        {}\n", f.remedy));
+        s.push_str(&format!("    remedy:        {}\n", f.remedy.text));
     }
     s
 }

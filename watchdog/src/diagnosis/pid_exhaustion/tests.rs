@@ -98,7 +98,7 @@ fn cgroup_at_limit_is_reported_at_the_first_failure() {
     assert_eq!(d.processes[0].pid, 42);
     assert_eq!(d.limits.pids_cgroups.len(), 1);
     assert_eq!(d.limits.pids_cgroups[0].usage.percent, 100.0);
-    assert!(f[0].remedy.contains("pids.max of /pod"));
+    assert!(f[0].remedy.text.contains("pids.max of /pod"));
 }
 
 #[test]
@@ -264,7 +264,7 @@ fn two_cgroups_give_two_findings() {
     let mut e = Engine::new(EngineConfig::default());
     e.observe(&failure(0, 1, vec![cg("/x", 4, Some(4), 0)]));
     e.observe(&failure(10, 2, vec![cg("/y", 9, Some(9), 0)]));
-    let ids: Vec<String> = e.active().into_iter().map(|f| f.id).collect();
+    let ids: Vec<String> = e.active().into_iter().map(|f| f.id.to_string()).collect();
     assert_eq!(
         ids,
         vec![

@@ -32,6 +32,7 @@ impl Cause {
         Cause::RuntimeUnresponsive,
     ];
 
+    /// The name in records and the `cause` label of the metrics.
     pub fn name(self) -> &'static str {
         match self {
             Self::SystemdHang => "systemd_hang",
@@ -40,6 +41,143 @@ impl Cause {
             Self::RuntimeUnresponsive => "runtime_unresponsive",
         }
     }
+
+    /// The node condition this cause sets (True while a finding is active).
+    pub fn condition_type(self) -> &'static str {
+        match self {
+            Self::SystemdHang => "SystemdHung",
+            Self::PidExhaustion => "PIDExhausted",
+            Self::StorageHang => "StorageHung",
+            Self::RuntimeUnresponsive => "RuntimeUnresponsive",
+        }
+    }
+
+    /// The condition's reason while no finding of this cause is active.
+    pub fn healthy_reason(self) -> &'static str {
+        match self {
+            Self::SystemdHang => "SystemdResponsive",
+            Self::PidExhaustion => "PIDsAvailable",
+            Self::StorageHang => "NoStorageHang",
+            Self::RuntimeUnresponsive => "RuntimeResponsive",
+        }
+    }
+
+    /// The reason of the Event sent when a finding of this cause resolves.
+    pub fn resolved_reason(self) -> &'static str {
+        match self {
+            Self::SystemdHang => "SystemdHangResolved",
+            Self::PidExhaustion => "PIDExhaustionResolved",
+            Self::StorageHang => "StorageHangResolved",
+            Self::RuntimeUnresponsive => "RuntimeUnresponsiveResolved",
+        }
+    }
+
+    /// Seen in the kernel (PID limits, storage, systemd), as opposed to the
+    /// runtime fallback, which a kernel cause explains.
+    pub fn is_kernel(self) -> bool {
+        self != Self::RuntimeUnresponsive
+    }
+
+    /// How a finding id of this cause joins the cause and the key (kept as
+    /// recordings and Events have always shown them).
+    fn id_separator(self) -> char {
+        match self {
+            Self::PidExhaustion | Self::RuntimeUnresponsive => '/',
+            Self::SystemdHang | Self::StorageHang => ':',
+        }
+    }
+}
+
+/// A finding's stable identity: its cause and its culprit (the limit and its
+/// owner, the mount, the socket). Shown as `storage_hang:/mnt/x` or
+/// `pid_exhaustion/pids_cgroup/kubepods/...`; ordered as that text.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct FindingId {
+    pub cause: Cause,
+    pub key: String,
+}
+
+impl FindingId {
+    pub fn new(cause: Cause, key: impl Into<String>) -> Self {
+        Self {
+            cause,
+            key: key.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for FindingId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}{}{}",
+            self.cause.name(),
+            self.cause.id_separator(),
+            self.key
+        )
+    }
+}
+
+impl Ord for FindingId {
+    /// The order of the displayed ids (no cause name is a prefix of another).
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.cause.name(), &self.key).cmp(&(other.cause.name(), &other.key))
+    }
+}
+
+impl PartialOrd for FindingId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Serialize for FindingId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// What would fix a finding: the operator's instructions (`text`, what the
+/// records show as `remedy`) and the actions, with their targets, that
+/// remediation may take for it. Nothing reads the text back.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Remedy {
+    pub text: String,
+    pub actions: Vec<RemedyAction>,
+}
+
+impl Remedy {
+    pub fn new(text: impl Into<String>, actions: Vec<RemedyAction>) -> Self {
+        Self {
+            text: text.into(),
+            actions,
+        }
+    }
+}
+
+impl Serialize for Remedy {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
+}
+
+/// An action on the objects a finding names, in escalation order within a
+/// remedy. Node-wide actions (cordon, taint, escalate) apply to every cause
+/// and are not listed here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RemedyAction {
+    /// Kill every task of the container cgroup that holds the PIDs.
+    KillContainer { cgroup: String },
+    /// Evict the pod that holds the PIDs.
+    EvictPod { pod_uid: String },
+    /// Abort the FUSE connection of a hung mount (`major:minor` of the mount).
+    AbortFuse { mount_point: String, dev: String },
+    /// `umount -f` of a hung network mount.
+    ForceUnmount { mount_point: String },
+    /// Make the systemd serving this socket re-execute itself.
+    ReexecSystemd { socket: String },
+    /// Kill a runtime process stuck in a call (runc, a shim).
+    KillProcess { pid: u32, comm: String },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -77,7 +215,7 @@ pub struct Finding {
     pub cause: Cause,
     pub status: FindingStatus,
     /// Stable id of this finding (cause and culprit).
-    pub id: String,
+    pub id: FindingId,
     pub summary: String,
     pub confidence: Confidence,
     pub first_seen: Time,
@@ -92,13 +230,35 @@ pub struct Finding {
     pub timeline: Vec<Transition>,
     /// Other findings active at the same time (two causes at once).
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub concurrent: Vec<String>,
+    pub concurrent: Vec<FindingId>,
     /// How this finding explains kubelet's PLEG staleness, when known.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pleg: Option<PlegLink>,
-    pub remedy: String,
+    pub remedy: Remedy,
     #[serde(flatten)]
     pub detail: Detail,
+}
+
+impl Finding {
+    /// The reason of the node condition and Event while it is active: what
+    /// exactly fired (CamelCase).
+    pub fn problem_reason(&self) -> &'static str {
+        match &self.detail {
+            Detail::Pid(d) => match d.limit {
+                pid::Limit::PidsCgroup => "PIDsCgroupLimitReached",
+                pid::Limit::RlimitNproc => "RlimitNprocReached",
+                pid::Limit::ThreadsMax => "ThreadsMaxReached",
+                pid::Limit::PidMax => "PidMaxReached",
+                pid::Limit::Unknown => "ForkFailing",
+            },
+            Detail::Systemd(d) => match d.stuck {
+                systemd::Stuck::BusNotReading => "SystemBusNotReading",
+                systemd::Stuck::SystemdNotReading => "SystemdNotReading",
+                systemd::Stuck::SystemdNotReplying => "SystemdNotReplying",
+            },
+            Detail::Storage(_) | Detail::Runtime(_) => self.cause.condition_type(),
+        }
+    }
 }
 
 /// One status change of a finding.

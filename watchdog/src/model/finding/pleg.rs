@@ -96,7 +96,7 @@ pub struct PlegEstimate {
     pub node_transitions: Vec<Transition>,
     /// Active findings of other detectors (the kernel-level causes).
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub related_findings: Vec<String>,
+    pub related_findings: Vec<super::FindingId>,
     pub readings: Vec<Reading>,
     pub message: String,
 }

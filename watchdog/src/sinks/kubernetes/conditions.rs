@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use crate::model::Time;
-use crate::model::finding::{Cause, Detail, Finding, FindingStatus};
+use crate::model::finding::{Cause, Finding, FindingId, FindingStatus};
 
 /// Kubernetes caps a condition message; stay well inside it.
 const MAX_MESSAGE: usize = 1024;
@@ -20,49 +20,6 @@ pub struct Condition {
     pub reason: String,
     pub message: String,
     pub last_transition: Time,
-}
-
-pub fn condition_type(c: Cause) -> &'static str {
-    match c {
-        Cause::SystemdHang => "SystemdHung",
-        Cause::PidExhaustion => "PIDExhausted",
-        Cause::StorageHang => "StorageHung",
-        Cause::RuntimeUnresponsive => "RuntimeUnresponsive",
-    }
-}
-
-fn healthy_reason(c: Cause) -> &'static str {
-    match c {
-        Cause::SystemdHang => "SystemdResponsive",
-        Cause::PidExhaustion => "PIDsAvailable",
-        Cause::StorageHang => "NoStorageHang",
-        Cause::RuntimeUnresponsive => "RuntimeResponsive",
-    }
-}
-
-/// The reason of a True condition: what exactly fired.
-pub fn problem_reason(f: &Finding) -> String {
-    if let Detail::Pid(d) = &f.detail {
-        use crate::model::finding::pid::Limit;
-        return match d.limit {
-            Limit::PidsCgroup => "PIDsCgroupLimitReached",
-            Limit::RlimitNproc => "RlimitNprocReached",
-            Limit::ThreadsMax => "ThreadsMaxReached",
-            Limit::PidMax => "PidMaxReached",
-            Limit::Unknown => "ForkFailing",
-        }
-        .into();
-    }
-    if let Detail::Systemd(d) = &f.detail {
-        use crate::model::finding::systemd::Stuck;
-        return match d.stuck {
-            Stuck::BusNotReading => "SystemBusNotReading",
-            Stuck::SystemdNotReading => "SystemdNotReading",
-            Stuck::SystemdNotReplying => "SystemdNotReplying",
-        }
-        .into();
-    }
-    condition_type(f.cause).into()
 }
 
 pub fn truncate(s: &str, max: usize) -> String {
@@ -79,7 +36,7 @@ pub fn truncate(s: &str, max: usize) -> String {
 pub struct ConditionManager {
     conditions: BTreeMap<Cause, Condition>,
     /// Active findings by id (cause, reason, summary, first seen).
-    active: BTreeMap<String, (Cause, String, String, Time)>,
+    active: BTreeMap<FindingId, (Cause, &'static str, String, Time)>,
     /// The apiserver has not got the current state yet.
     dirty: bool,
     last_sync: Option<Time>,
@@ -95,9 +52,9 @@ impl ConditionManager {
                 (
                     c,
                     Condition {
-                        type_: condition_type(c),
+                        type_: c.condition_type(),
                         status: false,
-                        reason: healthy_reason(c).into(),
+                        reason: c.healthy_reason().into(),
                         message: format!("watchdog finds no {}", c.name().replace('_', " ")),
                         last_transition: now,
                     },
@@ -116,20 +73,23 @@ impl ConditionManager {
     /// Take a finding report into account.
     pub fn finding(&mut self, f: &Finding) {
         let cause = f.cause;
+        // What the finding said while it was active (a resolved report's
+        // summary says how it ended).
+        let mut last_active = None;
         let at = match f.status {
             FindingStatus::Resolved => {
-                self.active.remove(&f.id);
+                last_active = self.active.remove(&f.id).map(|(.., summary, _)| summary);
                 f.resolved_at.unwrap_or(f.last_seen)
             }
             _ => {
                 self.active.insert(
                     f.id.clone(),
-                    (cause, problem_reason(f), f.summary.clone(), f.first_seen),
+                    (cause, f.problem_reason(), f.summary.clone(), f.first_seen),
                 );
                 f.first_seen
             }
         };
-        let mut of_cause: Vec<&(Cause, String, String, Time)> =
+        let mut of_cause: Vec<&(Cause, &'static str, String, Time)> =
             self.active.values().filter(|(c, ..)| *c == cause).collect();
         of_cause.sort_by_key(|(.., first)| *first);
         let cond = self
@@ -143,7 +103,7 @@ impl ConditionManager {
                     cond.last_transition = at;
                 }
                 cond.status = true;
-                cond.reason = reason.clone();
+                cond.reason = (*reason).into();
                 let msg = of_cause
                     .iter()
                     .map(|(.., summary, _)| summary.as_str())
@@ -156,9 +116,13 @@ impl ConditionManager {
                     cond.last_transition = at;
                 }
                 cond.status = false;
-                cond.reason = healthy_reason(cause).into();
+                cond.reason = cause.healthy_reason().into();
                 cond.message = truncate(
-                    &format!("recovered: {}", f.summary.trim_start_matches("resolved ")),
+                    &format!(
+                        "recovered after {:.0} s: {}",
+                        f.duration_s.unwrap_or(0.0),
+                        last_active.as_deref().unwrap_or(&f.summary)
+                    ),
                     MAX_MESSAGE,
                 );
             }

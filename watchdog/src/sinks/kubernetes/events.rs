@@ -6,7 +6,7 @@
 //! event per subject, not a storm.
 use std::collections::VecDeque;
 
-use super::conditions::{problem_reason, truncate};
+use super::conditions::truncate;
 use crate::model::Time;
 use crate::model::finding::{Finding, FindingStatus, Warning, WarningStatus};
 
@@ -59,21 +59,17 @@ impl EventQueue {
     /// updates are not events (the condition message carries them).
     pub fn finding(&mut self, f: &Finding) {
         let (warning, reason, action) = match f.status {
-            FindingStatus::Active => (true, problem_reason(f), "Diagnosed"),
-            FindingStatus::Resolved => (
-                false,
-                format!("{}Resolved", pascal(f.cause.name())),
-                "Recovered",
-            ),
+            FindingStatus::Active => (true, f.problem_reason(), "Diagnosed"),
+            FindingStatus::Resolved => (false, f.cause.resolved_reason(), "Recovered"),
             FindingStatus::Update => return,
         };
-        let note = format!("{} Remedy: {}", f.summary, f.remedy);
+        let note = format!("{} Remedy: {}", f.summary, f.remedy.text);
         self.push(NodeEvent {
             warning,
-            reason: truncate(&reason, MAX_REASON),
+            reason: truncate(reason, MAX_REASON),
             action: action.into(),
             note: truncate(&note, MAX_NOTE),
-            subject: f.id.clone(),
+            subject: f.id.to_string(),
         });
     }
 
@@ -133,21 +129,6 @@ impl EventQueue {
     }
 }
 
-fn pascal(snake: &str) -> String {
-    snake
-        .split('_')
-        .map(|w| match w {
-            "pid" => "PID".to_owned(),
-            _ => {
-                let mut c = w.chars();
-                c.next()
-                    .map(|f| f.to_uppercase().collect::<String>() + c.as_str())
-                    .unwrap_or_default()
-            }
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,8 +172,12 @@ mod tests {
     }
 
     #[test]
-    fn pascal_names() {
-        assert_eq!(pascal("pid_exhaustion"), "PIDExhaustion");
-        assert_eq!(pascal("storage_hang"), "StorageHang");
+    fn resolved_reasons_are_pascal_case() {
+        use crate::model::finding::Cause;
+        assert_eq!(
+            Cause::PidExhaustion.resolved_reason(),
+            "PIDExhaustionResolved"
+        );
+        assert_eq!(Cause::StorageHang.resolved_reason(), "StorageHangResolved");
     }
 }

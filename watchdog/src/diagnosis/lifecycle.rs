@@ -1,0 +1,189 @@
+//! The lifecycle of every finding, written once: the first report (active),
+//! updates (new evidence, at most every `update_every_ms` unless a detector
+//! says it is urgent), the resolution (duration, closing evidence), and the
+//! status transitions each report carries (its timeline).
+//!
+//! The engine owns one [`Book`] and lends it to the detectors, which supply
+//! the evidence and the keys; the book is also what the engine asks for the
+//! active findings (concurrency, PLEG links, what explains a stuck runtime).
+use std::collections::BTreeMap;
+
+use crate::model::{
+    Time,
+    finding::{Cause, Evidence, Finding, FindingId, FindingStatus, Transition},
+};
+
+/// Transitions kept per finding: the first report and the latest ones.
+const MAX_TIMELINE: usize = 24;
+
+/// When a changed finding is reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Urgency {
+    /// Now (e.g. more tasks blocked on the mount).
+    Now,
+    /// If the last report is `update_every_ms` old; else kept silently.
+    WhenDue,
+    /// Not reported (nothing worth a report changed); kept silently.
+    Never,
+}
+
+struct Entry {
+    finding: Finding,
+    last_reported: Time,
+    /// Changed since the last report (reported by [`Book::flush`] when due).
+    pending: bool,
+    timeline: Vec<Transition>,
+}
+
+pub struct Book {
+    update_every_ms: u64,
+    entries: BTreeMap<FindingId, Entry>,
+}
+
+impl Book {
+    pub fn new(update_every_ms: u64) -> Self {
+        Self {
+            update_every_ms,
+            entries: BTreeMap::new(),
+        }
+    }
+
+    pub fn contains(&self, id: &FindingId) -> bool {
+        self.entries.contains_key(id)
+    }
+
+    pub fn get(&self, id: &FindingId) -> Option<&Finding> {
+        self.entries.get(id).map(|e| &e.finding)
+    }
+
+    /// The finding's content, to change without reporting it now; a
+    /// `significant` change is reported by the next [`Book::flush`] that
+    /// finds an update due (the rest rides along with it).
+    pub fn change(&mut self, id: &FindingId, significant: bool) -> Option<&mut Finding> {
+        self.entries.get_mut(id).map(|e| {
+            e.pending |= significant;
+            &mut e.finding
+        })
+    }
+
+    /// Reports a new finding (status active, first seen when it says, as
+    /// of its last-seen time).
+    pub fn open(&mut self, mut f: Finding) -> Finding {
+        f.status = FindingStatus::Active;
+        let mut e = Entry {
+            last_reported: f.last_seen,
+            finding: f,
+            pending: false,
+            timeline: Vec::new(),
+        };
+        let out = Self::report(&mut e);
+        self.entries.insert(out.id.clone(), e);
+        out
+    }
+
+    /// Reports `f` if it is new; otherwise replaces the content of the
+    /// active finding (keeping its earliest first-seen time) and reports it
+    /// as an update when `urgency` says so.
+    pub fn upsert(&mut self, mut f: Finding, urgency: Urgency) -> Option<Finding> {
+        let Some(e) = self.entries.get_mut(&f.id) else {
+            return Some(self.open(f));
+        };
+        f.first_seen = f.first_seen.min(e.finding.first_seen);
+        f.status = FindingStatus::Update;
+        let at = f.last_seen;
+        e.finding = f;
+        let due = match urgency {
+            Urgency::Now => true,
+            Urgency::WhenDue => at.millis_since(e.last_reported) >= self.update_every_ms,
+            Urgency::Never => false,
+        };
+        due.then(|| {
+            e.last_reported = at;
+            Self::report(e)
+        })
+    }
+
+    /// Reports the changes made through [`Book::change`] when the last
+    /// report is old enough; `prepare` rebuilds derived fields first.
+    pub fn flush(
+        &mut self,
+        id: &FindingId,
+        now: Time,
+        prepare: impl FnOnce(&mut Finding),
+    ) -> Option<Finding> {
+        let e = self.entries.get_mut(id)?;
+        if !e.pending || now.millis_since(e.last_reported) < self.update_every_ms {
+            return None;
+        }
+        prepare(&mut e.finding);
+        e.finding.status = FindingStatus::Update;
+        e.pending = false;
+        e.last_reported = now;
+        Some(Self::report(e))
+    }
+
+    /// Resolves a finding: its duration, an optional closing piece of
+    /// evidence, and the summary `summary(finding, duration_s)` gives.
+    pub fn resolve(
+        &mut self,
+        id: &FindingId,
+        at: Time,
+        closing: Option<Evidence>,
+        summary: impl FnOnce(&Finding, f64) -> String,
+    ) -> Option<Finding> {
+        let mut e = self.entries.remove(id)?;
+        let duration = at.secs_since(e.finding.first_seen);
+        let f = &mut e.finding;
+        f.summary = summary(f, duration);
+        f.status = FindingStatus::Resolved;
+        f.resolved_at = Some(at);
+        f.duration_s = Some(duration);
+        f.evidence.extend(closing);
+        Some(Self::report(&mut e))
+    }
+
+    /// Ids of the active findings of `cause`.
+    pub fn ids(&self, cause: Cause) -> Vec<FindingId> {
+        self.entries
+            .keys()
+            .filter(|id| id.cause == cause)
+            .cloned()
+            .collect()
+    }
+
+    /// Ids of every active finding, in order.
+    pub fn all_ids(&self) -> impl Iterator<Item = &FindingId> {
+        self.entries.keys()
+    }
+
+    /// Active findings as last changed, with their timelines.
+    pub fn active(&self) -> impl Iterator<Item = Finding> + '_ {
+        self.entries.values().map(|e| {
+            let mut f = e.finding.clone();
+            f.timeline = e.timeline.clone();
+            f
+        })
+    }
+
+    /// The report of the finding's current state; its transition joins the
+    /// timeline.
+    fn report(e: &mut Entry) -> Finding {
+        let f = &e.finding;
+        let when = match f.status {
+            FindingStatus::Active => f.first_seen,
+            FindingStatus::Update => f.last_seen,
+            FindingStatus::Resolved => f.resolved_at.unwrap_or(f.last_seen),
+        };
+        e.timeline.push(Transition {
+            at: when,
+            status: f.status,
+            summary: f.summary.clone(),
+        });
+        if e.timeline.len() > MAX_TIMELINE {
+            e.timeline.remove(1);
+        }
+        let mut out = e.finding.clone();
+        out.timeline = e.timeline.clone();
+        out
+    }
+}
