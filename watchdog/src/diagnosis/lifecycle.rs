@@ -187,3 +187,99 @@ impl Book {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::finding::{Confidence, Detail, Remedy, runtime::RuntimeDetail};
+
+    fn finding(first: u64, last: u64, summary: &str) -> Finding {
+        Finding {
+            cause: Cause::RuntimeUnresponsive,
+            status: FindingStatus::Active,
+            id: FindingId::new(Cause::RuntimeUnresponsive, "runtime"),
+            summary: summary.into(),
+            confidence: Confidence::Likely,
+            first_seen: Time(first),
+            last_seen: Time(last),
+            resolved_at: None,
+            duration_s: None,
+            evidence: Vec::new(),
+            timeline: Vec::new(),
+            concurrent: Vec::new(),
+            pleg: None,
+            remedy: Remedy::new("", Vec::new()),
+            detail: Detail::Runtime(RuntimeDetail {
+                seconds_since_relist: None,
+                source: None,
+                threshold_s: 180.0,
+                predicted_unhealthy_in_s: None,
+                kubelet_reports_unhealthy: false,
+                hung: Vec::new(),
+                kubelet_errors: Vec::new(),
+            }),
+        }
+    }
+
+    #[test]
+    fn open_update_when_due_or_urgent_then_resolve() {
+        let mut b = Book::new(5_000);
+        let f = b.open(finding(1_000, 2_000, "a"));
+        assert_eq!(f.status, FindingStatus::Active);
+        assert_eq!(f.timeline.len(), 1);
+        // Not due 3 s after the first report; kept silently.
+        assert!(
+            b.upsert(finding(1_500, 5_000, "b"), Urgency::WhenDue)
+                .is_none()
+        );
+        assert_eq!(b.get(&f.id).unwrap().summary, "b");
+        assert_eq!(b.get(&f.id).unwrap().first_seen, Time(1_000));
+        // Urgent: at once.
+        let u = b.upsert(finding(1_000, 5_500, "c"), Urgency::Now).unwrap();
+        assert_eq!(u.status, FindingStatus::Update);
+        assert!(
+            b.upsert(finding(1_000, 20_000, "d"), Urgency::Never)
+                .is_none()
+        );
+        let r = b
+            .resolve(&f.id, Time(21_000), None, |f, d| {
+                format!("{} over after {d}", f.summary)
+            })
+            .unwrap();
+        assert_eq!(r.status, FindingStatus::Resolved);
+        assert_eq!(r.duration_s, Some(20.0));
+        assert_eq!(r.summary, "d over after 20");
+        let states: Vec<FindingStatus> = r.timeline.iter().map(|t| t.status).collect();
+        assert_eq!(
+            states,
+            [
+                FindingStatus::Active,
+                FindingStatus::Update,
+                FindingStatus::Resolved
+            ]
+        );
+        assert!(!b.contains(&f.id));
+    }
+
+    #[test]
+    fn significant_changes_flush_when_due() {
+        let mut b = Book::new(5_000);
+        let id = b.open(finding(1_000, 1_000, "a")).id;
+        b.change(&id, false).unwrap().summary = "quiet".into();
+        assert!(
+            b.flush(&id, Time(10_000), |_| {}).is_none(),
+            "nothing significant"
+        );
+        b.change(&id, true).unwrap().summary = "loud".into();
+        assert!(b.flush(&id, Time(3_000), |_| {}).is_none(), "not due yet");
+        let u = b.flush(&id, Time(6_000), |f| f.summary.push('!')).unwrap();
+        assert_eq!(
+            (u.status, u.summary.as_str()),
+            (FindingStatus::Update, "loud!")
+        );
+        assert!(
+            b.flush(&id, Time(20_000), |_| {}).is_none(),
+            "reported already"
+        );
+    }
+}

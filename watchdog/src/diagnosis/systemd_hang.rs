@@ -18,6 +18,7 @@ use super::{Book, Detector, Urgency};
 use crate::model::{
     Observation, Time,
     dbus::{BusProbe, CallKind, ConnQueue, ProbeOutcome, ProcessInfo, SocketCall, SocketQueues},
+    errno,
     finding::{
         Cause, Confidence, Detail, Evidence, Finding, FindingId, FindingStatus, Remedy,
         RemedyAction, Report,
@@ -28,7 +29,6 @@ use crate::model::{
 
 const MAX_WAITING: usize = 20;
 const MAX_EVIDENCE: usize = 10;
-const EAGAIN: i64 = -11;
 
 #[derive(Clone, Debug)]
 struct Conn {
@@ -85,18 +85,6 @@ impl Detector for SystemdHang {
     }
 }
 
-fn errno_name(ret: i64) -> String {
-    match -ret {
-        2 => "ENOENT".into(),
-        11 => "EAGAIN".into(),
-        13 => "EACCES".into(),
-        104 => "ECONNRESET".into(),
-        111 => "ECONNREFUSED".into(),
-        115 => "EINPROGRESS".into(),
-        n => format!("errno {n}"),
-    }
-}
-
 impl SystemdHang {
     pub fn new(cfg: &EngineConfig) -> Self {
         Self {
@@ -113,7 +101,7 @@ impl SystemdHang {
         let key = (c.pid, c.fd);
         match c.call {
             CallKind::Connect => {
-                if c.ret == 0 || c.ret == -115 {
+                if c.ret == 0 || errno::failed_with(c.ret, errno::EINPROGRESS) {
                     self.conns.insert(
                         key,
                         Conn {
@@ -173,7 +161,7 @@ impl SystemdHang {
                         conn.unsent = 0;
                         conn.continuing = None;
                     }
-                } else if c.ret == EAGAIN {
+                } else if errno::failed_with(c.ret, errno::EAGAIN) {
                     // Something it cannot even send: it waits whatever it is.
                     conn.pending_since.get_or_insert(c.at);
                     conn.stalled_since.get_or_insert(c.at);
@@ -468,7 +456,7 @@ impl SystemdHang {
                     what: format!(
                         "{}[{pid}] could not connect to {other}: {}{}",
                         c.comm,
-                        errno_name(*ret),
+                        errno::name(*ret),
                         if other != socket {
                             format!(" (then used {socket})")
                         } else {

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod cgroup;
 pub mod dbus;
+pub mod errno;
 pub mod finding;
 pub mod kubelet;
 pub mod pids;
