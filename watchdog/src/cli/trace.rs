@@ -9,12 +9,15 @@ use crate::{
         pleg::{self, PlegConfig},
         systemd_hang::SystemdConfig,
     },
-    kubelet::{
-        self, PlegSources,
-        metrics::{self, ScrapeConfig},
-    },
-    runtime::RelistConfig,
     sinks::{Sink, json::JsonLines, terminal::Terminal},
+    sources::{
+        PlegSources,
+        kubelet::{
+            metrics::{self, ScrapeConfig},
+            node,
+        },
+        runtime::{RelistConfig, RuntimeEndpoint},
+    },
     storage::{StorageOptions, parse_comms},
 };
 
@@ -179,25 +182,27 @@ impl PlegArgs {
             ..ScrapeConfig::default()
         });
         let relist = (self.docker_host != "off").then(|| RelistConfig {
-            docker_host: self.docker_host.clone(),
+            endpoint: RuntimeEndpoint::Docker {
+                host: self.docker_host.clone(),
+            },
             interval: self.relist_interval,
             call_timeout: self.runtime_call_timeout,
             concurrency: self.relist_concurrency as usize,
             ..RelistConfig::default()
         });
         if let Some(r) = &relist
-            && !r.docker_host.starts_with("unix://")
+            && !r.endpoint.address().starts_with("unix://")
         {
             anyhow::bail!(
                 "--docker-host {:?}: only unix:// sockets are supported",
-                r.docker_host
+                r.endpoint.address()
             );
         }
         Ok((
             PlegSources {
                 metrics,
                 log: self.kubelet_log.clone(),
-                node_name: self.node_name.clone().or_else(kubelet::default_node_name),
+                node_name: self.node_name.clone().or_else(node::default_node_name),
                 node_watch: true,
                 relist,
             },
