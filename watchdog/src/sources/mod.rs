@@ -375,3 +375,6 @@ impl PlegSources {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
