@@ -227,14 +227,12 @@ impl RuntimeClient for FakeRuntime {
     }
 
     fn list(&self) -> impl Future<Output = Result<Vec<Container>, String>> + Send + 'static {
-        async {
-            Ok(["ok", "stuck", "bad"]
-                .map(|n| Container {
-                    id: format!("id-{n}"),
-                    name: n.into(),
-                })
-                .to_vec())
-        }
+        std::future::ready(Ok(["ok", "stuck", "bad"]
+            .map(|n| Container {
+                id: format!("id-{n}"),
+                name: n.into(),
+            })
+            .to_vec()))
     }
 
     fn inspect(&self, id: &str) -> impl Future<Output = Result<(), String>> + Send + 'static {
