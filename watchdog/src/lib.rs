@@ -10,8 +10,8 @@
 //! - [`recording`]: `--record` files of engine inputs, read back by `watchdog replay`
 //! - [`replay`]: `watchdog replay`, a recording diagnosed offline
 //! - [`sinks`]: terminal and JSON output
-//! - [`kubelet`], [`runtime`]: kubelet metrics/log/node condition and the
-//!   agent's own relist of the container runtime (PLEG signals)
+//! - [`sources`]: kubelet metrics/log/node condition and the agent's own
+//!   relist of the container runtime (PLEG signals), each supervised
 //! - [`storage`]: the storage-hang sweep over the probes' maps (blocked tasks)
 //! - [`dbus`]: D-Bus/systemd socket calls of runtime processes, their queues
 //!   (sock_diag) and the agent's own probes of the bus and systemd
@@ -24,13 +24,12 @@ pub mod config;
 pub mod context;
 pub mod dbus;
 pub mod diagnosis;
-pub mod kubelet;
 pub mod model;
 pub mod paths;
 pub mod probes;
 pub mod recording;
 pub mod replay;
 pub mod ringbuf;
-pub mod runtime;
 pub mod sinks;
+pub mod sources;
 pub mod storage;

@@ -10,14 +10,17 @@ use aya::maps::{MapData, RingBuf};
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 use watchdog_common::decode::{Event, decode};
 
+use crate::sources::LossySender;
+
 /// Counters of every hop after the kernel (kernel drops are read from the
 /// DROPS map, see `Probes::kernel_drops`).
 #[derive(Debug, Default)]
 pub struct Counters {
     /// Records read from the ring buffer and decoded.
     pub events: AtomicU64,
-    /// Decoded events dropped because the channel to the engine was full.
-    pub userspace_drops: AtomicU64,
+    /// Decoded events dropped because the channel to the engine was full
+    /// (counted by the channel's [`LossySender`]).
+    pub userspace_drops: Arc<AtomicU64>,
     /// Records that did not decode (wrong kind or size: a probe/agent mismatch).
     pub decode_errors: AtomicU64,
 }
@@ -42,6 +45,7 @@ pub async fn forward(
     // SAFETY: the ring buffer owns its map fd, which stays open for as long as
     // the AsyncFd (which owns the ring buffer) lives.
     let mut fd = unsafe { AsyncFd::register_with_interest(rb, tokio::io::Interest::READABLE) }?;
+    let tx = LossySender::with_drops(tx, counters.userspace_drops.clone());
     loop {
         match tokio::time::timeout(DRAIN_EVERY, fd.readable_mut()).await {
             Ok(guard) => {
@@ -62,17 +66,13 @@ pub async fn forward(
 }
 
 /// Everything in the ring buffer now; false when the receiver is gone.
-fn drain(rb: &mut RingBuf<MapData>, tx: &mpsc::Sender<Event>, counters: &Counters) -> bool {
+fn drain(rb: &mut RingBuf<MapData>, tx: &LossySender<Event>, counters: &Counters) -> bool {
     while let Some(item) = rb.next() {
         match decode(&item) {
             Ok(ev) => {
                 counters.events.fetch_add(1, Ordering::Relaxed);
-                match tx.try_send(ev) {
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        counters.userspace_drops.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => return false,
+                if !tx.send(ev) {
+                    return false;
                 }
             }
             Err(e) => {

@@ -56,7 +56,7 @@ pub struct TraceOptions {
     /// `ready` record.
     pub outputs: Vec<String>,
     /// kubelet metrics/log/node watch and the agent's own relist.
-    pub pleg_sources: crate::kubelet::PlegSources,
+    pub pleg_sources: crate::sources::PlegSources,
     /// Storage-hang detection; None leaves its probes unattached.
     pub storage: Option<crate::storage::StorageOptions>,
     /// D-Bus/systemd socket tracking (needs the storage probes).
@@ -76,7 +76,7 @@ impl Default for TraceOptions {
             record: None,
             node_name: None,
             outputs: Vec::new(),
-            pleg_sources: crate::kubelet::PlegSources::none(),
+            pleg_sources: crate::sources::PlegSources::none(),
             storage: Some(crate::storage::StorageOptions::default()),
             dbus: Some(crate::dbus::DbusOptions::default()),
         }
@@ -206,7 +206,7 @@ pub async fn session(opts: TraceOptions, sink: &mut dyn Sink) -> anyhow::Result<
     }
 
     // kubelet and runtime sources: tasks on this thread, one bounded queue.
-    let (pleg_tx, mut pleg_rx) = crate::kubelet::ObsSender::channel();
+    let (pleg_tx, mut pleg_rx) = crate::sources::ObsSender::channel();
     opts.pleg_sources.clone().spawn(&pleg_tx);
 
     let mut ctx = NodeContext::new(&opts.root);

@@ -1,17 +1,21 @@
 //! `watchdog trace`: a one-shot tracing session for an incident.
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
-use crate::agent::arming::ForkProbeMode;
-use crate::agent::{self, TraceOptions};
-use crate::dbus::DbusOptions;
-use crate::kubelet::metrics::{self, ScrapeConfig};
-use crate::kubelet::{self, PlegSources};
-use crate::model::settings::{EngineConfig, PlegConfig, SystemdConfig};
-use crate::runtime::RelistConfig;
-use crate::sinks::Sink;
-use crate::sinks::json::JsonLines;
-use crate::sinks::terminal::Terminal;
-use crate::storage::{StorageOptions, parse_comms};
+use crate::{
+    agent::{self, TraceOptions, arming::ForkProbeMode},
+    dbus::DbusOptions,
+    model::settings::{EngineConfig, PlegConfig, SystemdConfig},
+    sinks::{Sink, json::JsonLines, terminal::Terminal},
+    sources::{
+        PlegSources,
+        kubelet::{
+            metrics::{self, ScrapeConfig},
+            node,
+        },
+        runtime::{RelistConfig, RuntimeEndpoint},
+    },
+    storage::{StorageOptions, parse_comms},
+};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -174,25 +178,27 @@ impl PlegArgs {
             ..ScrapeConfig::default()
         });
         let relist = (self.docker_host != "off").then(|| RelistConfig {
-            docker_host: self.docker_host.clone(),
+            endpoint: RuntimeEndpoint::Docker {
+                host: self.docker_host.clone(),
+            },
             interval: self.relist_interval,
             call_timeout: self.runtime_call_timeout,
             concurrency: self.relist_concurrency as usize,
             ..RelistConfig::default()
         });
         if let Some(r) = &relist
-            && !r.docker_host.starts_with("unix://")
+            && !r.endpoint.address().starts_with("unix://")
         {
             anyhow::bail!(
                 "--docker-host {:?}: only unix:// sockets are supported",
-                r.docker_host
+                r.endpoint.address()
             );
         }
         Ok((
             PlegSources {
                 metrics,
                 log: self.kubelet_log.clone(),
-                node_name: self.node_name.clone().or_else(kubelet::default_node_name),
+                node_name: self.node_name.clone().or_else(node::default_node_name),
                 node_watch: true,
                 relist,
             },

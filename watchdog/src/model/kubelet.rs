@@ -1,6 +1,6 @@
 //! Observation data from kubelet and the container runtime (serde, data only:
 //! no clients or handles). The diagnosis engine consumes these; the sources in
-//! [`crate::kubelet`] and [`crate::runtime`] produce them.
+//! [`crate::sources`] produce them.
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};

@@ -10,8 +10,13 @@ use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 use http_body_util::{BodyExt, Limited};
 use prometheus_parse::{LineInfo, Scrape, Value};
 
-use crate::model::Time;
-use crate::model::kubelet::{Histogram, KubeletMetrics, RuntimeOperation};
+use crate::{
+    model::{
+        Observation, Time,
+        kubelet::{Histogram, KubeletMetrics, RuntimeOperation, SourceKind},
+    },
+    sources::{Call, Source, StartError, Step, Supervision},
+};
 
 pub const PLEG_LAST_SEEN: &str = "kubelet_pleg_last_seen_seconds";
 pub const PLEG_RELIST_DURATION: &str = "kubelet_pleg_relist_duration_seconds";
@@ -415,6 +420,49 @@ impl Scraper {
 
     pub fn url(&self) -> &str {
         &self.cfg.url
+    }
+}
+
+/// How far beyond the scrape's own timeout the supervision deadline lies (the
+/// scrape's `Timeout` error, naming the URL, speaks first).
+const DEADLINE_SLACK: Duration = Duration::from_secs(1);
+
+/// kubelet's metrics as a supervised source: a scrape every `interval`.
+pub struct MetricsSource {
+    cfg: ScrapeConfig,
+}
+
+impl MetricsSource {
+    pub fn new(cfg: ScrapeConfig) -> Self {
+        Self { cfg }
+    }
+}
+
+impl Source for MetricsSource {
+    type Client = Scraper;
+
+    fn supervision(&self) -> Supervision {
+        Supervision {
+            kind: SourceKind::KubeletMetrics,
+            target: self.cfg.url.clone(),
+            deadline: Some(self.cfg.timeout + DEADLINE_SLACK),
+            interval: self.cfg.interval,
+            max_backoff: Duration::from_secs(60),
+        }
+    }
+
+    async fn start(&mut self) -> Result<Scraper, StartError> {
+        Scraper::new(self.cfg.clone()).map_err(|e| StartError::Retry(e.to_string()))
+    }
+
+    async fn call(&mut self, scraper: &mut Scraper) -> Call {
+        match scraper.scrape().await {
+            Ok(m) => Call::Answered(
+                Step::available(format!("scraping every {:?}", self.cfg.interval))
+                    .with(Observation::KubeletMetrics(Box::new(m))),
+            ),
+            Err(e) => Call::Failed(e.to_string()),
+        }
     }
 }
 

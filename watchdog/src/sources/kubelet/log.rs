@@ -19,8 +19,13 @@ use std::{
     time::Duration,
 };
 
-use crate::model::Time;
-use crate::model::kubelet::{KubeletLog, KubeletLogEvent, LoggedPod, PlegMessage};
+use crate::{
+    model::{
+        Observation, Time,
+        kubelet::{KubeletLog, KubeletLogEvent, LoggedPod, PlegMessage, SourceKind, SourceState},
+    },
+    sources::{Call, Source, StartError, Step, Supervision},
+};
 
 /// The longest line kept; longer lines are cut and counted as unparseable.
 pub const MAX_LINE: usize = 16 * 1024;
@@ -450,6 +455,80 @@ impl Follower {
 
 /// How often the file is polled.
 pub const POLL: Duration = Duration::from_millis(500);
+
+/// How often new unparseable lines are re-reported.
+const UNPARSEABLE_REPORT_EVERY: Duration = Duration::from_secs(60);
+
+/// kubelet's log file as a supervised source (`None`: reported as disabled).
+pub struct LogSource {
+    path: Option<PathBuf>,
+    reported_unparseable: u64,
+    last_report: tokio::time::Instant,
+}
+
+impl LogSource {
+    pub fn new(path: Option<PathBuf>) -> Self {
+        Self {
+            path,
+            reported_unparseable: 0,
+            last_report: tokio::time::Instant::now() - UNPARSEABLE_REPORT_EVERY,
+        }
+    }
+}
+
+impl Source for LogSource {
+    type Client = Follower;
+
+    fn supervision(&self) -> Supervision {
+        Supervision {
+            kind: SourceKind::KubeletLog,
+            target: self
+                .path
+                .as_ref()
+                .map_or("journal".into(), |p| p.display().to_string()),
+            // A plain read of a regular file: synchronous, nothing to cut.
+            deadline: None,
+            interval: POLL,
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+
+    async fn start(&mut self) -> Result<Follower, StartError> {
+        match &self.path {
+            Some(path) => Ok(Follower::new(path)),
+            None => Err(StartError::Disabled(
+                "no --kubelet-log file given; reading the systemd journal is not supported yet \
+                 (use kubelet's --log-file, or the syslog file journald forwards to)"
+                    .into(),
+            )),
+        }
+    }
+
+    async fn call(&mut self, follower: &mut Follower) -> Call {
+        let events = match follower.poll(Time::now()) {
+            Ok(events) => events,
+            Err(e) => return Call::Failed(format!("cannot read: {e}")),
+        };
+        let mut step = Step::available("following");
+        step.observations = events.into_iter().map(Observation::KubeletLog).collect();
+        let c = &follower.counters;
+        if c.unparseable > self.reported_unparseable
+            && self.last_report.elapsed() >= UNPARSEABLE_REPORT_EVERY
+        {
+            self.reported_unparseable = c.unparseable;
+            self.last_report = tokio::time::Instant::now();
+            let (line, why) = follower.last_unparseable.clone().unwrap_or_default();
+            step.news = Some((
+                SourceState::Available,
+                format!(
+                    "{} of {} lines unparseable (skipped); last: {why}: {line}",
+                    c.unparseable, c.lines
+                ),
+            ));
+        }
+        Call::Answered(step)
+    }
+}
 
 #[cfg(test)]
 #[path = "log_tests.rs"]
