@@ -8,6 +8,8 @@ pub const LOCKDOWN: &str = "/sys/kernel/security/lockdown";
 
 /// Relative to the root.
 pub const PROC: &str = "proc";
+pub const SYS: &str = "sys";
+pub const KALLSYMS: &str = "proc/kallsyms";
 pub const MOUNTINFO: &str = "proc/self/mountinfo";
 pub const LOADAVG: &str = "proc/loadavg";
 pub const THREADS_MAX: &str = "proc/sys/kernel/threads-max";

@@ -6,7 +6,7 @@ use std::{path::Path, process::ExitCode};
 use serde::Serialize;
 
 use crate::{
-    context::cgroup,
+    context::{cgroup, procfs::ProcReader},
     paths,
     probes::{
         self, FORK_FAILURES, KernelLayout, NPROC_PRESSURE, ProbeSpec, ProbeState, Probes,
@@ -71,7 +71,7 @@ fn facts() -> Vec<Fact> {
             .is_err()
             .then(|| "run as root, or in a privileged DaemonSet pod".into()),
     });
-    match cgroup::discover(Path::new("/")) {
+    match cgroup::discover(&ProcReader::new(Path::new("/"))) {
         Some(h) => v.push(Fact {
             name: "pids_cgroups",
             ok: true,

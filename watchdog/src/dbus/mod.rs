@@ -14,7 +14,7 @@ pub mod sock_diag;
 use std::{
     collections::{HashMap, HashSet},
     fs,
-    path::{Path, PathBuf},
+    path::Path,
     time::Duration,
 };
 
@@ -25,7 +25,10 @@ use watchdog_common::{
 };
 
 use crate::{
-    context::nul_terminated,
+    context::{
+        nul_terminated,
+        procfs::{ProcReader, parse_socket_link},
+    },
     model::Time,
     model::dbus::{
         CallKind, ConnQueue, Holder, ListenerQueue, MessageKind, ProcessInfo, SocketCall,
@@ -152,7 +155,7 @@ struct Tracked {
 }
 
 pub struct DbusTracker {
-    root: PathBuf,
+    proc: ProcReader,
     opts: DbusOptions,
     /// The configured path of each map slot.
     paths: Vec<String>,
@@ -236,7 +239,7 @@ impl DbusTracker {
                 .map_err(map_err(SOCK_CALLS_MAP))?;
         }
         Ok(Self {
-            root: root.to_owned(),
+            proc: ProcReader::new(root),
             opts: opts.clone(),
             paths: opts.sockets.clone(),
             real_paths: opts
@@ -289,17 +292,11 @@ impl DbusTracker {
         }
         let mut out = Vec::new();
         for &pid in pids {
-            let Ok(fds) = fs::read_dir(self.root.join(format!("proc/{pid}/fd"))) else {
-                continue;
-            };
-            for e in fds.flatten() {
-                let Some(fd) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-                    continue;
-                };
-                let Some(inode) = fs::read_link(e.path())
-                    .ok()
-                    .and_then(|l| parse_socket_link(&l.to_string_lossy()))
-                else {
+            for fd in self
+                .proc
+                .list_numbers::<i32>(&self.proc.pid_file(pid, "fd"))
+            {
+                let Some(inode) = self.proc.socket_inode(pid, fd) else {
                     continue;
                 };
                 let Some(&slot) = clients.get(&inode) else {
@@ -311,7 +308,7 @@ impl DbusTracker {
                     continue;
                 }
                 // Closed (and the fd reused) between the dump and now: drop it.
-                if socket_inode(&self.root, pid, fd) != Some(inode) {
+                if self.proc.socket_inode(pid, fd) != Some(inode) {
                     let _ = self.sock_conns.remove(&key);
                     continue;
                 }
@@ -323,9 +320,7 @@ impl DbusTracker {
                         pending_since: None,
                     },
                 );
-                let comm = fs::read_to_string(self.root.join(format!("proc/{pid}/comm")))
-                    .map(|s| s.trim().to_owned())
-                    .unwrap_or_default();
+                let comm = self.proc.comm(pid);
                 let call = SocketCall {
                     at: now,
                     pid,
@@ -341,7 +336,7 @@ impl DbusTracker {
                     ktime_ns: None,
                     started_ktime_ns: None,
                     message: None,
-                    process: Some(process_info(&self.root, pid)),
+                    process: Some(process_info(&self.proc, pid)),
                 };
                 out.push((
                     Existing {
@@ -385,7 +380,7 @@ impl DbusTracker {
                         },
                     );
                 }
-                process = Some(process_info(&self.root, ev.pid));
+                process = Some(process_info(&self.proc, ev.pid));
             }
             CallKind::Send => {
                 if let Some(t) = self.conns.get_mut(&key)
@@ -447,11 +442,10 @@ impl DbusTracker {
     /// connection whose process exited before its first call on it marked
     /// it): out of the kernel's table, and a `ProcessGone` observation each.
     pub fn prune(&mut self, now: Time) -> Vec<SocketCall> {
-        let proc = self.root.join("proc");
         let gone: Vec<(u32, i32)> = self
             .conns
             .keys()
-            .filter(|(pid, _)| !proc.join(pid.to_string()).exists())
+            .filter(|(pid, _)| !self.proc.pid_exists(*pid))
             .copied()
             .collect();
         let mut pids: Vec<u32> = Vec::new();
@@ -508,7 +502,7 @@ impl DbusTracker {
         let mut conns = Vec::new();
         let mut want: HashSet<u64> = HashSet::new();
         for ((pid, fd), _) in &suspects {
-            let Some(inode) = socket_inode(&self.root, *pid, *fd) else {
+            let Some(inode) = self.proc.socket_inode(*pid, *fd) else {
                 continue;
             };
             // Not in the dump: a socket of another network namespace (or the
@@ -645,27 +639,21 @@ impl DbusTracker {
         if missing.is_empty() {
             return;
         }
-        let Ok(dir) = fs::read_dir(self.root.join("proc")) else {
-            return;
-        };
-        for e in dir.flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        for pid in self.proc.pids() {
+            let Ok(fds) = self.proc.list(&self.proc.pid_file(pid, "fd")) else {
                 continue;
             };
-            let Ok(fds) = fs::read_dir(e.path().join("fd")) else {
-                continue;
-            };
-            for fd in fds.flatten() {
-                let Some(ino) = fs::read_link(fd.path())
+            for fd in fds {
+                let Some(ino) = self
+                    .proc
+                    .read_link(&self.proc.pid_file(pid, &format!("fd/{}", fd.name)))
                     .ok()
-                    .and_then(|l| parse_socket_link(&l.to_string_lossy()))
+                    .and_then(|l| parse_socket_link(&l))
                 else {
                     continue;
                 };
                 if missing.contains(&ino) && !self.holders.contains_key(&ino) {
-                    let comm = fs::read_to_string(e.path().join("comm"))
-                        .map(|s| s.trim().to_owned())
-                        .unwrap_or_default();
+                    let comm = self.proc.comm(pid);
                     self.holders.insert(ino, Holder { pid, comm });
                 }
             }
@@ -683,35 +671,14 @@ fn canonical_socket_path(path: &str) -> Option<String> {
     (real != path).then_some(real)
 }
 
-/// `socket:[123]` -> 123.
-pub fn parse_socket_link(l: &str) -> Option<u64> {
-    l.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
-}
-
-fn socket_inode(root: &Path, pid: u32, fd: i32) -> Option<u64> {
-    let l = fs::read_link(root.join(format!("proc/{pid}/fd/{fd}"))).ok()?;
-    parse_socket_link(&l.to_string_lossy())
-}
-
 /// Who connected: its command line and, for runc/crun, the container it is
 /// working on. The command line is read only when no thread of the process
 /// is in uninterruptible sleep (reading it takes the process's mmap lock).
-pub fn process_info(root: &Path, pid: u32) -> ProcessInfo {
-    let proc = root.join(format!("proc/{pid}"));
-    let any_d = fs::read_dir(proc.join("task"))
-        .map(|d| {
-            d.flatten().any(|t| {
-                fs::read_to_string(t.path().join("stat"))
-                    .ok()
-                    .and_then(|s| crate::storage::parse_stat(&s))
-                    .is_some_and(|(_, state, _)| state == 'D')
-            })
-        })
-        .unwrap_or(true);
-    if any_d {
+pub fn process_info(proc: &ProcReader, pid: u32) -> ProcessInfo {
+    if proc.any_task_in_d(pid) {
         return ProcessInfo::default();
     }
-    let Ok(raw) = fs::read(proc.join("cmdline")) else {
+    let Ok(raw) = proc.read_bytes(&proc.pid_file(pid, "cmdline"), CMDLINE_MAX) else {
         return ProcessInfo::default();
     };
     let args: Vec<String> = raw
@@ -735,6 +702,9 @@ pub fn process_info(root: &Path, pid: u32) -> ProcessInfo {
     info.cmdline = cmdline;
     info
 }
+
+/// The most of a command line read (runc's are a few hundred bytes).
+const CMDLINE_MAX: u64 = 1 << 20;
 
 fn flag_value(args: &[String], flag: &str) -> Option<String> {
     let eq = format!("{flag}=");
@@ -847,7 +817,7 @@ mod tests {
         );
         assert!(!found.contains_key(&ino(co.as_raw_fd())), "another path");
         assert_eq!(
-            socket_inode(Path::new("/"), std::process::id(), c.as_raw_fd()),
+            ProcReader::new(Path::new("/")).socket_inode(std::process::id(), c.as_raw_fd()),
             Some(ino(c.as_raw_fd()))
         );
         drop((l, lo));
