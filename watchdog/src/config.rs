@@ -95,7 +95,7 @@ pub struct SystemdSection {
 
 impl Default for SystemdSection {
     fn default() -> Self {
-        let d = crate::dbus::DbusOptions::default();
+        let d = crate::dbus::options::DbusOptions::default();
         Self {
             enabled: true,
             threshold: Duration::from_millis(
@@ -109,8 +109,8 @@ impl Default for SystemdSection {
 }
 
 impl SystemdSection {
-    pub fn options(&self) -> Option<crate::dbus::DbusOptions> {
-        self.enabled.then(|| crate::dbus::DbusOptions {
+    pub fn options(&self) -> Option<crate::dbus::options::DbusOptions> {
+        self.enabled.then(|| crate::dbus::options::DbusOptions {
             sockets: self.sockets.clone(),
             probe: self.probe,
             probe_timeout: self.probe_timeout,
@@ -414,7 +414,7 @@ impl Config {
             ));
         }
         positive("systemd.probe_timeout", self.systemd.probe_timeout)?;
-        crate::dbus::validate_sockets(&self.systemd.sockets).map_err(|e| {
+        crate::dbus::options::validate_sockets(&self.systemd.sockets).map_err(|e| {
             bad(
                 "systemd.sockets",
                 format!("{:?}", self.systemd.sockets),

@@ -61,7 +61,7 @@ pub struct TraceOptions {
     /// Storage-hang detection; None leaves its probes unattached.
     pub storage: Option<crate::storage::StorageOptions>,
     /// D-Bus/systemd socket tracking (needs the storage probes).
-    pub dbus: Option<crate::dbus::DbusOptions>,
+    pub dbus: Option<crate::dbus::options::DbusOptions>,
 }
 
 impl Default for TraceOptions {
@@ -79,7 +79,7 @@ impl Default for TraceOptions {
             outputs: Vec::new(),
             pleg_sources: crate::kubelet::PlegSources::none(),
             storage: Some(crate::storage::StorageOptions::default()),
-            dbus: Some(crate::dbus::DbusOptions::default()),
+            dbus: Some(crate::dbus::options::DbusOptions::default()),
         }
     }
 }

@@ -3,7 +3,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use crate::{
     agent::{self, TraceOptions, arming::ForkProbeMode},
-    dbus::DbusOptions,
+    dbus::options::DbusOptions,
     diagnosis::{
         EngineConfig,
         pleg::{self, PlegConfig},
@@ -246,7 +246,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         d
     });
     if let Some(d) = &dbus {
-        crate::dbus::validate_sockets(&d.sockets)
+        crate::dbus::options::validate_sockets(&d.sockets)
             .map_err(|e| anyhow::anyhow!("--systemd-socket: {e}"))?;
     }
     let opts = TraceOptions {
