@@ -121,16 +121,11 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         evented_pleg: p.evented,
         runtime_request_timeout: p.runtime_request_timeout,
     };
-    let (pleg_sources, pleg) = pleg_args
-        .build()
-        .map_err(|e| anyhow::anyhow!("{}: [pleg]: {e}", origin.display()))?;
+    // Checked by cfg.validate above: these do not fail.
+    let (pleg_sources, pleg) = pleg_args.build().map_err(|e| e.in_file(origin))?;
     let mut engine = cfg.engine();
     engine.pleg = pleg;
-    let storage = cfg.storage.enabled.then(|| crate::storage::StorageOptions {
-        threshold_ms: cfg.storage.hang_threshold.as_millis() as u64,
-        watch_comms: crate::storage::parse_comms(&cfg.storage.watch_comm)
-            .expect("validated with the config"),
-    });
+    let storage = cfg.storage_options().map_err(|e| e.in_file(origin))?;
     let mut opts = TraceOptions {
         storage,
         dbus: cfg.systemd.options(),
