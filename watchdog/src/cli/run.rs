@@ -9,7 +9,9 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use crate::{
     agent::{self, TraceOptions},
     config::{Config, Toggle},
+    context::procfs::ProcReader,
     model::Time,
+    paths,
     sinks::{
         Fanout, Sink,
         json::JsonLines,
@@ -45,9 +47,8 @@ pub struct Args {
 }
 
 fn hostname() -> Option<String> {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_owned())
+    let proc = ProcReader::new(std::path::Path::new("/"));
+    proc.read_trim(&proc.rooted(paths::HOSTNAME))
         .filter(|h| !h.is_empty())
 }
 

@@ -1,6 +1,8 @@
 //! Who connected: process info from /proc (command line, only while no
 //! thread is in D state) and the runc/crun arguments naming the container
-//! and its pod.
+//! and its pod. /proc goes through the [`ProcReader`]; the one file read
+//! elsewhere is a bundle's `config.json`, and only on the runtimes' tmpfs
+//! state directories (`/run`, `/var/run`), never on a user mount.
 use std::{fs, path::Path};
 
 use crate::{context::procfs::ProcReader, model::dbus::ProcessInfo};
