@@ -1,7 +1,8 @@
 //! `watchdog run --config FILE`: the daemon's settings, in TOML. Validated at
 //! start: an unknown key, a value of the wrong type or out of range stops the
 //! agent with a message naming the file, the key and why. Every key is
-//! optional; command-line flags override the file.
+//! optional; command-line flags override the file. The checks and options
+//! the file shares with `watchdog trace`'s flags live in [`validate`].
 //!
 //! ```toml
 //! node_name = "node-1"            # default: $NODE_NAME, else the hostname
@@ -61,8 +62,10 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Deserializer};
 
-use crate::agent::arming::ForkProbeMode;
-use crate::model::settings::EngineConfig;
+use crate::{agent::arming::ForkProbeMode, model::settings::EngineConfig, storage::StorageOptions};
+use validate::{Invalid, Setting};
+
+pub mod validate;
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -96,7 +99,7 @@ pub struct SystemdSection {
 
 impl Default for SystemdSection {
     fn default() -> Self {
-        let d = crate::dbus::DbusOptions::default();
+        let d = crate::dbus::options::DbusOptions::default();
         Self {
             enabled: true,
             threshold: Duration::from_millis(
@@ -110,12 +113,14 @@ impl Default for SystemdSection {
 }
 
 impl SystemdSection {
-    pub fn options(&self) -> Option<crate::dbus::DbusOptions> {
-        self.enabled.then(|| crate::dbus::DbusOptions {
-            sockets: self.sockets.clone(),
-            probe: self.probe,
-            probe_timeout: self.probe_timeout,
-            suspect_after_ms: (self.threshold.as_millis() as u64 / 2).max(100),
+    pub fn options(&self) -> Option<crate::dbus::options::DbusOptions> {
+        self.enabled.then(|| {
+            validate::dbus_options(
+                self.sockets.clone(),
+                self.probe,
+                self.probe_timeout,
+                self.threshold,
+            )
         })
     }
 }
@@ -348,6 +353,18 @@ pub enum ConfigError {
     },
 }
 
+impl Invalid {
+    /// As an error of the file at `path`, naming the key.
+    pub fn in_file(self, path: &std::path::Path) -> ConfigError {
+        ConfigError::Invalid {
+            path: path.to_owned(),
+            key: self.setting.key(),
+            value: self.why.value,
+            why: self.why.why,
+        }
+    }
+}
+
 impl Config {
     pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -367,7 +384,8 @@ impl Config {
         Ok(cfg)
     }
 
-    /// Range checks the types cannot express.
+    /// Range checks the types cannot express (those shared with the flags
+    /// are in [`validate`], in the same order as `watchdog trace` runs them).
     pub fn validate(&self, path: &std::path::Path) -> Result<(), ConfigError> {
         let bad = |key: &'static str, value: String, why: &str| ConfigError::Invalid {
             path: path.to_owned(),
@@ -375,78 +393,37 @@ impl Config {
             value,
             why: why.to_owned(),
         };
-        let percent = |key, v: f64| {
-            if (1.0..=100.0).contains(&v) {
-                Ok(())
-            } else {
-                Err(bad(key, v.to_string(), "must be between 1 and 100"))
-            }
-        };
+        let shared = |s: Setting| move |w: validate::Why| w.of(s).in_file(path);
         let positive = |key, d: Duration| {
-            if d.is_zero() {
-                Err(bad(key, "0".into(), "must be greater than zero"))
-            } else {
-                Ok(())
-            }
+            validate::positive(d)
+                .map(drop)
+                .map_err(|w| bad(key, w.value, &w.why))
         };
-        positive("poll_interval", self.poll_interval)?;
-        positive("engine.resolve_after", self.engine.resolve_after)?;
+        validate::positive(self.poll_interval).map_err(shared(Setting::PollInterval))?;
+        validate::positive(self.engine.resolve_after).map_err(shared(Setting::ResolveAfter))?;
         positive("kubernetes.timeout", self.kubernetes.timeout)?;
         positive("kubernetes.resync", self.kubernetes.resync)?;
-        if self.storage.hang_threshold < Duration::from_millis(100) {
-            return Err(bad(
-                "storage.hang_threshold",
-                format!("{:?}", self.storage.hang_threshold),
-                "must be at least 100ms",
-            ));
-        }
-        crate::storage::parse_comms(&self.storage.watch_comm).map_err(|e| {
-            bad(
-                "storage.watch_comm",
-                format!("{:?}", self.storage.watch_comm),
-                &e.to_string(),
-            )
-        })?;
-        if self.systemd.threshold < Duration::from_millis(100) {
-            return Err(bad(
-                "systemd.threshold",
-                format!("{:?}", self.systemd.threshold),
-                "must be at least 100ms",
-            ));
-        }
+        self.storage_options_unchecked()
+            .map_err(|e| e.in_file(path))?;
+        validate::at_least_100ms(self.systemd.threshold)
+            .map_err(shared(Setting::SystemdThreshold))?;
         positive("systemd.probe_timeout", self.systemd.probe_timeout)?;
-        crate::dbus::validate_sockets(&self.systemd.sockets).map_err(|e| {
-            bad(
-                "systemd.sockets",
-                format!("{:?}", self.systemd.sockets),
-                &e.to_string(),
-            )
-        })?;
-        positive("pleg.relist_interval", self.pleg.relist_interval)?;
-        positive("pleg.runtime_call_timeout", self.pleg.runtime_call_timeout)?;
+        validate::sockets(&self.systemd.sockets).map_err(shared(Setting::SystemdSockets))?;
+        validate::positive(self.pleg.relist_interval).map_err(shared(Setting::RelistInterval))?;
+        validate::positive(self.pleg.runtime_call_timeout)
+            .map_err(shared(Setting::RuntimeCallTimeout))?;
         positive(
             "pleg.kubelet_scrape_interval",
             self.pleg.kubelet_scrape_interval,
         )?;
         if let Some(t) = self.pleg.threshold {
-            positive("pleg.threshold", t)?;
+            validate::positive(t).map_err(shared(Setting::PlegThreshold))?;
         }
-        if !(1..=64).contains(&self.pleg.relist_concurrency) {
-            return Err(bad(
-                "pleg.relist_concurrency",
-                self.pleg.relist_concurrency.to_string(),
-                "must be between 1 and 64",
-            ));
-        }
-        if self.pleg.docker_host != "off" && !self.pleg.docker_host.starts_with("unix://") {
-            return Err(bad(
-                "pleg.docker_host",
-                format!("{:?}", self.pleg.docker_host),
-                "only unix:// sockets (or \"off\") are supported",
-            ));
-        }
-        percent("engine.warn_percent", self.engine.warn_percent)?;
-        percent("probes.arm_percent", self.probes.arm_percent)?;
+        validate::relist_concurrency(self.pleg.relist_concurrency)
+            .map_err(shared(Setting::RelistConcurrency))?;
+        validate::docker_host(&self.pleg.docker_host).map_err(shared(Setting::DockerHost))?;
+        validate::percent(self.engine.warn_percent).map_err(shared(Setting::WarnPercent))?;
+        validate::percent(self.probes.arm_percent).map_err(shared(Setting::ArmPercent))?;
         if self.engine.resolve_after < self.poll_interval {
             return Err(bad(
                 "engine.resolve_after",
@@ -475,6 +452,17 @@ impl Config {
         Ok(())
     }
 
+    /// `[storage]` as options, checked whether enabled or not.
+    fn storage_options_unchecked(&self) -> Result<StorageOptions, Invalid> {
+        validate::storage_options(self.storage.hang_threshold, &self.storage.watch_comm)
+    }
+
+    /// The storage-hang options; None when `[storage]` is disabled.
+    pub fn storage_options(&self) -> Result<Option<StorageOptions>, Invalid> {
+        let o = self.storage_options_unchecked()?;
+        Ok(self.storage.enabled.then_some(o))
+    }
+
     /// The metrics listen address; None when disabled.
     pub fn metrics_addr(&self) -> Result<Option<SocketAddr>, String> {
         if self.metrics.addr.is_empty() {
@@ -489,14 +477,12 @@ impl Config {
 
     pub fn engine(&self) -> EngineConfig {
         EngineConfig {
-            resolve_after_ms: self.engine.resolve_after.as_millis() as u64,
             update_every_ms: self.engine.update_every.as_millis() as u64,
-            warn_percent: self.engine.warn_percent,
-            warn_clear_percent: (self.engine.warn_percent - 5.0).max(0.0),
-            systemd: crate::model::settings::SystemdConfig {
-                threshold_ms: self.systemd.threshold.as_millis() as u64,
-            },
-            ..EngineConfig::default()
+            ..validate::engine_config(
+                self.engine.warn_percent,
+                self.engine.resolve_after,
+                self.systemd.threshold,
+            )
         }
     }
 }

@@ -8,11 +8,14 @@ pub const LOCKDOWN: &str = "/sys/kernel/security/lockdown";
 
 /// Relative to the root.
 pub const PROC: &str = "proc";
+pub const SYS: &str = "sys";
+pub const KALLSYMS: &str = "proc/kallsyms";
 pub const MOUNTINFO: &str = "proc/self/mountinfo";
 pub const LOADAVG: &str = "proc/loadavg";
 pub const THREADS_MAX: &str = "proc/sys/kernel/threads-max";
 pub const PID_MAX: &str = "proc/sys/kernel/pid_max";
 pub const OSRELEASE: &str = "proc/sys/kernel/osrelease";
+pub const HOSTNAME: &str = "proc/sys/kernel/hostname";
 /// Where the pids hierarchy is mounted on cgroup v1 and v2 hosts when
 /// mountinfo cannot tell (recorded trees without a mountinfo).
 pub const CGROUP_V1_PIDS: &str = "sys/fs/cgroup/pids";

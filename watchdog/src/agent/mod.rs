@@ -60,7 +60,7 @@ pub struct TraceOptions {
     /// Storage-hang detection; None leaves its probes unattached.
     pub storage: Option<crate::storage::StorageOptions>,
     /// D-Bus/systemd socket tracking (needs the storage probes).
-    pub dbus: Option<crate::dbus::DbusOptions>,
+    pub dbus: Option<crate::dbus::options::DbusOptions>,
 }
 
 impl Default for TraceOptions {
@@ -78,7 +78,7 @@ impl Default for TraceOptions {
             outputs: Vec::new(),
             pleg_sources: crate::sources::PlegSources::none(),
             storage: Some(crate::storage::StorageOptions::default()),
-            dbus: Some(crate::dbus::DbusOptions::default()),
+            dbus: Some(crate::dbus::options::DbusOptions::default()),
         }
     }
 }

@@ -6,7 +6,7 @@ use std::{path::Path, process::ExitCode};
 use serde::Serialize;
 
 use crate::{
-    context::cgroup,
+    context::{cgroup, procfs::ProcReader},
     paths,
     probes::{
         self, FORK_FAILURES, KernelLayout, NPROC_PRESSURE, ProbeSpec, ProbeState, Probes,
@@ -44,13 +44,14 @@ struct ProbeCheck {
 
 fn facts() -> Vec<Fact> {
     let mut v = Vec::new();
+    let sys = ProcReader::new(Path::new("/"));
     v.push(Fact {
         name: "kernel",
         ok: true,
         detail: probes::kernel_release(),
         hint: None,
     });
-    let btf = Path::new(paths::KERNEL_BTF).exists();
+    let btf = sys.exists(Path::new(paths::KERNEL_BTF));
     v.push(Fact {
         name: "btf",
         ok: btf,
@@ -71,7 +72,7 @@ fn facts() -> Vec<Fact> {
             .is_err()
             .then(|| "run as root, or in a privileged DaemonSet pod".into()),
     });
-    match cgroup::discover(Path::new("/")) {
+    match cgroup::discover(&sys) {
         Some(h) => v.push(Fact {
             name: "pids_cgroups",
             ok: true,
@@ -88,7 +89,7 @@ fn facts() -> Vec<Fact> {
             ),
         }),
     }
-    let tracefs = Path::new(paths::TRACEFS).join("events").exists();
+    let tracefs = sys.exists(&Path::new(paths::TRACEFS).join("events"));
     v.push(Fact {
         name: "tracefs",
         ok: true,
@@ -99,7 +100,7 @@ fn facts() -> Vec<Fact> {
         },
         hint: None,
     });
-    if let Ok(l) = std::fs::read_to_string(paths::LOCKDOWN) {
+    if let Ok(l) = sys.read(Path::new(paths::LOCKDOWN)) {
         v.push(Fact {
             name: "lockdown",
             ok: true,

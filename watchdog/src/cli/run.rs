@@ -9,7 +9,9 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use crate::{
     agent::{self, TraceOptions},
     config::{Config, Toggle},
+    context::procfs::ProcReader,
     model::Time,
+    paths,
     sinks::{
         Fanout, Sink,
         json::JsonLines,
@@ -45,9 +47,8 @@ pub struct Args {
 }
 
 fn hostname() -> Option<String> {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_owned())
+    let proc = ProcReader::new(std::path::Path::new("/"));
+    proc.read_trim(&proc.rooted(paths::HOSTNAME))
         .filter(|h| !h.is_empty())
 }
 
@@ -121,16 +122,11 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         evented_pleg: p.evented,
         runtime_request_timeout: p.runtime_request_timeout,
     };
-    let (pleg_sources, pleg) = pleg_args
-        .build()
-        .map_err(|e| anyhow::anyhow!("{}: [pleg]: {e}", origin.display()))?;
+    // Checked by cfg.validate above: these do not fail.
+    let (pleg_sources, pleg) = pleg_args.build().map_err(|e| e.in_file(origin))?;
     let mut engine = cfg.engine();
     engine.pleg = pleg;
-    let storage = cfg.storage.enabled.then(|| crate::storage::StorageOptions {
-        threshold_ms: cfg.storage.hang_threshold.as_millis() as u64,
-        watch_comms: crate::storage::parse_comms(&cfg.storage.watch_comm)
-            .expect("validated with the config"),
-    });
+    let storage = cfg.storage_options().map_err(|e| e.in_file(origin))?;
     let mut opts = TraceOptions {
         storage,
         dbus: cfg.systemd.options(),

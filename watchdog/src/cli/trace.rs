@@ -3,8 +3,9 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use crate::{
     agent::{self, TraceOptions, arming::ForkProbeMode},
-    dbus::DbusOptions,
-    model::settings::{EngineConfig, PlegConfig, SystemdConfig},
+    config::validate::{self, Invalid, Setting, flag_parser},
+    dbus::options::DbusOptions,
+    model::settings::PlegConfig,
     sinks::{Sink, json::JsonLines, terminal::Terminal},
     sources::{
         PlegSources,
@@ -14,7 +15,6 @@ use crate::{
         },
         runtime::{RelistConfig, RuntimeEndpoint},
     },
-    storage::{StorageOptions, parse_comms},
 };
 
 #[derive(clap::Args)]
@@ -29,7 +29,7 @@ pub struct Args {
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     poll_interval: Duration,
     /// Warn when a PID limit is at least this full (percent).
-    #[arg(long, default_value_t = 90.0, value_parser = percent)]
+    #[arg(long, default_value_t = 90.0, value_parser = flag_parser(validate::percent))]
     warn_percent: f64,
     /// A finding resolves after this long without new evidence.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
@@ -40,7 +40,7 @@ pub struct Args {
     #[arg(long, value_enum, default_value = "auto")]
     fork_probe: ForkProbeMode,
     /// `--fork-probe auto` attaches it when a PID limit is this full (percent).
-    #[arg(long, default_value_t = 75.0, value_parser = percent)]
+    #[arg(long, default_value_t = 75.0, value_parser = flag_parser(validate::percent))]
     arm_percent: f64,
     /// A syscall of a watched process, or an uninterruptible sleep of any
     /// task, still blocked after this long is a storage hang.
@@ -122,7 +122,7 @@ pub struct PlegArgs {
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub(super) runtime_call_timeout: Duration,
     /// Inspects in flight at once during a relist.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    #[arg(long, default_value_t = 4, value_parser = flag_parser(validate::relist_concurrency))]
     pub(super) relist_concurrency: u16,
     /// kubelet's PLEG threshold (default 3m; 10m with --evented-pleg).
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -136,21 +136,18 @@ pub struct PlegArgs {
 }
 
 impl PlegArgs {
-    /// The sources and the estimate's configuration.
-    pub fn build(&self) -> anyhow::Result<(PlegSources, PlegConfig)> {
+    /// The sources and the estimate's configuration (the settings the run
+    /// file shares are checked by [`validate`]).
+    pub fn build(&self) -> Result<(PlegSources, PlegConfig), Invalid> {
         let threshold = self.pleg_threshold.unwrap_or(if self.evented_pleg {
             Duration::from_millis(crate::model::settings::EVENTED_THRESHOLD_MS)
         } else {
             Duration::from_millis(crate::model::settings::GENERIC_THRESHOLD_MS)
         });
-        if threshold.is_zero()
-            || self.relist_interval.is_zero()
-            || self.runtime_call_timeout.is_zero()
-        {
-            anyhow::bail!(
-                "--pleg-threshold, --relist-interval and --runtime-call-timeout must be greater than zero"
-            );
-        }
+        validate::positive(threshold).map_err(|w| w.of(Setting::PlegThreshold))?;
+        validate::positive(self.relist_interval).map_err(|w| w.of(Setting::RelistInterval))?;
+        validate::positive(self.runtime_call_timeout)
+            .map_err(|w| w.of(Setting::RuntimeCallTimeout))?;
         let cfg = PlegConfig {
             threshold_ms: threshold.as_millis() as u64,
             evented: self.evented_pleg,
@@ -177,6 +174,7 @@ impl PlegArgs {
             interval: self.kubelet_scrape_interval,
             ..ScrapeConfig::default()
         });
+        validate::docker_host(&self.docker_host).map_err(|w| w.of(Setting::DockerHost))?;
         let relist = (self.docker_host != "off").then(|| RelistConfig {
             endpoint: RuntimeEndpoint::Docker {
                 host: self.docker_host.clone(),
@@ -186,14 +184,6 @@ impl PlegArgs {
             concurrency: self.relist_concurrency as usize,
             ..RelistConfig::default()
         });
-        if let Some(r) = &relist
-            && !r.endpoint.address().starts_with("unix://")
-        {
-            anyhow::bail!(
-                "--docker-host {:?}: only unix:// sockets are supported",
-                r.endpoint.address()
-            );
-        }
         Ok((
             PlegSources {
                 metrics,
@@ -207,63 +197,40 @@ impl PlegArgs {
     }
 }
 
-fn percent(s: &str) -> Result<f64, String> {
-    let v: f64 = s
-        .parse()
-        .map_err(|e| format!("{s:?} is not a number: {e}"))?;
-    if (1.0..=100.0).contains(&v) {
-        Ok(v)
-    } else {
-        Err(format!("{v} is not between 1 and 100"))
-    }
-}
-
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
-    if a.poll_interval.is_zero() {
-        anyhow::bail!("--poll-interval must be greater than zero");
-    }
+    // The checks and options shared with the run file, in its order.
+    validate::positive(a.poll_interval).map_err(|w| w.of(Setting::PollInterval))?;
     let (pleg_sources, pleg) = a.pleg.build()?;
-    if a.hang_threshold < Duration::from_millis(100) {
-        anyhow::bail!("--hang-threshold must be at least 100ms");
-    }
-    let storage = if a.no_storage {
-        None
-    } else {
-        Some(StorageOptions {
-            threshold_ms: a.hang_threshold.as_millis() as u64,
-            watch_comms: parse_comms(&a.watch_comm)?,
-        })
-    };
-    if a.systemd_threshold < Duration::from_millis(100) {
-        anyhow::bail!("--systemd-threshold must be at least 100ms");
-    }
+    validate::at_least_100ms(a.hang_threshold).map_err(|w| w.of(Setting::HangThreshold))?;
+    let storage = (!a.no_storage)
+        .then(|| validate::storage_options(a.hang_threshold, &a.watch_comm))
+        .transpose()?;
+    validate::at_least_100ms(a.systemd_threshold).map_err(|w| w.of(Setting::SystemdThreshold))?;
     let dbus = (!a.no_systemd).then(|| {
-        let mut d = DbusOptions::default();
-        if !a.systemd_socket.is_empty() {
-            d.sockets = a.systemd_socket.clone();
-        }
-        d.probe = !a.no_dbus_probe;
-        d.suspect_after_ms = (a.systemd_threshold.as_millis() as u64 / 2).max(100);
-        d
+        let d = DbusOptions::default();
+        let sockets = if a.systemd_socket.is_empty() {
+            d.sockets
+        } else {
+            a.systemd_socket.clone()
+        };
+        validate::dbus_options(
+            sockets,
+            !a.no_dbus_probe,
+            d.probe_timeout,
+            a.systemd_threshold,
+        )
     });
     if let Some(d) = &dbus {
-        crate::dbus::validate_sockets(&d.sockets)
-            .map_err(|e| anyhow::anyhow!("--systemd-socket: {e}"))?;
+        validate::sockets(&d.sockets).map_err(|w| w.of(Setting::SystemdSockets))?;
     }
     let opts = TraceOptions {
         storage,
         dbus,
         duration: a.duration,
         poll_interval: a.poll_interval,
-        engine: EngineConfig {
-            warn_percent: a.warn_percent,
-            warn_clear_percent: (a.warn_percent - 5.0).max(0.0),
-            resolve_after_ms: a.resolve_after.as_millis() as u64,
+        engine: crate::model::settings::EngineConfig {
             pleg,
-            systemd: SystemdConfig {
-                threshold_ms: a.systemd_threshold.as_millis() as u64,
-            },
-            ..EngineConfig::default()
+            ..validate::engine_config(a.warn_percent, a.resolve_after, a.systemd_threshold)
         },
         pleg_sources: pleg_sources.clone(),
         fork_probe: a.fork_probe,

@@ -1,15 +1,16 @@
 //! The pids cgroup hierarchy: where it is mounted (v1 `pids` controller or the
 //! v2 unified tree), reading its control files, mapping kernel cgroup ids to
-//! paths. cgroupfs is kernfs: reading it never touches user storage.
+//! paths. cgroupfs is kernfs: reading it never touches user storage. Every
+//! read goes through the [`ProcReader`], allowed below the hierarchy's mount.
 use std::{
     collections::HashMap,
-    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
 };
 
 use serde::Serialize;
 
 use crate::{
+    context::procfs::ProcReader,
     model::{
         PidsCgroupState,
         cgroup::{ancestry, is_below, normalize},
@@ -29,11 +30,27 @@ pub enum CgroupVersion {
 pub struct PidsHierarchy {
     pub mount: PathBuf,
     pub version: CgroupVersion,
+    /// Reads /proc, /sys and this mount (a cgroupfs) only.
+    reader: ProcReader,
+}
+
+impl PidsHierarchy {
+    fn new(reader: &ProcReader, mount: PathBuf, version: CgroupVersion) -> Self {
+        Self {
+            reader: reader.with_cgroupfs(&mount),
+            mount,
+            version,
+        }
+    }
 }
 
 /// Find the pids hierarchy from a mountinfo text. `root` prefixes the mount
 /// point (recorded trees); on a live system it is `/`.
-pub fn find_pids_hierarchy(root: &Path, mountinfo: &str) -> Option<PidsHierarchy> {
+pub fn find_pids_hierarchy(
+    reader: &ProcReader,
+    root: &Path,
+    mountinfo: &str,
+) -> Option<PidsHierarchy> {
     let mut v2 = None;
     for line in mountinfo.lines() {
         // id parent maj:min root mountpoint opts [optional...] - fstype source superopts
@@ -46,19 +63,16 @@ pub fn find_pids_hierarchy(root: &Path, mountinfo: &str) -> Option<PidsHierarchy
         let superopts = r.nth(1).unwrap_or("");
         let mp = root.join(crate::context::mounts::unescape(mount_point).trim_start_matches('/'));
         if fstype == "cgroup" && superopts.split(',').any(|o| o == "pids") {
-            return Some(PidsHierarchy {
-                mount: mp,
-                version: CgroupVersion::V1,
-            });
+            return Some(PidsHierarchy::new(reader, mp, CgroupVersion::V1));
         }
         if fstype == "cgroup2" && v2.is_none() {
-            let controllers =
-                std::fs::read_to_string(mp.join("cgroup.controllers")).unwrap_or_default();
+            // A cgroup2 mount by mountinfo: cgroupfs, readable.
+            let controllers = reader
+                .with_cgroupfs(&mp)
+                .read(&mp.join("cgroup.controllers"))
+                .unwrap_or_default();
             if controllers.split_whitespace().any(|c| c == "pids") {
-                v2 = Some(PidsHierarchy {
-                    mount: mp,
-                    version: CgroupVersion::V2,
-                });
+                v2 = Some(PidsHierarchy::new(reader, mp, CgroupVersion::V2));
             }
         }
     }
@@ -67,30 +81,23 @@ pub fn find_pids_hierarchy(root: &Path, mountinfo: &str) -> Option<PidsHierarchy
 
 /// The pids hierarchy of a root: from its mountinfo, else the conventional
 /// mount points (recorded trees).
-pub fn discover(root: &Path) -> Option<PidsHierarchy> {
-    let mountinfo = std::fs::read_to_string(root.join(paths::MOUNTINFO)).unwrap_or_default();
-    find_pids_hierarchy(root, &mountinfo).or_else(|| {
-        let v1 = root.join(paths::CGROUP_V1_PIDS);
-        if v1.join("cgroup.procs").exists() || v1.is_dir() {
-            return Some(PidsHierarchy {
-                mount: v1,
-                version: CgroupVersion::V1,
-            });
+pub fn discover(reader: &ProcReader) -> Option<PidsHierarchy> {
+    let root = reader.root();
+    let mountinfo = reader
+        .read(&reader.rooted(paths::MOUNTINFO))
+        .unwrap_or_default();
+    find_pids_hierarchy(reader, root, &mountinfo).or_else(|| {
+        let v1 = reader.rooted(paths::CGROUP_V1_PIDS);
+        if reader.exists(&v1.join("cgroup.procs")) || reader.is_dir(&v1) {
+            return Some(PidsHierarchy::new(reader, v1, CgroupVersion::V1));
         }
-        let v2 = root.join(paths::CGROUP_V2);
-        let controllers = std::fs::read_to_string(v2.join("cgroup.controllers")).ok()?;
+        let v2 = reader.rooted(paths::CGROUP_V2);
+        let controllers = reader.read(&v2.join("cgroup.controllers")).ok()?;
         controllers
             .split_whitespace()
             .any(|c| c == "pids")
-            .then_some(PidsHierarchy {
-                mount: v2,
-                version: CgroupVersion::V2,
-            })
+            .then(|| PidsHierarchy::new(reader, v2, CgroupVersion::V2))
     })
-}
-
-fn read_trim(p: &Path) -> Option<String> {
-    std::fs::read_to_string(p).ok().map(|s| s.trim().to_owned())
 }
 
 impl PidsHierarchy {
@@ -102,9 +109,15 @@ impl PidsHierarchy {
     /// root (which has no pids.max).
     pub fn state(&self, path: &str) -> Option<PidsCgroupState> {
         let dir = self.dir(path);
-        let max = read_trim(&dir.join("pids.max"))?;
-        let current = read_trim(&dir.join("pids.current"))?.parse().ok()?;
-        let events_max = read_trim(&dir.join("pids.events"))
+        let max = self.reader.read_trim(&dir.join("pids.max"))?;
+        let current = self
+            .reader
+            .read_trim(&dir.join("pids.current"))?
+            .parse()
+            .ok()?;
+        let events_max = self
+            .reader
+            .read_trim(&dir.join("pids.events"))
             .and_then(|s| {
                 s.lines()
                     .find_map(|l| l.strip_prefix("max ").and_then(|v| v.trim().parse().ok()))
@@ -132,15 +145,15 @@ impl PidsHierarchy {
         let mut stack = vec!["/".to_owned()];
         while let Some(p) = stack.pop() {
             let dir = self.dir(&p);
-            if let Ok(md) = std::fs::metadata(&dir) {
-                out.push((p.clone(), md.ino()));
+            if let Ok(ino) = self.reader.inode(&dir) {
+                out.push((p.clone(), ino));
             }
-            let Ok(rd) = std::fs::read_dir(&dir) else {
+            let Ok(entries) = self.reader.list(&dir) else {
                 continue;
             };
-            for e in rd.flatten() {
-                if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                    let name = e.file_name().to_string_lossy().into_owned();
+            for e in entries {
+                if e.is_dir {
+                    let name = e.name;
                     stack.push(if p == "/" {
                         format!("/{name}")
                     } else {
@@ -160,7 +173,7 @@ impl PidsHierarchy {
         let mut limited: Vec<String> = Vec::new();
         let mut out = Vec::new();
         for p in paths {
-            let Some(max) = read_trim(&self.dir(&p).join("pids.max")) else {
+            let Some(max) = self.reader.read_trim(&self.dir(&p).join("pids.max")) else {
                 continue;
             };
             if max == "max" && !limited.iter().any(|l| is_below(&p, l)) {
@@ -182,14 +195,15 @@ impl PidsHierarchy {
         let mut out = Vec::new();
         let mut stack = vec![base];
         while let Some(dir) = stack.pop() {
-            if let Ok(s) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+            if let Ok(s) = self.reader.read(&dir.join("cgroup.procs")) {
                 out.extend(s.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
             }
-            if let Ok(rd) = std::fs::read_dir(&dir) {
+            if let Ok(entries) = self.reader.list(&dir) {
                 stack.extend(
-                    rd.flatten()
-                        .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
-                        .map(|e| e.path()),
+                    entries
+                        .into_iter()
+                        .filter(|e| e.is_dir)
+                        .map(|e| dir.join(e.name)),
                 );
             }
         }
@@ -257,7 +271,8 @@ mod tests {
 
     #[test]
     fn finds_v1_pids_mount() {
-        let h = find_pids_hierarchy(Path::new("/"), HYBRID_MOUNTINFO).unwrap();
+        let r = ProcReader::new(Path::new("/"));
+        let h = find_pids_hierarchy(&r, Path::new("/"), HYBRID_MOUNTINFO).unwrap();
         assert_eq!(h.mount, Path::new("/sys/fs/cgroup/pids"));
         assert_eq!(h.version, CgroupVersion::V1);
     }

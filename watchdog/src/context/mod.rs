@@ -1,6 +1,8 @@
 //! Node context: turns raw kernel events into observations by reading /proc
 //! and cgroupfs (never user mounts), and samples the node's limits. All reads
-//! go through a root directory so tests can use recorded trees.
+//! go through one [`procfs::ProcReader`] (the agent's only way to read /proc,
+//! /sys and cgroupfs, whose rules it enforces), under a root directory so
+//! tests can use recorded trees.
 pub mod cgroup;
 pub mod mounts;
 pub mod procfs;
@@ -24,7 +26,7 @@ pub fn nul_terminated(b: &[u8]) -> String {
     let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
     String::from_utf8_lossy(&b[..end]).into_owned()
 }
-use procfs::Procfs;
+use procfs::ProcReader;
 
 /// How long cached reads stay fresh during a burst of failures: a fork storm
 /// can fail thousands of times a second, the limits move slower than that.
@@ -39,7 +41,7 @@ struct Cached<T> {
 }
 
 pub struct NodeContext {
-    pub procfs: Procfs,
+    pub procfs: ProcReader,
     pub pids: Option<PidsHierarchy>,
     index: CgroupIndex,
     chains: HashMap<String, Cached<Vec<PidsCgroupState>>>,
@@ -59,8 +61,8 @@ enum Scope {
 impl NodeContext {
     pub fn new(root: &Path) -> Self {
         Self {
-            procfs: Procfs::new(root),
-            pids: cgroup::discover(root),
+            procfs: ProcReader::new(root),
+            pids: cgroup::discover(&ProcReader::new(root)),
             index: CgroupIndex::default(),
             chains: HashMap::new(),
             system: None,

@@ -3,12 +3,19 @@
 //! `GetId` of the bus daemon. zbus runs on the agent's current-thread tokio
 //! runtime (client connections use no blocking pool); dropping the future at
 //! the timeout drops the connection, so a hung peer costs one socket for the
-//! timeout and nothing after it.
-use std::time::{Duration, Instant};
+//! timeout and nothing after it. The tracker schedules them: each
+//! (socket, target) at most every 5 s while a connection waits.
+use std::{
+    collections::HashSet,
+    time::{Duration, Instant},
+};
 
-use crate::model::Time;
-use crate::model::dbus::{BusProbe, ProbeOutcome};
-use crate::model::finding::systemd::SocketKind;
+use super::DbusTracker;
+use crate::{
+    model::Time,
+    model::dbus::{BusProbe, ProbeOutcome},
+    model::finding::systemd::SocketKind,
+};
 
 pub const SYSTEMD: &str = "org.freedesktop.systemd1";
 pub const BUS: &str = "org.freedesktop.DBus";
@@ -64,5 +71,40 @@ pub async fn probe(socket: String, target: &'static str, timeout: Duration) -> B
         socket,
         target: target.to_owned(),
         outcome,
+    }
+}
+
+impl DbusTracker {
+    /// Probes due now: (socket, target) of the sockets with waiting
+    /// connections, each at most every 5 s.
+    pub fn probes_due(&mut self, now: Time) -> Vec<(String, &'static str)> {
+        if !self.opts.probe {
+            return Vec::new();
+        }
+        let sockets: HashSet<String> = self
+            .suspects(now)
+            .into_iter()
+            .map(|(_, t)| t.socket.clone())
+            .collect();
+        let mut due = Vec::new();
+        for s in sockets {
+            for t in targets(&s) {
+                let k = (s.clone(), t);
+                if self
+                    .probed
+                    .get(&k)
+                    .is_none_or(|last| now.millis_since(*last) >= 5_000)
+                {
+                    self.probed.insert(k, now);
+                    due.push((s.clone(), t));
+                }
+            }
+        }
+        due.sort();
+        due
+    }
+
+    pub fn probe_timeout(&self) -> Duration {
+        self.opts.probe_timeout
     }
 }

@@ -4,17 +4,17 @@
 //!
 //! The probes keep the state in kernel maps (see watchdog-ebpf/src/storage.rs);
 //! every poll interval [`StorageTracker::sweep`] reads them and enriches the
-//! old entries from /proc only: `stat`, `status`, `stack`, `syscall`,
-//! `cgroup`, `mountinfo`, and readlink of `cwd` and `fd/N`. None of these
-//! touch the hung mount (no stat/statfs/open of user paths; no `cmdline`,
-//! `environ` or `mem`, which take the task's mmap lock).
+//! old entries from /proc only, through the [`ProcReader`]: `stat`,
+//! `status`, `stack`, `syscall`, `cgroup`, `mountinfo`, and readlink of
+//! `cwd`, `ns/mnt` and `fd/N`. None of these touch the hung mount (no
+//! stat/statfs/open of user paths; no `cmdline`, `environ` or `mem`, which
+//! take the task's mmap lock).
 pub mod stack;
 pub mod syscalls;
 
 use std::{
     collections::{HashMap, HashSet},
-    fs,
-    path::{Path, PathBuf},
+    path::Path,
 };
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, StackTraceMap};
@@ -25,7 +25,10 @@ use watchdog_common::{
 };
 
 use crate::{
-    context::mounts,
+    context::{
+        mounts,
+        procfs::{ProcReader, parse_stat},
+    },
     model::time::{MonotonicClock, Time},
     model::{BlockedTask, BlockedTasks, MountRef, WaitClass},
     probes::Probes,
@@ -109,17 +112,6 @@ pub fn parse_comms<S: AsRef<str>>(list: &[S]) -> Result<Vec<CommMatch>, SetupErr
         });
     }
     list.iter().map(|s| CommMatch::parse(s.as_ref())).collect()
-}
-
-/// `/proc/<pid>/stat`: (comm, state, ppid).
-pub(crate) fn parse_stat(text: &str) -> Option<(String, char, u32)> {
-    let open = text.find('(')?;
-    let close = text.rfind(')')?;
-    let comm = text.get(open + 1..close)?.to_owned();
-    let mut f = text.get(close + 2..)?.split_whitespace();
-    let state = f.next()?.chars().next()?;
-    let ppid = f.next()?.parse().ok()?;
-    Some((comm, state, ppid))
 }
 
 /// Processes to watch at start: runtimes by name, and all their descendants.
@@ -210,7 +202,7 @@ pub struct SweepStats {
 
 /// Owns the storage maps and turns them into observations.
 pub struct StorageTracker {
-    root: PathBuf,
+    proc: ProcReader,
     threshold_ns: u64,
     inflight: BpfHashMap<MapData, u32, InflightSyscall>,
     dstate: BpfHashMap<MapData, u32, DstateEntry>,
@@ -275,7 +267,8 @@ impl StorageTracker {
         let mut watched: BpfHashMap<MapData, u32, u8> =
             take(probes, WATCHED_MAP, BpfHashMap::try_from)?;
         let mut bytes: Array<MapData, [u8; 64]> = take(probes, WATCHED_BYTES_MAP, Array::try_from)?;
-        let procs = all_procs(root);
+        let proc = ProcReader::new(root);
+        let procs = all_procs(&proc);
         let seed = initial_watch_set(&procs, comms);
         let mut runtimes_at_start: Vec<u32> = procs
             .iter()
@@ -306,14 +299,14 @@ impl StorageTracker {
             .map_err(|e| tracing::warn!("kernel stacks unavailable: {e}"))
             .ok();
         Ok(Self {
-            root: root.to_owned(),
+            symbolizer: stack::Symbolizer::new(proc.clone()),
+            proc,
             threshold_ns: threshold_ms * 1_000_000,
             inflight: take(probes, INFLIGHT_MAP, BpfHashMap::try_from)?,
             dstate: take(probes, DSTATE_MAP, BpfHashMap::try_from)?,
             watched,
             runtimes_at_start,
             stacks,
-            symbolizer: stack::Symbolizer::new(&root.join("proc/kallsyms")),
             clock: MonotonicClock::new(),
             stats: SweepStats {
                 watched: seed.len(),
@@ -357,17 +350,21 @@ impl StorageTracker {
         }
     }
 
-    fn task_file(&self, tgid: u32, tid: u32, file: &str) -> PathBuf {
-        self.root.join(format!("proc/{tgid}/task/{tid}/{file}"))
+    /// A file of a task (`/proc/<tgid>/task/<tid>/<file>`).
+    fn task_read(&self, tgid: u32, tid: u32, file: &str) -> Option<String> {
+        self.proc.read(&self.proc.task_file(tgid, tid, file)).ok()
     }
 
-    fn read(&self, p: &Path) -> Option<String> {
-        fs::read_to_string(p).ok()
+    /// Readlink of `/proc/<tgid>/fd/<fd>`.
+    fn fd_link(&self, tgid: u32, fd: impl std::fmt::Display) -> Option<String> {
+        self.proc
+            .read_link(&self.proc.pid_file(tgid, &format!("fd/{fd}")))
+            .ok()
     }
 
     /// Context switches of a task so far (nvcsw + nivcsw).
     fn switches(&self, tgid: u32, tid: u32) -> Option<u64> {
-        let s = self.read(&self.task_file(tgid, tid, "status"))?;
+        let s = self.task_read(tgid, tid, "status")?;
         let mut total = 0u64;
         let mut found = 0;
         for l in s.lines() {
@@ -399,7 +396,7 @@ impl StorageTracker {
             if now.saturating_sub(e.start_ns) < threshold {
                 continue;
             }
-            if !self.task_file(e.tgid, tid, "stat").exists() {
+            if !self.proc.exists(&self.proc.task_file(e.tgid, tid, "stat")) {
                 // Gone without the exit probe seeing it (probe attached late).
                 let _ = self.inflight.remove(&tid);
                 self.stats.stale_removed += 1;
@@ -463,7 +460,7 @@ impl StorageTracker {
         ns_mounts: &mut HashMap<String, Vec<mounts::MountEntry>>,
     ) -> Option<BlockedTask> {
         let tgid = c.tgid;
-        let (comm, state, _) = parse_stat(&self.read(&self.task_file(tgid, tid, "stat"))?)?;
+        let (comm, state, _) = parse_stat(&self.task_read(tgid, tid, "stat")?)?;
         // A D-state record is only current while the task is still in D.
         let dstate = c.dstate.filter(|_| state == 'D');
         if c.syscall.is_none() && dstate.is_none() {
@@ -494,13 +491,15 @@ impl StorageTracker {
             None => self.proc_syscall(tgid, tid),
         };
         let mount = path.as_deref().and_then(|p| {
-            let ns = fs::read_link(self.root.join(format!("proc/{tgid}/ns/mnt")))
-                .map(|l| l.to_string_lossy().into_owned())
+            let ns = self
+                .proc
+                .read_link(&self.proc.pid_file(tgid, "ns/mnt"))
                 .unwrap_or_else(|_| format!("pid:{tgid}"));
             let table = ns_mounts.entry(ns).or_insert_with(|| {
                 mounts::parse(
                     &self
-                        .read(&self.root.join(format!("proc/{tgid}/mountinfo")))
+                        .proc
+                        .read_pid_file(tgid, "mountinfo")
                         .unwrap_or_default(),
                 )
             });
@@ -508,7 +507,8 @@ impl StorageTracker {
             let host = host_mounts.get_or_insert_with(|| {
                 mounts::parse(
                     &self
-                        .read(&self.root.join(crate::paths::MOUNTINFO))
+                        .proc
+                        .read(&self.proc.rooted(crate::paths::MOUNTINFO))
                         .unwrap_or_default(),
                 )
             });
@@ -545,9 +545,7 @@ impl StorageTracker {
         if wait == WaitClass::Other && mount.is_none() {
             return None;
         }
-        let cgroup_text = self
-            .read(&self.root.join(format!("proc/{tgid}/cgroup")))
-            .unwrap_or_default();
+        let cgroup_text = self.proc.read_pid_file(tgid, "cgroup").unwrap_or_default();
         let cgroup = container_cgroup(&cgroup_text);
         let since = self.clock.to_time(start_ns);
         Some(BlockedTask {
@@ -589,7 +587,7 @@ impl StorageTracker {
                 return self.symbolizer.symbolize(d.stack_id, &ips);
             }
         }
-        self.read(&self.task_file(tgid, tid, "stack"))
+        self.task_read(tgid, tid, "stack")
             .map(|t| stack::parse_proc_stack(&t))
             .unwrap_or_default()
     }
@@ -597,21 +595,18 @@ impl StorageTracker {
     /// Absolute path of a tracked call's file argument, as the task sees it.
     fn path_of(&self, tgid: u32, tid: u32, s: &InflightSyscall) -> Option<String> {
         let raw = crate::context::nul_terminated(&s.path);
-        let link = |p: PathBuf| {
-            fs::read_link(p)
-                .ok()
-                .map(|l| l.to_string_lossy().into_owned())
-        };
         match ArgKind::from_u32(s.kind) {
-            ArgKind::Fd => link(self.root.join(format!("proc/{tgid}/fd/{}", s.fd))),
+            ArgKind::Fd => self.fd_link(tgid, s.fd),
             ArgKind::Path0 | ArgKind::Path1 | ArgKind::DirfdPath1 => {
                 if raw.starts_with('/') {
                     return Some(mounts::normalize(&raw));
                 }
                 let base = if s.fd == AT_FDCWD || ArgKind::from_u32(s.kind) != ArgKind::DirfdPath1 {
-                    link(self.task_file(tgid, tid, "cwd"))?
+                    self.proc
+                        .read_link(&self.proc.task_file(tgid, tid, "cwd"))
+                        .ok()?
                 } else {
-                    link(self.root.join(format!("proc/{tgid}/fd/{}", s.fd)))?
+                    self.fd_link(tgid, s.fd)?
                 };
                 Some(mounts::join(&base, &raw))
             }
@@ -622,7 +617,7 @@ impl StorageTracker {
     /// Syscall (and the file of an fd argument) of an untracked D task from
     /// /proc/<pid>/task/<tid>/syscall.
     fn proc_syscall(&self, tgid: u32, tid: u32) -> (Option<String>, Option<String>) {
-        let Some(text) = self.read(&self.task_file(tgid, tid, "syscall")) else {
+        let Some(text) = self.task_read(tgid, tid, "syscall") else {
             return (None, None);
         };
         let mut f = text.split_whitespace();
@@ -633,11 +628,7 @@ impl StorageTracker {
             .next()
             .and_then(|a| u64::from_str_radix(a.trim_start_matches("0x"), 16).ok());
         let path = match (syscalls::lookup(nr), arg0) {
-            (Some((_, ArgKind::Fd)), Some(fd)) if fd < 1 << 31 => {
-                fs::read_link(self.root.join(format!("proc/{tgid}/fd/{fd}")))
-                    .ok()
-                    .map(|l| l.to_string_lossy().into_owned())
-            }
+            (Some((_, ArgKind::Fd)), Some(fd)) if fd < 1 << 31 => self.fd_link(tgid, fd),
             _ => None,
         };
         (Some(syscalls::name(nr)), path)
@@ -673,18 +664,10 @@ pub fn fs_wait(fs_type: &str) -> Option<WaitClass> {
 }
 
 /// pid -> (comm, ppid) of every process.
-fn all_procs(root: &Path) -> HashMap<u32, (String, u32)> {
+fn all_procs(proc: &ProcReader) -> HashMap<u32, (String, u32)> {
     let mut out = HashMap::new();
-    let Ok(rd) = fs::read_dir(root.join("proc")) else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        if let Some((comm, _, ppid)) = fs::read_to_string(e.path().join("stat"))
-            .ok()
-            .and_then(|t| parse_stat(&t))
+    for pid in proc.pids() {
+        if let Some((comm, _, ppid)) = proc.read_pid_file(pid, "stat").and_then(|t| parse_stat(&t))
         {
             out.insert(pid, (comm, ppid));
         }
@@ -783,14 +766,6 @@ mod tests {
         assert_eq!(fs_wait("fuseblk"), Some(WaitClass::Fuse));
         assert_eq!(fs_wait("nfs4"), Some(WaitClass::Nfs));
         assert_eq!(fs_wait("ext4"), None);
-    }
-
-    #[test]
-    fn stat_parsing_with_odd_comm() {
-        let (comm, state, ppid) = parse_stat("42 (a) b (c)) D 7 42 42 0 -1").unwrap();
-        assert_eq!(comm, "a) b (c)");
-        assert_eq!(state, 'D');
-        assert_eq!(ppid, 7);
     }
 
     #[test]

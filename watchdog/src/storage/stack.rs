@@ -3,10 +3,12 @@
 use std::{
     collections::HashMap,
     io::{BufRead, BufReader},
-    path::Path,
 };
 
-use crate::model::WaitClass;
+use crate::{context::procfs::ProcReader, model::WaitClass, paths};
+
+/// kallsyms is megabytes (tens on big kernels); a read stops here.
+const KALLSYMS_MAX: u64 = 256 << 20;
 
 /// The function name of a frame (`request_wait_answer+0x112/0x210` ->
 /// `request_wait_answer`).
@@ -62,14 +64,15 @@ pub fn parse_proc_stack(text: &str) -> Vec<String> {
 /// Symbolises kernel addresses by streaming /proc/kallsyms (not kept in
 /// memory: it is megabytes, and stacks are few and cached by id).
 pub struct Symbolizer {
-    path: std::path::PathBuf,
+    proc: ProcReader,
     cache: HashMap<i64, Vec<String>>,
 }
 
 impl Symbolizer {
-    pub fn new(kallsyms: &Path) -> Self {
+    /// Reads `<root>/proc/kallsyms` through `proc`.
+    pub fn new(proc: ProcReader) -> Self {
         Self {
-            path: kallsyms.to_owned(),
+            proc,
             cache: HashMap::new(),
         }
     }
@@ -83,7 +86,10 @@ impl Symbolizer {
         if let Some(s) = self.cache.get(&id) {
             return s.clone();
         }
-        let v = match std::fs::File::open(&self.path) {
+        let v = match self
+            .proc
+            .open(&self.proc.rooted(paths::KALLSYMS), KALLSYMS_MAX)
+        {
             Ok(f) => trim_scheduler(resolve(BufReader::new(f), ips)),
             Err(_) => ips.iter().map(|ip| format!("{ip:#x}")).collect(),
         };
