@@ -33,7 +33,7 @@ struct Fact {
 #[derive(Serialize)]
 struct ProbeCheck {
     name: &'static str,
-    hook: &'static str,
+    hook: crate::probes::Hook,
     what: &'static str,
     supported: bool,
     #[serde(skip_serializing_if = "Option::is_none")]

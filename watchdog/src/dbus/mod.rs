@@ -29,7 +29,11 @@ use std::collections::HashMap;
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use watchdog_common::SockConn;
 
-use crate::{context::procfs::ProcReader, model::Time, model::dbus::Holder};
+use crate::{
+    context::procfs::ProcReader,
+    model::Time,
+    model::dbus::{Holder, ProbeTarget},
+};
 use options::DbusOptions;
 
 /// A connection as the tracker follows it (for corroboration only; the
@@ -53,7 +57,7 @@ pub struct DbusTracker {
     /// Socket inode -> holder, and inodes searched for in vain.
     holders: HashMap<u64, Holder>,
     /// When each (socket, target) was last probed.
-    probed: HashMap<(String, &'static str), Time>,
+    probed: HashMap<(String, ProbeTarget), Time>,
     /// Last scan of /proc for socket holders (at most one per 5 s).
     holders_scanned: Option<Time>,
     /// The kernel's table of followed connections, to adopt the ones opened

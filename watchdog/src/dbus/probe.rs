@@ -11,24 +11,21 @@ use std::{
 };
 
 use super::DbusTracker;
-use crate::{
-    model::Time,
-    model::dbus::{BusProbe, ProbeOutcome},
-    model::finding::systemd::SocketKind,
+use crate::model::{
+    Time,
+    dbus::{BusProbe, ProbeOutcome, ProbeTarget},
+    finding::systemd::SocketKind,
 };
 
-pub const SYSTEMD: &str = "org.freedesktop.systemd1";
-pub const BUS: &str = "org.freedesktop.DBus";
-
 /// What to probe on one socket path.
-pub fn targets(socket: &str) -> Vec<&'static str> {
+pub fn targets(socket: &str) -> Vec<ProbeTarget> {
     match SocketKind::of(socket) {
-        SocketKind::SystemdPrivate => vec![SYSTEMD],
-        SocketKind::SystemBus => vec![BUS, SYSTEMD],
+        SocketKind::SystemdPrivate => vec![ProbeTarget::Systemd],
+        SocketKind::SystemBus => vec![ProbeTarget::Bus, ProbeTarget::Systemd],
     }
 }
 
-async fn call(socket: &str, target: &str) -> zbus::Result<()> {
+async fn call(socket: &str, target: ProbeTarget) -> zbus::Result<()> {
     let stream = tokio::net::UnixStream::connect(socket).await?;
     let p2p = SocketKind::of(socket) == SocketKind::SystemdPrivate;
     let mut builder = zbus::connection::Builder::unix_stream(stream);
@@ -36,12 +33,19 @@ async fn call(socket: &str, target: &str) -> zbus::Result<()> {
         builder = builder.p2p();
     }
     let conn = builder.build().await?;
-    if target == BUS {
-        conn.call_method(Some(BUS), "/org/freedesktop/DBus", Some(BUS), "GetId", &())
-            .await?;
+    let name = target.bus_name();
+    if target == ProbeTarget::Bus {
+        conn.call_method(
+            Some(name),
+            "/org/freedesktop/DBus",
+            Some(name),
+            "GetId",
+            &(),
+        )
+        .await?;
     } else {
         conn.call_method(
-            (!p2p).then_some(SYSTEMD),
+            (!p2p).then_some(name),
             "/org/freedesktop/systemd1",
             Some("org.freedesktop.DBus.Peer"),
             "Ping",
@@ -53,7 +57,7 @@ async fn call(socket: &str, target: &str) -> zbus::Result<()> {
 }
 
 /// Probe `target` on `socket`, giving up after `timeout`.
-pub async fn probe(socket: String, target: &'static str, timeout: Duration) -> BusProbe {
+pub async fn probe(socket: String, target: ProbeTarget, timeout: Duration) -> BusProbe {
     let start = Instant::now();
     let outcome = match tokio::time::timeout(timeout, call(&socket, target)).await {
         Ok(Ok(())) => ProbeOutcome::Answered {
@@ -69,7 +73,7 @@ pub async fn probe(socket: String, target: &'static str, timeout: Duration) -> B
     BusProbe {
         at: Time::now(),
         socket,
-        target: target.to_owned(),
+        target,
         outcome,
     }
 }
@@ -77,7 +81,7 @@ pub async fn probe(socket: String, target: &'static str, timeout: Duration) -> B
 impl DbusTracker {
     /// Probes due now: (socket, target) of the sockets with waiting
     /// connections, each at most every 5 s.
-    pub fn probes_due(&mut self, now: Time) -> Vec<(String, &'static str)> {
+    pub fn probes_due(&mut self, now: Time) -> Vec<(String, ProbeTarget)> {
         if !self.opts.probe {
             return Vec::new();
         }

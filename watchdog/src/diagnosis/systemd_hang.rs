@@ -17,7 +17,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::{Book, Detector, Urgency};
 use crate::model::{
     Observation, Time,
-    dbus::{BusProbe, CallKind, ConnQueue, ProbeOutcome, ProcessInfo, SocketCall, SocketQueues},
+    dbus::{
+        BusProbe, CallKind, ConnQueue, ProbeOutcome, ProbeTarget, ProcessInfo, SocketCall,
+        SocketQueues,
+    },
     errno,
     finding::{
         Cause, Confidence, Detail, Evidence, Finding, FindingId, FindingStatus, Remedy,
@@ -57,7 +60,7 @@ pub struct SystemdHang {
     conns: BTreeMap<(u32, i32), Conn>,
     queues: Option<SocketQueues>,
     /// Latest probe per (socket, target).
-    probes: BTreeMap<(String, String), BusProbe>,
+    probes: BTreeMap<(String, ProbeTarget), BusProbe>,
     /// Failed connects to a followed socket per process (time, socket,
     /// errno), for evidence (runc falls back from the bus to the private
     /// socket).
@@ -72,8 +75,7 @@ impl Detector for SystemdHang {
             Observation::SocketCall(c) => self.call(c),
             Observation::SocketQueues(q) => self.queues = Some(q.clone()),
             Observation::BusProbe(p) => {
-                self.probes
-                    .insert((p.socket.clone(), p.target.clone()), p.clone());
+                self.probes.insert((p.socket.clone(), p.target), p.clone());
             }
             _ => {}
         }
@@ -317,9 +319,9 @@ impl SystemdHang {
             .filter(|p| p.socket == socket && p.at >= since)
             .cloned()
             .collect();
-        let probe = |target: &str| probes.iter().find(|p| p.target == target);
-        let systemd_probe = probe("org.freedesktop.systemd1");
-        let bus_probe = probe("org.freedesktop.DBus");
+        let probe = |target: ProbeTarget| probes.iter().find(|p| p.target == target);
+        let systemd_probe = probe(ProbeTarget::Systemd);
+        let bus_probe = probe(ProbeTarget::Bus);
         let timed_out = |p: Option<&BusProbe>| {
             matches!(p.map(|p| &p.outcome), Some(ProbeOutcome::Timeout { .. }))
         };
@@ -495,7 +497,7 @@ impl SystemdHang {
                 at: p.at,
                 what: format!(
                     "probe of {} on {}: {}",
-                    p.target,
+                    p.target.bus_name(),
                     p.socket,
                     match &p.outcome {
                         ProbeOutcome::Answered { ms } => format!("answered in {ms} ms"),

@@ -1,6 +1,8 @@
 use super::*;
 use crate::diagnosis::Harness;
-use crate::model::dbus::{CallKind, ConnQueue, Holder, ListenerQueue, MessageKind, SocketQueues};
+use crate::model::dbus::{
+    CallKind, ConnQueue, Holder, ListenerQueue, MessageKind, ProbeTarget, SocketQueues,
+};
 
 const T0: Time = Time(1_785_000_000_000);
 const BUS: &str = "/var/run/dbus/system_bus_socket";
@@ -250,7 +252,7 @@ fn probes_tell_a_silent_systemd_from_a_stuck_call() {
                 Observation::BusProbe(BusProbe {
                     at: at(3_000),
                     socket: BUS.into(),
-                    target: "org.freedesktop.systemd1".into(),
+                    target: ProbeTarget::Systemd,
                     outcome,
                 }),
             ],
@@ -445,7 +447,7 @@ fn stale_probes_do_not_describe_a_new_hang() {
             Observation::BusProbe(BusProbe {
                 at: at(0),
                 socket: BUS.into(),
-                target: "org.freedesktop.DBus".into(),
+                target: ProbeTarget::Bus,
                 outcome: ProbeOutcome::Timeout { ms: 2000 },
             }),
             call(100_000, 9, CallKind::Connect, 0, 0, BUS),

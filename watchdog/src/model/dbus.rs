@@ -174,6 +174,26 @@ pub enum ProbeOutcome {
     Failed { error: String },
 }
 
+/// Whom a probe asks: systemd (`Ping`) or the bus daemon itself (`GetId`),
+/// recorded by their D-Bus names (and ordered as those names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum ProbeTarget {
+    #[serde(rename = "org.freedesktop.DBus")]
+    Bus,
+    #[serde(rename = "org.freedesktop.systemd1")]
+    Systemd,
+}
+
+impl ProbeTarget {
+    /// The D-Bus name.
+    pub fn bus_name(self) -> &'static str {
+        match self {
+            Self::Systemd => "org.freedesktop.systemd1",
+            Self::Bus => "org.freedesktop.DBus",
+        }
+    }
+}
+
 /// One active probe: `Ping` of systemd (through the bus, or on its private
 /// socket), or `GetId` of the bus itself.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -181,8 +201,7 @@ pub struct BusProbe {
     pub at: Time,
     /// The socket path probed.
     pub socket: String,
-    /// `org.freedesktop.systemd1` or `org.freedesktop.DBus` (the bus daemon).
-    pub target: String,
+    pub target: ProbeTarget,
     #[serde(flatten)]
     pub outcome: ProbeOutcome,
 }

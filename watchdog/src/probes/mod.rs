@@ -28,22 +28,61 @@ pub struct ProbeSpec {
     pub name: &'static str,
     /// Program name in the eBPF object.
     pub program: &'static str,
-    /// Raw tracepoint it attaches to.
-    pub hook: &'static str,
+    /// The tracepoint it attaches to.
+    pub hook: Hook,
     pub what: &'static str,
+}
+
+/// Where a program attaches: a raw tracepoint or a BTF (typed) tracepoint,
+/// by the kernel's tracepoint name. Shown as `raw_tp/sys_exit`,
+/// `tp_btf/sched_switch` (the section names of the eBPF programs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    RawTp(&'static str),
+    TpBtf(&'static str),
+}
+
+impl Hook {
+    /// The tracepoint's name.
+    pub fn tracepoint(self) -> &'static str {
+        match self {
+            Self::RawTp(tp) | Self::TpBtf(tp) => tp,
+        }
+    }
+
+    /// A hook on the syscall path (`sys_enter`/`sys_exit`): every syscall of
+    /// every task then takes the kernel's tracing slow path.
+    pub fn on_syscall_path(self) -> bool {
+        matches!(self.tracepoint(), "sys_enter" | "sys_exit")
+    }
+}
+
+impl std::fmt::Display for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::RawTp(tp) => write!(f, "raw_tp/{tp}"),
+            Self::TpBtf(tp) => write!(f, "tp_btf/{tp}"),
+        }
+    }
+}
+
+impl Serialize for Hook {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 pub const FORK_FAILURES: ProbeSpec = ProbeSpec {
     name: "fork_failures",
     program: "fork_failures",
-    hook: "raw_tp/sys_exit",
+    hook: Hook::RawTp("sys_exit"),
     what: "fork/vfork/clone/clone3 returning EAGAIN (PID exhaustion)",
 };
 
 pub const NPROC_PRESSURE: ProbeSpec = ProbeSpec {
     name: "nproc_pressure",
     program: "nproc_pressure",
-    hook: "raw_tp/task_newtask",
+    hook: Hook::RawTp("task_newtask"),
     what: "successful forks of users near their RLIMIT_NPROC (arms fork_failures, warns early)",
 };
 
@@ -52,37 +91,37 @@ pub const STORAGE_PROBES: [ProbeSpec; 6] = [
     ProbeSpec {
         name: "storage_fork",
         program: "storage_fork",
-        hook: "raw_tp/sched_process_fork",
+        hook: Hook::RawTp("sched_process_fork"),
         what: "children of watched runtime processes are watched too",
     },
     ProbeSpec {
         name: "storage_exec",
         program: "storage_exec",
-        hook: "raw_tp/sched_process_exec",
+        hook: Hook::RawTp("sched_process_exec"),
         what: "processes exec'ing a watched runtime name (--watch-comm)",
     },
     ProbeSpec {
         name: "storage_exit",
         program: "storage_exit",
-        hook: "raw_tp/sched_process_exit",
+        hook: Hook::RawTp("sched_process_exit"),
         what: "forgets exiting tasks (in-flight and D-state entries)",
     },
     ProbeSpec {
         name: "storage_sys_enter",
         program: "storage_sys_enter",
-        hook: "raw_tp/sys_enter",
+        hook: Hook::RawTp("sys_enter"),
         what: "file syscalls in flight of watched processes (start, syscall, path)",
     },
     ProbeSpec {
         name: "storage_sys_exit",
         program: "storage_sys_exit",
-        hook: "raw_tp/sys_exit",
+        hook: Hook::RawTp("sys_exit"),
         what: "clears the in-flight syscall of watched processes",
     },
     ProbeSpec {
         name: "storage_dstate",
         program: "storage_dstate",
-        hook: "tp_btf/sched_switch",
+        hook: Hook::TpBtf("sched_switch"),
         what: "when each task went to uninterruptible sleep (D), with its kernel stack",
     },
 ];
@@ -92,7 +131,7 @@ pub const STORAGE_PROBES: [ProbeSpec; 6] = [
 pub const BENCH_FLOOR: ProbeSpec = ProbeSpec {
     name: "bench_floor",
     program: "bench_empty_sys_exit",
-    hook: "raw_tp/sys_exit",
+    hook: Hook::RawTp("sys_exit"),
     what: "empty sys_exit program (benchmark floor)",
 };
 
@@ -101,7 +140,7 @@ pub const BENCH_FLOOR: ProbeSpec = ProbeSpec {
 pub const BENCH_FLOOR_ENTER: ProbeSpec = ProbeSpec {
     name: "bench_floor_enter",
     program: "bench_empty_sys_enter",
-    hook: "raw_tp/sys_enter",
+    hook: Hook::RawTp("sys_enter"),
     what: "empty sys_enter program (benchmark floor)",
 };
 
@@ -117,7 +156,7 @@ pub enum ProbeState {
 #[derive(Clone, Debug, Serialize)]
 pub struct ProbeStatus {
     pub name: &'static str,
-    pub hook: &'static str,
+    pub hook: Hook,
     pub status: ProbeState,
     /// Why it is unavailable, or what it runs without (e.g. no cgroup ids).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -433,7 +472,7 @@ impl Probes {
         let rejected = |e: aya::programs::ProgramError| {
             format!("the kernel rejected the program: {}", error_chain(&e))
         };
-        if let Some(tp) = spec.hook.strip_prefix("tp_btf/") {
+        if let Hook::TpBtf(tp) = spec.hook {
             let btf = aya::Btf::from_sys_fs().map_err(|e| {
                 format!(
                     "no kernel BTF ({}): {} (BTF tracepoints need CONFIG_DEBUG_INFO_BTF)",
@@ -477,7 +516,7 @@ impl Probes {
         if self.links.iter().any(|(n, _)| *n == spec.name) {
             return Ok(());
         }
-        let link = if let Some(tp) = spec.hook.strip_prefix("tp_btf/") {
+        let link = if let Hook::TpBtf(tp) = spec.hook {
             Link::Btf(self.btf_program(spec)?.attach().map_err(|e| {
                 format!(
                     "cannot attach to BTF tracepoint {tp}: {} (needs kernel >= 5.5)",
@@ -485,7 +524,7 @@ impl Probes {
                 )
             })?)
         } else {
-            let tp = spec.hook.trim_start_matches("raw_tp/");
+            let tp = spec.hook.tracepoint();
             Link::Raw(self.program(spec)?.attach(tp).map_err(|e| {
                 format!("cannot attach to raw tracepoint {tp}: {} (needs CONFIG_BPF_EVENTS and kernel >= 4.17)", error_chain(&e))
             })?)

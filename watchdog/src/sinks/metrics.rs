@@ -411,7 +411,7 @@ mod tests {
         let (mut m, reg) = Metrics::new();
         let probes = [ProbeStatus {
             name: "fork_failures",
-            hook: "raw_tp/sys_exit",
+            hook: crate::probes::Hook::RawTp("sys_exit"),
             status: ProbeState::Standby,
             detail: None,
         }];

@@ -52,7 +52,7 @@ pub fn render_detail(d: &SystemdDetail) -> String {
     for p in &d.probes {
         s.push_str(&format!(
             "    probe:         {} on {}: {}\n",
-            p.target,
+            p.target.bus_name(),
             p.socket,
             match &p.outcome {
                 ProbeOutcome::Answered { ms } => format!("answered in {ms} ms"),
