@@ -118,7 +118,7 @@ pub fn for_log(log: &Mutex<String>, needle: &str, timeout: Duration) -> bool {
 }
 
 /// The agent's poll clock (ms since the epoch) in its recording: every
-/// `{"tick": ms}` line after `since`, in order. A poll writes its tick after
+/// `{"tick": "<RFC 3339 UTC>"}` line after `since`, in order. A poll writes its tick after
 /// it has handed the kernel's pending events and its limit samples to the
 /// engine, so a tick later than `since` proves the agent evaluated past it.
 pub fn ticks_after(recording: &Path, since: SystemTime) -> Vec<u64> {
@@ -130,10 +130,35 @@ pub fn ticks_after(recording: &Path, since: SystemTime) -> Vec<u64> {
         .unwrap_or_default()
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| v["tick"].as_u64())
+        .filter_map(|v| v["tick"].as_str().and_then(rfc3339_ms))
         // Strictly later: the poll began in a later millisecond than `since`.
         .filter(|&t| t > since)
         .collect()
+}
+
+/// Milliseconds since the epoch of a UTC time as the agent writes it
+/// (`2026-12-04T15:53:07.651Z`, fraction optional).
+fn rfc3339_ms(s: &str) -> Option<u64> {
+    let s = s.strip_suffix('Z')?;
+    let (date, time) = s.split_once('T')?;
+    let num = |v: &str| v.parse::<i64>().ok();
+    let mut d = date.splitn(3, '-').map(num);
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
+    let mut t = hms.splitn(3, ':').map(num);
+    let (h, min, sec) = (t.next()??, t.next()??, t.next()??);
+    let ms = match frac.len() {
+        0 => 0,
+        n => num(&frac[..n.min(3)])? * 10_i64.pow(3 - n.min(3) as u32),
+    };
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(((days * 24 + h) * 60 + min) * 60_000 + sec * 1000 + ms).ok()
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -165,11 +190,23 @@ mod tests {
         let path = std::env::temp_dir().join(format!("wd-ticks-{}.jsonl", std::process::id()));
         std::fs::write(
             &path,
-            "{\"recording\":{}}\n{\"tick\":1000}\n{\"observe\":{}}\n{\"tick\":2000}\n{\"tick\":3001}\n",
+            "{\"recording\":{}}\n{\"tick\":\"1970-01-01T00:00:01.000Z\"}\n{\"observe\":{}}\n\
+             {\"tick\":\"1970-01-01T00:00:02Z\"}\n{\"tick\":\"1970-01-01T00:00:03.001Z\"}\n",
         )
         .unwrap();
         let since = UNIX_EPOCH + Duration::from_millis(2000);
         assert_eq!(ticks_after(&path, since), [3001]);
         let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn agent_times_parse() {
+        assert_eq!(
+            rfc3339_ms("2026-12-04T15:53:07.651Z"),
+            Some(1_796_399_587_651)
+        );
+        assert_eq!(rfc3339_ms("2000-02-29T00:00:00Z"), Some(951_782_400_000));
+        assert_eq!(rfc3339_ms("2000-02-29T00:00:00.5Z"), Some(951_782_400_500));
+        assert_eq!(rfc3339_ms("2000-02-29 00:00:00"), None);
     }
 }

@@ -96,13 +96,11 @@ impl<R: Records> Reader<R> {
             if let Ok(ev) = self.rx.try_recv() {
                 return Ok(ev);
             }
-            match tokio::time::timeout(DRAIN_EVERY, self.fd.readable_mut()).await {
-                Ok(guard) => {
-                    let mut guard = guard?;
-                    drain(guard.get_inner_mut(), &self.tx, &self.counters);
-                    guard.clear_ready();
-                }
-                Err(_) => {}
+            // A wakeup, or DRAIN_EVERY without one: drain at the loop's top.
+            if let Ok(guard) = tokio::time::timeout(DRAIN_EVERY, self.fd.readable_mut()).await {
+                let mut guard = guard?;
+                drain(guard.get_inner_mut(), &self.tx, &self.counters);
+                guard.clear_ready();
             }
         }
     }
