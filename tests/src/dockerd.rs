@@ -15,10 +15,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::{ChildGuard, skip_unless, skip_unless_root};
+use crate::{ChildGuard, skip_unless, skip_unless_root, wait};
 
 pub const DOCKERD: &str = "/usr/sbin/dockerd";
 pub const BUSYBOX: &str = "/usr/bin/busybox";
@@ -155,29 +154,29 @@ impl Dockerd {
             mount_ns_of: opts.mount_ns_of,
             cgroup_parent,
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if me.sock.exists()
-                && me
-                    .docker(&["version", "--format", "{{.Server.Version}}"], 5)
-                    .is_ok_and(|o| o.status.success())
-            {
-                break;
-            }
-            if let Some(d) = me.daemon.as_mut()
-                && let Some(s) = d.try_wait()
-            {
-                return Err(format!("dockerd exited ({s}) at start:\n{}", me.log_tail()));
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "dockerd did not answer within 30 s:\n{}",
-                    me.log_tail()
-                ));
-            }
-            thread::sleep(Duration::from_millis(100));
+        let answered = wait::until_every(
+            "dockerd to answer `docker version`",
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            || {
+                if me.sock.exists()
+                    && me
+                        .docker(&["version", "--format", "{{.Server.Version}}"], 5)
+                        .is_ok_and(|o| o.status.success())
+                {
+                    return Ok(Ok(()));
+                }
+                match me.daemon.as_mut().and_then(ChildGuard::try_wait) {
+                    Some(s) => Ok(Err(format!("dockerd exited ({s}) at start"))),
+                    None => Err("no answer"),
+                }
+            },
+        );
+        match answered {
+            Ok(Ok(())) => Ok(me),
+            Ok(Err(e)) => Err(format!("{e}:\n{}", me.log_tail())),
+            Err(e) => Err(format!("{e}:\n{}", me.log_tail())),
         }
-        Ok(me)
     }
 
     pub fn pid(&self) -> u32 {
@@ -392,24 +391,24 @@ impl Drop for Dockerd {
         }
         // containerd gets SIGKILL from dockerd's death (pdeathsig); shims are
         // detached by design: kill what is left, by pid, only ours.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let left = self.our_leftovers();
-            if left.is_empty() {
-                break;
-            }
-            if Instant::now() > deadline {
-                eprintln!(
-                    "warning: processes of {} outlived SIGKILL: {left:?}",
-                    self.tag
-                );
-                break;
-            }
-            for p in left {
-                // SAFETY: a process whose command line names our private exec root.
-                unsafe { libc::kill(p, libc::SIGKILL) };
-            }
-            thread::sleep(Duration::from_millis(50));
+        let what = format!("the processes of {} to be gone after SIGKILL", self.tag);
+        if let Err(e) = wait::until_every(
+            &what,
+            Duration::from_secs(5),
+            Duration::from_millis(50),
+            || {
+                let left = self.our_leftovers();
+                if left.is_empty() {
+                    return Ok(());
+                }
+                for &p in &left {
+                    // SAFETY: a process whose command line names our private exec root.
+                    unsafe { libc::kill(p, libc::SIGKILL) };
+                }
+                Err(left)
+            },
+        ) {
+            eprintln!("warning: {e}");
         }
         self.unmount_leftovers();
         if let Some(p) = &self.cgroup_parent {

@@ -29,10 +29,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::{ChildGuard, PYTHON, skip_unless, skip_unless_root};
+use crate::{ChildGuard, PYTHON, skip_unless, skip_unless_root, wait};
 
 /// The daemon (python3-fusepy, libfuse2). Blocked handlers wait on an event
 /// that is never set; libfuse's other threads keep serving the rest.
@@ -194,36 +193,34 @@ impl HangingFuse {
             daemon: Some(daemon),
             aborted: false,
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(m) = mountinfo()
-                .into_iter()
-                .find(|m| m.source == me.fsname && Path::new(&m.mount_point) == me.mnt)
-            {
-                me.dev = m.dev;
-                break;
-            }
-            if let Some(d) = me.daemon.as_mut()
-                && let Some(status) = d.try_wait()
-            {
-                let mut err = String::new();
-                if let Some(mut e) = d.child_mut().stderr.take() {
-                    let _ = io::Read::read_to_string(&mut e, &mut err);
+        let what = format!("FUSE daemon {} to mount {}", me.fsname, me.mnt.display());
+        let (fsname, mnt) = (me.fsname.clone(), me.mnt.clone());
+        let daemon = me.daemon.as_mut().expect("just started");
+        me.dev = wait::until_every(
+            &what,
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            || {
+                if let Some(m) = mountinfo()
+                    .into_iter()
+                    .find(|m| m.source == fsname && Path::new(&m.mount_point) == mnt)
+                {
+                    return Ok(Ok(m.dev));
                 }
-                return Err(format!(
-                    "FUSE daemon {} exited ({status}) before mounting: {err}",
-                    me.fsname
-                ));
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "FUSE daemon {} did not mount {} within 10 s",
-                    me.fsname,
-                    me.mnt.display()
-                ));
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
+                match daemon.try_wait() {
+                    Some(status) => {
+                        let mut err = String::new();
+                        if let Some(mut e) = daemon.child_mut().stderr.take() {
+                            let _ = io::Read::read_to_string(&mut e, &mut err);
+                        }
+                        Ok(Err(format!(
+                            "FUSE daemon {fsname} exited ({status}) before mounting: {err}"
+                        )))
+                    }
+                    None => Err("not in /proc/self/mountinfo"),
+                }
+            },
+        )??;
         me.attach_fusectl()?;
         Ok(me)
     }

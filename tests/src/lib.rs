@@ -36,6 +36,7 @@ pub mod bench;
 pub mod dockerd;
 pub mod fuse;
 pub mod systemd;
+pub mod wait;
 
 /// The system python: the pyenv shim on PATH forks, which breaks inside a
 /// pids cgroup at its limit.
@@ -335,16 +336,8 @@ impl ChildGuard {
 
     /// Waits up to `timeout` for the child to exit.
     pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(s) = self.try_wait() {
-                return Some(s);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            thread::sleep(Duration::from_millis(5));
-        }
+        let what = format!("{} to exit", self.label);
+        wait::until(&what, timeout, || self.try_wait().ok_or("running")).ok()
     }
 
     /// Sends `sig` to the child itself (not the group). No-op once reaped.
@@ -391,17 +384,15 @@ impl ChildGuard {
         }
         // Members orphaned by the leader are reaped by init: wait until they
         // are really gone, so a test's cleanup is complete when this returns.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while self.group_alive() {
-            if Instant::now() >= deadline {
-                eprintln!(
-                    "warning: process group {} of {} outlived SIGKILL",
-                    self.pgid, self.label
-                );
-                break;
+        let what = format!("process group {} of {} to be gone", self.pgid, self.label);
+        if let Err(e) = wait::until(&what, Duration::from_secs(5), || {
+            if !self.group_alive() {
+                return Ok(());
             }
             let _ = send_signal(-self.pgid, libc::SIGKILL);
-            thread::sleep(Duration::from_millis(5));
+            Err("members alive after SIGKILL")
+        }) {
+            eprintln!("warning: {e}");
         }
     }
 }
@@ -618,13 +609,15 @@ impl PidsCgroup {
 
     fn cleanup(&self) -> Result<(), String> {
         let me = std::process::id();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
+        let started = Instant::now();
+        let budget = Duration::from_secs(10);
+        let what = format!("{} to have no processes", self.fs_path.display());
+        wait::until(&what, budget, || {
             let pids = self.procs();
             if pids.is_empty() {
-                break;
+                return Ok(());
             }
-            for pid in pids {
+            for &pid in &pids {
                 if pid == me {
                     // Never kill ourselves: move back to the hierarchy's root.
                     let _ = fs::write(
@@ -635,22 +628,20 @@ impl PidsCgroup {
                     let _ = send_signal(pid as i32, libc::SIGKILL);
                 }
             }
-            if Instant::now() >= deadline {
-                return Err(format!("{} still has processes", self.fs_path.display()));
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
+            Err(pids)
+        })?;
         // rmdir can briefly fail with EBUSY while exiting tasks are released.
-        loop {
-            match fs::remove_dir(&self.fs_path) {
-                Ok(()) => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-                Err(e) if Instant::now() >= deadline => {
-                    return Err(format!("rmdir {}: {e}", self.fs_path.display()));
-                }
-                Err(_) => thread::sleep(Duration::from_millis(10)),
-            }
-        }
+        let what = format!("rmdir {}", self.fs_path.display());
+        wait::until(
+            &what,
+            budget.saturating_sub(started.elapsed()),
+            || match fs::remove_dir(&self.fs_path) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(e),
+            },
+        )?;
+        Ok(())
     }
 }
 
@@ -739,6 +730,8 @@ pub struct Agent {
     shared: SharedState,
     args: Vec<String>,
     started: Instant,
+    /// The `--record` file [`Agent::start_recorded`] chose (removed on drop).
+    own_recording: Option<PathBuf>,
 }
 
 impl Agent {
@@ -747,6 +740,22 @@ impl Agent {
     /// stderr if it does not come.
     pub fn start<S: AsRef<OsStr>>(args: &[S]) -> Self {
         Self::start_with(&agent_bin(), args, Duration::from_secs(20))
+    }
+
+    /// [`Agent::start`] with `--record` to a file of its own (removed when
+    /// the agent is dropped): what [`Agent::wait_for_poll_after`] reads.
+    pub fn start_recorded<S: AsRef<OsStr>>(args: &[S]) -> Self {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "wd-agent-{}-{}.jsonl",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let mut args: Vec<&OsStr> = args.iter().map(AsRef::as_ref).collect();
+        args.extend([OsStr::new("--record"), path.as_os_str()]);
+        let mut agent = Self::start(&args);
+        agent.own_recording = Some(path);
+        agent
     }
 
     /// [`Agent::start`] with an explicit binary and ready timeout.
@@ -782,6 +791,7 @@ impl Agent {
             shared,
             args,
             started: Instant::now(),
+            own_recording: None,
         };
         if agent
             .wait_for(|v| v["type"] == "ready", ready_timeout)
@@ -831,27 +841,44 @@ impl Agent {
         pred: impl Fn(&Value) -> bool,
         timeout: Duration,
     ) -> Option<Record> {
-        let deadline = Instant::now() + timeout;
-        let (m, cv) = &*self.shared;
-        let mut g = lock(m);
         let mut seen = 0;
-        loop {
+        wait::on_condvar(&self.shared, timeout, |g| {
             if let Some(r) = g.records[seen..].iter().find(|r| pred(&r.value)) {
-                return Some(r.clone());
+                return Some(Some(r.clone()));
             }
             seen = g.records.len();
-            if g.stdout_eof {
-                return None;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return None;
-            }
-            g = cv
-                .wait_timeout(g, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            // Its stdout closed: no match will ever come.
+            g.stdout_eof.then_some(None)
+        })
+        .flatten()
+    }
+
+    /// The barrier for absence checks: waits (up to `timeout`, panicking
+    /// with the agent's report) until the agent has finished a poll that
+    /// began after `since`, and the poll after it. The first one handed every
+    /// kernel event submitted before `since` to the engine and sampled the
+    /// limits after it; the second began after the first one's records were
+    /// written to stdout. Needs `--record` (see [`Agent::recording`]).
+    pub fn wait_for_poll_after(&self, since: SystemTime, timeout: Duration) {
+        let recording = self
+            .recording()
+            .unwrap_or_else(|| panic!("a poll barrier needs `--record`: {:?}", self.args));
+        let what = "two agent polls (ticks in its recording) after the point in question";
+        if let Err(e) = wait::until(what, timeout, || {
+            let ticks = wait::ticks_after(&recording, since);
+            if ticks.len() >= 2 { Ok(()) } else { Err(ticks) }
+        }) {
+            panic!("{e}\n{}", self.report());
         }
+    }
+
+    /// The file given with `--record`, if any.
+    pub fn recording(&self) -> Option<PathBuf> {
+        self.args
+            .iter()
+            .position(|a| a == "--record")
+            .and_then(|i| self.args.get(i + 1))
+            .map(PathBuf::from)
     }
 
     /// All records so far.
@@ -931,32 +958,24 @@ impl Agent {
     }
 
     fn wait_eof(&self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        let (m, cv) = &*self.shared;
-        let mut g = lock(m);
-        while !(g.stdout_eof && g.stderr_eof) {
-            let now = Instant::now();
-            if now >= deadline {
-                return;
-            }
-            g = cv
-                .wait_timeout(g, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
+        wait::on_condvar(&self.shared, timeout, |g| {
+            (g.stdout_eof && g.stderr_eof).then_some(())
+        });
     }
 }
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        child.kill_group();
-        drop(child);
-        if thread::panicking() {
-            self.wait_eof(Duration::from_secs(1));
-            eprintln!("{}", self.report());
+        if let Some(mut child) = self.child.take() {
+            child.kill_group();
+            drop(child);
+            if thread::panicking() {
+                self.wait_eof(Duration::from_secs(1));
+                eprintln!("{}", self.report());
+            }
+        }
+        if let Some(p) = self.own_recording.take() {
+            let _ = fs::remove_file(p);
         }
     }
 }
@@ -1374,27 +1393,16 @@ impl ForkWorkload {
     /// before the fork() call that failed (so latencies measured from it are
     /// upper bounds, by the few microseconds the failing fork took).
     pub fn wait_first_eagain(&self, timeout: Duration) -> Option<u128> {
-        let deadline = Instant::now() + timeout;
-        let (m, cv) = &*self.lines;
-        let mut g = lock(m);
-        loop {
+        wait::on_condvar(&self.lines, timeout, |g| {
             while let Some(l) = g.0.pop_front() {
                 if let Some(ns) = parse_eagain(&l) {
-                    return Some(ns);
+                    return Some(Some(ns));
                 }
             }
-            if g.2 {
-                return None;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return None;
-            }
-            g = cv
-                .wait_timeout(g, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
+            // Its output ended: no EAGAIN will come.
+            g.2.then_some(None)
+        })
+        .flatten()
     }
 
     /// Everything it printed so far (stderr lines prefixed `stderr: `).
@@ -1411,17 +1419,7 @@ impl ForkWorkload {
             status = self.child.try_wait();
         }
         // Let the reader drain the pipe.
-        {
-            let deadline = Instant::now() + Duration::from_secs(2);
-            let (m, cv) = &*self.lines;
-            let mut g = lock(m);
-            while !g.2 && Instant::now() < deadline {
-                g = cv
-                    .wait_timeout(g, Duration::from_millis(50))
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0;
-            }
-        }
+        wait::on_condvar(&self.lines, Duration::from_secs(2), |g| g.2.then_some(()));
         let output = self.output();
         let mut out = ForkOutcome {
             first_eagain_ns: None,

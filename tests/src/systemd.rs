@@ -63,7 +63,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::dockerd::{Dockerd, DockerdOpts};
-use crate::{ChildGuard, PYTHON, lock, send_signal, skip_unless, skip_unless_root};
+use crate::{ChildGuard, PYTHON, lock, send_signal, skip_unless, skip_unless_root, wait};
 
 pub const RUNC: &str = "/usr/sbin/runc";
 pub const DBUS_DAEMON: &str = "/usr/bin/dbus-daemon";
@@ -212,17 +212,19 @@ pub fn descendants(root: u32) -> Vec<u32> {
 fn kill_and_wait(pids: &[u32], timeout: Duration) -> Vec<u32> {
     let me = std::process::id();
     let pids: Vec<u32> = pids.iter().copied().filter(|&p| p > 1 && p != me).collect();
-    let deadline = Instant::now() + timeout;
-    loop {
+    wait::until("SIGKILLed processes to be gone", timeout, || {
         let alive: Vec<u32> = pids.iter().copied().filter(|&p| pid_alive(p)).collect();
-        if alive.is_empty() || Instant::now() >= deadline {
-            return alive;
+        if alive.is_empty() {
+            return Ok(());
         }
         for &p in &alive {
             let _ = send_signal(p as i32, libc::SIGKILL);
         }
-        thread::sleep(Duration::from_millis(10));
-    }
+        Err(alive)
+    })
+    .err()
+    .map(|_| pids.iter().copied().filter(|&p| pid_alive(p)).collect())
+    .unwrap_or_default()
 }
 
 /// Reads lines from `r` into `log` (bounded to the last 1 MiB); sends the
@@ -475,11 +477,17 @@ impl DbusDaemon {
         self.child.signal(libc::SIGSTOP)?;
         self.stopped = true;
         // SIGSTOP is asynchronous: wait until the kernel reports it stopped.
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while proc_state(self.pid()) != Some('T') && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(2));
-        }
-        Ok(())
+        let pid = self.pid();
+        wait::until_every(
+            "dbus-daemon to be stopped (state T)",
+            Duration::from_secs(2),
+            Duration::from_millis(2),
+            || match proc_state(pid) {
+                Some('T') => Ok(()),
+                other => Err(other),
+            },
+        )
+        .map_err(|e| io::Error::new(io::ErrorKind::TimedOut, e.to_string()))
     }
 
     /// SIGCONT.
@@ -588,18 +596,6 @@ fn spawn_fake_systemd_py(
     Ok((child, dir, log))
 }
 
-/// Waits up to `timeout` for `needle` to appear in `log`.
-fn wait_in_log(log: &Mutex<String>, needle: &str, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    while !lock(log).contains(needle) {
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-    true
-}
-
 /// The fake systemd manager in a [`PrivateNs`]. `Drop`: SIGTERM, then the
 /// guard's SIGKILL; removes the private socket and the script.
 pub struct FakeSystemd {
@@ -665,7 +661,7 @@ impl FakeSystemd {
 
     /// Waits up to `timeout` for `needle` to appear in [`FakeSystemd::log`].
     pub fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
-        wait_in_log(&self.log, needle, timeout)
+        wait::for_log(&self.log, needle, timeout)
     }
 
     /// SIGUSR1: switch to answering; held StartTransientUnit calls are
@@ -735,7 +731,7 @@ impl SystemdClient {
 
     /// Waits up to `timeout` for `needle` in [`SystemdClient::log`].
     pub fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
-        wait_in_log(&self.log, needle, timeout)
+        wait::for_log(&self.log, needle, timeout)
     }
 }
 
@@ -870,24 +866,28 @@ pub fn cleanup_slice(slice: &str) -> Vec<String> {
     if !left.is_empty() {
         problems.push(format!("cgroup processes outlived SIGKILL: {left:?}"));
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let started = Instant::now();
+    let budget = Duration::from_secs(5);
     for d in slice_dirs(slice) {
-        loop {
-            match fs::remove_dir(&d) {
-                Ok(()) => break,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => break,
-                Err(e) if Instant::now() >= deadline => {
-                    problems.push(format!("rmdir {}: {e}", d.display()));
-                    break;
-                }
-                Err(_) => {
-                    let _ = kill_and_wait(
-                        &crate::read_pids(&d.join("cgroup.procs")),
-                        Duration::from_millis(200),
-                    );
-                    thread::sleep(Duration::from_millis(10));
-                }
-            }
+        let what = format!("rmdir {}", d.display());
+        let removed =
+            wait::until(
+                &what,
+                budget.saturating_sub(started.elapsed()),
+                || match fs::remove_dir(&d) {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                    Err(e) => {
+                        let _ = kill_and_wait(
+                            &crate::read_pids(&d.join("cgroup.procs")),
+                            Duration::from_millis(200),
+                        );
+                        Err(e)
+                    }
+                },
+            );
+        if let Err(e) = removed {
+            problems.push(e.to_string());
         }
     }
     problems
@@ -1005,21 +1005,27 @@ impl RuncContainer {
         me.runc = Some(child);
         if opts.strace {
             // strace forks runc: find it (by comm, among strace's children).
-            let deadline = Instant::now() + Duration::from_secs(5);
             let tracer = me.runc_pid;
-            loop {
-                let found = descendants(tracer).into_iter().find(|&p| {
-                    fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "runc")
-                        && proc_ppid(p) == Some(tracer)
-                });
-                if let Some(p) = found {
-                    me.runc_pid = p;
-                    break;
-                }
-                if Instant::now() > deadline {
-                    return Err(format!("runc did not start under strace: {}", me.output()));
-                }
-                thread::sleep(Duration::from_millis(2));
+            let found = wait::until_every(
+                "runc to start under strace",
+                Duration::from_secs(5),
+                Duration::from_millis(2),
+                || {
+                    let children = descendants(tracer);
+                    children
+                        .iter()
+                        .copied()
+                        .find(|&p| {
+                            fs::read_to_string(format!("/proc/{p}/comm"))
+                                .is_ok_and(|c| c.trim() == "runc")
+                                && proc_ppid(p) == Some(tracer)
+                        })
+                        .ok_or(children)
+                },
+            );
+            match found {
+                Ok(p) => me.runc_pid = p,
+                Err(e) => return Err(format!("{e}: {}", me.output())),
             }
         }
         Ok(me)
@@ -1097,24 +1103,21 @@ impl RuncContainer {
     /// `Some(status)` of strace if it exited, else a synthesized success once
     /// runc itself is gone (check [`RuncContainer::output`] for errors).
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
+        wait::until("runc to exit", timeout, || {
             if self.strace_file.is_none() {
                 if let Some(c) = self.runc.as_mut()
                     && let Some(s) = c.try_wait()
                 {
                     self.exit = Some(s);
-                    return Some(s);
+                    return Ok(s);
                 }
             } else if !pid_alive(self.runc_pid) {
                 use std::os::unix::process::ExitStatusExt;
-                return Some(ExitStatus::from_raw(0));
+                return Ok(ExitStatus::from_raw(0));
             }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            thread::sleep(Duration::from_millis(5));
-        }
+            Err("running")
+        })
+        .ok()
     }
 
     fn runc_cmd(&self, timeout_secs: u64, args: &[&str]) -> Command {

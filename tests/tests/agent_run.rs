@@ -9,7 +9,7 @@ use std::{
     net::{TcpListener, TcpStream},
     path::PathBuf,
     process::Command,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use serde_json::Value;
@@ -147,21 +147,28 @@ fn run_reports_to_stdout_metrics_and_recording() {
     assert_eq!(finding["timeline"][0]["status"], "active", "{finding}");
 
     // While it is active, Prometheus sees it, and the fork probe attached.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let page = loop {
-        let (_, page) = http_get(port, "/metrics");
-        if sample(&page, "watchdog_findings_active{cause=\"pid_exhaustion\"}") >= Some(1.0)
-            && sample(
-                &page,
-                "watchdog_probe_state{probe=\"fork_failures\",state=\"attached\"}",
-            ) == Some(1.0)
-            && sample(&page, "watchdog_kernel_events_total") >= Some(1.0)
-            || Instant::now() > deadline
-        {
-            break page;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    // (On timeout, the assertions below say which series is missing.)
+    let page = wait::until_every(
+        "the incident on the metrics page",
+        Duration::from_secs(5),
+        Duration::from_millis(200),
+        || {
+            let (_, page) = http_get(port, "/metrics");
+            let seen = (
+                sample(&page, "watchdog_findings_active{cause=\"pid_exhaustion\"}"),
+                sample(
+                    &page,
+                    "watchdog_probe_state{probe=\"fork_failures\",state=\"attached\"}",
+                ),
+                sample(&page, "watchdog_kernel_events_total"),
+            );
+            match seen {
+                (Some(a), Some(p), Some(e)) if a >= 1.0 && p == 1.0 && e >= 1.0 => Ok(page),
+                _ => Err(seen),
+            }
+        },
+    )
+    .unwrap_or_else(|_| http_get(port, "/metrics").1);
     eprintln!("metrics during the incident:\n{page}");
     for (series, min) in [
         ("watchdog_findings_active{cause=\"pid_exhaustion\"}", 1.0),
@@ -389,20 +396,22 @@ fn two_causes_at_once_through_run() {
             .as_array()
             .is_some_and(|c| c.contains(other))
     };
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let recs = agent.records();
-        let s_ok = recs.iter().any(|v| is_storage(v) && names(v, &pidid));
-        let p_ok = recs.iter().any(|v| is_pid(v) && names(v, &sid));
-        if s_ok && p_ok {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the findings never named each other as concurrent (storage: {s_ok}, pid: {p_ok})\n{}",
-            agent.report()
-        );
-        std::thread::sleep(Duration::from_millis(300));
+    if let Err(e) = wait::until_every(
+        "the findings naming each other as concurrent",
+        Duration::from_secs(15),
+        Duration::from_millis(300),
+        || {
+            let recs = agent.records();
+            let s_ok = recs.iter().any(|v| is_storage(v) && names(v, &pidid));
+            let p_ok = recs.iter().any(|v| is_pid(v) && names(v, &sid));
+            if s_ok && p_ok {
+                Ok(())
+            } else {
+                Err(format!("storage: {s_ok}, pid: {p_ok}"))
+            }
+        },
+    ) {
+        panic!("{e}\n{}", agent.report());
     }
     let page = http_get(port, "/metrics").1;
     for cause in ["storage_hang", "pid_exhaustion"] {

@@ -73,10 +73,13 @@ fn child_guard_kills_its_whole_group() {
     let leader = g.pid();
     assert!(pid_alive(grandchild));
     drop(g);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while pid_alive(grandchild) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let _ = wait::until("the grandchild to be gone", Duration::from_secs(5), || {
+        if pid_alive(grandchild) {
+            Err("alive")
+        } else {
+            Ok(())
+        }
+    });
     assert!(
         !pid_alive(grandchild),
         "grandchild {grandchild} survived the group kill"

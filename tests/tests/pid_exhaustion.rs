@@ -246,7 +246,7 @@ fn healthy_fork_load(args: &[&str]) {
         return;
     }
     const N: u32 = 3000;
-    let agent = Agent::start(args);
+    let agent = Agent::start_recorded(args);
     // A pids cgroup far from its limit: attributes the load, and checks that a
     // limited-but-healthy cgroup is not reported either.
     let cg = PidsCgroup::new(10_000);
@@ -265,8 +265,9 @@ fn healthy_fork_load(args: &[&str]) {
     assert!(status.is_some_and(|s| s.success()), "fork loop: {status:?}");
     eprintln!("{N} fork+exec of /bin/true took {took:?} with the agent running");
     drop(load);
-    // Give the agent time to process whatever it saw.
-    std::thread::sleep(Duration::from_millis(1500));
+    // Barrier: the agent has handed every event of the load to the engine
+    // and sampled the cgroup after it ended.
+    agent.wait_for_poll_after(std::time::SystemTime::now(), Duration::from_secs(10));
     assert_eq!(
         cg.events_max(),
         Some(0),
@@ -328,8 +329,9 @@ fn sudden_exhaustion_is_reported_in_default_mode() {
     // As on a node: the cgroup exists, at rest, before it is exhausted.
     let cg = PidsCgroup::new(8);
     let path = cg.path_in_hierarchy();
-    let agent = Agent::start(TRACE_DEFAULT);
-    std::thread::sleep(Duration::from_millis(1500));
+    let agent = Agent::start_recorded(TRACE_DEFAULT);
+    // The agent has sampled it at rest.
+    agent.wait_for_poll_after(std::time::SystemTime::now(), Duration::from_secs(10));
     let workload = fork_until_eagain(
         &ForkOpts::default()
             .in_cgroup(&cg)

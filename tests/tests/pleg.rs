@@ -174,7 +174,28 @@ fn relist_healthy_then_a_hung_inspect_is_named() {
         .stderr(Stdio::null());
     let mut start = ChildGuard::spawn(&mut start, "docker start (blocks)").unwrap();
     let hang_started = Instant::now();
-    std::thread::sleep(Duration::from_secs(2));
+    // Until dockerd's stat of the volume source waits for our FUSE daemon.
+    let dockerd_pid = dockerd.pid();
+    let blocked = wait::until(
+        "a dockerd thread to block in request_wait_answer",
+        Duration::from_secs(10),
+        || {
+            let wchans: Vec<String> = std::fs::read_dir(format!("/proc/{dockerd_pid}/task"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|t| std::fs::read_to_string(t.path().join("wchan")).ok())
+                .collect();
+            if wchans.iter().any(|w| w == "request_wait_answer") {
+                Ok(())
+            } else {
+                Err(wchans)
+            }
+        },
+    );
+    if let Err(e) = blocked {
+        panic!("{e}\n{}", dockerd.log_tail());
+    }
     assert!(
         start.try_wait().is_none(),
         "docker start returned: the volume source did not hang\n{}",
@@ -234,16 +255,25 @@ fn relist_healthy_then_a_hung_inspect_is_named() {
     );
 
     // 3. The hang keeps growing, the agent keeps relisting the rest and keeps
-    //    exactly one outstanding inspect for the hung container.
-    std::thread::sleep(Duration::from_secs(12));
+    //    exactly one outstanding inspect for the hung container: until a
+    //    report of it 8 s older.
+    let e0 = v["hung"][0]["elapsed_ms"].as_u64().unwrap();
+    let elapsed = |v: &Value| v["hung"][0]["elapsed_ms"].as_u64().unwrap_or(0);
+    let grown = agent
+        .wait_for_record(
+            |v| pleg(v) && hung_ids(v).contains(&nfs) && elapsed(v) >= e0 + 8000,
+            Duration::from_secs(20),
+        )
+        .unwrap_or_else(|| panic!("elapsed did not grow past {e0} + 8000\n{}", agent.report()));
     let later: Vec<Value> = agent
-        .records()
+        .full_records()
         .into_iter()
+        .take_while(|r| r.at <= grown.at)
+        .map(|r| r.value)
         .filter(|v| pleg(v) && hung_ids(v).contains(&nfs))
         .collect();
     let last = later.last().unwrap();
     assert_eq!(hung_ids(last), vec![nfs.clone()], "{last}");
-    let e0 = v["hung"][0]["elapsed_ms"].as_u64().unwrap();
     let e1 = last["hung"][0]["elapsed_ms"].as_u64().unwrap();
     assert!(e1 >= e0 + 8000, "elapsed did not grow: {e0} -> {e1}");
     assert_eq!(
@@ -254,8 +284,13 @@ fn relist_healthy_then_a_hung_inspect_is_named() {
         last["slowest_container"]["container_id"] == healthy.as_str(),
         "the healthy container is still inspected: {last}"
     );
-    // Periodic, not every relist: ~12 s at one relist per 0.5 s.
-    assert!(later.len() <= 4, "{} pleg records in ~12 s", later.len());
+    // Periodic, not every relist: 8+ s at one relist per 0.5 s.
+    assert!(
+        later.len() <= 4,
+        "{} pleg records in the {:?} since the hang began",
+        later.len(),
+        grown.at.duration_since(hang_started)
+    );
 
     // 4. kubelet says it too: its log line makes PLEG unhealthy.
     let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
@@ -297,7 +332,7 @@ fn unreachable_runtime_is_reported_not_fatal() {
         return;
     }
     let sock = format!("unix:///run/wd-no-docker-{}.sock", std::process::id());
-    let agent = Agent::start(&agent_args(&sock, &[]));
+    let agent = Agent::start_recorded(&agent_args(&sock, &[]));
     let Some(rec) = agent.wait_for_record(
         |v| v["type"] == "source" && v["source"] == "runtime_relist",
         Duration::from_secs(10),
@@ -320,8 +355,9 @@ fn unreachable_runtime_is_reported_not_fatal() {
         .expect("kubelet log source record");
     assert_eq!(log["state"], "disabled");
     assert!(log["message"].as_str().unwrap().contains("journal"));
-    // Reported once, not once per retry.
-    std::thread::sleep(Duration::from_secs(3));
+    // Reported once, not once per retry: barrier 3 s of retries later, by the
+    // agent's own poll clock.
+    agent.wait_for_poll_after(rec.wall + Duration::from_secs(3), Duration::from_secs(10));
     let n = agent
         .records()
         .iter()

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::Value;
 use watchdog_tests::dockerd::{Dockerd, skip_unless_docker_prereqs};
 use watchdog_tests::fuse::{FuseOpts, HangingFuse, skip_unless_fuse_prereqs};
-use watchdog_tests::{Agent, ChildGuard, PYTHON, secs_since_unix_ns, unix_ns};
+use watchdog_tests::{Agent, ChildGuard, PYTHON, secs_since_unix_ns, unix_ns, wait};
 
 const THRESHOLD: Duration = Duration::from_secs(3);
 const TRACE: &[&str] = &["trace", "--json", "--hang-threshold", "3s"];
@@ -91,14 +91,16 @@ fn wchan(pid: u32) -> String {
 
 /// Waits until `pid` sleeps in `request_wait_answer` (blocked on our FUSE).
 fn wait_blocked_on_fuse(pid: u32, within: Duration) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if wchan(pid) == "request_wait_answer" {
-            return true;
+    let what = format!("pid {pid} to block in request_wait_answer");
+    wait::until_every(&what, within, Duration::from_millis(20), || {
+        let w = wchan(pid);
+        if w == "request_wait_answer" {
+            Ok(())
+        } else {
+            Err(w)
         }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
+    })
+    .is_ok()
 }
 
 /// A python process that stats `path` (blocks on the hanging mount).
@@ -117,15 +119,17 @@ const NR_READ: &str = "63";
 /// directory's FUSE inode lock (libfuse2 has no parallel dirops), so the
 /// reader must be past its open before anything else looks up there.
 fn wait_in_read(pid: u32) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
+    let what = format!("pid {pid} to block in read (D state)");
+    if let Err(e) = wait::until(&what, Duration::from_secs(5), || {
         let sc = fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
-        if sc.split_whitespace().next() == Some(NR_READ) && state(pid) == Some('D') {
-            return;
+        let nr = sc.split_whitespace().next().map(str::to_owned);
+        match (nr, state(pid)) {
+            (Some(nr), Some('D')) if nr == NR_READ => Ok(()),
+            seen => Err((seen, wchan(pid))),
         }
-        std::thread::sleep(Duration::from_millis(10));
+    }) {
+        panic!("{e}");
     }
-    panic!("pid {pid} did not block in read (wchan {})", wchan(pid));
 }
 
 /// Waits for the resolution of `id` and returns it.
@@ -344,7 +348,7 @@ fn slow_but_progressing_io_gives_no_finding() {
         return;
     }
     let names = RuntimeNames::new();
-    let agent = Agent::start(&["trace", "--json", "--hang-threshold", "2s"]);
+    let agent = Agent::start_recorded(&["trace", "--json", "--hang-threshold", "2s"]);
     // fsync after every small write on the root file system, for 6 s.
     let file = names.dir.join("fsync-load");
     let script = "import os, sys, time\n\
@@ -359,10 +363,12 @@ fn slow_but_progressing_io_gives_no_finding() {
             .is_some_and(|s| s.success()),
         "fsync loop failed"
     );
-    std::thread::sleep(Duration::from_millis(1500));
+    // Barrier: the agent has swept the blocked tasks after the load ended.
+    agent.wait_for_poll_after(std::time::SystemTime::now(), Duration::from_secs(10));
     let pid = u64::from(load.pid());
     let bad: Vec<Value> = agent
-        .records()
+        .stop_full()
+        .values()
         .into_iter()
         .filter(|v| {
             v["cause"] == "storage_hang"
@@ -472,7 +478,15 @@ fn fixture_fuse_blocks_and_abort_releases() {
     );
     // A signal moves it from the interruptible to the killable (D) wait.
     stat.signal(libc::SIGTERM).unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    let pid = stat.pid();
+    let _ = wait::until(
+        "the signalled stat to be in D state",
+        Duration::from_secs(2),
+        || match state(pid) {
+            Some('D') => Ok(()),
+            other => Err(other),
+        },
+    );
     assert_eq!(state(stat.pid()), Some('D'));
     fuse.abort().expect("abort");
     assert!(

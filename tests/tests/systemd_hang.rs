@@ -9,7 +9,7 @@
 //! Run: `cargo test -p watchdog-tests --test systemd_hang -- --test-threads=1 --nocapture`
 use std::{
     path::{Path, PathBuf},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use serde_json::Value;
@@ -80,6 +80,19 @@ impl Run {
             .0
     }
 
+    /// The absence check: once the agent has polled past `until` (its own
+    /// clock, in the recording), no active finding came.
+    fn expect_no_finding_until(&self, until: SystemTime, what: &str) {
+        let timeout =
+            until.duration_since(SystemTime::now()).unwrap_or_default() + Duration::from_secs(10);
+        self.agent.wait_for_poll_after(until, timeout);
+        assert!(
+            self.finding("active", Duration::ZERO).is_none(),
+            "{what} gave a finding: {}",
+            self.agent.report()
+        );
+    }
+
     fn socket_calls(&self) -> Vec<Value> {
         std::fs::read_to_string(&self.record)
             .unwrap_or_default()
@@ -139,11 +152,9 @@ fn healthy_container_start_gives_no_finding_but_is_traced() {
         c.output()
     );
     assert!(c.container_pid().is_some(), "{}", c.output());
-    assert!(
-        run.finding("active", THRESHOLD + SLACK + Duration::from_secs(1))
-            .is_none(),
-        "a healthy start gave a finding: {}",
-        run.agent.report()
+    run.expect_no_finding_until(
+        SystemTime::now() + THRESHOLD + SLACK + Duration::from_secs(1),
+        "a healthy start",
     );
     // Not vacuous: the agent followed runc's conversation with the bus.
     let calls = run.socket_calls();
@@ -434,10 +445,9 @@ fn dockerd_with_the_systemd_driver_names_the_container_being_created() {
         .unwrap();
     drop(fake);
     let _fake = FakeSystemd::start(&ns, Transport::Bus, FakeMode::NeverReply).unwrap();
-    assert!(
-        run.finding("active", Duration::from_secs(1)).is_none(),
-        "{}",
-        run.agent.report()
+    run.expect_no_finding_until(
+        SystemTime::now() + Duration::from_secs(1),
+        "a healthy docker run",
     );
     // Then systemd stops replying: `docker run` hangs in runc create.
     let host = d.dockerd().host();

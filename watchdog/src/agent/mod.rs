@@ -11,7 +11,6 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use tokio::{
     signal::unix::{SignalKind, signal},
-    sync::mpsc,
     time::{Instant, MissedTickBehavior},
 };
 use watchdog_common::decode::Event;
@@ -129,6 +128,57 @@ fn apply_arming(
     }));
 }
 
+/// One kernel event to the engine, enriched from the node context (and, for
+/// RLIMIT_NPROC pressure, to the fork probe's arming).
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the session's state, borrowed piecewise by the event branch and a poll's catch-up"
+)]
+fn on_event(
+    ev: Event,
+    ctx: &mut NodeContext,
+    clock: &MonotonicClock,
+    diag: &mut Diagnoser,
+    dbus: Option<&mut crate::dbus::DbusTracker>,
+    auto: bool,
+    arming: &mut Arming,
+    probes: &mut Probes,
+    sink: &mut dyn Sink,
+) {
+    match ev {
+        Event::ForkFailure(f) => {
+            let obs = Observation::ForkFailed(Box::new(
+                ctx.fork_failed(&f, clock.to_time(f.header.ts_ns)),
+            ));
+            diag.observe(obs, sink);
+        }
+        Event::NprocPressure(n) => {
+            let at = clock.to_time(n.header.ts_ns);
+            let usage = NprocUsage {
+                at,
+                uid: n.uid,
+                pid: n.pid,
+                comm: crate::context::nul_terminated(&n.comm),
+                tasks: n.tasks,
+                limit: n.limit,
+            };
+            let why = format!(
+                "uid {} at {}/{} of its RLIMIT_NPROC",
+                n.uid, n.tasks, n.limit
+            );
+            diag.observe(Observation::NprocUsage(usage), sink);
+            apply_arming(auto, arming, probes, sink, at, Some(why));
+        }
+        Event::Socket(s) => {
+            if let Some(t) = dbus {
+                let started = (s.start_ns != 0).then(|| clock.to_time(s.start_ns));
+                let call = t.call(&s, clock.to_time(s.header.ts_ns), started);
+                diag.observe(Observation::SocketCall(call), sink);
+            }
+        }
+    }
+}
+
 fn drops(probes: &Probes, counters: &Counters, sources: u64, storage: bool) -> Drops {
     Drops {
         kernel: probes.kernel_drops(),
@@ -193,17 +243,15 @@ pub async fn session(opts: TraceOptions, sink: &mut dyn Sink) -> anyhow::Result<
     let auto = opts.fork_probe == ForkProbeMode::Auto
         && probes.state(FORK_FAILURES.name) == Some(ProbeState::Standby);
     let counters = Arc::new(Counters::default());
-    let (tx, mut rx) = mpsc::channel::<Event>(QUEUE);
-    if let Some(rb) = probes.take_events() {
-        let c = counters.clone();
-        tokio::spawn(async move {
-            if let Err(e) = ringbuf::forward(rb, tx, c).await {
-                tracing::error!("ring buffer reader stopped: {e}");
-            }
-        });
-    } else {
-        tracing::error!("the eBPF object has no events ring buffer; kernel events are unavailable");
-    }
+    let mut events = match probes.take_events() {
+        Some(rb) => Some(ringbuf::Reader::new(rb, QUEUE, counters.clone())?),
+        None => {
+            tracing::error!(
+                "the eBPF object has no events ring buffer; kernel events are unavailable"
+            );
+            None
+        }
+    };
 
     // kubelet and runtime sources: tasks on this thread, one bounded queue.
     let (pleg_tx, mut pleg_rx) = crate::sources::ObsSender::channel();
@@ -262,39 +310,27 @@ pub async fn session(opts: TraceOptions, sink: &mut dyn Sink) -> anyhow::Result<
 
     loop {
         tokio::select! {
-            ev = rx.recv() => {
-                let Some(ev) = ev else { break };
-                match ev {
-                    Event::ForkFailure(f) => {
-                        let obs = Observation::ForkFailed(Box::new(ctx.fork_failed(&f, clock.to_time(f.header.ts_ns))));
-                        diag.observe(obs, sink);
-                    }
-                    Event::NprocPressure(n) => {
-                        let at = clock.to_time(n.header.ts_ns);
-                        let usage = NprocUsage {
-                            at,
-                            uid: n.uid,
-                            pid: n.pid,
-                            comm: crate::context::nul_terminated(&n.comm),
-                            tasks: n.tasks,
-                            limit: n.limit,
-                        };
-                        let why = format!("uid {} at {}/{} of its RLIMIT_NPROC", n.uid, n.tasks, n.limit);
-                        diag.observe(Observation::NprocUsage(usage), sink);
-                        apply_arming(auto, &mut arming, &mut probes, sink, at, Some(why));
-                    }
-                    Event::Socket(s) => {
-                        if let Some(t) = dbus.as_mut() {
-                            let started = (s.start_ns != 0).then(|| clock.to_time(s.start_ns));
-                            let call = t.call(&s, clock.to_time(s.header.ts_ns), started);
-                            diag.observe(Observation::SocketCall(call), sink);
-                        }
-                    }
+            ev = async {
+                match events.as_mut() {
+                    Some(r) => r.next().await,
+                    None => std::future::pending().await,
                 }
-            }
+            } => match ev {
+                Ok(ev) => on_event(ev, &mut ctx, &clock, &mut diag, dbus.as_mut(), auto, &mut arming, &mut probes, sink),
+                Err(e) => {
+                    tracing::error!("ring buffer reader stopped: {e}");
+                    break;
+                }
+            },
             Some(obs) = pleg_rx.recv() => diag.observe(obs, sink),
             _ = poll.tick() => {
                 let now = Time::now();
+                // Evidence already in the kernel goes to the engine before the
+                // sample: a failure counted in `pids.events` is reported with
+                // the process its ring-buffer event names, never ahead of it.
+                for ev in events.iter_mut().flat_map(ringbuf::Reader::catch_up) {
+                    on_event(ev, &mut ctx, &clock, &mut diag, dbus.as_mut(), auto, &mut arming, &mut probes, sink);
+                }
                 let sample = ctx.pid_limits(now);
                 let mut pressure = arming.sample_pressure(&sample);
                 diag.observe(Observation::PidLimits(sample), sink);
