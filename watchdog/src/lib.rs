@@ -3,13 +3,15 @@
 //!
 //! - [`probes`]: load and attach the eBPF programs (`watchdog-ebpf`)
 //! - [`ringbuf`]: drain the ring buffer, decode, count drops
-//! - [`context`]: /proc and cgroupfs reads that turn events into observations
-//! - [`model`]: the data every stage exchanges (observations, the recording
-//!   schema), importing nothing with I/O
-//! - [`diagnosis`]: the pure engine (no clock, no I/O): observations -> findings
+//! - [`context`]: the one /proc, /sys and cgroupfs reader (never a user
+//!   mount) and the node context that turns events into observations
+//! - [`model`]: the data every stage exchanges (observations, findings, the
+//!   engine settings: the recording schema), importing nothing with I/O
+//! - [`diagnosis`]: the pure engine (no clock, no I/O): observations ->
+//!   findings, one detector per cause, one lifecycle for all of them
 //! - [`recording`]: `--record` files of engine inputs, read back by `watchdog replay`
 //! - [`replay`]: `watchdog replay`, a recording diagnosed offline
-//! - [`sinks`]: terminal and JSON output
+//! - [`sinks`]: terminal, JSON lines, Prometheus metrics, Kubernetes
 //! - [`sources`]: kubelet metrics/log/node condition and the agent's own
 //!   relist of the container runtime (PLEG signals), each supervised
 //! - [`storage`]: the storage-hang sweep over the probes' maps (blocked tasks)
