@@ -324,7 +324,8 @@ enum Link {
 
 /// Effective capabilities of this process (CapEff from /proc/self/status).
 fn effective_caps() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+    let proc = crate::context::procfs::ProcReader::new(Path::new("/"));
+    proc.read(&proc.proc_path("self/status"))
         .ok()
         .and_then(|s| {
             s.lines()
@@ -415,9 +416,10 @@ impl Probes {
             .override_global("TASK_SIGNAL_OFF", &layout.task_signal, true)
             .override_global("SIGNAL_RLIM_OFF", &layout.signal_rlim, true);
         // One byte per possible tgid, 64 per element (storage probes).
-        let pid_max = std::fs::read_to_string(Path::new("/").join(paths::PID_MAX))
-            .ok()
-            .and_then(|s| s.trim().parse::<u32>().ok())
+        let proc = crate::context::procfs::ProcReader::new(Path::new("/"));
+        let pid_max = proc
+            .read_trim(&proc.rooted(paths::PID_MAX))
+            .and_then(|s| s.parse::<u32>().ok())
             .unwrap_or(4_194_304);
         loader.map_max_entries(
             watchdog_common::WATCHED_BYTES_MAP,
@@ -610,7 +612,7 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// Facts about this kernel for `watchdog check`.
 pub fn kernel_release() -> String {
-    std::fs::read_to_string(Path::new("/").join(paths::OSRELEASE))
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| "unknown".into())
+    let proc = crate::context::procfs::ProcReader::new(Path::new("/"));
+    proc.read_trim(&proc.rooted(paths::OSRELEASE))
+        .unwrap_or_else(|| "unknown".into())
 }

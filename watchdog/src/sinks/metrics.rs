@@ -190,7 +190,8 @@ impl Metrics {
 
     fn own_usage(&mut self) {
         // /proc/self/stat: fields 14 and 15 (utime, stime) after the comm.
-        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat")
+        let proc = crate::context::procfs::ProcReader::new(std::path::Path::new("/"));
+        if let Ok(stat) = proc.read(&proc.proc_path("self/stat"))
             && let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..])
         {
             let f: Vec<&str> = rest.split(' ').collect();
@@ -202,7 +203,7 @@ impl Metrics {
                 self.last_cpu_ticks = ticks;
             }
         }
-        if let Ok(statm) = std::fs::read_to_string("/proc/self/statm")
+        if let Ok(statm) = proc.read(&proc.proc_path("self/statm"))
             && let Some(rss) = statm.split(' ').nth(1).and_then(|v| v.parse::<u64>().ok())
         {
             self.resident_bytes.set((rss * self.page_size) as i64);

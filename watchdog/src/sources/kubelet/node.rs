@@ -161,9 +161,8 @@ pub fn default_node_name() -> Option<String> {
     if let Some(n) = std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty()) {
         return Some(n);
     }
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_owned())
+    let proc = crate::context::procfs::ProcReader::new(std::path::Path::new("/"));
+    proc.read_trim(&proc.proc_path("sys/kernel/hostname"))
         .filter(|h| !h.is_empty())
 }
 
