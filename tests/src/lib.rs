@@ -12,6 +12,8 @@
 //!
 //! - [`fuse::HangingFuse`]: a FUSE mount whose daemon never answers chosen requests.
 //! - [`dockerd::Dockerd`]: a private dockerd with a busybox image.
+//! - [`redis::RedisServer`]: a redis-server of our own on a loopback port
+//!   (the real-workload benchmark).
 //! - [`systemd`]: runc with the systemd cgroup driver, our own dbus-daemon and
 //!   a fake systemd with fault modes, in a private mount namespace.
 //!
@@ -35,6 +37,7 @@ use serde_json::Value;
 pub mod bench;
 pub mod dockerd;
 pub mod fuse;
+pub mod redis;
 pub mod systemd;
 pub mod wait;
 

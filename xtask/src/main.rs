@@ -38,11 +38,50 @@ enum Cmd {
         #[arg(long)]
         no_lint: bool,
     },
-    /// Set up, then run the overhead and detection-latency benchmarks.
+    /// Set up, then run the benchmarks in this order: watchdog-bench (overhead
+    /// and detection latency), storage-bench, dbus-bench, redis-bench (the
+    /// real workload). Extra arguments go to watchdog-bench, or to the one
+    /// bench named by `--only` (e.g. `--only redis -- --rounds 1`).
     Bench {
+        /// Run only these benches (comma-separated or repeated).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        only: Vec<BenchName>,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+}
+
+/// The benchmark binaries of `watchdog-tests`, in the order they run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum BenchName {
+    /// watchdog-bench: getppid and fork loops, fork-failure detection latency.
+    Watchdog,
+    /// storage-bench: the storage-hang probes (`ONLY=getppid|stat|pingpong`
+    /// in the environment runs one workload).
+    Storage,
+    /// dbus-bench: the D-Bus/systemd socket tracking.
+    Dbus,
+    /// redis-bench: redis-server + redis-benchmark, no agent vs default vs
+    /// the old raw-syscall design.
+    Redis,
+}
+
+impl BenchName {
+    const ALL: [BenchName; 4] = [
+        BenchName::Watchdog,
+        BenchName::Storage,
+        BenchName::Dbus,
+        BenchName::Redis,
+    ];
+
+    fn binary(self) -> &'static str {
+        match self {
+            BenchName::Watchdog => "watchdog-bench",
+            BenchName::Storage => "storage-bench",
+            BenchName::Dbus => "dbus-bench",
+            BenchName::Redis => "redis-bench",
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -51,7 +90,7 @@ fn main() -> ExitCode {
         Cmd::Setup => setup::ensure(),
         Cmd::Trace { args } => trace(args),
         Cmd::Test { no_lint } => test(no_lint),
-        Cmd::Bench { args } => bench(args),
+        Cmd::Bench { only, args } => bench(&only, args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -182,28 +221,37 @@ fn build_release_agent_and_tests() -> Result<()> {
     ]))
 }
 
-fn bench(args: Vec<OsString>) -> Result<()> {
+fn bench(only: &[BenchName], args: Vec<OsString>) -> Result<()> {
+    let selected: Vec<BenchName> = BenchName::ALL
+        .into_iter()
+        .filter(|b| only.is_empty() || only.contains(b))
+        .collect();
+    // Extra arguments: watchdog-bench's (as before), or the single bench's.
+    let args_for = match selected.as_slice() {
+        [one] => *one,
+        _ => BenchName::Watchdog,
+    };
+    if !args.is_empty() && !selected.contains(&args_for) {
+        bail!(
+            "extra arguments go to watchdog-bench or to a single bench chosen with --only; \
+             got --only {}",
+            selected
+                .iter()
+                .map(|b| format!("{b:?}").to_lowercase())
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+    }
     setup::ensure()?;
     build_release_agent_and_tests()?;
-    let mut cmd = Command::new(workspace_root().join("target/release/watchdog-bench"));
-    cmd.env(
-        "WATCHDOG_BIN",
-        workspace_root().join("target/release/watchdog"),
-    );
-    cmd.args(args);
-    run(&mut cmd)?;
-    // Storage-hang probes: overhead on unwatched and watched tasks, detection delay.
-    let mut storage = Command::new(workspace_root().join("target/release/storage-bench"));
-    storage.env(
-        "WATCHDOG_BIN",
-        workspace_root().join("target/release/watchdog"),
-    );
-    run(&mut storage)?;
-    // D-Bus/systemd socket tracking: unrelated, watched and tracked socket I/O.
-    let mut dbus = Command::new(workspace_root().join("target/release/dbus-bench"));
-    dbus.env(
-        "WATCHDOG_BIN",
-        workspace_root().join("target/release/watchdog"),
-    );
-    run(&mut dbus)
+    let agent = workspace_root().join("target/release/watchdog");
+    for b in selected {
+        let mut cmd = Command::new(workspace_root().join("target/release").join(b.binary()));
+        cmd.env("WATCHDOG_BIN", &agent);
+        if b == args_for {
+            cmd.args(&args);
+        }
+        run(&mut cmd)?;
+    }
+    Ok(())
 }

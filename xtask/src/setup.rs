@@ -6,7 +6,8 @@ use anyhow::{Context as _, Result, bail};
 use crate::{run, show};
 
 /// Debian packages: LLVM 22 for bpf-linker, and the real components the
-/// kernel tests drive (python3 for fork loops, util-linux for setpriv).
+/// kernel tests and benches drive (python3 for fork loops, util-linux for
+/// setpriv and taskset).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -25,6 +26,12 @@ const APT_PACKAGES: &[&str] = &[
     // syscall-level self-checks).
     "dbus",
     "strace",
+    // The real-workload benchmark (`redis-bench`): it starts its own server
+    // on a free loopback port. On a host with systemd, installing
+    // redis-server also enables Debian's own service on port 6379; the
+    // bench neither uses nor touches it.
+    "redis-server",
+    "redis-tools",
 ];
 const NIGHTLY: &str = "nightly";
 const BPF_LINKER_VERSION: &str = "0.13.0";
