@@ -18,7 +18,6 @@ use watchdog_common::decode::Event;
 use crate::context::NodeContext;
 use crate::model::finding::Cause;
 use crate::model::settings::EngineConfig;
-use crate::model::time::{MonotonicClock, Time};
 use crate::model::{NprocUsage, Observation};
 use crate::paths;
 use crate::probes::{
@@ -27,6 +26,7 @@ use crate::probes::{
 use crate::recording::{Header, Recorder};
 use crate::ringbuf::{self, Counters};
 use crate::sinks::{Drops, ProbeChange, Ready, Record, Sink, Stats, Summary};
+use crate::{context::clock::MonotonicClock, model::Time};
 use arming::{Arming, Change, ForkProbeMode};
 use diagnoser::Diagnoser;
 
@@ -244,7 +244,13 @@ pub async fn session(opts: TraceOptions, sink: &mut dyn Sink) -> anyhow::Result<
         && probes.state(FORK_FAILURES.name) == Some(ProbeState::Standby);
     let counters = Arc::new(Counters::default());
     let mut events = match probes.take_events() {
-        Some(rb) => Some(ringbuf::Reader::new(rb, QUEUE, counters.clone())?),
+        Some(rb) => match ringbuf::Reader::new(rb, QUEUE, counters.clone()) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::error!("kernel events are unavailable: cannot read the ring buffer: {e}");
+                None
+            }
+        },
         None => {
             tracing::error!(
                 "the eBPF object has no events ring buffer; kernel events are unavailable"
@@ -324,13 +330,14 @@ pub async fn session(opts: TraceOptions, sink: &mut dyn Sink) -> anyhow::Result<
             },
             Some(obs) = pleg_rx.recv() => diag.observe(obs, sink),
             _ = poll.tick() => {
-                let now = Time::now();
                 // Evidence already in the kernel goes to the engine before the
                 // sample: a failure counted in `pids.events` is reported with
                 // the process its ring-buffer event names, never ahead of it.
                 for ev in events.iter_mut().flat_map(ringbuf::Reader::catch_up) {
                     on_event(ev, &mut ctx, &clock, &mut diag, dbus.as_mut(), auto, &mut arming, &mut probes, sink);
                 }
+                // After the catch-up: every event handed over is older.
+                let now = Time::now();
                 let sample = ctx.pid_limits(now);
                 let mut pressure = arming.sample_pressure(&sample);
                 diag.observe(Observation::PidLimits(sample), sink);

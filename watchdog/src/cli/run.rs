@@ -9,9 +9,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use crate::{
     agent::{self, TraceOptions},
     config::{Config, Toggle},
-    context::procfs::ProcReader,
     model::Time,
-    paths,
     sinks::{
         Fanout, Sink,
         json::JsonLines,
@@ -46,12 +44,6 @@ pub struct Args {
     duration: Option<Duration>,
 }
 
-fn hostname() -> Option<String> {
-    let proc = ProcReader::new(std::path::Path::new("/"));
-    proc.read_trim(&proc.rooted(paths::HOSTNAME))
-        .filter(|h| !h.is_empty())
-}
-
 /// Whether `auto` finds a cluster to talk to.
 fn in_cluster_or_kubeconfig() -> bool {
     std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
@@ -84,7 +76,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         .node_name
         .clone()
         .or_else(|| std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty()))
-        .or_else(hostname);
+        .or_else(crate::sources::kubelet::node::hostname);
     // Bind now: a taken port stops the agent with a clear message.
     let metrics_listener = match cfg
         .metrics_addr()

@@ -4,6 +4,7 @@
 //! /sys and cgroupfs, whose rules it enforces), under a root directory so
 //! tests can use recorded trees.
 pub mod cgroup;
+pub mod clock;
 pub mod mounts;
 pub mod procfs;
 

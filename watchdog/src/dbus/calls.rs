@@ -8,6 +8,7 @@ use crate::{
     context::nul_terminated,
     model::Time,
     model::dbus::{CallKind, MessageKind, SocketCall},
+    model::errno,
 };
 
 impl DbusTracker {
@@ -30,7 +31,7 @@ impl DbusTracker {
         let mut process = None;
         match call {
             CallKind::Connect => {
-                if ev.ret == 0 || ev.ret == -115 {
+                if ev.ret == 0 || errno::failed_with(ev.ret, errno::EINPROGRESS) {
                     self.conns.insert(
                         key,
                         Tracked {
@@ -43,7 +44,8 @@ impl DbusTracker {
             }
             CallKind::Send => {
                 if let Some(t) = self.conns.get_mut(&key)
-                    && (ev.ret == -11 || (ev.ret > 0 && MessageKind::of(ev.head).expects_reply()))
+                    && (errno::failed_with(ev.ret, errno::EAGAIN)
+                        || (ev.ret > 0 && MessageKind::of(ev.head).expects_reply()))
                 {
                     t.pending_since.get_or_insert(at);
                 }

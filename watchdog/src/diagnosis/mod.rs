@@ -87,13 +87,12 @@ impl Engine {
         }
         let mut out = self.annotate(out);
         // Kernel observations (fork-failure storms included) stop here.
-        let related = self.kernel_causes();
         let estimate = match obs {
-            Observation::KubeletMetrics(m) => self.pleg.metrics(m, &related),
-            Observation::KubeletLog(l) => self.pleg.log(l, &related),
-            Observation::NodeReady(n) => self.pleg.node_ready(n, &related),
-            Observation::Relist(r) => self.pleg.relist(r, &related),
-            Observation::Source(s) => self.pleg.source(s, &related),
+            Observation::KubeletMetrics(m) => self.pleg.metrics(m, &self.kernel_causes()),
+            Observation::KubeletLog(l) => self.pleg.log(l, &self.kernel_causes()),
+            Observation::NodeReady(n) => self.pleg.node_ready(n, &self.kernel_causes()),
+            Observation::Relist(r) => self.pleg.relist(r, &self.kernel_causes()),
+            Observation::Source(s) => self.pleg.source(s, &self.kernel_causes()),
             _ => None,
         };
         if let Some(e) = estimate {

@@ -244,7 +244,10 @@ impl PidExhaustion {
         if is_new {
             self.counts.remove(&id);
         }
-        let counts = self.counts.entry(id.clone()).or_default();
+        let counts = match self.counts.get_mut(&id) {
+            Some(c) => c,
+            None => self.counts.entry(id.clone()).or_default(),
+        };
         let mut fresh = is_new.then(|| new_finding(f, limit, &owner, confidence));
         let Some(finding) = fresh.as_mut().or_else(|| book.change(&id, true)) else {
             return Vec::new();
@@ -556,12 +559,11 @@ impl PidExhaustion {
             }
         }
         for id in book.ids(Cause::PidExhaustion) {
-            let counts = self.counts.get(&id).cloned().unwrap_or_default();
             let quiet = book
                 .get(&id)
                 .is_some_and(|f| now.millis_since(f.last_seen) >= self.cfg.resolve_after_ms);
             let report = if quiet {
-                self.counts.remove(&id);
+                let counts = self.counts.remove(&id).unwrap_or_default();
                 if let Some(f) = book.change(&id, false) {
                     refresh(f, &counts);
                 }
@@ -569,7 +571,9 @@ impl PidExhaustion {
                     format!("resolved after {d:.0} s: {}", f.summary)
                 })
             } else {
-                book.flush(&id, now, |f| refresh(f, &counts))
+                let empty = Counts::default();
+                let counts = self.counts.get(&id).unwrap_or(&empty);
+                book.flush(&id, now, |f| refresh(f, counts))
             };
             out.extend(report.map(|f| Report::Finding(Box::new(f))));
         }

@@ -9,7 +9,7 @@ use crate::model::{
     Observation, Time,
     finding::{
         Cause, Confidence, Detail, Evidence, Finding, FindingId, FindingStatus, Remedy, Report,
-        pleg::{PlegEstimate, PlegSource, PlegStatus},
+        pleg::{PlegEstimate, PlegStatus},
         runtime::RuntimeDetail,
     },
     settings::EngineConfig,
@@ -37,7 +37,7 @@ fn summary(e: &PlegEstimate) -> String {
         parts.push(format!(
             "PLEG relist stale for {s:.0} s{}",
             e.source
-                .map(|src| format!(" ({})", src_name(src)))
+                .map(|src| format!(" ({})", src.name()))
                 .unwrap_or_default()
         ));
     }
@@ -69,15 +69,6 @@ fn summary(e: &PlegEstimate) -> String {
         "container runtime unresponsive: {}; no kernel cause found (no PID exhaustion, storage hang or systemd hang)",
         parts.join("; ")
     )
-}
-
-fn src_name(s: PlegSource) -> &'static str {
-    match s {
-        PlegSource::KubeletMetrics => "kubelet metrics",
-        PlegSource::KubeletLog => "kubelet log",
-        PlegSource::NodeCondition => "node condition",
-        PlegSource::AgentRelist => "agent relist",
-    }
 }
 
 const REMEDY: &str = "Find what the runtime waits on: dump its goroutines (SIGUSR1 to dockerd writes them to its log; containerd: `ctr pprof goroutines`), check the hung container's mounts and its shim; restart the runtime only as a last resort (running containers survive a dockerd restart only with live-restore).";

@@ -49,19 +49,14 @@ impl Hook {
             Self::RawTp(tp) | Self::TpBtf(tp) => tp,
         }
     }
-
-    /// A hook on the syscall path (`sys_enter`/`sys_exit`): every syscall of
-    /// every task then takes the kernel's tracing slow path.
-    pub fn on_syscall_path(self) -> bool {
-        matches!(self.tracepoint(), "sys_enter" | "sys_exit")
-    }
 }
 
 impl std::fmt::Display for Hook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Padded like a string (the terminal aligns probe lines on it).
         match self {
-            Self::RawTp(tp) => write!(f, "raw_tp/{tp}"),
-            Self::TpBtf(tp) => write!(f, "tp_btf/{tp}"),
+            Self::RawTp(tp) => f.pad(&format!("raw_tp/{tp}")),
+            Self::TpBtf(tp) => f.pad(&format!("tp_btf/{tp}")),
         }
     }
 }

@@ -89,10 +89,6 @@ impl<T> LossySender<T> {
     pub fn drops(&self) -> u64 {
         self.drops.load(Ordering::Relaxed)
     }
-
-    pub fn drop_counter(&self) -> Arc<AtomicU64> {
-        self.drops.clone()
-    }
 }
 
 /// The sending end shared by the sources.

@@ -25,11 +25,12 @@ use watchdog_common::{
 };
 
 use crate::{
+    context::clock::MonotonicClock,
     context::{
         mounts,
         procfs::{ProcReader, parse_stat},
     },
-    model::time::{MonotonicClock, Time},
+    model::Time,
     model::{BlockedTask, BlockedTasks, MountRef, WaitClass},
     probes::Probes,
 };

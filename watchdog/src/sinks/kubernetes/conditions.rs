@@ -73,12 +73,9 @@ impl ConditionManager {
     /// Take a finding report into account.
     pub fn finding(&mut self, f: &Finding) {
         let cause = f.cause;
-        // What the finding said while it was active (a resolved report's
-        // summary says how it ended).
-        let mut last_active = None;
         let at = match f.status {
             FindingStatus::Resolved => {
-                last_active = self.active.remove(&f.id).map(|(.., summary, _)| summary);
+                self.active.remove(&f.id);
                 f.resolved_at.unwrap_or(f.last_seen)
             }
             _ => {
@@ -117,14 +114,9 @@ impl ConditionManager {
                 }
                 cond.status = false;
                 cond.reason = cause.healthy_reason().into();
-                cond.message = truncate(
-                    &format!(
-                        "recovered after {:.0} s: {}",
-                        f.duration_s.unwrap_or(0.0),
-                        last_active.as_deref().unwrap_or(&f.summary)
-                    ),
-                    MAX_MESSAGE,
-                );
+                // The resolved report's summary says how it ended (over
+                // after N s, replies flow again, explained by ...).
+                cond.message = truncate(&format!("recovered: {}", f.summary), MAX_MESSAGE);
             }
         }
         if *cond != before {

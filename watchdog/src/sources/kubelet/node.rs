@@ -161,8 +161,13 @@ pub fn default_node_name() -> Option<String> {
     if let Some(n) = std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty()) {
         return Some(n);
     }
+    hostname()
+}
+
+/// This machine's hostname (`kernel.hostname`).
+pub fn hostname() -> Option<String> {
     let proc = crate::context::procfs::ProcReader::new(std::path::Path::new("/"));
-    proc.read_trim(&proc.proc_path("sys/kernel/hostname"))
+    proc.read_trim(&proc.rooted(crate::paths::HOSTNAME))
         .filter(|h| !h.is_empty())
 }
 

@@ -383,10 +383,11 @@ where
         Supervision {
             kind: SourceKind::RuntimeRelist,
             target: self.cfg.endpoint.address().to_owned(),
-            // The relist bounds its own calls: the listing is awaited for at
-            // most `call_timeout`, every inspect answers, counts as hung or is
-            // abandoned within `abandon_after`; one more `call_timeout` of slack.
-            deadline: Some(self.cfg.abandon_after + self.cfg.call_timeout * 2),
+            // None: the relist bounds each of its calls itself (a call past
+            // `call_timeout` is reported hung and kept outstanding until
+            // `abandon_after`); cutting a whole relist would drop its pending
+            // inspects and ask the hung runtime again.
+            deadline: None,
             interval: self.cfg.interval,
             max_backoff: Duration::from_secs(60),
         }
