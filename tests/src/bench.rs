@@ -71,3 +71,18 @@ pub fn cpu_s(pid: u32) -> Option<f64> {
 pub fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or("").to_string()
 }
+
+/// The conditions of round `round` (0-based) of `rounds`, rotated by one each
+/// round so that none always runs first; prints the order.
+pub fn round_order<T: Copy>(
+    all: &[T],
+    round: usize,
+    rounds: usize,
+    name: impl Fn(T) -> &'static str,
+) -> Vec<T> {
+    let mut order = all.to_vec();
+    order.rotate_left(round % all.len().max(1));
+    let names: Vec<&str> = order.iter().map(|c| name(*c)).collect();
+    eprintln!("round {}/{rounds}: {}", round + 1, names.join(", "));
+    order
+}

@@ -546,18 +546,7 @@ fn main() {
         workload_in_child("getppid", o.syscalls / 10);
         workload_in_child("fork", o.forks as u64 / 10);
         for round in 0..o.rounds {
-            let mut order = Condition::ALL.to_vec();
-            order.rotate_left(round % Condition::ALL.len());
-            eprintln!(
-                "round {}/{}: {}",
-                round + 1,
-                o.rounds,
-                order
-                    .iter()
-                    .map(|c| c.name())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
+            let order = round_order(&Condition::ALL, round, o.rounds, Condition::name);
             for cond in order {
                 let r = &mut runs
                     .iter_mut()
