@@ -86,3 +86,53 @@ pub fn round_order<T: Copy>(
     eprintln!("round {}/{rounds}: {}", round + 1, names.join(", "));
     order
 }
+
+/// A bench's command line: flags and their values, read in order. A missing
+/// or bad value prints the message and the usage and exits 2.
+pub struct BenchArgs {
+    bench: &'static str,
+    usage: &'static str,
+    it: std::iter::Skip<std::env::Args>,
+}
+
+impl BenchArgs {
+    pub fn new(bench: &'static str, usage: &'static str) -> Self {
+        Self {
+            bench,
+            usage,
+            it: std::env::args().skip(1),
+        }
+    }
+
+    /// The next flag.
+    pub fn next_flag(&mut self) -> Option<String> {
+        self.it.next()
+    }
+
+    /// The number after `flag` (`_` separators allowed).
+    pub fn number(&mut self, flag: &str) -> u64 {
+        self.it
+            .next()
+            .and_then(|v| v.replace('_', "").parse().ok())
+            .unwrap_or_else(|| self.exit(&format!("{flag} needs a number")))
+    }
+
+    /// The value after `flag`; `what` names it in the error.
+    pub fn value(&mut self, flag: &str, what: &str) -> String {
+        self.it
+            .next()
+            .unwrap_or_else(|| self.exit(&format!("{flag} needs {what}")))
+    }
+
+    /// `--help`: the usage on stdout, exit 0.
+    pub fn help(&self) -> ! {
+        println!("{}", self.usage);
+        std::process::exit(0)
+    }
+
+    /// A bad command line: the message and the usage on stderr, exit 2.
+    pub fn exit(&self, msg: &str) -> ! {
+        eprintln!("{}: {msg}\n{}", self.bench, self.usage);
+        std::process::exit(2)
+    }
+}

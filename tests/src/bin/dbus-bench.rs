@@ -180,38 +180,25 @@ fn parse_args() -> Opts {
         bin: PathBuf::new(),
     };
     let mut bin = None;
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        let mut num = |name: &str| -> u64 {
-            it.next()
-                .and_then(|v| v.replace('_', "").parse().ok())
-                .unwrap_or_else(|| usage_exit(&format!("{name} needs a number")))
-        };
+    let mut args = BenchArgs::new("dbus-bench", USAGE);
+    while let Some(a) = args.next_flag() {
         match a.as_str() {
-            "--rounds" => o.rounds = num("--rounds").max(1) as usize,
-            "--round-trips" => o.round_trips = num("--round-trips").max(1),
+            "--rounds" => o.rounds = args.number("--rounds").max(1) as usize,
+            "--round-trips" => o.round_trips = args.number("--round-trips").max(1),
             "--io" => {
-                o.io = match it.next().as_deref() {
-                    Some("msg") => Io::Msg,
-                    Some("rw") => Io::Rw,
-                    _ => usage_exit("--io needs msg or rw"),
+                o.io = match args.value("--io", "msg or rw").as_str() {
+                    "msg" => Io::Msg,
+                    "rw" => Io::Rw,
+                    _ => args.exit("--io needs msg or rw"),
                 }
             }
             "--quick" => {
                 o.rounds = 1;
                 o.round_trips = 20_000;
             }
-            "--bin" => {
-                bin = Some(PathBuf::from(
-                    it.next()
-                        .unwrap_or_else(|| usage_exit("--bin needs a path")),
-                ))
-            }
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                std::process::exit(0);
-            }
-            other => usage_exit(&format!("unknown argument {other:?}")),
+            "--bin" => bin = Some(PathBuf::from(args.value("--bin", "a path"))),
+            "-h" | "--help" => args.help(),
+            other => args.exit(&format!("unknown argument {other:?}")),
         }
     }
     o.bin = match bin {
@@ -222,8 +209,7 @@ fn parse_args() -> Opts {
 }
 
 fn usage_exit(msg: &str) -> ! {
-    eprintln!("dbus-bench: {msg}\n{USAGE}");
-    std::process::exit(2);
+    BenchArgs::new("dbus-bench", USAGE).exit(msg)
 }
 
 // ---------------------------------------------------------------------------

@@ -93,8 +93,7 @@ usage: redis-bench [--rounds N] [--requests N] [--old-design-args ARGS] [--bin P
   --bin PATH              agent binary (default: $WATCHDOG_BIN, else target/release/watchdog)";
 
 fn usage_exit(msg: &str) -> ! {
-    eprintln!("redis-bench: {msg}\n{USAGE}");
-    std::process::exit(2);
+    BenchArgs::new("redis-bench", USAGE).exit(msg)
 }
 
 fn parse_args() -> Opts {
@@ -105,35 +104,21 @@ fn parse_args() -> Opts {
         old_design_args: OLD_DESIGN_ARGS.iter().map(|s| s.to_string()).collect(),
     };
     let mut bin = None;
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        let mut num = |name: &str| -> u64 {
-            it.next()
-                .and_then(|v| v.replace('_', "").parse().ok())
-                .unwrap_or_else(|| usage_exit(&format!("{name} needs a number")))
-        };
+    let mut args = BenchArgs::new("redis-bench", USAGE);
+    while let Some(a) = args.next_flag() {
         match a.as_str() {
-            "--rounds" => o.rounds = num("--rounds").max(1) as usize,
-            "--requests" => o.requests = num("--requests").max(1),
+            "--rounds" => o.rounds = args.number("--rounds").max(1) as usize,
+            "--requests" => o.requests = args.number("--requests").max(1),
             "--old-design-args" => {
-                o.old_design_args = it
-                    .next()
-                    .unwrap_or_else(|| usage_exit("--old-design-args needs arguments"))
+                o.old_design_args = args
+                    .value("--old-design-args", "arguments")
                     .split_whitespace()
                     .map(str::to_string)
                     .collect();
             }
-            "--bin" => {
-                bin = Some(PathBuf::from(
-                    it.next()
-                        .unwrap_or_else(|| usage_exit("--bin needs a path")),
-                ))
-            }
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                std::process::exit(0);
-            }
-            other => usage_exit(&format!("unknown argument {other:?}")),
+            "--bin" => bin = Some(PathBuf::from(args.value("--bin", "a path"))),
+            "-h" | "--help" => args.help(),
+            other => args.exit(&format!("unknown argument {other:?}")),
         }
     }
     o.bin = bin.unwrap_or_else(agent_bin);

@@ -103,18 +103,13 @@ fn parse_args() -> Opts {
         bin: PathBuf::new(),
     };
     let mut bin = None;
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        let mut num = |name: &str| -> u64 {
-            it.next()
-                .and_then(|v| v.replace('_', "").parse().ok())
-                .unwrap_or_else(|| usage_exit(&format!("{name} needs a number")))
-        };
+    let mut args = BenchArgs::new("watchdog-bench", USAGE);
+    while let Some(a) = args.next_flag() {
         match a.as_str() {
-            "--rounds" => o.rounds = num("--rounds").max(1) as usize,
-            "--syscalls" => o.syscalls = num("--syscalls"),
-            "--forks" => o.forks = num("--forks") as u32,
-            "--latency-reps" => o.latency_reps = num("--latency-reps") as usize,
+            "--rounds" => o.rounds = args.number("--rounds").max(1) as usize,
+            "--syscalls" => o.syscalls = args.number("--syscalls"),
+            "--forks" => o.forks = args.number("--forks") as u32,
+            "--latency-reps" => o.latency_reps = args.number("--latency-reps") as usize,
             "--no-latency" => o.latency = false,
             "--no-overhead" => o.overhead = false,
             "--quick" => {
@@ -123,17 +118,9 @@ fn parse_args() -> Opts {
                 o.forks = 500;
                 o.latency_reps = 2;
             }
-            "--bin" => {
-                bin = Some(PathBuf::from(
-                    it.next()
-                        .unwrap_or_else(|| usage_exit("--bin needs a path")),
-                ))
-            }
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                std::process::exit(0);
-            }
-            other => usage_exit(&format!("unknown argument {other:?}")),
+            "--bin" => bin = Some(PathBuf::from(args.value("--bin", "a path"))),
+            "-h" | "--help" => args.help(),
+            other => args.exit(&format!("unknown argument {other:?}")),
         }
     }
     o.bin = match bin {
@@ -144,8 +131,7 @@ fn parse_args() -> Opts {
 }
 
 fn usage_exit(msg: &str) -> ! {
-    eprintln!("watchdog-bench: {msg}\n{USAGE}");
-    std::process::exit(2);
+    BenchArgs::new("watchdog-bench", USAGE).exit(msg)
 }
 
 // ---------------------------------------------------------------------------
