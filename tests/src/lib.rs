@@ -36,6 +36,7 @@ use serde_json::Value;
 
 pub mod bench;
 pub mod dockerd;
+pub mod frozen;
 pub mod fuse;
 pub mod redis;
 pub mod systemd;

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::Value;
 use watchdog_tests::dockerd::{Dockerd, skip_unless_docker_prereqs};
+use watchdog_tests::frozen::{FrozenExt4, skip_unless_freeze_prereqs};
 use watchdog_tests::fuse::{FuseOpts, HangingFuse, skip_unless_fuse_prereqs};
 use watchdog_tests::{Agent, ChildGuard, PYTHON, secs_since_unix_ns, unix_ns, wait};
 
@@ -24,6 +25,8 @@ const TRACE: &[&str] = &["trace", "--json", "--hang-threshold", "3s"];
 const STAT: &str = "import os, sys; os.stat(sys.argv[1])";
 const STATFS: &str = "import os, sys; os.statvfs(sys.argv[1])";
 const READ: &str = "import os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); os.read(fd, 16)";
+const CREATE: &str =
+    "import os, sys; os.close(os.open(sys.argv[1], os.O_CREAT | os.O_WRONLY, 0o644))";
 
 /// A directory of symlinks to python3 under container-runtime names (the
 /// kernel names a process after the file it executed).
@@ -289,6 +292,79 @@ fn runtime_blocked_on_stat_statfs_read_is_found_within_threshold_plus_2s() {
     assert!(agent.bad_lines().is_empty(), "{:?}", agent.bad_lines());
 }
 
+/// A workload's own process (any name: not a runtime, not watched) blocked
+/// in D on a frozen ext4 is found with its syscall and path (read at the
+/// switch, in the kernel), its mount and the freeze wait.
+#[test]
+fn workload_blocked_on_a_frozen_ext4_is_found_with_its_path_and_mount() {
+    if !skip_unless_freeze_prereqs() {
+        return;
+    }
+    // The child first: it drops (is killed) after the guard thawed.
+    let mut kids: Vec<ChildGuard> = Vec::new();
+    let mut fs = FrozenExt4::mount().unwrap_or_else(|e| panic!("{e}"));
+    let names = RuntimeNames::new();
+    let agent = Agent::start(TRACE);
+    let mp = fs.mount_point().to_string_lossy().into_owned();
+    fs.freeze().unwrap_or_else(|e| panic!("{e}"));
+    let target = fs.mount_point().join("newfile");
+    let spawned = SystemTime::now();
+    kids.push(names.spawn("java", CREATE, &target));
+    let pid = kids[0].pid();
+    if let Err(e) = wait::until(
+        &format!("pid {pid} to block in D on the frozen file system"),
+        Duration::from_secs(5),
+        || match (state(pid), wchan(pid)) {
+            (Some('D'), w) if w == "percpu_rwsem_wait" => Ok(()),
+            seen => Err(seen),
+        },
+    ) {
+        panic!("{e}");
+    }
+    let deadline = THRESHOLD + Duration::from_secs(2);
+    let Some(rec) = agent.wait_for_record(
+        |v| is_storage_finding(v, &mp) && blocked(v, pid).is_some(),
+        deadline,
+    ) else {
+        panic!(
+            "no storage_hang finding for java ({pid}) on {mp} within {deadline:?}\n{}",
+            agent.report()
+        );
+    };
+    println!(
+        "detection: {:.2} s after the open started (threshold {THRESHOLD:?})",
+        secs_since_unix_ns(rec.wall, unix_ns(spawned))
+    );
+    let f = rec.value;
+    assert_eq!(f["fs_type"], "ext4", "{f:#}");
+    assert_eq!(f["source"], fs.device(), "{f:#}");
+    assert_eq!(f["wait"], "frozen", "{f:#}");
+    assert_eq!(f["id"], format!("storage_hang:{mp}"));
+    let b = blocked(&f, pid).unwrap();
+    assert_eq!(b["comm"], "java", "{b:#}");
+    assert_eq!(b["state"], "D", "{b:#}");
+    assert_eq!(b["syscall"], "openat", "{b:#}");
+    assert_eq!(b["path"], target.to_string_lossy().as_ref(), "{b:#}");
+    let stack = f["stack"].to_string();
+    assert!(stack.contains("percpu_rwsem_wait"), "{stack}");
+    assert!(
+        f["remedy"].to_string().contains("fsfreeze -u"),
+        "{}",
+        f["remedy"]
+    );
+
+    fs.thaw().unwrap_or_else(|e| panic!("{e}"));
+    expect_resolved(
+        &agent,
+        &format!("storage_hang:{mp}"),
+        Duration::from_secs(4),
+    );
+    assert!(
+        kids[0].wait_timeout(Duration::from_secs(5)).is_some(),
+        "java still blocked after the thaw"
+    );
+}
+
 #[test]
 fn unwatched_tasks_are_found_only_in_d_state() {
     if !skip_unless_fuse_prereqs() {
@@ -319,7 +395,7 @@ fn unwatched_tasks_are_found_only_in_d_state() {
     let b = blocked(&f, reader).unwrap();
     assert_eq!(b["comm"], "wd-reader");
     assert_eq!(b["state"], "D");
-    // From /proc/<pid>/syscall and the fd's link, not from the probes.
+    // The syscall and fd from its registers at the switch, the fd's link.
     assert_eq!(b["syscall"], "read", "{b:#}");
     assert_eq!(b["path"], fuse.read_hang_path().to_string_lossy().as_ref());
     assert_eq!(b["wait"], "fuse");

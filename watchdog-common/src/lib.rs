@@ -152,8 +152,11 @@ pub struct NprocPressureEvent {
 /// Drop-counter slots in [`DROPS_MAP`] used by the storage probes (after the
 /// [`EventKind`] slots).
 pub const DROP_WATCHED: u32 = 4;
-pub const DROP_INFLIGHT: u32 = 5;
-pub const DROP_DSTATE: u32 = 6;
+/// A sleeping task's path argument could not be read (not a drop of the
+/// sleep: it is recorded without its path).
+pub const DROP_PATH_READ: u32 = 5;
+/// A sleep not recorded: [`BLOCKED_MAP`] full.
+pub const DROP_BLOCKED: u32 = 6;
 pub const DROP_STACK: u32 = 7;
 
 /// tgid -> 1: processes whose syscalls are tracked (`HashMap<u32, u8>`).
@@ -171,12 +174,11 @@ pub const WATCH_COMMS_SLOTS: u32 = 16;
 /// Syscall number -> [`ArgKind`] as `u8`; 0 = not tracked (`Array<u8>`).
 pub const SYSCALL_KINDS_MAP: &str = "SYSCALL_KINDS";
 pub const SYSCALL_SLOTS: u32 = 512;
-/// tid -> [`InflightSyscall`] of watched tasks (`HashMap<u32, InflightSyscall>`).
-pub const INFLIGHT_MAP: &str = "INFLIGHT";
-pub const INFLIGHT_ENTRIES: u32 = 8192;
-/// tid -> [`DstateEntry`], every task of the node (`HashMap<u32, DstateEntry>`).
-pub const DSTATE_MAP: &str = "DSTATE";
-pub const DSTATE_ENTRIES: u32 = 8192;
+/// tid -> [`BlockedEntry`]: the last sleep of every task that went to
+/// uninterruptible sleep, and of watched tasks that slept interruptibly in
+/// a tracked file syscall (`HashMap<u32, BlockedEntry>`).
+pub const BLOCKED_MAP: &str = "BLOCKED";
+pub const BLOCKED_ENTRIES: u32 = 8192;
 /// Kernel stacks of tasks going to uninterruptible sleep (`StackTrace`).
 pub const STACKS_MAP: &str = "STACKS";
 pub const STACKS_ENTRIES: u32 = 2048;
@@ -184,6 +186,7 @@ pub const STACKS_ENTRIES: u32 = 2048;
 pub const PATH_LEN: usize = 256;
 
 /// `task_struct::__state` bits as `sched_switch` reports them.
+pub const TASK_INTERRUPTIBLE: u32 = 0x1;
 pub const TASK_UNINTERRUPTIBLE: u32 = 0x2;
 pub const TASK_WAKEKILL: u32 = 0x100;
 pub const TASK_NOLOAD: u32 = 0x400;
@@ -233,37 +236,35 @@ impl ArgKind {
 /// `AT_FDCWD`: the path is relative to the task's cwd.
 pub const AT_FDCWD: i32 = -100;
 
-/// A tracked syscall of a watched task that has not returned yet.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct InflightSyscall {
-    /// `bpf_ktime_get_ns()` at sys_enter.
-    pub start_ns: u64,
-    pub tgid: u32,
-    pub nr: u32,
-    /// The fd argument ([`ArgKind::Fd`]), the dirfd ([`ArgKind::DirfdPath1`])
-    /// or [`AT_FDCWD`].
-    pub fd: i32,
-    /// [`ArgKind`] as `u32`.
-    pub kind: u32,
-    /// NUL-terminated path argument (empty for fd syscalls or when unreadable).
-    pub path: [u8; PATH_LEN],
-}
+/// [`BlockedEntry::nr`] of a sleep outside a syscall (a kernel thread, a page
+/// fault) or whose syscall could not be read.
+pub const NO_SYSCALL: u32 = u32::MAX;
 
-/// The last time a task went to uninterruptible sleep.
+/// The last time a task was switched out asleep (recorded at `sched_switch`,
+/// with the syscall it sleeps in, read from its saved user registers).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DstateEntry {
+pub struct BlockedEntry {
     /// `bpf_ktime_get_ns()` when it was switched out.
     pub since_ns: u64,
     /// `nvcsw + nivcsw` of the task right after that switch: when
     /// /proc/<tid>/status still shows this count, the task has not run since.
     pub switches: u64,
-    /// Id in [`STACKS_MAP`], negative when the stack could not be stored.
+    /// Id in [`STACKS_MAP`] (D sleeps only); negative when none was stored.
     pub stack_id: i64,
     /// Raw `__state` (`prev_state`) at the switch.
     pub state: u32,
     pub tgid: u32,
+    /// The syscall it sleeps in, or [`NO_SYSCALL`].
+    pub nr: u32,
+    /// [`ArgKind`] of that syscall as `u32` (0 when it is not a tracked one).
+    pub kind: u32,
+    /// The fd argument ([`ArgKind::Fd`]), the dirfd ([`ArgKind::DirfdPath1`])
+    /// or [`AT_FDCWD`].
+    pub fd: i32,
+    pub _pad: u32,
+    /// NUL-terminated path argument (empty for fd syscalls or when unreadable).
+    pub path: [u8; PATH_LEN],
 }
 
 // --- D-Bus/systemd sockets (ring-buffer events, see SocketEvent) ------------
@@ -405,8 +406,7 @@ mod user {
     unsafe impl aya::Pod for super::ForkFailureEvent {}
     unsafe impl aya::Pod for super::NprocPressureEvent {}
     unsafe impl aya::Pod for super::CommPattern {}
-    unsafe impl aya::Pod for super::InflightSyscall {}
-    unsafe impl aya::Pod for super::DstateEntry {}
+    unsafe impl aya::Pod for super::BlockedEntry {}
     unsafe impl aya::Pod for super::SocketEvent {}
     unsafe impl aya::Pod for super::SockPath {}
     unsafe impl aya::Pod for super::SockConn {}

@@ -75,10 +75,19 @@ fn iov_bytes(iov: u64, count: u64) -> u64 {
     total
 }
 
-/// Called by `storage_sys_exit` for every syscall exit of a watched process
-/// (`watched` is its WATCHED_BYTES byte).
+/// The raw-syscall fallback (not attached by default): every syscall exit;
+/// unwatched processes return after one array lookup.
+#[aya_ebpf::macros::raw_tracepoint(tracepoint = "sys_exit")]
+pub fn dbus_sys_exit(ctx: RawTracePointContext) -> i32 {
+    let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
+    if crate::storage::watched((pid_tgid >> 32) as u32) {
+        on_sys_exit(&ctx, pid_tgid);
+    }
+    0
+}
+
 #[inline(always)]
-pub(crate) fn on_sys_exit(ctx: &RawTracePointContext, pid_tgid: u64) {
+fn on_sys_exit(ctx: &RawTracePointContext, pid_tgid: u64) {
     let regs: u64 = ctx.arg(0);
     let nr_off = global(&crate::PT_REGS_NR_OFF);
     if nr_off == 0 {
@@ -153,7 +162,7 @@ pub(crate) fn on_sys_exit(ctx: &RawTracePointContext, pid_tgid: u64) {
     } else {
         [0; 4]
     };
-    let start = crate::storage::syscall_start(pid_tgid as u32);
+    let start = 0;
     emit(pid_tgid, fd, call, ret, requested, slot, None, head, start);
 }
 

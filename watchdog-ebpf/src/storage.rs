@@ -1,24 +1,32 @@
-//! Storage hangs: syscalls in flight of the watched (container-runtime)
-//! processes, and when every task of the node last went to uninterruptible
-//! sleep, with its kernel stack. Userspace sweeps both maps for entries older
-//! than its threshold ("still blocked"), so nothing here sends events.
+//! Storage hangs: which tasks sleep, since when, in which syscall on which
+//! path, and with which kernel stack. Userspace sweeps the map for entries
+//! older than its threshold ("still blocked": the task's context-switch
+//! count has not moved since), so nothing here sends events.
 //!
-//! Costs, cheapest test first in every program:
-//! - sys_enter/sys_exit: one inlined array lookup (WATCHED_BYTES) by tgid;
-//!   unwatched tasks return. Watched ones note the call in a per-CPU slot
-//!   (tid, number, regs pointer, start time) and clear it at exit. Only
-//!   a call that is still in flight when its task is switched out (it sleeps,
-//!   or is preempted) moves to the INFLIGHT hash, with its path read then; its
-//!   exit deletes it.
-//! - sched_switch: checks this CPU's syscall slot (a compare), then tests
-//!   `prev_state` and returns unless the task goes to uninterruptible sleep. The entry is never cleared on wake-up (that would
-//!   cost a lookup on every switch): it stores the task's context-switch count,
-//!   and userspace discards it when the count in /proc moved on.
-//! - fork/exec/exit run once per task life, not per syscall.
+//! Everything comes from `sched_switch` (where `current == prev`): no
+//! syscall hook, so no task pays the kernel's tracing slow path on its
+//! syscalls. When a task goes to sleep inside a syscall, its syscall number
+//! and arguments are in its saved user registers (`bpf_task_pt_regs`), and
+//! its path argument is in its own memory, which the kernel has just copied
+//! (resident; the failures are counted anyway).
+//!
+//! Costs, cheapest test first:
+//! - a preemption (`prev_state` 0) returns at once; so does an interruptible
+//!   sleep of an unwatched task (one inlined array lookup by tgid: pipes,
+//!   futexes and epoll of every workload stop there);
+//! - interruptible sleeps of watched (runtime) tasks are recorded only in the
+//!   tracked file syscalls (an array lookup on the syscall number: no
+//!   futex/epoll);
+//! - uninterruptible (D) sleeps of every task are recorded, with their
+//!   kernel stack, and their path when the syscall has one. The entry is
+//!   never cleared on wake-up (that would cost a lookup on every switch):
+//!   userspace discards it when the task's switch count in /proc moved on.
+//! - fork/exec/exit run once per task life.
 use aya_ebpf::{
+    bindings::task_struct,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        bpf_probe_read_user_str_bytes,
+        bpf_probe_read_user_str_bytes, generated::bpf_task_pt_regs,
     },
     macros::{btf_tracepoint, map, raw_tracepoint},
     maps::{Array, HashMap, PerCpuArray, StackTrace},
@@ -26,9 +34,9 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, RawTracePointContext},
 };
 use watchdog_common::{
-    AT_FDCWD, ArgKind, COMM_LEN, CommPattern, DROP_DSTATE, DROP_INFLIGHT, DROP_STACK, DROP_WATCHED,
-    DSTATE_ENTRIES, DstateEntry, INFLIGHT_ENTRIES, InflightSyscall, PATH_LEN, STACKS_ENTRIES,
-    SYSCALL_SLOTS, TASK_NOLOAD, TASK_UNINTERRUPTIBLE, WATCH_COMMS_SLOTS, WATCHED_BITS_WORDS,
+    AT_FDCWD, ArgKind, BLOCKED_ENTRIES, BlockedEntry, COMM_LEN, CommPattern, DROP_BLOCKED,
+    DROP_PATH_READ, DROP_STACK, DROP_WATCHED, NO_SYSCALL, PATH_LEN, STACKS_ENTRIES, SYSCALL_SLOTS,
+    TASK_INTERRUPTIBLE, TASK_NOLOAD, TASK_UNINTERRUPTIBLE, WATCH_COMMS_SLOTS, WATCHED_BITS_WORDS,
     WATCHED_ENTRIES, WATCHED_HAS_CONN,
 };
 
@@ -51,18 +59,15 @@ static WATCH_COMMS: Array<CommPattern> = Array::with_max_entries(WATCH_COMMS_SLO
 #[map(name = "SYSCALL_KINDS")]
 static SYSCALL_KINDS: Array<u8> = Array::with_max_entries(SYSCALL_SLOTS, 0);
 
-#[map(name = "INFLIGHT")]
-static INFLIGHT: HashMap<u32, InflightSyscall> = HashMap::with_max_entries(INFLIGHT_ENTRIES, 0);
-
-#[map(name = "DSTATE")]
-static DSTATE: HashMap<u32, DstateEntry> = HashMap::with_max_entries(DSTATE_ENTRIES, 0);
+#[map(name = "BLOCKED")]
+static BLOCKED: HashMap<u32, BlockedEntry> = HashMap::with_max_entries(BLOCKED_ENTRIES, 0);
 
 #[map(name = "STACKS")]
 static STACKS: StackTrace = StackTrace::with_max_entries(STACKS_ENTRIES, 0);
 
-/// Per-CPU scratch for building an in-flight entry (too big for the stack).
-#[map(name = "INFLIGHT_SCRATCH")]
-static SCRATCH: PerCpuArray<InflightSyscall> = PerCpuArray::with_max_entries(1, 0);
+/// Per-CPU scratch for building an entry (too big for the stack).
+#[map(name = "BLOCKED_SCRATCH")]
+static SCRATCH: PerCpuArray<BlockedEntry> = PerCpuArray::with_max_entries(1, 0);
 
 // --- Patched by the loader ---------------------------------------------------
 
@@ -70,6 +75,23 @@ static SCRATCH: PerCpuArray<InflightSyscall> = PerCpuArray::with_max_entries(1, 
 /// arm64 `regs[1]`); the first is `PT_REGS_ARG0_OFF` in main.rs.
 #[unsafe(no_mangle)]
 pub(crate) static PT_REGS_ARG1_OFF: u64 = 0;
+/// x86_64 only (0 elsewhere: the test is skipped): `pt_regs` ->ip, ->cx,
+/// ->flags, ->r11. The `syscall` instruction saves the user ip in rcx and
+/// the flags in r11, and the entry code stores both, so `cx == ip && r11 ==
+/// flags` tells a 64-bit syscall from an exception (whose orig_ax is -1
+/// anyway) and from an `int $0x80` compat call (whose numbers differ).
+#[unsafe(no_mangle)]
+static PT_REGS_IP_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+static PT_REGS_CX_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+static PT_REGS_FLAGS_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+static PT_REGS_R11_OFF: u64 = 0;
+/// task_struct->flags (PF_KTHREAD: kernel threads have no user registers).
+#[unsafe(no_mangle)]
+static TASK_FLAGS_OFF: u64 = 0;
+const PF_KTHREAD: u32 = 0x0020_0000;
 /// task_struct->tgid, ->nvcsw, ->nivcsw.
 #[unsafe(no_mangle)]
 static TASK_TGID_OFF: u64 = 0;
@@ -93,7 +115,7 @@ fn watched_byte(tgid: u32) -> u8 {
 }
 
 #[inline(always)]
-fn watched(tgid: u32) -> bool {
+pub(crate) fn watched(tgid: u32) -> bool {
     watched_byte(tgid) != 0
 }
 
@@ -190,20 +212,6 @@ pub(crate) fn comm_is_runtime(comm: &[u8; COMM_LEN]) -> bool {
     false
 }
 
-/// When the syscall `tid` is in started (its entry time), if known.
-#[inline(always)]
-pub(crate) fn syscall_start(tid: u32) -> u64 {
-    if let Some(slot) = SLOT.get_ptr(0) {
-        // SAFETY: per-CPU slot.
-        let slot = unsafe { &*slot };
-        if slot.tid == tid {
-            return slot.start_ns;
-        }
-    }
-    // SAFETY: map value read at once.
-    unsafe { INFLIGHT.get(tid) }.map_or(0, |e| e.start_ns)
-}
-
 #[inline(always)]
 #[expect(
     clippy::needless_range_loop,
@@ -222,27 +230,14 @@ fn matches(comm: &[u8; COMM_LEN], p: &CommPattern, len: usize) -> bool {
     true
 }
 
-/// Forget an exiting task: it never returns from its exit syscall, and its
-/// tid may be reused. The process leaves WATCHED when its leader exits.
+/// Forget an exiting task: its tid may be reused. The process leaves
+/// WATCHED when its leader exits.
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
 pub fn storage_exit(_ctx: RawTracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let (tid, tgid) = (pid_tgid as u32, (pid_tgid >> 32) as u32);
-    let _ = DSTATE.remove(tid);
-    if !watched(tgid) {
-        return 0;
-    }
-    // Its exit syscall never returns: forget it here, before the last switch.
-    if let Some(slot) = SLOT.get_ptr_mut(0) {
-        // SAFETY: per-CPU slot.
-        unsafe {
-            if (*slot).tid == tid {
-                (*slot).tid = 0;
-            }
-        }
-    }
-    let _ = INFLIGHT.remove(tid);
-    if tid == tgid {
+    let _ = BLOCKED.remove(tid);
+    if tid == tgid && watched(tgid) {
         if watched_byte(tgid) & WATCHED_HAS_CONN != 0 {
             crate::dbus::forget_process(pid_tgid);
         }
@@ -251,172 +246,136 @@ pub fn storage_exit(_ctx: RawTracePointContext) -> i32 {
     0
 }
 
-/// The syscall a watched task entered on this CPU, until it exits or the
-/// task is switched out (then, if it is a tracked one, it moves to
-/// INFLIGHT). Most syscalls never sleep: they pay a few per-CPU stores, and
-/// the arguments are read only when the call sleeps (`regs` stays valid while
-/// the task is inside the syscall: it is on its kernel stack).
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct Slot {
-    /// 0 = empty.
-    pub tid: u32,
-    pub tgid: u32,
-    pub start_ns: u64,
-    pub nr: u64,
-    /// `struct pt_regs *` of the syscall.
-    pub regs: u64,
-}
-
-#[map(name = "SYSCALL_SLOT")]
-static SLOT: PerCpuArray<Slot> = PerCpuArray::with_max_entries(1, 0);
-
-/// Args: (struct pt_regs *regs, long id).
-#[raw_tracepoint(tracepoint = "sys_enter")]
-pub fn storage_sys_enter(ctx: RawTracePointContext) -> i32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let tgid = (pid_tgid >> 32) as u32;
-    if !watched(tgid) {
-        return 0;
-    }
-    let Some(slot) = SLOT.get_ptr_mut(0) else {
-        return 0;
-    };
-    // SAFETY: per-CPU slot. The slot is empty or holds this task's previous
-    // call (every switch-out parks or clears it). The tid goes in last so
-    // that a preemption in the middle (preemptible kernels) parks nothing.
-    let slot = unsafe { &mut *slot };
-    slot.tid = 0;
-    slot.tgid = tgid;
-    slot.nr = ctx.arg(1);
-    slot.regs = ctx.arg(0);
-    // SAFETY: plain helper call.
-    slot.start_ns = unsafe { bpf_ktime_get_ns() };
-    // SAFETY: a plain store; volatile keeps it after the others.
-    unsafe { core::ptr::write_volatile(&mut slot.tid, pid_tgid as u32) };
-    0
-}
-
-#[raw_tracepoint(tracepoint = "sys_exit")]
-pub fn storage_sys_exit(ctx: RawTracePointContext) -> i32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if !watched((pid_tgid >> 32) as u32) {
-        return 0;
-    }
-    crate::dbus::on_sys_exit(&ctx, pid_tgid);
-    let tid = pid_tgid as u32;
-    if let Some(slot) = SLOT.get_ptr_mut(0) {
-        // SAFETY: per-CPU slot.
-        let slot = unsafe { &mut *slot };
-        if slot.tid == tid {
-            // Never switched out during the call: it was never in INFLIGHT.
-            slot.tid = 0;
-            return 0;
-        }
-    }
-    let _ = INFLIGHT.remove(tid);
-    0
-}
-
-/// At a switch-out of the task that owns this CPU's slot: a tracked call
-/// that sleeps (or is preempted) goes to INFLIGHT, with its path read now,
-/// while the task's memory is still the current one.
+/// The syscall `task` (going to sleep, so `current`) sleeps in, from its
+/// saved user registers: (number, pt_regs address), or None for a kernel
+/// thread, an exception (page fault: orig_ax is -1) or a compat call.
 #[inline(always)]
-fn park_inflight(tid: u32) {
-    let Some(slot) = SLOT.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: per-CPU slot.
-    let slot = unsafe { &mut *slot };
-    if slot.tid != tid || tid == 0 {
-        return;
+fn syscall_of(task: *mut task_struct) -> Option<(u32, u64)> {
+    let flags_off = global(&TASK_FLAGS_OFF);
+    let nr_off = global(&crate::PT_REGS_NR_OFF);
+    if flags_off == 0 || nr_off == 0 {
+        return None;
     }
-    slot.tid = 0;
-    let nr = slot.nr;
-    if nr >= u64::from(SYSCALL_SLOTS) {
-        return;
+    let flags = read_kernel::<u32>(task as u64 + flags_off)?;
+    if flags & PF_KTHREAD != 0 {
+        return None;
     }
-    let kind = match SYSCALL_KINDS.get(nr as u32) {
-        Some(k) if *k != 0 => ArgKind::from_u32(u32::from(*k)),
-        _ => return,
-    };
-    let regs = slot.regs;
-    let (a0, a1) = (global(&crate::PT_REGS_ARG0_OFF), global(&PT_REGS_ARG1_OFF));
-    let arg = |off: u64| -> u64 {
-        if off == 0 {
-            0
-        } else {
-            read_kernel::<u64>(regs + off).unwrap_or(0)
-        }
-    };
-    let (fd, path_ptr) = match kind {
-        ArgKind::Fd => (arg(a0) as i32, 0),
-        ArgKind::Path0 => (AT_FDCWD, arg(a0)),
-        ArgKind::DirfdPath1 => (arg(a0) as i32, arg(a1)),
-        ArgKind::Path1 => (AT_FDCWD, arg(a1)),
-        ArgKind::NoArg | ArgKind::Untracked => (-1, 0),
-    };
-    let Some(e) = SCRATCH.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: per-CPU scratch.
-    let e = unsafe { &mut *e };
-    e.start_ns = slot.start_ns;
-    e.tgid = slot.tgid;
-    e.nr = nr as u32;
-    e.fd = fd;
-    e.kind = kind as u32;
-    e.path[0] = 0;
-    if path_ptr != 0 {
-        // SAFETY: user pointer of the current task, read without faulting.
-        if unsafe { bpf_probe_read_user_str_bytes(path_ptr as *const u8, &mut e.path) }.is_err() {
-            e.path[0] = 0;
+    // SAFETY: `task` is the BTF task pointer sched_switch passed (the
+    // verifier checks that); the helper returns its user register frame.
+    let regs = unsafe { bpf_task_pt_regs(task) } as u64;
+    if regs == 0 {
+        return None;
+    }
+    let nr = read_kernel::<i64>(regs + nr_off)?;
+    if nr < 0 || nr >= i64::from(SYSCALL_SLOTS) {
+        return None;
+    }
+    let (ip, cx, fl, r11) = (
+        global(&PT_REGS_IP_OFF),
+        global(&PT_REGS_CX_OFF),
+        global(&PT_REGS_FLAGS_OFF),
+        global(&PT_REGS_R11_OFF),
+    );
+    if ip != 0 && cx != 0 && fl != 0 && r11 != 0 {
+        let same = |a: u64, b: u64| read_kernel::<u64>(regs + a) == read_kernel::<u64>(regs + b);
+        if !same(ip, cx) || !same(fl, r11) {
+            return None;
         }
     }
-    e.path[PATH_LEN - 1] = 0;
-    if INFLIGHT.insert(tid, e, 0).is_err() {
-        count_drop_slot(DROP_INFLIGHT);
-    }
+    Some((nr as u32, regs))
 }
 
 /// Args: (bool preempt, struct task_struct *prev, *next, unsigned int prev_state).
 /// At this point `current == prev`.
 #[btf_tracepoint(function = "sched_switch")]
-pub fn storage_dstate(ctx: BtfTracePointContext) -> i32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let tid = pid_tgid as u32;
-    park_inflight(tid);
+pub fn storage_sleep(ctx: BtfTracePointContext) -> i32 {
     let state: u64 = ctx.arg(3);
     let state = state as u32;
-    if state & TASK_UNINTERRUPTIBLE == 0 || state & TASK_NOLOAD != 0 || tid == 0 {
+    // Preempted (still runnable), stopped, dead or idle: nothing to record.
+    if state & (TASK_INTERRUPTIBLE | TASK_UNINTERRUPTIBLE) == 0 || state & TASK_NOLOAD != 0 {
         return 0;
     }
-    let prev: u64 = ctx.arg(1);
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (tid, tgid) = (pid_tgid as u32, (pid_tgid >> 32) as u32);
+    let d = state & TASK_UNINTERRUPTIBLE != 0;
+    if tid == 0 || (!d && !watched(tgid)) {
+        return 0;
+    }
+    let prev: *mut task_struct = ctx.arg(1);
+    let call = syscall_of(prev);
+    let kind = match call {
+        Some((nr, _)) => match SYSCALL_KINDS.get(nr) {
+            Some(k) => ArgKind::from_u32(u32::from(*k)),
+            None => ArgKind::Untracked,
+        },
+        None => ArgKind::Untracked,
+    };
+    // Interruptible sleeps count only in the file syscalls (a FUSE request
+    // waits interruptibly until signalled); futex, epoll, poll... leave.
+    if !d && kind == ArgKind::Untracked {
+        return 0;
+    }
+    let Some(e) = SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: per-CPU scratch, no concurrent user on this CPU.
+    let e = unsafe { &mut *e };
+    // SAFETY: plain helper call.
+    e.since_ns = unsafe { bpf_ktime_get_ns() };
+    e.state = state;
+    e.tgid = tgid;
     let (nv, niv) = (global(&TASK_NVCSW_OFF), global(&TASK_NIVCSW_OFF));
-    let switches = if nv != 0 && niv != 0 {
-        read_kernel::<u64>(prev + nv)
+    e.switches = if nv != 0 && niv != 0 {
+        read_kernel::<u64>(prev as u64 + nv)
             .unwrap_or(0)
-            .wrapping_add(read_kernel::<u64>(prev + niv).unwrap_or(0))
+            .wrapping_add(read_kernel::<u64>(prev as u64 + niv).unwrap_or(0))
     } else {
         0
     };
-    let stack_id = match ctx.get_stackid(&STACKS, 0) {
-        Ok(id) => id,
-        Err(e) => {
-            count_drop_slot(DROP_STACK);
-            i64::from(e)
+    e.stack_id = -1;
+    if d {
+        e.stack_id = match ctx.get_stackid(&STACKS, 0) {
+            Ok(id) => id,
+            Err(err) => {
+                count_drop_slot(DROP_STACK);
+                i64::from(err)
+            }
+        };
+    }
+    e.nr = call.map_or(NO_SYSCALL, |(nr, _)| nr);
+    e.kind = kind as u32;
+    e.fd = -1;
+    e._pad = 0;
+    e.path[0] = 0;
+    if let Some((_, regs)) = call {
+        let (a0, a1) = (global(&crate::PT_REGS_ARG0_OFF), global(&PT_REGS_ARG1_OFF));
+        let arg = |off: u64| -> u64 {
+            if off == 0 {
+                0
+            } else {
+                read_kernel::<u64>(regs + off).unwrap_or(0)
+            }
+        };
+        let (fd, path_ptr) = match kind {
+            ArgKind::Fd => (arg(a0) as i32, 0),
+            ArgKind::Path0 => (AT_FDCWD, arg(a0)),
+            ArgKind::DirfdPath1 => (arg(a0) as i32, arg(a1)),
+            ArgKind::Path1 => (AT_FDCWD, arg(a1)),
+            ArgKind::NoArg | ArgKind::Untracked => (-1, 0),
+        };
+        e.fd = fd;
+        if path_ptr != 0 {
+            // SAFETY: user pointer of the current task, read without faulting.
+            if unsafe { bpf_probe_read_user_str_bytes(path_ptr as *const u8, &mut e.path) }.is_err()
+            {
+                e.path[0] = 0;
+                count_drop_slot(DROP_PATH_READ);
+            }
         }
-    };
-    let entry = DstateEntry {
-        // SAFETY: plain helper call.
-        since_ns: unsafe { bpf_ktime_get_ns() },
-        switches,
-        stack_id,
-        state,
-        tgid: (pid_tgid >> 32) as u32,
-    };
-    if DSTATE.insert(tid, entry, 0).is_err() {
-        count_drop_slot(DROP_DSTATE);
+    }
+    e.path[PATH_LEN - 1] = 0;
+    if BLOCKED.insert(tid, e, 0).is_err() {
+        count_drop_slot(DROP_BLOCKED);
     }
     0
 }

@@ -94,6 +94,11 @@ fn remedy_text(wait: WaitClass, mount: Option<&MountRef>) -> String {
             "I/O to the device behind {mp} ({src}) is not completing: check dmesg for I/O \
              errors and resets, the disk's health and the storage path (multipath, iSCSI)."
         ),
+        WaitClass::Frozen => format!(
+            "The file system on {mp} ({src}) is frozen (fsfreeze, or a snapshot or backup tool \
+             that froze it and did not thaw it): every write waits. Find who froze it and let \
+             it finish, or thaw it: fsfreeze -u {mp}."
+        ),
         WaitClass::Other => format!(
             "Tasks are stuck in uninterruptible sleep on {mp}: check dmesg (hung task \
              reports) and the kernel stacks above for the lock or resource they wait on."

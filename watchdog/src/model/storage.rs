@@ -13,6 +13,9 @@ pub enum WaitClass {
     Nfs,
     /// Block I/O (`io_schedule`, `folio_wait_bit`, `blk_*`).
     Block,
+    /// A write to a frozen file system (`fsfreeze -f`): `percpu_rwsem_wait`
+    /// under `sb_start_write`/`mnt_want_write`.
+    Frozen,
     Other,
 }
 
@@ -22,6 +25,7 @@ impl WaitClass {
             Self::Fuse => "waiting for the FUSE daemon to answer",
             Self::Nfs => "waiting for the NFS server (RPC)",
             Self::Block => "waiting for block I/O",
+            Self::Frozen => "waiting for a frozen file system to thaw",
             Self::Other => "in uninterruptible sleep",
         }
     }

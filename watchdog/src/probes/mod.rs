@@ -81,8 +81,9 @@ pub const NPROC_PRESSURE: ProbeSpec = ProbeSpec {
     what: "successful forks of users near their RLIMIT_NPROC (arms fork_failures, warns early)",
 };
 
-/// The storage-hang probes (see `watchdog-ebpf/src/storage.rs`), attached together.
-pub const STORAGE_PROBES: [ProbeSpec; 6] = [
+/// The storage-hang probes (see `watchdog-ebpf/src/storage.rs`), attached
+/// together. None is on a syscall hook.
+pub const STORAGE_PROBES: [ProbeSpec; 4] = [
     ProbeSpec {
         name: "storage_fork",
         program: "storage_fork",
@@ -99,25 +100,13 @@ pub const STORAGE_PROBES: [ProbeSpec; 6] = [
         name: "storage_exit",
         program: "storage_exit",
         hook: Hook::RawTp("sched_process_exit"),
-        what: "forgets exiting tasks (in-flight and D-state entries)",
+        what: "forgets exiting tasks (their sleep entries)",
     },
     ProbeSpec {
-        name: "storage_sys_enter",
-        program: "storage_sys_enter",
-        hook: Hook::RawTp("sys_enter"),
-        what: "file syscalls in flight of watched processes (start, syscall, path)",
-    },
-    ProbeSpec {
-        name: "storage_sys_exit",
-        program: "storage_sys_exit",
-        hook: Hook::RawTp("sys_exit"),
-        what: "clears the in-flight syscall of watched processes",
-    },
-    ProbeSpec {
-        name: "storage_dstate",
-        program: "storage_dstate",
+        name: "storage_sleep",
+        program: "storage_sleep",
         hook: Hook::TpBtf("sched_switch"),
-        what: "when each task went to uninterruptible sleep (D), with its kernel stack",
+        what: "tasks going to sleep: every D sleep (kernel stack) and watched tasks' sleeps in file syscalls, with the syscall and path from their saved registers",
     },
 ];
 
@@ -176,6 +165,13 @@ pub struct KernelLayout {
     pub pt_regs_arg0: u64,
     pub pt_regs_arg1: u64,
     pub pt_regs_arg2: u64,
+    /// x86_64: where `syscall` leaves the user ip and flags (ip/cx,
+    /// flags/r11), to tell a syscall sleep from a page fault or compat call.
+    pub pt_regs_ip: u64,
+    pub pt_regs_cx: u64,
+    pub pt_regs_flags: u64,
+    pub pt_regs_r11: u64,
+    pub task_flags: u64,
     pub task_tgid: u64,
     pub task_nvcsw: u64,
     pub task_nivcsw: u64,
@@ -273,6 +269,13 @@ impl KernelLayout {
                 l.pt_regs_arg2 = a2;
             }
         }
+        if cfg!(target_arch = "x86_64") {
+            l.pt_regs_ip = off("pt_regs", "ip");
+            l.pt_regs_cx = off("pt_regs", "cx");
+            l.pt_regs_flags = off("pt_regs", "flags");
+            l.pt_regs_r11 = off("pt_regs", "r11");
+        }
+        l.task_flags = off("task_struct", "flags");
         l.task_tgid = off("task_struct", "tgid");
         l.task_nvcsw = off("task_struct", "nvcsw");
         l.task_nivcsw = off("task_struct", "nivcsw");
@@ -391,6 +394,11 @@ impl Probes {
             .override_global("PT_REGS_ARG0_OFF", &layout.pt_regs_arg0, true)
             .override_global("PT_REGS_ARG1_OFF", &layout.pt_regs_arg1, true)
             .override_global("PT_REGS_ARG2_OFF", &layout.pt_regs_arg2, true)
+            .override_global("PT_REGS_IP_OFF", &layout.pt_regs_ip, true)
+            .override_global("PT_REGS_CX_OFF", &layout.pt_regs_cx, true)
+            .override_global("PT_REGS_FLAGS_OFF", &layout.pt_regs_flags, true)
+            .override_global("PT_REGS_R11_OFF", &layout.pt_regs_r11, true)
+            .override_global("TASK_FLAGS_OFF", &layout.task_flags, true)
             .override_global("TASK_TGID_OFF", &layout.task_tgid, true)
             .override_global("TASK_NVCSW_OFF", &layout.task_nvcsw, true)
             .override_global("TASK_NIVCSW_OFF", &layout.task_nivcsw, true)

@@ -178,8 +178,8 @@ impl Metrics {
             "decode",
             "sources",
             "storage_watched",
-            "storage_inflight",
-            "storage_dstate",
+            "storage_path_reads",
+            "storage_blocked",
             "storage_stacks",
             "storage_sock_conns",
         ] {
@@ -299,10 +299,10 @@ impl Sink for Metrics {
             ("sources", s.drops.sources),
             ("storage_watched", s.drops.storage.map_or(0, |d| d.watched)),
             (
-                "storage_inflight",
-                s.drops.storage.map_or(0, |d| d.inflight),
+                "storage_path_reads",
+                s.drops.storage.map_or(0, |d| d.path_reads),
             ),
-            ("storage_dstate", s.drops.storage.map_or(0, |d| d.dstate)),
+            ("storage_blocked", s.drops.storage.map_or(0, |d| d.blocked)),
             ("storage_stacks", s.drops.storage.map_or(0, |d| d.stacks)),
             (
                 "storage_sock_conns",

@@ -1,8 +1,10 @@
-//! The storage-hang sweep: which watched processes are stuck in a file
-//! syscall, and which tasks sleep uninterruptibly, for longer than the
-//! threshold; and on which mount, in which container.
+//! The storage-hang sweep: which tasks sleep uninterruptibly, and which
+//! watched processes sleep in a file syscall, for longer than the threshold;
+//! and on which mount, in which container, in which pod.
 //!
-//! The probes keep the state in kernel maps (see watchdog-ebpf/src/storage.rs);
+//! The probe records every sleep with its syscall and path at the switch
+//! (see watchdog-ebpf/src/storage.rs), so a workload's own process blocked
+//! on a frozen or dead mount is attributed like a runtime's;
 //! every poll interval [`StorageTracker::sweep`] reads them and enriches the
 //! old entries from /proc only, through the [`ProcReader`]: `stat`,
 //! `status`, `stack`, `syscall`, `cgroup`, `mountinfo`, and readlink of
@@ -19,9 +21,9 @@ use std::{
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, StackTraceMap};
 use watchdog_common::{
-    AT_FDCWD, ArgKind, COMM_LEN, CommPattern, DSTATE_MAP, DstateEntry, INFLIGHT_MAP,
-    InflightSyscall, STACKS_MAP, SYSCALL_KINDS_MAP, TASK_WAKEKILL, WATCH_COMMS_MAP,
-    WATCH_COMMS_SLOTS, WATCHED_BYTES_MAP, WATCHED_MAP,
+    AT_FDCWD, ArgKind, BLOCKED_MAP, BlockedEntry, COMM_LEN, CommPattern, NO_SYSCALL, STACKS_MAP,
+    SYSCALL_KINDS_MAP, TASK_UNINTERRUPTIBLE, TASK_WAKEKILL, WATCH_COMMS_MAP, WATCH_COMMS_SLOTS,
+    WATCHED_BYTES_MAP, WATCHED_MAP,
 };
 
 use crate::{
@@ -170,10 +172,10 @@ impl Default for StorageOptions {
 pub struct StorageDrops {
     /// WATCHED inserts that failed (map full): processes not tracked.
     pub watched: u64,
-    /// In-flight syscalls not recorded (map full).
-    pub inflight: u64,
-    /// D-state sleeps not recorded (map full).
-    pub dstate: u64,
+    /// Sleeps recorded without their path (the user string was unreadable).
+    pub path_reads: u64,
+    /// Sleeps not recorded (BLOCKED full).
+    pub blocked: u64,
     /// Kernel stacks not stored (stack map full or hash collision).
     pub stacks: u64,
     /// D-Bus/systemd connections not followed (SOCK_CONNS full).
@@ -184,8 +186,8 @@ impl StorageDrops {
     pub fn read(probes: &Probes) -> Self {
         Self {
             watched: probes.drop_slot(watchdog_common::DROP_WATCHED),
-            inflight: probes.drop_slot(watchdog_common::DROP_INFLIGHT),
-            dstate: probes.drop_slot(watchdog_common::DROP_DSTATE),
+            path_reads: probes.drop_slot(watchdog_common::DROP_PATH_READ),
+            blocked: probes.drop_slot(watchdog_common::DROP_BLOCKED),
             stacks: probes.drop_slot(watchdog_common::DROP_STACK),
             sock_conns: probes.drop_slot(watchdog_common::DROP_SOCK_CONNS),
         }
@@ -196,8 +198,8 @@ impl StorageDrops {
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct SweepStats {
     pub watched: usize,
-    pub inflight: usize,
-    pub dstate: usize,
+    /// Entries in the BLOCKED map (sleeps recorded, current or not).
+    pub blocked: usize,
     pub stale_removed: u64,
 }
 
@@ -205,8 +207,7 @@ pub struct SweepStats {
 pub struct StorageTracker {
     proc: ProcReader,
     threshold_ns: u64,
-    inflight: BpfHashMap<MapData, u32, InflightSyscall>,
-    dstate: BpfHashMap<MapData, u32, DstateEntry>,
+    blocked: BpfHashMap<MapData, u32, BlockedEntry>,
     watched: BpfHashMap<MapData, u32, u8>,
     /// Processes running at start whose own name is a runtime name (not
     /// their descendants).
@@ -303,8 +304,7 @@ impl StorageTracker {
             symbolizer: stack::Symbolizer::new(proc.clone()),
             proc,
             threshold_ns: threshold_ms * 1_000_000,
-            inflight: take(probes, INFLIGHT_MAP, BpfHashMap::try_from)?,
-            dstate: take(probes, DSTATE_MAP, BpfHashMap::try_from)?,
+            blocked: take(probes, BLOCKED_MAP, BpfHashMap::try_from)?,
             watched,
             runtimes_at_start,
             stacks,
@@ -384,52 +384,27 @@ impl StorageTracker {
     pub fn sweep(&mut self, at: Time) -> BlockedTasks {
         let now = monotonic_ns();
         let threshold = self.threshold_ns;
-        let mut cands: HashMap<u32, Candidate> = HashMap::new();
+        let mut cands: HashMap<u32, BlockedEntry> = HashMap::new();
 
-        let inflight: Vec<(u32, InflightSyscall)> = self
-            .inflight
+        let blocked: Vec<(u32, BlockedEntry)> = self
+            .blocked
             .iter()
             .filter_map(Result::ok)
-            .take(watchdog_common::INFLIGHT_ENTRIES as usize * 2)
+            .take(watchdog_common::BLOCKED_ENTRIES as usize * 2)
             .collect();
-        self.stats.inflight = inflight.len();
-        for (tid, e) in inflight {
-            if now.saturating_sub(e.start_ns) < threshold {
+        self.stats.blocked = blocked.len();
+        for (tid, e) in blocked {
+            if now.saturating_sub(e.since_ns) < threshold {
                 continue;
             }
-            if !self.proc.exists(&self.proc.task_file(e.tgid, tid, "stat")) {
-                // Gone without the exit probe seeing it (probe attached late).
-                let _ = self.inflight.remove(&tid);
-                self.stats.stale_removed += 1;
-                continue;
-            }
-            cands
-                .entry(tid)
-                .or_insert_with(|| Candidate::new(e.tgid))
-                .syscall = Some(e);
-        }
-
-        let dstate: Vec<(u32, DstateEntry)> = self
-            .dstate
-            .iter()
-            .filter_map(Result::ok)
-            .take(watchdog_common::DSTATE_ENTRIES as usize * 2)
-            .collect();
-        self.stats.dstate = dstate.len();
-        for (tid, d) in dstate {
-            if now.saturating_sub(d.since_ns) < threshold {
-                continue;
-            }
-            // Valid only while the task has not been switched since.
-            match self.switches(d.tgid, tid) {
-                Some(n) if d.switches == 0 || n == d.switches => {
-                    cands
-                        .entry(tid)
-                        .or_insert_with(|| Candidate::new(d.tgid))
-                        .dstate = Some(d);
+            // Valid only while the task has not been switched since (gone
+            // tasks are stale too: the exit probe may have attached late).
+            match self.switches(e.tgid, tid) {
+                Some(n) if e.switches == 0 || n == e.switches => {
+                    cands.insert(tid, e);
                 }
                 _ => {
-                    let _ = self.dstate.remove(&tid);
+                    let _ = self.blocked.remove(&tid);
                     self.stats.stale_removed += 1;
                 }
             }
@@ -439,8 +414,8 @@ impl StorageTracker {
         let mut tasks = Vec::new();
         let mut host_mounts: Option<Vec<mounts::MountEntry>> = None;
         let mut ns_mounts: HashMap<String, Vec<mounts::MountEntry>> = HashMap::new();
-        for (tid, c) in cands {
-            if let Some(t) = self.enrich(tid, &c, now, &mut host_mounts, &mut ns_mounts) {
+        for (tid, e) in cands {
+            if let Some(t) = self.enrich(tid, &e, now, &mut host_mounts, &mut ns_mounts) {
                 tasks.push(t);
             }
         }
@@ -455,41 +430,40 @@ impl StorageTracker {
     fn enrich(
         &mut self,
         tid: u32,
-        c: &Candidate,
+        e: &BlockedEntry,
         now: u64,
         host_mounts: &mut Option<Vec<mounts::MountEntry>>,
         ns_mounts: &mut HashMap<String, Vec<mounts::MountEntry>>,
     ) -> Option<BlockedTask> {
-        let tgid = c.tgid;
+        let tgid = e.tgid;
         let (comm, state, _) = parse_stat(&self.task_read(tgid, tid, "stat")?)?;
-        // A D-state record is only current while the task is still in D.
-        let dstate = c.dstate.filter(|_| state == 'D');
-        if c.syscall.is_none() && dstate.is_none() {
+        // A D-sleep record is only current while the task is still in D.
+        let d = e.state & TASK_UNINTERRUPTIBLE != 0;
+        if d && state != 'D' {
             return None;
         }
-        let stack = self.stack_of(tgid, tid, dstate.as_ref());
+        let stack = self.stack_of(tgid, tid, e);
         let wait = stack::classify(&stack);
         // A long read on a pipe or socket is no hang: report only D, or a
         // wait on storage (FUSE requests sleep interruptibly until signalled).
         if state != 'D' && wait == WaitClass::Other {
             return None;
         }
-        let killable = match (state, dstate) {
-            ('D', Some(d)) => Some(d.state & TASK_WAKEKILL != 0),
-            ('D', None) => None,
+        let killable = match state {
+            'D' => Some(e.state & TASK_WAKEKILL != 0),
             _ => Some(true),
         };
-        let start_ns = match (c.syscall, dstate) {
-            (Some(s), _) => s.start_ns,
-            (None, Some(d)) => d.since_ns,
-            (None, None) => return None,
-        };
-        let (syscall, path) = match c.syscall {
-            Some(s) => {
-                let (name, _) = syscalls::lookup(s.nr).unwrap_or(("?", ArgKind::Untracked));
-                (Some(name.to_owned()), self.path_of(tgid, tid, &s))
+        let kind = ArgKind::from_u32(e.kind);
+        let (syscall, path) = if e.nr == NO_SYSCALL {
+            // A kernel thread or a fault: /proc says what it can (offsets
+            // unknown on this kernel also end here).
+            if e.state & TASK_UNINTERRUPTIBLE != 0 && self.kthread(tgid) {
+                (None, None)
+            } else {
+                self.proc_syscall(tgid, tid)
             }
-            None => self.proc_syscall(tgid, tid),
+        } else {
+            (Some(syscalls::name(e.nr)), self.path_of(tgid, tid, e, kind))
         };
         let mount = path.as_deref().and_then(|p| {
             let ns = self
@@ -548,7 +522,9 @@ impl StorageTracker {
         }
         let cgroup_text = self.proc.read_pid_file(tgid, "cgroup").unwrap_or_default();
         let cgroup = container_cgroup(&cgroup_text);
+        let start_ns = e.since_ns;
         let since = self.clock.to_time(start_ns);
+        let watched = self.watched.get(&tgid, 0).is_ok();
         Some(BlockedTask {
             tid,
             pid: tgid,
@@ -568,16 +544,14 @@ impl StorageTracker {
                 .as_deref()
                 .and_then(crate::model::pod::pod_from_cgroup_path),
             cgroup,
-            watched: c.syscall.is_some(),
+            watched,
         })
     }
 
     /// The recorded stack (symbolised) of a D task, else its current stack
     /// from /proc.
-    fn stack_of(&mut self, tgid: u32, tid: u32, d: Option<&DstateEntry>) -> Vec<String> {
-        if let Some(d) = d
-            && d.stack_id >= 0
-        {
+    fn stack_of(&mut self, tgid: u32, tid: u32, d: &BlockedEntry) -> Vec<String> {
+        if d.stack_id >= 0 {
             if let Some(s) = self.symbolizer.cached(d.stack_id) {
                 return s.clone();
             }
@@ -593,16 +567,32 @@ impl StorageTracker {
             .unwrap_or_default()
     }
 
-    /// Absolute path of a tracked call's file argument, as the task sees it.
-    fn path_of(&self, tgid: u32, tid: u32, s: &InflightSyscall) -> Option<String> {
+    /// The process is a kernel thread (no syscall to show).
+    fn kthread(&self, tgid: u32) -> bool {
+        // Kernel threads have an empty cmdline... but cmdline takes the mmap
+        // lock; their `stat` flags field (9th) has PF_KTHREAD instead.
+        self.proc
+            .read_pid_file(tgid, "stat")
+            .and_then(|t| {
+                let rest = t.rsplit_once(')')?.1;
+                rest.split_whitespace().nth(6)?.parse::<u64>().ok()
+            })
+            .is_some_and(|flags| flags & 0x0020_0000 != 0)
+    }
+
+    /// Absolute path of a sleeping call's file argument, as the task sees it.
+    fn path_of(&self, tgid: u32, tid: u32, s: &BlockedEntry, kind: ArgKind) -> Option<String> {
         let raw = crate::context::nul_terminated(&s.path);
-        match ArgKind::from_u32(s.kind) {
+        match kind {
             ArgKind::Fd => self.fd_link(tgid, s.fd),
             ArgKind::Path0 | ArgKind::Path1 | ArgKind::DirfdPath1 => {
                 if raw.starts_with('/') {
                     return Some(mounts::normalize(&raw));
                 }
-                let base = if s.fd == AT_FDCWD || ArgKind::from_u32(s.kind) != ArgKind::DirfdPath1 {
+                if raw.is_empty() {
+                    return None;
+                }
+                let base = if s.fd == AT_FDCWD || kind != ArgKind::DirfdPath1 {
                     self.proc
                         .read_link(&self.proc.task_file(tgid, tid, "cwd"))
                         .ok()?
@@ -633,22 +623,6 @@ impl StorageTracker {
             _ => None,
         };
         (Some(syscalls::name(nr)), path)
-    }
-}
-
-struct Candidate {
-    tgid: u32,
-    syscall: Option<InflightSyscall>,
-    dstate: Option<DstateEntry>,
-}
-
-impl Candidate {
-    fn new(tgid: u32) -> Self {
-        Self {
-            tgid,
-            syscall: None,
-            dstate: None,
-        }
     }
 }
 
