@@ -8,11 +8,13 @@
 //! - `baseline`: no agent;
 //! - `default`: the agent as shipped, `watchdog trace --json`;
 //! - `old-design`: the raw-syscall design (storage and D-Bus tracking on
-//!   `raw_tp/sys_enter` + `raw_tp/sys_exit`). On this commit that is what the
-//!   default attaches, so its arguments are the default's ([`OLD_DESIGN_ARGS`],
-//!   or `--old-design-args`); the bench checks in the agent's `ready` record
-//!   that this condition really attached both syscall hooks and reports a
-//!   problem otherwise, so it can never silently measure something else.
+//!   `raw_tp/sys_enter` + `raw_tp/sys_exit`): an agent binary built before
+//!   the redesign (`--old-design-bin`, or `$WATCHDOG_OLD_BIN`) with
+//!   `trace --json`, or, without one, this agent's raw-syscall D-Bus fallback
+//!   ([`OLD_DESIGN_ARGS`], or `--old-design-args`); the bench checks in the
+//!   agent's `ready` record that this condition really attached both syscall
+//!   hooks and reports a problem otherwise, so it can never silently measure
+//!   something else.
 //!
 //! Each agent is started afresh per run and measured only after its `ready`
 //! record; its VmRSS and CPU time are sampled at the end of the run.
@@ -30,11 +32,12 @@ use watchdog_tests::{bench::*, *};
 
 /// The agent as shipped.
 const DEFAULT_ARGS: &[&str] = &["trace", "--json"];
-/// The raw `sys_enter`/`sys_exit` design. On this commit the default probes
-/// are exactly that design; when the default moves off the syscall hooks,
-/// this must name the agent's opt-in for the raw-syscall programs (the check
-/// on the `ready` record fails the run until it does).
-const OLD_DESIGN_ARGS: &[&str] = &["trace", "--json"];
+/// Without an old binary: this agent's opt-in for raw-syscall programs (the
+/// D-Bus fallback for kernels without the socket tracepoints), which puts the
+/// same `sys_enter`/`sys_exit` programs with the same watched-process test on
+/// every syscall of the node (the check on the `ready` record fails the run
+/// if they are not attached).
+const OLD_DESIGN_ARGS: &[&str] = &["trace", "--json", "--dbus-requests", "syscalls"];
 /// The hooks that define the old design (probe `hook` names in `ready`).
 const OLD_DESIGN_HOOKS: [&str; 2] = ["raw_tp/sys_enter", "raw_tp/sys_exit"];
 
@@ -70,6 +73,7 @@ struct Opts {
     rounds: usize,
     requests: u64,
     bin: PathBuf,
+    old_design_bin: Option<PathBuf>,
     old_design_args: Vec<String>,
 }
 
@@ -78,18 +82,30 @@ impl Opts {
         match cond {
             Condition::Baseline => Vec::new(),
             Condition::Default => DEFAULT_ARGS.iter().map(|s| s.to_string()).collect(),
+            Condition::OldDesign if self.old_design_bin.is_some() => {
+                DEFAULT_ARGS.iter().map(|s| s.to_string()).collect()
+            }
             Condition::OldDesign => self.old_design_args.clone(),
+        }
+    }
+
+    fn bin(&self, cond: Condition) -> &PathBuf {
+        match (cond, &self.old_design_bin) {
+            (Condition::OldDesign, Some(b)) => b,
+            _ => &self.bin,
         }
     }
 }
 
 const USAGE: &str = "\
-usage: redis-bench [--rounds N] [--requests N] [--old-design-args ARGS] [--bin PATH]
+usage: redis-bench [--rounds N] [--requests N] [--old-design-bin PATH] [--old-design-args ARGS] [--bin PATH]
   --rounds N              rounds of baseline/default/old-design, order rotated (default 5)
   --requests N            requests per test (GET, SET) per run (default 200000: about 5 s
                           per run on a 2-vCPU VM)
-  --old-design-args ARGS  agent arguments of the raw sys_enter/sys_exit design, space-separated
-                          (default \"trace --json\": the default probes on this commit)
+  --old-design-bin PATH   an agent binary of the raw sys_enter/sys_exit design (an older build),
+                          run with \"trace --json\" (default: $WATCHDOG_OLD_BIN)
+  --old-design-args ARGS  without such a binary: this agent's arguments for the raw-syscall
+                          programs, space-separated (default: the D-Bus syscall fallback)
   --bin PATH              agent binary (default: $WATCHDOG_BIN, else target/release/watchdog)";
 
 fn usage_exit(msg: &str) -> ! {
@@ -101,6 +117,9 @@ fn parse_args() -> Opts {
         rounds: 5,
         requests: 200_000,
         bin: PathBuf::new(),
+        old_design_bin: std::env::var_os("WATCHDOG_OLD_BIN")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from),
         old_design_args: OLD_DESIGN_ARGS.iter().map(|s| s.to_string()).collect(),
     };
     let mut bin = None;
@@ -117,6 +136,9 @@ fn parse_args() -> Opts {
                     .collect();
             }
             "--bin" => bin = Some(PathBuf::from(args.value("--bin", "a path"))),
+            "--old-design-bin" => {
+                o.old_design_bin = Some(PathBuf::from(args.value("--old-design-bin", "a path")));
+            }
             "-h" | "--help" => args.help(),
             other => args.exit(&format!("unknown argument {other:?}")),
         }
@@ -168,7 +190,7 @@ fn run_condition(o: &Opts, cond: Condition, server: &mut RedisServer, runs: &mut
     let name = cond.name();
     let agent = match cond {
         Condition::Baseline => None,
-        _ => match Agent::try_start_with(&o.bin, &o.args(cond)[..], Duration::from_secs(30)) {
+        _ => match Agent::try_start_with(o.bin(cond), &o.args(cond)[..], Duration::from_secs(30)) {
             Ok(a) => {
                 if runs.syscall_hooks.is_none() {
                     let ready = a

@@ -15,8 +15,11 @@
 //! - `baseline`: no agent;
 //! - `floor`: `watchdog bench-floor --enter` (empty programs on sys_enter and
 //!   sys_exit: the kernel's own cost of any syscall hook);
-//! - `agent`: `watchdog trace --json --fork-probe off` (storage probes on);
-//! - `no_storage`: the same with `--no-storage`.
+//! - `agent`: the agent as shipped, `watchdog trace --json`;
+//! - `no_storage`: the same with `--no-storage`;
+//! - `old_design`: an agent binary of the raw `sys_enter`/`sys_exit` design
+//!   (an older build, given by `WATCHDOG_OLD_BIN`; skipped without it), with
+//!   `trace --json --fork-probe off`, so that one run compares the designs.
 //!
 //! Then the detection delay: a `runc`-named stat on a hung FUSE mount with
 //! `--hang-threshold 2s`; delay = finding received - call started - threshold.
@@ -30,7 +33,7 @@ use serde_json::{Value, json};
 use watchdog_tests::fuse::HangingFuse;
 use watchdog_tests::*;
 
-const CONDITIONS: [&str; 4] = ["baseline", "floor", "agent", "no_storage"];
+const ALL_CONDITIONS: [&str; 5] = ["baseline", "floor", "agent", "no_storage", "old_design"];
 
 fn workload(kind: &str, n: u64) -> Duration {
     match kind {
@@ -118,13 +121,23 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
+fn old_bin() -> Option<PathBuf> {
+    std::env::var_os("WATCHDOG_OLD_BIN")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
 fn start_condition(cond: &str) -> Option<Agent> {
-    let bin = agent_bin();
+    let mut bin = agent_bin();
     let args: &[&str] = match cond {
         "baseline" => return None,
         "floor" => &["bench-floor", "--enter"],
-        "agent" => &["trace", "--json", "--fork-probe", "off"],
-        "no_storage" => &["trace", "--json", "--fork-probe", "off", "--no-storage"],
+        "agent" => &["trace", "--json"],
+        "no_storage" => &["trace", "--json", "--no-storage"],
+        "old_design" => {
+            bin = old_bin().expect("old_design runs only with WATCHDOG_OLD_BIN");
+            &["trace", "--json", "--fork-probe", "off"]
+        }
         _ => unreachable!(),
     };
     Some(Agent::start_with(&bin, args, Duration::from_secs(20)))
@@ -187,6 +200,14 @@ fn main() {
     let unwatched_exe: PathBuf = me.clone();
 
     let only = std::env::var("ONLY").ok();
+    let conditions: Vec<&str> = ALL_CONDITIONS
+        .iter()
+        .copied()
+        .filter(|c| *c != "old_design" || old_bin().is_some())
+        .collect();
+    if old_bin().is_none() {
+        eprintln!("old_design not measured: set WATCHDOG_OLD_BIN to an agent binary of that design");
+    }
     let workloads: [(&str, u64); 3] = [
         ("getppid", 5_000_000),
         ("stat", 1_000_000),
@@ -194,11 +215,11 @@ fn main() {
     ];
     // results[cond][workload][watched] = runs
     let mut results: Vec<Vec<[Vec<f64>; 2]>> =
-        vec![vec![[Vec::new(), Vec::new()]; workloads.len()]; CONDITIONS.len()];
+        vec![vec![[Vec::new(), Vec::new()]; workloads.len()]; conditions.len()];
     for round in 0..rounds {
-        for ci in 0..CONDITIONS.len() {
-            let ci = (ci + round) % CONDITIONS.len();
-            let agent = start_condition(CONDITIONS[ci]);
+        for ci in 0..conditions.len() {
+            let ci = (ci + round) % conditions.len();
+            let agent = start_condition(conditions[ci]);
             std::thread::sleep(Duration::from_millis(300));
             for (wi, (kind, n)) in workloads.iter().enumerate() {
                 if only.as_deref().is_some_and(|o| o != *kind) {
@@ -216,38 +237,38 @@ fn main() {
         eprintln!("round {}/{rounds} done", round + 1);
     }
     let mut table = Vec::new();
-    println!(
-        "{:<10} {:<10} {:>10} {:>10} {:>10} {:>10}",
-        "workload", "task", "baseline", "floor", "agent", "no_storage"
-    );
+    print!("{:<10} {:<10} {:>10}", "workload", "task", "baseline");
+    for c in &conditions[1..] {
+        print!(" {c:>16}");
+    }
+    println!();
     for (wi, (kind, n)) in workloads.iter().enumerate() {
         for (w, who) in ["unwatched", "watched"].iter().enumerate() {
             if (*kind == "pingpong" && w == 1) || only.as_deref().is_some_and(|o| o != *kind) {
                 continue;
             }
-            let meds: Vec<f64> = (0..CONDITIONS.len())
+            let meds: Vec<f64> = (0..conditions.len())
                 .map(|ci| median(&mut results[ci][wi][w].clone()))
                 .collect();
             let base = meds[0];
-            let cell = |m: f64| format!("{:.3}s {:+.1}%", m, (m / base - 1.0) * 100.0);
-            println!(
-                "{:<10} {:<10} {:>10} {:>14} {:>14} {:>14}",
-                kind,
-                who,
-                format!("{base:.3}s"),
-                cell(meds[1]),
-                cell(meds[2]),
-                cell(meds[3])
-            );
+            let cell = |m: f64| format!("{:.3}s {:.3}x", m, m / base);
+            print!("{:<10} {:<10} {:>10}", kind, who, format!("{base:.3}s"));
+            for m in &meds[1..] {
+                print!(" {:>16}", cell(*m));
+            }
+            println!();
+            let per = |f: &dyn Fn(f64) -> f64| {
+                conditions
+                    .iter()
+                    .zip(&meds)
+                    .map(|(c, m)| ((*c).to_owned(), json!(f(*m))))
+                    .collect::<serde_json::Map<String, Value>>()
+            };
             table.push(json!({
                 "workload": kind, "n": n, "task": who,
-                "median_s": {"baseline": meds[0], "floor": meds[1], "agent": meds[2], "no_storage": meds[3]},
-                "overhead_pct": {
-                    "floor": (meds[1] / base - 1.0) * 100.0,
-                    "agent": (meds[2] / base - 1.0) * 100.0,
-                    "no_storage": (meds[3] / base - 1.0) * 100.0,
-                },
-                "runs": (0..CONDITIONS.len()).map(|ci| (CONDITIONS[ci].to_owned(), json!(results[ci][wi][w]))).collect::<serde_json::Map<String, Value>>(),
+                "median_s": per(&|m| m),
+                "ratio": per(&|m| m / base),
+                "runs": (0..conditions.len()).map(|ci| (conditions[ci].to_owned(), json!(results[ci][wi][w]))).collect::<serde_json::Map<String, Value>>(),
             }));
         }
     }
