@@ -295,6 +295,10 @@ pub async fn session(opts: TraceOptions, sink: &mut dyn Sink) -> anyhow::Result<
         recording: opts.record.as_ref().map(|p| p.display().to_string()),
         systemd_sockets: dbus.as_ref().map(|t| t.sockets().to_vec()),
     }));
+    // Loading parsed the kernel's BTF (megabytes, several times) and the
+    // eBPF object; glibc keeps the freed heap unless asked to give it back.
+    // SAFETY: malloc_trim only releases free memory.
+    unsafe { libc::malloc_trim(0) };
     if probes.state(FORK_FAILURES.name) == Some(ProbeState::Unavailable) {
         tracing::warn!(
             "fork failures are only seen through pids.events polling (cgroup limits only)"
