@@ -184,6 +184,12 @@ impl Dockerd {
     }
 
     /// `unix:///run/wd-dd-.../docker.sock`
+    /// The cgroup parent of this dockerd's containers (a directory of its
+    /// own in every hierarchy, removed with everything below at drop).
+    pub fn cgroup_parent(&self) -> Option<&str> {
+        self.cgroup_parent.as_deref()
+    }
+
     pub fn host(&self) -> String {
         format!("unix://{}", self.sock.display())
     }

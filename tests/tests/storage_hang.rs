@@ -530,6 +530,86 @@ fn dockerd_blocked_on_a_container_volume_names_the_mount_and_dockerd() {
     );
 }
 
+/// A container's own process, in a pod's cgroup (kubelet's cgroupfs layout
+/// below this dockerd's private parent), blocked writing to its volume on a
+/// frozen ext4: the finding names the mount, the container and the pod.
+#[test]
+fn a_pod_container_blocked_on_a_frozen_volume_names_its_container_and_pod() {
+    if !skip_unless_docker_prereqs() || !skip_unless_freeze_prereqs() {
+        return;
+    }
+    // Drop order (reverse): agent, freeze guard (thaw, umount), dockerd.
+    let mut dockerd = Dockerd::start().unwrap_or_else(|e| panic!("{e}"));
+    let mut fs = FrozenExt4::mount().unwrap_or_else(|e| panic!("{e}"));
+    let image = dockerd.busybox_image().unwrap_or_else(|e| panic!("{e}"));
+    let agent = Agent::start(TRACE);
+    let mp = fs.mount_point().to_string_lossy().into_owned();
+    let pod_uid = format!(
+        "5e1f0c2a-{:04x}-4c1e-9d7a-0242ac120002",
+        std::process::id() & 0xffff
+    );
+    let parent = format!(
+        "/{}/kubepods/besteffort/pod{pod_uid}",
+        dockerd
+            .cgroup_parent()
+            .expect("dockerd has its own cgroup parent")
+    );
+    fs.freeze().unwrap_or_else(|e| panic!("{e}"));
+    let vol = format!("{mp}:/data");
+    let id = dockerd
+        .run_detached(&[
+            "--cgroup-parent",
+            &parent,
+            "-v",
+            &vol,
+            &image,
+            "sh",
+            "-c",
+            "echo x > /data/f; sleep 600",
+        ])
+        .unwrap_or_else(|e| panic!("{e}\n{}", dockerd.log_tail()));
+    let Some((f, _)) = agent.wait_for(
+        |v| {
+            is_storage_finding(v, &mp)
+                && v["containers"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|c| c["container_id"] == id.as_str()))
+        },
+        THRESHOLD + Duration::from_secs(5),
+    ) else {
+        panic!(
+            "no storage_hang finding on {mp} naming container {id}\n{}\n{}",
+            agent.report(),
+            dockerd.log_tail()
+        );
+    };
+    assert_eq!(f["wait"], "frozen", "{f:#}");
+    assert_eq!(f["fs_type"], "ext4", "{f:#}");
+    let pods = f["pods"].to_string();
+    assert!(
+        pods.contains(&pod_uid),
+        "pod {pod_uid} not in {pods}: {f:#}"
+    );
+    let b = f["blocked"]
+        .as_array()
+        .and_then(|b| b.iter().find(|b| b["comm"] == "sh"))
+        .unwrap_or_else(|| panic!("the container's sh is not among the blocked: {f:#}"));
+    assert_eq!(b["syscall"], "openat", "{b:#}");
+    // As the task sees it (its mount namespace): /data/f.
+    assert_eq!(b["path"], "/data/f", "{b:#}");
+    assert_eq!(b["state"], "D", "{b:#}");
+
+    fs.thaw().unwrap_or_else(|e| panic!("{e}"));
+    expect_resolved(
+        &agent,
+        &format!("storage_hang:{mp}"),
+        Duration::from_secs(5),
+    );
+    dockerd
+        .docker_ok(&["rm", "-f", &id], 30)
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
 #[test]
 fn fixture_fuse_blocks_and_abort_releases() {
     if !skip_unless_fuse_prereqs() {

@@ -206,7 +206,9 @@ fn main() {
         .filter(|c| *c != "old_design" || old_bin().is_some())
         .collect();
     if old_bin().is_none() {
-        eprintln!("old_design not measured: set WATCHDOG_OLD_BIN to an agent binary of that design");
+        eprintln!(
+            "old_design not measured: set WATCHDOG_OLD_BIN to an agent binary of that design"
+        );
     }
     let workloads: [(&str, u64); 3] = [
         ("getppid", 5_000_000),
