@@ -313,6 +313,9 @@ pub struct Probes {
     ebpf: Ebpf,
     pub statuses: Vec<ProbeStatus>,
     links: Vec<(&'static str, Link)>,
+    /// The kernel's BTF, parsed once for every BTF tracepoint program (it is
+    /// megabytes), dropped after loading.
+    kernel_btf: Option<Result<aya::Btf, String>>,
 }
 
 enum Link {
@@ -387,7 +390,20 @@ impl Probes {
     ) -> Result<Self, LoadError> {
         check_privileges()?;
         raise_memlock();
+        // The kernel's BTF, parsed once for the loader's relocations and for
+        // every BTF tracepoint program (a parse is ~10 MB of heap here).
+        // `EbpfLoader::new` parses its own copy: drop it before ours exists.
+        let kernel_btf: Result<aya::Btf, String>;
         let mut loader = EbpfLoader::new();
+        loader.btf(None);
+        kernel_btf = aya::Btf::from_sys_fs().map_err(|e| {
+            format!(
+                "no kernel BTF ({}): {} (BTF tracepoints need CONFIG_DEBUG_INFO_BTF)",
+                paths::KERNEL_BTF,
+                error_chain(&e)
+            )
+        });
+        loader.btf(kernel_btf.as_ref().ok());
         let pids_idx = layout.pids_cgrp_id.unwrap_or(u64::MAX);
         loader
             .override_global("PT_REGS_NR_OFF", &layout.pt_regs_nr, true)
@@ -431,10 +447,12 @@ impl Probes {
                 .clamp(1, watchdog_common::WATCHED_BITS_WORDS),
         );
         let ebpf = loader.load(EBPF_OBJECT)?;
+        drop(loader);
         let mut probes = Self {
             ebpf,
             statuses: Vec::new(),
             links: Vec::new(),
+            kernel_btf: Some(kernel_btf),
         };
         let details = |spec: &ProbeSpec| {
             (!layout.missing.is_empty()
@@ -470,6 +488,7 @@ impl Probes {
                 }
             });
         }
+        probes.kernel_btf = None;
         Ok(probes)
     }
 
@@ -478,14 +497,24 @@ impl Probes {
             format!("the kernel rejected the program: {}", error_chain(&e))
         };
         if let Hook::TpBtf(tp) = spec.hook {
-            let btf = aya::Btf::from_sys_fs().map_err(|e| {
-                format!(
-                    "no kernel BTF ({}): {} (BTF tracepoints need CONFIG_DEBUG_INFO_BTF)",
-                    paths::KERNEL_BTF,
-                    error_chain(&e)
-                )
-            })?;
-            self.btf_program(spec)?.load(tp, &btf).map_err(rejected)
+            let btf = match self.kernel_btf.take() {
+                Some(b) => b,
+                None => aya::Btf::from_sys_fs().map_err(|e| {
+                    format!(
+                        "no kernel BTF ({}): {} (BTF tracepoints need CONFIG_DEBUG_INFO_BTF)",
+                        paths::KERNEL_BTF,
+                        error_chain(&e)
+                    )
+                }),
+            };
+            let loaded = match &btf {
+                Ok(b) => self
+                    .btf_program(spec)
+                    .and_then(|p| p.load(tp, b).map_err(rejected)),
+                Err(e) => Err(e.clone()),
+            };
+            self.kernel_btf = Some(btf);
+            loaded
         } else {
             self.program(spec)?.load().map_err(rejected)
         }
