@@ -1267,6 +1267,7 @@ impl SystemdDockerd {
                 "--cgroup-parent".into(),
                 slice.clone(),
             ],
+            ..DockerdOpts::default()
         };
         let dockerd = Dockerd::start_with(&opts);
         let problems = cleanup_slice(&slice);

@@ -110,7 +110,11 @@ fn hang_and_resume(client: Client) {
     let out = sd
         .run_client(client)
         .unwrap_or_else(|e| panic!("{client:?} failed with systemd running: {e}"));
-    eprintln!("{client:?} with systemd running: {:?}: {}", t.elapsed(), out.trim());
+    eprintln!(
+        "{client:?} with systemd running: {:?}: {}",
+        t.elapsed(),
+        out.trim()
+    );
 
     sd.stop_systemd().unwrap_or_else(|e| panic!("{e}"));
     let mut c = sd.spawn_client(client).unwrap_or_else(|e| panic!("{e}"));
@@ -142,7 +146,11 @@ fn hang_and_resume(client: Client) {
         c.output()
     );
     let Some((f, at)) = found else {
-        let calls: Vec<String> = calls.iter().map(Value::to_string).collect();
+        // The calls up to the wait and just after it: what the agent made of them.
+        let mut shown: Vec<String> = calls.iter().take(14).map(Value::to_string).collect();
+        if calls.len() > shown.len() {
+            shown.push(format!("... {} more", calls.len() - shown.len()));
+        }
         panic!(
             "no systemd_hang finding naming {client:?} (host pid {pid}, comm {}) within {:?}, \
              though it waited {waited:?} on the stopped systemd ({sleeping_in}).\n\
@@ -150,7 +158,7 @@ fn hang_and_resume(client: Client) {
             client.comm(),
             THRESHOLD + POLL + Duration::from_secs(5),
             calls.len(),
-            calls.join("\n"),
+            shown.join("\n"),
             agent.report()
         )
     };
@@ -160,7 +168,9 @@ fn hang_and_resume(client: Client) {
     assert_eq!(w["comm"], client.comm(), "{f}");
     assert_eq!(f["socket"], client.socket(), "{f}");
     assert!(
-        f["stuck"].as_str().is_some_and(|s| s.starts_with("systemd_")),
+        f["stuck"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("systemd_")),
         "systemd is the stopped side: {f}"
     );
     assert!(
@@ -176,7 +186,17 @@ fn hang_and_resume(client: Client) {
         .unwrap_or_else(|| panic!("not resolved after SIGCONT: {}", agent.report()))
         .0;
     eprintln!("resolved: {}", resolved["summary"]);
-    eprintln!("{client:?}: {:?} in all", t0.elapsed());
+    drop(c);
+    let t = Instant::now();
+    drop(agent);
+    let agent_stop = t.elapsed();
+    drop(sd);
+    eprintln!(
+        "{client:?}: {:?} in all (agent stopped in {agent_stop:?}, container and dockerd \
+         removed in {:?})",
+        t0.elapsed(),
+        t.elapsed() - agent_stop
+    );
 }
 
 #[test]
@@ -261,17 +281,27 @@ fn real_systemd_fixture_hangs_its_clients_and_cleans_up() {
             c.client(),
             c.output()
         );
-        eprintln!("{:?} returned {:?} after SIGCONT: {}", c.client(), t.elapsed(), c.output().trim());
+        eprintln!(
+            "{:?} returned {:?} after SIGCONT: {}",
+            c.client(),
+            t.elapsed(),
+            c.output().trim()
+        );
     }
     drop(clients);
 
     let t = Instant::now();
     drop(sd);
     eprintln!("cleanup took {:?}", t.elapsed());
-    assert!(!Path::new(&format!("/proc/{systemd_pid}")).exists() || {
-        // A reused pid would not be in a pid namespace of ours any more.
-        std::fs::read_to_string(format!("/proc/{systemd_pid}/comm")).unwrap_or_default().trim() != "systemd"
-    });
+    assert!(
+        !Path::new(&format!("/proc/{systemd_pid}")).exists() || {
+            // A reused pid would not be in a pid namespace of ours any more.
+            std::fs::read_to_string(format!("/proc/{systemd_pid}/comm"))
+                .unwrap_or_default()
+                .trim()
+                != "systemd"
+        }
+    );
     assert!(
         !watchdog_tests::systemd::pid_alive(dockerd_pid),
         "dockerd {dockerd_pid} still runs"
@@ -297,6 +327,9 @@ fn real_systemd_fixture_hangs_its_clients_and_cleans_up() {
         .filter(|e| e.file_name().to_string_lossy().starts_with("build-"))
         .map(|e| e.path())
         .collect();
-    assert!(builds.is_empty(), "rootfs build directories left: {builds:?}");
+    assert!(
+        builds.is_empty(),
+        "rootfs build directories left: {builds:?}"
+    );
     eprintln!("fixture test: {:?} in all", t0.elapsed());
 }
