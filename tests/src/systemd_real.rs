@@ -154,12 +154,12 @@ pub fn mirror_in_deb822(text: &str, suite: &str) -> Option<String> {
         if field("Enabled").is_some_and(|v| v.eq_ignore_ascii_case("no")) {
             continue;
         }
-        if has("Types", "deb") && has("Suites", suite) {
-            if let Some(uri) =
+        if has("Types", "deb")
+            && has("Suites", suite)
+            && let Some(uri) =
                 field("URIs").and_then(|v| v.split_whitespace().next().map(str::to_owned))
-            {
-                return Some(uri);
-            }
+        {
+            return Some(uri);
         }
     }
     None
