@@ -789,10 +789,31 @@ impl RealSystemd {
 
 impl Drop for RealSystemd {
     fn drop(&mut self) {
-        // Never leave it stopped: `docker rm -f` would still kill it, but a
-        // stopped PID 1 is the one thing here that looks like a hung node.
+        // A runc killed while it had the container's cgroup frozen leaves
+        // it frozen, and frozen tasks ignore SIGKILL: thaw everything below
+        // our dockerd's cgroup parent (named like its exec root).
+        let parent = self
+            .dockerd
+            .exec_root()
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned());
+        if let Some(p) = &parent {
+            crate::systemd::thaw_slice(p);
+        }
         if self.stopped && self.check_systemd().is_ok() {
+            // Clients still waiting die first, so that none goes on (and
+            // freezes a cgroup) once systemd answers: every process of our
+            // container's pid namespace but its PID 1.
+            for p in self.processes() {
+                if p != self.systemd_pid {
+                    let _ = send_signal(p as i32, libc::SIGKILL);
+                }
+            }
+            // Never leave it stopped.
             let _ = send_signal(self.systemd_pid as i32, libc::SIGCONT);
+        }
+        if let Some(p) = &parent {
+            crate::systemd::thaw_slice(p);
         }
         // Then `self.dockerd` drops: the container, dockerd, their
         // processes, mounts and cgroup subtree.
