@@ -21,7 +21,9 @@
 //!   runtime names (see [`Client`]) and a busybox bundle for runc.
 //!   [`RealSystemd::stop_systemd`] / [`RealSystemd::cont_systemd`] SIGSTOP /
 //!   SIGCONT the container's PID 1 (its host pid from `docker inspect`, the
-//!   process of our own container); `Drop` always SIGCONTs it first, then the
+//!   process of our own container). `Drop` thaws the container's cgroups
+//!   (a runc killed while it had one frozen leaves tasks that ignore
+//!   SIGKILL), kills the clients still waiting and SIGCONTs systemd, then the
 //!   [`Dockerd`] guard removes the container, stops dockerd, kills what is
 //!   left of its processes and removes its cgroup subtree (children first:
 //!   systemd made its own slices below the container's cgroup).
