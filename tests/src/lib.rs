@@ -16,6 +16,8 @@
 //!   (the real-workload benchmark).
 //! - [`systemd`]: runc with the systemd cgroup driver, our own dbus-daemon and
 //!   a fake systemd with fault modes, in a private mount namespace.
+//! - [`systemd_real`]: a real systemd 252 as PID 1 of a container of our own
+//!   dockerd (Debian bookworm rootfs, cached), with clients under runtime names.
 //!
 //! Safety rules (the machine is shared): only processes this crate started are
 //! ever signalled, never by name and never PID 1; cgroups get unique names.
@@ -40,6 +42,7 @@ pub mod frozen;
 pub mod fuse;
 pub mod redis;
 pub mod systemd;
+pub mod systemd_real;
 pub mod wait;
 
 /// The system python: the pyenv shim on PATH forks, which breaks inside a

@@ -851,11 +851,27 @@ fn slice_dirs(slice: &str) -> Vec<PathBuf> {
     out
 }
 
+/// Thaws every cgroup under `slice` (a unique slice of the test's own) in
+/// every hierarchy: a frozen task ignores SIGKILL until thawed, and runc
+/// freezes a container's cgroup while it sets it up, so a runc killed at
+/// that moment leaves it frozen (v1 `freezer.state`, v2 `cgroup.freeze`).
+pub fn thaw_slice(slice: &str) {
+    for d in slice_dirs(slice) {
+        for (file, value) in [("freezer.state", "THAWED"), ("cgroup.freeze", "0")] {
+            // Never create: only an existing control file is written.
+            if let Ok(mut f) = fs::OpenOptions::new().write(true).open(d.join(file)) {
+                let _ = io::Write::write_all(&mut f, value.as_bytes());
+            }
+        }
+    }
+}
+
 /// Kills every process in the cgroups under `slice` (a unique slice of the
 /// test's own) in every hierarchy and removes the directories, deepest first
 /// (rmdir may briefly say EBUSY). Returns what could not be cleaned.
 pub fn cleanup_slice(slice: &str) -> Vec<String> {
     let mut problems = Vec::new();
+    thaw_slice(slice);
     let mut pids: Vec<u32> = slice_dirs(slice)
         .iter()
         .flat_map(|d| crate::read_pids(&d.join("cgroup.procs")))
@@ -878,6 +894,7 @@ pub fn cleanup_slice(slice: &str) -> Vec<String> {
                     Ok(()) => Ok(()),
                     Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
                     Err(e) => {
+                        thaw_slice(slice);
                         let _ = kill_and_wait(
                             &crate::read_pids(&d.join("cgroup.procs")),
                             Duration::from_millis(200),
@@ -1267,6 +1284,7 @@ impl SystemdDockerd {
                 "--cgroup-parent".into(),
                 slice.clone(),
             ],
+            ..DockerdOpts::default()
         };
         let dockerd = Dockerd::start_with(&opts);
         let problems = cleanup_slice(&slice);

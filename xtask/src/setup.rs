@@ -26,6 +26,9 @@ const APT_PACKAGES: &[&str] = &[
     // syscall-level self-checks).
     "dbus",
     "strace",
+    // The real-systemd tests (`systemd_real`): a Debian bookworm rootfs with
+    // systemd 252, built once into /var/cache/watchdog-tests.
+    "debootstrap",
     // The real-workload benchmark (`redis-bench`): it starts its own server
     // on a free loopback port. On a host with systemd, installing
     // redis-server also enables Debian's own service on port 6379; the
