@@ -5,8 +5,9 @@
 //!   on a frozen ext4 of the test's own), with the syscall, the dirfd and
 //!   the path read from its registers and memory, and a kernel stack;
 //! - an interruptible sleep of a watched task in a tracked file syscall
-//!   (`read` on a FIFO), with its fd;
-//! and not: the same read by an unwatched task, nor a watched task's sleep
+//!   (`read` on a FIFO), with its fd.
+//!
+//! And not: the same read by an unwatched task, nor a watched task's sleep
 //! in an untracked syscall (`clock_nanosleep`).
 #![cfg(target_arch = "x86_64")]
 

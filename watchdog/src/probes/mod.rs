@@ -393,10 +393,9 @@ impl Probes {
         // The kernel's BTF, parsed once for the loader's relocations and for
         // every BTF tracepoint program (a parse is ~10 MB of heap here).
         // `EbpfLoader::new` parses its own copy: drop it before ours exists.
-        let kernel_btf: Result<aya::Btf, String>;
         let mut loader = EbpfLoader::new();
         loader.btf(None);
-        kernel_btf = aya::Btf::from_sys_fs().map_err(|e| {
+        let kernel_btf: Result<aya::Btf, String> = aya::Btf::from_sys_fs().map_err(|e| {
             format!(
                 "no kernel BTF ({}): {} (BTF tracepoints need CONFIG_DEBUG_INFO_BTF)",
                 paths::KERNEL_BTF,
