@@ -4,11 +4,13 @@
 //! - a D sleep of any task (here an unwatched one, blocked creating a file
 //!   on a frozen ext4 of the test's own), with the syscall, the dirfd and
 //!   the path read from its registers and memory, and a kernel stack;
-//! - an interruptible sleep of a watched task in a tracked file syscall
-//!   (`read` on a FIFO), with its fd.
+//! - an interruptible sleep of a watched task in a tracked file syscall on
+//!   storage (a stat waiting for a FUSE daemon of the test's own that never
+//!   answers), with the syscall and the path.
 //!
-//! And not: the same read by an unwatched task, nor a watched task's sleep
-//! in an untracked syscall (`clock_nanosleep`).
+//! And not: the same stat by an unwatched task, a watched task's read on a
+//! FIFO (a pipe is no storage), nor its sleep in an untracked syscall
+//! (`clock_nanosleep`).
 #![cfg(target_arch = "x86_64")]
 
 use std::collections::HashMap;
@@ -21,17 +23,21 @@ use aya::maps::{Array, HashMap as BpfHashMap, MapData};
 use watchdog::probes::{KernelLayout, Probes, STORAGE_PROBES};
 use watchdog_common::{
     AT_FDCWD, ArgKind, BLOCKED_MAP, BlockedEntry, COMM_LEN, CommPattern, DROP_BLOCKED,
-    DROP_PATH_READ, SYSCALL_KINDS_MAP, TASK_INTERRUPTIBLE, TASK_UNINTERRUPTIBLE, WATCH_COMMS_MAP,
+    DROP_PATH_READ, DROP_SLEEPING, DROP_STACK, SLEEPING_MAP, SYSCALL_KINDS_MAP, TASK_INTERRUPTIBLE,
+    TASK_UNINTERRUPTIBLE, WATCH_COMMS_MAP,
 };
 use watchdog_tests::frozen::{FrozenExt4, skip_unless_freeze_prereqs};
+use watchdog_tests::fuse::{HangingFuse, skip_unless_fuse_prereqs};
 use watchdog_tests::{ChildGuard, PYTHON, unix_ns, wait};
 
 const WATCHED: &str = "wd-probe-w";
 const UNWATCHED: &str = "wd-probe-u";
-const NR_READ: u32 = 0;
+/// stat, newfstatat, statx.
+const NR_STATS: [u32; 3] = [4, 262, 332];
 const NR_OPENAT: u32 = 257;
 
 const READ_FIFO: &str = "import os, sys; fd = os.open(sys.argv[1], os.O_RDWR); os.read(fd, 1)";
+const STAT: &str = "import os, sys; os.stat(sys.argv[1])";
 const SLEEP: &str = "import time, sys; time.sleep(600)";
 const CREATE: &str =
     "import os, sys; os.close(os.open(sys.argv[1], os.O_CREAT | os.O_WRONLY, 0o644))";
@@ -95,7 +101,7 @@ fn path_of(e: &BlockedEntry) -> String {
 
 #[test]
 fn storage_sleep_records_d_sleeps_and_watched_file_syscalls_only() {
-    if !skip_unless_freeze_prereqs() {
+    if !skip_unless_freeze_prereqs() || !skip_unless_fuse_prereqs() {
         return;
     }
     let layout = KernelLayout::from_btf(Path::new("/sys/kernel/btf/vmlinux"));
@@ -119,10 +125,13 @@ fn storage_sleep_records_d_sleeps_and_watched_file_syscalls_only() {
     }
     let blocked: BpfHashMap<MapData, u32, BlockedEntry> =
         BpfHashMap::try_from(probes.take_map(BLOCKED_MAP).unwrap()).unwrap();
+    let sleeping: BpfHashMap<MapData, u32, BlockedEntry> =
+        BpfHashMap::try_from(probes.take_map(SLEEPING_MAP).unwrap()).unwrap();
 
     // Children first: they drop (are killed) after the guard thawed.
     let mut kids: Vec<ChildGuard> = Vec::new();
     let mut frozen = FrozenExt4::mount().unwrap_or_else(|e| panic!("{e}"));
+    let fuse = HangingFuse::start();
     let dir = Dir(std::env::temp_dir().join(format!(
         "wd-probe-{}-{}",
         std::process::id(),
@@ -136,54 +145,63 @@ fn storage_sleep_records_d_sleeps_and_watched_file_syscalls_only() {
     frozen.freeze().unwrap_or_else(|e| panic!("{e}"));
     let target = frozen.mount_point().join("newfile");
 
+    kids.push(spawn(&dir.0, WATCHED, STAT, &fuse.hang_path()));
+    // One at a time on the FUSE mount: a blocked lookup holds the directory.
+    wait_wchan(kids[0].pid(), &["request_wait_answer"]);
     kids.push(spawn(&dir.0, WATCHED, READ_FIFO, &fifo));
-    kids.push(spawn(&dir.0, UNWATCHED, READ_FIFO, &fifo));
     kids.push(spawn(&dir.0, WATCHED, SLEEP, &fifo));
     kids.push(spawn(&dir.0, UNWATCHED, CREATE, &target));
+    kids.push(spawn(&dir.0, UNWATCHED, STAT, &fuse.hang_path()));
     let pids: Vec<u32> = kids.iter().map(ChildGuard::pid).collect();
-    wait_wchan(
-        pids[0],
-        &[
-            "pipe_read",
-            "anon_pipe_read",
-            "fifo_pipe_read",
-            "pipe_wait_readable",
-        ],
-    );
-    wait_wchan(
-        pids[1],
-        &[
-            "pipe_read",
-            "anon_pipe_read",
-            "fifo_pipe_read",
-            "pipe_wait_readable",
-        ],
-    );
+    let pipe = [
+        "pipe_read",
+        "anon_pipe_read",
+        "fifo_pipe_read",
+        "pipe_wait_readable",
+    ];
+    wait_wchan(pids[1], &pipe);
     wait_wchan(pids[2], &["hrtimer_nanosleep", "do_nanosleep"]);
-    wait_wchan(pids[3], &["percpu_rwsem_wait"]);
+    wait_wchan(pids[3], &["percpu_rwsem_wait", "__percpu_down_read"]);
+    // The second stat waits for the first's lookup (a lock) or its own request.
+    std::thread::sleep(Duration::from_millis(300));
 
-    let entries: HashMap<u32, BlockedEntry> = blocked.iter().filter_map(Result::ok).collect();
+    // Interruptible sleeps go to SLEEPING, D sleeps to BLOCKED; the latest
+    // sleep of each task counts.
+    let mut entries: HashMap<u32, BlockedEntry> = HashMap::new();
+    for e in blocked.iter().chain(sleeping.iter()).filter_map(Result::ok) {
+        let cur = entries.entry(e.0).or_insert(e.1);
+        if e.1.since_ns > cur.since_ns {
+            *cur = e.1;
+        }
+    }
     let get = |pid: u32| entries.get(&pid).copied();
 
-    let w = get(pids[0]).unwrap_or_else(|| panic!("no entry for the watched read {}", pids[0]));
+    let w = get(pids[0]).unwrap_or_else(|| panic!("no entry for the watched stat {}", pids[0]));
     assert_ne!(w.state & TASK_INTERRUPTIBLE, 0, "{w:?}");
     assert_eq!(w.tgid, pids[0]);
-    assert_eq!(w.nr, NR_READ, "{w:?}");
-    assert_eq!(w.kind, ArgKind::Fd as u32, "{w:?}");
-    assert!(w.fd >= 3, "{w:?}");
+    assert!(NR_STATS.contains(&w.nr), "{w:?}");
+    assert!(
+        w.kind == ArgKind::Path0 as u32 || w.kind == ArgKind::DirfdPath1 as u32,
+        "{w:?}"
+    );
+    assert_eq!(path_of(&w), fuse.hang_path().to_str().unwrap());
     assert!(w.stack_id < 0, "interruptible sleeps carry no stack: {w:?}");
     assert!(w.switches > 0, "{w:?}");
 
-    assert!(
-        get(pids[1]).is_none(),
-        "an unwatched task's interruptible read was recorded: {:?}",
-        get(pids[1])
-    );
-    assert!(
-        get(pids[2]).is_none(),
-        "a watched task's nanosleep was recorded: {:?}",
-        get(pids[2])
-    );
+    // (A D sleep of theirs, e.g. on a cold page cache at start, is recorded
+    // and rightly so; an interruptible one must not be.)
+    let sleeping = |pid: u32| get(pid).filter(|e| e.state & TASK_UNINTERRUPTIBLE == 0);
+    for (pid, what) in [
+        (pids[1], "a watched task's read on a FIFO"),
+        (pids[2], "a watched task's nanosleep"),
+        (pids[4], "an unwatched task's stat"),
+    ] {
+        assert!(
+            sleeping(pid).is_none(),
+            "{what} was recorded: {:?}",
+            get(pid)
+        );
+    }
 
     let d = get(pids[3]).unwrap_or_else(|| panic!("no entry for the D sleep {}", pids[3]));
     assert_ne!(d.state & TASK_UNINTERRUPTIBLE, 0, "{d:?}");
@@ -191,9 +209,15 @@ fn storage_sleep_records_d_sleeps_and_watched_file_syscalls_only() {
     assert_eq!(d.kind, ArgKind::DirfdPath1 as u32, "{d:?}");
     assert_eq!(d.fd, AT_FDCWD, "{d:?}");
     assert_eq!(path_of(&d), target.to_str().unwrap());
-    assert!(d.stack_id >= 0, "a D sleep carries its stack: {d:?}");
+    // A D sleep carries its stack, unless the stack map's bucket held another
+    // (-EEXIST, counted; the sweep then reads /proc/<tid>/stack).
+    assert!(
+        d.stack_id >= 0 || probes.drop_slot(DROP_STACK) > 0,
+        "a D sleep without its stack and no stack drop counted: {d:?}"
+    );
 
     assert_eq!(probes.drop_slot(DROP_BLOCKED), 0, "BLOCKED overflowed");
+    assert_eq!(probes.drop_slot(DROP_SLEEPING), 0, "SLEEPING overflowed");
     // Readable (a counter of failed path reads; the paths above were read).
     let _ = probes.drop_slot(DROP_PATH_READ);
 

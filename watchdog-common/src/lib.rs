@@ -155,8 +155,10 @@ pub const DROP_WATCHED: u32 = 4;
 /// A sleeping task's path argument could not be read (not a drop of the
 /// sleep: it is recorded without its path).
 pub const DROP_PATH_READ: u32 = 5;
-/// A sleep not recorded: [`BLOCKED_MAP`] full.
+/// A D sleep not recorded: [`BLOCKED_MAP`] full.
 pub const DROP_BLOCKED: u32 = 6;
+/// A watched task's interruptible sleep not recorded: [`SLEEPING_MAP`] full.
+pub const DROP_SLEEPING: u32 = 9;
 pub const DROP_STACK: u32 = 7;
 
 /// tgid -> 1: processes whose syscalls are tracked (`HashMap<u32, u8>`).
@@ -174,11 +176,14 @@ pub const WATCH_COMMS_SLOTS: u32 = 16;
 /// Syscall number -> [`ArgKind`] as `u8`; 0 = not tracked (`Array<u8>`).
 pub const SYSCALL_KINDS_MAP: &str = "SYSCALL_KINDS";
 pub const SYSCALL_SLOTS: u32 = 512;
-/// tid -> [`BlockedEntry`]: the last sleep of every task that went to
-/// uninterruptible sleep, and of watched tasks that slept interruptibly in
-/// a tracked file syscall (`HashMap<u32, BlockedEntry>`).
+/// tid -> [`BlockedEntry`]: the last uninterruptible sleep of every task
+/// that went to D (`HashMap<u32, BlockedEntry>`).
 pub const BLOCKED_MAP: &str = "BLOCKED";
 pub const BLOCKED_ENTRIES: u32 = 8192;
+/// tid -> [`BlockedEntry`]: the last interruptible sleep of watched tasks in
+/// a tracked file syscall on storage (not a pipe or socket).
+pub const SLEEPING_MAP: &str = "SLEEPING";
+pub const SLEEPING_ENTRIES: u32 = 4096;
 /// Kernel stacks of tasks going to uninterruptible sleep (`StackTrace`).
 pub const STACKS_MAP: &str = "STACKS";
 pub const STACKS_ENTRIES: u32 = 2048;

@@ -35,9 +35,9 @@ use aya_ebpf::{
 };
 use watchdog_common::{
     AT_FDCWD, ArgKind, BLOCKED_ENTRIES, BlockedEntry, COMM_LEN, CommPattern, DROP_BLOCKED,
-    DROP_PATH_READ, DROP_STACK, DROP_WATCHED, NO_SYSCALL, PATH_LEN, STACKS_ENTRIES, SYSCALL_SLOTS,
-    TASK_INTERRUPTIBLE, TASK_NOLOAD, TASK_UNINTERRUPTIBLE, WATCH_COMMS_SLOTS, WATCHED_BITS_WORDS,
-    WATCHED_ENTRIES, WATCHED_HAS_CONN,
+    DROP_PATH_READ, DROP_SLEEPING, DROP_STACK, DROP_WATCHED, NO_SYSCALL, PATH_LEN,
+    SLEEPING_ENTRIES, STACKS_ENTRIES, SYSCALL_SLOTS, TASK_INTERRUPTIBLE, TASK_NOLOAD,
+    TASK_UNINTERRUPTIBLE, WATCH_COMMS_SLOTS, WATCHED_BITS_WORDS, WATCHED_ENTRIES, WATCHED_HAS_CONN,
 };
 
 use crate::{count_drop_slot, global};
@@ -61,6 +61,12 @@ static SYSCALL_KINDS: Array<u8> = Array::with_max_entries(SYSCALL_SLOTS, 0);
 
 #[map(name = "BLOCKED")]
 static BLOCKED: HashMap<u32, BlockedEntry> = HashMap::with_max_entries(BLOCKED_ENTRIES, 0);
+
+/// The interruptible sleeps of watched tasks, apart: a node full of
+/// runtime descendants parked in file syscalls cannot take the room of the
+/// D sleeps.
+#[map(name = "SLEEPING")]
+static SLEEPING: HashMap<u32, BlockedEntry> = HashMap::with_max_entries(SLEEPING_ENTRIES, 0);
 
 #[map(name = "STACKS")]
 static STACKS: StackTrace = StackTrace::with_max_entries(STACKS_ENTRIES, 0);
@@ -91,6 +97,26 @@ static PT_REGS_R11_OFF: u64 = 0;
 /// task_struct->flags (PF_KTHREAD: kernel threads have no user registers).
 #[unsafe(no_mangle)]
 static TASK_FLAGS_OFF: u64 = 0;
+/// task_struct->files, files_struct->fdt, fdtable->max_fds, ->fd,
+/// file->f_inode, inode->i_mode: the type of an fd argument (some are
+/// legitimately 0: FD_TYPE_KNOWN says whether all were found).
+#[unsafe(no_mangle)]
+static FD_TYPE_KNOWN: u64 = 0;
+#[unsafe(no_mangle)]
+static TASK_FILES_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+static FILES_FDT_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+static FDT_MAX_FDS_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+static FDT_FD_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+static FILE_INODE_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+static INODE_MODE_OFF: u64 = 0;
+const S_IFMT: u16 = 0o170000;
+const S_IFREG: u16 = 0o100000;
+const S_IFDIR: u16 = 0o040000;
 const PF_KTHREAD: u32 = 0x0020_0000;
 /// task_struct->tgid, ->nvcsw, ->nivcsw.
 #[unsafe(no_mangle)]
@@ -237,7 +263,11 @@ pub fn storage_exit(_ctx: RawTracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let (tid, tgid) = (pid_tgid as u32, (pid_tgid >> 32) as u32);
     let _ = BLOCKED.remove(tid);
-    if tid == tgid && watched(tgid) {
+    if !watched(tgid) {
+        return 0;
+    }
+    let _ = SLEEPING.remove(tid);
+    if tid == tgid {
         if watched_byte(tgid) & WATCHED_HAS_CONN != 0 {
             crate::dbus::forget_process(pid_tgid);
         }
@@ -266,23 +296,61 @@ fn syscall_of(task: *mut task_struct) -> Option<(u32, u64)> {
     if regs == 0 {
         return None;
     }
-    let nr = read_kernel::<i64>(regs + nr_off)?;
-    if nr < 0 || nr >= i64::from(SYSCALL_SLOTS) {
+    // 32 bits: arm64's `syscallno` is an s32 (the next 32 bits are other
+    // state); x86's 64-bit orig_ax holds small numbers or -1 (not a syscall).
+    let nr = read_kernel::<i32>(regs + nr_off)?;
+    if nr < 0 || nr >= SYSCALL_SLOTS as i32 {
         return None;
     }
-    let (ip, cx, fl, r11) = (
-        global(&PT_REGS_IP_OFF),
-        global(&PT_REGS_CX_OFF),
-        global(&PT_REGS_FLAGS_OFF),
-        global(&PT_REGS_R11_OFF),
-    );
-    if ip != 0 && cx != 0 && fl != 0 && r11 != 0 {
-        let same = |a: u64, b: u64| read_kernel::<u64>(regs + a) == read_kernel::<u64>(regs + b);
-        if !same(ip, cx) || !same(fl, r11) {
+    let ip = global(&PT_REGS_IP_OFF);
+    if ip != 0 {
+        // All-zero registers: a kernel-made user thread before its exec.
+        let user_ip = read_kernel::<u64>(regs + ip)?;
+        if user_ip == 0 {
             return None;
+        }
+        let (cx, fl, r11) = (
+            global(&PT_REGS_CX_OFF),
+            global(&PT_REGS_FLAGS_OFF),
+            global(&PT_REGS_R11_OFF),
+        );
+        // The loader leaves these 0 where the test does not hold (FRED).
+        if cx != 0 && fl != 0 && r11 != 0 {
+            let same =
+                |a: u64, b: u64| read_kernel::<u64>(regs + a) == read_kernel::<u64>(regs + b);
+            if read_kernel::<u64>(regs + cx) != Some(user_ip) || !same(fl, r11) {
+                return None;
+            }
         }
     }
     Some((nr as u32, regs))
+}
+
+/// Whether fd `fd` of `task` is a regular file or a directory (or its type
+/// is unknown): pipes, sockets and devices are no storage.
+#[inline(always)]
+fn fd_is_storage(task: u64, fd: i32) -> bool {
+    let (files, fdt, max, arr, inode, mode) = (
+        global(&TASK_FILES_OFF),
+        global(&FILES_FDT_OFF),
+        global(&FDT_MAX_FDS_OFF),
+        global(&FDT_FD_OFF),
+        global(&FILE_INODE_OFF),
+        global(&INODE_MODE_OFF),
+    );
+    if global(&FD_TYPE_KNOWN) == 0 {
+        return true;
+    }
+    let kind = || -> Option<u16> {
+        let table = read_kernel::<u64>(read_kernel::<u64>(task + files)? + fdt)?;
+        if fd < 0 || fd as u32 >= read_kernel::<u32>(table + max)? {
+            return None;
+        }
+        let file = read_kernel::<u64>(read_kernel::<u64>(table + arr)? + fd as u64 * 8)?;
+        let m = read_kernel::<u16>(read_kernel::<u64>(file + inode)? + mode)?;
+        Some(m & S_IFMT)
+    };
+    matches!(kind(), Some(S_IFREG | S_IFDIR) | None)
 }
 
 /// Args: (bool preempt, struct task_struct *prev, *next, unsigned int prev_state).
@@ -293,6 +361,11 @@ pub fn storage_sleep(ctx: BtfTracePointContext) -> i32 {
     let state = state as u32;
     // Preempted (still runnable), stopped, dead or idle: nothing to record.
     if state & (TASK_INTERRUPTIBLE | TASK_UNINTERRUPTIBLE) == 0 || state & TASK_NOLOAD != 0 {
+        return 0;
+    }
+    // Preempted after setting its sleep state: it is still runnable.
+    let preempt: u64 = ctx.arg(0);
+    if preempt & 0xff != 0 {
         return 0;
     }
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -314,6 +387,22 @@ pub fn storage_sleep(ctx: BtfTracePointContext) -> i32 {
     // waits interruptibly until signalled); futex, epoll, poll... leave.
     if !d && kind == ArgKind::Untracked {
         return 0;
+    }
+    let prev_addr = prev as u64;
+    if !d
+        && kind == ArgKind::Fd
+        && let Some((_, regs)) = call
+    {
+        let a0 = global(&crate::PT_REGS_ARG0_OFF);
+        let fd = if a0 == 0 {
+            -1
+        } else {
+            read_kernel::<u64>(regs + a0).unwrap_or(u64::MAX) as i32
+        };
+        // A read on a pipe or socket waits for its peer, not for storage.
+        if !fd_is_storage(prev_addr, fd) {
+            return 0;
+        }
     }
     let Some(e) = SCRATCH.get_ptr_mut(0) else {
         return 0;
@@ -374,8 +463,12 @@ pub fn storage_sleep(ctx: BtfTracePointContext) -> i32 {
         }
     }
     e.path[PATH_LEN - 1] = 0;
-    if BLOCKED.insert(tid, e, 0).is_err() {
-        count_drop_slot(DROP_BLOCKED);
+    if d {
+        if BLOCKED.insert(tid, e, 0).is_err() {
+            count_drop_slot(DROP_BLOCKED);
+        }
+    } else if SLEEPING.insert(tid, e, 0).is_err() {
+        count_drop_slot(DROP_SLEEPING);
     }
     0
 }

@@ -172,6 +172,11 @@ pub struct KernelLayout {
     pub pt_regs_flags: u64,
     pub pt_regs_r11: u64,
     pub task_flags: u64,
+    /// task->files->fdt->{max_fds, fd[]}, file->f_inode->i_mode: whether
+    /// an fd a watched task sleeps on is storage (not a pipe or socket).
+    /// [task.files, files.fdt, fdtable.max_fds, fdtable.fd, file.f_inode,
+    /// inode.i_mode] (some are legitimately 0), when all were found.
+    pub fd_type: Option<[u64; 6]>,
     pub task_tgid: u64,
     pub task_nvcsw: u64,
     pub task_nivcsw: u64,
@@ -271,9 +276,13 @@ impl KernelLayout {
         }
         if cfg!(target_arch = "x86_64") {
             l.pt_regs_ip = off("pt_regs", "ip");
-            l.pt_regs_cx = off("pt_regs", "cx");
-            l.pt_regs_flags = off("pt_regs", "flags");
-            l.pt_regs_r11 = off("pt_regs", "r11");
+            // With FRED event delivery `syscall` need not leave ip/flags in
+            // rcx/r11: skip that test there (ip != 0 still applies).
+            if !cpu_has_fred() {
+                l.pt_regs_cx = off("pt_regs", "cx");
+                l.pt_regs_flags = off("pt_regs", "flags");
+                l.pt_regs_r11 = off("pt_regs", "r11");
+            }
         }
         l.task_flags = off("task_struct", "flags");
         l.task_tgid = off("task_struct", "tgid");
@@ -304,8 +313,36 @@ impl KernelLayout {
                 .missing
                 .push(format!("{e} (kernel without the pids controller)")),
         }
+        let fd_type = [
+            ("task_struct", "files"),
+            ("files_struct", "fdt"),
+            ("fdtable", "max_fds"),
+            ("fdtable", "fd"),
+            ("file", "f_inode"),
+            ("inode", "i_mode"),
+        ]
+        .map(|(t, m)| btf.member_offset(t, m).map_err(|e| e.to_string()));
+        match fd_type.iter().find_map(|r| r.as_ref().err()) {
+            None => l.fd_type = Some(fd_type.map(|r| r.unwrap_or(0))),
+            Some(e) => l.missing.push(format!(
+                "{e} (watched tasks' sleeps on pipes and sockets are recorded too)"
+            )),
+        }
         l
     }
+}
+
+/// The CPU delivers events with FRED (x86 flags line in /proc/cpuinfo).
+fn cpu_has_fred() -> bool {
+    let proc = crate::context::procfs::ProcReader::new(Path::new("/"));
+    proc.read(&proc.proc_path("cpuinfo"))
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("flags"))
+                .map(|l| l.split_whitespace().any(|f| f == "fred"))
+        })
+        .unwrap_or(false)
 }
 
 /// The loaded object with its attached probes.
@@ -404,6 +441,9 @@ impl Probes {
         });
         loader.btf(kernel_btf.as_ref().ok());
         let pids_idx = layout.pids_cgrp_id.unwrap_or(u64::MAX);
+        let fd_type = layout.fd_type;
+        let ft = fd_type.unwrap_or([0; 6]);
+        let fd_known = u64::from(fd_type.is_some());
         loader
             .override_global("PT_REGS_NR_OFF", &layout.pt_regs_nr, true)
             .override_global("PT_REGS_ARG0_OFF", &layout.pt_regs_arg0, true)
@@ -414,6 +454,13 @@ impl Probes {
             .override_global("PT_REGS_FLAGS_OFF", &layout.pt_regs_flags, true)
             .override_global("PT_REGS_R11_OFF", &layout.pt_regs_r11, true)
             .override_global("TASK_FLAGS_OFF", &layout.task_flags, true)
+            .override_global("FD_TYPE_KNOWN", &fd_known, true)
+            .override_global("TASK_FILES_OFF", &ft[0], true)
+            .override_global("FILES_FDT_OFF", &ft[1], true)
+            .override_global("FDT_MAX_FDS_OFF", &ft[2], true)
+            .override_global("FDT_FD_OFF", &ft[3], true)
+            .override_global("FILE_INODE_OFF", &ft[4], true)
+            .override_global("INODE_MODE_OFF", &ft[5], true)
             .override_global("TASK_TGID_OFF", &layout.task_tgid, true)
             .override_global("TASK_NVCSW_OFF", &layout.task_nvcsw, true)
             .override_global("TASK_NIVCSW_OFF", &layout.task_nivcsw, true)

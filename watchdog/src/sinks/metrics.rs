@@ -65,7 +65,7 @@ pub struct Metrics {
     warnings: BTreeSet<String>,
     /// Last values of counters kept elsewhere (we add the difference).
     last_events: u64,
-    last_drops: [u64; 9],
+    last_drops: [u64; 10],
     last_cpu_ticks: u64,
     clk_tck: f64,
     page_size: u64,
@@ -92,7 +92,7 @@ impl Metrics {
             active: BTreeMap::new(),
             warnings: BTreeSet::new(),
             last_events: 0,
-            last_drops: [0; 9],
+            last_drops: [0; 10],
             last_cpu_ticks: 0,
             // SAFETY: sysconf has no preconditions.
             clk_tck: (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).max(1) as f64,
@@ -180,6 +180,7 @@ impl Metrics {
             "storage_watched",
             "storage_path_reads",
             "storage_blocked",
+            "storage_sleeping",
             "storage_stacks",
             "storage_sock_conns",
         ] {
@@ -303,6 +304,10 @@ impl Sink for Metrics {
                 s.drops.storage.map_or(0, |d| d.path_reads),
             ),
             ("storage_blocked", s.drops.storage.map_or(0, |d| d.blocked)),
+            (
+                "storage_sleeping",
+                s.drops.storage.map_or(0, |d| d.sleeping),
+            ),
             ("storage_stacks", s.drops.storage.map_or(0, |d| d.stacks)),
             (
                 "storage_sock_conns",

@@ -21,9 +21,9 @@ use std::{
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, StackTraceMap};
 use watchdog_common::{
-    AT_FDCWD, ArgKind, BLOCKED_MAP, BlockedEntry, COMM_LEN, CommPattern, NO_SYSCALL, STACKS_MAP,
-    SYSCALL_KINDS_MAP, TASK_UNINTERRUPTIBLE, TASK_WAKEKILL, WATCH_COMMS_MAP, WATCH_COMMS_SLOTS,
-    WATCHED_BYTES_MAP, WATCHED_MAP,
+    AT_FDCWD, ArgKind, BLOCKED_MAP, BlockedEntry, COMM_LEN, CommPattern, NO_SYSCALL, SLEEPING_MAP,
+    STACKS_MAP, SYSCALL_KINDS_MAP, TASK_UNINTERRUPTIBLE, TASK_WAKEKILL, WATCH_COMMS_MAP,
+    WATCH_COMMS_SLOTS, WATCHED_BYTES_MAP, WATCHED_MAP,
 };
 
 use crate::{
@@ -174,8 +174,10 @@ pub struct StorageDrops {
     pub watched: u64,
     /// Sleeps recorded without their path (the user string was unreadable).
     pub path_reads: u64,
-    /// Sleeps not recorded (BLOCKED full).
+    /// D sleeps not recorded (BLOCKED full).
     pub blocked: u64,
+    /// Watched tasks' interruptible sleeps not recorded (SLEEPING full).
+    pub sleeping: u64,
     /// Kernel stacks not stored (stack map full or hash collision).
     pub stacks: u64,
     /// D-Bus/systemd connections not followed (SOCK_CONNS full).
@@ -188,6 +190,7 @@ impl StorageDrops {
             watched: probes.drop_slot(watchdog_common::DROP_WATCHED),
             path_reads: probes.drop_slot(watchdog_common::DROP_PATH_READ),
             blocked: probes.drop_slot(watchdog_common::DROP_BLOCKED),
+            sleeping: probes.drop_slot(watchdog_common::DROP_SLEEPING),
             stacks: probes.drop_slot(watchdog_common::DROP_STACK),
             sock_conns: probes.drop_slot(watchdog_common::DROP_SOCK_CONNS),
         }
@@ -198,8 +201,10 @@ impl StorageDrops {
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct SweepStats {
     pub watched: usize,
-    /// Entries in the BLOCKED map (sleeps recorded, current or not).
+    /// Entries in the BLOCKED and SLEEPING maps (sleeps recorded, current
+    /// or not).
     pub blocked: usize,
+    pub sleeping: usize,
     pub stale_removed: u64,
 }
 
@@ -207,7 +212,9 @@ pub struct SweepStats {
 pub struct StorageTracker {
     proc: ProcReader,
     threshold_ns: u64,
+    /// D sleeps, then watched tasks' interruptible sleeps.
     blocked: BpfHashMap<MapData, u32, BlockedEntry>,
+    sleeping: BpfHashMap<MapData, u32, BlockedEntry>,
     watched: BpfHashMap<MapData, u32, u8>,
     /// Processes running at start whose own name is a runtime name (not
     /// their descendants).
@@ -305,6 +312,7 @@ impl StorageTracker {
             proc,
             threshold_ns: threshold_ms * 1_000_000,
             blocked: take(probes, BLOCKED_MAP, BpfHashMap::try_from)?,
+            sleeping: take(probes, SLEEPING_MAP, BpfHashMap::try_from)?,
             watched,
             runtimes_at_start,
             stacks,
@@ -363,49 +371,53 @@ impl StorageTracker {
             .ok()
     }
 
-    /// Context switches of a task so far (nvcsw + nivcsw).
-    fn switches(&self, tgid: u32, tid: u32) -> Option<u64> {
-        let s = self.task_read(tgid, tid, "status")?;
-        let mut total = 0u64;
-        let mut found = 0;
-        for l in s.lines() {
-            if let Some(v) = l
-                .strip_prefix("voluntary_ctxt_switches:")
-                .or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))
-            {
-                total += v.trim().parse::<u64>().ok()?;
-                found += 1;
-            }
-        }
-        (found == 2).then_some(total)
-    }
-
     /// One sweep. `at` is the observation time.
     pub fn sweep(&mut self, at: Time) -> BlockedTasks {
         let now = monotonic_ns();
         let threshold = self.threshold_ns;
         let mut cands: HashMap<u32, BlockedEntry> = HashMap::new();
 
-        let blocked: Vec<(u32, BlockedEntry)> = self
-            .blocked
-            .iter()
-            .filter_map(Result::ok)
-            .take(watchdog_common::BLOCKED_ENTRIES as usize * 2)
-            .collect();
-        self.stats.blocked = blocked.len();
-        for (tid, e) in blocked {
-            if now.saturating_sub(e.since_ns) < threshold {
-                continue;
+        for d in [true, false] {
+            let map = if d {
+                &mut self.blocked
+            } else {
+                &mut self.sleeping
+            };
+            let limit = if d {
+                watchdog_common::BLOCKED_ENTRIES
+            } else {
+                watchdog_common::SLEEPING_ENTRIES
+            };
+            let entries: Vec<(u32, BlockedEntry)> = map
+                .iter()
+                .filter_map(Result::ok)
+                .take(limit as usize * 2)
+                .collect();
+            if d {
+                self.stats.blocked = entries.len();
+            } else {
+                self.stats.sleeping = entries.len();
             }
-            // Valid only while the task has not been switched since (gone
-            // tasks are stale too: the exit probe may have attached late).
-            match self.switches(e.tgid, tid) {
-                Some(n) if e.switches == 0 || n == e.switches => {
-                    cands.insert(tid, e);
+            for (tid, e) in entries {
+                if now.saturating_sub(e.since_ns) < threshold {
+                    continue;
                 }
-                _ => {
-                    let _ = self.blocked.remove(&tid);
-                    self.stats.stale_removed += 1;
+                // Valid only while the task has not been switched since (gone
+                // tasks are stale too: the exit probe may have attached late).
+                match switches(&self.proc, e.tgid, tid) {
+                    Some(n) if e.switches == 0 || n == e.switches => {
+                        // A D record wins over an older interruptible one.
+                        cands.entry(tid).or_insert(e);
+                    }
+                    _ => {
+                        let map = if d {
+                            &mut self.blocked
+                        } else {
+                            &mut self.sleeping
+                        };
+                        let _ = map.remove(&tid);
+                        self.stats.stale_removed += 1;
+                    }
                 }
             }
         }
@@ -590,7 +602,11 @@ impl StorageTracker {
                     return Some(mounts::normalize(&raw));
                 }
                 if raw.is_empty() {
-                    return None;
+                    // AT_EMPTY_PATH (fstat as newfstatat(fd, ""), statx):
+                    // the fd itself; else the path was unreadable.
+                    return (kind == ArgKind::DirfdPath1 && s.fd >= 0)
+                        .then(|| self.fd_link(tgid, s.fd))
+                        .flatten();
                 }
                 let base = if s.fd == AT_FDCWD || kind != ArgKind::DirfdPath1 {
                     self.proc
@@ -624,6 +640,23 @@ impl StorageTracker {
         };
         (Some(syscalls::name(nr)), path)
     }
+}
+
+/// Context switches of a task so far (nvcsw + nivcsw).
+fn switches(proc: &ProcReader, tgid: u32, tid: u32) -> Option<u64> {
+    let s = proc.read(&proc.task_file(tgid, tid, "status")).ok()?;
+    let mut total = 0u64;
+    let mut found = 0;
+    for l in s.lines() {
+        if let Some(v) = l
+            .strip_prefix("voluntary_ctxt_switches:")
+            .or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))
+        {
+            total += v.trim().parse::<u64>().ok()?;
+            found += 1;
+        }
+    }
+    (found == 2).then_some(total)
 }
 
 /// The wait class a file system's own type implies, for network and

@@ -70,9 +70,16 @@ fn frozen(names: &[&str]) -> bool {
     let rwsem = names
         .iter()
         .any(|n| *n == "percpu_rwsem_wait" || *n == "__percpu_down_read");
-    let cgroup = names
-        .iter()
-        .any(|n| n.starts_with("cgroup_") || n.contains("threadgroup") || *n == "copy_process");
+    // Other per-CPU rwsems: cgroup moves and forks, CPU hotplug, memory
+    // hotplug (a sysfs or /proc/sys write waits there under vfs_write).
+    let cgroup = names.iter().any(|n| {
+        n.starts_with("cgroup_")
+            || n.contains("threadgroup")
+            || *n == "copy_process"
+            || n.starts_with("cpus_read_lock")
+            || n.contains("hotplug")
+            || n.starts_with("get_online_mems")
+    });
     let fs = names.iter().any(|n| {
         n.starts_with("mnt_want_write")
             || n.starts_with("vfs_")
@@ -257,6 +264,16 @@ mod tests {
             "copy_process+0x1b0",
         ];
         assert_eq!(classify(&fork), WaitClass::Other);
+        // A sysctl write waiting for CPU hotplug.
+        let hotplug = [
+            "percpu_rwsem_wait+0x15f",
+            "__percpu_down_read+0x88",
+            "cpus_read_lock+0x20",
+            "proc_sys_call_handler+0x1a0",
+            "vfs_write+0x2a0",
+            "ksys_write+0x70",
+        ];
+        assert_eq!(classify(&hotplug), WaitClass::Other);
     }
 
     #[test]
