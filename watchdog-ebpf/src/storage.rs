@@ -93,7 +93,7 @@ fn watched_byte(tgid: u32) -> u8 {
 }
 
 #[inline(always)]
-fn watched(tgid: u32) -> bool {
+pub(crate) fn watched(tgid: u32) -> bool {
     watched_byte(tgid) != 0
 }
 
@@ -190,20 +190,6 @@ pub(crate) fn comm_is_runtime(comm: &[u8; COMM_LEN]) -> bool {
     false
 }
 
-/// When the syscall `tid` is in started (its entry time), if known.
-#[inline(always)]
-pub(crate) fn syscall_start(tid: u32) -> u64 {
-    if let Some(slot) = SLOT.get_ptr(0) {
-        // SAFETY: per-CPU slot.
-        let slot = unsafe { &*slot };
-        if slot.tid == tid {
-            return slot.start_ns;
-        }
-    }
-    // SAFETY: map value read at once.
-    unsafe { INFLIGHT.get(tid) }.map_or(0, |e| e.start_ns)
-}
-
 #[inline(always)]
 #[expect(
     clippy::needless_range_loop,
@@ -298,12 +284,11 @@ pub fn storage_sys_enter(ctx: RawTracePointContext) -> i32 {
 }
 
 #[raw_tracepoint(tracepoint = "sys_exit")]
-pub fn storage_sys_exit(ctx: RawTracePointContext) -> i32 {
+pub fn storage_sys_exit(_ctx: RawTracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     if !watched((pid_tgid >> 32) as u32) {
         return 0;
     }
-    crate::dbus::on_sys_exit(&ctx, pid_tgid);
     let tid = pid_tgid as u32;
     if let Some(slot) = SLOT.get_ptr_mut(0) {
         // SAFETY: per-CPU slot.

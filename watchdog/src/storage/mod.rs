@@ -178,6 +178,11 @@ pub struct StorageDrops {
     pub stacks: u64,
     /// D-Bus/systemd connections not followed (SOCK_CONNS full).
     pub sock_conns: u64,
+    /// Socket decisions not cached (DBUS_SOCKS full; socket tracepoints).
+    pub dbus_socks: u64,
+    /// Followed calls whose bytes went by unparsed (unknown syscall, failed
+    /// read; socket tracepoints): the next event says desync.
+    pub dbus_reads: u64,
 }
 
 impl StorageDrops {
@@ -188,6 +193,8 @@ impl StorageDrops {
             dstate: probes.drop_slot(watchdog_common::DROP_DSTATE),
             stacks: probes.drop_slot(watchdog_common::DROP_STACK),
             sock_conns: probes.drop_slot(watchdog_common::DROP_SOCK_CONNS),
+            dbus_socks: probes.drop_slot(watchdog_common::DROP_DBUS_SOCKS),
+            dbus_reads: probes.drop_slot(watchdog_common::DROP_DBUS_READS),
         }
     }
 }
