@@ -711,10 +711,14 @@ fn on_sock(ctx: &BtfTracePointContext, dir: usize) {
             e.msgs[0].bytes[3],
         ];
     }
-    if EVENTS
-        .output::<SocketEvent>(&*e, wake_flags(call, ret, requested))
-        .is_err()
-    {
+    // A new connection wakes the agent at once: it reads who connected
+    // from /proc while the process (a short-lived runc) still runs.
+    let wake = if first {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        wake_flags(call, ret, requested)
+    };
+    if EVENTS.output::<SocketEvent>(&*e, wake).is_err() {
         count_drop(EventKind::Socket);
     }
 }
