@@ -143,22 +143,19 @@ impl Conn {
         }
         for m in msgs {
             match m.answers() {
-                Some(Some(serial)) => {
-                    if self.calls.remove(&serial).is_none() {
-                        if self.early_replies.len() >= EARLY_REPLIES {
-                            self.early_replies.pop_front();
-                        }
-                        self.early_replies.push_back(serial);
+                Some(Some(serial)) if self.calls.remove(&serial).is_none() => {
+                    if self.early_replies.len() >= EARLY_REPLIES {
+                        self.early_replies.pop_front();
                     }
+                    self.early_replies.push_back(serial);
                 }
                 // A reply whose REPLY_SERIAL was not copied: it may answer
                 // any of them.
                 Some(None) => self.calls.clear(),
-                None => {}
+                // Answered (removed in the guard), or not a reply.
+                Some(Some(_)) | None => {}
             }
-            if let Message::Sasl { lines } = m
-                && lines.iter().any(|l| dbus::sasl_server_answers(l))
-            {
+            if m.answers_sasl() {
                 self.auth_since = None;
             }
         }
