@@ -287,7 +287,7 @@ pub const SOCK_CALLS_MAP: &str = "SOCK_CALLS";
 /// `(tgid << 32) | fd` -> [`SockConn`] of open tracked connections (LRU hash).
 pub const SOCK_CONNS_MAP: &str = "SOCK_CONNS";
 pub const SOCK_CONNS_ENTRIES: u32 = 4096;
-/// `struct sock *` -> [`DbusSock`]: per socket of a watched process, whether
+/// Socket cookie -> [`DbusSock`]: per socket of a watched process, whether
 /// it is followed and where each direction's byte stream stands (LRU hash;
 /// socket-tracepoint path).
 pub const DBUS_SOCKS_MAP: &str = "DBUS_SOCKS";
@@ -316,8 +316,8 @@ pub struct SockConn {
 }
 
 /// What the socket-tracepoint probe knows about one socket (value of
-/// [`DBUS_SOCKS_MAP`]). Pointers are reused after a close: the entry holds
-/// for `sk` only while its peer is still `peer`.
+/// [`DBUS_SOCKS_MAP`], keyed by the socket's cookie): the entry holds while
+/// its peer is still `peer` and for the process `tgid`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DbusSock {

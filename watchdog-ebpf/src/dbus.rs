@@ -9,7 +9,7 @@
 //!   present). No syscall hook: they fire only on socket sends and receives.
 //!   Cost order: one inlined array lookup of the caller's tgid (unwatched
 //!   tasks return at once, before any map lookup), MSG_PEEK skipped, then
-//!   one LRU lookup by socket pointer (DBUS_SOCKS) that caches whether the
+//!   one LRU lookup by socket cookie (DBUS_SOCKS) that caches whether the
 //!   socket is followed (AF_UNIX, peer bound to a followed path, caller a
 //!   runtime). Only followed sockets read the syscall's buffer and emit: the
 //!   probe walks the D-Bus message boundaries in the bytes (a per-socket,
@@ -24,7 +24,7 @@
 use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
-        generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
+        generated::{bpf_get_current_task_btf, bpf_get_socket_cookie, bpf_task_pt_regs},
     },
     macros::{btf_tracepoint, map, raw_tracepoint},
     maps::{Array, LruHashMap, PerCpuArray},
@@ -69,7 +69,7 @@ static SOCK_CALLS: Array<u8> = Array::with_max_entries(SYSCALL_SLOTS, 0);
 #[map(name = "SOCK_CONNS")]
 static SOCK_CONNS: LruHashMap<u64, SockConn> = LruHashMap::with_max_entries(SOCK_CONNS_ENTRIES, 0);
 
-/// Socket-tracepoint path: `struct sock *` -> what is known of it. An LRU:
+/// Socket-tracepoint path: socket cookie -> what is known of it. An LRU:
 /// sockets are never removed (there is no close hook), old ones age out.
 #[map(name = "DBUS_SOCKS")]
 static DBUS_SOCKS: LruHashMap<u64, DbusSock> = LruHashMap::with_max_entries(DBUS_SOCKS_ENTRIES, 0);
@@ -458,7 +458,7 @@ pub fn dbus_sock_recv(ctx: BtfTracePointContext) -> i32 {
 /// The decision for `sk` (followed or not), cached per socket. None: not
 /// followed, or the probe lacks the offsets. The bool: decided just now.
 #[inline(always)]
-fn decide(sk: u64, tgid: u32) -> Option<(*mut DbusSock, bool)> {
+fn decide(sk: u64, key: u64, tgid: u32) -> Option<(*mut DbusSock, bool)> {
     let (fam_off, peer_off, addr_off, len_off, name_off) = (
         global(&SK_FAMILY_OFF),
         global(&UNIX_PEER_OFF),
@@ -471,16 +471,19 @@ fn decide(sk: u64, tgid: u32) -> Option<(*mut DbusSock, bool)> {
     if peer_off == 0 || addr_off == 0 || name_off == 0 {
         return None;
     }
-    if let Some(s) = DBUS_SOCKS.get_ptr_mut(sk) {
-        // SAFETY: map value; the peer is re-read to catch a reused pointer.
+    if let Some(s) = DBUS_SOCKS.get_ptr_mut(key) {
+        // SAFETY: map value. The key is the socket's cookie (never reused);
+        // the peer is checked all the same (a unix datagram socket can
+        // connect elsewhere), and another process using the socket (an
+        // inherited fd) decides for itself.
         let cached = unsafe { &*s };
         let peer = if read_kernel::<u16>(sk + fam_off) == Some(AF_UNIX) {
             read_kernel::<u64>(sk + peer_off).unwrap_or(0)
         } else {
             0
         };
-        if cached.peer == peer {
-            return (cached.slot != DBUS_NOT_FOLLOWED && cached.tgid == tgid).then_some((s, false));
+        if cached.peer == peer && cached.tgid == tgid {
+            return (cached.slot != DBUS_NOT_FOLLOWED).then_some((s, false));
         }
     }
     let mut entry = DbusSock {
@@ -503,14 +506,14 @@ fn decide(sk: u64, tgid: u32) -> Option<(*mut DbusSock, bool)> {
             entry.slot = DBUS_NOT_FOLLOWED;
         }
     }
-    if DBUS_SOCKS.insert(sk, entry, 0).is_err() {
+    if DBUS_SOCKS.insert(key, entry, 0).is_err() {
         count_drop_slot(DROP_DBUS_SOCKS);
         return None;
     }
     if entry.slot == DBUS_NOT_FOLLOWED {
         return None;
     }
-    DBUS_SOCKS.get_ptr_mut(sk).map(|s| (s, true))
+    DBUS_SOCKS.get_ptr_mut(key).map(|s| (s, true))
 }
 
 /// The followed-path slot of the address the peer is bound to.
@@ -599,7 +602,13 @@ fn on_sock(ctx: &BtfTracePointContext, dir: usize) {
         return;
     }
     let sk: u64 = ctx.arg(0);
-    let Some((state, first)) = decide(sk, tgid) else {
+    // The socket's cookie, unique for the boot: a `struct sock *` is reused
+    // after a close, often with its peer's pointer too (both come from slab
+    // free lists), which made a new connection of another runc look like
+    // the closed one. (The helper takes the typed argument itself.)
+    // SAFETY: the tracepoint's `struct sock *` argument, as the verifier typed it.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.arg::<*mut core::ffi::c_void>(0)) };
+    let Some((state, first)) = decide(sk, cookie, tgid) else {
         return;
     };
     // Its exec or exit forgets its connections.
