@@ -16,7 +16,7 @@ pub const EVENTS_MAP: &str = "EVENTS";
 /// indexed by [`EventKind`].
 pub const DROPS_MAP: &str = "DROPS";
 /// Number of slots in [`DROPS_MAP`] (one per `EventKind` value).
-pub const DROP_SLOTS: u32 = 10;
+pub const DROP_SLOTS: u32 = 12;
 
 /// Which struct follows the header. Stored as `u32` in the header.
 #[repr(u32)]
@@ -276,6 +276,13 @@ pub struct BlockedEntry {
 
 /// Drop-counter slot: a connection that could not be tracked (map full).
 pub const DROP_SOCK_CONNS: u32 = 8;
+/// Drop-counter slot: a socket decision (followed or not) that could not be
+/// cached in [`DBUS_SOCKS_MAP`] (socket-tracepoint path).
+pub const DROP_DBUS_SOCKS: u32 = 10;
+/// Drop-counter slot: a followed call whose bytes could not be read from
+/// the caller's memory, or whose syscall is not one the probe knows (the
+/// stream position is lost: the next event says so).
+pub const DROP_DBUS_READS: u32 = 11;
 /// Socket paths whose connections are tracked (`Array<SockPath>`).
 pub const SOCK_PATHS_MAP: &str = "SOCK_PATHS";
 pub const SOCK_PATH_SLOTS: u32 = 8;
@@ -286,6 +293,11 @@ pub const SOCK_CALLS_MAP: &str = "SOCK_CALLS";
 /// `(tgid << 32) | fd` -> [`SockConn`] of open tracked connections (LRU hash).
 pub const SOCK_CONNS_MAP: &str = "SOCK_CONNS";
 pub const SOCK_CONNS_ENTRIES: u32 = 4096;
+/// Socket cookie -> [`DbusSock`]: per socket of a watched process, whether
+/// it is followed and where each direction's byte stream stands (LRU hash;
+/// socket-tracepoint path).
+pub const DBUS_SOCKS_MAP: &str = "DBUS_SOCKS";
+pub const DBUS_SOCKS_ENTRIES: u32 = 8192;
 /// At a process's exec or exit, its fds below this are forgotten (the
 /// connections of a process that never closed them).
 pub const SOCK_FD_SCAN: u32 = 64;
@@ -307,6 +319,74 @@ pub struct SockConn {
     /// Slot in [`SOCK_PATHS_MAP`] of the path it connected to.
     pub slot: u32,
     pub _pad: u32,
+}
+
+/// What the socket-tracepoint probe knows about one socket (value of
+/// [`DBUS_SOCKS_MAP`], keyed by the socket's cookie): the entry holds while
+/// its peer is still `peer` and for the process `tgid`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DbusSock {
+    /// The peer `struct sock *` when the decision was taken.
+    pub peer: u64,
+    /// Slot in [`SOCK_PATHS_MAP`] of the peer's path, or
+    /// [`DBUS_NOT_FOLLOWED`].
+    pub slot: u32,
+    /// The process that decided (a runtime): another process using the same
+    /// socket (inherited fd) is not followed.
+    pub tgid: u32,
+    /// Bytes still to skip of the message in progress, per direction
+    /// (0 send, 1 receive).
+    pub skip: [u32; 2],
+    /// Per direction, non-zero when bytes went by unparsed (an unknown
+    /// syscall, a failed read): the next event of that direction carries
+    /// [`SOCK_EV_DESYNC`].
+    pub lost: [u32; 2],
+}
+
+/// [`DbusSock::slot`] of a socket that is not followed.
+pub const DBUS_NOT_FOLLOWED: u32 = u32::MAX;
+
+/// [`SocketEvent::flags`]: the event comes from the socket-tracepoint probe,
+/// which walks message boundaries ([`SocketEvent::msgs`] is meaningful).
+pub const SOCK_EV_STREAM: u32 = 1;
+/// The first event of this socket the probe saw (the connection becomes
+/// known here: there is no connect hook on that path).
+pub const SOCK_EV_FIRST: u32 = 2;
+/// The bytes of this event could not be followed message by message (a
+/// header split across reads, unknown bytes, a failed read): userspace
+/// treats a read as answering everything.
+pub const SOCK_EV_DESYNC: u32 = 4;
+/// More message starts than [`SOCK_MSG_SLOTS`] in one call: the rest were
+/// skipped by their lengths but not copied.
+pub const SOCK_EV_OVERFLOW: u32 = 8;
+
+/// Message starts copied per event.
+pub const SOCK_MSG_SLOTS: usize = 4;
+/// Bytes copied per message start: the 16-byte fixed header of a binary
+/// D-Bus message and its first header fields, or a SASL line or two.
+pub const SOCK_MSG_BYTES: usize = 128;
+
+/// [`SockMsg::kind`].
+pub const SOCK_MSG_NONE: u8 = 0;
+/// A binary D-Bus message (header at `bytes[0]`).
+pub const SOCK_MSG_DBUS: u8 = 1;
+/// SASL authentication text: the rest of the call from there, as far as
+/// copied (userspace finds the line ends, and a binary message after them).
+pub const SOCK_MSG_SASL: u8 = 2;
+
+/// The start of one message in a followed call's bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockMsg {
+    /// Bytes of `bytes` that belong to this call (at most the message's).
+    pub len: u16,
+    /// [`SOCK_MSG_DBUS`], [`SOCK_MSG_SASL`] or [`SOCK_MSG_NONE`].
+    pub kind: u8,
+    pub _pad: u8,
+    /// Where the message starts in the call's bytes.
+    pub offset: u32,
+    pub bytes: [u8; SOCK_MSG_BYTES],
 }
 
 /// The syscall of a [`SocketEvent`], classified by the probe (numbers differ
@@ -402,6 +482,11 @@ pub struct SocketEvent {
     /// The address of a connect (NUL-padded); empty for other calls.
     pub path: [u8; SOCK_PATH_LEN],
     pub _pad2: u32,
+    /// `SOCK_EV_*` bits (0 from the syscall probes).
+    pub flags: u32,
+    /// Message starts filled in `msgs`.
+    pub nmsgs: u32,
+    pub msgs: [SockMsg; SOCK_MSG_SLOTS],
 }
 
 #[cfg(feature = "user")]
@@ -415,6 +500,7 @@ mod user {
     unsafe impl aya::Pod for super::SocketEvent {}
     unsafe impl aya::Pod for super::SockPath {}
     unsafe impl aya::Pod for super::SockConn {}
+    unsafe impl aya::Pod for super::DbusSock {}
 }
 
 /// Decoding of raw ring-buffer records (userspace only).
@@ -426,6 +512,10 @@ pub mod decode {
 
     /// A decoded record.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    #[expect(
+        clippy::large_enum_variant,
+        reason = "socket events carry their message starts (4 x 136 bytes); boxing would need alloc in this no_std crate; the engine queue (8192 events, about 6 MiB when full) is allocated as it fills"
+    )]
     pub enum Event {
         ForkFailure(ForkFailureEvent),
         NprocPressure(NprocPressureEvent),
@@ -595,6 +685,15 @@ pub mod decode {
                 comm: *b"runc\0\0\0\0\0\0\0\0\0\0\0\0",
                 path,
                 _pad2: 0,
+                flags: crate::SOCK_EV_STREAM | crate::SOCK_EV_FIRST,
+                nmsgs: 1,
+                msgs: [crate::SockMsg {
+                    len: 4,
+                    kind: crate::SOCK_MSG_DBUS,
+                    _pad: 0,
+                    offset: 0,
+                    bytes: [7; crate::SOCK_MSG_BYTES],
+                }; crate::SOCK_MSG_SLOTS],
             };
             assert_eq!(size_of::<SocketEvent>() % 8, 0);
             assert_eq!(decode(as_bytes(&ev)), Ok(Event::Socket(ev)));

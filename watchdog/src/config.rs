@@ -33,6 +33,7 @@
 //! sockets = ["/run/systemd/private", "/run/dbus/system_bus_socket", "/var/run/dbus/system_bus_socket"]
 //! probe = true                    # the agent's own Ping/GetId while a request waits
 //! probe_timeout = "2s"
+//! requests = "auto"              # auto (socket tracepoints if Linux 6.3+, else off) | socket-tracepoints | syscalls | off
 //!
 //! [pleg]                          # kubelet's PLEG signals and the agent's own relist
 //! enabled = true
@@ -95,6 +96,8 @@ pub struct SystemdSection {
     pub probe: bool,
     #[serde(deserialize_with = "duration")]
     pub probe_timeout: Duration,
+    /// How requests are followed (`--dbus-requests`).
+    pub requests: crate::dbus::options::DbusRequests,
 }
 
 impl Default for SystemdSection {
@@ -108,14 +111,16 @@ impl Default for SystemdSection {
             sockets: d.sockets,
             probe: d.probe,
             probe_timeout: d.probe_timeout,
+            requests: d.requests,
         }
     }
 }
 
 impl SystemdSection {
     pub fn options(&self) -> Option<crate::dbus::options::DbusOptions> {
-        self.enabled.then(|| {
-            validate::dbus_options(
+        self.enabled.then(|| crate::dbus::options::DbusOptions {
+            requests: self.requests,
+            ..validate::dbus_options(
                 self.sockets.clone(),
                 self.probe,
                 self.probe_timeout,

@@ -16,12 +16,14 @@ use tokio::{
 use watchdog_common::decode::Event;
 
 use crate::context::NodeContext;
+use crate::dbus::options::RequestPath;
 use crate::model::finding::Cause;
 use crate::model::settings::EngineConfig;
 use crate::model::{NprocUsage, Observation};
 use crate::paths;
 use crate::probes::{
-    self, FORK_FAILURES, KernelLayout, NPROC_PRESSURE, ProbeState, Probes, STORAGE_PROBES,
+    self, DBUS_SOCKET_PROBES, DBUS_SYSCALL_PROBES, FORK_FAILURES, KernelLayout, NPROC_PRESSURE,
+    ProbePath, ProbeSpec, ProbeState, Probes, STORAGE_PROBES,
 };
 use crate::recording::{Header, Recorder};
 use crate::ringbuf::{self, Counters};
@@ -172,8 +174,9 @@ fn on_event(
         Event::Socket(s) => {
             if let Some(t) = dbus {
                 let started = (s.start_ns != 0).then(|| clock.to_time(s.start_ns));
-                let call = t.call(&s, clock.to_time(s.header.ts_ns), started);
-                diag.observe(Observation::SocketCall(call), sink);
+                for call in t.calls(&s, clock.to_time(s.header.ts_ns), started) {
+                    diag.observe(Observation::SocketCall(call), sink);
+                }
             }
         }
     }
@@ -198,32 +201,67 @@ pub async fn session(opts: TraceOptions, sink: &mut dyn Sink) -> anyhow::Result<
         ForkProbeMode::Auto => (&[NPROC_PRESSURE], &[FORK_FAILURES]),
         ForkProbeMode::Off => (&[NPROC_PRESSURE], &[]),
     };
+    // How D-Bus requests are followed: `auto` never takes a syscall hook.
+    let (mut dbus_path, mut dbus_why) = match &opts.dbus {
+        Some(d) if opts.storage.is_some() => d.requests.resolve(layout.sock_tracepoints),
+        Some(_) => (
+            RequestPath::Off,
+            "the D-Bus request tracking needs the storage probes' watched set, which is off".into(),
+        ),
+        None => (RequestPath::Off, "systemd-hang detection is off".into()),
+    };
+    let dbus_probes: &[ProbeSpec] = match dbus_path {
+        RequestPath::SocketTracepoints => &DBUS_SOCKET_PROBES,
+        RequestPath::Syscalls => &DBUS_SYSCALL_PROBES,
+        RequestPath::Off => &[],
+    };
     let wanted: Vec<_> = wanted
         .iter()
         .copied()
         .chain(opts.storage.iter().flat_map(|_| STORAGE_PROBES))
+        .chain(dbus_probes.iter().copied())
         .collect();
     let mut probes = Probes::load(&layout, &wanted, standby)?;
     let mut storage = opts
         .storage
         .as_ref()
         .and_then(|s| crate::storage::StorageTracker::start(&mut probes, &opts.root, s));
-    let mut dbus = match (&opts.dbus, &storage) {
+    if let Some(p) = dbus_probes
+        .iter()
+        .find(|p| probes.state(p.name) != Some(ProbeState::Attached))
+    {
+        dbus_why = format!(
+            "{dbus_why}; but probe {} is unavailable: requests are not followed",
+            p.name
+        );
+        dbus_path = RequestPath::Off;
+    } else if dbus_path != RequestPath::Off && storage.is_none() {
+        dbus_why =
+            "the storage probes' watched set is unavailable: requests are not followed".into();
+        dbus_path = RequestPath::Off;
+    }
+    let mut dbus = match (&opts.dbus, dbus_path) {
         (None, _) => None,
-        (Some(_), None) => {
-            tracing::warn!(
-                "systemd-hang detection is off: the D-Bus socket tracking rides on the storage probes, which are off or unavailable"
-            );
+        (Some(_), RequestPath::Off) => {
+            tracing::warn!("D-Bus/systemd requests are not followed: {dbus_why}");
             None
         }
-        (Some(d), Some(_)) => match crate::dbus::DbusTracker::new(&mut probes, &opts.root, d) {
+        (Some(d), path) => match crate::dbus::DbusTracker::new(&mut probes, &opts.root, d, path) {
             Ok(t) => Some(t),
             Err(e) => {
-                tracing::warn!("systemd-hang detection is off: {e}");
+                dbus_why = format!("systemd-hang request tracking is off: {e}");
+                dbus_path = RequestPath::Off;
+                tracing::warn!("{dbus_why}");
                 None
             }
         },
     };
+    let probe_paths = vec![ProbePath {
+        part: "dbus_requests",
+        path: dbus_path.name(),
+        choices: &["socket_tracepoints", "syscalls", "off"],
+        detail: dbus_why,
+    }];
     // Connections to systemd that kubelet, CRI-O, containerd or dockerd
     // opened before we started: follow them from now on.
     let mut adopted = Vec::new();
@@ -286,6 +324,7 @@ pub async fn session(opts: TraceOptions, sink: &mut dyn Sink) -> anyhow::Result<
         version: env!("CARGO_PKG_VERSION"),
         kernel: probes::kernel_release(),
         probes: probes.statuses.clone(),
+        probe_paths: probe_paths.clone(),
         pids_hierarchy: ctx
             .pids
             .as_ref()
@@ -371,6 +410,7 @@ pub async fn session(opts: TraceOptions, sink: &mut dyn Sink) -> anyhow::Result<
                 apply_arming(auto, &mut arming, &mut probes, sink, now, pressure);
                 sink.stats(&Stats {
                     probes: &probes.statuses,
+                    paths: &probe_paths,
                     events: Counters::get(&counters.events),
                     drops: drops(&probes, &counters, pleg_tx.drops(), storage.is_some()),
                 });

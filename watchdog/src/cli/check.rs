@@ -7,10 +7,11 @@ use serde::Serialize;
 
 use crate::{
     context::{cgroup, procfs::ProcReader},
+    dbus::options::{DbusRequests, RequestPath},
     paths,
     probes::{
-        self, FORK_FAILURES, KernelLayout, NPROC_PRESSURE, ProbeSpec, ProbeState, Probes,
-        STORAGE_PROBES,
+        self, DBUS_SOCKET_PROBES, DBUS_SYSCALL_PROBES, FORK_FAILURES, KernelLayout, NPROC_PRESSURE,
+        ProbePath, ProbeSpec, ProbeState, Probes, STORAGE_PROBES,
     },
 };
 
@@ -126,15 +127,36 @@ fn hint_for(detail: &str) -> String {
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let facts = facts();
+    let layout = KernelLayout::from_btf(Path::new(paths::KERNEL_BTF));
+    // The socket tracepoints only where the kernel has them (a kernel
+    // without them is not a failure: requests are then not followed by
+    // default); the syscall programs are checked for `--dbus-requests
+    // syscalls`.
+    let dbus_socket: &[ProbeSpec] = if layout.sock_tracepoints {
+        &DBUS_SOCKET_PROBES
+    } else {
+        &[]
+    };
     let wanted: Vec<ProbeSpec> = [FORK_FAILURES, NPROC_PRESSURE]
         .into_iter()
         .chain(STORAGE_PROBES)
+        .chain(dbus_socket.iter().copied())
+        .chain(DBUS_SYSCALL_PROBES)
         .collect();
-    let checks: Vec<ProbeCheck> = match Probes::load(
-        &KernelLayout::from_btf(Path::new(paths::KERNEL_BTF)),
-        &wanted,
-        &[],
-    ) {
+    let (path, why) = DbusRequests::Auto.resolve(layout.sock_tracepoints);
+    let mut dbus_path = ProbePath {
+        part: "dbus_requests",
+        path: path.name(),
+        choices: &["socket_tracepoints", "syscalls", "off"],
+        detail: format!("by default (auto): {why}"),
+    };
+    if path == RequestPath::SocketTracepoints && layout.unix_peer == 0 {
+        dbus_path.detail.push_str(&format!(
+            "; but the unix socket offsets are unknown ({}): no socket is followed",
+            layout.missing_unix.join("; ")
+        ));
+    }
+    let checks: Vec<ProbeCheck> = match Probes::load(&layout, &wanted, &[]) {
         Ok(p) => p
             .statuses
             .iter()
@@ -165,7 +187,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     if a.json {
         println!(
             "{}",
-            serde_json::json!({"type": "check", "facts": facts, "probes": checks, "ok": all_ok})
+            serde_json::json!({"type": "check", "facts": facts, "probes": checks, "probe_paths": [dbus_path], "ok": all_ok})
         );
     } else {
         println!("environment:");
@@ -196,6 +218,13 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 println!("  {:<13}      -> {h}", "");
             }
         }
+    }
+    if !a.json {
+        println!("paths:");
+        println!(
+            "  {:<13} {:<4} {}",
+            dbus_path.part, dbus_path.path, dbus_path.detail
+        );
     }
     Ok(if all_ok {
         ExitCode::SUCCESS

@@ -4,7 +4,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use crate::{
     agent::{self, TraceOptions, arming::ForkProbeMode},
     config::validate::{self, Invalid, Setting, flag_parser},
-    dbus::options::DbusOptions,
+    dbus::options::{DbusOptions, DbusRequests},
     model::settings::PlegConfig,
     sinks::{Sink, json::JsonLines, terminal::Terminal},
     sources::{
@@ -74,6 +74,13 @@ pub struct Args {
     /// Do not follow D-Bus/systemd sockets.
     #[arg(long)]
     no_systemd: bool,
+    /// How requests to systemd and the bus are followed: auto = the socket
+    /// tracepoints where the kernel has them (Linux 6.3+), else not at all
+    /// (the socket queues and the agent's Ping still see a stopped server);
+    /// syscalls = raw sys_enter/sys_exit programs (every syscall of the node
+    /// pays the tracing slow path).
+    #[arg(long, value_enum, default_value = "auto")]
+    dbus_requests: DbusRequests,
     /// Record every observation and clock tick to FILE (JSON lines) for
     /// `watchdog replay FILE`; attach it to a bug report.
     #[arg(long, value_name = "FILE")]
@@ -213,12 +220,15 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         } else {
             a.systemd_socket.clone()
         };
-        validate::dbus_options(
-            sockets,
-            !a.no_dbus_probe,
-            d.probe_timeout,
-            a.systemd_threshold,
-        )
+        DbusOptions {
+            requests: a.dbus_requests,
+            ..validate::dbus_options(
+                sockets,
+                !a.no_dbus_probe,
+                d.probe_timeout,
+                a.systemd_threshold,
+            )
+        }
     });
     if let Some(d) = &dbus {
         validate::sockets(&d.sockets).map_err(|w| w.of(Setting::SystemdSockets))?;

@@ -222,6 +222,7 @@ pub fn dbus_options(
     threshold: Duration,
 ) -> DbusOptions {
     DbusOptions {
+        requests: Default::default(),
         sockets,
         probe,
         probe_timeout,

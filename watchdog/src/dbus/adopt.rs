@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use watchdog_common::SockConn;
 
-use super::{DbusTracker, Tracked, process::process_info, sock_diag};
+use super::{DbusTracker, Tracked, options::RequestPath, process::process_info, sock_diag};
 use crate::{
     model::Time,
     model::dbus::{CallKind, SocketCall},
@@ -92,41 +92,31 @@ impl DbusTracker {
                 let Some(&slot) = clients.get(&inode) else {
                     continue;
                 };
+                // The syscall probes follow the fds in their table; the
+                // socket tracepoints find the socket by themselves.
                 let key = (u64::from(pid) << 32) | u64::from(fd as u32);
-                if let Err(e) = self.sock_conns.insert(key, SockConn { slot, _pad: 0 }, 0) {
+                let syscalls = self.path == RequestPath::Syscalls;
+                if syscalls
+                    && let Err(e) = self.sock_conns.insert(key, SockConn { slot, _pad: 0 }, 0)
+                {
                     tracing::warn!("cannot follow pid {pid} fd {fd}: {e}");
                     continue;
                 }
                 // Closed (and the fd reused) between the dump and now: drop it.
                 if self.proc.socket_inode(pid, fd) != Some(inode) {
-                    let _ = self.sock_conns.remove(&key);
+                    if syscalls {
+                        let _ = self.sock_conns.remove(&key);
+                    }
                     continue;
                 }
                 let socket = self.real_paths[slot as usize].clone();
-                self.conns.insert(
-                    (pid, fd),
-                    Tracked {
-                        socket: socket.clone(),
-                        pending_since: None,
-                    },
-                );
-                let comm = self.proc.comm(pid);
+                self.conns
+                    .insert((pid, fd), Tracked::new(socket.clone(), Some(inode)));
                 let call = SocketCall {
-                    at: now,
-                    pid,
-                    tid: pid,
-                    comm,
-                    fd,
-                    call: CallKind::Connect,
-                    syscall: EXISTING.into(),
-                    ret: 0,
-                    requested: 0,
+                    comm: self.proc.comm(pid),
                     socket,
-                    started: None,
-                    ktime_ns: None,
-                    started_ktime_ns: None,
-                    message: None,
                     process: Some(process_info(&self.proc, pid)),
+                    ..SocketCall::bare(now, pid, fd, CallKind::Connect, EXISTING)
                 };
                 out.push((
                     Existing {

@@ -2,9 +2,12 @@
 //!
 //! The kernel side (watchdog-ebpf/src/dbus.rs) follows the connections of
 //! watched runtime processes to the configured socket paths and sends one
-//! event per connect, send, receive and close on them. Here each event
-//! becomes a [`SocketCall`](crate::model::dbus::SocketCall) observation (a connect also reads who connected:
-//! the runc command line and the container it is creating), and while some
+//! event per send and receive on them (from the socket tracepoints, with
+//! the messages each starts), or, on the syscall path, per connect, send,
+//! receive and close. Here each event becomes a
+//! [`SocketCall`](crate::model::dbus::SocketCall) observation (the first
+//! call of a connection, or its connect, also reads who connected: the runc
+//! command line and the container it is creating), and while some
 //! connection waits for a reply the tracker corroborates: the socket queues
 //! from sock_diag ([`SocketQueues`](crate::model::dbus::SocketQueues)) and the agent's own probes of the bus and
 //! of systemd ([`probe`]), both bounded in time.
@@ -42,10 +45,32 @@ use options::DbusOptions;
 struct Tracked {
     socket: String,
     pending_since: Option<Time>,
+    /// The socket's inode when the tracker first saw it (None: the fd was
+    /// already gone). There is no close hook on the socket-tracepoint path:
+    /// a connection whose fd no longer leads to this inode is closed.
+    inode: Option<u64>,
+    /// With messages (socket tracepoints): the serials of the calls waiting
+    /// for their reply, and whether the SASL exchange waits for the server.
+    calls: std::collections::BTreeSet<u32>,
+    auth: bool,
+}
+
+impl Tracked {
+    fn new(socket: String, inode: Option<u64>) -> Self {
+        Self {
+            socket,
+            pending_since: None,
+            inode,
+            calls: Default::default(),
+            auth: false,
+        }
+    }
 }
 
 pub struct DbusTracker {
     proc: ProcReader,
+    /// How requests are followed on this kernel.
+    path: options::RequestPath,
     opts: DbusOptions,
     /// The configured path of each map slot.
     paths: Vec<String>,
@@ -68,6 +93,10 @@ pub struct DbusTracker {
 impl DbusTracker {
     pub fn sockets(&self) -> &[String] {
         &self.paths
+    }
+
+    pub fn path(&self) -> options::RequestPath {
+        self.path
     }
 
     /// Connections waiting for a reply for at least `suspect_after_ms`.

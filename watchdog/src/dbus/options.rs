@@ -13,9 +13,93 @@ pub const DEFAULT_SOCKETS: &[&str] = &[
     "/var/run/dbus/system_bus_socket",
 ];
 
+/// How requests on the followed sockets are followed
+/// (`--dbus-requests`, `systemd.requests`).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Deserialize,
+    serde::Serialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum DbusRequests {
+    /// The socket tracepoints where the kernel has them (Linux 6.3+), else
+    /// no request tracking: never a syscall hook.
+    #[default]
+    Auto,
+    /// `sock_send_length`/`sock_recv_length` (tp_btf): requests by serial.
+    SocketTracepoints,
+    /// The raw `sys_enter`/`sys_exit` programs: every syscall of the node
+    /// pays the tracing slow path. Only when asked (older kernels).
+    Syscalls,
+    /// No request tracking.
+    Off,
+}
+
+/// The path the request tracking takes on this kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestPath {
+    SocketTracepoints,
+    Syscalls,
+    Off,
+}
+
+impl RequestPath {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::SocketTracepoints => "socket_tracepoints",
+            Self::Syscalls => "syscalls",
+            Self::Off => "off",
+        }
+    }
+}
+
+impl DbusRequests {
+    /// The path for this kernel (`socket_tracepoints`: it has
+    /// `sock_send_length`/`sock_recv_length`), and why.
+    pub fn resolve(self, socket_tracepoints: bool) -> (RequestPath, String) {
+        const WITHOUT: &str = "the sock_diag queues and the agent's Ping of the bus and systemd \
+             still see a server that stopped reading or answering";
+        match (self, socket_tracepoints) {
+            (Self::Auto | Self::SocketTracepoints, true) => (
+                RequestPath::SocketTracepoints,
+                "requests followed by serial from the socket tracepoints sock_send_length/sock_recv_length (no syscall hook)".into(),
+            ),
+            (Self::Auto, false) => (
+                RequestPath::Off,
+                format!(
+                    "this kernel has no sock_send_length/sock_recv_length tracepoints (Linux < 6.3): requests are not followed; {WITHOUT}; `--dbus-requests syscalls` follows them with a syscall hook (every syscall of the node pays)"
+                ),
+            ),
+            (Self::SocketTracepoints, false) => (
+                RequestPath::Off,
+                format!(
+                    "socket-tracepoints asked, but this kernel has no sock_send_length/sock_recv_length tracepoints (Linux < 6.3): requests are not followed; {WITHOUT}"
+                ),
+            ),
+            (Self::Syscalls, _) => (
+                RequestPath::Syscalls,
+                "requests followed from the raw sys_enter/sys_exit programs (asked for; every syscall of the node pays the tracing slow path)".into(),
+            ),
+            (Self::Off, _) => (
+                RequestPath::Off,
+                format!("requests are not followed (asked for); {WITHOUT}"),
+            ),
+        }
+    }
+}
+
 /// Options of the systemd-hang detection (`[systemd]` in the config).
 #[derive(Clone, Debug)]
 pub struct DbusOptions {
+    /// How requests are followed.
+    pub requests: DbusRequests,
     pub sockets: Vec<String>,
     /// Probe the bus and systemd while a connection waits.
     pub probe: bool,
@@ -27,6 +111,7 @@ pub struct DbusOptions {
 impl Default for DbusOptions {
     fn default() -> Self {
         Self {
+            requests: DbusRequests::Auto,
             sockets: default_sockets(std::env::var("DBUS_SYSTEM_BUS_ADDRESS").ok().as_deref()),
             probe: true,
             probe_timeout: Duration::from_secs(2),
@@ -121,6 +206,17 @@ mod tests {
         );
         assert_eq!(canonical_socket_path("/nonexistent-wd/dbus/x"), None);
         let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn auto_never_takes_the_syscall_hook() {
+        use DbusRequests::*;
+        assert_eq!(Auto.resolve(true).0, RequestPath::SocketTracepoints);
+        assert_eq!(Auto.resolve(false).0, RequestPath::Off);
+        assert!(Auto.resolve(false).1.contains("--dbus-requests syscalls"));
+        assert_eq!(SocketTracepoints.resolve(false).0, RequestPath::Off);
+        assert_eq!(Syscalls.resolve(true).0, RequestPath::Syscalls);
+        assert_eq!(Off.resolve(true).0, RequestPath::Off);
     }
 
     #[test]

@@ -9,11 +9,12 @@ use watchdog_common::{
 
 use super::{
     DbusTracker,
-    options::{DbusOptions, SetupError, canonical_socket_path, validate_sockets},
+    options::{DbusOptions, RequestPath, SetupError, canonical_socket_path, validate_sockets},
 };
 use crate::{context::procfs::ProcReader, probes::Probes};
 
-/// This architecture's socket syscalls and how the probe classifies them.
+/// This architecture's socket syscalls and how the probes classify them
+/// (the socket tracepoints read the buffer's place from it).
 #[cfg(target_arch = "x86_64")]
 const SOCK_SYSCALLS: &[(u32, SockCall)] = &[
     (0, SockCall::Read),
@@ -42,9 +43,14 @@ const SOCK_SYSCALLS: &[(u32, SockCall)] = &[
 ];
 
 impl DbusTracker {
-    /// Fill the path and syscall tables (the storage probes' `sys_exit`
-    /// program and watched set must be attached).
-    pub fn new(probes: &mut Probes, root: &Path, opts: &DbusOptions) -> Result<Self, SetupError> {
+    /// Fill the path and syscall tables (the storage probes' watched set
+    /// must be attached, and the programs of `path`).
+    pub fn new(
+        probes: &mut Probes,
+        root: &Path,
+        opts: &DbusOptions,
+        path: RequestPath,
+    ) -> Result<Self, SetupError> {
         validate_sockets(&opts.sockets)?;
         let map_err =
             |map| move |source| SetupError::Maps(crate::storage::SetupError::Map { map, source });
@@ -73,6 +79,7 @@ impl DbusTracker {
         }
         Ok(Self {
             proc: ProcReader::new(root),
+            path,
             opts: opts.clone(),
             paths: opts.sockets.clone(),
             real_paths: opts

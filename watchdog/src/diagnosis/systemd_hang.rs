@@ -4,22 +4,28 @@
 //! bus ([`SocketCall`]), the socket queues ([`SocketQueues`]) and the agent's
 //! own probes ([`BusProbe`]).
 //!
-//! A connection waits when it sent bytes and has read nothing since (Go's
-//! non-blocking sockets: the request went out, reads return EAGAIN, the
-//! threads park in epoll). Its write side is stalled when a send came back
+//! A connection waits while a request it sent has no answer. With the
+//! messages the socket-tracepoint probe walks, requests are followed by
+//! serial: a method call waits until the METHOD_RETURN or ERROR naming its
+//! serial is read (signals and other replies end nothing), and the SASL
+//! exchange waits until the server's OK/REJECTED/ERROR/AGREE_UNIX_FD line.
+//! Without messages (syscall probes, older recordings) it waits when it
+//! sent bytes and has read nothing since (Go's non-blocking sockets: the
+//! request went out, reads return EAGAIN, the threads park in epoll). Its
+//! write side is stalled when a send came back
 //! partial or EAGAIN (the peer stopped reading and the socket buffer is
 //! full). One finding per socket path: active when a connection to it has
 //! waited past the threshold, updated while it lasts, resolved when no
 //! connection waits any more (a reply came, or the waiting processes are
 //! gone).
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use super::{Book, Detector, Urgency};
 use crate::model::{
     Observation, Time,
     dbus::{
-        BusProbe, CallKind, ConnQueue, ProbeOutcome, ProbeTarget, ProcessInfo, SocketCall,
-        SocketQueues,
+        self, BusProbe, CallKind, ConnQueue, Message, ProbeOutcome, ProbeTarget, ProcessInfo,
+        SocketCall, SocketQueues,
     },
     errno,
     finding::{
@@ -31,6 +37,10 @@ use crate::model::{
 };
 
 const MAX_WAITING: usize = 20;
+/// The `syscall` of a failed connect the tracker infers (no connect hook on
+/// the socket-tracepoint path): a client on systemd's private socket while
+/// the bus socket does not exist (runc tries the bus first).
+pub const BUS_ABSENT: &str = "bus_socket_absent";
 const MAX_EVIDENCE: usize = 10;
 
 #[derive(Clone, Debug)]
@@ -50,6 +60,122 @@ struct Conn {
     /// The last send did not complete: the next one continues its message,
     /// which expects a reply or not.
     continuing: Option<bool>,
+    /// Calls with messages (socket-tracepoint path): the method calls
+    /// waiting for their reply, by serial, since when they were sent.
+    calls: BTreeMap<u32, Time>,
+    /// The SASL line sent that the server has not answered yet.
+    auth_since: Option<Time>,
+    /// Replies read to serials not (yet) pending: Go reads on another thread
+    /// and can read a reply before the send's own event comes in.
+    early_replies: VecDeque<u32>,
+}
+
+/// Early replies kept per connection.
+const EARLY_REPLIES: usize = 16;
+
+impl Conn {
+    fn new(c: &SocketCall) -> Self {
+        Self {
+            comm: c.comm.clone(),
+            socket: c.socket.clone(),
+            process: c.process.clone(),
+            pending_since: None,
+            pending_bytes: 0,
+            stalled_since: None,
+            unsent: 0,
+            last_recv: None,
+            last_recv_ns: None,
+            continuing: None,
+            calls: BTreeMap::new(),
+            auth_since: None,
+            early_replies: VecDeque::new(),
+        }
+    }
+
+    /// A send whose messages the probe walked: each method call that
+    /// expects a reply and each SASL line the server answers starts a wait
+    /// of its own.
+    fn sent(&mut self, c: &SocketCall, msgs: &[Message]) {
+        if c.ret > 0 {
+            let mut waits = false;
+            for m in msgs {
+                if let Some(serial) = m.awaited_serial() {
+                    if let Some(i) = self.early_replies.iter().position(|s| *s == serial) {
+                        self.early_replies.remove(i);
+                    } else {
+                        self.calls.entry(serial).or_insert(c.at);
+                        waits = true;
+                    }
+                }
+                if let Message::Sasl { lines } = m
+                    && lines.iter().any(|l| dbus::sasl_client_waits(l))
+                {
+                    self.auth_since.get_or_insert(c.at);
+                    waits = true;
+                }
+            }
+            if waits || self.pending_since.is_some() {
+                self.pending_bytes += c.ret as u64;
+            }
+            if (c.ret as u64) < c.requested {
+                self.stalled_since.get_or_insert(c.at);
+                self.unsent = c.requested - c.ret as u64;
+            } else {
+                self.stalled_since = None;
+                self.unsent = 0;
+            }
+        } else if errno::failed_with(c.ret, errno::EAGAIN) {
+            // Something it cannot even send: it waits whatever it is.
+            self.stalled_since.get_or_insert(c.at);
+            self.unsent = c.requested;
+        }
+        self.update_pending();
+    }
+
+    /// A read whose messages the probe walked: a METHOD_RETURN or ERROR
+    /// ends the call whose serial it names; signals and other replies end
+    /// nothing; a server's SASL answer ends the authentication wait. Bytes
+    /// the probe could not follow answer everything (as without messages).
+    fn read(&mut self, c: &SocketCall, msgs: &[Message]) {
+        if c.desync {
+            self.calls.clear();
+            self.auth_since = None;
+        }
+        for m in msgs {
+            match m.answers() {
+                Some(Some(serial)) if self.calls.remove(&serial).is_none() => {
+                    if self.early_replies.len() >= EARLY_REPLIES {
+                        self.early_replies.pop_front();
+                    }
+                    self.early_replies.push_back(serial);
+                }
+                // A reply whose REPLY_SERIAL was not copied: it may answer
+                // any of them.
+                Some(None) => self.calls.clear(),
+                // Answered (removed in the guard), or not a reply.
+                Some(Some(_)) | None => {}
+            }
+            if m.answers_sasl() {
+                self.auth_since = None;
+            }
+        }
+        self.update_pending();
+    }
+
+    /// The connection waits since its oldest unanswered request, or since
+    /// its writes stall.
+    fn update_pending(&mut self) {
+        self.pending_since = self
+            .calls
+            .values()
+            .copied()
+            .chain(self.auth_since)
+            .chain(self.stalled_since)
+            .min();
+        if self.pending_since.is_none() {
+            self.pending_bytes = 0;
+        }
+    }
 }
 
 /// A connection with its (pid, fd).
@@ -64,7 +190,7 @@ pub struct SystemdHang {
     /// Failed connects to a followed socket per process (time, socket,
     /// errno), for evidence (runc falls back from the bus to the private
     /// socket).
-    refused: BTreeMap<u32, Vec<(Time, String, i64)>>,
+    refused: BTreeMap<u32, Vec<(Time, String, i64, bool)>>,
     /// Replies read on each socket with an active finding since it started.
     replies: BTreeMap<String, u64>,
 }
@@ -104,28 +230,14 @@ impl SystemdHang {
         match c.call {
             CallKind::Connect => {
                 if c.ret == 0 || errno::failed_with(c.ret, errno::EINPROGRESS) {
-                    self.conns.insert(
-                        key,
-                        Conn {
-                            comm: c.comm.clone(),
-                            socket: c.socket.clone(),
-                            process: c.process.clone(),
-                            pending_since: None,
-                            pending_bytes: 0,
-                            stalled_since: None,
-                            unsent: 0,
-                            last_recv: None,
-                            last_recv_ns: None,
-                            continuing: None,
-                        },
-                    );
+                    self.conns.insert(key, Conn::new(c));
                 } else {
                     if self.refused.len() >= 256 && !self.refused.contains_key(&c.pid) {
                         self.refused.pop_first();
                     }
                     let v = self.refused.entry(c.pid).or_default();
                     if v.len() < 4 {
-                        v.push((c.at, c.socket.clone(), c.ret));
+                        v.push((c.at, c.socket.clone(), c.ret, c.syscall == BUS_ABSENT));
                     }
                 }
             }
@@ -133,6 +245,10 @@ impl SystemdHang {
                 let Some(conn) = self.conns.get_mut(&key) else {
                     return;
                 };
+                if let Some(msgs) = &c.messages {
+                    conn.sent(c, msgs);
+                    return;
+                }
                 // Recordings without the message kind: every send is a request.
                 let expects = conn.continuing.unwrap_or_else(|| {
                     c.message
@@ -176,8 +292,13 @@ impl SystemdHang {
                     return;
                 };
                 if c.ret > 0 {
-                    conn.pending_since = None;
-                    conn.pending_bytes = 0;
+                    match &c.messages {
+                        Some(msgs) => conn.read(c, msgs),
+                        None => {
+                            conn.pending_since = None;
+                            conn.pending_bytes = 0;
+                        }
+                    }
                     conn.last_recv = Some(c.at);
                     conn.last_recv_ns = c.ktime_ns;
                     if let Some(n) = self.replies.get_mut(&conn.socket) {
@@ -452,19 +573,27 @@ impl SystemdHang {
     ) -> Vec<Evidence> {
         let mut ev = Vec::new();
         for ((pid, _), c) in conns.iter().take(4) {
-            for (at, other, ret) in self.refused.get(pid).into_iter().flatten() {
+            for (at, other, ret, inferred) in self.refused.get(pid).into_iter().flatten() {
                 ev.push(Evidence {
                     at: *at,
-                    what: format!(
-                        "{}[{pid}] could not connect to {other}: {}{}",
-                        c.comm,
-                        errno::name(*ret),
-                        if other != socket {
-                            format!(" (then used {socket})")
-                        } else {
-                            String::new()
-                        }
-                    ),
+                    what: if *inferred {
+                        format!(
+                            "{other} does not exist ({}): {}[{pid}] uses {socket}",
+                            errno::name(*ret),
+                            c.comm
+                        )
+                    } else {
+                        format!(
+                            "{}[{pid}] could not connect to {other}: {}{}",
+                            c.comm,
+                            errno::name(*ret),
+                            if other != socket {
+                                format!(" (then used {socket})")
+                            } else {
+                                String::new()
+                            }
+                        )
+                    },
                 });
             }
         }

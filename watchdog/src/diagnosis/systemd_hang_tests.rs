@@ -1,7 +1,7 @@
 use super::*;
 use crate::diagnosis::Harness;
 use crate::model::dbus::{
-    CallKind, ConnQueue, Holder, ListenerQueue, MessageKind, ProbeTarget, SocketQueues,
+    CallKind, ConnQueue, Holder, ListenerQueue, Message, MessageKind, ProbeTarget, SocketQueues,
 };
 
 const T0: Time = Time(1_785_000_000_000);
@@ -28,6 +28,8 @@ fn call(ms: u64, pid: u32, call: CallKind, ret: i64, requested: u64, socket: &st
         ktime_ns: None,
         started_ktime_ns: None,
         message: None,
+        messages: None,
+        desync: false,
         process: (call == CallKind::Connect).then(|| ProcessInfo {
             cmdline: "runc --systemd-cgroup create --bundle /run/b c1".into(),
             container: Some("c1".into()),
@@ -459,4 +461,217 @@ fn stale_probes_do_not_describe_a_new_hang() {
     assert!(dt.probes.is_empty());
     assert_eq!(dt.stuck, Stuck::SystemdNotReplying);
     assert_eq!(f[0].confidence, Confidence::Likely);
+}
+
+/// A call of the socket-tracepoint probe: with the messages it starts.
+fn msgs(ms: u64, call_kind: CallKind, ret: i64, messages: Vec<Message>) -> Observation {
+    let Observation::SocketCall(mut c) = call(ms, 42, call_kind, ret, ret.max(0) as u64, PRIVATE)
+    else {
+        unreachable!()
+    };
+    c.messages = Some(messages);
+    Observation::SocketCall(c)
+}
+
+fn method_call(serial: u32) -> Message {
+    Message::Call {
+        serial,
+        no_reply: false,
+        member: Some("StartTransientUnit".into()),
+    }
+}
+
+fn reply(serial: u32, reply_to: u32) -> Message {
+    Message::Return {
+        serial,
+        reply_to: Some(reply_to),
+    }
+}
+
+fn sasl(text: &[u8]) -> Message {
+    Message::parse_sasl(text)
+}
+
+#[test]
+fn a_call_waits_for_the_reply_naming_its_serial() {
+    let mut d = engine();
+    feed(
+        &mut d,
+        &[
+            call(0, 42, CallKind::Connect, 0, 0, PRIVATE),
+            msgs(10, CallKind::Send, 200, vec![method_call(7)]),
+            // A signal and a reply to another call, read right after: the
+            // call still waits (busctl's case: today's "any bytes" ended it).
+            msgs(
+                20,
+                CallKind::Recv,
+                300,
+                vec![Message::Signal { serial: 90 }, reply(91, 3)],
+            ),
+        ],
+    );
+    let f = findings(d.tick(at(5_100)));
+    assert_eq!(f.len(), 1, "the call to serial 7 has no reply");
+    assert_eq!(detail(&f[0]).since, at(10));
+    assert_eq!(detail(&f[0]).waiting[0].bytes_sent, 200);
+    // The reply naming serial 7 ends it.
+    feed(
+        &mut d,
+        &[msgs(6_000, CallKind::Recv, 40, vec![reply(92, 7)])],
+    );
+    let r = findings(d.tick(at(6_100)));
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].status, FindingStatus::Resolved);
+}
+
+#[test]
+fn no_reply_calls_signals_and_early_replies_do_not_wait() {
+    let mut d = engine();
+    feed(
+        &mut d,
+        &[
+            call(0, 42, CallKind::Connect, 0, 0, PRIVATE),
+            msgs(
+                10,
+                CallKind::Send,
+                64,
+                vec![
+                    Message::Call {
+                        serial: 4,
+                        no_reply: true,
+                        member: None,
+                    },
+                    Message::Signal { serial: 5 },
+                ],
+            ),
+            // Go reads the reply on another thread before the send's event.
+            msgs(20, CallKind::Recv, 40, vec![reply(50, 6)]),
+            msgs(21, CallKind::Send, 64, vec![method_call(6)]),
+        ],
+    );
+    assert!(findings(d.tick(at(60_000))).is_empty());
+}
+
+#[test]
+fn sd_bus_auth_in_one_write_waits_for_ok() {
+    let mut d = engine();
+    feed(
+        &mut d,
+        &[
+            call(0, 42, CallKind::Connect, 0, 0, PRIVATE),
+            // sd-bus: credential byte, AUTH, NEGOTIATE_UNIX_FD and BEGIN in
+            // one 48-byte write; the last line (BEGIN) expects nothing, the
+            // write as a whole does.
+            msgs(
+                10,
+                CallKind::Send,
+                48,
+                vec![sasl(
+                    b"\0AUTH EXTERNAL 30\r\nNEGOTIATE_UNIX_FD\r\nBEGIN\r\n",
+                )],
+            ),
+        ],
+    );
+    let f = findings(d.tick(at(5_100)));
+    assert_eq!(f.len(), 1, "the authentication waits for OK");
+    // The server's OK (with AGREE_UNIX_FD and a first message in the
+    // same read) ends it.
+    feed(
+        &mut d,
+        &[msgs(
+            6_000,
+            CallKind::Recv,
+            100,
+            vec![
+                sasl(b"OK 1234abcd\r\nAGREE_UNIX_FD\r\n"),
+                Message::Signal { serial: 1 },
+            ],
+        )],
+    );
+    let r = findings(d.tick(at(6_100)));
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].status, FindingStatus::Resolved);
+    // The credential byte and BEGIN alone wait for nothing.
+    let mut d = engine();
+    feed(
+        &mut d,
+        &[
+            call(0, 42, CallKind::Connect, 0, 0, PRIVATE),
+            msgs(10, CallKind::Send, 1, vec![sasl(b"\0")]),
+            msgs(20, CallKind::Send, 7, vec![sasl(b"BEGIN\r\n")]),
+        ],
+    );
+    assert!(findings(d.tick(at(60_000))).is_empty());
+}
+
+#[test]
+fn a_read_the_probe_could_not_follow_answers_everything() {
+    let mut d = engine();
+    let Observation::SocketCall(mut lost) = msgs(20, CallKind::Recv, 4096, vec![]) else {
+        unreachable!()
+    };
+    lost.desync = true;
+    feed(
+        &mut d,
+        &[
+            call(0, 42, CallKind::Connect, 0, 0, PRIVATE),
+            msgs(
+                10,
+                CallKind::Send,
+                200,
+                vec![method_call(7), method_call(8)],
+            ),
+            Observation::SocketCall(lost),
+        ],
+    );
+    assert!(findings(d.tick(at(60_000))).is_empty(), "no false positive");
+    // A reply whose REPLY_SERIAL was not copied, too.
+    let mut d = engine();
+    feed(
+        &mut d,
+        &[
+            call(0, 42, CallKind::Connect, 0, 0, PRIVATE),
+            msgs(10, CallKind::Send, 200, vec![method_call(7)]),
+            msgs(
+                20,
+                CallKind::Recv,
+                500,
+                vec![Message::Return {
+                    serial: 9,
+                    reply_to: None,
+                }],
+            ),
+        ],
+    );
+    assert!(findings(d.tick(at(60_000))).is_empty());
+}
+
+#[test]
+fn a_partial_write_then_eagain_with_messages_is_systemd_not_reading() {
+    let mut d = engine();
+    let Observation::SocketCall(mut partial) =
+        msgs(2, CallKind::Send, 219_264, vec![method_call(3)])
+    else {
+        unreachable!()
+    };
+    partial.requested = 300_600;
+    let Observation::SocketCall(mut eagain) = msgs(3, CallKind::Send, -11, vec![]) else {
+        unreachable!()
+    };
+    eagain.requested = 81_336;
+    feed(
+        &mut d,
+        &[
+            call(0, 42, CallKind::Connect, 0, 0, PRIVATE),
+            Observation::SocketCall(partial),
+            Observation::SocketCall(eagain),
+        ],
+    );
+    let f = findings(d.tick(at(5_100)));
+    assert_eq!(f.len(), 1);
+    let dt = detail(&f[0]);
+    assert_eq!(dt.stuck, Stuck::SystemdNotReading);
+    assert!(dt.waiting[0].write_stalled);
+    assert_eq!(dt.waiting[0].bytes_sent, 219_264);
+    assert_eq!(dt.waiting[0].bytes_unsent, 81_336);
 }

@@ -181,6 +181,15 @@ impl Btf {
         })
     }
 
+    /// Whether a type of this name exists, of any kind: the kernel's
+    /// `btf_trace_<tracepoint>` typedefs say which BTF tracepoints it has.
+    pub fn has_type(&self, name: &str) -> bool {
+        self.types
+            .iter()
+            .flatten()
+            .any(|t| t.name_off != 0 && self.str(t.name_off) == name)
+    }
+
     /// Value of an enumerator (e.g. `pids_cgrp_id` of `enum cgroup_subsys_id`).
     pub fn enumerator(&self, name: &str) -> Result<i64, BtfError> {
         for t in self.types.iter().flatten() {
@@ -243,6 +252,8 @@ mod tests {
             assert_eq!(btf.member_offset("pt_regs", "orig_ax").unwrap(), 120);
             assert_eq!(btf.member_offset("pt_regs", "di").unwrap(), 112);
         }
+        assert!(btf.has_type("btf_trace_sched_switch"));
+        assert!(!btf.has_type("btf_trace_no_such_tracepoint"));
         assert!(matches!(
             btf.member_offset("task_struct", "nope"),
             Err(BtfError::NoMember { .. })

@@ -110,6 +110,40 @@ pub const STORAGE_PROBES: [ProbeSpec; 4] = [
     },
 ];
 
+/// D-Bus/systemd request tracking from the socket tracepoints (Linux 6.3+;
+/// see `watchdog-ebpf/src/dbus.rs`): no syscall hook.
+pub const DBUS_SOCKET_PROBES: [ProbeSpec; 2] = [
+    ProbeSpec {
+        name: "dbus_sock_send",
+        program: "dbus_sock_send",
+        hook: Hook::TpBtf("sock_send_length"),
+        what: "sends of runtimes on followed D-Bus/systemd sockets, with the messages they start",
+    },
+    ProbeSpec {
+        name: "dbus_sock_recv",
+        program: "dbus_sock_recv",
+        hook: Hook::TpBtf("sock_recv_length"),
+        what: "receives of runtimes on followed D-Bus/systemd sockets (replies by serial)",
+    },
+];
+
+/// The same from raw syscall hooks, only when asked (`--dbus-requests
+/// syscalls`): every syscall of the node pays the tracing slow path.
+pub const DBUS_SYSCALL_PROBES: [ProbeSpec; 2] = [
+    ProbeSpec {
+        name: "dbus_sys_enter",
+        program: "dbus_sys_enter",
+        hook: Hook::RawTp("sys_enter"),
+        what: "syscall entry time of watched processes (D-Bus requests, syscall path)",
+    },
+    ProbeSpec {
+        name: "dbus_sys_exit",
+        program: "dbus_sys_exit",
+        hook: Hook::RawTp("sys_exit"),
+        what: "connects, sends, receives, closes of runtimes on followed D-Bus/systemd sockets (syscall path)",
+    },
+];
+
 /// Attaches nothing but an empty program on the same hook: the kernel's cost of
 /// any sys_exit program, for benchmarks.
 pub const BENCH_FLOOR: ProbeSpec = ProbeSpec {
@@ -145,6 +179,20 @@ pub struct ProbeStatus {
     /// Why it is unavailable, or what it runs without (e.g. no cgroup ids).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+}
+
+/// Which way one part of the detection runs on this kernel (`watchdog
+/// check`, the `ready` record, the `watchdog_probe_path` metric).
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct ProbePath {
+    /// The part, e.g. `dbus_requests`.
+    pub part: &'static str,
+    /// The way it runs, e.g. `socket_tracepoints`, `syscalls`, `off`.
+    pub path: &'static str,
+    /// Every way the part can run (the metric sets the others to 0).
+    #[serde(skip)]
+    pub choices: &'static [&'static str],
+    pub detail: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -192,8 +240,21 @@ pub struct KernelLayout {
     pub ucount_nproc_idx: u64,
     pub task_signal: u64,
     pub signal_rlim: u64,
+    /// `struct sock` -> `__sk_common.skc_family`.
+    pub sk_family: u64,
+    /// `struct unix_sock` -> `peer`, `addr`; `struct unix_address` -> `len`,
+    /// `name`. 0: unknown (the socket-tracepoint probes follow nothing).
+    pub unix_peer: u64,
+    pub unix_addr: u64,
+    pub unix_addr_len: u64,
+    pub unix_addr_name: u64,
+    /// The kernel has the `sock_send_length`/`sock_recv_length` BTF
+    /// tracepoints (Linux 6.3+).
+    pub sock_tracepoints: bool,
     /// What could not be read, for the probe status.
     pub missing: Vec<String>,
+    /// What the socket-tracepoint probes could not read (their own status).
+    pub missing_unix: Vec<String>,
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -305,6 +366,30 @@ impl KernelLayout {
                     .push("enumerator UCOUNT_RLIMIT_NPROC (kernel < 5.14?)".into());
                 l.ucounts_rlimit = 0;
             }
+        }
+        l.sock_tracepoints = btf.has_type("btf_trace_sock_send_length")
+            && btf.has_type("btf_trace_sock_recv_length");
+        let mut unix_off = |ty: &str, member: &str| match btf.member_offset(ty, member) {
+            Ok(o) => Some(o),
+            Err(e) => {
+                l.missing_unix.push(e.to_string());
+                None
+            }
+        };
+        let fam = unix_off("sock", "__sk_common").zip(unix_off("sock_common", "skc_family"));
+        let (peer, addr) = (unix_off("unix_sock", "peer"), unix_off("unix_sock", "addr"));
+        let (alen, aname) = (
+            unix_off("unix_address", "len"),
+            unix_off("unix_address", "name"),
+        );
+        // All or nothing: a partial set would misread every socket.
+        if let (Some((c, f)), Some(p), Some(a), Some(al), Some(an)) = (fam, peer, addr, alen, aname)
+        {
+            l.sk_family = c + f;
+            l.unix_peer = p;
+            l.unix_addr = a;
+            l.unix_addr_len = al;
+            l.unix_addr_name = an;
         }
         match btf.enumerator("pids_cgrp_id") {
             Ok(v) if v >= 0 => l.pids_cgrp_id = Some(v as u64),
@@ -479,7 +564,13 @@ impl Probes {
             .override_global("UCOUNTS_RLIMIT_OFF", &layout.ucounts_rlimit, true)
             .override_global("UCOUNT_NPROC_IDX", &layout.ucount_nproc_idx, true)
             .override_global("TASK_SIGNAL_OFF", &layout.task_signal, true)
-            .override_global("SIGNAL_RLIM_OFF", &layout.signal_rlim, true);
+            .override_global("SIGNAL_RLIM_OFF", &layout.signal_rlim, true)
+            .override_global("DBUS_ARG1_OFF", &layout.pt_regs_arg1, true)
+            .override_global("SK_FAMILY_OFF", &layout.sk_family, true)
+            .override_global("UNIX_PEER_OFF", &layout.unix_peer, true)
+            .override_global("UNIX_ADDR_OFF", &layout.unix_addr, true)
+            .override_global("UNIX_ADDR_LEN_OFF", &layout.unix_addr_len, true)
+            .override_global("UNIX_ADDR_NAME_OFF", &layout.unix_addr_name, true);
         // One byte per possible tgid, 64 per element (storage probes).
         let proc = crate::context::procfs::ProcReader::new(Path::new("/"));
         let pid_max = proc
@@ -501,6 +592,12 @@ impl Probes {
             kernel_btf: Some(kernel_btf),
         };
         let details = |spec: &ProbeSpec| {
+            if DBUS_SOCKET_PROBES.iter().any(|d| d.name == spec.name) && layout.unix_peer == 0 {
+                return Some(format!(
+                    "follows no socket: unix socket offsets unknown ({})",
+                    layout.missing_unix.join("; ")
+                ));
+            }
             (!layout.missing.is_empty()
                 && (spec.name == FORK_FAILURES.name || spec.name == NPROC_PRESSURE.name))
                 .then(|| format!("running without: {}", layout.missing.join("; ")))

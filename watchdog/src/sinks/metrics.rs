@@ -36,6 +36,12 @@ struct ProbeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PathLabels {
+    part: &'static str,
+    path: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabels {
     status: &'static str,
 }
@@ -52,6 +58,7 @@ pub struct Metrics {
     findings_total: Family<CauseLabels, Counter>,
     warnings_active: Gauge,
     probe_state: Family<ProbeLabels, Gauge>,
+    probe_path: Family<PathLabels, Gauge>,
     events_total: Counter,
     dropped_total: Family<HopLabels, Counter>,
     cpu_seconds: Counter<f64, AtomicU64>,
@@ -65,7 +72,7 @@ pub struct Metrics {
     warnings: BTreeSet<String>,
     /// Last values of counters kept elsewhere (we add the difference).
     last_events: u64,
-    last_drops: [u64; 10],
+    last_drops: [u64; 12],
     last_cpu_ticks: u64,
     clk_tck: f64,
     page_size: u64,
@@ -81,6 +88,7 @@ impl Metrics {
             findings_total: Family::default(),
             warnings_active: Gauge::default(),
             probe_state: Family::default(),
+            probe_path: Family::default(),
             events_total: Counter::default(),
             dropped_total: Family::default(),
             cpu_seconds: Counter::default(),
@@ -92,7 +100,7 @@ impl Metrics {
             active: BTreeMap::new(),
             warnings: BTreeSet::new(),
             last_events: 0,
-            last_drops: [0; 10],
+            last_drops: [0; 12],
             last_cpu_ticks: 0,
             // SAFETY: sysconf has no preconditions.
             clk_tck: (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).max(1) as f64,
@@ -120,6 +128,11 @@ impl Metrics {
                 "probe_state",
                 "1 for each probe's current state (attached, standby, unavailable), else 0",
                 m.probe_state.clone(),
+            );
+            wd.register(
+                "probe_path",
+                "1 for the way each part with a choice runs (dbus_requests: socket_tracepoints, syscalls, off), else 0",
+                m.probe_path.clone(),
             );
             wd.register_with_unit(
                 "pleg_relist_age",
@@ -151,7 +164,7 @@ impl Metrics {
             );
             wd.register(
                 "dropped_events",
-                "Events lost, by hop: kernel (ring buffer full), userspace (engine queue full), decode (undecodable), sources (kubelet/runtime observations, queue full), storage_* (storage probe map inserts that failed: processes not watched, calls, D sleeps, stacks, D-Bus connections not recorded)",
+                "Events lost, by hop: kernel (ring buffer full), userspace (engine queue full), decode (undecodable), sources (kubelet/runtime observations, queue full), storage_* (storage probe map inserts that failed: processes not watched, calls, D sleeps, stacks, D-Bus connections not recorded), dbus_socks (socket decisions not cached), dbus_reads (followed bytes that went by unparsed)",
                 m.dropped_total.clone(),
             );
         }
@@ -183,6 +196,8 @@ impl Metrics {
             "storage_sleeping",
             "storage_stacks",
             "storage_sock_conns",
+            "dbus_socks",
+            "dbus_reads",
         ] {
             let _ = m.dropped_total.get_or_create(&HopLabels { hop });
         }
@@ -292,6 +307,13 @@ impl Sink for Metrics {
                     .set(i64::from(p.status == state));
             }
         }
+        for p in s.paths {
+            for path in p.choices.iter().chain(std::iter::once(&p.path)) {
+                self.probe_path
+                    .get_or_create(&PathLabels { part: p.part, path })
+                    .set(i64::from(*path == p.path));
+            }
+        }
         add_delta(&self.events_total, &mut self.last_events, s.events);
         for (i, (hop, v)) in [
             ("kernel", s.drops.kernel),
@@ -313,6 +335,8 @@ impl Sink for Metrics {
                 "storage_sock_conns",
                 s.drops.storage.map_or(0, |d| d.sock_conns),
             ),
+            ("dbus_socks", s.drops.storage.map_or(0, |d| d.dbus_socks)),
+            ("dbus_reads", s.drops.storage.map_or(0, |d| d.dbus_reads)),
         ]
         .into_iter()
         .enumerate()
@@ -421,8 +445,15 @@ mod tests {
             status: ProbeState::Standby,
             detail: None,
         }];
+        let paths = [crate::probes::ProbePath {
+            part: "dbus_requests",
+            path: "socket_tracepoints",
+            choices: &["socket_tracepoints", "syscalls", "off"],
+            detail: String::new(),
+        }];
         m.stats(&Stats {
             probes: &probes,
+            paths: &paths,
             events: 5,
             drops: Drops {
                 kernel: 2,
@@ -434,6 +465,7 @@ mod tests {
         });
         m.stats(&Stats {
             probes: &probes,
+            paths: &paths,
             events: 7,
             drops: Drops {
                 kernel: 3,
@@ -447,6 +479,8 @@ mod tests {
         prometheus_client::encoding::text::encode(&mut text, &reg).unwrap();
         for want in [
             "watchdog_findings_active{cause=\"storage_hang\"} 0",
+            "watchdog_probe_path{part=\"dbus_requests\",path=\"socket_tracepoints\"} 1",
+            "watchdog_probe_path{part=\"dbus_requests\",path=\"syscalls\"} 0",
             "watchdog_findings_total{cause=\"pid_exhaustion\"} 0",
             "watchdog_probe_state{probe=\"fork_failures\",state=\"standby\"} 1",
             "watchdog_probe_state{probe=\"fork_failures\",state=\"attached\"} 0",

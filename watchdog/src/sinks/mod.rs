@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::model::Time;
 use crate::model::finding::{Finding, Warning};
-use crate::probes::{ProbeState, ProbeStatus};
+use crate::probes::{ProbePath, ProbeState, ProbeStatus};
 
 /// Drop counters at every hop, reported in the summary.
 #[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
@@ -36,6 +36,9 @@ pub struct Ready {
     pub version: &'static str,
     pub kernel: String,
     pub probes: Vec<ProbeStatus>,
+    /// Which way each part with a choice runs (e.g. `dbus_requests`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub probe_paths: Vec<ProbePath>,
     /// Where the pids controller's hierarchy is, e.g. `/sys/fs/cgroup/pids (v1)`.
     pub pids_hierarchy: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -104,6 +107,7 @@ pub trait Sink {
 /// The agent's own health, as of now.
 pub struct Stats<'a> {
     pub probes: &'a [ProbeStatus],
+    pub paths: &'a [ProbePath],
     /// Kernel events received so far.
     pub events: u64,
     pub drops: Drops,

@@ -158,6 +158,9 @@ impl<W: std::io::Write> Sink for Terminal<W> {
                     }
                     s.push('\n');
                 }
+                for p in &r.probe_paths {
+                    s.push_str(&format!("  {} via {}: {}\n", p.part, p.path, p.detail));
+                }
                 for o in &r.outputs {
                     s.push_str(&format!("  output {o}\n"));
                 }

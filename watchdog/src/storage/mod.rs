@@ -182,6 +182,11 @@ pub struct StorageDrops {
     pub stacks: u64,
     /// D-Bus/systemd connections not followed (SOCK_CONNS full).
     pub sock_conns: u64,
+    /// Socket decisions not cached (DBUS_SOCKS full; socket tracepoints).
+    pub dbus_socks: u64,
+    /// Followed calls whose bytes went by unparsed (unknown syscall, failed
+    /// read; socket tracepoints): the next event says desync.
+    pub dbus_reads: u64,
 }
 
 impl StorageDrops {
@@ -193,6 +198,8 @@ impl StorageDrops {
             sleeping: probes.drop_slot(watchdog_common::DROP_SLEEPING),
             stacks: probes.drop_slot(watchdog_common::DROP_STACK),
             sock_conns: probes.drop_slot(watchdog_common::DROP_SOCK_CONNS),
+            dbus_socks: probes.drop_slot(watchdog_common::DROP_DBUS_SOCKS),
+            dbus_reads: probes.drop_slot(watchdog_common::DROP_DBUS_READS),
         }
     }
 }
