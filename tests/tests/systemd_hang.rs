@@ -26,6 +26,10 @@ struct Run {
 }
 
 fn start_agent(ns: &PrivateNs, name: &str) -> Run {
+    start_agent_with(ns, name, &[])
+}
+
+fn start_agent_with(ns: &PrivateNs, name: &str, extra: &[&str]) -> Run {
     let record =
         std::env::temp_dir().join(format!("wd-systemd-{name}-{}.jsonl", std::process::id()));
     let mut args = ns.launcher_args();
@@ -43,6 +47,7 @@ fn start_agent(ns: &PrivateNs, name: &str) -> Run {
         "--record".into(),
         record.display().to_string(),
     ]);
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
     let agent = Agent::start_with(Path::new(NSENTER), &args, Duration::from_secs(30));
     Run { agent, record }
 }
@@ -239,6 +244,62 @@ fn stopped_dbus_daemon_while_a_container_starts() {
         run.agent.report()
     );
     run.keep_recording("systemd_hang_bus_stopped");
+}
+
+/// Where requests are not followed (kernels without the socket
+/// tracepoints; here forced with `--dbus-requests off`), the agent's own
+/// probes, every 5 s, still find a bus that stopped answering, and the
+/// finding resolves when it answers again.
+#[test]
+fn without_request_tracking_the_agent_probes_find_a_stopped_bus() {
+    if !skip_unless_systemd_prereqs() {
+        return;
+    }
+    let ns = PrivateNs::start().unwrap();
+    let mut bus = DbusDaemon::start(&ns).unwrap();
+    let _fake = FakeSystemd::start(&ns, Transport::Bus, FakeMode::Answer).unwrap();
+    let run = start_agent_with(&ns, "probes-only", &["--dbus-requests", "off"]);
+    let ready = run
+        .agent
+        .wait_for(|v| v["type"] == "ready", Duration::ZERO)
+        .unwrap()
+        .0;
+    assert!(
+        !ready["probes"].to_string().contains("dbus_sock"),
+        "request probes attached with --dbus-requests off: {ready}"
+    );
+    // Healthy first: the probes answer, nothing is found.
+    run.expect_no_finding_until(SystemTime::now() + Duration::from_secs(6), "a healthy bus");
+    bus.stop().unwrap();
+    // The next probe (every 5 s) times out (2 s), then the threshold.
+    let (f, _) = run.expect_active(
+        Duration::from_secs(5)
+            + Duration::from_secs(2)
+            + THRESHOLD
+            + SLACK
+            + Duration::from_secs(2),
+    );
+    assert_eq!(f["socket"], SYSTEM_BUS_SOCKET, "{f}");
+    assert_eq!(f["stuck"], "bus_not_reading", "{f}");
+    assert!(
+        f["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("the agent's D-Bus probes got no answer"),
+        "{f}"
+    );
+    assert_eq!(f["waiting"].as_array().map(Vec::len), Some(0), "{f}");
+    bus.cont().unwrap();
+    let (r, _) = run
+        .finding("resolved", Duration::from_secs(12))
+        .unwrap_or_else(|| panic!("not resolved: {}", run.agent.report()));
+    assert!(
+        r["summary"]
+            .as_str()
+            .unwrap()
+            .contains("answers the agent's probes again"),
+        "{r}"
+    );
 }
 
 #[test]

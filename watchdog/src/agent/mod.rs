@@ -256,6 +256,12 @@ pub async fn session(opts: TraceOptions, sink: &mut dyn Sink) -> anyhow::Result<
             }
         },
     };
+    // Without request tracking, the agent's own probes still watch the bus
+    // and systemd.
+    let mut health = match (&opts.dbus, &dbus) {
+        (Some(d), None) => crate::dbus::probe::HealthProbes::new(d),
+        _ => None,
+    };
     let probe_paths = vec![ProbePath {
         part: "dbus_requests",
         path: dbus_path.name(),
@@ -397,6 +403,16 @@ pub async fn session(opts: TraceOptions, sink: &mut dyn Sink) -> anyhow::Result<
                     for (socket, target) in t.probes_due(now) {
                         let tx = pleg_tx.clone();
                         let timeout = t.probe_timeout();
+                        tokio::spawn(async move {
+                            let p = crate::dbus::probe::probe(socket, target, timeout).await;
+                            tx.send(Observation::BusProbe(p));
+                        });
+                    }
+                }
+                if let Some(h) = health.as_mut() {
+                    for (socket, target) in h.due(now) {
+                        let tx = pleg_tx.clone();
+                        let timeout = h.timeout();
                         tokio::spawn(async move {
                             let p = crate::dbus::probe::probe(socket, target, timeout).await;
                             tx.send(Observation::BusProbe(p));

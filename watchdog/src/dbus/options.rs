@@ -64,8 +64,8 @@ impl DbusRequests {
     /// The path for this kernel (`socket_tracepoints`: it has
     /// `sock_send_length`/`sock_recv_length`), and why.
     pub fn resolve(self, socket_tracepoints: bool) -> (RequestPath, String) {
-        const WITHOUT: &str = "the sock_diag queues and the agent's Ping of the bus and systemd \
-             still see a server that stopped reading or answering";
+        const WITHOUT: &str = "the agent's own probes (Ping of systemd, GetId of the bus, every \
+             5 s) still see a server that stopped answering, without naming who waits";
         match (self, socket_tracepoints) {
             (Self::Auto | Self::SocketTracepoints, true) => (
                 RequestPath::SocketTracepoints,

@@ -78,6 +78,53 @@ pub async fn probe(socket: String, target: ProbeTarget, timeout: Duration) -> Bu
     }
 }
 
+/// Where requests are not followed (a kernel without the socket
+/// tracepoints, or `--dbus-requests off`): the agent's own probes of every
+/// followed socket, every 5 s, so that a bus or systemd that stopped
+/// answering is still found (no eBPF; a refused or absent socket is no
+/// evidence).
+pub struct HealthProbes {
+    sockets: Vec<String>,
+    last: Option<Time>,
+    timeout: Duration,
+}
+
+impl HealthProbes {
+    pub fn new(opts: &super::DbusOptions) -> Option<Self> {
+        if !opts.probe {
+            return None;
+        }
+        // One name per socket: /var/run/dbus/x is /run/dbus/x.
+        let mut sockets: Vec<String> = Vec::new();
+        for s in &opts.sockets {
+            let real = super::options::canonical_socket_path(s).unwrap_or_else(|| s.clone());
+            if !sockets.contains(&real) {
+                sockets.push(real);
+            }
+        }
+        Some(Self {
+            sockets,
+            last: None,
+            timeout: opts.probe_timeout,
+        })
+    }
+
+    pub fn due(&mut self, now: Time) -> Vec<(String, ProbeTarget)> {
+        if self.last.is_some_and(|l| now.millis_since(l) < 5_000) {
+            return Vec::new();
+        }
+        self.last = Some(now);
+        self.sockets
+            .iter()
+            .flat_map(|s| targets(s).into_iter().map(move |t| (s.clone(), t)))
+            .collect()
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+}
+
 impl DbusTracker {
     /// Probes due now: (socket, target) of the sockets with waiting
     /// connections, each at most every 5 s.

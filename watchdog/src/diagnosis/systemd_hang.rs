@@ -178,6 +178,13 @@ impl Conn {
     }
 }
 
+/// A probe result older than this does not keep a probe streak current
+/// (the agent probes every 5 s while it probes at all).
+const PROBES_CURRENT_MS: u64 = 12_000;
+
+/// How a finding from the agent's probes alone starts its summary.
+const UNANSWERED_PREFIX: &str = "the agent's D-Bus probes got no answer for";
+
 /// A connection with its (pid, fd).
 type ConnRef<'a> = ((u32, i32), &'a Conn);
 
@@ -193,6 +200,11 @@ pub struct SystemdHang {
     refused: BTreeMap<u32, Vec<(Time, String, i64, bool)>>,
     /// Replies read on each socket with an active finding since it started.
     replies: BTreeMap<String, u64>,
+    /// Since when the agent's own probes of (socket, target) time out, in a
+    /// row (an answer or a refused connection clears it). Where requests are
+    /// not followed (no socket tracepoints, `--dbus-requests off`) this alone
+    /// shows a bus or systemd that stopped answering.
+    unanswered: BTreeMap<(String, ProbeTarget), Time>,
 }
 
 impl Detector for SystemdHang {
@@ -201,7 +213,19 @@ impl Detector for SystemdHang {
             Observation::SocketCall(c) => self.call(c),
             Observation::SocketQueues(q) => self.queues = Some(q.clone()),
             Observation::BusProbe(p) => {
-                self.probes.insert((p.socket.clone(), p.target), p.clone());
+                let key = (p.socket.clone(), p.target);
+                match p.outcome {
+                    // Unanswered since the probe started.
+                    ProbeOutcome::Timeout { ms } => {
+                        self.unanswered
+                            .entry(key.clone())
+                            .or_insert(Time::from_millis(p.at.0.saturating_sub(ms)));
+                    }
+                    _ => {
+                        self.unanswered.remove(&key);
+                    }
+                }
+                self.probes.insert(key, p.clone());
             }
             _ => {}
         }
@@ -222,6 +246,7 @@ impl SystemdHang {
             probes: BTreeMap::new(),
             refused: BTreeMap::new(),
             replies: BTreeMap::new(),
+            unanswered: BTreeMap::new(),
         }
     }
 
@@ -329,6 +354,26 @@ impl SystemdHang {
                 groups.entry(c.socket.clone()).or_default().push((*k, c));
             }
         }
+        // Sockets whose server has not answered the agent's own probes for
+        // the threshold, with no waiting request to show for it (requests
+        // not followed on this kernel, or none in flight).
+        let mut unanswered: BTreeMap<String, Time> = BTreeMap::new();
+        for (key, since) in &self.unanswered {
+            let socket = &key.0;
+            // Only while the probes go on (they stop when nothing waits on
+            // the request paths): a stale streak says nothing.
+            let current = self
+                .probes
+                .get(key)
+                .is_some_and(|p| now.millis_since(p.at) <= PROBES_CURRENT_MS);
+            if current && now.millis_since(*since) >= threshold && !groups.contains_key(socket) {
+                let e = unanswered.entry(socket.clone()).or_insert(*since);
+                *e = (*e).min(*since);
+            }
+        }
+        for socket in unanswered.keys() {
+            groups.entry(socket.clone()).or_default();
+        }
         let mut out = Vec::new();
         for (socket, conns) in &groups {
             let id = FindingId::new(Cause::SystemdHang, socket.as_str());
@@ -336,8 +381,12 @@ impl SystemdHang {
                 .iter()
                 .filter_map(|(_, c)| c.pending_since)
                 .min()
+                .or_else(|| unanswered.get(socket).copied())
                 .unwrap_or(now);
-            let (detail, confidence) = self.detail(now, socket, conns, since);
+            let (mut detail, confidence) = self.detail(now, socket, conns, since);
+            if conns.is_empty() {
+                detail.stuck_detail = Self::unanswered_detail(&detail);
+            }
             // An update goes out when the summary or the confidence changed.
             let (evidence, urgency) = match book.get(&id) {
                 None => {
@@ -361,7 +410,12 @@ impl SystemdHang {
             }
             let socket = &id.key;
             let replies = self.replies.remove(socket).unwrap_or(0);
-            let why = if replies > 0 {
+            let probed = book
+                .get(&id)
+                .is_some_and(|f| f.summary.starts_with(UNANSWERED_PREFIX));
+            let why = if probed {
+                format!("the server on {socket} answers the agent's probes again")
+            } else if replies > 0 {
                 format!("replies flow again on {socket} ({replies} read)")
             } else {
                 format!("no process waits on {socket} any more (closed or exited without a reply)")
@@ -640,7 +694,49 @@ impl SystemdHang {
         ev
     }
 
+    /// What the probes alone say (no waiting request is known).
+    fn unanswered_detail(d: &SystemdDetail) -> String {
+        let what: Vec<String> = d
+            .probes
+            .iter()
+            .filter_map(|p| match p.outcome {
+                ProbeOutcome::Timeout { ms } => Some(format!(
+                    "{} does not answer the agent's {} (no reply in {ms} ms)",
+                    match p.target {
+                        ProbeTarget::Bus => "the bus daemon",
+                        ProbeTarget::Systemd => "systemd",
+                    },
+                    match p.target {
+                        ProbeTarget::Bus => "GetId",
+                        ProbeTarget::Systemd => "Ping",
+                    }
+                )),
+                _ => None,
+            })
+            .collect();
+        format!(
+            "{} for {:.0} s; no runtime request is followed to name who waits (the socket \
+             tracepoints need Linux 6.3+, or --dbus-requests is off)",
+            if what.is_empty() {
+                "the agent's probes get no answer".to_owned()
+            } else {
+                what.join("; ")
+            },
+            d.waiting_s
+        )
+    }
+
     fn summary(d: &SystemdDetail) -> String {
+        if d.waiting.is_empty() {
+            let side = match d.stuck {
+                Stuck::BusNotReading => "the bus daemon is not answering",
+                Stuck::SystemdNotReading | Stuck::SystemdNotReplying => "systemd is not answering",
+            };
+            return format!(
+                "{UNANSWERED_PREFIX} {:.0} s on {}: {side}",
+                d.waiting_s, d.socket
+            );
+        }
         let who = d
             .waiting
             .first()

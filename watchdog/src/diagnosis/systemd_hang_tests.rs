@@ -675,3 +675,78 @@ fn a_partial_write_then_eagain_with_messages_is_systemd_not_reading() {
     assert_eq!(dt.waiting[0].bytes_sent, 219_264);
     assert_eq!(dt.waiting[0].bytes_unsent, 81_336);
 }
+
+#[test]
+fn unanswered_probes_alone_are_a_hang_while_they_go_on() {
+    let probe = |ms: u64, outcome: ProbeOutcome| {
+        Observation::BusProbe(BusProbe {
+            at: at(ms),
+            socket: PRIVATE.into(),
+            target: ProbeTarget::Systemd,
+            outcome,
+        })
+    };
+    let timeout = || ProbeOutcome::Timeout { ms: 2_000 };
+    let mut d = engine();
+    // No request is followed; the probe started at 0 gets no answer.
+    feed(&mut d, &[probe(2_000, timeout())]);
+    assert!(
+        findings(d.tick(at(4_000))).is_empty(),
+        "below the threshold"
+    );
+    feed(&mut d, &[probe(7_000, timeout())]);
+    let f = findings(d.tick(at(7_100)));
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(f[0].status, FindingStatus::Active);
+    assert!(
+        f[0].summary.starts_with(UNANSWERED_PREFIX),
+        "{}",
+        f[0].summary
+    );
+    assert!(
+        f[0].summary.contains("systemd is not answering"),
+        "{}",
+        f[0].summary
+    );
+    let det = detail(&f[0]);
+    assert!(det.waiting.is_empty());
+    assert!(
+        det.stuck_detail
+            .contains("systemd does not answer the agent's Ping"),
+        "{}",
+        det.stuck_detail
+    );
+    // An answer ends it.
+    feed(&mut d, &[probe(12_000, ProbeOutcome::Answered { ms: 1 })]);
+    let r = findings(d.tick(at(12_100)));
+    assert_eq!(r[0].status, FindingStatus::Resolved);
+    assert!(
+        r[0].summary.contains("answers the agent's probes again"),
+        "{}",
+        r[0].summary
+    );
+    // A refused connection (no systemd here) is no evidence.
+    let mut d = engine();
+    let refused = || ProbeOutcome::Failed {
+        error: "No such file or directory".into(),
+    };
+    feed(&mut d, &[probe(2_000, refused()), probe(7_000, refused())]);
+    assert!(findings(d.tick(at(7_100))).is_empty());
+}
+
+#[test]
+fn a_stale_probe_streak_is_no_hang() {
+    // Probes run while a request waits; when it is answered they stop, and
+    // their last timeout must not become a finding later.
+    let mut d = engine();
+    feed(
+        &mut d,
+        &[Observation::BusProbe(BusProbe {
+            at: at(2_000),
+            socket: BUS.into(),
+            target: ProbeTarget::Bus,
+            outcome: ProbeOutcome::Timeout { ms: 2_000 },
+        })],
+    );
+    assert!(findings(d.tick(at(30_000))).is_empty());
+}
