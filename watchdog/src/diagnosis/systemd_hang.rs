@@ -313,6 +313,11 @@ impl SystemdHang {
                 }
             }
             CallKind::Recv => {
+                if c.ret > 0 {
+                    // The server talks: an earlier probe timeout on this
+                    // socket says nothing any more.
+                    self.unanswered.retain(|(s, _), _| *s != c.socket);
+                }
                 let Some(conn) = self.conns.get_mut(&key) else {
                     return;
                 };

@@ -750,3 +750,29 @@ fn a_stale_probe_streak_is_no_hang() {
     );
     assert!(findings(d.tick(at(30_000))).is_empty());
 }
+
+#[test]
+fn a_reply_read_ends_a_probe_streak() {
+    // The bus was stopped while a request waited (its probes timed out);
+    // it reads again and the reply comes: no probe-only finding follows.
+    let mut d = engine();
+    feed(
+        &mut d,
+        &[
+            call(0, 9, CallKind::Connect, 0, 0, BUS),
+            call(1, 9, CallKind::Send, 500, 500, BUS),
+            Observation::BusProbe(BusProbe {
+                at: at(4_000),
+                socket: BUS.into(),
+                target: ProbeTarget::Bus,
+                outcome: ProbeOutcome::Timeout { ms: 2_000 },
+            }),
+        ],
+    );
+    assert_eq!(findings(d.tick(at(5_100))).len(), 1);
+    feed(&mut d, &[call(6_000, 9, CallKind::Recv, 40, 4096, BUS)]);
+    let r = findings(d.tick(at(8_100)));
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(r[0].status, FindingStatus::Resolved);
+    assert!(findings(d.tick(at(9_100))).is_empty());
+}
