@@ -160,10 +160,16 @@ impl DbusTracker {
     /// observation with who connected.
     fn first_seen(&mut self, ev: &SocketEvent, at: Time, socket: &str, out: &mut Vec<SocketCall>) {
         let key = (ev.pid, ev.fd);
+        // A known connection: nothing to read unless the kernel says this
+        // socket is new to it (the fd may lead elsewhere now). Every event
+        // of a chatty connection passes here: no /proc read for them.
+        let known = self.conns.get(&key);
+        if known.is_some() && ev.flags & SOCK_EV_FIRST == 0 {
+            return;
+        }
         let inode = self.proc.socket_inode(ev.pid, ev.fd);
-        match self.conns.get(&key) {
-            Some(t) if ev.flags & SOCK_EV_FIRST == 0 || t.inode == inode => return,
-            _ => {}
+        if known.is_some_and(|t| t.inode == inode) {
+            return;
         }
         self.conns
             .insert(key, Tracked::new(socket.to_owned(), inode));
