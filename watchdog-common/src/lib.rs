@@ -454,6 +454,17 @@ impl SockCall {
 /// iovecs summed for `requested` (writev, sendmsg, readv, recvmsg).
 pub const SOCK_IOV_MAX: u32 = 8;
 
+/// Bytes of a [`SocketEvent`] before its message slots. The socket-tracepoint
+/// probes write only the slots they filled (`nmsgs`): a record is this plus
+/// `k` x `size_of::<SockMsg>()` for some `k` in 0..=[`SOCK_MSG_SLOTS`], and
+/// its header's `size` says which.
+pub const SOCKET_EVENT_FIXED: usize = core::mem::offset_of!(SocketEvent, msgs);
+
+/// The record size of a [`SocketEvent`] with `slots` message slots written.
+pub const fn socket_event_size(slots: usize) -> usize {
+    SOCKET_EVENT_FIXED + slots * core::mem::size_of::<SockMsg>()
+}
+
 /// A call of a watched process on a connection to a followed socket path
 /// (connect to one of the paths, then every send, receive and close on that
 /// fd), at syscall exit.
@@ -508,7 +519,10 @@ mod user {
 pub mod decode {
     use core::mem::size_of;
 
-    use super::{EventHeader, EventKind, ForkFailureEvent, NprocPressureEvent, SocketEvent};
+    use super::{
+        EventHeader, EventKind, ForkFailureEvent, NprocPressureEvent, SOCK_MSG_SLOTS,
+        SOCKET_EVENT_FIXED, SockMsg, SocketEvent, socket_event_size,
+    };
 
     /// A decoded record.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -566,6 +580,17 @@ pub mod decode {
         unsafe { core::ptr::read_unaligned(buf.as_ptr().cast::<T>()) }
     }
 
+    /// A socket record with `slots` message slots written: the rest zeroed,
+    /// and `nmsgs` no more than the slots present.
+    fn read_socket(buf: &[u8], slots: usize) -> SocketEvent {
+        let mut full = [0u8; size_of::<SocketEvent>()];
+        full[..buf.len()].copy_from_slice(buf);
+        let mut e: SocketEvent = read(&full);
+        e.nmsgs = e.nmsgs.min(slots as u32);
+        e.header.size = size_of::<SocketEvent>() as u32;
+        e
+    }
+
     /// Decode one ring-buffer record.
     pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
         if buf.len() < size_of::<EventHeader>() {
@@ -575,7 +600,19 @@ pub mod decode {
         let (expected, kind) = match EventKind::from_u32(header.kind) {
             EventKind::ForkFailure => (size_of::<ForkFailureEvent>(), EventKind::ForkFailure),
             EventKind::NprocPressure => (size_of::<NprocPressureEvent>(), EventKind::NprocPressure),
-            EventKind::Socket => (size_of::<SocketEvent>(), EventKind::Socket),
+            EventKind::Socket => {
+                // Only the filled message slots (see SOCKET_EVENT_FIXED).
+                let size = header.size as usize;
+                let slots = size.saturating_sub(SOCKET_EVENT_FIXED) / size_of::<SockMsg>();
+                if size >= SOCKET_EVENT_FIXED
+                    && slots <= SOCK_MSG_SLOTS
+                    && size == socket_event_size(slots)
+                    && buf.len() >= size
+                {
+                    return Ok(Event::Socket(read_socket(&buf[..size], slots)));
+                }
+                (size_of::<SocketEvent>(), EventKind::Socket)
+            }
             EventKind::Unknown => return Err(DecodeError::UnknownKind { kind: header.kind }),
         };
         if header.size as usize != expected || buf.len() < expected {
@@ -697,6 +734,29 @@ pub mod decode {
             };
             assert_eq!(size_of::<SocketEvent>() % 8, 0);
             assert_eq!(decode(as_bytes(&ev)), Ok(Event::Socket(ev)));
+
+            // The socket-tracepoint probes write only the filled slots.
+            let mut short = ev;
+            short.header.size = crate::socket_event_size(1) as u32;
+            let bytes = &as_bytes(&short)[..crate::socket_event_size(1)];
+            let Ok(Event::Socket(got)) = decode(bytes) else {
+                panic!("a one-slot record must decode");
+            };
+            assert_eq!(got.nmsgs, 1);
+            assert_eq!(got.msgs[0], ev.msgs[0]);
+            assert_eq!(got.msgs[1].len, 0, "slots not written are zero");
+            assert_eq!(got.header.size as usize, size_of::<SocketEvent>());
+            // nmsgs beyond the slots present is clamped, not read past.
+            let mut lying = short;
+            lying.nmsgs = 4;
+            let bytes = &as_bytes(&lying)[..crate::socket_event_size(1)];
+            assert!(matches!(decode(bytes), Ok(Event::Socket(e)) if e.nmsgs == 1));
+            // A size between slot boundaries, or a record shorter than its
+            // header says, is rejected.
+            let mut odd = ev;
+            odd.header.size = crate::socket_event_size(1) as u32 + 3;
+            assert!(decode(&as_bytes(&odd)[..crate::socket_event_size(1) + 3]).is_err());
+            assert!(decode(&as_bytes(&short)[..crate::socket_event_size(1) - 8]).is_err());
         }
 
         #[test]
