@@ -182,6 +182,22 @@ fn on_event(
     }
 }
 
+/// Start the D-Bus probes that are due, each a task of its own with its
+/// timeout; the answers come back as observations on `tx`.
+fn spawn_bus_probes(
+    due: Vec<(String, crate::model::dbus::ProbeTarget)>,
+    timeout: std::time::Duration,
+    tx: &crate::sources::ObsSender,
+) {
+    for (socket, target) in due {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let p = crate::dbus::probe::probe(socket, target, timeout).await;
+            tx.send(Observation::BusProbe(p));
+        });
+    }
+}
+
 fn drops(probes: &Probes, counters: &Counters, sources: u64, storage: bool) -> Drops {
     Drops {
         kernel: probes.kernel_drops(),
@@ -400,24 +416,10 @@ pub async fn session(opts: TraceOptions, sink: &mut dyn Sink) -> anyhow::Result<
                     if let Some(q) = t.sweep(now) {
                         diag.observe(Observation::SocketQueues(q), sink);
                     }
-                    for (socket, target) in t.probes_due(now) {
-                        let tx = pleg_tx.clone();
-                        let timeout = t.probe_timeout();
-                        tokio::spawn(async move {
-                            let p = crate::dbus::probe::probe(socket, target, timeout).await;
-                            tx.send(Observation::BusProbe(p));
-                        });
-                    }
+                    spawn_bus_probes(t.probes_due(now), t.probe_timeout(), &pleg_tx);
                 }
                 if let Some(h) = health.as_mut() {
-                    for (socket, target) in h.due(now) {
-                        let tx = pleg_tx.clone();
-                        let timeout = h.timeout();
-                        tokio::spawn(async move {
-                            let p = crate::dbus::probe::probe(socket, target, timeout).await;
-                            tx.send(Observation::BusProbe(p));
-                        });
-                    }
+                    spawn_bus_probes(h.due(now), h.timeout(), &pleg_tx);
                 }
                 diag.tick(now, sink);
                 if pressure.is_none() && diag.engine.has_active_cause(Cause::PidExhaustion) {
