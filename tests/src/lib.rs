@@ -40,6 +40,7 @@ pub mod bench;
 pub mod dockerd;
 pub mod frozen;
 pub mod fuse;
+pub mod names;
 pub mod redis;
 pub mod systemd;
 pub mod systemd_real;

@@ -15,9 +15,8 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, SystemTime};
+use std::path::Path;
+use std::time::Duration;
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData};
 use watchdog::probes::{KernelLayout, Probes, STORAGE_PROBES};
@@ -28,7 +27,8 @@ use watchdog_common::{
 };
 use watchdog_tests::frozen::{FrozenExt4, skip_unless_freeze_prereqs};
 use watchdog_tests::fuse::{HangingFuse, skip_unless_fuse_prereqs};
-use watchdog_tests::{ChildGuard, PYTHON, unix_ns, wait};
+use watchdog_tests::names::ProcessNames;
+use watchdog_tests::{ChildGuard, wait};
 
 const WATCHED: &str = "wd-probe-w";
 const UNWATCHED: &str = "wd-probe-u";
@@ -41,27 +41,6 @@ const STAT: &str = "import os, sys; os.stat(sys.argv[1])";
 const SLEEP: &str = "import time, sys; time.sleep(600)";
 const CREATE: &str =
     "import os, sys; os.close(os.open(sys.argv[1], os.O_CREAT | os.O_WRONLY, 0o644))";
-
-struct Dir(PathBuf);
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-fn spawn(dir: &Path, name: &str, script: &str, arg: &Path) -> ChildGuard {
-    let exe = dir.join(name);
-    if !exe.exists() {
-        std::os::unix::fs::symlink(PYTHON, &exe).expect("symlink python3");
-    }
-    let mut cmd = Command::new(&exe);
-    cmd.args(["-c", script])
-        .arg(arg)
-        .stdin(Stdio::null())
-        .stderr(Stdio::null());
-    ChildGuard::spawn(&mut cmd, &format!("{name} {script}")).expect("spawn")
-}
 
 fn wchan(pid: u32) -> String {
     fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default()
@@ -132,26 +111,21 @@ fn storage_sleep_records_d_sleeps_and_watched_file_syscalls_only() {
     let mut kids: Vec<ChildGuard> = Vec::new();
     let mut frozen = FrozenExt4::mount().unwrap_or_else(|e| panic!("{e}"));
     let fuse = HangingFuse::start();
-    let dir = Dir(std::env::temp_dir().join(format!(
-        "wd-probe-{}-{}",
-        std::process::id(),
-        unix_ns(SystemTime::now())
-    )));
-    fs::create_dir_all(&dir.0).unwrap();
-    let fifo = dir.0.join("fifo");
+    let names = ProcessNames::new();
+    let fifo = names.dir().join("fifo");
     let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
     // SAFETY: valid C string.
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
     frozen.freeze().unwrap_or_else(|e| panic!("{e}"));
     let target = frozen.mount_point().join("newfile");
 
-    kids.push(spawn(&dir.0, WATCHED, STAT, &fuse.hang_path()));
+    kids.push(names.spawn(WATCHED, STAT, &fuse.hang_path()));
     // One at a time on the FUSE mount: a blocked lookup holds the directory.
     wait_wchan(kids[0].pid(), &["request_wait_answer"]);
-    kids.push(spawn(&dir.0, WATCHED, READ_FIFO, &fifo));
-    kids.push(spawn(&dir.0, WATCHED, SLEEP, &fifo));
-    kids.push(spawn(&dir.0, UNWATCHED, CREATE, &target));
-    kids.push(spawn(&dir.0, UNWATCHED, STAT, &fuse.hang_path()));
+    kids.push(names.spawn(WATCHED, READ_FIFO, &fifo));
+    kids.push(names.spawn(WATCHED, SLEEP, &fifo));
+    kids.push(names.spawn(UNWATCHED, CREATE, &target));
+    kids.push(names.spawn(UNWATCHED, STAT, &fuse.hang_path()));
     let pids: Vec<u32> = kids.iter().map(ChildGuard::pid).collect();
     let pipe = [
         "pipe_read",

@@ -9,7 +9,7 @@
 //! The agent runs with `--hang-threshold 3s` to keep the tests short; the
 //! deadline for a finding is that threshold + 2 s after the call blocked.
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -17,6 +17,7 @@ use serde_json::Value;
 use watchdog_tests::dockerd::{Dockerd, skip_unless_docker_prereqs};
 use watchdog_tests::frozen::{FrozenExt4, skip_unless_freeze_prereqs};
 use watchdog_tests::fuse::{FuseOpts, HangingFuse, skip_unless_fuse_prereqs};
+use watchdog_tests::names::ProcessNames;
 use watchdog_tests::{Agent, ChildGuard, PYTHON, secs_since_unix_ns, unix_ns, wait};
 
 const THRESHOLD: Duration = Duration::from_secs(3);
@@ -27,45 +28,6 @@ const STATFS: &str = "import os, sys; os.statvfs(sys.argv[1])";
 const READ: &str = "import os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); os.read(fd, 16)";
 const CREATE: &str =
     "import os, sys; os.close(os.open(sys.argv[1], os.O_CREAT | os.O_WRONLY, 0o644))";
-
-/// A directory of symlinks to python3 under container-runtime names (the
-/// kernel names a process after the file it executed).
-struct RuntimeNames {
-    dir: PathBuf,
-}
-
-impl RuntimeNames {
-    fn new() -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "wd-names-{}-{}",
-            std::process::id(),
-            unix_ns(SystemTime::now())
-        ));
-        fs::create_dir_all(&dir).expect("create names dir");
-        Self { dir }
-    }
-
-    /// Runs `script arg` as a process named `name`.
-    fn spawn(&self, name: &str, script: &str, arg: &Path) -> ChildGuard {
-        let exe = self.dir.join(name);
-        if !exe.exists() {
-            std::os::unix::fs::symlink(PYTHON, &exe).expect("symlink python3");
-        }
-        let mut cmd = Command::new(&exe);
-        // stderr: the ENOTCONN traceback after the abort is expected.
-        cmd.args(["-c", script])
-            .arg(arg)
-            .stdin(Stdio::null())
-            .stderr(Stdio::null());
-        ChildGuard::spawn(&mut cmd, &format!("{name} ({script})")).expect("spawn")
-    }
-}
-
-impl Drop for RuntimeNames {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.dir);
-    }
-}
 
 fn is_storage_finding(v: &Value, mount: &str) -> bool {
     v["type"] == "finding" && v["cause"] == "storage_hang" && v["mount_point"] == mount
@@ -155,7 +117,7 @@ fn runtime_blocked_on_stat_statfs_read_is_found_within_threshold_plus_2s() {
     let mut kids: Vec<ChildGuard> = Vec::new();
     let mut fuse =
         HangingFuse::start_with(FuseOpts { hang_statfs: true }).unwrap_or_else(|e| panic!("{e}"));
-    let names = RuntimeNames::new();
+    let names = ProcessNames::new();
     let agent = Agent::start(TRACE);
     let mp = mount_str(&fuse);
 
@@ -303,7 +265,7 @@ fn workload_blocked_on_a_frozen_ext4_is_found_with_its_path_and_mount() {
     // The child first: it drops (is killed) after the guard thawed.
     let mut kids: Vec<ChildGuard> = Vec::new();
     let mut fs = FrozenExt4::mount().unwrap_or_else(|e| panic!("{e}"));
-    let names = RuntimeNames::new();
+    let names = ProcessNames::new();
     let agent = Agent::start(TRACE);
     let mp = fs.mount_point().to_string_lossy().into_owned();
     fs.freeze().unwrap_or_else(|e| panic!("{e}"));
@@ -372,7 +334,7 @@ fn unwatched_tasks_are_found_only_in_d_state() {
     }
     let mut kids: Vec<ChildGuard> = Vec::new();
     let mut fuse = HangingFuse::start();
-    let names = RuntimeNames::new();
+    let names = ProcessNames::new();
     let agent = Agent::start(TRACE);
     let mp = mount_str(&fuse);
     // Not a runtime name: no syscall tracking. The read waits for the page
@@ -423,10 +385,10 @@ fn slow_but_progressing_io_gives_no_finding() {
     if !skip_unless_fuse_prereqs() {
         return;
     }
-    let names = RuntimeNames::new();
+    let names = ProcessNames::new();
     let agent = Agent::start_recorded(&["trace", "--json", "--hang-threshold", "2s"]);
     // fsync after every small write on the root file system, for 6 s.
-    let file = names.dir.join("fsync-load");
+    let file = names.dir().join("fsync-load");
     let script = "import os, sys, time\n\
         fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT, 0o600)\n\
         end = time.time() + 6\n\
