@@ -1,10 +1,12 @@
 //! Overhead of the D-Bus/systemd socket tracking (run as root).
 //!
-//! The tracking rides on the storage probes' `sys_exit` program: a syscall of
-//! an unwatched process returns after one array lookup, a watched process
-//! pays a syscall-table lookup and, for reads, writes, sends, receives,
-//! connects and closes, a hash lookup of (tgid, fd); only calls on a tracked
-//! connection emit a ring-buffer event.
+//! By default (Linux 6.3+) the tracking rides on the `sock_send_length` and
+//! `sock_recv_length` tracepoints: a send or receive of an unwatched process
+//! returns after one array lookup, a watched process's socket is checked once
+//! against the followed paths (the answer cached per socket), and only calls
+//! on a followed connection emit a ring-buffer event. The fallback for older
+//! kernels (`--dbus-requests syscalls`) attaches `raw_tp/sys_enter` and
+//! `sys_exit` programs: every syscall of every task pays the tracing slow path.
 //!
 //! Workloads, each in a fresh child process (a copy of this binary with the
 //! hidden `--run-workload KIND N IO [PATH]`), timed inside the child: N round
@@ -26,7 +28,10 @@
 //! - `floor`: `watchdog trace --json --no-pleg --fork-probe off
 //!   --no-dbus-probe --no-systemd` (the storage probes only);
 //! - `tracking`: the same without `--no-systemd`, with the default socket
-//!   paths plus the bench's own listener path.
+//!   paths plus the bench's own listener path (the default path: the socket
+//!   tracepoints);
+//! - `syscalls`: `tracking` with `--dbus-requests syscalls` (the raw-syscall
+//!   fallback for kernels without the socket tracepoints).
 //!
 //! Prints a table, then one final line of JSON with every number.
 //! Everything started here is an RAII guard: cleaned up on panic, and on
@@ -55,16 +60,23 @@ enum Condition {
     Baseline,
     Floor,
     Tracking,
+    Syscalls,
 }
 
 impl Condition {
-    const ALL: [Condition; 3] = [Condition::Baseline, Condition::Floor, Condition::Tracking];
+    const ALL: [Condition; 4] = [
+        Condition::Baseline,
+        Condition::Floor,
+        Condition::Tracking,
+        Condition::Syscalls,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Condition::Baseline => "baseline",
             Condition::Floor => "floor",
             Condition::Tracking => "tracking",
+            Condition::Syscalls => "syscalls",
         }
     }
 
@@ -83,7 +95,11 @@ impl Condition {
         match self {
             Condition::Baseline => return Vec::new(),
             Condition::Floor => a.push("--no-systemd".into()),
-            Condition::Tracking => {
+            Condition::Tracking | Condition::Syscalls => {
+                if self == Condition::Syscalls {
+                    a.push("--dbus-requests".into());
+                    a.push("syscalls".into());
+                }
                 let mut paths: Vec<String> =
                     DEFAULT_SOCKETS.iter().map(|s| s.to_string()).collect();
                 paths.push(tracked.display().to_string());
@@ -595,7 +611,7 @@ fn run_condition(o: &Opts, d: &BenchDir, cond: Condition, runs: &mut CondRuns) {
             let events = s["events"].as_u64().unwrap_or(0);
             // The tracked client's sends and receives, 2 per round trip.
             let want = 2 * o.round_trips;
-            if cond == Condition::Tracking && events < want {
+            if matches!(cond, Condition::Tracking | Condition::Syscalls) && events < want {
                 let e = format!(
                     "{name}: {events} events, fewer than the tracked workload's {want} \
                      sends and receives (drops {})",
@@ -743,7 +759,7 @@ fn main() {
     }
     println!();
     let mut agents = serde_json::Map::new();
-    for cond in [Condition::Floor, Condition::Tracking] {
+    for cond in [Condition::Floor, Condition::Tracking, Condition::Syscalls] {
         let r = get(cond);
         let args = cond.args(&d.tracked()).join(" ");
         let events = u64s(&r.summaries, |s| &s["events"]);

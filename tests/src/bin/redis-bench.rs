@@ -18,7 +18,8 @@
 //!
 //! Each agent is started afresh per run and measured only after its `ready`
 //! record; its VmRSS and CPU time are sampled at the end of the run.
-//! Prints a table of medians, min-max spread and ratios to `baseline`, then
+//! Prints a table of medians, min-max spread and ratios to `baseline`, the
+//! per-round ratios (each run over the baseline run of its round), then
 //! one final line of JSON with every number. Everything started here is an
 //! RAII guard: cleaned up on panic, and on SIGINT/SIGTERM (checked between
 //! runs, then unwound).
@@ -149,8 +150,8 @@ fn parse_args() -> Opts {
 
 #[derive(Default)]
 struct CondRuns {
-    /// One entry per completed run, in order.
-    runs: Vec<Vec<TestResult>>,
+    /// One entry per completed run, in order, with its round.
+    runs: Vec<(usize, Vec<TestResult>)>,
     rss_kib: Vec<u64>,
     /// Agent CPU seconds during each redis-benchmark run.
     agent_cpu_s: Vec<f64>,
@@ -164,7 +165,22 @@ impl CondRuns {
     fn rps(&self, test: &str) -> Vec<f64> {
         self.runs
             .iter()
-            .filter_map(|r| r.iter().find(|t| t.test == test).map(|t| t.rps))
+            .filter_map(|(_, r)| r.iter().find(|t| t.test == test).map(|t| t.rps))
+            .collect()
+    }
+
+    /// This condition's throughput over the baseline's in the same round,
+    /// for every round both completed: slow drifts of the machine (other
+    /// tenants, CPU frequency) cancel out of these.
+    fn paired_ratios(&self, base: &CondRuns, test: &str) -> Vec<f64> {
+        let of = |runs: &[(usize, Vec<TestResult>)], round: usize| {
+            runs.iter()
+                .find(|(r, _)| *r == round)
+                .and_then(|(_, ts)| ts.iter().find(|t| t.test == test).map(|t| t.rps))
+        };
+        self.runs
+            .iter()
+            .filter_map(|(round, _)| Some(of(&self.runs, *round)? / of(&base.runs, *round)?))
             .collect()
     }
 }
@@ -185,7 +201,13 @@ fn syscall_hooks(ready: &Value) -> Vec<String> {
     hooks
 }
 
-fn run_condition(o: &Opts, cond: Condition, server: &mut RedisServer, runs: &mut CondRuns) {
+fn run_condition(
+    o: &Opts,
+    cond: Condition,
+    round: usize,
+    server: &mut RedisServer,
+    runs: &mut CondRuns,
+) {
     check_interrupted();
     let name = cond.name();
     let agent = match cond {
@@ -243,7 +265,7 @@ fn run_condition(o: &Opts, cond: Condition, server: &mut RedisServer, runs: &mut
                 .collect::<Vec<_>>()
                 .join("  ");
             eprintln!("  {name:<10} {show}  ({wall:.1} s)");
-            runs.runs.push(r);
+            runs.runs.push((round, r));
         }
         Err(e) => {
             eprintln!("  {name}: {e}");
@@ -354,7 +376,7 @@ fn main() {
         let order = round_order(&Condition::ALL, round, o.rounds, Condition::name);
         for cond in order {
             let r = &mut runs.iter_mut().find(|(c, _)| *c == cond).expect("all").1;
-            run_condition(&o, cond, &mut server, r);
+            run_condition(&o, cond, round, &mut server, r);
         }
     }
     drop(server);
@@ -427,11 +449,36 @@ fn main() {
                 "rss_kib_max": rss,
                 "rss_kib_samples": r.rss_kib,
                 "agent_cpu_s": r.agent_cpu_s.iter().map(|x| num(*x)).collect::<Vec<_>>(),
-                "runs": r.runs.iter().map(|run| run.iter().map(|t| json!({
+                "set_paired_ratios": r.paired_ratios(get(Condition::Baseline), "SET").iter().map(|x| num(*x)).collect::<Vec<_>>(),
+                "get_paired_ratios": r.paired_ratios(get(Condition::Baseline), "GET").iter().map(|x| num(*x)).collect::<Vec<_>>(),
+                "runs": r.runs.iter().map(|(_, run)| run.iter().map(|t| json!({
                     "test": t.test, "rps": num(t.rps),
                     "avg_ms": t.avg_ms.map(num), "p50_ms": t.p50_ms.map(num), "p99_ms": t.p99_ms.map(num),
                 })).collect::<Vec<_>>()).collect::<Vec<_>>(),
             }),
+        );
+    }
+    println!(
+        "per-round ratios to the baseline of the same round (drifts of the machine cancel): \
+         median (min-max)"
+    );
+    let ratio_cell = |v: &[f64]| {
+        if v.is_empty() {
+            "n/a".to_string()
+        } else {
+            format!("{:.3}x ({:.3}-{:.3})", median(v), min(v), max(v))
+        }
+    };
+    for (cond, r) in &runs {
+        if *cond == Condition::Baseline {
+            continue;
+        }
+        let base = get(Condition::Baseline);
+        println!(
+            "{:<11} SET {:>24}   GET {:>24}",
+            cond.name(),
+            ratio_cell(&r.paired_ratios(base, "SET")),
+            ratio_cell(&r.paired_ratios(base, "GET")),
         );
     }
     for (cond, r) in &runs {
