@@ -18,8 +18,10 @@ use clap::{Parser, Subcommand};
 pub struct Cli {
     #[command(subcommand)]
     cmd: Command,
-    /// Log level for diagnostics on stderr (error, warn, info, debug, trace).
-    #[arg(long, global = true, default_value = "warn")]
+    /// Diagnostics on stderr: a level (error, warn, info, debug, trace) for
+    /// watchdog's own, or a filter such as `debug,kube=trace`. Library log
+    /// lines appear only when asked for by name or with a bare level.
+    #[arg(long, global = true, default_value = "watchdog=warn")]
     log: String,
 }
 
@@ -42,14 +44,16 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|e| {
         eprintln!(
-            "watchdog: --log {:?} is not a log level ({e}); using warn",
+            "watchdog: --log {:?} is not a log level or filter ({e}); using watchdog=warn",
             cli.log
         );
-        tracing_subscriber::EnvFilter::new("warn")
+        tracing_subscriber::EnvFilter::new("watchdog=warn")
     });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: no escape codes in a file or a pipe.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = match cli.cmd {
         Command::Trace(a) => trace::run(a),

@@ -130,16 +130,14 @@ impl Reporter {
     pub fn force_status(&mut self, state: SourceState, message: impl Into<String>) {
         self.last = Some(state);
         let message = message.into();
-        match state {
-            SourceState::Available => {
-                tracing::info!("{} {}: {message}", self.source.name(), self.target)
-            }
-            _ => tracing::warn!(
-                "{} unavailable: {message} at {}",
-                self.source.name(),
-                self.target
-            ),
-        }
+        // The sinks report the change (one `source` line or record); the
+        // log only repeats it for `--log debug`.
+        tracing::debug!(
+            "{} {:?} at {}: {message}",
+            self.source.name(),
+            state,
+            self.target
+        );
         self.out.send(Observation::Source(SourceStatus {
             at: Time::now(),
             source: self.source,
