@@ -200,13 +200,24 @@ fn system_usage(cur: u64, max: u64) -> Option<Usage> {
     (max > 0).then(|| Usage::new(cur, max))
 }
 
+/// `n` and the noun, plural unless `n` is 1 ("1 fork", "2 forks").
+fn count(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 fn remedy_text(limit: Limit, owner: &str, consumers: &[Consumer]) -> String {
     let top = consumers
         .first()
         .map(|c| {
             format!(
-                " The largest holder is {}[{}] with {} tasks.",
-                c.comm, c.pid, c.threads
+                " The largest holder is {}[{}] with {}.",
+                c.comm,
+                c.pid,
+                count(c.threads, "task")
             )
         })
         .unwrap_or_default();
@@ -736,9 +747,22 @@ fn refresh(f: &mut Finding, t: &Counts) {
                     .pids_cgroups
                     .iter()
                     .find(|c| c.cgroup == cg)
-                    .map(|c| format!(" ({} of {} tasks)", c.usage.current, c.usage.max))
-                    .unwrap_or_default();
-                format!("pids cgroup {cg} is at its limit{u}")
+                    .map(|c| &c.usage);
+                match u {
+                    // Still full, or never read: the limit is what failed.
+                    Some(u) if u.current >= u.max => {
+                        format!(
+                            "pids cgroup {cg} is at its limit ({} of {} tasks)",
+                            u.current, u.max
+                        )
+                    }
+                    // It emptied since (the leak was killed, the pod ended).
+                    Some(u) => format!(
+                        "pids cgroup {cg} hit its limit (now {} of {} tasks)",
+                        u.current, u.max
+                    ),
+                    None => format!("pids cgroup {cg} is at its limit"),
+                }
             }
             Limit::RlimitNproc => format!(
                 "uid {} reached its RLIMIT_NPROC{}",
@@ -755,13 +779,14 @@ fn refresh(f: &mut Finding, t: &Counts) {
         };
         let failing = if d.failures > 0 {
             format!(
-                "; {} failed fork/clone calls ({}/s) by {who}",
-                d.failures, d.rate_per_sec
+                "; {} ({}/s) by {who}",
+                count(d.failures, "failed fork/clone call"),
+                d.rate_per_sec
             )
         } else {
             format!(
-                "; the kernel rejected {} forks",
-                d.kernel_rejections.unwrap_or(0)
+                "; the kernel rejected {}",
+                count(d.kernel_rejections.unwrap_or(0), "fork")
             )
         };
         let pod = d
