@@ -173,14 +173,13 @@ impl CondRuns {
     /// for every round both completed: slow drifts of the machine (other
     /// tenants, CPU frequency) cancel out of these.
     fn paired_ratios(&self, base: &CondRuns, test: &str) -> Vec<f64> {
-        let of = |runs: &[(usize, Vec<TestResult>)], round: usize| {
-            runs.iter()
-                .find(|(r, _)| *r == round)
-                .and_then(|(_, ts)| ts.iter().find(|t| t.test == test).map(|t| t.rps))
-        };
+        let rps = |ts: &[TestResult]| ts.iter().find(|t| t.test == test).map(|t| t.rps);
         self.runs
             .iter()
-            .filter_map(|(round, _)| Some(of(&self.runs, *round)? / of(&base.runs, *round)?))
+            .filter_map(|(round, ts)| {
+                let (_, b) = base.runs.iter().find(|(r, _)| r == round)?;
+                Some(rps(ts)? / rps(b)?)
+            })
             .collect()
     }
 }

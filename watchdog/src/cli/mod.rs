@@ -18,9 +18,10 @@ use clap::{Parser, Subcommand};
 pub struct Cli {
     #[command(subcommand)]
     cmd: Command,
-    /// Diagnostics on stderr: a level (error, warn, info, debug, trace) for
-    /// watchdog's own, or a filter such as `debug,kube=trace`. Library log
-    /// lines appear only when asked for by name or with a bare level.
+    /// Diagnostics on stderr: a filter such as `watchdog=debug` or
+    /// `watchdog=debug,kube=info`, or a bare level (error, warn, info, debug,
+    /// trace), which applies to the libraries too. By default only
+    /// watchdog's own warnings.
     #[arg(long, global = true, default_value = "watchdog=warn")]
     log: String,
 }

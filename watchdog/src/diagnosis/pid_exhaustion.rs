@@ -749,7 +749,7 @@ fn refresh(f: &mut Finding, t: &Counts) {
                     .find(|c| c.cgroup == cg)
                     .map(|c| &c.usage);
                 match u {
-                    // Still full, or never read: the limit is what failed.
+                    // Still full: the limit is what fails.
                     Some(u) if u.current >= u.max => {
                         format!(
                             "pids cgroup {cg} is at its limit ({} of {} tasks)",
@@ -761,6 +761,7 @@ fn refresh(f: &mut Finding, t: &Counts) {
                         "pids cgroup {cg} hit its limit (now {} of {} tasks)",
                         u.current, u.max
                     ),
+                    // Not read (the cgroup is gone): as when it failed.
                     None => format!("pids cgroup {cg} is at its limit"),
                 }
             }
