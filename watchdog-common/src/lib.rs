@@ -277,7 +277,8 @@ pub struct BlockedEntry {
 /// Drop-counter slot: a connection that could not be tracked (map full).
 pub const DROP_SOCK_CONNS: u32 = 8;
 /// Drop-counter slot: a socket decision (followed or not) that could not be
-/// cached in [`DBUS_SOCKS_MAP`] (socket-tracepoint path).
+/// stored with the socket in [`DBUS_SOCKS_MAP`] (socket-tracepoint path; the
+/// kernel refused the socket-storage allocation).
 pub const DROP_DBUS_SOCKS: u32 = 10;
 /// Drop-counter slot: a followed call whose bytes could not be read from
 /// the caller's memory, or whose syscall is not one the probe knows (the
@@ -293,11 +294,15 @@ pub const SOCK_CALLS_MAP: &str = "SOCK_CALLS";
 /// `(tgid << 32) | fd` -> [`SockConn`] of open tracked connections (LRU hash).
 pub const SOCK_CONNS_MAP: &str = "SOCK_CONNS";
 pub const SOCK_CONNS_ENTRIES: u32 = 4096;
-/// Socket cookie -> [`DbusSock`]: per socket of a watched process, whether
-/// it is followed and where each direction's byte stream stands (LRU hash;
-/// socket-tracepoint path).
+/// Socket storage (`BPF_MAP_TYPE_SK_STORAGE`): a [`DbusSock`] attached to
+/// each socket of a watched process that sent or received, saying whether it
+/// is followed and where each direction's byte stream stands
+/// (socket-tracepoint path). No size limit and no eviction: the kernel frees
+/// an entry with its socket.
 pub const DBUS_SOCKS_MAP: &str = "DBUS_SOCKS";
-pub const DBUS_SOCKS_ENTRIES: u32 = 8192;
+/// Bytes of the `pt_regs` window the socket-tracepoint probe copies at most
+/// (the syscall number and first three arguments, in one read).
+pub const DBUS_REGS_WINDOW: u64 = 512;
 /// At a process's exec or exit, its fds below this are forgotten (the
 /// connections of a process that never closed them).
 pub const SOCK_FD_SCAN: u32 = 64;
@@ -321,14 +326,15 @@ pub struct SockConn {
     pub _pad: u32,
 }
 
-/// What the socket-tracepoint probe knows about one socket (value of
-/// [`DBUS_SOCKS_MAP`], keyed by the socket's cookie): the entry holds while
-/// its peer is still `peer` and for the process `tgid`.
+/// What the socket-tracepoint probe knows about one socket (value of the
+/// socket storage [`DBUS_SOCKS_MAP`]), decided once the socket is connected
+/// (a connected unix stream socket keeps its peer), for the process `tgid`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DbusSock {
-    /// The peer `struct sock *` when the decision was taken.
-    pub peer: u64,
+    /// The deciding task's name (a followed socket's events carry it: no
+    /// helper call per event).
+    pub comm: [u8; COMM_LEN],
     /// Slot in [`SOCK_PATHS_MAP`] of the peer's path, or
     /// [`DBUS_NOT_FOLLOWED`].
     pub slot: u32,

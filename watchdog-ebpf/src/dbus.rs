@@ -9,9 +9,11 @@
 //!   present). No syscall hook: they fire only on socket sends and receives.
 //!   Cost order: one inlined array lookup of the caller's tgid (unwatched
 //!   tasks return at once, before any map lookup), MSG_PEEK skipped, then
-//!   one LRU lookup by socket cookie (DBUS_SOCKS) that caches whether the
-//!   socket is followed (AF_UNIX, peer bound to a followed path, caller a
-//!   runtime). Only followed sockets read the syscall's buffer and emit: the
+//!   the socket's own storage (DBUS_SOCKS, one helper call) that says
+//!   whether it is followed (AF_UNIX, peer bound to a followed path, caller
+//!   a runtime), decided once. A receive of the rest of a message whose
+//!   start was seen returns there. Only followed
+//!   sockets read the syscall's registers (one copy) and buffer and emit: the
 //!   probe walks the D-Bus message boundaries in the bytes (a per-socket,
 //!   per-direction "bytes still to skip") and copies each message's fixed
 //!   header and first fields, or the SASL lines, so that userspace can
@@ -24,14 +26,16 @@
 use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
-        generated::{bpf_get_current_task_btf, bpf_get_socket_cookie, bpf_task_pt_regs},
+        generated::{bpf_get_current_task_btf, bpf_sk_storage_get, bpf_task_pt_regs},
     },
-    macros::{btf_tracepoint, map, raw_tracepoint},
+    bindings::BPF_SK_STORAGE_GET_F_CREATE,
+    btf_maps::SkStorage,
+    macros::{btf_map, btf_tracepoint, map, raw_tracepoint},
     maps::{Array, LruHashMap, PerCpuArray},
     programs::{BtfTracePointContext, RawTracePointContext},
 };
 use watchdog_common::{
-    COMM_LEN, DBUS_NOT_FOLLOWED, DBUS_SOCKS_ENTRIES, DROP_DBUS_READS, DROP_DBUS_SOCKS,
+    COMM_LEN, DBUS_NOT_FOLLOWED, DBUS_REGS_WINDOW, DROP_DBUS_READS, DROP_DBUS_SOCKS,
     DROP_SOCK_CONNS, DbusSock, EventHeader, EventKind, SOCK_CONNS_ENTRIES, SOCK_EV_DESYNC,
     SOCK_EV_FIRST, SOCK_EV_OVERFLOW, SOCK_EV_STREAM, SOCK_FD_SCAN, SOCK_IOV_MAX, SOCK_MSG_BYTES,
     SOCK_MSG_DBUS, SOCK_MSG_NONE, SOCK_MSG_SASL, SOCK_MSG_SLOTS, SOCK_PATH_LEN, SOCK_PATH_SLOTS,
@@ -45,15 +49,13 @@ const MSG_PEEK: i32 = 2;
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
 const BPF_RB_AVAIL_DATA: u64 = 0;
-/// Unread bytes in the ring buffer at which a quiet event wakes the agent
-/// (once, when the unread bytes cross it).
+/// Unread bytes in the ring buffer from which a quiet event wakes the agent
+/// (checked every [`WAKE_CHECK_EVERY`]th quiet event of a CPU).
 const WAKE_AT_BYTES: u64 = 64 * 1024;
-/// The window above [`WAKE_AT_BYTES`] in which the crossing record falls:
-/// wider than any record, so that no crossing steps over it.
-const WAKE_WINDOW: u64 = core::mem::size_of::<SocketEvent>() as u64 + 16;
-/// Unread bytes past which every event wakes the agent (the ring buffer is
-/// 512 KiB: a reader that missed the crossing must not let it overflow).
-const WAKE_ALWAYS_AT: u64 = 384 * 1024;
+/// A CPU looks at the ring buffer's unread bytes (a helper call) once per
+/// this many quiet events: between two looks it adds at most this many
+/// records (under 8 KiB), far from the 512 KiB ring's end.
+const WAKE_CHECK_EVERY: u64 = 16;
 const EINPROGRESS: i64 = 115;
 const EAGAIN: i64 = 11;
 /// `sizeof(struct sockaddr_un)`.
@@ -76,10 +78,21 @@ static SOCK_CALLS: Array<u8> = Array::with_max_entries(SYSCALL_SLOTS, 0);
 #[map(name = "SOCK_CONNS")]
 static SOCK_CONNS: LruHashMap<u64, SockConn> = LruHashMap::with_max_entries(SOCK_CONNS_ENTRIES, 0);
 
-/// Socket-tracepoint path: socket cookie -> what is known of it. An LRU:
-/// sockets are never removed (there is no close hook), old ones age out.
-#[map(name = "DBUS_SOCKS")]
-static DBUS_SOCKS: LruHashMap<u64, DbusSock> = LruHashMap::with_max_entries(DBUS_SOCKS_ENTRIES, 0);
+/// Socket-tracepoint path: what is known of a socket, in the socket's own
+/// storage (one helper call finds it; the kernel frees it with the socket,
+/// so no close hook, no eviction and no reused key).
+#[btf_map(name = "DBUS_SOCKS")]
+static DBUS_SOCKS: SkStorage<DbusSock> = SkStorage::new();
+
+/// Per CPU, quiet events since the CPU last looked at the ring buffer's
+/// unread bytes (see `wake_flags`).
+#[map(name = "SOCK_QUIET")]
+static SOCK_QUIET: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU copy of the syscall registers' window (see `DBUS_REGS_LO`).
+#[map(name = "DBUS_REGS")]
+static DBUS_REGS: PerCpuArray<[u64; (DBUS_REGS_WINDOW / 8) as usize]> =
+    PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU copy of an address (too big for the stack).
 #[map(name = "SOCK_ADDR")]
@@ -106,6 +119,13 @@ static SYSCALL_START: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0
 static DBUS_ARG1_OFF: u64 = 0;
 #[unsafe(no_mangle)]
 static PT_REGS_ARG2_OFF: u64 = 0;
+/// The window of `struct pt_regs` that holds the syscall number and the
+/// first three arguments (from the lowest of their offsets, 8-aligned, at
+/// most DBUS_REGS_WINDOW bytes; length 0: unknown), copied in one read.
+#[unsafe(no_mangle)]
+static DBUS_REGS_LO: u64 = 0;
+#[unsafe(no_mangle)]
+static DBUS_REGS_LEN: u64 = 0;
 /// `struct sock` -> `__sk_common.skc_family` (u16).
 #[unsafe(no_mangle)]
 static SK_FAMILY_OFF: u64 = 0;
@@ -411,8 +431,8 @@ fn emit(
 /// an irq_work (a self-IPI: on a VM, an exit to the hypervisor): measured on
 /// a followed connection, 1.8 us of the sender's time per event. Connects,
 /// closes, EAGAIN, partial sends, EOF wake it at once; quiet events wake it
-/// once when the unread bytes cross [`WAKE_AT_BYTES`] (about 85 events), and
-/// every time past [`WAKE_ALWAYS_AT`] (a reader that missed the crossing).
+/// when they find more than [`WAKE_AT_BYTES`] unread (a reader that fell
+/// behind), looking once per [`WAKE_CHECK_EVERY`] of them.
 #[inline(always)]
 fn wake_flags(call: SockCall, ret: i64, requested: u64) -> u64 {
     let quiet = (call.is_recv() && (ret > 0 || ret == -EAGAIN))
@@ -422,8 +442,18 @@ fn wake_flags(call: SockCall, ret: i64, requested: u64) -> u64 {
     }
     // (The default, adaptive wakeup would not wake a reader that has not
     // caught up, and quiet events keep it from catching up: force it.)
-    let unread = EVENTS.query(BPF_RB_AVAIL_DATA);
-    if (WAKE_AT_BYTES..WAKE_AT_BYTES + WAKE_WINDOW).contains(&unread) || unread >= WAKE_ALWAYS_AT {
+    let Some(n) = SOCK_QUIET.get_ptr_mut(0) else {
+        return BPF_RB_NO_WAKEUP;
+    };
+    // SAFETY: per-CPU slot.
+    let n = unsafe {
+        *n += 1;
+        *n
+    };
+    if n % WAKE_CHECK_EVERY != 0 {
+        return BPF_RB_NO_WAKEUP;
+    }
+    if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKE_AT_BYTES {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
@@ -470,10 +500,28 @@ pub fn dbus_sock_recv(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-/// The decision for `sk` (followed or not), cached per socket. None: not
-/// followed, or the probe lacks the offsets. The bool: decided just now.
+/// The socket's storage: None when it has none yet (`init` None) or the
+/// kernel refused to create it.
 #[inline(always)]
-fn decide(sk: u64, key: u64, tgid: u32) -> Option<(*mut DbusSock, bool)> {
+fn sock_storage(sk: *mut core::ffi::c_void, init: Option<&mut DbusSock>) -> *mut DbusSock {
+    let (value, flags) = match init {
+        Some(v) => (
+            (v as *mut DbusSock).cast::<core::ffi::c_void>(),
+            u64::from(BPF_SK_STORAGE_GET_F_CREATE),
+        ),
+        None => (core::ptr::null_mut(), 0),
+    };
+    let map = (&raw const DBUS_SOCKS).cast_mut().cast::<core::ffi::c_void>();
+    // SAFETY: `sk` is the tracepoint's `struct sock *` as the verifier typed
+    // it; the value, when given, is a whole DbusSock on the stack.
+    unsafe { bpf_sk_storage_get(map, sk, value, flags) }.cast::<DbusSock>()
+}
+
+/// The decision for `sk` (followed or not), kept in the socket's storage.
+/// None: not followed, not connected yet (decided at a later call), or the
+/// probe lacks the offsets. The bool: decided just now.
+#[inline(always)]
+fn decide(sk_btf: *mut core::ffi::c_void, sk: u64, tgid: u32) -> Option<(*mut DbusSock, bool)> {
     let (fam_off, peer_off, addr_off, len_off, name_off) = (
         global(&SK_FAMILY_OFF),
         global(&UNIX_PEER_OFF),
@@ -486,49 +534,54 @@ fn decide(sk: u64, key: u64, tgid: u32) -> Option<(*mut DbusSock, bool)> {
     if peer_off == 0 || addr_off == 0 || name_off == 0 {
         return None;
     }
-    if let Some(s) = DBUS_SOCKS.get_ptr_mut(key) {
-        // SAFETY: map value. The key is the socket's cookie (never reused);
-        // the peer is checked all the same (a unix datagram socket can
-        // connect elsewhere), and another process using the socket (an
+    let s = sock_storage(sk_btf, None);
+    if !s.is_null() {
+        // SAFETY: this socket's storage, alive while the socket is (the
+        // tracepoint holds it). Another process using the socket (an
         // inherited fd) decides for itself.
         let cached = unsafe { &*s };
-        let peer = if read_kernel::<u16>(sk + fam_off) == Some(AF_UNIX) {
-            read_kernel::<u64>(sk + peer_off).unwrap_or(0)
-        } else {
-            0
-        };
-        if cached.peer == peer && cached.tgid == tgid {
+        if cached.tgid == tgid {
             return (cached.slot != DBUS_NOT_FOLLOWED).then_some((s, false));
         }
     }
     let mut entry = DbusSock {
-        peer: 0,
+        comm: [0; COMM_LEN],
         slot: DBUS_NOT_FOLLOWED,
         tgid,
         skip: [0; 2],
         lost: [0; 2],
     };
     if read_kernel::<u16>(sk + fam_off) == Some(AF_UNIX) {
-        entry.peer = read_kernel::<u64>(sk + peer_off).unwrap_or(0);
-        entry.slot = peer_slot(entry.peer, addr_off, len_off, name_off);
+        let peer = read_kernel::<u64>(sk + peer_off).unwrap_or(0);
+        if peer == 0 {
+            // Not connected (yet): no decision to keep. (A connected unix
+            // stream socket keeps its peer: D-Bus runs on nothing else.)
+            return None;
+        }
+        entry.slot = peer_slot(peer, addr_off, len_off, name_off);
     }
     // Only the runtimes themselves: not the workloads of their containers
     // (descendants are watched for storage hangs, and a container may run
     // its own bus at the same path in its own mount namespace).
     if entry.slot != DBUS_NOT_FOLLOWED {
-        let comm = bpf_get_current_comm().unwrap_or([0u8; COMM_LEN]);
-        if !crate::storage::comm_is_runtime(&comm) {
+        entry.comm = bpf_get_current_comm().unwrap_or([0u8; COMM_LEN]);
+        if !crate::storage::comm_is_runtime(&entry.comm) {
             entry.slot = DBUS_NOT_FOLLOWED;
         }
     }
-    if DBUS_SOCKS.insert(key, entry, 0).is_err() {
-        count_drop_slot(DROP_DBUS_SOCKS);
-        return None;
-    }
-    if entry.slot == DBUS_NOT_FOLLOWED {
-        return None;
-    }
-    DBUS_SOCKS.get_ptr_mut(key).map(|s| (s, true))
+    let s = if s.is_null() {
+        let s = sock_storage(sk_btf, Some(&mut entry));
+        if s.is_null() {
+            count_drop_slot(DROP_DBUS_SOCKS);
+            return None;
+        }
+        s
+    } else {
+        // SAFETY: as above; the other process's decision is replaced.
+        unsafe { *s = entry };
+        s
+    };
+    (entry.slot != DBUS_NOT_FOLLOWED).then_some((s, true))
 }
 
 /// The followed-path slot of the address the peer is bound to.
@@ -661,31 +714,67 @@ fn on_sock(ctx: &BtfTracePointContext, dir: usize) {
         return;
     }
     let sk: u64 = ctx.arg(0);
-    // The socket's cookie, unique for the boot: a `struct sock *` is reused
-    // after a close, often with its peer's pointer too (both come from slab
-    // free lists), which made a new connection of another runc look like
-    // the closed one. (The helper takes the typed argument itself.)
-    // SAFETY: the tracepoint's `struct sock *` argument, as the verifier typed it.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.arg::<*mut core::ffi::c_void>(0)) };
-    let Some((state, first)) = decide(sk, cookie, tgid) else {
+    // The socket's storage is keyed by the socket itself: a `struct sock *`
+    // is reused after a close (slab free lists), a storage dies with its
+    // socket. (The helper takes the typed argument itself.)
+    let Some((state, first)) = decide(ctx.arg::<*mut core::ffi::c_void>(0), sk, tgid) else {
         return;
     };
     // Its exec or exit forgets its connections.
     crate::storage::mark_has_conn(tgid);
     let ret: i32 = ctx.arg(1);
+    // SAFETY: this socket's storage (alive while the socket is).
+    let state = unsafe { &mut *state };
+    if dir == RECV && !first && state.lost[RECV] == 0 && ret > 0 {
+        // A receive of the rest of a message whose start an earlier event
+        // carried brings nothing new: it returns here, before any register
+        // or buffer is read. (EAGAIN reads stay events: they show a client
+        // waiting in its poll loop.)
+        let skip = state.skip[RECV];
+        if skip >= ret as u32 {
+            state.skip[RECV] = skip - ret as u32;
+            return;
+        }
+    }
     let ret = i64::from(ret);
     // SAFETY: the task pointer comes from bpf_get_current_task_btf (the
-    // verifier needs a BTF pointer); the regs are read with probe reads.
+    // verifier needs a BTF pointer).
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+    // The syscall number and arguments, from one copy of their window of
+    // the registers (a read per register cost a helper call each).
+    let (lo, len) = (global(&DBUS_REGS_LO), global(&DBUS_REGS_LEN));
+    let Some(window) = DBUS_REGS.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU scratch.
+    let window = unsafe { &mut *window };
+    let copied = len != 0 && regs != 0 && {
+        // 1..=DBUS_REGS_WINDOW bytes (a mask for the verifier).
+        let size = ((len - 1) & (DBUS_REGS_WINDOW - 1)) as u32 + 1;
+        // SAFETY: kernel memory (the task's saved registers) read without
+        // faulting into the scratch, which holds DBUS_REGS_WINDOW bytes.
+        let r = unsafe {
+            aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+                window.as_mut_ptr().cast(),
+                size,
+                (regs + lo) as *const _,
+            )
+        };
+        r == 0
+    };
     let arg = |off: u64| -> u64 {
-        if off == 0 || regs == 0 {
+        if !copied || off < lo || off == 0 {
             0
         } else {
-            read_kernel::<u64>(regs + off).unwrap_or(0)
+            window[((off - lo) / 8) as usize & (DBUS_REGS_WINDOW as usize / 8 - 1)]
         }
     };
     let nr_off = global(&crate::PT_REGS_NR_OFF);
-    let nr = if nr_off == 0 { u64::MAX } else { arg(nr_off) };
+    let nr = if nr_off == 0 || !copied {
+        u64::MAX
+    } else {
+        arg(nr_off)
+    };
     let call = if nr < u64::from(SYSCALL_SLOTS) {
         match SOCK_CALLS.get(nr as u32) {
             Some(c) => SockCall::from_u32(u32::from(*c)),
@@ -694,9 +783,6 @@ fn on_sock(ctx: &BtfTracePointContext, dir: usize) {
     } else {
         SockCall::None
     };
-    // SAFETY: map value of this socket (LRU: may be recycled under us, in
-    // which case the next event sees a desync at worst).
-    let state = unsafe { &mut *state };
     let (segs, requested) = match call {
         SockCall::Write | SockCall::Read => {
             let len = arg(global(&PT_REGS_ARG2_OFF));
@@ -750,7 +836,7 @@ fn on_sock(ctx: &BtfTracePointContext, dir: usize) {
     e.head = [0; 4];
     e.start_ns = 0;
     e._pad2 = 0;
-    e.comm = bpf_get_current_comm().unwrap_or([0u8; COMM_LEN]);
+    e.comm = state.comm;
     e.path[0] = 0;
     e.nmsgs = 0;
     e.flags = SOCK_EV_STREAM;

@@ -286,6 +286,27 @@ mod arch {
 }
 
 impl KernelLayout {
+    /// The window of `struct pt_regs` (start, length) that holds the
+    /// syscall number and first three arguments, which the D-Bus socket
+    /// probe copies in one read; length 0 when it would not fit its scratch
+    /// (the probe then reads no call, and counts the bytes as unparsed).
+    pub fn syscall_regs_window(&self) -> (u64, u64) {
+        let offs = [
+            self.pt_regs_nr,
+            self.pt_regs_arg0,
+            self.pt_regs_arg1,
+            self.pt_regs_arg2,
+        ];
+        let lo = offs.iter().copied().min().unwrap_or(0) & !7;
+        let hi = offs.iter().copied().max().unwrap_or(0) + 8;
+        let len = hi - lo;
+        if len > watchdog_common::DBUS_REGS_WINDOW {
+            (0, 0)
+        } else {
+            (lo, len)
+        }
+    }
+
     pub fn from_btf(path: &Path) -> Self {
         let mut l = Self {
             pt_regs_nr: arch::PT_REGS_FALLBACK.0,
@@ -529,6 +550,7 @@ impl Probes {
         let fd_type = layout.fd_type;
         let ft = fd_type.unwrap_or([0; 6]);
         let fd_known = u64::from(fd_type.is_some());
+        let regs_window = layout.syscall_regs_window();
         loader
             .override_global("PT_REGS_NR_OFF", &layout.pt_regs_nr, true)
             .override_global("PT_REGS_ARG0_OFF", &layout.pt_regs_arg0, true)
@@ -566,6 +588,8 @@ impl Probes {
             .override_global("TASK_SIGNAL_OFF", &layout.task_signal, true)
             .override_global("SIGNAL_RLIM_OFF", &layout.signal_rlim, true)
             .override_global("DBUS_ARG1_OFF", &layout.pt_regs_arg1, true)
+            .override_global("DBUS_REGS_LO", &regs_window.0, true)
+            .override_global("DBUS_REGS_LEN", &regs_window.1, true)
             .override_global("SK_FAMILY_OFF", &layout.sk_family, true)
             .override_global("UNIX_PEER_OFF", &layout.unix_peer, true)
             .override_global("UNIX_ADDR_OFF", &layout.unix_addr, true)
@@ -790,4 +814,37 @@ pub fn kernel_release() -> String {
     let proc = crate::context::procfs::ProcReader::new(Path::new("/"));
     proc.read_trim(&proc.rooted(paths::OSRELEASE))
         .unwrap_or_else(|| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::KernelLayout;
+
+    #[test]
+    fn register_window_covers_the_syscall_number_and_arguments() {
+        // x86_64: dx 96, si 104, di 112, orig_ax 120.
+        let x86 = KernelLayout {
+            pt_regs_nr: 120,
+            pt_regs_arg0: 112,
+            pt_regs_arg1: 104,
+            pt_regs_arg2: 96,
+            ..KernelLayout::default()
+        };
+        assert_eq!(x86.syscall_regs_window(), (96, 32));
+        // arm64: regs[1] 8, regs[2] 16, orig_x0 272, syscallno 280.
+        let arm64 = KernelLayout {
+            pt_regs_nr: 280,
+            pt_regs_arg0: 272,
+            pt_regs_arg1: 8,
+            pt_regs_arg2: 16,
+            ..KernelLayout::default()
+        };
+        assert_eq!(arm64.syscall_regs_window(), (8, 280));
+        // Wider than the probe's scratch: no window (the probe reads no call).
+        let odd = KernelLayout {
+            pt_regs_nr: 4096,
+            ..arm64
+        };
+        assert_eq!(odd.syscall_regs_window(), (0, 0));
+    }
 }

@@ -182,7 +182,7 @@ pub struct StorageDrops {
     pub stacks: u64,
     /// D-Bus/systemd connections not followed (SOCK_CONNS full).
     pub sock_conns: u64,
-    /// Socket decisions not cached (DBUS_SOCKS full; socket tracepoints).
+    /// Socket decisions not stored (the kernel refused a DBUS_SOCKS socket-storage entry; socket tracepoints).
     pub dbus_socks: u64,
     /// Followed calls whose bytes went by unparsed (unknown syscall, failed
     /// read; socket tracepoints): the next event says desync.
