@@ -520,6 +520,9 @@ pub struct PidsCgroup {
     hierarchy: PidsHierarchy,
     name: String,
     fs_path: PathBuf,
+    /// Parent directories this fixture made (deepest first), removed after
+    /// the cgroup itself.
+    parents: Vec<PathBuf>,
 }
 
 impl PidsCgroup {
@@ -545,6 +548,7 @@ impl PidsCgroup {
                         hierarchy,
                         name,
                         fs_path,
+                        parents: Vec::new(),
                     };
                     cg.set_max(max)?;
                     return Ok(cg);
@@ -554,6 +558,43 @@ impl PidsCgroup {
                 Err(e) => return Err(format!("mkdir {}: {e}", fs_path.display())),
             }
         }
+    }
+
+    /// A container's cgroup laid out as kubelet's cgroupfs driver does,
+    /// below a uniquely named directory of this test:
+    /// `watchdog-test-<pid>-<n>/kubepods/burstable/pod<uid>/<container>`,
+    /// with `pids.max` on the container. Panics with the reason if it
+    /// cannot.
+    pub fn new_pod(max: u64) -> Self {
+        let top =
+            Self::try_new(1 << 20).unwrap_or_else(|e| panic!("cannot create a pids cgroup: {e}"));
+        let uid = format!("{:08x}-test-pod", std::process::id());
+        let rel = format!("kubepods/burstable/pod{uid}/ctr0");
+        let mut parents = Vec::new();
+        let mut dir = top.fs_path.clone();
+        for part in rel.split('/') {
+            dir = dir.join(part);
+            if top.hierarchy.v2 {
+                enable_pids_v2(dir.parent().expect("has a parent"))
+                    .unwrap_or_else(|e| panic!("{e}"));
+            }
+            fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+            parents.push(dir.clone());
+        }
+        // The leaf is the cgroup; its parents and the top go after it.
+        parents.pop();
+        parents.reverse();
+        parents.push(top.fs_path.clone());
+        let cg = Self {
+            hierarchy: top.hierarchy.clone(),
+            name: format!("{}/{rel}", top.name),
+            fs_path: dir,
+            parents,
+        };
+        // `top` is owned by `cg` now (its directory is removed last).
+        std::mem::forget(top);
+        cg.set_max(max).unwrap_or_else(|e| panic!("{e}"));
+        cg
     }
 
     pub fn name(&self) -> &str {
@@ -649,6 +690,13 @@ impl PidsCgroup {
                 Err(e) => Err(e),
             },
         )?;
+        for dir in &self.parents {
+            match fs::remove_dir(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(format!("rmdir {}: {e}", dir.display())),
+            }
+        }
         Ok(())
     }
 }
@@ -1261,7 +1309,7 @@ impl ForkOpts {
 }
 
 /// Single-quotes a string for sh.
-fn sh_quote(s: &str) -> String {
+pub fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 

@@ -24,12 +24,12 @@
 //!   and receives of watched processes, classified by syscall number, with
 //!   the first 4 bytes sent (no message walk).
 use aya_ebpf::{
+    bindings::BPF_SK_STORAGE_GET_F_CREATE,
+    btf_maps::SkStorage,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
         generated::{bpf_get_current_task_btf, bpf_sk_storage_get, bpf_task_pt_regs},
     },
-    bindings::BPF_SK_STORAGE_GET_F_CREATE,
-    btf_maps::SkStorage,
     macros::{btf_map, btf_tracepoint, map, raw_tracepoint},
     maps::{Array, LruHashMap, PerCpuArray},
     programs::{BtfTracePointContext, RawTracePointContext},
@@ -511,7 +511,9 @@ fn sock_storage(sk: *mut core::ffi::c_void, init: Option<&mut DbusSock>) -> *mut
         ),
         None => (core::ptr::null_mut(), 0),
     };
-    let map = (&raw const DBUS_SOCKS).cast_mut().cast::<core::ffi::c_void>();
+    let map = (&raw const DBUS_SOCKS)
+        .cast_mut()
+        .cast::<core::ffi::c_void>();
     // SAFETY: `sk` is the tracepoint's `struct sock *` as the verifier typed
     // it; the value, when given, is a whole DbusSock on the stack.
     unsafe { bpf_sk_storage_get(map, sk, value, flags) }.cast::<DbusSock>()

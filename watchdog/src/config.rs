@@ -82,6 +82,67 @@ pub struct Config {
     pub systemd: SystemdSection,
     pub pleg: PlegSection,
     pub kubernetes: KubernetesSection,
+    pub remediation: RemediationSection,
+}
+
+/// `[remediation]`: the policy (`watchdog trace --remediation ...`).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RemediationSection {
+    /// `off`, `dry-run` (default) or `enforce`.
+    pub mode: crate::remediation::Mode,
+    /// Actions `enforce` may run.
+    pub allow_actions: Vec<crate::remediation::ActionKind>,
+    /// How long a finding stays active before its first action.
+    #[serde(deserialize_with = "duration")]
+    pub delay: Duration,
+    /// How long an action has to resolve its finding before the next rung.
+    #[serde(deserialize_with = "duration")]
+    pub step_timeout: Duration,
+    /// No second action on the same target within this time.
+    #[serde(deserialize_with = "duration")]
+    pub cooldown: Duration,
+    /// Actions per node per rolling hour.
+    pub max_per_hour: u32,
+    /// `pods` (kill_container only on pods' cgroups) or `any`.
+    pub scope: RemediationScope,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum RemediationScope {
+    #[default]
+    Pods,
+    Any,
+}
+
+impl Default for RemediationSection {
+    fn default() -> Self {
+        let p = crate::remediation::PolicyConfig::default();
+        Self {
+            mode: p.mode,
+            allow_actions: Vec::new(),
+            delay: Duration::from_millis(p.delay_ms),
+            step_timeout: Duration::from_millis(p.step_timeout_ms),
+            cooldown: Duration::from_millis(p.cooldown_ms),
+            max_per_hour: p.max_per_hour,
+            scope: RemediationScope::Pods,
+        }
+    }
+}
+
+impl RemediationSection {
+    pub fn policy(&self) -> crate::remediation::PolicyConfig {
+        crate::remediation::PolicyConfig {
+            mode: self.mode,
+            allow: self.allow_actions.iter().copied().collect(),
+            delay_ms: self.delay.as_millis() as u64,
+            step_timeout_ms: self.step_timeout.as_millis() as u64,
+            cooldown_ms: self.cooldown.as_millis() as u64,
+            max_per_hour: self.max_per_hour,
+            any_cgroup: self.scope == RemediationScope::Any,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -285,6 +346,7 @@ impl Default for Config {
             systemd: SystemdSection::default(),
             pleg: PlegSection::default(),
             kubernetes: KubernetesSection::default(),
+            remediation: RemediationSection::default(),
         }
     }
 }
@@ -429,6 +491,18 @@ impl Config {
         validate::docker_host(&self.pleg.docker_host).map_err(shared(Setting::DockerHost))?;
         validate::percent(self.engine.warn_percent).map_err(shared(Setting::WarnPercent))?;
         validate::percent(self.probes.arm_percent).map_err(shared(Setting::ArmPercent))?;
+        validate::remediation_allow(self.remediation.mode, &self.remediation.allow_actions)
+            .map_err(shared(Setting::RemediationAllow))?;
+        positive("remediation.step_timeout", self.remediation.step_timeout)?;
+        if self.remediation.max_per_hour == 0
+            && self.remediation.mode != crate::remediation::Mode::Off
+        {
+            return Err(bad(
+                "remediation.max_per_hour",
+                "0".into(),
+                "must be at least 1 (set remediation.mode = \"off\" to act never)",
+            ));
+        }
         if self.engine.resolve_after < self.poll_interval {
             return Err(bad(
                 "engine.resolve_after",

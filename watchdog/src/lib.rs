@@ -14,6 +14,8 @@
 //! - [`sinks`]: terminal, JSON lines, Prometheus metrics, Kubernetes
 //! - [`sources`]: kubelet metrics/log/node condition and the agent's own
 //!   relist of the container runtime (PLEG signals), each supervised
+//! - [`remediation`]: the pure policy (findings -> steps) and the executors
+//!   that act on the node, dry-run by default
 //! - [`storage`]: the storage-hang sweep over the probes' maps (blocked tasks)
 //! - [`dbus`]: D-Bus/systemd socket calls of runtime processes, their queues
 //!   (sock_diag) and the agent's own probes of the bus and systemd
@@ -30,6 +32,7 @@ pub mod model;
 pub mod paths;
 pub mod probes;
 pub mod recording;
+pub mod remediation;
 pub mod replay;
 pub mod ringbuf;
 pub mod sinks;

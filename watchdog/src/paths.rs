@@ -20,3 +20,7 @@ pub const HOSTNAME: &str = "proc/sys/kernel/hostname";
 /// mountinfo cannot tell (recorded trees without a mountinfo).
 pub const CGROUP_V1_PIDS: &str = "sys/fs/cgroup/pids";
 pub const CGROUP_V2: &str = "sys/fs/cgroup";
+/// cgroup v1 freezer hierarchy (remediation freezes a cgroup before its kills).
+pub const CGROUP_V1_FREEZER: &str = "sys/fs/cgroup/freezer";
+/// fusectl: one directory per FUSE connection (remediation aborts one).
+pub const FUSE_CONNECTIONS: &str = "sys/fs/fuse/connections";

@@ -39,6 +39,10 @@ pub struct Header {
     pub kernel: String,
     #[serde(default)]
     pub engine: EngineConfig,
+    /// The remediation policy of the session (a replay plans with it, in
+    /// dry-run); absent in recordings made before remediation existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remediation: Option<crate::remediation::PolicyConfig>,
 }
 
 impl Header {
@@ -50,6 +54,7 @@ impl Header {
             node,
             kernel,
             engine: engine.clone(),
+            remediation: None,
         }
     }
 }

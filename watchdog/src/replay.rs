@@ -9,6 +9,7 @@ use crate::{
     agent::diagnoser::Diagnoser,
     model::Time,
     recording::{self, Line},
+    remediation::{Mode, PolicyConfig, Remediator, ReplayExecutor},
     sinks::{Drops, Record, Sink, Summary},
 };
 
@@ -39,7 +40,19 @@ pub fn replay(path: &Path, sink: &mut dyn Sink) -> anyhow::Result<Summary> {
         inputs: rec.inputs.len(),
         truncated_tail: rec.truncated_tail,
     }));
-    let mut diag = Diagnoser::new(rec.header.engine.clone(), None);
+    // The session's policy (the default for older recordings), planning
+    // only: a replay acts on nothing.
+    let policy = rec.header.remediation.clone().unwrap_or_default();
+    let remediation = (policy.mode != Mode::Off).then(|| {
+        Remediator::new(
+            PolicyConfig {
+                mode: Mode::DryRun,
+                ..policy
+            },
+            Box::new(ReplayExecutor),
+        )
+    });
+    let mut diag = Diagnoser::new(rec.header.engine.clone(), None).with_remediation(remediation);
     let mut last = rec.header.started;
     let mut observations = 0u64;
     for input in rec.inputs {

@@ -84,6 +84,39 @@ fn pid_exhaustion_cgroup() {
     assert_eq!(summary["active"].as_array().unwrap().len(), 0);
 }
 
+/// The session's remediation policy is in the recording's header: the
+/// replay plans with it (dry-run: a replay acts on nothing), the same steps
+/// every time.
+#[test]
+fn remediation_pid_enforce() {
+    let r = check("remediation_pid_enforce");
+    let steps: Vec<&Value> = r.iter().filter(|v| v["type"] == "remediation").collect();
+    assert_eq!(steps.len(), 1, "{steps:#?}");
+    let s = steps[0];
+    assert_eq!(s["action"], "kill_container");
+    assert_eq!(s["status"], "planned");
+    assert_eq!(s["mode"], "dry-run", "a replay never enforces: {s}");
+    assert_eq!(s["target"], "cgroup /wd-golden-5987");
+    assert_eq!(s["cause"], "pid_exhaustion");
+    assert!(
+        s["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("dry-run: would kill every task of cgroup /wd-golden-5987"),
+        "{s}"
+    );
+    assert_eq!(s["budget"], "1 of 3 actions this hour");
+    // After the delay from the finding's first report.
+    let f = findings(&r, "pid_exhaustion");
+    let first = f[0]["first_seen"].as_str().unwrap();
+    assert!(s["at"].as_str().unwrap() > first, "{s} vs {first}");
+    // The same recording without a policy in its header (older
+    // recordings): the default, whose 1 min delay this short fault never
+    // reaches.
+    let plain = check("pid_exhaustion_cgroup");
+    assert!(!plain.iter().any(|v| v["type"] == "remediation"));
+}
+
 #[test]
 fn bad_recordings_give_clear_errors() {
     let dir = std::env::temp_dir().join(format!("wd-replay-{}", std::process::id()));

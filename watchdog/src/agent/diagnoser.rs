@@ -8,6 +8,7 @@ use crate::model::finding::{Cause, FindingStatus, Report, WarningStatus};
 use crate::model::settings::EngineConfig;
 use crate::model::{Observation, Time};
 use crate::recording::{Line, Recorder};
+use crate::remediation::Remediator;
 use crate::sinks::{Record, Sink};
 
 pub struct Diagnoser {
@@ -16,6 +17,8 @@ pub struct Diagnoser {
     /// Distinct findings reported (first reports), by cause.
     pub findings: BTreeMap<Cause, u64>,
     pub warnings: u64,
+    /// The remediation policy and its executor (None: off).
+    remediation: Option<Remediator>,
 }
 
 impl Diagnoser {
@@ -25,7 +28,14 @@ impl Diagnoser {
             recorder,
             findings: BTreeMap::new(),
             warnings: 0,
+            remediation: None,
         }
+    }
+
+    /// Findings go to `r` too; its steps become `remediation` records.
+    pub fn with_remediation(mut self, r: Option<Remediator>) -> Self {
+        self.remediation = r;
+        self
     }
 
     pub fn observe(&mut self, obs: Observation, sink: &mut dyn Sink) {
@@ -52,6 +62,11 @@ impl Diagnoser {
         }
         let reports = self.engine.tick(now);
         self.emit(reports, sink);
+        if let Some(r) = self.remediation.as_mut() {
+            for step in r.tick(now) {
+                sink.emit(&Record::Remediation(step));
+            }
+        }
     }
 
     pub fn findings_total(&self) -> u64 {
@@ -69,7 +84,15 @@ impl Diagnoser {
                     if f.status == FindingStatus::Active {
                         *self.findings.entry(f.cause).or_default() += 1;
                     }
+                    let steps = self
+                        .remediation
+                        .as_mut()
+                        .map(|r| r.on_finding(&f))
+                        .unwrap_or_default();
                     sink.emit(&Record::Finding(f));
+                    for step in steps {
+                        sink.emit(&Record::Remediation(step));
+                    }
                 }
                 Report::Warning(w) => {
                     if w.status == WarningStatus::Raised {

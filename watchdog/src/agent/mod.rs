@@ -62,6 +62,8 @@ pub struct TraceOptions {
     pub storage: Option<crate::storage::StorageOptions>,
     /// D-Bus/systemd socket tracking (needs the storage probes).
     pub dbus: Option<crate::dbus::options::DbusOptions>,
+    /// Remediation policy (dry-run by default).
+    pub remediation: crate::remediation::PolicyConfig,
 }
 
 impl Default for TraceOptions {
@@ -80,6 +82,7 @@ impl Default for TraceOptions {
             pleg_sources: crate::sources::PlegSources::none(),
             storage: Some(crate::storage::StorageOptions::default()),
             dbus: Some(crate::dbus::options::DbusOptions::default()),
+            remediation: crate::remediation::PolicyConfig::default(),
         }
     }
 }
@@ -325,17 +328,24 @@ pub async fn session(opts: TraceOptions, sink: &mut dyn Sink) -> anyhow::Result<
 
     let mut ctx = NodeContext::new(&opts.root);
     let recorder = match &opts.record {
-        Some(path) => Some(Recorder::create(
-            path,
-            Header::new(
+        Some(path) => Some(Recorder::create(path, {
+            let mut h = Header::new(
                 &opts.engine,
                 opts.node_name.clone(),
                 probes::kernel_release(),
-            ),
-        )?),
+            );
+            h.remediation = Some(opts.remediation.clone());
+            h
+        })?),
         None => None,
     };
-    let mut diag = Diagnoser::new(opts.engine.clone(), recorder);
+    let remediation = (opts.remediation.mode != crate::remediation::Mode::Off).then(|| {
+        crate::remediation::Remediator::new(
+            opts.remediation.clone(),
+            Box::new(crate::remediation::NodeExecutor::new(&opts.root)),
+        )
+    });
+    let mut diag = Diagnoser::new(opts.engine.clone(), recorder).with_remediation(remediation);
     for call in adopted {
         diag.observe(Observation::SocketCall(call), sink);
     }

@@ -130,6 +130,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         arm_percent: cfg.probes.arm_percent,
         disarm_after: cfg.probes.disarm_after,
         record: cfg.record.clone(),
+        remediation: cfg.remediation.policy(),
         node_name: node.clone(),
         ..TraceOptions::default()
     };

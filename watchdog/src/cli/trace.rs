@@ -3,9 +3,13 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use crate::{
     agent::{self, TraceOptions, arming::ForkProbeMode},
-    config::validate::{self, Invalid, Setting, flag_parser},
+    config::{
+        RemediationScope,
+        validate::{self, Invalid, Setting, flag_parser},
+    },
     dbus::options::{DbusOptions, DbusRequests},
     model::settings::PlegConfig,
+    remediation::{ActionKind, Mode, PolicyConfig},
     sinks::{Sink, json::JsonLines, terminal::Terminal},
     sources::{
         PlegSources,
@@ -85,6 +89,25 @@ pub struct Args {
     /// `watchdog replay FILE`; attach it to a bug report.
     #[arg(long, value_name = "FILE")]
     record: Option<std::path::PathBuf>,
+    /// Remediation: dry-run (every gate evaluated, the record says what
+    /// would run, nothing is touched), enforce (the allowed actions run),
+    /// off.
+    #[arg(long, default_value = "dry-run", value_parser = |s: &str| s.parse::<Mode>())]
+    remediation: Mode,
+    /// Actions `--remediation enforce` may run, comma-separated:
+    /// kill_container, abort_fuse, kill_process.
+    #[arg(long, value_delimiter = ',', value_parser = |s: &str| s.parse::<ActionKind>())]
+    allow_actions: Vec<ActionKind>,
+    /// How long a finding stays active before its first action.
+    #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
+    remediation_delay: Duration,
+    /// How long an action has to resolve its finding before the next one.
+    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+    remediation_step_timeout: Duration,
+    /// kill_container scope: the cgroups of Kubernetes pods only, or any
+    /// pids cgroup.
+    #[arg(long, value_enum, default_value = "pods")]
+    remediation_scope: RemediationScope,
     #[command(flatten)]
     pleg: Box<PlegArgs>,
 }
@@ -233,6 +256,17 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     if let Some(d) = &dbus {
         validate::sockets(&d.sockets).map_err(|w| w.of(Setting::SystemdSockets))?;
     }
+    validate::remediation_allow(a.remediation, &a.allow_actions)
+        .map_err(|w| w.of(Setting::RemediationAllow))?;
+    validate::positive(a.remediation_step_timeout).map_err(|w| w.of(Setting::RemediationDelay))?;
+    let remediation = PolicyConfig {
+        mode: a.remediation,
+        allow: a.allow_actions.iter().copied().collect(),
+        delay_ms: a.remediation_delay.as_millis() as u64,
+        step_timeout_ms: a.remediation_step_timeout.as_millis() as u64,
+        any_cgroup: a.remediation_scope == RemediationScope::Any,
+        ..PolicyConfig::default()
+    };
     let opts = TraceOptions {
         storage,
         dbus,
@@ -246,6 +280,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         fork_probe: a.fork_probe,
         arm_percent: a.arm_percent,
         record: a.record,
+        remediation,
         node_name: pleg_sources.node_name.clone(),
         ..TraceOptions::default()
     };

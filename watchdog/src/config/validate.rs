@@ -30,6 +30,8 @@ pub enum Setting {
     RuntimeCallTimeout,
     RelistConcurrency,
     DockerHost,
+    RemediationAllow,
+    RemediationDelay,
 }
 
 impl Setting {
@@ -49,6 +51,8 @@ impl Setting {
             Self::RuntimeCallTimeout => "pleg.runtime_call_timeout",
             Self::RelistConcurrency => "pleg.relist_concurrency",
             Self::DockerHost => "pleg.docker_host",
+            Self::RemediationAllow => "remediation.allow_actions",
+            Self::RemediationDelay => "remediation.delay",
         }
     }
 
@@ -68,12 +72,17 @@ impl Setting {
             Self::RuntimeCallTimeout => "--runtime-call-timeout",
             Self::RelistConcurrency => "--relist-concurrency",
             Self::DockerHost => "--docker-host",
+            Self::RemediationAllow => "--allow-actions",
+            Self::RemediationDelay => "--remediation-delay",
         }
     }
 
     /// Lists: their errors name the bad element themselves.
     fn is_list(self) -> bool {
-        matches!(self, Self::WatchComm | Self::SystemdSockets)
+        matches!(
+            self,
+            Self::WatchComm | Self::SystemdSockets | Self::RemediationAllow
+        )
     }
 }
 
@@ -129,6 +138,32 @@ impl std::fmt::Display for Invalid {
 }
 
 impl std::error::Error for Invalid {}
+
+/// The actions `enforce` may run: at least one in `enforce`, and only
+/// actions that have an executor.
+pub fn remediation_allow(
+    mode: crate::remediation::Mode,
+    allow: &[crate::remediation::ActionKind],
+) -> Result<(), Why> {
+    let list = || allow.iter().map(|a| a.name()).collect::<Vec<_>>().join(",");
+    if let Some(a) = allow.iter().find(|a| a.unavailable().is_some()) {
+        return Err(Why::new(
+            list(),
+            format!(
+                "{} cannot be allowed: {}",
+                a.name(),
+                a.unavailable().unwrap_or_default()
+            ),
+        ));
+    }
+    if mode == crate::remediation::Mode::Enforce && allow.is_empty() {
+        return Err(Why::new(
+            String::new(),
+            "enforce runs only the actions allowed explicitly: name at least one (kill_container, abort_fuse, kill_process)",
+        ));
+    }
+    Ok(())
+}
 
 /// A duration that must not be zero (an interval, a timeout).
 pub fn positive(d: Duration) -> Result<Duration, Why> {

@@ -47,6 +47,13 @@ struct StatusLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RemediationLabels {
+    action: &'static str,
+    status: &'static str,
+    mode: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HopLabels {
     hop: &'static str,
 }
@@ -67,6 +74,7 @@ pub struct Metrics {
     pleg_threshold: Gauge<f64, AtomicU64>,
     pleg_status: Family<StatusLabels, Gauge>,
     resident_bytes: Gauge,
+    remediation_steps: Family<RemediationLabels, Counter>,
     /// Active finding ids by cause; active warnings by (cause, message key).
     active: BTreeMap<Cause, BTreeSet<FindingId>>,
     warnings: BTreeSet<String>,
@@ -97,6 +105,7 @@ impl Metrics {
             pleg_threshold: nan_gauge(),
             pleg_status: Family::default(),
             resident_bytes: Gauge::default(),
+            remediation_steps: Family::default(),
             active: BTreeMap::new(),
             warnings: BTreeSet::new(),
             last_events: 0,
@@ -118,6 +127,11 @@ impl Metrics {
                 "findings",
                 "Findings reported (first reports), by cause",
                 m.findings_total.clone(),
+            );
+            wd.register(
+                "remediation_steps",
+                "Remediation steps by action, status (planned, skipped, started, succeeded, failed, verified) and mode",
+                m.remediation_steps.clone(),
             );
             wd.register(
                 "warnings_active",
@@ -287,6 +301,15 @@ impl Sink for Metrics {
                     WarningStatus::Cleared => self.warnings.remove(&key),
                 };
                 self.warnings_active.set(self.warnings.len() as i64);
+            }
+            Record::Remediation(r) => {
+                self.remediation_steps
+                    .get_or_create(&RemediationLabels {
+                        action: r.action.name(),
+                        status: r.status.name(),
+                        mode: r.mode.name(),
+                    })
+                    .inc();
             }
             _ => {}
         }

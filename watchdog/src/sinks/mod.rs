@@ -95,6 +95,9 @@ pub enum Record {
     Summary(Summary),
     /// First record of `watchdog replay`.
     Replay(crate::replay::ReplayInfo),
+    /// A remediation step: planned, skipped, started, succeeded, failed or
+    /// verified.
+    Remediation(crate::remediation::RemediationRecord),
 }
 
 pub trait Sink {

@@ -205,6 +205,16 @@ impl<W: std::io::Write> Sink for Terminal<W> {
                 }
             ),
             Record::Pleg(p) => super::pleg_line(p),
+            Record::Remediation(r) => format!(
+                "[{}] REMEDY  {} {} {}: {} [{}; {}]\n",
+                r.at.hms(),
+                r.action.name(),
+                r.status.name().to_uppercase(),
+                r.finding,
+                r.reason,
+                r.mode.name(),
+                r.budget
+            ),
             Record::Source(s) => format!(
                 "[{}] source  {} {}: {}: {}\n",
                 s.at.hms(),

@@ -1,0 +1,342 @@
+//! The remediation policy: pure, replayable. Findings and the clock in,
+//! steps out (what to do, or why not); no I/O, no executor, no aya, tokio or
+//! kube. The same inputs give the same steps, so recorded sessions replay
+//! to the same remediation records (the golden replays show them).
+//!
+//! Per finding, a ladder: the finding's own actions in escalation order
+//! (e.g. `kill_container`, then `evict_pod`). A rung is taken once the
+//! finding has stayed active for the delay; the next one when the previous
+//! step did not resolve it within the step timeout. Every rung passes the
+//! same gates, in this order, and a refused rung says why in its record:
+//! an executor exists for the action; the target is in scope (by default
+//! `kill_container` acts only on the cgroups of Kubernetes pods); in
+//! `enforce` the action is allowed explicitly; the target is not cooling
+//! down from an earlier action; the node's hourly budget is not spent.
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use crate::model::Time;
+use crate::model::finding::{Cause, Finding, FindingId, FindingStatus, RemedyAction};
+
+use super::{ActionKind, Mode};
+
+/// What the policy needs to decide (from flags or the `[remediation]`
+/// section). Recorded with the session, so that a replay plans the same.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct PolicyConfig {
+    pub mode: Mode,
+    /// Actions `enforce` may run (nothing by default).
+    pub allow: BTreeSet<ActionKind>,
+    /// How long a finding stays active before its first action.
+    pub delay_ms: u64,
+    /// How long an action has to resolve its finding before the next rung.
+    pub step_timeout_ms: u64,
+    /// No second action on the same target within this time.
+    pub cooldown_ms: u64,
+    /// Actions (planned ones too, in dry-run) per node per rolling hour.
+    pub max_per_hour: u32,
+    /// `kill_container` on any pids cgroup, not only pods' (`--remediation-scope any`).
+    pub any_cgroup: bool,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            mode: Mode::DryRun,
+            allow: BTreeSet::new(),
+            delay_ms: 60_000,
+            step_timeout_ms: 120_000,
+            cooldown_ms: 600_000,
+            max_per_hour: 3,
+            any_cgroup: false,
+        }
+    }
+}
+
+/// What the policy decided for one rung.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decision {
+    /// Dry-run: every gate passed; this is what would run (`allowed`: in
+    /// enforce too; otherwise enforce would refuse it as not allowed).
+    Plan { allowed: bool },
+    /// Enforce: every gate passed; the executor re-checks, then runs it.
+    Execute,
+    /// A gate refused it (the reason says which).
+    Skip(String),
+    /// The finding resolved after this action ran.
+    Verified,
+}
+
+/// One remediation step of a finding.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Step {
+    pub at: Time,
+    pub finding: FindingId,
+    pub cause: Cause,
+    pub action: RemedyAction,
+    pub decision: Decision,
+    /// The node's budget after this step, e.g. "1 of 3 actions this hour".
+    pub budget: String,
+}
+
+/// Where a finding stands on its ladder.
+#[derive(Clone, Debug)]
+struct Track {
+    cause: Cause,
+    first_seen: Time,
+    /// The latest actions the finding named (updates may name new targets).
+    actions: Vec<RemedyAction>,
+    /// The next rung to take.
+    rung: usize,
+    /// When the last rung was taken (planned or executed).
+    last_step: Option<Time>,
+    /// The last rung that ran (enforce) or was planned: verified on resolve.
+    acted: Option<(RemedyAction, bool)>,
+    /// The reason of the last temporary refusal (cooldown, budget), to
+    /// record it once, not every tick.
+    waiting: Option<String>,
+}
+
+pub struct Policy {
+    cfg: PolicyConfig,
+    tracks: BTreeMap<FindingId, Track>,
+    /// When actions were taken (or planned), for the hourly budget.
+    taken: VecDeque<Time>,
+    /// Target -> when it was last acted on.
+    cooldown: BTreeMap<String, Time>,
+}
+
+const HOUR_MS: u64 = 3_600_000;
+
+impl Policy {
+    pub fn new(cfg: PolicyConfig) -> Self {
+        Self {
+            cfg,
+            tracks: BTreeMap::new(),
+            taken: VecDeque::new(),
+            cooldown: BTreeMap::new(),
+        }
+    }
+
+    pub fn config(&self) -> &PolicyConfig {
+        &self.cfg
+    }
+
+    /// A finding report: starts, updates or ends its ladder. A resolution
+    /// after an action gives a `Verified` step.
+    pub fn on_finding(&mut self, f: &Finding) -> Vec<Step> {
+        if self.cfg.mode == Mode::Off {
+            return Vec::new();
+        }
+        match f.status {
+            FindingStatus::Active | FindingStatus::Update => {
+                let t = self.tracks.entry(f.id.clone()).or_insert_with(|| Track {
+                    cause: f.cause,
+                    first_seen: f.first_seen,
+                    actions: Vec::new(),
+                    rung: 0,
+                    last_step: None,
+                    acted: None,
+                    waiting: None,
+                });
+                if !f.remedy.actions.is_empty() {
+                    t.actions = f.remedy.actions.clone();
+                }
+                Vec::new()
+            }
+            FindingStatus::Resolved => {
+                let Some(t) = self.tracks.remove(&f.id) else {
+                    return Vec::new();
+                };
+                match t.acted {
+                    Some((action, true)) => vec![Step {
+                        at: f.resolved_at.unwrap_or(f.last_seen),
+                        finding: f.id.clone(),
+                        cause: t.cause,
+                        action,
+                        decision: Decision::Verified,
+                        budget: self.budget_text(f.last_seen),
+                    }],
+                    _ => Vec::new(),
+                }
+            }
+        }
+    }
+
+    /// The rungs due now.
+    pub fn tick(&mut self, now: Time) -> Vec<Step> {
+        if self.cfg.mode == Mode::Off {
+            return Vec::new();
+        }
+        while self
+            .taken
+            .front()
+            .is_some_and(|t| now.millis_since(*t) >= HOUR_MS)
+        {
+            self.taken.pop_front();
+        }
+        let cooldown_ms = self.cfg.cooldown_ms;
+        self.cooldown
+            .retain(|_, t| now.millis_since(*t) < cooldown_ms);
+        let ids: Vec<FindingId> = self.tracks.keys().cloned().collect();
+        let mut steps = Vec::new();
+        for id in ids {
+            self.advance(&id, now, &mut steps);
+        }
+        steps
+    }
+
+    /// Takes the finding's due rungs: refused ones one after the other (a
+    /// permanent refusal moves on to the next rung at once), until one is
+    /// planned or runs, or one has to wait.
+    fn advance(&mut self, id: &FindingId, now: Time, steps: &mut Vec<Step>) {
+        loop {
+            let Some(t) = self.tracks.get(id) else {
+                return;
+            };
+            if now.millis_since(t.first_seen) < self.cfg.delay_ms {
+                return;
+            }
+            if let Some(last) = t.last_step
+                && now.millis_since(last) < self.cfg.step_timeout_ms
+            {
+                return;
+            }
+            let Some(action) = t.actions.get(t.rung).cloned() else {
+                return;
+            };
+            let cause = t.cause;
+            match self.gate(&action, now) {
+                Gate::Pass => {
+                    let decision = if self.cfg.mode == Mode::Enforce {
+                        Decision::Execute
+                    } else {
+                        Decision::Plan {
+                            allowed: self.cfg.allow.contains(&action.kind()),
+                        }
+                    };
+                    self.taken.push_back(now);
+                    self.cooldown.insert(action.target(), now);
+                    let t = self.tracks.get_mut(id).expect("looked up above");
+                    t.rung += 1;
+                    t.last_step = Some(now);
+                    t.acted = Some((action.clone(), decision == Decision::Execute));
+                    t.waiting = None;
+                    steps.push(Step {
+                        at: now,
+                        finding: id.clone(),
+                        cause,
+                        action,
+                        decision,
+                        budget: self.budget_text(now),
+                    });
+                    return;
+                }
+                Gate::Refuse(reason) => {
+                    let t = self.tracks.get_mut(id).expect("looked up above");
+                    t.rung += 1;
+                    t.waiting = None;
+                    steps.push(Step {
+                        at: now,
+                        finding: id.clone(),
+                        cause,
+                        action,
+                        decision: Decision::Skip(reason),
+                        budget: self.budget_text(now),
+                    });
+                }
+                Gate::Wait(reason) => {
+                    let t = self.tracks.get_mut(id).expect("looked up above");
+                    if t.waiting.as_deref() != Some(reason.as_str()) {
+                        t.waiting = Some(reason.clone());
+                        steps.push(Step {
+                            at: now,
+                            finding: id.clone(),
+                            cause,
+                            action,
+                            decision: Decision::Skip(reason),
+                            budget: self.budget_text(now),
+                        });
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// An executed action failed (or its re-check refused it): the next
+    /// rung comes after the step timeout, as when it did not help.
+    pub fn failed(&mut self, id: &FindingId) {
+        if let Some(t) = self.tracks.get_mut(id) {
+            t.acted = None;
+        }
+    }
+
+    fn gate(&self, action: &RemedyAction, now: Time) -> Gate {
+        let kind = action.kind();
+        if let Some(why) = kind.unavailable() {
+            return Gate::Refuse(why.into());
+        }
+        if let RemedyAction::KillContainer { cgroup } = action
+            && !self.cfg.any_cgroup
+            && !is_pod_cgroup(cgroup)
+        {
+            return Gate::Refuse(format!(
+                "out of scope: {cgroup} is not a pod's cgroup (kill_container acts on pods only unless the scope is `any`)"
+            ));
+        }
+        if self.cfg.mode == Mode::Enforce && !self.cfg.allow.contains(&kind) {
+            return Gate::Refuse(format!(
+                "not allowed: enforce runs only the actions allowed explicitly (--allow-actions {})",
+                kind.name()
+            ));
+        }
+        if let Some(t) = self.cooldown.get(&action.target()) {
+            let left = self.cfg.cooldown_ms.saturating_sub(now.millis_since(*t));
+            return Gate::Wait(format!(
+                "cooling down: {} was acted on {:.0} s ago ({:.0} s left)",
+                action.target(),
+                now.secs_since(*t),
+                left as f64 / 1000.0
+            ));
+        }
+        if self.taken.len() >= self.cfg.max_per_hour as usize {
+            return Gate::Wait(format!(
+                "node budget spent: {} actions in the last hour",
+                self.taken.len()
+            ));
+        }
+        Gate::Pass
+    }
+
+    fn budget_text(&self, _now: Time) -> String {
+        format!(
+            "{} of {} actions this hour",
+            self.taken.len(),
+            self.cfg.max_per_hour
+        )
+    }
+}
+
+enum Gate {
+    Pass,
+    /// Permanent for this rung: take the next one.
+    Refuse(String),
+    /// Temporary (cooldown, budget): stay on this rung.
+    Wait(String),
+}
+
+/// A Kubernetes pod's cgroup (or one of its containers'): a `kubepods`
+/// component and a `pod<uid>` one (cgroupfs `/kubepods/burstable/pod<uid>/<id>`,
+/// systemd `/kubepods.slice/.../kubepods-burstable-pod<uid>.slice/cri-containerd-<id>.scope`).
+pub fn is_pod_cgroup(path: &str) -> bool {
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    let kubepods = parts.iter().any(|p| p.starts_with("kubepods"));
+    let pod = parts
+        .iter()
+        .any(|p| p.starts_with("pod") || (p.starts_with("kubepods-") && p.contains("-pod")));
+    kubepods && pod
+}
+
+#[cfg(test)]
+mod tests;

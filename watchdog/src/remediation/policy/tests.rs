@@ -1,0 +1,267 @@
+use std::collections::BTreeSet;
+
+use super::*;
+use crate::model::finding::runtime::RuntimeDetail;
+use crate::model::finding::{Confidence, Detail, Remedy};
+
+const POD_CG: &str = "/kubepods/burstable/pod0f1e/ctr1";
+
+fn finding(
+    status: FindingStatus,
+    first_ms: u64,
+    at_ms: u64,
+    actions: Vec<RemedyAction>,
+) -> Finding {
+    Finding {
+        cause: Cause::PidExhaustion,
+        status,
+        id: FindingId::new(Cause::PidExhaustion, format!("pids_cgroup{POD_CG}")),
+        summary: String::new(),
+        confidence: Confidence::Certain,
+        first_seen: Time::from_millis(first_ms),
+        last_seen: Time::from_millis(at_ms),
+        resolved_at: (status == FindingStatus::Resolved).then(|| Time::from_millis(at_ms)),
+        duration_s: None,
+        evidence: Vec::new(),
+        timeline: Vec::new(),
+        concurrent: Vec::new(),
+        pleg: None,
+        remedy: Remedy::new("", actions),
+        detail: Detail::Runtime(RuntimeDetail {
+            seconds_since_relist: None,
+            source: None,
+            threshold_s: 180.0,
+            predicted_unhealthy_in_s: None,
+            kubelet_reports_unhealthy: false,
+            hung: Vec::new(),
+            kubelet_errors: Vec::new(),
+        }),
+    }
+}
+
+fn ladder(cgroup: &str) -> Vec<RemedyAction> {
+    vec![
+        RemedyAction::KillContainer {
+            cgroup: cgroup.into(),
+        },
+        RemedyAction::EvictPod {
+            pod_uid: "0f1e".into(),
+        },
+    ]
+}
+
+fn enforce(allow: &[ActionKind]) -> PolicyConfig {
+    PolicyConfig {
+        mode: Mode::Enforce,
+        allow: allow.iter().copied().collect::<BTreeSet<_>>(),
+        ..PolicyConfig::default()
+    }
+}
+
+fn t(ms: u64) -> Time {
+    Time::from_millis(ms)
+}
+
+fn decisions(steps: &[Step]) -> Vec<(ActionKind, Decision)> {
+    steps
+        .iter()
+        .map(|s| (s.action.kind(), s.decision.clone()))
+        .collect()
+}
+
+#[test]
+fn dry_run_is_the_default_and_plans_after_the_delay() {
+    let mut p = Policy::new(PolicyConfig::default());
+    assert!(
+        p.on_finding(&finding(FindingStatus::Active, 0, 0, ladder(POD_CG)))
+            .is_empty()
+    );
+    assert!(p.tick(t(59_999)).is_empty(), "before the 1 min delay");
+    let s = p.tick(t(60_000));
+    assert_eq!(
+        decisions(&s),
+        vec![(ActionKind::KillContainer, Decision::Plan { allowed: false })]
+    );
+    assert_eq!(s[0].budget, "1 of 3 actions this hour");
+    // Nothing more until the step timeout; then the next rung (evict_pod,
+    // which has no executor yet: skipped with the reason).
+    assert!(p.tick(t(60_000 + 119_999)).is_empty());
+    let s = p.tick(t(180_000));
+    assert_eq!(s.len(), 1);
+    assert!(
+        matches!(&s[0].decision, Decision::Skip(r) if r.contains("evict_pod")),
+        "{s:?}"
+    );
+    // The ladder is done: silence.
+    assert!(p.tick(t(900_000)).is_empty());
+    // A dry-run plan is not "verified" when the finding resolves.
+    assert!(
+        p.on_finding(&finding(
+            FindingStatus::Resolved,
+            0,
+            950_000,
+            ladder(POD_CG)
+        ))
+        .is_empty()
+    );
+}
+
+#[test]
+fn enforce_runs_only_allowed_actions() {
+    let mut p = Policy::new(enforce(&[]));
+    p.on_finding(&finding(FindingStatus::Active, 0, 0, ladder(POD_CG)));
+    let s = p.tick(t(60_000));
+    assert_eq!(s.len(), 2, "both rungs refused at once: {s:?}");
+    assert!(
+        matches!(&s[0].decision, Decision::Skip(r) if r.contains("--allow-actions kill_container"))
+    );
+
+    let mut p = Policy::new(enforce(&[ActionKind::KillContainer]));
+    p.on_finding(&finding(FindingStatus::Active, 0, 0, ladder(POD_CG)));
+    let s = p.tick(t(60_000));
+    assert_eq!(
+        decisions(&s),
+        vec![(ActionKind::KillContainer, Decision::Execute)]
+    );
+    let v = p.on_finding(&finding(FindingStatus::Resolved, 0, 61_000, ladder(POD_CG)));
+    assert_eq!(
+        decisions(&v),
+        vec![(ActionKind::KillContainer, Decision::Verified)]
+    );
+    assert_eq!(v[0].at, t(61_000));
+}
+
+#[test]
+fn off_says_nothing() {
+    let mut p = Policy::new(PolicyConfig {
+        mode: Mode::Off,
+        ..PolicyConfig::default()
+    });
+    p.on_finding(&finding(FindingStatus::Active, 0, 0, ladder(POD_CG)));
+    assert!(p.tick(t(3_600_000)).is_empty());
+}
+
+#[test]
+fn kill_container_is_scoped_to_pods_by_default() {
+    let mut p = Policy::new(enforce(&[ActionKind::KillContainer]));
+    p.on_finding(&finding(
+        FindingStatus::Active,
+        0,
+        0,
+        ladder("/system.slice/sshd.service"),
+    ));
+    let s = p.tick(t(60_000));
+    assert!(
+        matches!(&s[0].decision, Decision::Skip(r) if r.starts_with("out of scope")),
+        "{s:?}"
+    );
+    let mut p = Policy::new(PolicyConfig {
+        any_cgroup: true,
+        ..enforce(&[ActionKind::KillContainer])
+    });
+    p.on_finding(&finding(
+        FindingStatus::Active,
+        0,
+        0,
+        ladder("/system.slice/sshd.service"),
+    ));
+    assert_eq!(p.tick(t(60_000))[0].decision, Decision::Execute);
+}
+
+#[test]
+fn pod_cgroups_in_both_drivers() {
+    assert!(is_pod_cgroup("/kubepods/burstable/pod0f1e/abc"));
+    assert!(is_pod_cgroup("/kubepods/pod0f1e"));
+    assert!(is_pod_cgroup(
+        "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0f1e.slice/cri-containerd-abc.scope"
+    ));
+    assert!(!is_pod_cgroup("/kubepods"));
+    assert!(!is_pod_cgroup("/kubepods/burstable"));
+    assert!(!is_pod_cgroup("/system.slice/containerd.service"));
+    assert!(!is_pod_cgroup("/pod0f1e"));
+}
+
+#[test]
+fn the_hourly_budget_and_cooldown_hold_actions_back_and_say_so_once() {
+    let cfg = PolicyConfig {
+        max_per_hour: 1,
+        ..enforce(&[ActionKind::KillContainer])
+    };
+    let mut p = Policy::new(cfg);
+    let other = "/kubepods/burstable/pod9999/ctr2";
+    let mut f2 = finding(FindingStatus::Active, 0, 0, ladder(other));
+    f2.id = FindingId::new(Cause::PidExhaustion, format!("pids_cgroup{other}"));
+    p.on_finding(&finding(FindingStatus::Active, 0, 0, ladder(POD_CG)));
+    p.on_finding(&f2);
+    let s = p.tick(t(60_000));
+    assert_eq!(s.len(), 2, "{s:?}");
+    let executed = s.iter().filter(|s| s.decision == Decision::Execute).count();
+    assert_eq!(executed, 1, "{s:?}");
+    assert!(
+        s.iter()
+            .any(|s| matches!(&s.decision, Decision::Skip(r) if r.contains("budget spent")))
+    );
+    // Said once, not every tick.
+    assert!(p.tick(t(61_000)).is_empty());
+    // An hour later the budget is back.
+    let s = p.tick(t(60_000 + 3_600_000));
+    assert!(s.iter().any(|s| s.decision == Decision::Execute), "{s:?}");
+}
+
+#[test]
+fn the_same_target_cools_down() {
+    let mut p = Policy::new(enforce(&[ActionKind::KillContainer]));
+    p.on_finding(&finding(FindingStatus::Active, 0, 0, ladder(POD_CG)));
+    assert_eq!(p.tick(t(60_000))[0].decision, Decision::Execute);
+    // Resolved without the verification (say the agent lost it), then the
+    // same cgroup fills again: its kill waits for the cooldown.
+    p.on_finding(&finding(FindingStatus::Resolved, 0, 61_000, ladder(POD_CG)));
+    p.on_finding(&finding(
+        FindingStatus::Active,
+        100_000,
+        100_000,
+        ladder(POD_CG),
+    ));
+    let s = p.tick(t(160_000));
+    assert!(
+        matches!(&s[0].decision, Decision::Skip(r) if r.starts_with("cooling down")),
+        "{s:?}"
+    );
+    let s = p.tick(t(60_000 + 600_000));
+    assert_eq!(s[0].decision, Decision::Execute, "{s:?}");
+}
+
+#[test]
+fn the_same_findings_replay_to_the_same_steps() {
+    let run = || {
+        let mut p = Policy::new(enforce(&[ActionKind::KillContainer]));
+        let mut all = Vec::new();
+        p.on_finding(&finding(FindingStatus::Active, 0, 0, ladder(POD_CG)));
+        for ms in (0..400_000).step_by(1000) {
+            all.extend(p.tick(t(ms)));
+        }
+        all
+    };
+    assert_eq!(run(), run());
+}
+
+#[test]
+fn modes_and_actions_parse_with_clear_errors() {
+    assert_eq!("dry-run".parse::<Mode>(), Ok(Mode::DryRun));
+    assert!(
+        "yes"
+            .parse::<Mode>()
+            .unwrap_err()
+            .contains("off, dry-run or enforce")
+    );
+    assert_eq!(
+        "abort_fuse".parse::<ActionKind>(),
+        Ok(ActionKind::AbortFuse)
+    );
+    assert!(
+        "reboot"
+            .parse::<ActionKind>()
+            .unwrap_err()
+            .contains("kill_container")
+    );
+}
