@@ -94,7 +94,9 @@ fn kill_container_empties_a_fork_bombing_pod_cgroup() {
     }
     let cg = PidsCgroup::new_pod(MAX);
     let path = cg.path_in_hierarchy();
-    let agent = Agent::start(&[
+    let journal = std::env::temp_dir().join(format!("wd-remediation-{}.jsonl", std::process::id()));
+    let _ = std::fs::remove_file(&journal);
+    let args = [
         "trace",
         "--json",
         "--no-pleg",
@@ -111,7 +113,10 @@ fn kill_container_empties_a_fork_bombing_pod_cgroup() {
         "kill_container",
         "--remediation-delay",
         "1s",
-    ]);
+        "--remediation-journal",
+        journal.to_str().unwrap(),
+    ];
+    let agent = Agent::start(&args);
     let mut bomb = Bomb::start(&cg, MAX);
     let unshare_pid = bomb.child.pid();
     let done = agent
@@ -166,6 +171,50 @@ fn kill_container_empties_a_fork_bombing_pod_cgroup() {
             && v["cgroup"] == path.as_str()),
         "no resolved finding for {path}"
     );
+    // The journal holds the intent (written before the kill) and outcomes.
+    let lines = std::fs::read_to_string(&journal).unwrap();
+    let statuses: Vec<String> = lines
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["status"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(statuses, ["started", "succeeded", "verified"], "{lines}");
+
+    // A restarted agent (same journal, same boot) does not act twice on the
+    // same cgroup within the cooldown: the bomb comes back, the agent says
+    // why it waits and touches nothing.
+    let agent = Agent::start(&args);
+    let _bomb = Bomb::start(&cg, MAX);
+    let waiting = agent
+        .wait_for(
+            |v| v["type"] == "remediation" && v["status"] == "skipped",
+            Duration::from_secs(20),
+        )
+        .unwrap_or_else(|| panic!("no skipped step after the restart: {}", agent.report()))
+        .0;
+    assert!(
+        waiting["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("cooling down"),
+        "{waiting}"
+    );
+    assert_eq!(waiting["budget"], "1 of 3 actions this hour", "{waiting}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(cg.current(), Some(MAX), "the restarted agent acted again");
+    let records = agent.stop();
+    assert!(
+        !remediation_records(&records)
+            .iter()
+            .any(|v| v["status"] == "started"),
+        "{:#?}",
+        remediation_records(&records)
+    );
+    let _ = std::fs::remove_file(&journal);
 }
 
 /// The default mode is dry-run: the plan is recorded, nothing is touched.
@@ -266,4 +315,84 @@ fn dry_run_plans_and_touches_nothing() {
         "an out-of-scope cgroup was touched"
     );
     agent.stop();
+}
+
+/// Enforce with abort_fuse allowed: a task of the test's own blocked in D
+/// on the test's hanging FUSE mount gets its error once the agent aborts
+/// the connection through fusectl; the finding resolves and the step is
+/// verified.
+#[test]
+fn abort_fuse_releases_a_task_blocked_on_a_hung_fuse_mount() {
+    use watchdog_tests::fuse::{HangingFuse, skip_unless_fuse_prereqs};
+    use watchdog_tests::names::ProcessNames;
+    if !skip_unless_fuse_prereqs() {
+        return;
+    }
+    const READ: &str = "import os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); os.read(fd, 16)";
+    // Declared before the mount: the mount's guard (abort, unmount) drops first.
+    let mut reader: Option<ChildGuard> = None;
+    let fuse = HangingFuse::start();
+    let names = ProcessNames::new();
+    let journal =
+        std::env::temp_dir().join(format!("wd-remediation-fuse-{}.jsonl", std::process::id()));
+    let _ = std::fs::remove_file(&journal);
+    let agent = Agent::start(&[
+        "trace",
+        "--json",
+        "--no-pleg",
+        "--no-systemd",
+        "--hang-threshold",
+        "2s",
+        "--poll-interval",
+        "250ms",
+        "--resolve-after",
+        "2s",
+        "--remediation",
+        "enforce",
+        "--allow-actions",
+        "abort_fuse",
+        "--remediation-delay",
+        "1s",
+        "--remediation-journal",
+        journal.to_str().unwrap(),
+    ]);
+    let child = reader.insert(names.spawn("wd-reader", READ, &fuse.read_hang_path()));
+    let pid = child.pid();
+    let mp = fuse.mount_point().to_string_lossy().into_owned();
+    let done = agent
+        .wait_for(
+            |v| {
+                v["type"] == "remediation"
+                    && v["action"] == "abort_fuse"
+                    && v["status"] != "started"
+            },
+            Duration::from_secs(20),
+        )
+        .unwrap_or_else(|| panic!("no abort_fuse step: {}", agent.report()))
+        .0;
+    eprintln!("abort_fuse: {done}");
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(
+        done["target"],
+        format!("fuse connection {} ({mp})", fuse.dev()),
+        "{done}"
+    );
+    // The blocked read returned (with ENOTCONN): the reader exits.
+    let status = child
+        .wait_timeout(Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("reader {pid} still blocked after the abort"));
+    assert!(
+        !status.success(),
+        "the read failed, so python exits non-zero"
+    );
+    let verified = agent
+        .wait_for(
+            |v| v["type"] == "remediation" && v["status"] == "verified",
+            Duration::from_secs(15),
+        )
+        .unwrap_or_else(|| panic!("the step was not verified: {}", agent.report()))
+        .0;
+    assert_eq!(verified["action"], "abort_fuse", "{verified}");
+    agent.stop();
+    let _ = std::fs::remove_file(&journal);
 }

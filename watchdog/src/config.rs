@@ -106,6 +106,8 @@ pub struct RemediationSection {
     pub max_per_hour: u32,
     /// `pods` (kill_container only on pods' cgroups) or `any`.
     pub scope: RemediationScope,
+    /// Where enforce journals its actions.
+    pub journal: PathBuf,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
@@ -127,6 +129,7 @@ impl Default for RemediationSection {
             cooldown: Duration::from_millis(p.cooldown_ms),
             max_per_hour: p.max_per_hour,
             scope: RemediationScope::Pods,
+            journal: PathBuf::from(crate::paths::REMEDIATION_JOURNAL),
         }
     }
 }

@@ -16,6 +16,9 @@ pub const THREADS_MAX: &str = "proc/sys/kernel/threads-max";
 pub const PID_MAX: &str = "proc/sys/kernel/pid_max";
 pub const OSRELEASE: &str = "proc/sys/kernel/osrelease";
 pub const HOSTNAME: &str = "proc/sys/kernel/hostname";
+pub const BOOT_ID: &str = "proc/sys/kernel/random/boot_id";
+/// The remediation journal (`--remediation-journal`, `[remediation] journal`).
+pub const REMEDIATION_JOURNAL: &str = "/var/lib/watchdog/remediation.jsonl";
 /// Where the pids hierarchy is mounted on cgroup v1 and v2 hosts when
 /// mountinfo cannot tell (recorded trees without a mountinfo).
 pub const CGROUP_V1_PIDS: &str = "sys/fs/cgroup/pids";

@@ -64,6 +64,8 @@ pub struct TraceOptions {
     pub dbus: Option<crate::dbus::options::DbusOptions>,
     /// Remediation policy (dry-run by default).
     pub remediation: crate::remediation::PolicyConfig,
+    /// Where enforce journals its actions.
+    pub remediation_journal: PathBuf,
 }
 
 impl Default for TraceOptions {
@@ -83,6 +85,47 @@ impl Default for TraceOptions {
             storage: Some(crate::storage::StorageOptions::default()),
             dbus: Some(crate::dbus::options::DbusOptions::default()),
             remediation: crate::remediation::PolicyConfig::default(),
+            remediation_journal: PathBuf::from(paths::REMEDIATION_JOURNAL),
+        }
+    }
+}
+
+/// The remediation policy with the node's executor; in enforce, with its
+/// journal (this boot's earlier actions restored). A journal that cannot be
+/// opened leaves remediation in dry-run, said on stderr: nothing may act
+/// without its intent on disk.
+fn remediator(opts: &TraceOptions) -> Option<crate::remediation::Remediator> {
+    use crate::remediation::{Journal, Mode, NodeExecutor, PolicyConfig, Remediator};
+    let mut cfg = opts.remediation.clone();
+    if cfg.mode == Mode::Off {
+        return None;
+    }
+    let executor = Box::new(NodeExecutor::new(&opts.root));
+    if cfg.mode != Mode::Enforce {
+        return Some(Remediator::new(cfg, executor));
+    }
+    let reader = crate::context::procfs::ProcReader::new(&opts.root);
+    let boot_id = reader
+        .read_trim(&reader.rooted(paths::BOOT_ID))
+        .unwrap_or_else(|| "unknown-boot".into());
+    match Journal::open(&opts.remediation_journal, &boot_id) {
+        Ok((journal, taken)) => {
+            if !taken.is_empty() {
+                tracing::warn!(
+                    "remediation: {} actions of this boot in {} count against the budget",
+                    taken.len(),
+                    journal.path().display()
+                );
+            }
+            Some(Remediator::new(cfg, executor).with_journal(journal, &taken))
+        }
+        Err(e) => {
+            tracing::warn!("remediation stays in dry-run: {e}");
+            cfg = PolicyConfig {
+                mode: Mode::DryRun,
+                ..cfg
+            };
+            Some(Remediator::new(cfg, executor))
         }
     }
 }
@@ -339,12 +382,7 @@ pub async fn session(opts: TraceOptions, sink: &mut dyn Sink) -> anyhow::Result<
         })?),
         None => None,
     };
-    let remediation = (opts.remediation.mode != crate::remediation::Mode::Off).then(|| {
-        crate::remediation::Remediator::new(
-            opts.remediation.clone(),
-            Box::new(crate::remediation::NodeExecutor::new(&opts.root)),
-        )
-    });
+    let remediation = remediator(&opts);
     let mut diag = Diagnoser::new(opts.engine.clone(), recorder).with_remediation(remediation);
     for call in adopted {
         diag.observe(Observation::SocketCall(call), sink);

@@ -131,6 +131,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         disarm_after: cfg.probes.disarm_after,
         record: cfg.record.clone(),
         remediation: cfg.remediation.policy(),
+        remediation_journal: cfg.remediation.journal.clone(),
         node_name: node.clone(),
         ..TraceOptions::default()
     };

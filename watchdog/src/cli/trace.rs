@@ -108,6 +108,10 @@ pub struct Args {
     /// pids cgroup.
     #[arg(long, value_enum, default_value = "pods")]
     remediation_scope: RemediationScope,
+    /// Where enforce journals each action's intent (fsync'd before it runs)
+    /// and outcome; a restarted agent reads this boot's actions back.
+    #[arg(long, value_name = "FILE", default_value = crate::paths::REMEDIATION_JOURNAL)]
+    remediation_journal: PathBuf,
     #[command(flatten)]
     pleg: Box<PlegArgs>,
 }
@@ -281,6 +285,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         arm_percent: a.arm_percent,
         record: a.record,
         remediation,
+        remediation_journal: a.remediation_journal,
         node_name: pleg_sources.node_name.clone(),
         ..TraceOptions::default()
     };

@@ -212,23 +212,40 @@ impl NodeExecutor {
         true
     }
 
-    /// The fusectl directory of a FUSE mount's connection (`0:NN` -> NN).
-    fn fuse_dir(&self, dev: &str) -> Result<PathBuf, String> {
+    /// The fusectl directory of a FUSE mount's connection (`0:NN` -> NN):
+    /// where mountinfo shows fusectl mounted (systemd mounts it at
+    /// /sys/fs/fuse/connections), else that default.
+    fn fuse_dir(&self, dev: &str) -> Result<(PathBuf, ProcReader), String> {
         let minor = dev
             .split_once(':')
             .and_then(|(_, m)| m.parse::<u32>().ok())
             .ok_or_else(|| format!("{dev:?} is not a major:minor device"))?;
-        Ok(self
-            .root
-            .join(paths::FUSE_CONNECTIONS.trim_start_matches('/'))
-            .join(minor.to_string()))
+        let mountinfo = self
+            .reader
+            .read(&self.reader.rooted(paths::MOUNTINFO))
+            .unwrap_or_default();
+        let ctl = mountinfo
+            .lines()
+            .find_map(|l| {
+                let (left, right) = l.split_once(" - ")?;
+                right
+                    .starts_with("fusectl ")
+                    .then(|| left.split(' ').nth(4))
+                    .flatten()
+                    .map(crate::context::mounts::unescape)
+            })
+            .map(|mp| self.root.join(mp.trim_start_matches('/')))
+            .unwrap_or_else(|| self.root.join(paths::FUSE_CONNECTIONS));
+        // fusectl is a kernel file system: reading it never hangs.
+        let reader = self.reader.with_cgroupfs(&ctl);
+        Ok((ctl.join(minor.to_string()), reader))
     }
 
     fn recheck_abort_fuse(&self, mount_point: &str, dev: &str) -> Result<String, String> {
-        let dir = self.fuse_dir(dev)?;
-        if !self.reader.exists(&dir.join("abort")) {
+        let (dir, ctl) = self.fuse_dir(dev)?;
+        if !ctl.exists(&dir.join("abort")) {
             return Err(format!(
-                "no FUSE connection {dev} in {} (unmounted, or fusectl not mounted)",
+                "no FUSE connection {dev} in {} (unmounted, or fusectl not mounted: mount -t fusectl none /sys/fs/fuse/connections)",
                 dir.display()
             ));
         }
@@ -247,8 +264,7 @@ impl NodeExecutor {
         if !mounted {
             return Err(format!("{mount_point} is no longer a FUSE mount of {dev}"));
         }
-        let waiting = self
-            .reader
+        let waiting = ctl
             .read_trim(&dir.join("waiting"))
             .unwrap_or_else(|| "?".into());
         Ok(format!(
@@ -257,7 +273,7 @@ impl NodeExecutor {
     }
 
     fn abort_fuse(&self, mount_point: &str, dev: &str) -> Result<String, String> {
-        let dir = self.fuse_dir(dev)?;
+        let (dir, _) = self.fuse_dir(dev)?;
         write_file(&dir.join("abort"), "1")?;
         Ok(format!(
             "aborted FUSE connection {dev} of {mount_point}: its waiting requests fail with ENOTCONN"

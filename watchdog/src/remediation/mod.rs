@@ -15,9 +15,11 @@ use crate::model::Time;
 use crate::model::finding::{Cause, Finding, FindingId, RemedyAction};
 
 pub mod exec;
+pub mod journal;
 pub mod policy;
 
 pub use exec::{Executor, NodeExecutor, ReplayExecutor};
+pub use journal::Journal;
 pub use policy::{Decision, Policy, PolicyConfig, Step};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -193,6 +195,8 @@ pub struct RemediationRecord {
 pub struct Remediator {
     policy: Policy,
     executor: Box<dyn Executor>,
+    /// Where intents and outcomes go before and after acting (enforce).
+    journal: Option<Journal>,
 }
 
 impl Remediator {
@@ -200,7 +204,16 @@ impl Remediator {
         Self {
             policy: Policy::new(cfg),
             executor,
+            journal: None,
         }
+    }
+
+    /// Journal every action; `taken` (this boot's actions already in it)
+    /// count against the budget and cool their targets down.
+    pub fn with_journal(mut self, journal: Journal, taken: &[(Time, String)]) -> Self {
+        self.policy.restore(taken);
+        self.journal = Some(journal);
+        self
     }
 
     pub fn mode(&self) -> Mode {
@@ -232,12 +245,23 @@ impl Remediator {
                 reason,
                 budget: s.budget.clone(),
             };
+            let finding = s.finding.to_string();
+            let (action, target) = (s.action.kind().name(), s.action.target());
+            let mut journal = |status: StepStatus, detail: &str| -> Result<(), String> {
+                match self.journal.as_mut() {
+                    Some(j) => j.append(s.at, &finding, action, &target, status.name(), detail),
+                    None => Ok(()),
+                }
+            };
             match &s.decision {
                 Decision::Skip(why) => out.push(rec(StepStatus::Skipped, why.clone())),
-                Decision::Verified => out.push(rec(
-                    StepStatus::Verified,
-                    "the finding resolved after this action".into(),
-                )),
+                Decision::Verified => {
+                    let why = "the finding resolved after this action";
+                    if let Err(e) = journal(StepStatus::Verified, why) {
+                        tracing::warn!("{e}");
+                    }
+                    out.push(rec(StepStatus::Verified, why.into()));
+                }
                 Decision::Plan { allowed } => match self.executor.recheck(&s.action) {
                     Ok(what) => out.push(rec(
                         StepStatus::Planned,
@@ -258,14 +282,28 @@ impl Remediator {
                         out.push(rec(StepStatus::Skipped, format!("re-check: {why}")));
                     }
                     Ok(what) => {
+                        // The intent is on disk before anything runs: a
+                        // restarted agent knows this action was taken.
+                        if let Err(e) = journal(StepStatus::Started, &what) {
+                            self.policy.failed(&s.finding);
+                            out.push(rec(
+                                StepStatus::Failed,
+                                format!("not run: the intent could not be journaled: {e}"),
+                            ));
+                            continue;
+                        }
                         out.push(rec(StepStatus::Started, what));
-                        match self.executor.execute(&s.action) {
-                            Ok(done) => out.push(rec(StepStatus::Succeeded, done)),
+                        let (status, detail) = match self.executor.execute(&s.action) {
+                            Ok(done) => (StepStatus::Succeeded, done),
                             Err(why) => {
                                 self.policy.failed(&s.finding);
-                                out.push(rec(StepStatus::Failed, why));
+                                (StepStatus::Failed, why)
                             }
+                        };
+                        if let Err(e) = journal(status, &detail) {
+                            tracing::warn!("{e}");
                         }
+                        out.push(rec(status, detail));
                     }
                 },
             }

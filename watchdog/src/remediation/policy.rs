@@ -122,6 +122,18 @@ impl Policy {
         &self.cfg
     }
 
+    /// Actions an earlier agent of this boot took (its journal): they count
+    /// against the hourly budget, and their targets cool down, as if this
+    /// policy had taken them.
+    pub fn restore(&mut self, taken: &[(Time, String)]) {
+        for (at, target) in taken {
+            self.taken.push_back(*at);
+            let t = self.cooldown.entry(target.clone()).or_insert(*at);
+            *t = (*t).max(*at);
+        }
+        self.taken.make_contiguous().sort();
+    }
+
     /// A finding report: starts, updates or ends its ladder. A resolution
     /// after an action gives a `Verified` step.
     pub fn on_finding(&mut self, f: &Finding) -> Vec<Step> {

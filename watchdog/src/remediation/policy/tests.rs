@@ -265,3 +265,17 @@ fn modes_and_actions_parse_with_clear_errors() {
             .contains("kill_container")
     );
 }
+
+#[test]
+fn restored_actions_count_against_the_budget_and_cool_their_targets() {
+    let mut p = Policy::new(enforce(&[ActionKind::KillContainer]));
+    // An earlier agent of this boot killed this cgroup 30 s before.
+    p.restore(&[(t(30_000), format!("cgroup {POD_CG}"))]);
+    p.on_finding(&finding(FindingStatus::Active, 0, 0, ladder(POD_CG)));
+    let s = p.tick(t(60_000));
+    assert!(
+        matches!(&s[0].decision, Decision::Skip(r) if r.starts_with("cooling down")),
+        "{s:?}"
+    );
+    assert_eq!(s[0].budget, "1 of 3 actions this hour");
+}
