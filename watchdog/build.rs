@@ -4,7 +4,37 @@
 use anyhow::{Context as _, anyhow};
 use cargo_metadata::{MetadataCommand, Package};
 
+/// The git revision of the checkout (`unknown` outside one), for
+/// `--version`; rebuilt when HEAD moves.
+fn git_rev(root: &std::path::Path) -> String {
+    let git = root.join(".git");
+    let head = git.join("HEAD");
+    println!("cargo:rerun-if-changed={}", head.display());
+    if let Ok(h) = std::fs::read_to_string(&head)
+        && let Some(r) = h.trim().strip_prefix("ref: ")
+    {
+        println!("cargo:rerun-if-changed={}", git.join(r).display());
+    }
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(root)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
 fn main() -> anyhow::Result<()> {
+    let manifest = std::path::PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
+    let workspace = manifest.parent().unwrap_or(&manifest);
+    println!("cargo:rustc-env=WATCHDOG_GIT_REV={}", git_rev(workspace));
+    println!(
+        "cargo:rustc-env=WATCHDOG_TARGET={}",
+        std::env::var("TARGET").unwrap_or_default()
+    );
     let metadata = MetadataCommand::new()
         .no_deps()
         .exec()

@@ -9,10 +9,21 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// `--version`: the package version, the git revision it was built from
+/// and the target.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (git ",
+    env!("WATCHDOG_GIT_REV"),
+    ", ",
+    env!("WATCHDOG_TARGET"),
+    ")"
+);
+
 #[derive(Parser)]
 #[command(
     name = "watchdog",
-    version,
+    version = VERSION,
     about = "Finds from kernel evidence why a Kubernetes node goes NotReady (PLEG is not healthy)"
 )]
 pub struct Cli {
@@ -36,9 +47,57 @@ enum Command {
     Check(check::Args),
     /// Diagnose a recorded observation stream (`--record FILE`) offline.
     Replay(replay::Args),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page (roff; `watchdog man | man -l -`).
+    Man,
     /// Attach only an empty program on the probes' hook (benchmark floor).
     #[command(hide = true)]
     BenchFloor(bench_floor::Args),
+}
+
+/// The command without its hidden subcommands (completion scripts list
+/// every subcommand they are given).
+fn public_command() -> clap::Command {
+    let cmd = <Cli as clap::CommandFactory>::command();
+    let subs: Vec<clap::Command> = cmd
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set())
+        .cloned()
+        .collect();
+    clap::Command::new("watchdog")
+        .version(VERSION)
+        .about(cmd.get_about().cloned().unwrap_or_default())
+        .args(cmd.get_arguments().cloned())
+        .subcommands(subs)
+}
+
+/// The completion script for `shell`.
+pub fn completions(shell: clap_complete::Shell) -> Vec<u8> {
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut public_command(), "watchdog", &mut out);
+    out
+}
+
+/// The manual page (roff), with a page section per subcommand.
+pub fn man_page() -> std::io::Result<Vec<u8>> {
+    let cmd = public_command();
+    let mut out = Vec::new();
+    clap_mangen::Man::new(cmd.clone()).render(&mut out)?;
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        // A one-shot command: the page name lives until exit.
+        let name: &'static str = format!("watchdog-{}", sub.get_name()).leak();
+        let sub = sub.clone().name(name);
+        out.extend_from_slice(b"\n");
+        clap_mangen::Man::new(sub).render(&mut out)?;
+    }
+    Ok(out)
+}
+
+/// Writes to stdout; a closed pipe (`| head`) is not an error.
+fn print_bytes(b: &[u8]) {
+    use std::io::Write as _;
+    let _ = std::io::stdout().lock().write_all(b);
 }
 
 pub fn main() -> ExitCode {
@@ -62,6 +121,16 @@ pub fn main() -> ExitCode {
         Command::Run(a) => run::run(a),
         Command::Replay(a) => replay::run(a),
         Command::BenchFloor(a) => bench_floor::run(a),
+        Command::Completions { shell } => {
+            print_bytes(&completions(shell));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => man_page()
+            .map(|b| {
+                print_bytes(&b);
+                ExitCode::SUCCESS
+            })
+            .map_err(anyhow::Error::from),
     };
     match result {
         Ok(code) => code,
@@ -69,5 +138,38 @@ pub fn main() -> ExitCode {
             eprintln!("watchdog: {e:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn version_names_the_revision_and_target() {
+        assert!(super::VERSION.starts_with(env!("CARGO_PKG_VERSION")));
+        assert!(super::VERSION.contains("(git "), "{}", super::VERSION);
+    }
+
+    #[test]
+    fn completions_and_man_page_cover_the_subcommands_and_flags() {
+        let bash = String::from_utf8(super::completions(clap_complete::Shell::Bash)).unwrap();
+        for w in [
+            "trace",
+            "run",
+            "check",
+            "replay",
+            "--remediation",
+            "--allow-actions",
+        ] {
+            assert!(bash.contains(w), "bash completion lacks {w}");
+        }
+        assert!(!bash.contains("bench-floor"), "hidden subcommand completed");
+        let man = String::from_utf8(super::man_page().unwrap()).unwrap();
+        assert!(
+            man.contains(".TH watchdog"),
+            "{}",
+            &man[..200.min(man.len())]
+        );
+        assert!(man.contains("watchdog\\-trace") || man.contains("watchdog-trace"));
+        assert!(man.contains("remediation"));
     }
 }
