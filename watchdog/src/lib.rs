@@ -10,7 +10,8 @@
 //! - [`diagnosis`]: the pure engine (no clock, no I/O): observations ->
 //!   findings, one detector per cause, one lifecycle for all of them
 //! - [`recording`]: `--record` files of engine inputs, read back by `watchdog replay`
-//! - [`replay`]: `watchdog replay`, a recording diagnosed offline
+//! - [`replay`]: `watchdog replay`, a recording (or a bundle's) diagnosed offline
+//! - [`bundle`]: `watchdog bundle`, the kernel evidence of a session in one tar.gz
 //! - [`sinks`]: terminal, JSON lines, Prometheus metrics, Kubernetes
 //! - [`sources`]: kubelet metrics/log/node condition and the agent's own
 //!   relist of the container runtime (PLEG signals), each supervised
@@ -23,6 +24,7 @@
 //! - [`config`]: `watchdog run --config FILE`, validated at start
 //! - [`cli`]: the `watchdog` command
 pub mod agent;
+pub mod bundle;
 pub mod cli;
 pub mod config;
 pub mod context;

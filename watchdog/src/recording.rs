@@ -96,8 +96,16 @@ pub struct Recorder {
 
 impl Recorder {
     pub fn create(path: &Path, header: Header) -> anyhow::Result<Self> {
-        let f = File::create(path)
-            .map_err(|e| anyhow::anyhow!("--record {}: cannot create: {e}", path.display()))?;
+        // Root only: a recording names processes, paths and containers.
+        let f = std::os::unix::fs::OpenOptionsExt::mode(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true),
+            0o600,
+        )
+        .open(path)
+        .map_err(|e| anyhow::anyhow!("--record {}: cannot create: {e}", path.display()))?;
         let mut r = Self {
             out: Some(BufWriter::new(f)),
             path: path.to_owned(),
@@ -159,8 +167,14 @@ pub fn read(path: &Path) -> Result<Recording, RecordingError> {
         path: path.to_owned(),
         source,
     })?;
+    read_from(BufReader::new(f), path)
+}
+
+/// A recording from any reader (a bundle's member); `path` names it in
+/// errors.
+pub fn read_from(input: impl BufRead, path: &Path) -> Result<Recording, RecordingError> {
     let mut lines: Vec<(usize, String)> = Vec::new();
-    for (i, l) in BufReader::new(f).lines().enumerate() {
+    for (i, l) in input.lines().enumerate() {
         let l = l.map_err(|source| RecordingError::Read {
             path: path.to_owned(),
             line: i + 1,

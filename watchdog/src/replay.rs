@@ -30,7 +30,11 @@ pub struct ReplayInfo {
 }
 
 pub fn replay(path: &Path, sink: &mut dyn Sink) -> anyhow::Result<Summary> {
-    let rec = recording::read(path)?;
+    let rec = if crate::bundle::is_bundle(path) {
+        crate::bundle::read_recording(path)?
+    } else {
+        recording::read(path)?
+    };
     sink.emit(&Record::Replay(ReplayInfo {
         file: path.display().to_string(),
         recorded_by: rec.header.version.clone(),

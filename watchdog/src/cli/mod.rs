@@ -1,5 +1,6 @@
 //! The `watchdog` command line: one file per subcommand.
 mod bench_floor;
+mod bundle;
 mod check;
 mod replay;
 mod run;
@@ -45,8 +46,10 @@ enum Command {
     Run(run::Args),
     /// Which probes this kernel supports, and for each one that is not, why and what to do.
     Check(check::Args),
-    /// Diagnose a recorded observation stream (`--record FILE`) offline.
+    /// Diagnose a recorded observation stream (`--record FILE`, or a bundle) offline.
     Replay(replay::Args),
+    /// Trace for a while, then write the kernel evidence in one tar.gz for a bug report.
+    Bundle(bundle::BundleArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
     /// Print the manual page (roff; `watchdog man | man -l -`).
@@ -120,6 +123,7 @@ pub fn main() -> ExitCode {
         Command::Check(a) => check::run(a),
         Command::Run(a) => run::run(a),
         Command::Replay(a) => replay::run(a),
+        Command::Bundle(a) => bundle::run(a),
         Command::BenchFloor(a) => bench_floor::run(a),
         Command::Completions { shell } => {
             print_bytes(&completions(shell));
@@ -143,6 +147,13 @@ pub fn main() -> ExitCode {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_command_line_is_consistent() {
+        // clap's own checks (unique names and groups...), which otherwise
+        // fire only when a debug build parses that subcommand.
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
+    }
+
     #[test]
     fn version_names_the_revision_and_target() {
         assert!(super::VERSION.starts_with(env!("CARGO_PKG_VERSION")));

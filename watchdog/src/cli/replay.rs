@@ -5,7 +5,8 @@ use crate::sinks::{Sink, json::JsonLines, terminal::Terminal};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A file written by `watchdog trace --record FILE` or `watchdog run --record FILE`.
+    /// A file written by `watchdog trace --record FILE` or `watchdog run --record FILE`,
+    /// or a bundle (`watchdog bundle`), read without extracting it.
     file: PathBuf,
     /// Write one JSON object per line (each with a "type") instead of text.
     #[arg(long)]

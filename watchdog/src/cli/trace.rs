@@ -231,7 +231,9 @@ impl PlegArgs {
     }
 }
 
-pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+/// The session's options from the flags (checked as the run file is), and
+/// whether records go out as JSON.
+pub fn options(a: Args) -> anyhow::Result<(TraceOptions, bool)> {
     // The checks and options shared with the run file, in its order.
     validate::positive(a.poll_interval).map_err(|w| w.of(Setting::PollInterval))?;
     let (pleg_sources, pleg) = a.pleg.build()?;
@@ -289,8 +291,13 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         node_name: pleg_sources.node_name.clone(),
         ..TraceOptions::default()
     };
+    Ok((opts, a.json))
+}
+
+pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let (opts, json) = options(a)?;
     let stdout = std::io::stdout();
-    let mut sink: Box<dyn Sink> = if a.json {
+    let mut sink: Box<dyn Sink> = if json {
         Box::new(JsonLines::new(stdout.lock()))
     } else {
         Box::new(Terminal::new(stdout.lock()))

@@ -1,0 +1,193 @@
+//! `watchdog bundle` against a real fault of the test's own: a task blocked
+//! on the test's hanging FUSE mount, started with a secret in its
+//! environment and in a `--token=` argument. The archive must hold what
+//! the manifest lists (sha256 right), the blocked task's FUSE stack and its
+//! mount's line, never the secrets; `watchdog replay` of the archive gives
+//! the storage finding.
+//!
+//! Run as root with one test thread:
+//! `WATCHDOG_BIN=target/release/watchdog cargo test --release -p watchdog-tests --test bundle -- --test-threads=1`
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+use watchdog_tests::fuse::{HangingFuse, skip_unless_fuse_prereqs};
+use watchdog_tests::{ChildGuard, PYTHON, agent_bin};
+
+const ENV_SECRET: &str = "envsecret-7f3a9c";
+const ARG_SECRET: &str = "argsecret-c41d2e";
+
+fn sha256(path: &Path) -> String {
+    let out = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("sha256sum");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Every file under `dir`, relative names.
+fn walk(dir: &Path, base: &Path, out: &mut Vec<String>) {
+    for e in fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            walk(&p, base, out);
+        } else {
+            out.push(p.strip_prefix(base).unwrap().to_string_lossy().into_owned());
+        }
+    }
+}
+
+#[test]
+fn bundle_of_a_fuse_hang_holds_the_evidence_and_no_secret() {
+    if !skip_unless_fuse_prereqs() {
+        return;
+    }
+    let work = std::env::temp_dir().join(format!("wd-bundle-test-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&work);
+    fs::create_dir_all(&work).unwrap();
+    // Declared before the mount: the mount's guard (abort) drops first.
+    let mut reader: Option<ChildGuard> = None;
+    let fuse = HangingFuse::start();
+    let out = work.join("b.tar.gz");
+    let mut bundle = Command::new(agent_bin())
+        .args([
+            "bundle",
+            "--duration",
+            "8s",
+            "--hang-threshold",
+            "2s",
+            "--no-pleg",
+            "--no-systemd",
+            "--json",
+            "--out",
+        ])
+        .arg(&out)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The fault starts once the probes are attached (a task already
+    // blocked before is in the bundle's D-state tasks, not a finding).
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(bundle.stdout.take().unwrap()));
+    let ready = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|l| l.contains("\"type\":\"ready\""));
+    assert!(ready, "watchdog bundle never got ready");
+    let drain = std::thread::spawn(move || lines.map_while(Result::ok).count());
+    let mut cmd = Command::new(PYTHON);
+    cmd.args([
+        "-c",
+        "import os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); os.read(fd, 16)",
+    ])
+    .arg(fuse.read_hang_path())
+    .arg(format!("--token={ARG_SECRET}"))
+    .env("API_TOKEN", ENV_SECRET)
+    .stdin(Stdio::null());
+    let child = reader.insert(ChildGuard::spawn(&mut cmd, "reader").unwrap());
+    let pid = child.pid();
+    let status = bundle.wait().unwrap();
+    drain.join().unwrap();
+    assert!(status.success(), "watchdog bundle: {status:?}");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&fs::metadata(&out).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "the bundle is readable by root only");
+
+    // Replay straight from the archive.
+    let replay = Command::new(agent_bin())
+        .args(["replay", "--json"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    let mp = fuse.mount_point().to_string_lossy().into_owned();
+    let records: Vec<Value> = String::from_utf8_lossy(&replay.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(
+        records.iter().any(|v| v["type"] == "finding"
+            && v["cause"] == "storage_hang"
+            && v["mount_point"] == mp.as_str()),
+        "replay of the bundle lacks the storage finding on {mp}: {records:#?}"
+    );
+
+    // Unpack (with tar, as a user would) and check it against its manifest.
+    let x = work.join("x");
+    fs::create_dir_all(&x).unwrap();
+    let st = Command::new("tar")
+        .arg("-xzf")
+        .arg(&out)
+        .arg("-C")
+        .arg(&x)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let manifest: Value =
+        serde_json::from_str(&fs::read_to_string(x.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["schema"], 1);
+    assert_eq!(manifest["trigger"], "manual");
+    let first = Command::new("tar").arg("-tzf").arg(&out).output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&first.stdout).lines().next(),
+        Some("manifest.json"),
+        "the manifest comes first"
+    );
+    for f in manifest["files"].as_array().unwrap() {
+        let name = f["name"].as_str().unwrap();
+        if f["error"].is_string() {
+            continue;
+        }
+        let p = x.join(name);
+        assert!(p.exists(), "{name} is listed but missing");
+        assert_eq!(f["sha256"], sha256(&p).as_str(), "sha256 of {name}");
+        assert_eq!(f["size"], fs::metadata(&p).unwrap().len(), "size of {name}");
+    }
+    // The blocked task: its FUSE wait in the kernel stack, its mount's line.
+    let stack = fs::read_to_string(x.join(format!("tasks/{pid}/stack"))).unwrap_or_default();
+    assert!(
+        stack.contains("fuse")
+            || stack.contains("request_wait_answer")
+            || stack.contains("folio_wait"),
+        "tasks/{pid}/stack: {stack}"
+    );
+    let mounts = fs::read_to_string(x.join("storage/mountinfo")).unwrap_or_default();
+    assert!(mounts.contains(&mp), "storage/mountinfo: {mounts}");
+    let cmdline = fs::read_to_string(x.join(format!("tasks/{pid}/cmdline"))).unwrap();
+    assert!(cmdline.contains("--token=<redacted>"), "{cmdline}");
+    // No secret anywhere in the archive's files.
+    let mut files = Vec::new();
+    walk(&x, &x, &mut files);
+    for f in &files {
+        let data = fs::read(x.join(f)).unwrap();
+        let text = String::from_utf8_lossy(&data);
+        assert!(
+            !text.contains(ENV_SECRET),
+            "{f} holds the environment's secret"
+        );
+        assert!(
+            !text.contains(ARG_SECRET),
+            "{f} holds the argument's secret"
+        );
+    }
+    // And none in the compressed archive as a whole either (decompressed).
+    let all = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "gzip -dc {} | grep -c -a -e {ENV_SECRET} -e {ARG_SECRET}",
+            out.display()
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&all.stdout).trim(), "0");
+    drop(fuse);
+    drop(reader);
+    let _ = fs::remove_dir_all(&work);
+}

@@ -1,0 +1,477 @@
+//! Kernel-evidence bundles: one tar.gz a user attaches to a bug report.
+//!
+//! `manifest.json` comes first (schema, versions, node, boot id, kernel,
+//! trigger, time window, and for every file: where it came from, size,
+//! sha256, truncated or not, the error if it could not be read, values
+//! redacted), then the session's records (`findings.jsonl`), its engine
+//! inputs (`recording.jsonl`: `watchdog replay BUNDLE` diagnoses it), the
+//! kernel's state (`kernel/`), every task the findings name and every task
+//! in D state (`tasks/<pid>/`), the mounts of storage findings
+//! (`storage/`) and the pids cgroups of PID findings (`pids/`).
+//!
+//! Every read goes through the never-hang `/proc` reader (procfs, sysfs,
+//! cgroupfs; never a stat, open or listing of a user mount), capped; a read
+//! that fails is listed in the manifest with its error and the bundle is
+//! still written. Never collected: environments, the service-account token;
+//! command lines are redacted ([`redact`]).
+use std::collections::BTreeSet;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde_json::Value;
+use sha2::{Digest as _, Sha256};
+
+use crate::context::procfs::ProcReader;
+use crate::model::Time;
+use crate::paths;
+
+pub mod redact;
+
+/// Schema of `manifest.json`.
+pub const SCHEMA: u32 = 1;
+/// Cap on one file read from /proc or /sys.
+const READ_CAP: u64 = 256 * 1024;
+/// D-state tasks captured besides the ones the findings name.
+const D_TASKS_CAP: usize = 64;
+/// Tasks captured in all.
+pub const TASKS_CAP: usize = 256;
+/// The largest member a bundle reader accepts (a recording).
+pub const MEMBER_CAP: u64 = 512 << 20;
+
+/// One file of the bundle, as the manifest lists it.
+#[derive(Clone, Debug, Serialize)]
+pub struct FileEntry {
+    pub name: String,
+    /// Where it came from (a path on the node, or `session`).
+    pub source: String,
+    pub size: u64,
+    pub sha256: String,
+    pub truncated: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub redacted: usize,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Manifest {
+    pub schema: u32,
+    pub watchdog: &'static str,
+    pub node: String,
+    pub boot_id: String,
+    pub kernel: String,
+    /// `manual` (`watchdog bundle`).
+    pub trigger: String,
+    pub window: Window,
+    pub findings: usize,
+    pub files: Vec<FileEntry>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Window {
+    pub start: Time,
+    pub end: Time,
+}
+
+/// The files of a bundle being assembled (in memory: a bundle is small, a
+/// few MB at most, and the archive is written in one go at the end).
+pub struct Builder {
+    reader: ProcReader,
+    files: Vec<(FileEntry, Vec<u8>)>,
+}
+
+impl Builder {
+    pub fn new(root: &Path) -> Self {
+        Self {
+            reader: ProcReader::new(root),
+            files: Vec::new(),
+        }
+    }
+
+    /// Adds bytes produced by the session.
+    pub fn add(&mut self, name: &str, source: &str, data: Vec<u8>, redacted: usize) {
+        self.files.push((
+            FileEntry {
+                name: name.into(),
+                source: source.into(),
+                size: data.len() as u64,
+                sha256: hex(&Sha256::digest(&data)),
+                truncated: false,
+                error: None,
+                redacted,
+            },
+            data,
+        ));
+    }
+
+    /// Adds a file read from the node (procfs, sysfs, cgroupfs only),
+    /// capped; a failed read is listed with its error.
+    pub fn copy(&mut self, name: &str, path: &Path) {
+        match self.reader.read_bytes(path, READ_CAP) {
+            Ok(data) => {
+                let truncated = data.len() as u64 >= READ_CAP;
+                self.add(name, &path.display().to_string(), data, 0);
+                if let Some((e, _)) = self.files.last_mut() {
+                    e.truncated = truncated;
+                }
+            }
+            Err(e) => self.failed(name, &path.display().to_string(), e.to_string()),
+        }
+    }
+
+    fn failed(&mut self, name: &str, source: &str, error: String) {
+        self.files.push((
+            FileEntry {
+                name: name.into(),
+                source: source.into(),
+                size: 0,
+                sha256: String::new(),
+                truncated: false,
+                error: Some(error),
+                redacted: 0,
+            },
+            Vec::new(),
+        ));
+    }
+
+    /// The kernel's state: release, version, command line (redacted),
+    /// taint, the hung-task and PID sysctls, load, and the kernel log since
+    /// `since_uptime_s` (seconds after boot).
+    pub fn kernel(&mut self, since_uptime_s: f64) {
+        let r = self.reader.clone();
+        self.copy("kernel/osrelease", &r.rooted(paths::OSRELEASE));
+        self.copy("kernel/version", &r.proc_path("version"));
+        match r.read_capped(&r.proc_path("cmdline"), READ_CAP) {
+            Ok(t) => {
+                let (line, n) = redact::kernel_cmdline(&t);
+                self.add(
+                    "kernel/cmdline",
+                    &r.proc_path("cmdline").display().to_string(),
+                    (line + "\n").into_bytes(),
+                    n,
+                );
+            }
+            Err(e) => self.failed(
+                "kernel/cmdline",
+                &r.proc_path("cmdline").display().to_string(),
+                e.to_string(),
+            ),
+        }
+        for (name, rel) in [
+            ("kernel/tainted", "sys/kernel/tainted"),
+            (
+                "kernel/hung_task_timeout_secs",
+                "sys/kernel/hung_task_timeout_secs",
+            ),
+            ("kernel/threads-max", "sys/kernel/threads-max"),
+            ("kernel/pid_max", "sys/kernel/pid_max"),
+            ("kernel/loadavg", "loadavg"),
+            ("kernel/uptime", "uptime"),
+        ] {
+            self.copy(name, &r.proc_path(rel));
+        }
+        match kmsg_since(since_uptime_s) {
+            Ok((text, truncated)) => {
+                self.add("kernel/kmsg.txt", "/dev/kmsg", text.into_bytes(), 0);
+                if let Some((e, _)) = self.files.last_mut() {
+                    e.truncated = truncated;
+                }
+            }
+            Err(e) => self.failed("kernel/kmsg.txt", "/dev/kmsg", e),
+        }
+    }
+
+    /// One task: status, wchan, syscall, kernel stack, cgroup, limits, comm
+    /// and its command line (redacted). Never its environment.
+    pub fn task(&mut self, pid: u32) {
+        let r = self.reader.clone();
+        for f in [
+            "status", "wchan", "syscall", "stack", "cgroup", "limits", "comm", "stat",
+        ] {
+            self.copy(&format!("tasks/{pid}/{f}"), &r.pid_file(pid, f));
+        }
+        let path = r.pid_file(pid, "cmdline");
+        match r.read_bytes(&path, READ_CAP) {
+            Ok(raw) => {
+                let (line, n) = redact::cmdline(&raw);
+                self.add(
+                    &format!("tasks/{pid}/cmdline"),
+                    &path.display().to_string(),
+                    (line + "\n").into_bytes(),
+                    n,
+                );
+            }
+            Err(e) => self.failed(
+                &format!("tasks/{pid}/cmdline"),
+                &path.display().to_string(),
+                e.to_string(),
+            ),
+        }
+    }
+
+    /// Every task now in D state (the kernel's view), besides `named`.
+    pub fn d_tasks(&self, named: &BTreeSet<u32>) -> Vec<u32> {
+        let mut out = Vec::new();
+        for pid in self.reader.pids() {
+            if out.len() >= D_TASKS_CAP {
+                break;
+            }
+            if named.contains(&pid) {
+                continue;
+            }
+            if self.reader.any_task_in_d(pid) {
+                out.push(pid);
+            }
+        }
+        out
+    }
+
+    /// The mountinfo lines of `mount_points` (never a stat of the mount).
+    pub fn mounts(&mut self, mount_points: &BTreeSet<String>) {
+        let path = self.reader.rooted(paths::MOUNTINFO);
+        match self.reader.read_capped(&path, 4 * READ_CAP) {
+            Ok(text) => {
+                let lines: String = text
+                    .lines()
+                    .filter(|l| {
+                        l.split(' ').nth(4).is_some_and(|mp| {
+                            mount_points.contains(&crate::context::mounts::unescape(mp))
+                        })
+                    })
+                    .map(|l| format!("{l}\n"))
+                    .collect();
+                self.add(
+                    "storage/mountinfo",
+                    &path.display().to_string(),
+                    lines.into_bytes(),
+                    0,
+                );
+            }
+            Err(e) => self.failed(
+                "storage/mountinfo",
+                &path.display().to_string(),
+                e.to_string(),
+            ),
+        }
+    }
+
+    /// A pids cgroup's files (path as the findings name it).
+    pub fn pids_cgroup(&mut self, cgroup: &str) {
+        let Some(h) = crate::context::cgroup::discover(&self.reader) else {
+            self.failed("pids/", cgroup, "no pids hierarchy".into());
+            return;
+        };
+        let rel = cgroup.trim_start_matches('/');
+        if rel.split('/').any(|c| c == ".." || c == ".") {
+            return;
+        }
+        let dir = h.dir(cgroup);
+        let name = if rel.is_empty() {
+            "root".into()
+        } else {
+            rel.replace('/', "_")
+        };
+        for f in ["pids.max", "pids.current", "pids.events", "cgroup.procs"] {
+            let reader = self.reader.with_cgroupfs(&h.mount);
+            match reader.read_bytes(&dir.join(f), READ_CAP) {
+                Ok(data) => self.add(
+                    &format!("pids/{name}/{f}"),
+                    &dir.join(f).display().to_string(),
+                    data,
+                    0,
+                ),
+                Err(e) => self.failed(
+                    &format!("pids/{name}/{f}"),
+                    &dir.join(f).display().to_string(),
+                    e.to_string(),
+                ),
+            }
+        }
+    }
+
+    /// Writes the archive (manifest first) to `out`, readable by root only.
+    pub fn write(self, out: &Path, mut manifest: Manifest) -> Result<u64, String> {
+        manifest.files = self.files.iter().map(|(e, _)| e.clone()).collect();
+        let manifest_json = serde_json::to_vec_pretty(&manifest).map_err(|e| e.to_string())?;
+        let tmp = out.with_extension("partial");
+        let file = std::os::unix::fs::OpenOptionsExt::mode(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true),
+            0o600,
+        )
+        .open(&tmp)
+        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+        let gz = flate2::write::GzEncoder::new(file, flate2::Compression::default());
+        let mut tar = tar::Builder::new(gz);
+        let mtime = manifest.window.end.0 / 1000;
+        let append = |tar: &mut tar::Builder<_>, name: &str, data: &[u8]| -> std::io::Result<()> {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o600);
+            h.set_mtime(mtime);
+            h.set_cksum();
+            tar.append_data(&mut h, name, data)
+        };
+        let res = (|| {
+            append(&mut tar, "manifest.json", &manifest_json)?;
+            for (e, data) in &self.files {
+                if e.error.is_none() {
+                    append(&mut tar, &e.name, data)?;
+                }
+            }
+            let gz = tar.into_inner()?;
+            let mut f = gz.finish()?;
+            f.flush()?;
+            f.sync_all()
+        })();
+        if let Err(e) = res {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(format!("writing {}: {e}", out.display()));
+        }
+        std::fs::rename(&tmp, out).map_err(|e| format!("{}: {e}", out.display()))?;
+        Ok(std::fs::metadata(out).map(|m| m.len()).unwrap_or(0))
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The kernel log records since `since_s` after boot, from /dev/kmsg read
+/// non-blocking (it never waits for new records). Capped.
+fn kmsg_since(since_s: f64) -> Result<(String, bool), String> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open("/dev/kmsg")
+        .map_err(|e| format!("/dev/kmsg: {e}"))?;
+    let since_us = (since_s * 1e6) as u64;
+    let mut out = String::new();
+    let mut buf = vec![0u8; 8192];
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                let rec = String::from_utf8_lossy(&buf[..n]);
+                // "prio,seq,ts_us,flags;message\n continuation..."
+                let Some((head, msg)) = rec.split_once(';') else {
+                    continue;
+                };
+                let ts: u64 = head
+                    .split(',')
+                    .nth(2)
+                    .and_then(|t| t.parse().ok())
+                    .unwrap_or(0);
+                if ts >= since_us {
+                    out.push_str(&format!("[{:>12.6}] {}", ts as f64 / 1e6, msg));
+                    if !msg.ends_with('\n') {
+                        out.push('\n');
+                    }
+                }
+                if out.len() as u64 >= READ_CAP {
+                    return Ok((out, true));
+                }
+            }
+            // EPIPE: a record was overwritten while reading; go on.
+            Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(format!("/dev/kmsg: {e}")),
+        }
+    }
+    Ok((out, false))
+}
+
+/// What the session's findings name: tasks, mount points, pids cgroups.
+#[derive(Default)]
+pub struct Named {
+    pub pids: BTreeSet<u32>,
+    pub mounts: BTreeSet<String>,
+    pub cgroups: BTreeSet<String>,
+}
+
+impl Named {
+    /// Walks a finding record (any cause) for `pid`, `mount_point` and
+    /// `cgroup` fields.
+    pub fn add_finding(&mut self, v: &Value) {
+        fn walk(v: &Value, n: &mut Named) {
+            match v {
+                Value::Object(m) => {
+                    for (k, x) in m {
+                        match (k.as_str(), x) {
+                            ("pid", Value::Number(p)) => {
+                                if let Some(p) = p.as_u64().and_then(|p| u32::try_from(p).ok()) {
+                                    n.pids.insert(p);
+                                }
+                            }
+                            ("mount_point", Value::String(s)) => {
+                                n.mounts.insert(s.clone());
+                            }
+                            ("cgroup", Value::String(s)) => {
+                                n.cgroups.insert(s.clone());
+                            }
+                            _ => walk(x, n),
+                        }
+                    }
+                }
+                Value::Array(a) => a.iter().for_each(|x| walk(x, n)),
+                _ => {}
+            }
+        }
+        walk(v, self);
+    }
+}
+
+/// Reads a bundle's recording (in memory; no file is extracted), for
+/// `watchdog replay`.
+pub fn read_recording(path: &Path) -> anyhow::Result<crate::recording::Recording> {
+    use std::io::Read as _;
+    let f = std::fs::File::open(path)
+        .map_err(|e| anyhow::anyhow!("cannot open bundle {}: {e}", path.display()))?;
+    let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(f));
+    let entries = ar
+        .entries()
+        .map_err(|e| anyhow::anyhow!("{}: not a tar.gz bundle: {e}", path.display()))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| anyhow::anyhow!("{}: broken bundle: {e}", path.display()))?;
+        let name: PathBuf = entry
+            .path()
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+            .into_owned();
+        if name != Path::new("recording.jsonl") {
+            continue;
+        }
+        if entry.size() > MEMBER_CAP {
+            anyhow::bail!(
+                "{}: recording.jsonl is {} bytes, over the {} MiB a replay reads",
+                path.display(),
+                entry.size(),
+                MEMBER_CAP >> 20
+            );
+        }
+        let mut text = Vec::new();
+        entry
+            .take(MEMBER_CAP)
+            .read_to_end(&mut text)
+            .map_err(|e| anyhow::anyhow!("{}: recording.jsonl: {e}", path.display()))?;
+        let label = PathBuf::from(format!("{}:recording.jsonl", path.display()));
+        return Ok(crate::recording::read_from(
+            std::io::Cursor::new(text),
+            &label,
+        )?);
+    }
+    anyhow::bail!("{}: the bundle has no recording.jsonl", path.display())
+}
+
+/// A gzip file (a bundle) rather than a plain recording.
+pub fn is_bundle(path: &Path) -> bool {
+    use std::io::Read as _;
+    let mut magic = [0u8; 2];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok()
+        && magic == [0x1f, 0x8b]
+}

@@ -1,0 +1,165 @@
+//! `watchdog bundle`: a tracing session, then its kernel evidence in one
+//! tar.gz for a bug report (see [`crate::bundle`]).
+use std::os::unix::fs::DirBuilderExt as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use crate::agent;
+use crate::bundle::{Builder, Manifest, Named, SCHEMA, Window};
+use crate::context::procfs::ProcReader;
+use crate::model::Time;
+use crate::paths;
+use crate::sinks::{Record, Sink, json::JsonLines, terminal::Terminal};
+
+use super::trace;
+
+#[derive(clap::Args)]
+pub struct BundleArgs {
+    /// Where to write the bundle (default: `watchdog-<node>-<UTC time>.tar.gz`
+    /// in the current directory). Created readable by root only.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// The session: every `watchdog trace` option (`--duration` defaults to
+    /// 30s here; Ctrl-C ends it early and the bundle is still written).
+    #[command(flatten)]
+    trace: trace::Args,
+}
+
+/// The session's records, kept for the bundle while they go to the
+/// terminal (or JSON) as in `trace`.
+struct Tee<'a> {
+    inner: &'a mut dyn Sink,
+    lines: Vec<u8>,
+    named: Named,
+    findings: usize,
+}
+
+/// The session's records a bundle keeps at most.
+const RECORDS_CAP: usize = 64 << 20;
+
+impl Sink for Tee<'_> {
+    fn emit(&mut self, record: &Record) {
+        self.inner.emit(record);
+        let Ok(v) = serde_json::to_value(record) else {
+            return;
+        };
+        if let Record::Finding(_) = record {
+            self.findings += 1;
+            self.named.add_finding(&v);
+        }
+        if self.lines.len() < RECORDS_CAP {
+            let _ = serde_json::to_writer(&mut self.lines, &v);
+            self.lines.push(b'\n');
+        }
+    }
+
+    fn stats(&mut self, stats: &crate::sinks::Stats<'_>) {
+        self.inner.stats(stats);
+    }
+}
+
+pub fn run(a: BundleArgs) -> anyhow::Result<ExitCode> {
+    let (mut opts, json) = trace::options(a.trace)?;
+    opts.duration.get_or_insert(Duration::from_secs(30));
+    let reader = ProcReader::new(&opts.root);
+    let uptime_start = reader
+        .read_trim(&reader.proc_path("uptime"))
+        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    let node = opts
+        .node_name
+        .clone()
+        .or_else(|| reader.read_trim(&reader.rooted(paths::HOSTNAME)))
+        .unwrap_or_else(|| "node".into());
+    // The recording goes to a directory of our own, root only.
+    let dir = std::env::temp_dir().join(format!("watchdog-bundle-{}", std::process::id()));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .recursive(true)
+        .create(&dir)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+    let recording = dir.join("recording.jsonl");
+    opts.record = Some(recording.clone());
+    let root = opts.root.clone();
+    let start = Time::now();
+    let stdout = std::io::stdout();
+    let mut inner: Box<dyn Sink> = if json {
+        Box::new(JsonLines::new(stdout.lock()))
+    } else {
+        Box::new(Terminal::new(stdout.lock()))
+    };
+    let mut tee = Tee {
+        inner: inner.as_mut(),
+        lines: Vec::new(),
+        named: Named::default(),
+        findings: 0,
+    };
+    let session = agent::trace(opts, &mut tee);
+    let end = Time::now();
+    let (lines, named, findings) = (tee.lines, tee.named, tee.findings);
+    drop(inner);
+    if let Err(e) = session {
+        let _ = std::fs::remove_dir_all(&dir);
+        return Err(e);
+    }
+
+    let mut b = Builder::new(&root);
+    b.add("findings.jsonl", "session", lines, 0);
+    match std::fs::read(&recording) {
+        Ok(data) => b.add("recording.jsonl", "session", data, 0),
+        Err(e) => eprintln!("watchdog: the session's recording is missing from the bundle: {e}"),
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    b.kernel(uptime_start);
+    let mut tasks: Vec<u32> = named.pids.iter().copied().collect();
+    tasks.extend(b.d_tasks(&named.pids));
+    tasks.truncate(crate::bundle::TASKS_CAP);
+    for pid in &tasks {
+        b.task(*pid);
+    }
+    if !named.mounts.is_empty() {
+        b.mounts(&named.mounts);
+    }
+    for cg in &named.cgroups {
+        b.pids_cgroup(cg);
+    }
+    let stamp: String = end
+        .rfc3339()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect();
+    let out = a.out.unwrap_or_else(|| {
+        PathBuf::from(format!(
+            "watchdog-{}-{stamp}.tar.gz",
+            node.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_")
+        ))
+    });
+    let manifest = Manifest {
+        schema: SCHEMA,
+        watchdog: super::VERSION,
+        node,
+        boot_id: reader
+            .read_trim(&reader.rooted(paths::BOOT_ID))
+            .unwrap_or_default(),
+        kernel: reader
+            .read_trim(&reader.rooted(paths::OSRELEASE))
+            .unwrap_or_default(),
+        trigger: "manual".into(),
+        window: Window { start, end },
+        findings,
+        files: Vec::new(),
+    };
+    let size = b
+        .write(&out, manifest)
+        .map_err(|e| anyhow::anyhow!("the bundle could not be written: {e}"))?;
+    eprintln!(
+        "bundle: {} ({:.1} KiB; {findings} finding records, {} tasks, {} mounts, {} pids cgroups)",
+        out.display(),
+        size as f64 / 1024.0,
+        tasks.len(),
+        named.mounts.len(),
+        named.cgroups.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
