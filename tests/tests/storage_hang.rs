@@ -635,3 +635,53 @@ fn fixture_dockerd_runs_a_container_with_a_fuse_volume() {
     let pid = dockerd.container_pid(&id).unwrap_or_else(|e| panic!("{e}"));
     assert!(pid > 1);
 }
+
+/// `watchdog trace` is run during an incident: tasks blocked before it
+/// started are found too (adopted from /proc at start: the switch probe
+/// only sees a sleep begin), with the syscall and path /proc gives.
+#[test]
+fn a_task_blocked_before_the_agent_started_is_found() {
+    if !skip_unless_fuse_prereqs() {
+        return;
+    }
+    let mut kids: Vec<ChildGuard> = Vec::new();
+    let fuse = HangingFuse::start();
+    let names = ProcessNames::new();
+    kids.push(names.spawn("wd-early", READ, &fuse.read_hang_path()));
+    let pid = kids[0].pid();
+    wait_in_read(pid);
+    // Blocked for a while before the agent exists.
+    std::thread::sleep(Duration::from_secs(1));
+    let agent = Agent::start(TRACE);
+    let mp = mount_str(&fuse);
+    let Some((f, _)) = agent.wait_for(
+        |v| is_storage_finding(v, &mp) && blocked(v, pid).is_some(),
+        THRESHOLD + Duration::from_secs(3),
+    ) else {
+        panic!(
+            "no finding for {pid}, blocked before the agent started (state {:?}, wchan {})\n{}",
+            state(pid),
+            wchan(pid),
+            agent.report()
+        );
+    };
+    let b = blocked(&f, pid).unwrap();
+    assert_eq!(b["comm"], "wd-early");
+    assert_eq!(b["state"], "D");
+    assert_eq!(b["syscall"], "read", "{b:#}");
+    assert_eq!(b["path"], fuse.read_hang_path().to_string_lossy().as_ref());
+    assert!(
+        b.get("killable").is_none_or(Value::is_null),
+        "/proc cannot tell whether an adopted sleep is killable: {b:#}"
+    );
+    // Blocked since before the agent: its blocked-for exceeds the agent's uptime.
+    let blocked_s = b["blocked_for_s"].as_f64().unwrap_or(0.0);
+    assert!(
+        blocked_s >= agent.uptime().as_secs_f64(),
+        "blocked for {blocked_s} s, the agent runs for {:?}: {b:#}",
+        agent.uptime()
+    );
+    drop(fuse);
+    drop(kids);
+    agent.stop();
+}

@@ -267,10 +267,16 @@ pub struct BlockedEntry {
     /// The fd argument ([`ArgKind::Fd`]), the dirfd ([`ArgKind::DirfdPath1`])
     /// or [`AT_FDCWD`].
     pub fd: i32,
-    pub _pad: u32,
+    /// [`BLOCKED_ADOPTED`] or 0.
+    pub flags: u32,
     /// NUL-terminated path argument (empty for fd syscalls or when unreadable).
     pub path: [u8; PATH_LEN],
 }
+
+/// [`BlockedEntry::flags`]: written by the agent at start for a task that
+/// was already in D state (no switch record: syscall, path and stack come
+/// from /proc; whether the sleep is killable is unknown).
+pub const BLOCKED_ADOPTED: u32 = 1;
 
 // --- D-Bus/systemd sockets (ring-buffer events, see SocketEvent) ------------
 

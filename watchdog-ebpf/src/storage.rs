@@ -434,7 +434,7 @@ pub fn storage_sleep(ctx: BtfTracePointContext) -> i32 {
     e.nr = call.map_or(NO_SYSCALL, |(nr, _)| nr);
     e.kind = kind as u32;
     e.fd = -1;
-    e._pad = 0;
+    e.flags = 0;
     e.path[0] = 0;
     if let Some((_, regs)) = call {
         let (a0, a1) = (global(&crate::PT_REGS_ARG0_OFF), global(&PT_REGS_ARG1_OFF));

@@ -288,6 +288,12 @@ pub async fn session(opts: TraceOptions, sink: &mut dyn Sink) -> anyhow::Result<
         .storage
         .as_ref()
         .and_then(|s| crate::storage::StorageTracker::start(&mut probes, &opts.root, s));
+    if let Some(t) = storage.as_mut() {
+        let n = t.adopt_blocked();
+        if n > 0 {
+            tracing::debug!("{n} tasks already in D state at start are followed");
+        }
+    }
     if let Some(p) = dbus_probes
         .iter()
         .find(|p| probes.state(p.name) != Some(ProbeState::Attached))

@@ -366,6 +366,82 @@ impl StorageTracker {
         }
     }
 
+    /// Tasks already in D state when the probes attached: the
+    /// `sched_switch` probe records a sleep when it begins, and these will not
+    /// switch again until they wake, so without this a `trace` started
+    /// during an incident would never see the very tasks it is run for.
+    /// Each gets a BLOCKED entry (unless the probe wrote one since) with its
+    /// context-switch count (the sweep's "still blocked" test), blocked since
+    /// it last ran (`se.exec_start` of /proc/<tid>/sched, moved to the
+    /// monotonic clock through the agent's own; now when unknown); syscall,
+    /// path and stack come from /proc at the sweep. Returns how many.
+    pub fn adopt_blocked(&mut self) -> usize {
+        let now = monotonic_ns();
+        let offset = self.rq_clock_offset(now);
+        let mut n = 0;
+        for pid in self.proc.pids() {
+            let tasks: Vec<u32> = self.proc.list_numbers(&self.proc.pid_dir(pid).join("task"));
+            for tid in tasks {
+                let Some((_, 'D', _)) = self
+                    .task_read(pid, tid, "stat")
+                    .as_deref()
+                    .and_then(parse_stat)
+                else {
+                    continue;
+                };
+                let Some(sw) = switches(&self.proc, pid, tid) else {
+                    continue;
+                };
+                let since = offset
+                    .zip(self.exec_start_ns(pid, tid))
+                    .map(|(o, s)| (i128::from(s) + o).clamp(0, i128::from(now)) as u64)
+                    .unwrap_or(now);
+                let e = BlockedEntry {
+                    since_ns: since,
+                    switches: sw,
+                    stack_id: -1,
+                    state: TASK_UNINTERRUPTIBLE,
+                    tgid: pid,
+                    nr: NO_SYSCALL,
+                    kind: 0,
+                    fd: AT_FDCWD,
+                    flags: watchdog_common::BLOCKED_ADOPTED,
+                    path: [0; watchdog_common::PATH_LEN],
+                };
+                // BPF_NOEXIST: a record the probe wrote since wins.
+                if self.blocked.insert(tid, e, 1).is_ok() {
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
+    /// `se.exec_start` of a task: when it last ran, in the scheduler's
+    /// clock (ns).
+    fn exec_start_ns(&self, tgid: u32, tid: u32) -> Option<u64> {
+        let text = self.task_read(tgid, tid, "sched")?;
+        let v = text
+            .lines()
+            .find_map(|l| l.strip_prefix("se.exec_start"))?
+            .split(':')
+            .nth(1)?
+            .trim()
+            .parse::<f64>()
+            .ok()?;
+        Some((v * 1e6) as u64)
+    }
+
+    /// Monotonic clock minus the scheduler's clock (they differ on VMs),
+    /// from this thread's own `se.exec_start`, which is about now.
+    fn rq_clock_offset(&self, now: u64) -> Option<i128> {
+        let me = std::process::id();
+        // SAFETY: plain syscall.
+        let tid = unsafe { libc::syscall(libc::SYS_gettid) } as u32;
+        let mine = self.exec_start_ns(me, tid)?;
+        Some(i128::from(now) - i128::from(mine))
+    }
+
     /// A file of a task (`/proc/<tgid>/task/<tid>/<file>`).
     fn task_read(&self, tgid: u32, tid: u32, file: &str) -> Option<String> {
         self.proc.read(&self.proc.task_file(tgid, tid, file)).ok()
@@ -469,6 +545,8 @@ impl StorageTracker {
             return None;
         }
         let killable = match state {
+            // Adopted at start: /proc does not say.
+            'D' if e.flags & watchdog_common::BLOCKED_ADOPTED != 0 => None,
             'D' => Some(e.state & TASK_WAKEKILL != 0),
             _ => Some(true),
         };
