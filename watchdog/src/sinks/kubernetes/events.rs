@@ -9,6 +9,19 @@ use std::collections::VecDeque;
 use super::conditions::truncate;
 use crate::model::Time;
 use crate::model::finding::{Finding, FindingStatus, Warning, WarningStatus};
+use crate::remediation::{RemediationRecord, StepStatus};
+
+/// `kill_container` -> `KillContainer`, `dry-run` -> `DryRun`.
+fn pascal(s: &str) -> String {
+    s.split(['_', '-'])
+        .map(|w| {
+            let mut c = w.chars();
+            c.next()
+                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                .unwrap_or_default()
+        })
+        .collect()
+}
 
 /// Events waiting to be sent; beyond this the oldest are dropped (counted).
 const MAX_PENDING: usize = 64;
@@ -70,6 +83,41 @@ impl EventQueue {
             action: action.into(),
             note: truncate(&note, MAX_NOTE),
             subject: f.id.to_string(),
+        });
+    }
+
+    /// A remediation step: planned (dry-run), skipped, succeeded, failed or
+    /// verified (`started` is followed by its outcome: no event of its own).
+    pub fn remediation(&mut self, r: &RemediationRecord) {
+        let warning = match r.status {
+            StepStatus::Started => return,
+            StepStatus::Failed => true,
+            StepStatus::Planned
+            | StepStatus::Skipped
+            | StepStatus::Succeeded
+            | StepStatus::Verified => false,
+        };
+        let reason = format!("{}{}", pascal(r.action.name()), pascal(r.status.name()));
+        let note = format!(
+            "{} {} ({}, {}): {} [{}]",
+            r.action.name(),
+            r.target,
+            r.finding,
+            r.mode.name(),
+            r.reason,
+            r.budget
+        );
+        self.push(NodeEvent {
+            warning,
+            reason: truncate(&reason, MAX_REASON),
+            action: "Remediate".into(),
+            note: truncate(&note, MAX_NOTE),
+            subject: format!(
+                "remediation/{}/{}/{}",
+                r.finding,
+                r.action.name(),
+                r.status.name()
+            ),
         });
     }
 
@@ -141,6 +189,39 @@ mod tests {
             note: "n".into(),
             subject: subject.into(),
         }
+    }
+
+    #[test]
+    fn remediation_steps_are_events_but_started() {
+        use crate::model::finding::{Cause, FindingId};
+        use crate::remediation::{ActionKind, Mode};
+        let rec = |status| RemediationRecord {
+            at: Time(1000),
+            finding: FindingId::new(Cause::PidExhaustion, "pids_cgroup/kubepods/pod1"),
+            cause: Cause::PidExhaustion,
+            action: ActionKind::KillContainer,
+            target: "cgroup /kubepods/pod1".into(),
+            mode: Mode::DryRun,
+            status,
+            reason: "dry-run: would kill every task of cgroup /kubepods/pod1".into(),
+            budget: "1 of 3 actions this hour".into(),
+        };
+        let mut q = EventQueue::new(10);
+        q.remediation(&rec(StepStatus::Started));
+        assert_eq!(q.pending(), 0);
+        q.remediation(&rec(StepStatus::Planned));
+        q.remediation(&rec(StepStatus::Failed));
+        let evs = q.take(Time(2000));
+        assert_eq!(evs.len(), 2);
+        assert_eq!(evs[0].reason, "KillContainerPlanned");
+        assert!(!evs[0].warning);
+        assert!(
+            evs[0].note.contains("dry-run: would kill"),
+            "{}",
+            evs[0].note
+        );
+        assert_eq!(evs[1].reason, "KillContainerFailed");
+        assert!(evs[1].warning);
     }
 
     #[test]

@@ -62,6 +62,7 @@ impl Sink for KubeSink {
                 }
             }
             Record::Warning(w) if self.opts.events => s.events.warning(w),
+            Record::Remediation(r) if self.opts.events => s.events.remediation(r),
             _ => return,
         }
         drop(s);
