@@ -249,9 +249,58 @@ impl<W: std::io::Write> Sink for Terminal<W> {
                 t
             }
         };
+        let text = escape_controls(&text);
         let _ = self
             .out
             .write_all(text.as_bytes())
             .and_then(|()| self.out.flush());
+    }
+}
+
+/// Names chosen by processes and mounts (comm, paths, cgroups) reach the
+/// text: control characters other than the line breaks (an escape sequence
+/// could repaint or retitle the operator's terminal) and bidirectional
+/// overrides (which reorder what is shown) are printed escaped. JSON keeps
+/// them exact.
+pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    let bad = |c: char| {
+        (c.is_control() && c != '\n')
+            || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(bad) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if bad(c) {
+            if (c as u32) < 0x100 {
+                out.push_str(&format!("\\x{:02x}", c as u32));
+            } else {
+                out.push_str(&format!("\\u{{{:x}}}", c as u32));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod escape_tests {
+    use super::escape_controls;
+
+    #[test]
+    fn control_characters_and_bidi_overrides_are_shown_escaped() {
+        assert_eq!(escape_controls("plain\nlines"), "plain\nlines");
+        assert_eq!(
+            escape_controls("comm \u{1b}]0;pwned\u{7}\u{1b}[2J x"),
+            "comm \\x1b]0;pwned\\x07\\x1b[2J x"
+        );
+        assert_eq!(escape_controls("a\tb\rc"), "a\\x09b\\x0dc");
+        assert_eq!(
+            escape_controls("/mnt/\u{202e}txt.exe"),
+            "/mnt/\\u{202e}txt.exe"
+        );
+        assert_eq!(escape_controls("caf\u{e9} \u{9b}"), "caf\u{e9} \\x9b");
     }
 }
