@@ -4,7 +4,7 @@
 //! reproduces the live session's findings exactly.
 use std::{
     fs::File,
-    io::{BufRead, BufReader, BufWriter, Write},
+    io::{BufRead, BufReader, BufWriter, Read, Write},
     path::{Path, PathBuf},
 };
 
@@ -80,6 +80,8 @@ pub enum RecordingError {
     },
     #[error("{path}: the first line is not a recording header (`{{\"recording\": ...}}`)")]
     NoHeader { path: PathBuf },
+    #[error("{path}:{line}: a line longer than {} MiB is not a recording line", MAX_LINE >> 20)]
+    LineTooLong { path: PathBuf, line: usize },
     #[error(
         "{path}: recording format {found} is not supported (this watchdog reads format {FORMAT})"
     )]
@@ -162,6 +164,10 @@ pub struct Recording {
     pub truncated_tail: bool,
 }
 
+/// The longest line a recording may have (the largest real observation is
+/// a few hundred KB).
+pub const MAX_LINE: usize = 16 << 20;
+
 pub fn read(path: &Path) -> Result<Recording, RecordingError> {
     let f = File::open(path).map_err(|source| RecordingError::Open {
         path: path.to_owned(),
@@ -172,16 +178,33 @@ pub fn read(path: &Path) -> Result<Recording, RecordingError> {
 
 /// A recording from any reader (a bundle's member); `path` names it in
 /// errors.
-pub fn read_from(input: impl BufRead, path: &Path) -> Result<Recording, RecordingError> {
+pub fn read_from(mut input: impl BufRead, path: &Path) -> Result<Recording, RecordingError> {
     let mut lines: Vec<(usize, String)> = Vec::new();
-    for (i, l) in input.lines().enumerate() {
-        let l = l.map_err(|source| RecordingError::Read {
-            path: path.to_owned(),
-            line: i + 1,
-            source,
-        })?;
+    let mut buf = Vec::new();
+    for i in 0.. {
+        buf.clear();
+        // At most one line past the cap is read: a huge line costs no more.
+        let n = (&mut input)
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut buf)
+            .map_err(|source| RecordingError::Read {
+                path: path.to_owned(),
+                line: i + 1,
+                source,
+            })?;
+        if n == 0 {
+            break;
+        }
+        if buf.len() > MAX_LINE {
+            return Err(RecordingError::LineTooLong {
+                path: path.to_owned(),
+                line: i + 1,
+            });
+        }
+        let l = String::from_utf8_lossy(&buf);
+        let l = l.trim_end_matches(['\n', '\r']);
         if !l.trim().is_empty() {
-            lines.push((i + 1, l));
+            lines.push((i + 1, l.to_owned()));
         }
     }
     let last = lines.last().map(|(n, _)| *n);
@@ -268,6 +291,24 @@ mod tests {
         assert_eq!(rec.inputs.len(), 2);
         assert!(rec.truncated_tail);
         std::fs::remove_file(&p).unwrap();
+    }
+
+    #[test]
+    fn a_huge_line_is_an_error_not_an_allocation() {
+        let header = serde_json::to_string(&Line::Recording(Header::new(
+            &EngineConfig::default(),
+            None,
+            String::new(),
+        )))
+        .unwrap();
+        // A 1 GiB line that is never materialised: only the cap is read.
+        let huge = std::io::repeat(b'x').take(1 << 30);
+        let input = std::io::Cursor::new(format!("{header}\n")).chain(huge);
+        let e = read_from(std::io::BufReader::new(input), Path::new("big"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.starts_with("big:2: a line longer than 16 MiB"), "{e}");
     }
 
     #[test]
