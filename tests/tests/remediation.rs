@@ -84,6 +84,14 @@ fn remediation_records(records: &[Value]) -> Vec<Value> {
 
 const MAX: u64 = 8;
 
+/// The first component of a cgroup path of the test's own
+/// (`/watchdog-test-<pid>-<n>`): enforce is confined below it.
+fn own_prefix(path: &str) -> String {
+    let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
+    assert!(first.starts_with("watchdog-test-"), "{path}");
+    format!("/{first}")
+}
+
 /// Enforce with kill_container allowed: the pod's cgroup is emptied, the
 /// finding resolves, and the step is verified. Nothing outside the cgroup
 /// is touched (the test process and the unshare parent survive).
@@ -96,6 +104,14 @@ fn kill_container_empties_a_fork_bombing_pod_cgroup() {
     let path = cg.path_in_hierarchy();
     let journal = std::env::temp_dir().join(format!("wd-remediation-{}.jsonl", std::process::id()));
     let _ = std::fs::remove_file(&journal);
+    // Only the test's own cgroups, even on a host with real pods.
+    let prefix = own_prefix(&path);
+    // A process of the test outside the cgroup: it must survive.
+    let mut sentinel = ChildGuard::spawn(
+        Command::new("/bin/sleep").arg("60").stdin(Stdio::null()),
+        "sentinel",
+    )
+    .unwrap();
     let args = [
         "trace",
         "--json",
@@ -115,6 +131,8 @@ fn kill_container_empties_a_fork_bombing_pod_cgroup() {
         "1s",
         "--remediation-journal",
         journal.to_str().unwrap(),
+        "--remediation-cgroup-prefix",
+        &prefix,
     ];
     let agent = Agent::start(&args);
     let mut bomb = Bomb::start(&cg, MAX);
@@ -151,6 +169,10 @@ fn kill_container_empties_a_fork_bombing_pod_cgroup() {
         .wait_timeout(Duration::from_secs(5))
         .expect("unshare ends once its child is gone");
     eprintln!("unshare {unshare_pid} ended: {status:?}");
+    assert!(
+        sentinel.try_wait().is_none(),
+        "a process outside the cgroup was killed"
+    );
     let verified = agent
         .wait_for(
             |v| v["type"] == "remediation" && v["status"] == "verified",
@@ -277,6 +299,9 @@ fn dry_run_plans_and_touches_nothing() {
     // Enforce, but on a cgroup that is not a pod's: refused as out of scope.
     let cg = PidsCgroup::new(MAX);
     let path = cg.path_in_hierarchy();
+    let prefix = own_prefix(&path);
+    let journal =
+        std::env::temp_dir().join(format!("wd-remediation-scope-{}.jsonl", std::process::id()));
     let agent = Agent::start(&[
         "trace",
         "--json",
@@ -292,6 +317,10 @@ fn dry_run_plans_and_touches_nothing() {
         "kill_container",
         "--remediation-delay",
         "1s",
+        "--remediation-cgroup-prefix",
+        &prefix,
+        "--remediation-journal",
+        journal.to_str().unwrap(),
     ]);
     let _bomb = Bomb::start(&cg, MAX);
     let skipped = agent

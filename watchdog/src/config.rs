@@ -106,6 +106,8 @@ pub struct RemediationSection {
     pub max_per_hour: u32,
     /// `pods` (kill_container only on pods' cgroups) or `any`.
     pub scope: RemediationScope,
+    /// `kill_container` only below this cgroup path (e.g. `/kubepods`).
+    pub cgroup_prefix: Option<String>,
     /// Where enforce journals its actions.
     pub journal: PathBuf,
 }
@@ -129,6 +131,7 @@ impl Default for RemediationSection {
             cooldown: Duration::from_millis(p.cooldown_ms),
             max_per_hour: p.max_per_hour,
             scope: RemediationScope::Pods,
+            cgroup_prefix: None,
             journal: PathBuf::from(crate::paths::REMEDIATION_JOURNAL),
         }
     }
@@ -144,6 +147,7 @@ impl RemediationSection {
             cooldown_ms: self.cooldown.as_millis() as u64,
             max_per_hour: self.max_per_hour,
             any_cgroup: self.scope == RemediationScope::Any,
+            cgroup_prefix: self.cgroup_prefix.clone(),
         }
     }
 }
@@ -496,7 +500,8 @@ impl Config {
         validate::percent(self.probes.arm_percent).map_err(shared(Setting::ArmPercent))?;
         validate::remediation_allow(self.remediation.mode, &self.remediation.allow_actions)
             .map_err(shared(Setting::RemediationAllow))?;
-        positive("remediation.step_timeout", self.remediation.step_timeout)?;
+        validate::positive(self.remediation.step_timeout)
+            .map_err(shared(Setting::RemediationStepTimeout))?;
         if self.remediation.max_per_hour == 0
             && self.remediation.mode != crate::remediation::Mode::Off
         {

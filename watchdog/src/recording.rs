@@ -98,16 +98,19 @@ pub struct Recorder {
 
 impl Recorder {
     pub fn create(path: &Path, header: Header) -> anyhow::Result<Self> {
-        // Root only: a recording names processes, paths and containers.
-        let f = std::os::unix::fs::OpenOptionsExt::mode(
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true),
-            0o600,
-        )
-        .open(path)
-        .map_err(|e| anyhow::anyhow!("--record {}: cannot create: {e}", path.display()))?;
+        // Root only: a recording names processes, paths and containers. Not
+        // through a symlink; an existing file loses other users' access.
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        std::os::unix::fs::OpenOptionsExt::custom_flags(&mut opts, libc::O_NOFOLLOW);
+        let f = opts
+            .open(path)
+            .and_then(|f| {
+                f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+                Ok(f)
+            })
+            .map_err(|e| anyhow::anyhow!("--record {}: cannot create: {e}", path.display()))?;
         let mut r = Self {
             out: Some(BufWriter::new(f)),
             path: path.to_owned(),

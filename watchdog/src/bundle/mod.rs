@@ -182,7 +182,8 @@ impl Builder {
     }
 
     /// One task: status, wchan, syscall, kernel stack, cgroup, limits, comm
-    /// and its command line (redacted). Never its environment.
+    /// and its command line (redacted; not read while a thread of it is in
+    /// D state). Never its environment.
     pub fn task(&mut self, pid: u32) {
         let r = self.reader.clone();
         for f in [
@@ -191,6 +192,16 @@ impl Builder {
             self.copy(&format!("tasks/{pid}/{f}"), &r.pid_file(pid, f));
         }
         let path = r.pid_file(pid, "cmdline");
+        if r.any_task_in_d(pid) {
+            // Reading it takes the process's mmap lock, which a task blocked
+            // in a fault may hold: never wait on the fault being collected.
+            self.failed(
+                &format!("tasks/{pid}/cmdline"),
+                &path.display().to_string(),
+                "not read: a thread of the process is in uninterruptible sleep (reading the command line takes its mmap lock)".into(),
+            );
+            return;
+        }
         match r.read_bytes(&path, READ_CAP) {
             Ok(raw) => {
                 let (line, n) = redact::cmdline(&raw);
@@ -294,11 +305,10 @@ impl Builder {
         manifest.files = self.files.iter().map(|(e, _)| e.clone()).collect();
         let manifest_json = serde_json::to_vec_pretty(&manifest).map_err(|e| e.to_string())?;
         let tmp = out.with_extension("partial");
+        // A new file (never through a link someone left there), root only.
+        let _ = std::fs::remove_file(&tmp);
         let file = std::os::unix::fs::OpenOptionsExt::mode(
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true),
+            std::fs::OpenOptions::new().write(true).create_new(true),
             0o600,
         )
         .open(&tmp)

@@ -72,13 +72,17 @@ pub fn run(a: BundleArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .or_else(|| reader.read_trim(&reader.rooted(paths::HOSTNAME)))
         .unwrap_or_else(|| "node".into());
-    // The recording goes to a directory of our own, root only.
-    let dir = std::env::temp_dir().join(format!("watchdog-bundle-{}", std::process::id()));
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .recursive(true)
-        .create(&dir)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+    // The recording goes to a new directory of our own, root only (never
+    // one that already exists: another user could have made it).
+    let dir = (0..100)
+        .map(|n| std::env::temp_dir().join(format!("watchdog-bundle-{}-{n}", std::process::id())))
+        .find(|d| std::fs::DirBuilder::new().mode(0o700).create(d).is_ok())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "cannot create a private directory in {}",
+                std::env::temp_dir().display()
+            )
+        })?;
     let recording = dir.join("recording.jsonl");
     opts.record = Some(recording.clone());
     let root = opts.root.clone();

@@ -95,7 +95,7 @@ pub struct Args {
     #[arg(long, default_value = "dry-run", value_parser = |s: &str| s.parse::<Mode>())]
     remediation: Mode,
     /// Actions `--remediation enforce` may run, comma-separated:
-    /// kill_container, abort_fuse, kill_process.
+    /// kill_container, abort_fuse.
     #[arg(long, value_delimiter = ',', value_parser = |s: &str| s.parse::<ActionKind>())]
     allow_actions: Vec<ActionKind>,
     /// How long a finding stays active before its first action.
@@ -108,6 +108,10 @@ pub struct Args {
     /// pids cgroup.
     #[arg(long, value_enum, default_value = "pods")]
     remediation_scope: RemediationScope,
+    /// kill_container only on cgroups below this path of the pids
+    /// hierarchy (e.g. /kubepods).
+    #[arg(long, value_name = "CGROUP")]
+    remediation_cgroup_prefix: Option<String>,
     /// Where enforce journals each action's intent (fsync'd before it runs)
     /// and outcome; a restarted agent reads this boot's actions back.
     #[arg(long, value_name = "FILE", default_value = crate::paths::REMEDIATION_JOURNAL)]
@@ -264,13 +268,15 @@ pub fn options(a: Args) -> anyhow::Result<(TraceOptions, bool)> {
     }
     validate::remediation_allow(a.remediation, &a.allow_actions)
         .map_err(|w| w.of(Setting::RemediationAllow))?;
-    validate::positive(a.remediation_step_timeout).map_err(|w| w.of(Setting::RemediationDelay))?;
+    validate::positive(a.remediation_step_timeout)
+        .map_err(|w| w.of(Setting::RemediationStepTimeout))?;
     let remediation = PolicyConfig {
         mode: a.remediation,
         allow: a.allow_actions.iter().copied().collect(),
         delay_ms: a.remediation_delay.as_millis() as u64,
         step_timeout_ms: a.remediation_step_timeout.as_millis() as u64,
         any_cgroup: a.remediation_scope == RemediationScope::Any,
+        cgroup_prefix: a.remediation_cgroup_prefix.clone(),
         ..PolicyConfig::default()
     };
     let opts = TraceOptions {

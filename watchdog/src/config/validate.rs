@@ -31,7 +31,7 @@ pub enum Setting {
     RelistConcurrency,
     DockerHost,
     RemediationAllow,
-    RemediationDelay,
+    RemediationStepTimeout,
 }
 
 impl Setting {
@@ -52,7 +52,7 @@ impl Setting {
             Self::RelistConcurrency => "pleg.relist_concurrency",
             Self::DockerHost => "pleg.docker_host",
             Self::RemediationAllow => "remediation.allow_actions",
-            Self::RemediationDelay => "remediation.delay",
+            Self::RemediationStepTimeout => "remediation.step_timeout",
         }
     }
 
@@ -73,7 +73,7 @@ impl Setting {
             Self::RelistConcurrency => "--relist-concurrency",
             Self::DockerHost => "--docker-host",
             Self::RemediationAllow => "--allow-actions",
-            Self::RemediationDelay => "--remediation-delay",
+            Self::RemediationStepTimeout => "--remediation-step-timeout",
         }
     }
 
@@ -159,7 +159,7 @@ pub fn remediation_allow(
     if mode == crate::remediation::Mode::Enforce && allow.is_empty() {
         return Err(Why::new(
             String::new(),
-            "enforce runs only the actions allowed explicitly: name at least one (kill_container, abort_fuse, kill_process)",
+            "enforce runs only the actions allowed explicitly: name at least one (kill_container, abort_fuse)",
         ));
     }
     Ok(())

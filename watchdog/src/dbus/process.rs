@@ -26,7 +26,8 @@ pub fn process_info(proc: &ProcReader, pid: u32) -> ProcessInfo {
     if let Some(bundle) = flag_value(&args, "--bundle").or_else(|| flag_value(&args, "-b")) {
         info.pod = bundle_pod(Path::new(&bundle));
     }
-    let mut cmdline = args.join(" ");
+    // Shown in records, Events and bundles: secrets masked.
+    let mut cmdline = crate::bundle::redact::argv(&args).0.join(" ");
     if cmdline.len() > 300 {
         let mut end = 297;
         while !cmdline.is_char_boundary(end) {

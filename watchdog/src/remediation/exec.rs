@@ -140,25 +140,31 @@ impl NodeExecutor {
         let how = if h.version == CgroupVersion::V2 && dir.join("cgroup.kill").exists() {
             write_file(&dir.join("cgroup.kill"), "1")?;
             "cgroup.kill"
+        } else if self.freeze_v1(path, true) {
+            // Frozen: nothing forks; one pass reaches every task, and the
+            // kills take effect at the thaw.
+            for pid in h.procs_below(path) {
+                kill_in_cgroup(&self.reader, pid, path, h.version);
+            }
+            if !self.freeze_v1(path, false) {
+                return Err(format!(
+                    "cgroup {path}: SIGKILL sent to every task but the freezer cgroup did not thaw: write THAWED to its freezer.state"
+                ));
+            }
+            "freezer, then SIGKILL to each task"
         } else {
-            let frozen = self.freeze_v1(path, true);
-            let mut passes = 0;
-            while passes < KILL_PASSES {
+            // A fork bomb refills freed slots between a list and its kills:
+            // list and kill until empty.
+            for _ in 0..KILL_PASSES {
                 let tasks = h.procs_below(path);
                 if tasks.is_empty() {
                     break;
                 }
                 for pid in tasks {
-                    kill_in_cgroup(&self.reader, pid, path);
+                    kill_in_cgroup(&self.reader, pid, path, h.version);
                 }
-                passes += 1;
             }
-            if frozen {
-                self.freeze_v1(path, false);
-                "freezer, then SIGKILL to each task"
-            } else {
-                "SIGKILL to each task (no freezer cgroup at that path)"
-            }
+            "SIGKILL to each task (no freezer cgroup at that path)"
         };
         // SIGKILLed tasks leave the cgroup once they reach the signal (a
         // task in uninterruptible sleep does not).
@@ -184,7 +190,7 @@ impl NodeExecutor {
     }
 
     /// cgroup v1: freeze (or thaw) the freezer cgroup at the same path, when
-    /// there is one; true when it froze.
+    /// there is one; true when it froze (or thawed).
     fn freeze_v1(&self, path: &str, freeze: bool) -> bool {
         let dir = self
             .reader
@@ -199,7 +205,7 @@ impl NodeExecutor {
             return false;
         }
         if !freeze {
-            return true;
+            return self.reader.read_trim(&state).as_deref() == Some("THAWED");
         }
         let start = Instant::now();
         while start.elapsed() < Duration::from_millis(200) {
@@ -216,10 +222,17 @@ impl NodeExecutor {
     /// where mountinfo shows fusectl mounted (systemd mounts it at
     /// /sys/fs/fuse/connections), else that default.
     fn fuse_dir(&self, dev: &str) -> Result<(PathBuf, ProcReader), String> {
-        let minor = dev
+        let (major, minor) = dev
             .split_once(':')
-            .and_then(|(_, m)| m.parse::<u32>().ok())
+            .and_then(|(a, m)| Some((a.parse::<u32>().ok()?, m.parse::<u32>().ok()?)))
             .ok_or_else(|| format!("{dev:?} is not a major:minor device"))?;
+        if major != 0 {
+            // fusectl names a connection by the whole device number; a
+            // block-device FUSE mount (fuseblk) is not aborted by its minor.
+            return Err(format!(
+                "{dev} is a block-device FUSE mount (fuseblk): abort its connection by hand in fusectl"
+            ));
+        }
         let mountinfo = self
             .reader
             .read(&self.reader.rooted(paths::MOUNTINFO))
@@ -279,33 +292,6 @@ impl NodeExecutor {
             "aborted FUSE connection {dev} of {mount_point}: its waiting requests fail with ENOTCONN"
         ))
     }
-
-    fn recheck_kill_process(&self, pid: u32, comm: &str) -> Result<String, String> {
-        if pid <= 1 || pid == std::process::id() {
-            return Err(format!(
-                "process {pid} is PID 1 or this agent: never killed"
-            ));
-        }
-        let now = self.reader.comm(pid);
-        if now.is_empty() {
-            return Err(format!("process {pid} is gone"));
-        }
-        if now != comm {
-            return Err(format!(
-                "process {pid} is now {now:?}, not {comm:?} (the PID was reused)"
-            ));
-        }
-        Ok(format!("kill process {pid} ({comm})"))
-    }
-
-    fn kill_process(&self, pid: u32, comm: &str) -> Result<String, String> {
-        let fd = Pidfd::open(pid)?;
-        // Checked after the pidfd holds the process: a PID reused between
-        // the check and the open is caught here.
-        self.recheck_kill_process(pid, comm)?;
-        fd.kill()?;
-        Ok(format!("sent SIGKILL to process {pid} ({comm})"))
-    }
 }
 
 impl Executor for NodeExecutor {
@@ -315,7 +301,6 @@ impl Executor for NodeExecutor {
             RemedyAction::AbortFuse { mount_point, dev } => {
                 self.recheck_abort_fuse(mount_point, dev)
             }
-            RemedyAction::KillProcess { pid, comm } => self.recheck_kill_process(*pid, comm),
             other => Err(format!("no executor for {}", other.kind().name())),
         }
     }
@@ -324,7 +309,6 @@ impl Executor for NodeExecutor {
         match action {
             RemedyAction::KillContainer { cgroup } => self.kill_container(cgroup),
             RemedyAction::AbortFuse { mount_point, dev } => self.abort_fuse(mount_point, dev),
-            RemedyAction::KillProcess { pid, comm } => self.kill_process(*pid, comm),
             other => Err(format!("no executor for {}", other.kind().name())),
         }
     }
@@ -339,7 +323,7 @@ fn write_file(path: &Path, value: &str) -> Result<(), String> {
 }
 
 /// SIGKILL `pid` if, once held by a pidfd, it is still in cgroup `path`.
-fn kill_in_cgroup(reader: &ProcReader, pid: u32, path: &str) {
+fn kill_in_cgroup(reader: &ProcReader, pid: u32, path: &str, version: CgroupVersion) {
     if pid <= 1 || pid == std::process::id() {
         return;
     }
@@ -348,18 +332,15 @@ fn kill_in_cgroup(reader: &ProcReader, pid: u32, path: &str) {
     };
     let inside = reader
         .read_pid_file(pid, "cgroup")
-        .is_some_and(|t| t.lines().any(|l| in_cgroup(l, path)));
+        .and_then(|t| cgroup::pids_path_from_proc_cgroup(&t, version))
+        .is_some_and(|p| in_cgroup(&p, path));
     if inside {
         let _ = fd.kill();
     }
 }
 
-/// A `/proc/PID/cgroup` line names `path` or a cgroup below it (any
-/// hierarchy: v1 `N:pids:/path`, v2 `0::/path`).
-fn in_cgroup(line: &str, path: &str) -> bool {
-    let Some(p) = line.splitn(3, ':').nth(2) else {
-        return false;
-    };
+/// Pids cgroup `p` (of a task) is `path` or below it.
+fn in_cgroup(p: &str, path: &str) -> bool {
     let want = path.trim_end_matches('/');
     p == want
         || p.strip_prefix(want)
@@ -412,11 +393,10 @@ mod tests {
     use super::in_cgroup;
 
     #[test]
-    fn cgroup_lines_match_the_path_and_below_only() {
-        assert!(in_cgroup("5:pids:/kubepods/pod1", "/kubepods/pod1"));
-        assert!(in_cgroup("0::/kubepods/pod1/ctr", "/kubepods/pod1"));
-        assert!(!in_cgroup("5:pids:/kubepods/pod10", "/kubepods/pod1"));
-        assert!(!in_cgroup("5:pids:/", "/kubepods/pod1"));
-        assert!(!in_cgroup("garbage", "/kubepods/pod1"));
+    fn cgroups_match_the_path_and_below_only() {
+        assert!(in_cgroup("/kubepods/pod1", "/kubepods/pod1"));
+        assert!(in_cgroup("/kubepods/pod1/ctr", "/kubepods/pod1"));
+        assert!(!in_cgroup("/kubepods/pod10", "/kubepods/pod1"));
+        assert!(!in_cgroup("/", "/kubepods/pod1"));
     }
 }

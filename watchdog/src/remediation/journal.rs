@@ -43,13 +43,19 @@ impl Journal {
     /// first: (when, target).
     pub fn open(path: &Path, boot_id: &str) -> Result<(Self, Vec<(Time, String)>), String> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| format!("remediation journal {}: mkdir: {e}", path.display()))?;
+            std::os::unix::fs::DirBuilderExt::mode(
+                std::fs::DirBuilder::new().recursive(true),
+                0o700,
+            )
+            .create(dir)
+            .map_err(|e| format!("remediation journal {}: mkdir: {e}", path.display()))?;
         }
         let taken = read_taken(path, boot_id)?;
-        let mut file = OpenOptions::new()
-            .create(true)
-            .append(true)
+        let mut opts = OpenOptions::new();
+        opts.create(true).append(true);
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        std::os::unix::fs::OpenOptionsExt::custom_flags(&mut opts, libc::O_NOFOLLOW);
+        let mut file = opts
             .open(path)
             .map_err(|e| format!("remediation journal {}: {e}", path.display()))?;
         // A line torn by a crash gets its end, so the next line is whole.

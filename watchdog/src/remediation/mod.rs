@@ -97,7 +97,10 @@ impl ActionKind {
     /// built yet); None when it can.
     pub fn unavailable(self) -> Option<&'static str> {
         match self {
-            Self::KillContainer | Self::AbortFuse | Self::KillProcess => None,
+            Self::KillContainer | Self::AbortFuse => None,
+            Self::KillProcess => Some(
+                "no executor: no finding names a single process to kill yet (kill_process is not built)",
+            ),
             Self::EvictPod => Some(
                 "no executor: evict_pod (Eviction API) is not built yet; evict the pod by hand",
             ),
@@ -233,6 +236,7 @@ impl Remediator {
     fn run(&mut self, steps: Vec<Step>) -> Vec<RemediationRecord> {
         let mode = self.mode();
         let mut out = Vec::new();
+        let has_journal = self.journal.is_some();
         for s in steps {
             let rec = |status: StepStatus, reason: String| RemediationRecord {
                 at: s.at,
@@ -276,12 +280,25 @@ impl Remediator {
                     )),
                     Err(why) => out.push(rec(StepStatus::Skipped, format!("re-check: {why}"))),
                 },
+                Decision::Execute if !has_journal => {
+                    // Nothing acts without its intent on disk.
+                    self.policy.failed(&s.finding);
+                    out.push(rec(
+                        StepStatus::Failed,
+                        "not run: enforce needs the remediation journal".into(),
+                    ));
+                }
                 Decision::Execute => match self.executor.recheck(&s.action) {
                     Err(why) => {
-                        self.policy.failed(&s.finding);
-                        out.push(rec(StepStatus::Skipped, format!("re-check: {why}")));
+                        if self.policy.recheck_failed(&s.finding, &s.action, s.at) {
+                            out.push(rec(
+                                StepStatus::Skipped,
+                                format!("re-check: {why} (tried again at every poll)"),
+                            ));
+                        }
                     }
                     Ok(what) => {
+                        self.policy.recheck_passed(&s.finding);
                         // The intent is on disk before anything runs: a
                         // restarted agent knows this action was taken.
                         if let Err(e) = journal(StepStatus::Started, &what) {

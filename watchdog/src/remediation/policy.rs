@@ -37,6 +37,8 @@ pub struct PolicyConfig {
     pub max_per_hour: u32,
     /// `kill_container` on any pids cgroup, not only pods' (`--remediation-scope any`).
     pub any_cgroup: bool,
+    /// `kill_container` only below this cgroup (`--remediation-cgroup-prefix`).
+    pub cgroup_prefix: Option<String>,
 }
 
 impl Default for PolicyConfig {
@@ -49,6 +51,7 @@ impl Default for PolicyConfig {
             cooldown_ms: 600_000,
             max_per_hour: 3,
             any_cgroup: false,
+            cgroup_prefix: None,
         }
     }
 }
@@ -92,8 +95,8 @@ struct Track {
     last_step: Option<Time>,
     /// The last rung that ran (enforce) or was planned: verified on resolve.
     acted: Option<(RemedyAction, bool)>,
-    /// The reason of the last temporary refusal (cooldown, budget), to
-    /// record it once, not every tick.
+    /// The key of the last temporary refusal (cooldown, budget, re-check),
+    /// to record it once, not every tick.
     waiting: Option<String>,
 }
 
@@ -233,7 +236,14 @@ impl Policy {
                     t.rung += 1;
                     t.last_step = Some(now);
                     t.acted = Some((action.clone(), decision == Decision::Execute));
-                    t.waiting = None;
+                    // (A re-check refusal is remembered until one passes.)
+                    if !t
+                        .waiting
+                        .as_deref()
+                        .is_some_and(|w| w.starts_with("recheck "))
+                    {
+                        t.waiting = None;
+                    }
                     steps.push(Step {
                         at: now,
                         finding: id.clone(),
@@ -257,10 +267,10 @@ impl Policy {
                         budget: self.budget_text(now),
                     });
                 }
-                Gate::Wait(reason) => {
+                Gate::Wait { key, reason } => {
                     let t = self.tracks.get_mut(id).expect("looked up above");
-                    if t.waiting.as_deref() != Some(reason.as_str()) {
-                        t.waiting = Some(reason.clone());
+                    if t.waiting.as_deref() != Some(key.as_str()) {
+                        t.waiting = Some(key);
                         steps.push(Step {
                             at: now,
                             finding: id.clone(),
@@ -276,12 +286,41 @@ impl Policy {
         }
     }
 
-    /// An executed action failed (or its re-check refused it): the next
-    /// rung comes after the step timeout, as when it did not help.
+    /// An executed action failed: the next rung comes after the step
+    /// timeout, as when it did not help.
     pub fn failed(&mut self, id: &FindingId) {
         if let Some(t) = self.tracks.get_mut(id) {
             t.acted = None;
         }
+    }
+
+    /// The executor's re-check passed: a later refusal is new again.
+    pub fn recheck_passed(&mut self, id: &FindingId) {
+        if let Some(t) = self.tracks.get_mut(id) {
+            t.waiting = None;
+        }
+    }
+
+    /// The executor's re-check refused the rung just taken (the target is
+    /// not, at this instant, what the finding said: a fork bomb's cgroup
+    /// briefly below its limit): nothing ran, so nothing is charged and the
+    /// same rung is tried again at the next tick. True when this refusal
+    /// is new (to be recorded), false when the last one said the same.
+    pub fn recheck_failed(&mut self, id: &FindingId, action: &RemedyAction, at: Time) -> bool {
+        if let Some(i) = self.taken.iter().rposition(|t| *t == at) {
+            self.taken.remove(i);
+        }
+        self.cooldown.remove(&action.target());
+        let Some(t) = self.tracks.get_mut(id) else {
+            return false;
+        };
+        t.rung = t.rung.saturating_sub(1);
+        t.last_step = None;
+        t.acted = None;
+        let key = format!("recheck {}", action.target());
+        let new = t.waiting.as_deref() != Some(key.as_str());
+        t.waiting = Some(key);
+        new
     }
 
     fn gate(&self, action: &RemedyAction, now: Time) -> Gate {
@@ -297,6 +336,14 @@ impl Policy {
                 "out of scope: {cgroup} is not a pod's cgroup (kill_container acts on pods only unless the scope is `any`)"
             ));
         }
+        if let (RemedyAction::KillContainer { cgroup }, Some(prefix)) =
+            (action, &self.cfg.cgroup_prefix)
+            && !under(cgroup, prefix)
+        {
+            return Gate::Refuse(format!(
+                "out of scope: {cgroup} is not below the cgroup prefix {prefix}"
+            ));
+        }
         if self.cfg.mode == Mode::Enforce && !self.cfg.allow.contains(&kind) {
             return Gate::Refuse(format!(
                 "not allowed: enforce runs only the actions allowed explicitly (--allow-actions {})",
@@ -305,18 +352,24 @@ impl Policy {
         }
         if let Some(t) = self.cooldown.get(&action.target()) {
             let left = self.cfg.cooldown_ms.saturating_sub(now.millis_since(*t));
-            return Gate::Wait(format!(
-                "cooling down: {} was acted on {:.0} s ago ({:.0} s left)",
-                action.target(),
-                now.secs_since(*t),
-                left as f64 / 1000.0
-            ));
+            return Gate::Wait {
+                key: format!("cooldown {}", action.target()),
+                reason: format!(
+                    "cooling down: {} was acted on {:.0} s ago ({:.0} s left)",
+                    action.target(),
+                    now.secs_since(*t),
+                    left as f64 / 1000.0
+                ),
+            };
         }
         if self.taken.len() >= self.cfg.max_per_hour as usize {
-            return Gate::Wait(format!(
-                "node budget spent: {} actions in the last hour",
-                self.taken.len()
-            ));
+            return Gate::Wait {
+                key: "budget".into(),
+                reason: format!(
+                    "node budget spent: {} actions in the last hour",
+                    self.taken.len()
+                ),
+            };
         }
         Gate::Pass
     }
@@ -334,20 +387,45 @@ enum Gate {
     Pass,
     /// Permanent for this rung: take the next one.
     Refuse(String),
-    /// Temporary (cooldown, budget): stay on this rung.
-    Wait(String),
+    /// Temporary (cooldown, budget): stay on this rung. The key (without
+    /// the changing numbers) decides whether it is said again.
+    Wait {
+        key: String,
+        reason: String,
+    },
 }
 
 /// A Kubernetes pod's cgroup (or one of its containers'): a `kubepods`
-/// component and a `pod<uid>` one (cgroupfs `/kubepods/burstable/pod<uid>/<id>`,
-/// systemd `/kubepods.slice/.../kubepods-burstable-pod<uid>.slice/cri-containerd-<id>.scope`).
+/// component, then within the next two (the QoS class may come between) a
+/// `pod<uid>` one (cgroupfs `/kubepods/burstable/pod<uid>/<id>`, systemd
+/// `/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid>.slice/...`).
 pub fn is_pod_cgroup(path: &str) -> bool {
     let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
-    let kubepods = parts.iter().any(|p| p.starts_with("kubepods"));
-    let pod = parts
-        .iter()
-        .any(|p| p.starts_with("pod") || (p.starts_with("kubepods-") && p.contains("-pod")));
-    kubepods && pod
+    let Some(k) = parts.iter().position(|p| p.starts_with("kubepods")) else {
+        return false;
+    };
+    parts[k + 1..].iter().take(2).any(|p| {
+        let uid = p.strip_prefix("pod").or_else(|| {
+            p.strip_prefix("kubepods-").and_then(|r| {
+                r.split_once("-pod")
+                    .map(|x| x.1)
+                    .or_else(|| r.strip_prefix("pod"))
+            })
+        });
+        uid.is_some_and(|u| {
+            !u.is_empty() && u.chars().next().is_some_and(|c| c.is_ascii_hexdigit())
+        })
+    })
+}
+
+/// `path` is `prefix` or below it (whole components).
+pub fn under(path: &str, prefix: &str) -> bool {
+    let prefix = prefix.trim_end_matches('/');
+    prefix.is_empty()
+        || path == prefix
+        || path
+            .strip_prefix(prefix)
+            .is_some_and(|r| r.starts_with('/'))
 }
 
 #[cfg(test)]

@@ -279,3 +279,60 @@ fn restored_actions_count_against_the_budget_and_cool_their_targets() {
     );
     assert_eq!(s[0].budget, "1 of 3 actions this hour");
 }
+
+#[test]
+fn a_cooldown_is_said_once_though_its_seconds_change() {
+    let mut p = Policy::new(enforce(&[ActionKind::KillContainer]));
+    p.restore(&[(t(30_000), format!("cgroup {POD_CG}"))]);
+    p.on_finding(&finding(FindingStatus::Active, 0, 0, ladder(POD_CG)));
+    assert_eq!(p.tick(t(60_000)).len(), 1);
+    assert!(p.tick(t(61_000)).is_empty());
+    assert!(p.tick(t(300_000)).is_empty());
+}
+
+#[test]
+fn a_refused_recheck_charges_nothing_and_retries_the_same_rung() {
+    let mut p = Policy::new(enforce(&[ActionKind::KillContainer]));
+    p.on_finding(&finding(FindingStatus::Active, 0, 0, ladder(POD_CG)));
+    let s = p.tick(t(60_000));
+    assert_eq!(s[0].decision, Decision::Execute);
+    let (id, action) = (s[0].finding.clone(), s[0].action.clone());
+    assert!(
+        p.recheck_failed(&id, &action, t(60_000)),
+        "first refusal is recorded"
+    );
+    // Retried at the next tick, same rung, budget and cooldown untouched.
+    let s = p.tick(t(61_000));
+    assert_eq!(
+        decisions(&s),
+        vec![(ActionKind::KillContainer, Decision::Execute)]
+    );
+    assert_eq!(s[0].budget, "1 of 3 actions this hour");
+    assert!(
+        !p.recheck_failed(&id, &action, t(61_000)),
+        "the same refusal is not said again"
+    );
+}
+
+#[test]
+fn a_cgroup_prefix_narrows_the_scope() {
+    let mut p = Policy::new(PolicyConfig {
+        cgroup_prefix: Some("/kubepods/besteffort".into()),
+        ..enforce(&[ActionKind::KillContainer])
+    });
+    p.on_finding(&finding(FindingStatus::Active, 0, 0, ladder(POD_CG)));
+    let s = p.tick(t(60_000));
+    assert!(
+        matches!(&s[0].decision, Decision::Skip(r) if r.contains("not below the cgroup prefix")),
+        "{s:?}"
+    );
+    assert!(under("/kubepods/besteffort/pod1", "/kubepods/besteffort"));
+    assert!(!under("/kubepods/besteffort2/pod1", "/kubepods/besteffort"));
+}
+
+#[test]
+fn only_real_pod_cgroups_are_pods() {
+    assert!(!is_pod_cgroup("/kubepods-x/podman.service"));
+    assert!(!is_pod_cgroup("/system.slice/kubepods-helper/pod"));
+    assert!(is_pod_cgroup("/kubepods.slice/kubepods-pod0f1e.slice"));
+}
