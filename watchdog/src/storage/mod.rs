@@ -371,13 +371,13 @@ impl StorageTracker {
     /// switch again until they wake, so without this a `trace` started
     /// during an incident would never see the very tasks it is run for.
     /// Each gets a BLOCKED entry (unless the probe wrote one since) with its
-    /// context-switch count (the sweep's "still blocked" test), blocked since
-    /// it last ran (`se.exec_start` of /proc/<tid>/sched, moved to the
-    /// monotonic clock through the agent's own; now when unknown); syscall,
-    /// path and stack come from /proc at the sweep. Returns how many.
+    /// context-switch count (the sweep's "still blocked" test), blocked at
+    /// least since now (when the sleep began is not known: the scheduler's
+    /// per-CPU clocks behind `se.exec_start` drift by seconds on VMs);
+    /// syscall, path and stack come from /proc at the sweep. Returns how
+    /// many.
     pub fn adopt_blocked(&mut self) -> usize {
         let now = monotonic_ns();
-        let offset = self.rq_clock_offset(now);
         let mut n = 0;
         for pid in self.proc.pids() {
             let tasks: Vec<u32> = self.proc.list_numbers(&self.proc.pid_dir(pid).join("task"));
@@ -392,12 +392,8 @@ impl StorageTracker {
                 let Some(sw) = switches(&self.proc, pid, tid) else {
                     continue;
                 };
-                let since = offset
-                    .zip(self.exec_start_ns(pid, tid))
-                    .map(|(o, s)| (i128::from(s) + o).clamp(0, i128::from(now)) as u64)
-                    .unwrap_or(now);
                 let e = BlockedEntry {
-                    since_ns: since,
+                    since_ns: now,
                     switches: sw,
                     stack_id: -1,
                     state: TASK_UNINTERRUPTIBLE,
@@ -415,31 +411,6 @@ impl StorageTracker {
             }
         }
         n
-    }
-
-    /// `se.exec_start` of a task: when it last ran, in the scheduler's
-    /// clock (ns).
-    fn exec_start_ns(&self, tgid: u32, tid: u32) -> Option<u64> {
-        let text = self.task_read(tgid, tid, "sched")?;
-        let v = text
-            .lines()
-            .find_map(|l| l.strip_prefix("se.exec_start"))?
-            .split(':')
-            .nth(1)?
-            .trim()
-            .parse::<f64>()
-            .ok()?;
-        Some((v * 1e6) as u64)
-    }
-
-    /// Monotonic clock minus the scheduler's clock (they differ on VMs),
-    /// from this thread's own `se.exec_start`, which is about now.
-    fn rq_clock_offset(&self, now: u64) -> Option<i128> {
-        let me = std::process::id();
-        // SAFETY: plain syscall.
-        let tid = unsafe { libc::syscall(libc::SYS_gettid) } as u32;
-        let mine = self.exec_start_ns(me, tid)?;
-        Some(i128::from(now) - i128::from(mine))
     }
 
     /// A file of a task (`/proc/<tgid>/task/<tid>/<file>`).
