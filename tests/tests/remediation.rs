@@ -344,6 +344,7 @@ fn dry_run_plans_and_touches_nothing() {
         "an out-of-scope cgroup was touched"
     );
     agent.stop();
+    let _ = std::fs::remove_file(&journal);
 }
 
 /// Enforce with abort_fuse allowed: a task of the test's own blocked in D
