@@ -170,7 +170,7 @@ impl Policy {
                         cause: t.cause,
                         action,
                         decision: Decision::Verified,
-                        budget: self.budget_text(f.last_seen),
+                        budget: self.budget_text(),
                     }],
                     _ => Vec::new(),
                 }
@@ -244,41 +244,20 @@ impl Policy {
                     {
                         t.waiting = None;
                     }
-                    steps.push(Step {
-                        at: now,
-                        finding: id.clone(),
-                        cause,
-                        action,
-                        decision,
-                        budget: self.budget_text(now),
-                    });
+                    steps.push(self.step(now, id, cause, action, decision));
                     return;
                 }
                 Gate::Refuse(reason) => {
                     let t = self.tracks.get_mut(id).expect("looked up above");
                     t.rung += 1;
                     t.waiting = None;
-                    steps.push(Step {
-                        at: now,
-                        finding: id.clone(),
-                        cause,
-                        action,
-                        decision: Decision::Skip(reason),
-                        budget: self.budget_text(now),
-                    });
+                    steps.push(self.step(now, id, cause, action, Decision::Skip(reason)));
                 }
                 Gate::Wait { key, reason } => {
                     let t = self.tracks.get_mut(id).expect("looked up above");
                     if t.waiting.as_deref() != Some(key.as_str()) {
                         t.waiting = Some(key);
-                        steps.push(Step {
-                            at: now,
-                            finding: id.clone(),
-                            cause,
-                            action,
-                            decision: Decision::Skip(reason),
-                            budget: self.budget_text(now),
-                        });
+                        steps.push(self.step(now, id, cause, action, Decision::Skip(reason)));
                     }
                     return;
                 }
@@ -374,12 +353,31 @@ impl Policy {
         Gate::Pass
     }
 
-    fn budget_text(&self, _now: Time) -> String {
+    fn budget_text(&self) -> String {
         format!(
             "{} of {} actions this hour",
             self.taken.len(),
             self.cfg.max_per_hour
         )
+    }
+
+    /// A step of finding `id`, with the budget as it stands now.
+    fn step(
+        &self,
+        at: Time,
+        id: &FindingId,
+        cause: Cause,
+        action: RemedyAction,
+        decision: Decision,
+    ) -> Step {
+        Step {
+            at,
+            finding: id.clone(),
+            cause,
+            action,
+            decision,
+            budget: self.budget_text(),
+        }
     }
 }
 
