@@ -37,6 +37,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 
 pub mod bench;
+pub mod containerd;
 pub mod dockerd;
 pub mod frozen;
 pub mod fuse;

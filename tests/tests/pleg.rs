@@ -250,7 +250,7 @@ fn relist_healthy_then_a_hung_inspect_is_named() {
         f["summary"]
             .as_str()
             .unwrap()
-            .contains("container runtime unresponsive"),
+            .contains(&format!("container runtime docker at {host} unresponsive")),
         "{f}"
     );
 

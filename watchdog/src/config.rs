@@ -43,7 +43,8 @@
 //! kubelet_insecure_tls = false    # kubelet's self-signed serving certificate
 //! kubelet_scrape_interval = "5s"
 //! kubelet_log = "/var/log/kubelet.log"          # default: not followed
-//! docker_host = "unix:///var/run/docker.sock"   # "off" disables the relist
+//! runtime_endpoint = "auto"       # auto (containerd, CRI-O, cri-dockerd, then Docker) | off | unix:///run/containerd/containerd.sock
+//! # docker_host = "unix:///var/run/docker.sock" # relist over Docker's API instead of CRI
 //! relist_interval = "5s"
 //! runtime_call_timeout = "10s"    # a runtime or kubelet call slower than this is hung
 //! relist_concurrency = 4
@@ -233,7 +234,8 @@ pub struct PlegSection {
     #[serde(deserialize_with = "duration")]
     pub kubelet_scrape_interval: Duration,
     pub kubelet_log: Option<PathBuf>,
-    pub docker_host: String,
+    pub runtime_endpoint: String,
+    pub docker_host: Option<String>,
     #[serde(deserialize_with = "duration")]
     pub relist_interval: Duration,
     #[serde(deserialize_with = "duration")]
@@ -256,7 +258,8 @@ impl Default for PlegSection {
             kubelet_insecure_tls: false,
             kubelet_scrape_interval: Duration::from_secs(5),
             kubelet_log: None,
-            docker_host: "unix:///var/run/docker.sock".into(),
+            runtime_endpoint: "auto".into(),
+            docker_host: None,
             relist_interval: Duration::from_secs(5),
             runtime_call_timeout: Duration::from_secs(10),
             relist_concurrency: 4,
@@ -495,7 +498,12 @@ impl Config {
         }
         validate::relist_concurrency(self.pleg.relist_concurrency)
             .map_err(shared(Setting::RelistConcurrency))?;
-        validate::docker_host(&self.pleg.docker_host).map_err(shared(Setting::DockerHost))?;
+        if let Err((setting, why)) = validate::relist_endpoint(
+            &self.pleg.runtime_endpoint,
+            self.pleg.docker_host.as_deref(),
+        ) {
+            return Err(shared(setting)(why));
+        }
         validate::percent(self.engine.warn_percent).map_err(shared(Setting::WarnPercent))?;
         validate::percent(self.probes.arm_percent).map_err(shared(Setting::ArmPercent))?;
         validate::remediation_allow(self.remediation.mode, &self.remediation.allow_actions)

@@ -15,6 +15,9 @@ const APT_PACKAGES: &[&str] = &[
     "zlib1g-dev",
     "python3",
     "util-linux",
+    // protoc: the CRI client's bindings (k8s-cri) are generated from the
+    // published CRI protos at build time.
+    "protobuf-compiler",
     // Storage-hang tests: a FUSE daemon of their own, a private dockerd.
     "fuse3",
     "python3-fusepy",

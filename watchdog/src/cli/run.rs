@@ -106,6 +106,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         kubelet_scrape_interval: p.kubelet_scrape_interval,
         kubelet_log: p.kubelet_log.clone(),
         node_name: node.clone(),
+        runtime_endpoint: p.runtime_endpoint.clone(),
         docker_host: p.docker_host.clone(),
         relist_interval: p.relist_interval,
         runtime_call_timeout: p.runtime_call_timeout,

@@ -17,7 +17,7 @@ use crate::{
             metrics::{self, ScrapeConfig},
             node,
         },
-        runtime::{RelistConfig, RuntimeEndpoint},
+        runtime::RelistConfig,
     },
 };
 
@@ -150,9 +150,15 @@ pub struct PlegArgs {
     /// default: $NODE_NAME, else the hostname.
     #[arg(long)]
     pub(super) node_name: Option<String>,
-    /// Docker endpoint for the agent's own relist ("off" to disable).
-    #[arg(long, default_value = "unix:///var/run/docker.sock")]
-    pub(super) docker_host: String,
+    /// The CRI runtime the agent's own relist asks (kubelet's
+    /// --container-runtime-endpoint, e.g. unix:///run/containerd/containerd.sock);
+    /// "auto": the first socket found of containerd, CRI-O, cri-dockerd, then
+    /// Docker's API; "off": no relist.
+    #[arg(long, default_value = "auto")]
+    pub(super) runtime_endpoint: String,
+    /// Relist over Docker's API at this socket instead of CRI ("off": no relist).
+    #[arg(long)]
+    pub(super) docker_host: Option<String>,
     /// Pause between the agent's relists.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub(super) relist_interval: Duration,
@@ -212,11 +218,11 @@ impl PlegArgs {
             interval: self.kubelet_scrape_interval,
             ..ScrapeConfig::default()
         });
-        validate::docker_host(&self.docker_host).map_err(|w| w.of(Setting::DockerHost))?;
-        let relist = (self.docker_host != "off").then(|| RelistConfig {
-            endpoint: RuntimeEndpoint::Docker {
-                host: self.docker_host.clone(),
-            },
+        let endpoint =
+            validate::relist_endpoint(&self.runtime_endpoint, self.docker_host.as_deref())
+                .map_err(|(s, w)| w.of(s))?;
+        let relist = endpoint.map(|endpoint| RelistConfig {
+            endpoint,
             interval: self.relist_interval,
             call_timeout: self.runtime_call_timeout,
             concurrency: self.relist_concurrency as usize,

@@ -11,6 +11,7 @@ use std::time::Duration;
 use crate::{
     dbus::options::{DbusOptions, validate_sockets},
     model::settings::{EngineConfig, SystemdConfig},
+    sources::runtime::RuntimeEndpoint,
     storage::{CommMatch, StorageOptions, parse_comms},
 };
 
@@ -30,6 +31,7 @@ pub enum Setting {
     RuntimeCallTimeout,
     RelistConcurrency,
     DockerHost,
+    RuntimeEndpoint,
     RemediationAllow,
     RemediationStepTimeout,
 }
@@ -51,6 +53,7 @@ impl Setting {
             Self::RuntimeCallTimeout => "pleg.runtime_call_timeout",
             Self::RelistConcurrency => "pleg.relist_concurrency",
             Self::DockerHost => "pleg.docker_host",
+            Self::RuntimeEndpoint => "pleg.runtime_endpoint",
             Self::RemediationAllow => "remediation.allow_actions",
             Self::RemediationStepTimeout => "remediation.step_timeout",
         }
@@ -72,6 +75,7 @@ impl Setting {
             Self::RuntimeCallTimeout => "--runtime-call-timeout",
             Self::RelistConcurrency => "--relist-concurrency",
             Self::DockerHost => "--docker-host",
+            Self::RuntimeEndpoint => "--runtime-endpoint",
             Self::RemediationAllow => "--allow-actions",
             Self::RemediationStepTimeout => "--remediation-step-timeout",
         }
@@ -201,7 +205,52 @@ pub fn relist_concurrency(n: u16) -> Result<u16, Why> {
     }
 }
 
-/// The runtime endpoint of the relist: a unix socket, or "off".
+/// The relist's runtime from `runtime_endpoint` (`auto`, `off`, or a CRI
+/// socket `unix://PATH`) and `docker_host` (Docker's API at a unix socket,
+/// or `off`): None when the relist is off.
+pub fn relist_endpoint(
+    runtime_endpoint: &str,
+    docker_host: Option<&str>,
+) -> Result<Option<RuntimeEndpoint>, (Setting, Why)> {
+    if let Some(h) = docker_host {
+        self::docker_host(h).map_err(|w| (Setting::DockerHost, w))?;
+    }
+    let cri = match runtime_endpoint {
+        "auto" => None,
+        "off" => return Ok(None),
+        s if s.starts_with("unix:///") => Some(s),
+        s => {
+            return Err((
+                Setting::RuntimeEndpoint,
+                Why::new(
+                    format!("{s:?}"),
+                    "must be auto, off or a CRI socket unix:///PATH (e.g. unix:///run/containerd/containerd.sock)",
+                ),
+            ));
+        }
+    };
+    Ok(match (cri, docker_host) {
+        (Some(e), Some(h)) => {
+            return Err((
+                Setting::RuntimeEndpoint,
+                Why::new(
+                    format!("{e:?}"),
+                    format!(
+                        "names a CRI runtime while the Docker host {h:?} is given too: give one of them"
+                    ),
+                ),
+            ));
+        }
+        (Some(e), None) => Some(RuntimeEndpoint::Cri {
+            endpoint: e.to_owned(),
+        }),
+        (None, Some("off")) => None,
+        (None, Some(h)) => Some(RuntimeEndpoint::Docker { host: h.to_owned() }),
+        (None, None) => Some(RuntimeEndpoint::Detect),
+    })
+}
+
+/// The Docker endpoint of the relist: a unix socket, or "off".
 pub fn docker_host(s: &str) -> Result<&str, Why> {
     if s == "off" || s.starts_with("unix://") {
         Ok(s)

@@ -210,6 +210,8 @@ mod tests {
             pleg: None,
             remedy: Remedy::new("", Vec::new()),
             detail: Detail::Runtime(RuntimeDetail {
+                runtime: None,
+                runtime_endpoint: None,
                 seconds_since_relist: None,
                 source: None,
                 threshold_s: 180.0,

@@ -314,6 +314,12 @@ impl Pleg {
             predicted_unhealthy_in_s,
             kubelet_reports_unhealthy,
             node_ready: self.node.as_ref().and_then(|n| n.status.clone()),
+            runtime: self.relist.as_ref().map(|r| r.runtime.clone()),
+            runtime_endpoint: self
+                .relist
+                .as_ref()
+                .map(|r| r.endpoint.clone())
+                .filter(|e| !e.is_empty()),
             slowest_container: relist.and_then(|r| r.slowest.clone()),
             hung,
             agent_relist_ms: relist.map(|r| r.duration_ms),
@@ -387,12 +393,8 @@ fn message(e: &PlegEstimate) -> String {
     }
     if let Some(h) = e.hung.first() {
         s.push_str(&format!(
-            "; {} {} hung for {:.0} s",
-            h.call,
-            h.container_name
-                .as_deref()
-                .or(h.container_id.as_deref())
-                .unwrap_or("(all containers)"),
+            "; {} hung for {:.0} s",
+            h.describe(),
             secs(h.elapsed_ms)
         ));
         if e.hung.len() > 1 {

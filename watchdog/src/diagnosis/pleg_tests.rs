@@ -37,10 +37,12 @@ fn relist(start: Time, listed: bool, hung: Vec<HungCall>) -> Relist {
     Relist {
         at: start,
         runtime: "docker".into(),
+        endpoint: "unix:///var/run/docker.sock".into(),
         listed,
         complete: listed && hung.is_empty(),
         duration_ms: 12,
         containers: 3,
+        sandboxes: 0,
         inspected: 3 - hung.len() as u32,
         inspect_errors: 0,
         error: None,
@@ -56,8 +58,10 @@ fn relist(start: Time, listed: bool, hung: Vec<HungCall>) -> Relist {
 fn hung(id: &str, since: Time, now: Time) -> HungCall {
     HungCall {
         call: "inspect".into(),
+        operation: Some("ContainerInspect".into()),
         container_id: Some(id.into()),
         container_name: Some(format!("name-{id}")),
+        pod: None,
         since,
         elapsed_ms: now.millis_since(since),
     }
@@ -125,7 +129,8 @@ fn one_hung_inspect_is_bounded_by_kubelets_request_timeout() {
     assert_eq!(e.predicted_unhealthy_in_s, None);
     assert_eq!(e.hung[0].container_id.as_deref(), Some("nfs"));
     assert!(
-        e.message.contains("inspect name-nfs hung for 20 s"),
+        e.message
+            .contains("ContainerInspect name-nfs hung for 20 s"),
         "{}",
         e.message
     );
@@ -182,8 +187,10 @@ fn hung_listing_grows_without_bound() {
     p.relist(&relist(at(0), true, vec![]), &[]);
     let list = HungCall {
         call: "list".into(),
+        operation: Some("ContainerList".into()),
         container_id: None,
         container_name: None,
+        pod: None,
         since: at(5),
         elapsed_ms: 95_000,
     };
@@ -192,11 +199,7 @@ fn hung_listing_grows_without_bound() {
     let e = p.relist(&r, &[]).unwrap();
     assert_eq!(e.seconds_since_relist, Some(100.0));
     assert_eq!(e.predicted_unhealthy_in_s, Some(80.0));
-    assert!(
-        e.message.contains("list (all containers) hung"),
-        "{}",
-        e.message
-    );
+    assert!(e.message.contains("ContainerList hung"), "{}", e.message);
 }
 
 #[test]

@@ -48,12 +48,8 @@ fn summary(e: &PlegEstimate) -> String {
             .take(3)
             .map(|h| {
                 format!(
-                    "{} {} hung {:.0} s",
-                    h.call,
-                    h.container_name
-                        .as_deref()
-                        .or(h.container_id.as_deref())
-                        .unwrap_or("(all containers)"),
+                    "{} hung {:.0} s",
+                    h.describe(),
                     h.elapsed_ms as f64 / 1000.0
                 )
             })
@@ -65,8 +61,13 @@ fn summary(e: &PlegEstimate) -> String {
     } else if let Some(p) = e.predicted_unhealthy_in_s {
         parts.push(format!("kubelet reports PLEG unhealthy in ~{p:.0} s"));
     }
+    let runtime = match (&e.runtime, &e.runtime_endpoint) {
+        (Some(r), Some(ep)) => format!("container runtime {r} at {ep}"),
+        (Some(r), None) => format!("container runtime {r}"),
+        _ => "container runtime".to_owned(),
+    };
     format!(
-        "container runtime unresponsive: {}; no kernel cause found (no PID exhaustion, storage hang or systemd hang)",
+        "{runtime} unresponsive: {}; no kernel cause found (no PID exhaustion, storage hang or systemd hang)",
         parts.join("; ")
     )
 }
@@ -109,6 +110,8 @@ impl RuntimeUnresponsive {
             threshold_s: e.threshold_s,
             predicted_unhealthy_in_s: e.predicted_unhealthy_in_s,
             kubelet_reports_unhealthy: e.kubelet_reports_unhealthy,
+            runtime: e.runtime.clone(),
+            runtime_endpoint: e.runtime_endpoint.clone(),
             hung: e.hung.clone(),
             kubelet_errors: e.kubelet_errors.clone(),
         };

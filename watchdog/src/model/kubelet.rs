@@ -130,17 +130,58 @@ pub struct NodeReady {
     pub pleg: Option<PlegMessage>,
 }
 
+/// A pod as the runtime names it (CRI sandbox metadata, or the
+/// `io.kubernetes.pod.*` labels kubelet puts on every container).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PodName {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+}
+
+impl std::fmt::Display for PodName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
 /// A runtime call the agent made that has not answered.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HungCall {
-    /// `list` or `inspect`.
+    /// `list` (a listing: kubelet's relist time waits for it) or `inspect`
+    /// (one object's status).
     pub call: String,
+    /// The runtime's own name for the call: `ListPodSandbox`,
+    /// `ListContainers`, `PodSandboxStatus`, `ContainerStatus` (CRI),
+    /// `ContainerList`, `ContainerInspect` (Docker).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<String>,
+    /// The container's or the sandbox's id.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub container_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub container_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodName>,
     pub since: Time,
     pub elapsed_ms: u64,
+}
+
+impl HungCall {
+    /// `ContainerStatus web (pod default/nginx)`, `ListPodSandbox`.
+    pub fn describe(&self) -> String {
+        let op = self.operation.as_deref().unwrap_or(&self.call);
+        match (
+            self.container_name
+                .as_deref()
+                .or(self.container_id.as_deref()),
+            &self.pod,
+        ) {
+            (None, _) => op.to_owned(),
+            (Some(c), Some(p)) => format!("{op} {c} (pod {p})"),
+            (Some(c), None) => format!("{op} {c}"),
+        }
+    }
 }
 
 /// The slowest inspect of a relist.
@@ -157,14 +198,20 @@ pub struct SlowCall {
 pub struct Relist {
     /// When the relist started.
     pub at: Time,
-    /// `docker`, later `containerd`/`crio` over CRI.
+    /// `docker`, or the CRI runtime's own name (`containerd`, `cri-o`).
     pub runtime: String,
+    /// Where it was asked (`unix:///run/containerd/containerd.sock`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub endpoint: String,
     /// The listing answered (kubelet updates its relist time at this point).
     pub listed: bool,
     /// Every inspect answered in time as well.
     pub complete: bool,
     pub duration_ms: u64,
     pub containers: u32,
+    /// Pod sandboxes listed (CRI only).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub sandboxes: u32,
     pub inspected: u32,
     /// Inspects that returned an error (not hangs).
     pub inspect_errors: u32,
@@ -215,4 +262,8 @@ pub struct SourceStatus {
     pub target: String,
     /// Why, e.g. `connection refused`.
     pub message: String,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }

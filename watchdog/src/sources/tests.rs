@@ -7,10 +7,10 @@ use std::{
 };
 
 use super::{
-    runtime::{Container, RelistConfig, Relister, RuntimeClient},
+    runtime::{Container, ObjectKind, RelistConfig, Relister, RuntimeClient, Stage},
     *,
 };
-use crate::model::kubelet::NodeReady;
+use crate::model::kubelet::{NodeReady, PodName};
 
 const SHORT: Duration = Duration::from_millis(1);
 
@@ -214,29 +214,83 @@ fn a_full_channel_drops_and_counts() {
     assert!(!tx.send(3));
 }
 
+/// The fake's listing: (name, pod group, state).
+type Listing = Arc<std::sync::Mutex<Vec<(&'static str, &'static str, &'static str)>>>;
+
 /// A runtime whose container "stuck" never answers an inspect.
 struct FakeRuntime {
     inspects: Arc<AtomicUsize>,
+    /// The listing's objects: (name, pod group, state).
+    objects: Listing,
+    changed_only: bool,
+}
+
+impl FakeRuntime {
+    fn new(changed_only: bool) -> Self {
+        Self {
+            inspects: Arc::default(),
+            objects: Arc::new(std::sync::Mutex::new(vec![
+                ("ok", "pod-a", "running"),
+                ("stuck", "pod-b", "running"),
+                ("bad", "pod-c", "running"),
+            ])),
+            changed_only,
+        }
+    }
 }
 
 impl RuntimeClient for FakeRuntime {
-    const RUNTIME: &'static str = "fake";
+    fn runtime(&self) -> &str {
+        "fake"
+    }
+
+    fn endpoint(&self) -> &str {
+        "unix:///fake.sock"
+    }
+
+    fn list_ops(&self) -> &'static [&'static str] {
+        &["ListPodSandbox", "ListContainers"]
+    }
+
+    fn inspect_op(&self, _: ObjectKind) -> &'static str {
+        "ContainerStatus"
+    }
+
+    fn changed_only(&self) -> bool {
+        self.changed_only
+    }
 
     async fn version(&mut self) -> Result<(), String> {
         Ok(())
     }
 
-    fn list(&self) -> impl Future<Output = Result<Vec<Container>, String>> + Send + 'static {
-        std::future::ready(Ok(["ok", "stuck", "bad"]
-            .map(|n| Container {
+    fn list(
+        &self,
+        _: Stage,
+    ) -> impl Future<Output = Result<Vec<Container>, String>> + Send + 'static {
+        let objects = self.objects.lock().unwrap().clone();
+        std::future::ready(Ok(objects
+            .into_iter()
+            .map(|(n, group, state)| Container {
                 id: format!("id-{n}"),
                 name: n.into(),
+                kind: ObjectKind::Container,
+                state: state.into(),
+                group: Some(group.into()),
+                pod: Some(PodName {
+                    namespace: "default".into(),
+                    name: group.into(),
+                    uid: format!("uid-{group}"),
+                }),
             })
-            .to_vec()))
+            .collect()))
     }
 
-    fn inspect(&self, id: &str) -> impl Future<Output = Result<(), String>> + Send + 'static {
-        let id = id.to_owned();
+    fn inspect(
+        &self,
+        obj: &Container,
+    ) -> impl Future<Output = Result<(), String>> + Send + 'static {
+        let id = obj.id.clone();
         let inspects = self.inspects.clone();
         async move {
             inspects.fetch_add(1, Ordering::Relaxed);
@@ -250,15 +304,52 @@ impl RuntimeClient for FakeRuntime {
 }
 
 #[tokio::test(flavor = "current_thread")]
-async fn a_hung_inspect_stays_outstanding_and_is_not_repeated() {
-    let inspects = Arc::new(AtomicUsize::new(0));
+async fn changed_only_inspects_the_pods_that_changed_and_retries_failures() {
     let cfg = RelistConfig {
         call_timeout: Duration::from_millis(50),
         ..RelistConfig::default()
     };
-    let client = FakeRuntime {
-        inspects: inspects.clone(),
+    let client = FakeRuntime::new(true);
+    let inspects = client.inspects.clone();
+    let objects = client.objects.clone();
+    let mut relister = Relister::new(client, cfg);
+    // First relist: everything is new.
+    let r = relister.relist().await;
+    assert_eq!((r.inspected, r.hung.len()), (2, 1), "{r:?}");
+    assert_eq!(r.endpoint, "unix:///fake.sock");
+    let h = &r.hung[0];
+    assert_eq!(h.operation.as_deref(), Some("ContainerStatus"));
+    assert_eq!(
+        h.pod.as_ref().map(|p| p.to_string()).as_deref(),
+        Some("default/pod-b")
+    );
+    assert_eq!(inspects.load(Ordering::Relaxed), 3);
+    // Nothing changed: only the failed one is asked again (the hung one is
+    // still outstanding).
+    let r = relister.relist().await;
+    assert_eq!(r.inspected, 1, "{r:?}");
+    assert_eq!(inspects.load(Ordering::Relaxed), 4);
+    // "ok" changes state, "bad" is gone: only "ok"'s pod is inspected.
+    {
+        let mut o = objects.lock().unwrap();
+        o[0].2 = "exited";
+        o.retain(|o| o.0 != "bad");
+    }
+    let r = relister.relist().await;
+    assert_eq!(r.inspected, 1, "{r:?}");
+    assert_eq!(r.inspect_errors, 0, "{r:?}");
+    assert_eq!(inspects.load(Ordering::Relaxed), 5);
+    assert!(r.error.is_none(), "{r:?}");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_hung_inspect_stays_outstanding_and_is_not_repeated() {
+    let cfg = RelistConfig {
+        call_timeout: Duration::from_millis(50),
+        ..RelistConfig::default()
     };
+    let client = FakeRuntime::new(false);
+    let inspects = client.inspects.clone();
     let mut relister = Relister::new(client, cfg);
     for round in 1..=2 {
         let r = relister.relist().await;
@@ -268,7 +359,7 @@ async fn a_hung_inspect_stays_outstanding_and_is_not_repeated() {
         assert_eq!(r.inspect_errors, 1);
         assert_eq!(
             r.error.as_deref(),
-            Some("inspect bad: no such container"),
+            Some("ContainerStatus bad: no such container"),
             "{r:?}"
         );
         assert_eq!(r.hung.len(), 1, "{r:?}");

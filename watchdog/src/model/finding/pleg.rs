@@ -78,6 +78,11 @@ pub struct PlegEstimate {
     pub kubelet_reports_unhealthy: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node_ready: Option<String>,
+    /// The runtime the agent's relist asks (`containerd`, `docker`) and where.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_endpoint: Option<String>,
     /// The slowest inspect of the agent's last relist.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub slowest_container: Option<SlowCall>,

@@ -15,6 +15,11 @@ pub struct RuntimeDetail {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub predicted_unhealthy_in_s: Option<f64>,
     pub kubelet_reports_unhealthy: bool,
+    /// The runtime the agent's relist asks (`containerd`, `docker`) and where.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_endpoint: Option<String>,
     /// Runtime calls of the agent's relist that have not returned.
     pub hung: Vec<HungCall>,
     /// What kubelet logged about the runtime (deadlines, kill errors).

@@ -28,6 +28,8 @@ fn finding(
         pleg: None,
         remedy: Remedy::new("", actions),
         detail: Detail::Runtime(RuntimeDetail {
+            runtime: None,
+            runtime_endpoint: None,
             seconds_since_relist: None,
             source: None,
             threshold_s: 180.0,

@@ -6,7 +6,7 @@ use bollard::{
     query_parameters::{InspectContainerOptions, ListContainersOptions},
 };
 
-use super::{Container, RuntimeClient};
+use super::{Container, ObjectKind, RuntimeClient, Stage, pod_from_labels};
 
 /// API version spoken before negotiation (Docker 20.10 to 28 accept it).
 const FALLBACK_API: ClientVersion = ClientVersion {
@@ -18,6 +18,7 @@ const FALLBACK_API: ClientVersion = ClientVersion {
 #[derive(Clone)]
 pub struct DockerClient {
     docker: Docker,
+    host: String,
 }
 
 impl DockerClient {
@@ -30,13 +31,34 @@ impl DockerClient {
             ));
         };
         Docker::connect_with_unix(path, timeout.as_secs().max(1), &FALLBACK_API)
-            .map(|docker| Self { docker })
+            .map(|docker| Self {
+                docker,
+                host: host.to_owned(),
+            })
             .map_err(|e| e.to_string())
     }
 }
 
 impl RuntimeClient for DockerClient {
-    const RUNTIME: &'static str = "docker";
+    fn runtime(&self) -> &str {
+        "docker"
+    }
+
+    fn endpoint(&self) -> &str {
+        &self.host
+    }
+
+    fn list_ops(&self) -> &'static [&'static str] {
+        &["ContainerList"]
+    }
+
+    fn inspect_op(&self, _: ObjectKind) -> &'static str {
+        "ContainerInspect"
+    }
+
+    fn changed_only(&self) -> bool {
+        false
+    }
 
     async fn version(&mut self) -> Result<(), String> {
         self.docker = self
@@ -48,7 +70,10 @@ impl RuntimeClient for DockerClient {
         Ok(())
     }
 
-    fn list(&self) -> impl Future<Output = Result<Vec<Container>, String>> + Send + 'static {
+    fn list(
+        &self,
+        _: Stage,
+    ) -> impl Future<Output = Result<Vec<Container>, String>> + Send + 'static {
         let d = self.docker.clone();
         async move {
             let opts = ListContainersOptions {
@@ -68,15 +93,30 @@ impl RuntimeClient for DockerClient {
                         .unwrap_or_default()
                         .trim_start_matches('/')
                         .to_owned();
-                    c.id.map(|id| Container { id, name })
+                    let labels = c.labels.unwrap_or_default();
+                    let pod = pod_from_labels(|k| labels.get(k).map(String::as_str));
+                    c.id.map(|id| Container {
+                        id,
+                        name: labels
+                            .get("io.kubernetes.container.name")
+                            .cloned()
+                            .unwrap_or(name),
+                        kind: ObjectKind::Container,
+                        state: c.state.map(|s| s.to_string()).unwrap_or_default(),
+                        group: labels.get("io.kubernetes.sandbox.id").cloned(),
+                        pod,
+                    })
                 })
                 .collect())
         }
     }
 
-    fn inspect(&self, id: &str) -> impl Future<Output = Result<(), String>> + Send + 'static {
+    fn inspect(
+        &self,
+        obj: &Container,
+    ) -> impl Future<Output = Result<(), String>> + Send + 'static {
         let d = self.docker.clone();
-        let id = id.to_owned();
+        let id = obj.id.clone();
         async move {
             d.inspect_container(&id, None::<InspectContainerOptions>)
                 .await
