@@ -376,20 +376,23 @@ pub async fn session(opts: TraceOptions, sink: &mut dyn Sink) -> anyhow::Result<
     opts.pleg_sources.clone().spawn(&pleg_tx);
 
     let mut ctx = NodeContext::new(&opts.root);
+    // What this run can rule out: a finding says only what was checked.
+    let mut engine = opts.engine.clone();
+    engine.checks = crate::model::settings::KernelChecks {
+        pid_exhaustion: true,
+        storage_hang: storage.is_some(),
+        systemd_hang: opts.dbus.is_some() && (dbus.is_some() || health.is_some()),
+    };
     let recorder = match &opts.record {
         Some(path) => Some(Recorder::create(path, {
-            let mut h = Header::new(
-                &opts.engine,
-                opts.node_name.clone(),
-                probes::kernel_release(),
-            );
+            let mut h = Header::new(&engine, opts.node_name.clone(), probes::kernel_release());
             h.remediation = Some(opts.remediation.clone());
             h
         })?),
         None => None,
     };
     let remediation = remediator(&opts);
-    let mut diag = Diagnoser::new(opts.engine.clone(), recorder).with_remediation(remediation);
+    let mut diag = Diagnoser::new(engine, recorder).with_remediation(remediation);
     for call in adopted {
         diag.observe(Observation::SocketCall(call), sink);
     }

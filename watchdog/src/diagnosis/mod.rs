@@ -185,28 +185,32 @@ impl Engine {
         }
         // Kernel-level causes explain it; the runtime fallback only when
         // nothing else is active.
-        let mut causes = self.kernel_causes();
-        if causes.is_empty() {
-            causes.push(f.id.clone());
-        }
+        // Kernel-level causes explain it (a kernel finding names itself with
+        // the others); the runtime fallback is the PLEG story itself, never
+        // "explained by" itself.
+        let causes = self.kernel_causes();
         let when = match p.until_unhealthy_s {
-            Some(0.0) => "kubelet reports it now".to_owned(),
+            Some(0.0) => format!("past kubelet's threshold of {:.0} s", p.threshold_s),
             Some(s) => format!("kubelet reports it in ~{s:.0} s"),
             None => format!("kubelet's threshold is {:.0} s", p.threshold_s),
         };
-        Some(PlegLink {
-            stale_s: p.stale_s,
-            threshold_s: p.threshold_s,
-            until_unhealthy_s: p.until_unhealthy_s,
-            message: format!(
-                "PLEG stale for {:.0} s ({when}); explained by {}",
-                p.stale_s,
+        let explained = if causes.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; explained by {}",
                 causes
                     .iter()
                     .map(ToString::to_string)
                     .collect::<Vec<_>>()
                     .join(" and ")
-            ),
+            )
+        };
+        Some(PlegLink {
+            stale_s: p.stale_s,
+            threshold_s: p.threshold_s,
+            until_unhealthy_s: p.until_unhealthy_s,
+            message: format!("PLEG stale for {:.0} s ({when}){explained}", p.stale_s),
         })
     }
 

@@ -48,7 +48,16 @@ pub struct Pleg {
     last_listed: Option<Time>,
     unavailable: BTreeSet<SourceKind>,
     last_emit: Option<(Time, String)>,
+    /// `kubelet_pleg_relist_interval_seconds_count` and the first scrape
+    /// that saw it at that value.
+    relist_count: Option<(f64, Time)>,
+    /// Relists kubelet counted between the last two scrapes (None: not known).
+    relists_since_previous: Option<f64>,
 }
+
+/// How far kubelet's clock may be ahead of the agent's before its gauge
+/// reading is a source problem.
+const CLOCK_SLACK_MS: u64 = 60_000;
 
 fn secs(ms: u64) -> f64 {
     ms as f64 / 1000.0
@@ -78,6 +87,17 @@ impl Pleg {
                     .map(|(k, v)| (k.clone(), v.errors))
                     .collect(),
             );
+        }
+        self.relists_since_previous = None;
+        if let Some(h) = &m.relist_interval {
+            match self.relist_count {
+                Some((c, _)) if c == h.count => self.relists_since_previous = Some(0.0),
+                Some((c, _)) => {
+                    self.relists_since_previous = (h.count > c).then_some(h.count - c);
+                    self.relist_count = Some((h.count, m.at));
+                }
+                None => self.relist_count = Some((h.count, m.at)),
+            }
         }
         self.metrics = Some(m.clone());
         self.evaluate(m.at, related)
@@ -183,18 +203,63 @@ impl Pleg {
         now.millis_since(at) <= self.cfg.max_reading_age_ms
     }
 
-    fn readings(&self, now: Time) -> Vec<Reading> {
+    /// Why kubelet's `kubelet_pleg_last_seen_seconds` cannot be true, if it
+    /// cannot.
+    fn gauge_problem(&self, m: &KubeletMetrics, seen: Time) -> Option<String> {
+        if seen.0 > m.at.0 + CLOCK_SLACK_MS {
+            return Some(format!(
+                "kubelet_pleg_last_seen_seconds is {:.0} s ahead of this node's clock at the scrape: kubelet's clock is skewed or the page is not live",
+                secs(seen.0 - m.at.0)
+            ));
+        }
+        if let Some(start) = m.process_start
+            && seen.0 + CLOCK_SLACK_MS < start.0
+        {
+            return Some(format!(
+                "kubelet_pleg_last_seen_seconds is {:.0} s older than kubelet's own start (process_start_time_seconds): a stale page or a skewed clock",
+                secs(start.0 - seen.0)
+            ));
+        }
+        let stale_ms = m.at.millis_since(seen);
+        if let Some(n) = self.relists_since_previous
+            && n >= 1.0
+            && stale_ms > self.cfg.stalled_after_ms
+        {
+            return Some(format!(
+                "kubelet counted {n:.0} relists since the previous scrape (kubelet_pleg_relist_interval_seconds_count) while kubelet_pleg_last_seen_seconds says {:.0} s ago: a stale gauge or a skewed clock",
+                secs(stale_ms)
+            ));
+        }
+        None
+    }
+
+    fn readings(&self, now: Time, problems: &mut Vec<String>) -> Vec<Reading> {
         let mut v = Vec::new();
         if let Some(m) = &self.metrics
             && self.fresh(m.at, now)
             && !self.unavailable.contains(&SourceKind::KubeletMetrics)
-            && let Some(seen) = m.pleg_last_seen
         {
-            v.push(Reading {
-                source: PlegSource::KubeletMetrics,
-                seconds_since_relist: now.secs_since(seen),
-                unbounded: true,
-            });
+            if let Some(seen) = m.pleg_last_seen {
+                match self.gauge_problem(m, seen) {
+                    Some(p) => problems.push(p),
+                    None => v.push(Reading {
+                        source: PlegSource::KubeletMetrics,
+                        seconds_since_relist: now.secs_since(seen),
+                        unbounded: true,
+                    }),
+                }
+            }
+            // The relist count, stuck since a scrape before the last one:
+            // the last relist was before that scrape.
+            if let Some((_, since)) = self.relist_count
+                && self.relists_since_previous == Some(0.0)
+            {
+                v.push(Reading {
+                    source: PlegSource::KubeletRelistCount,
+                    seconds_since_relist: now.secs_since(since),
+                    unbounded: true,
+                });
+            }
         }
         if let Some((at, p)) = &self.log_pleg
             && self.fresh(*at, now)
@@ -255,7 +320,8 @@ impl Pleg {
     }
 
     pub fn estimate(&self, now: Time, related: &[FindingId]) -> PlegEstimate {
-        let readings = self.readings(now);
+        let mut source_problems = Vec::new();
+        let readings = self.readings(now, &mut source_problems);
         let worst = readings
             .iter()
             .max_by(|a, b| a.seconds_since_relist.total_cmp(&b.seconds_since_relist));
@@ -296,6 +362,9 @@ impl Pleg {
             (Some(m), Some(base)) => m
                 .runtime_operations
                 .iter()
+                // exec_sync errors are workloads' failing exec probes, not
+                // the runtime's health.
+                .filter(|(op, _)| op.as_str() != "exec_sync")
                 .filter_map(|(op, v)| {
                     let d = v.errors - base.get(op).copied().unwrap_or(0.0);
                     (d > 0.0).then(|| (op.clone(), d))
@@ -328,6 +397,7 @@ impl Pleg {
             node_transitions: self.transitions.clone(),
             related_findings: related.to_vec(),
             readings,
+            source_problems,
             message: String::new(),
         };
         e.message = message(&e);
@@ -337,7 +407,10 @@ impl Pleg {
     /// The estimate when it changed meaningfully or `report_every_ms` passed.
     fn evaluate(&mut self, now: Time, related: &[FindingId]) -> Option<PlegEstimate> {
         let e = self.estimate(now, related);
-        if e.status == PlegStatus::Unknown && self.last_emit.is_none() {
+        if e.status == PlegStatus::Unknown
+            && self.last_emit.is_none()
+            && e.source_problems.is_empty()
+        {
             return None;
         }
         let key = format!(
@@ -353,7 +426,7 @@ impl Pleg {
             e.node_ready,
             e.related_findings,
             e.kubelet_errors.len(),
-        );
+        ) + &e.source_problems.len().to_string();
         let due = match &self.last_emit {
             None => true,
             Some((t, k)) => *k != key || now.millis_since(*t) >= self.cfg.report_every_ms,
@@ -410,6 +483,9 @@ fn message(e: &PlegEstimate) -> String {
                 .collect::<Vec<_>>()
                 .join(", ")
         ));
+    }
+    for p in &e.source_problems {
+        s.push_str(&format!("; reading left out: {p}"));
     }
     s
 }

@@ -3,7 +3,7 @@ use std::collections::BTreeMap;
 use super::*;
 use crate::model::finding::Cause;
 use crate::model::{
-    kubelet::{LoggedPod, RuntimeOperation, SlowCall},
+    kubelet::{Histogram, LoggedPod, RuntimeOperation, SlowCall},
     settings::EVENTED_THRESHOLD_MS,
 };
 
@@ -24,6 +24,7 @@ fn metrics(now: Time, last_seen: Time, container_status_errors: f64) -> KubeletM
         },
     );
     KubeletMetrics {
+        process_start: None,
         at: now,
         pleg_last_seen: Some(last_seen),
         relist_duration: None,
@@ -358,4 +359,106 @@ fn json_record_shape() {
     assert_eq!(v["hung"][0]["elapsed_ms"], 30_000);
     assert_eq!(v["slowest_container"]["container_name"], "web");
     assert!(v["message"].as_str().unwrap().starts_with("PLEG stalled"));
+}
+
+fn with_count(mut m: KubeletMetrics, count: f64) -> KubeletMetrics {
+    m.relist_interval = Some(Histogram {
+        count,
+        sum_s: count,
+        buckets: vec![(f64::INFINITY, count)],
+    });
+    m
+}
+
+#[test]
+fn a_gauge_ahead_of_the_clock_is_a_source_problem_not_a_reading() {
+    let mut p = Pleg::new(PlegConfig::default());
+    // kubelet's clock 10 minutes ahead.
+    let e = p.metrics(&metrics(at(1000), at(1600), 0.0), &[]).unwrap();
+    assert_eq!(e.status, PlegStatus::Unknown, "{e:?}");
+    assert!(e.readings.is_empty(), "{e:?}");
+    assert_eq!(e.source_problems.len(), 1, "{e:?}");
+    assert!(e.source_problems[0].contains("600 s ahead"), "{e:?}");
+    assert!(e.message.contains("reading left out"), "{}", e.message);
+}
+
+#[test]
+fn a_gauge_older_than_kubelet_is_a_source_problem_not_a_stall() {
+    // The page as captured: its gauge years old while kubelet answers.
+    let mut p = Pleg::new(PlegConfig::default());
+    let mut m = metrics(at(200_000_000), at(1), 0.0);
+    m.process_start = Some(at(199_000_000));
+    let e = p.metrics(&m, &[]).unwrap();
+    assert_eq!(e.status, PlegStatus::Unknown, "{e:?}");
+    assert_eq!(e.seconds_since_relist, None);
+    assert!(
+        e.source_problems[0].contains("older than kubelet's own start"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn a_relist_count_that_advances_contradicts_a_stale_gauge() {
+    let mut p = Pleg::new(PlegConfig::default());
+    p.metrics(&with_count(metrics(at(100), at(99), 0.0), 1000.0), &[]);
+    // The gauge stops at 99 while kubelet keeps counting relists.
+    let e = p
+        .metrics(&with_count(metrics(at(160), at(99), 0.0), 1060.0), &[])
+        .unwrap();
+    assert_ne!(e.status, PlegStatus::Stalled, "{e:?}");
+    assert!(e.source_problems[0].contains("60 relists"), "{e:?}");
+}
+
+#[test]
+fn a_relist_count_that_stops_is_a_reading_without_a_clock() {
+    let mut p = Pleg::new(PlegConfig::default());
+    let mut m = metrics(at(0), at(0), 0.0);
+    m.pleg_last_seen = None;
+    p.metrics(&with_count(m.clone(), 500.0), &[]);
+    let mut m2 = m.clone();
+    m2.at = at(5);
+    let e = p.metrics(&with_count(m2, 505.0), &[]);
+    assert!(e.is_none_or(|e| e.status != PlegStatus::Stalled));
+    // Stuck from the scrape at 5 s on.
+    let mut last = None;
+    for s in (10..=30).step_by(5) {
+        let mut m = m.clone();
+        m.at = at(s);
+        last = p.metrics(&with_count(m, 505.0), &[]).or(last);
+    }
+    let e = p.estimate(at(30), &[]);
+    assert_eq!(e.source, Some(PlegSource::KubeletRelistCount), "{e:?}");
+    assert_eq!(e.seconds_since_relist, Some(25.0), "{e:?}");
+    assert_eq!(e.status, PlegStatus::Stalled, "{e:?}");
+    assert!(last.is_some());
+}
+
+#[test]
+fn exec_sync_errors_are_not_runtime_errors() {
+    let mut p = Pleg::new(PlegConfig::default());
+    let mut m = metrics(at(0), at(0), 0.0);
+    m.runtime_operations.insert(
+        "exec_sync".into(),
+        RuntimeOperation {
+            count: 10.0,
+            sum_s: 1.0,
+            errors: 1.0,
+        },
+    );
+    p.metrics(&m, &[]);
+    let mut m = metrics(at(5), at(5), 2.0);
+    m.runtime_operations.insert(
+        "exec_sync".into(),
+        RuntimeOperation {
+            count: 20.0,
+            sum_s: 2.0,
+            errors: 9.0,
+        },
+    );
+    let e = p.metrics(&m, &[]).unwrap_or_else(|| p.estimate(at(5), &[]));
+    assert_eq!(
+        e.runtime_errors.keys().collect::<Vec<_>>(),
+        vec!["container_status"],
+        "{e:?}"
+    );
 }

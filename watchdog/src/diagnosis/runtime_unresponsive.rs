@@ -12,7 +12,7 @@ use crate::model::{
         pleg::{PlegEstimate, PlegStatus},
         runtime::RuntimeDetail,
     },
-    settings::EngineConfig,
+    settings::{EngineConfig, KernelChecks},
 };
 
 const MAX_EVIDENCE: usize = 8;
@@ -31,7 +31,7 @@ fn stuck(e: &PlegEstimate) -> bool {
     matches!(e.status, PlegStatus::Stalled | PlegStatus::Unhealthy) || !e.hung.is_empty()
 }
 
-fn summary(e: &PlegEstimate) -> String {
+fn summary(e: &PlegEstimate, checks: &KernelChecks) -> String {
     let mut parts = Vec::new();
     if let Some(s) = e.seconds_since_relist {
         parts.push(format!(
@@ -59,17 +59,58 @@ fn summary(e: &PlegEstimate) -> String {
     if e.kubelet_reports_unhealthy {
         parts.push("kubelet reports PLEG unhealthy".into());
     } else if let Some(p) = e.predicted_unhealthy_in_s {
-        parts.push(format!("kubelet reports PLEG unhealthy in ~{p:.0} s"));
+        if p <= 0.0 {
+            parts.push(format!("past kubelet's {:.0} s threshold", e.threshold_s));
+        } else {
+            parts.push(format!("kubelet reports PLEG unhealthy in ~{p:.0} s"));
+        }
+    }
+    let (checked, unchecked) = checks.split();
+    let mut ruled_out = if checked.is_empty() {
+        "no kernel cause checked".to_owned()
+    } else {
+        format!("no kernel cause found (no {})", or_list(&checked))
+    };
+    if !unchecked.is_empty() {
+        ruled_out.push_str(&format!("; not checked: {}", and_list(&unchecked)));
     }
     let runtime = match (&e.runtime, &e.runtime_endpoint) {
         (Some(r), Some(ep)) => format!("container runtime {r} at {ep}"),
         (Some(r), None) => format!("container runtime {r}"),
         _ => "container runtime".to_owned(),
     };
-    format!(
-        "{runtime} unresponsive: {}; no kernel cause found (no PID exhaustion, storage hang or systemd hang)",
-        parts.join("; ")
-    )
+    if e.hung.is_empty() {
+        // Only kubelet's staleness: the runtime itself was not seen hanging.
+        let relist = match &e.runtime {
+            Some(_) => format!("{runtime} answers the agent's relist"),
+            None => "the runtime was not checked (no relist)".to_owned(),
+        };
+        let state = match e.status {
+            PlegStatus::Unhealthy => "PLEG unhealthy",
+            _ => "PLEG stalled",
+        };
+        return format!(
+            "{state}, cause not determined: {}; {relist}; {ruled_out}",
+            parts.join("; ")
+        );
+    }
+    format!("{runtime} unresponsive: {}; {ruled_out}", parts.join("; "))
+}
+
+fn or_list(v: &[&str]) -> String {
+    match v {
+        [] => String::new(),
+        [one] => (*one).to_owned(),
+        [init @ .., last] => format!("{} or {last}", init.join(", ")),
+    }
+}
+
+fn and_list(v: &[&str]) -> String {
+    match v {
+        [] => String::new(),
+        [one] => (*one).to_owned(),
+        [init @ .., last] => format!("{} and {last}", init.join(", ")),
+    }
 }
 
 const REMEDY: &str = "Find what the runtime waits on: dump its goroutines (SIGUSR1 to dockerd writes them to its log; containerd: `ctr pprof goroutines`), check the hung container's mounts and its shim; restart the runtime only as a last resort (running containers survive a dockerd restart only with live-restore).";
@@ -115,12 +156,14 @@ impl RuntimeUnresponsive {
             hung: e.hung.clone(),
             kubelet_errors: e.kubelet_errors.clone(),
         };
-        let confidence = if e.kubelet_reports_unhealthy || !e.hung.is_empty() {
+        // A hung call of the agent's own is the runtime seen hanging; kubelet's
+        // staleness alone says PLEG is stuck, not why.
+        let confidence = if !e.hung.is_empty() {
             Confidence::Likely
         } else {
             Confidence::Unknown
         };
-        let text = summary(e);
+        let text = summary(e, &self.cfg.checks);
         let evidence = Evidence {
             at: e.at,
             what: e.message.clone(),
@@ -205,5 +248,89 @@ impl Detector for RuntimeUnresponsive {
             (None, Some(_)) => Self::flush(now, book),
             (None, None) => Vec::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use crate::diagnosis::Engine;
+    use crate::model::{
+        Observation, Time,
+        finding::{Cause, Confidence, Report},
+        kubelet::KubeletMetrics,
+        settings::{EngineConfig, KernelChecks},
+    };
+
+    const T0: Time = Time(1_785_000_000_000);
+
+    fn page(at_s: u64, seen_s: u64) -> Observation {
+        Observation::KubeletMetrics(Box::new(KubeletMetrics {
+            at: T0.plus_millis(at_s * 1000),
+            pleg_last_seen: Some(T0.plus_millis(seen_s * 1000)),
+            process_start: None,
+            relist_duration: None,
+            relist_interval: None,
+            runtime_operations: BTreeMap::new(),
+            unparseable_lines: 0,
+        }))
+    }
+
+    /// kubelet's stale PLEG with no relist and no kernel check: the finding
+    /// says what it could not check, and claims no cause.
+    #[test]
+    fn stale_pleg_with_nothing_else_checked_is_cause_not_determined() {
+        let cfg = EngineConfig {
+            checks: KernelChecks {
+                pid_exhaustion: false,
+                storage_hang: false,
+                systemd_hang: false,
+            },
+            ..EngineConfig::default()
+        };
+        let mut e = Engine::new(cfg);
+        let mut found = None;
+        for s in (0..=200).step_by(5) {
+            for r in e.observe(&page(s, 0)) {
+                if let Report::Finding(f) = r
+                    && f.cause == Cause::RuntimeUnresponsive
+                {
+                    found = Some(f);
+                }
+            }
+        }
+        let f = found.expect("a finding");
+        assert!(
+            f.summary
+                .starts_with("PLEG unhealthy, cause not determined"),
+            "{}",
+            f.summary
+        );
+        assert!(
+            f.summary.contains("the runtime was not checked"),
+            "{}",
+            f.summary
+        );
+        assert!(
+            f.summary.contains("no kernel cause checked"),
+            "{}",
+            f.summary
+        );
+        assert!(
+            f.summary
+                .contains("not checked: PID exhaustion, storage hang and systemd hang"),
+            "{}",
+            f.summary
+        );
+        assert!(
+            f.summary.contains("past kubelet's 180 s threshold"),
+            "{}",
+            f.summary
+        );
+        assert!(!f.summary.contains("in ~0 s"), "{}", f.summary);
+        assert_eq!(f.confidence, Confidence::Unknown);
+        let link = f.pleg.expect("a PLEG link");
+        assert!(!link.message.contains("explained by"), "{}", link.message);
     }
 }

@@ -38,6 +38,9 @@ pub struct KubeletMetrics {
     /// `kubelet_pleg_last_seen_seconds`: when PLEG last completed a relist's
     /// listing (kubelet's own clock, same node).
     pub pleg_last_seen: Option<Time>,
+    /// `process_start_time_seconds`: when kubelet started (its clock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process_start: Option<Time>,
     /// `kubelet_pleg_relist_duration_seconds`.
     pub relist_duration: Option<Histogram>,
     /// `kubelet_pleg_relist_interval_seconds`.

@@ -22,6 +22,44 @@ pub struct EngineConfig {
     pub pleg: PlegConfig,
     /// systemd/D-Bus hangs (how long a request may wait for its reply).
     pub systemd: SystemdConfig,
+    /// The kernel-level causes this run can see: what a finding may say was
+    /// ruled out.
+    #[serde(default)]
+    pub checks: KernelChecks,
+}
+
+/// Which kernel-level causes the agent is looking for in this run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct KernelChecks {
+    pub pid_exhaustion: bool,
+    pub storage_hang: bool,
+    pub systemd_hang: bool,
+}
+
+impl Default for KernelChecks {
+    fn default() -> Self {
+        Self {
+            pid_exhaustion: true,
+            storage_hang: true,
+            systemd_hang: true,
+        }
+    }
+}
+
+impl KernelChecks {
+    /// (checked, not checked), as cause names.
+    pub fn split(&self) -> (Vec<&'static str>, Vec<&'static str>) {
+        let all = [
+            (self.pid_exhaustion, "PID exhaustion"),
+            (self.storage_hang, "storage hang"),
+            (self.systemd_hang, "systemd hang"),
+        ];
+        (
+            all.iter().filter(|a| a.0).map(|a| a.1).collect(),
+            all.iter().filter(|a| !a.0).map(|a| a.1).collect(),
+        )
+    }
 }
 
 impl Default for EngineConfig {
@@ -33,6 +71,7 @@ impl Default for EngineConfig {
             warn_clear_percent: 85.0,
             pleg: PlegConfig::default(),
             systemd: SystemdConfig::default(),
+            checks: KernelChecks::default(),
         }
     }
 }

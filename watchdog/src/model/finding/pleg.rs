@@ -13,6 +13,9 @@ use crate::model::{
 #[serde(rename_all = "snake_case")]
 pub enum PlegSource {
     KubeletMetrics,
+    /// `kubelet_pleg_relist_interval_seconds_count` stopped advancing
+    /// between scrapes (needs no clock agreement).
+    KubeletRelistCount,
     KubeletLog,
     NodeCondition,
     AgentRelist,
@@ -22,6 +25,7 @@ impl PlegSource {
     pub fn name(self) -> &'static str {
         match self {
             Self::KubeletMetrics => "kubelet metrics",
+            Self::KubeletRelistCount => "kubelet relist count",
             Self::KubeletLog => "kubelet log",
             Self::NodeCondition => "node condition",
             Self::AgentRelist => "agent relist",
@@ -103,5 +107,9 @@ pub struct PlegEstimate {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub related_findings: Vec<super::FindingId>,
     pub readings: Vec<Reading>,
+    /// Readings left out because they cannot be true (a skewed clock, a
+    /// stale page): problems of the source, never a stall.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub source_problems: Vec<String>,
     pub message: String,
 }

@@ -23,9 +23,17 @@ pub const PLEG_RELIST_DURATION: &str = "kubelet_pleg_relist_duration_seconds";
 pub const PLEG_RELIST_INTERVAL: &str = "kubelet_pleg_relist_interval_seconds";
 pub const RUNTIME_OPS_DURATION: &str = "kubelet_runtime_operations_duration_seconds";
 pub const RUNTIME_OPS_ERRORS: &str = "kubelet_runtime_operations_errors_total";
+/// When kubelet's process started (the Go client's process collector).
+pub const PROCESS_START: &str = "process_start_time_seconds";
+/// kubelet before 1.14 exposed PLEG as microsecond summaries only.
+const LEGACY_PLEG: [&str; 2] = [
+    "kubelet_pleg_relist_latency_microseconds",
+    "kubelet_pleg_relist_interval_microseconds",
+];
 
 /// The families read, and the type kubelet declares for each.
-const FAMILIES: [(&str, &str); 5] = [
+const FAMILIES: [(&str, &str); 6] = [
+    (PROCESS_START, "gauge"),
     (PLEG_LAST_SEEN, "gauge"),
     (PLEG_RELIST_DURATION, "histogram"),
     (PLEG_RELIST_INTERVAL, "histogram"),
@@ -57,6 +65,11 @@ pub enum MetricsError {
         "none of the PLEG metrics ({PLEG_LAST_SEEN}, {PLEG_RELIST_DURATION}) is on the page: is this kubelet's /metrics?"
     )]
     NoPlegMetrics,
+    #[error(
+        "this page has only the PLEG metrics of kubelet before 1.14 ({}); watchdog reads the seconds-based PLEG metrics of kubelet 1.14 and later ({PLEG_LAST_SEEN} from 1.20 on)",
+        LEGACY_PLEG.join(", ")
+    )]
+    UnsupportedKubelet,
     #[error("page larger than the {limit} byte limit")]
     TooLarge { limit: usize },
     #[error("page is not UTF-8 (first bad byte at offset {offset})")]
@@ -124,10 +137,12 @@ pub fn parse(page: &str, at: Time) -> Result<KubeletMetrics, MetricsError> {
     }
     let mut wanted: Vec<String> = Vec::new();
     let mut unparseable = 0u64;
+    let mut legacy = false;
     for (i, line) in page.lines().enumerate() {
         let Some(name) = line_metric(line) else {
             continue;
         };
+        legacy |= LEGACY_PLEG.iter().any(|l| name.starts_with(l));
         let Some(fam) = family_of(name) else { continue };
         let trimmed = line.trim_start();
         if let Some(rest) = trimmed.strip_prefix("# TYPE ") {
@@ -163,6 +178,7 @@ pub fn parse(page: &str, at: Time) -> Result<KubeletMetrics, MetricsError> {
     let mut m = KubeletMetrics {
         at,
         pleg_last_seen: None,
+        process_start: None,
         relist_duration: None,
         relist_interval: None,
         runtime_operations: BTreeMap::new(),
@@ -175,6 +191,10 @@ pub fn parse(page: &str, at: Time) -> Result<KubeletMetrics, MetricsError> {
         match (s.metric.as_str(), &s.value) {
             (PLEG_LAST_SEEN, Value::Gauge(v) | Value::Untyped(v)) => {
                 m.pleg_last_seen =
+                    (v.is_finite() && *v > 0.0).then(|| Time::from_millis((v * 1000.0) as u64));
+            }
+            (PROCESS_START, Value::Gauge(v) | Value::Untyped(v)) => {
+                m.process_start =
                     (v.is_finite() && *v > 0.0).then(|| Time::from_millis((v * 1000.0) as u64));
             }
             (RUNTIME_OPS_ERRORS, Value::Counter(v) | Value::Untyped(v)) => {
@@ -241,7 +261,11 @@ pub fn parse(page: &str, at: Time) -> Result<KubeletMetrics, MetricsError> {
         }
     }
     if m.pleg_last_seen.is_none() && m.relist_duration.is_none() {
-        return Err(MetricsError::NoPlegMetrics);
+        return Err(if legacy {
+            MetricsError::UnsupportedKubelet
+        } else {
+            MetricsError::NoPlegMetrics
+        });
     }
     Ok(m)
 }

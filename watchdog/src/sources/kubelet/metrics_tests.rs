@@ -305,3 +305,18 @@ fn bad_config_is_reported() {
     c.url = "not a url".into();
     assert!(Scraper::new(c).is_err());
 }
+
+#[test]
+fn a_kubelet_before_1_14_is_named_as_unsupported() {
+    let page = "# HELP kubelet_pleg_relist_latency_microseconds Latency in microseconds for relisting pods in PLEG.\n# TYPE kubelet_pleg_relist_latency_microseconds summary\nkubelet_pleg_relist_latency_microseconds{quantile=\"0.5\"} 2412\nkubelet_pleg_relist_latency_microseconds_sum 2.11960799e+09\nkubelet_pleg_relist_latency_microseconds_count 905125\n";
+    let e = parse(page, AT).unwrap_err();
+    assert_eq!(e, MetricsError::UnsupportedKubelet);
+    assert!(e.to_string().contains("kubelet 1.14 and later"), "{e}");
+}
+
+#[test]
+fn process_start_is_read() {
+    let page = "# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds 1.6e+09\n# TYPE kubelet_pleg_last_seen_seconds gauge\nkubelet_pleg_last_seen_seconds 1.7e+09\n";
+    let m = parse(page, AT).unwrap();
+    assert_eq!(m.process_start, Some(Time::from_millis(1_600_000_000_000)));
+}
