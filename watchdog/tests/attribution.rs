@@ -343,6 +343,9 @@ fn v1_cgroupfs_pod_limit() {
     assert_eq!(
         d.pod,
         Some(PodRef {
+            namespace: None,
+            name: None,
+            container_name: None,
             pod_uid: P1.into(),
             qos: "burstable".into(),
             container_id: Some(P1_APP.into()),
@@ -422,6 +425,9 @@ fn v2_systemd_pod_limit() {
     assert_eq!(
         d.pod,
         Some(PodRef {
+            namespace: None,
+            name: None,
+            container_name: None,
             pod_uid: P3.into(),
             qos: "besteffort".into(),
             container_id: Some(P3_APP.into()),
@@ -531,6 +537,9 @@ fn rlimit_nproc() {
     assert_eq!(
         d.pod,
         Some(PodRef {
+            namespace: None,
+            name: None,
+            container_name: None,
             pod_uid: P4.into(),
             qos: "burstable".into(),
             container_id: Some(P4_APP.into()),
@@ -710,6 +719,9 @@ fn healthy_transient() {
     assert_eq!(
         d.pod,
         Some(PodRef {
+            namespace: None,
+            name: None,
+            container_name: None,
             pod_uid: P8.into(),
             qos: "guaranteed".into(),
             container_id: Some(P8_APP.into()),
@@ -865,6 +877,9 @@ fn rising_pids_events_between_samples_is_certain() {
     assert_eq!(
         d.pod,
         Some(PodRef {
+            namespace: None,
+            name: None,
+            container_name: None,
             pod_uid: P3.into(),
             qos: "besteffort".into(),
             container_id: None,

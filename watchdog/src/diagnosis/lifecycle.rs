@@ -122,6 +122,25 @@ impl Book {
         Some(Self::report(e))
     }
 
+    /// Reports a finding's changed content now, whenever it was last
+    /// reported (e.g. names that arrived for it).
+    pub fn update_now(
+        &mut self,
+        id: &FindingId,
+        now: Time,
+        change: impl FnOnce(&mut Finding) -> bool,
+    ) -> Option<Finding> {
+        let e = self.entries.get_mut(id)?;
+        if !change(&mut e.finding) {
+            return None;
+        }
+        e.finding.status = FindingStatus::Update;
+        e.finding.last_seen = e.finding.last_seen.max(now);
+        e.pending = false;
+        e.last_reported = now;
+        Some(Self::report(e))
+    }
+
     /// Resolves a finding: its duration, an optional closing piece of
     /// evidence, and the summary `summary(finding, duration_s)` gives.
     pub fn resolve(

@@ -3,6 +3,7 @@
 //! observations and from `tick(now)`, so recorded streams replay to the same
 //! findings.
 pub mod lifecycle;
+pub mod names;
 pub mod pid_exhaustion;
 pub mod pleg;
 pub mod runtime_unresponsive;
@@ -54,6 +55,8 @@ pub struct Engine {
     pleg: pleg::Pleg,
     /// kubelet's PLEG staleness while it is stalled or unhealthy.
     pleg_view: Option<PlegView>,
+    /// Pods and containers by name, from the runtime relist.
+    names: names::Names,
 }
 
 /// What the engine knows of PLEG health right now.
@@ -77,10 +80,14 @@ impl Engine {
                 Box::new(runtime_unresponsive::RuntimeUnresponsive::new(cfg)),
             ],
             pleg_view: None,
+            names: names::Names::default(),
         }
     }
 
     pub fn observe(&mut self, obs: &Observation) -> Vec<Report> {
+        if let Observation::RuntimeNames(n) = obs {
+            return self.names(n);
+        }
         let mut out = Vec::new();
         for d in &mut self.detectors {
             out.extend(d.observe(obs, &mut self.book));
@@ -120,6 +127,21 @@ impl Engine {
             }
         }
         out
+    }
+
+    /// New names from the runtime: the active findings they name are
+    /// reported again, now with names.
+    fn names(&mut self, n: &crate::model::kubelet::RuntimeNames) -> Vec<Report> {
+        self.names.update(n);
+        let ids: Vec<FindingId> = self.book.all_ids().cloned().collect();
+        let mut r = Vec::new();
+        for id in ids {
+            let names = &self.names;
+            if let Some(f) = self.book.update_now(&id, n.at, |f| names.fill(f)) {
+                r.push(Report::Finding(Box::new(f)));
+            }
+        }
+        self.annotate(r)
     }
 
     /// Ids of active kernel-level findings: what explains a stuck runtime.
@@ -222,6 +244,7 @@ impl Engine {
             .into_iter()
             .map(|r| match r {
                 Report::Finding(mut f) => {
+                    self.names.fill(&mut f);
                     f.concurrent = self.concurrent_with(&f.id);
                     f.pleg = self.pleg_link(&f);
                     Report::Finding(f)

@@ -243,6 +243,8 @@ impl StorageHang {
                 t.container_id.as_ref().map(|c| AffectedContainer {
                     container_id: c.clone(),
                     pod_uid: t.pod.as_ref().map(|p| p.pod_uid.clone()),
+                    container_name: None,
+                    pod: None,
                 })
             })
             .collect();

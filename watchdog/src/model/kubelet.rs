@@ -148,6 +148,26 @@ impl std::fmt::Display for PodName {
     }
 }
 
+/// A container as the runtime names it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamedContainer {
+    pub id: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodName>,
+}
+
+/// Every container the runtime listed, with its name and pod: sent by the
+/// relist when the set changes, so that findings name pods and containers
+/// the way an operator does (`namespace/name`), never by a call on the
+/// diagnosis path.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RuntimeNames {
+    pub at: Time,
+    pub runtime: String,
+    pub containers: Vec<NamedContainer>,
+}
+
 /// A runtime call the agent made that has not answered.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HungCall {

@@ -45,6 +45,8 @@ pub enum Observation {
     Relist(Box<kubelet::Relist>),
     /// A kubelet/runtime source became available or unavailable.
     Source(kubelet::SourceStatus),
+    /// The runtime's names of its containers and their pods (on change).
+    RuntimeNames(Box<kubelet::RuntimeNames>),
     /// Tasks blocked on storage past the threshold (storage sweep, every poll).
     BlockedTasks(BlockedTasks),
     /// A call on a D-Bus/systemd socket connection of a runtime process.
@@ -66,6 +68,7 @@ impl Observation {
             Self::NodeReady(n) => n.at,
             Self::Relist(r) => r.at,
             Self::Source(s) => s.at,
+            Self::RuntimeNames(n) => n.at,
             Self::BlockedTasks(b) => b.at,
             Self::SocketCall(c) => c.at,
             Self::SocketQueues(q) => q.at,

@@ -30,6 +30,14 @@ pub struct PodRef {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub runtime: Option<String>,
     pub driver: CgroupDriver,
+    /// The pod's namespace and name, and the container's name, as the
+    /// runtime's relist named them (filled in by the engine when known).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_name: Option<String>,
 }
 
 fn is_container_id(s: &str) -> bool {
@@ -64,6 +72,9 @@ pub fn pod_from_cgroup_path(path: &str) -> Option<PodRef> {
         .filter(|c| is_container_id(c))
         .map(|c| (*c).to_owned());
     Some(PodRef {
+        namespace: None,
+        name: None,
+        container_name: None,
         pod_uid,
         qos,
         container_id,
@@ -105,6 +116,9 @@ fn systemd(rest: &[&str]) -> Option<PodRef> {
         None => (None, None),
     };
     Some(PodRef {
+        namespace: None,
+        name: None,
+        container_name: None,
         pod_uid: uid.replace('_', "-"),
         qos,
         container_id,

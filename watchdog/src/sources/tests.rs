@@ -324,9 +324,22 @@ async fn changed_only_inspects_the_pods_that_changed_and_retries_failures() {
         Some("default/pod-b")
     );
     assert_eq!(inspects.load(Ordering::Relaxed), 3);
+    let names = relister.take_names().expect("the first listing's names");
+    assert_eq!(names.runtime, "fake");
+    assert_eq!(names.containers.len(), 3);
+    assert_eq!(
+        names.containers[0]
+            .pod
+            .as_ref()
+            .map(|p| p.to_string())
+            .as_deref(),
+        Some("default/pod-c"),
+        "sorted by id: id-bad first"
+    );
     // Nothing changed: only the failed one is asked again (the hung one is
-    // still outstanding).
+    // still outstanding), and no names are sent again.
     let r = relister.relist().await;
+    assert!(relister.take_names().is_none());
     assert_eq!(r.inspected, 1, "{r:?}");
     assert_eq!(inspects.load(Ordering::Relaxed), 4);
     // "ok" changes state, "bad" is gone: only "ok"'s pod is inspected.
@@ -340,6 +353,7 @@ async fn changed_only_inspects_the_pods_that_changed_and_retries_failures() {
     assert_eq!(r.inspect_errors, 0, "{r:?}");
     assert_eq!(inspects.load(Ordering::Relaxed), 5);
     assert!(r.error.is_none(), "{r:?}");
+    assert_eq!(relister.take_names().map(|n| n.containers.len()), Some(2));
 }
 
 #[tokio::test(flavor = "current_thread")]

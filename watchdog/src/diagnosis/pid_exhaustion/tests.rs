@@ -376,3 +376,62 @@ fn rlimit_pressure_warns_once_and_clears_after_silence() {
     e.observe(&usage(11_000, 195));
     assert!(warnings(&e.observe(&limits(11_500, vec![], sys(100)))).is_empty());
 }
+
+/// A finding known by cgroup path only gets its pod's and container's names
+/// in an update once the runtime relist names them.
+#[test]
+fn names_from_the_runtime_arrive_in_an_update() {
+    use crate::model::kubelet::{NamedContainer, PodName, RuntimeNames};
+    let uid = "0d5c2b8e-1b1f-4a8e-9f5a-2b6c7d8e9f01";
+    let cid = "a".repeat(64);
+    let pod_cg = format!("/kubepods/burstable/pod{uid}");
+    let ctr_cg = format!("{pod_cg}/{cid}");
+    let mut e = Engine::new(EngineConfig::default());
+    let mut obs = failure(
+        0,
+        42,
+        vec![cg(&ctr_cg, 3, None, 0), cg(&pod_cg, 64, Some(64), 0)],
+    );
+    if let Observation::ForkFailed(f) = &mut obs {
+        f.pod = crate::model::pod::pod_from_cgroup_path(&ctr_cg);
+    }
+    let r = e.observe(&obs);
+    let f = findings(&r);
+    let pod = pid(f[0]).pod.clone().expect("the pod from the cgroup path");
+    assert_eq!(pod.pod_uid, uid);
+    assert_eq!(pod.name, None);
+    let r = e.observe(&Observation::RuntimeNames(Box::new(RuntimeNames {
+        at: Time(1000),
+        runtime: "containerd".into(),
+        containers: vec![NamedContainer {
+            id: cid.clone(),
+            name: "app".into(),
+            pod: Some(PodName {
+                namespace: "shop".into(),
+                name: "web-0".into(),
+                uid: uid.into(),
+            }),
+        }],
+    })));
+    let f = findings(&r);
+    assert_eq!(f.len(), 1, "{r:?}");
+    assert_eq!(f[0].status, FindingStatus::Update);
+    let pod = pid(f[0]).pod.clone().unwrap();
+    assert_eq!(pod.namespace.as_deref(), Some("shop"));
+    assert_eq!(pod.name.as_deref(), Some("web-0"));
+    // The same names again: nothing new to report.
+    let r = e.observe(&Observation::RuntimeNames(Box::new(RuntimeNames {
+        at: Time(2000),
+        runtime: "containerd".into(),
+        containers: vec![NamedContainer {
+            id: cid,
+            name: "app".into(),
+            pod: Some(PodName {
+                namespace: "shop".into(),
+                name: "web-0".into(),
+                uid: uid.into(),
+            }),
+        }],
+    })));
+    assert!(findings(&r).is_empty(), "{r:?}");
+}

@@ -1,7 +1,7 @@
 //! `storage_hang` details: the mount, the blocked tasks, their containers.
 use serde::Serialize;
 
-use crate::model::{WaitClass, pod::PodRef};
+use crate::model::{WaitClass, kubelet::PodName, pod::PodRef};
 
 /// A blocked task as the finding lists it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -25,6 +25,11 @@ pub struct AffectedContainer {
     pub container_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pod_uid: Option<String>,
+    /// The runtime's names (filled in by the engine when the relist knows them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodName>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

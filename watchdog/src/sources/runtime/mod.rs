@@ -39,7 +39,9 @@ use tokio::{
 use super::{Call, ObsSender, Source, StartError, Step, Supervision, supervise};
 use crate::model::{
     Observation,
-    kubelet::{HungCall, PodName, Relist, SlowCall, SourceKind, SourceState},
+    kubelet::{
+        HungCall, NamedContainer, PodName, Relist, RuntimeNames, SlowCall, SourceKind, SourceState,
+    },
     time::Time,
 };
 
@@ -290,6 +292,9 @@ pub struct Relister<C> {
     seen: HashMap<String, String>,
     /// The version call answered.
     versioned: bool,
+    /// The container names last sent, and the new set when it changed.
+    names_sent: Vec<NamedContainer>,
+    names_new: Option<RuntimeNames>,
 }
 
 impl<C: RuntimeClient> Relister<C> {
@@ -301,6 +306,8 @@ impl<C: RuntimeClient> Relister<C> {
             inspects: HashMap::new(),
             seen: HashMap::new(),
             versioned: false,
+            names_sent: Vec::new(),
+            names_new: None,
         }
     }
 
@@ -316,6 +323,11 @@ impl<C: RuntimeClient> Relister<C> {
             }
             Err(_) => Ok(false),
         }
+    }
+
+    /// The runtime's container names, when they changed since last taken.
+    pub fn take_names(&mut self) -> Option<RuntimeNames> {
+        self.names_new.take()
     }
 
     fn hung_calls(&self) -> Vec<HungCall> {
@@ -456,6 +468,24 @@ impl<C: RuntimeClient> Relister<C> {
             .filter(|o| o.kind == ObjectKind::Container)
             .count() as u32;
         r.sandboxes = objects.len() as u32 - r.containers;
+        let mut names: Vec<NamedContainer> = objects
+            .iter()
+            .filter(|o| o.kind == ObjectKind::Container)
+            .map(|o| NamedContainer {
+                id: o.id.clone(),
+                name: o.name.clone(),
+                pod: o.pod.clone(),
+            })
+            .collect();
+        names.sort_by(|a, b| a.id.cmp(&b.id));
+        if names != self.names_sent {
+            self.names_new = Some(RuntimeNames {
+                at,
+                runtime: r.runtime.clone(),
+                containers: names.clone(),
+            });
+            self.names_sent = names;
+        }
         let states: HashMap<String, (String, String)> = objects
             .iter()
             .map(|o| (o.id.clone(), (o.state.clone(), o.group().to_owned())))
@@ -614,9 +644,13 @@ where
                 format!("relisting every {:?}", self.cfg.interval),
             ),
         };
+        let mut observations = vec![Observation::Relist(Box::new(r))];
+        if let Some(n) = relister.take_names() {
+            observations.push(Observation::RuntimeNames(Box::new(n)));
+        }
         Call::Answered(Step {
             state: Some(state),
-            observations: vec![Observation::Relist(Box::new(r))],
+            observations,
             news: None,
         })
     }
