@@ -72,11 +72,15 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 [plugins."io.containerd.internal.v1.opt"]
   path = "{dir}/opt"
 [plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "localhost/{tag}-pause:1"
+  sandbox_image = "{image}"
+  # This sandbox's bounding set lacks CAP_SYS_RESOURCE: no negative
+  # oom_score_adj for the sandbox (as in rootless or nested setups).
+  restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "{dir}/cni/bin"
     conf_dir = "{dir}/cni/conf"
 "#,
+            image = image_ref(&tag),
             root = dir.join("root").display(),
             state = run_dir.join("state").display(),
             sock = sock.display(),
@@ -224,7 +228,301 @@ impl Drop for Containerd {
                 unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
             }
         }
+        for problem in crate::systemd::cleanup_slice(&self.tag) {
+            eprintln!("warning: cgroup parent {} : {problem}", self.tag);
+        }
         let _ = fs::remove_dir_all(&self.run_dir);
         let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The image every sandbox and container of these tests runs:
+/// busybox-static, `sleep 3600` by default.
+pub fn image_ref(tag: &str) -> String {
+    format!("localhost/{tag}-pause:1")
+}
+
+/// A pod made over CRI the way kubelet makes one: its sandbox (host
+/// network: no CNI), then one container, with kubelet's labels.
+#[derive(Clone, Debug)]
+pub struct PodSpec {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub container: String,
+    /// The container's command.
+    pub command: Vec<String>,
+    /// (host path, container path) bind mounts.
+    pub mounts: Vec<(String, String)>,
+}
+
+/// Ids of a pod made by [`Containerd::run_pod`].
+#[derive(Clone, Debug)]
+pub struct Pod {
+    pub sandbox_id: String,
+    pub container_id: String,
+}
+
+impl Containerd {
+    /// The cgroup parent of this containerd's pods (cgroupfs layout of
+    /// kubelet below a parent of our own, removed at drop).
+    pub fn pod_cgroup(&self, uid: &str) -> String {
+        format!("/{}/kubepods/besteffort/pod{uid}", self.tag)
+    }
+
+    /// Imports [`image_ref`] (an OCI layout made here from busybox-static:
+    /// no registry) into the `k8s.io` namespace, where CRI looks.
+    pub fn import_image(&self) -> Result<String, String> {
+        use sha2::{Digest, Sha256};
+        let work = self.dir.join("image");
+        let rootfs = work.join("rootfs");
+        let blobs = work.join("layout/blobs/sha256");
+        for d in [&rootfs.join("bin"), &blobs] {
+            fs::create_dir_all(d).map_err(|e| format!("create {}: {e}", d.display()))?;
+        }
+        for d in ["tmp", "proc", "sys", "dev", "etc", "data"] {
+            let _ = fs::create_dir_all(rootfs.join(d));
+        }
+        fs::copy(crate::dockerd::BUSYBOX, rootfs.join("bin/busybox"))
+            .map_err(|e| format!("copy busybox: {e}"))?;
+        for applet in ["sh", "sleep", "echo", "cat"] {
+            let _ = std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet));
+        }
+        let layer_tar = work.join("layer.tar");
+        let st = Command::new("tar")
+            .arg("-C")
+            .arg(&rootfs)
+            .arg("-cf")
+            .arg(&layer_tar)
+            .arg(".")
+            .status()
+            .map_err(|e| format!("tar: {e}"))?;
+        if !st.success() {
+            return Err(format!("tar of {} failed: {st}", rootfs.display()));
+        }
+        let put = |bytes: &[u8]| -> Result<(String, usize), String> {
+            let hex: String = Sha256::digest(bytes)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            fs::write(blobs.join(&hex), bytes).map_err(|e| format!("write blob: {e}"))?;
+            Ok((format!("sha256:{hex}"), bytes.len()))
+        };
+        let layer = fs::read(&layer_tar).map_err(|e| format!("read layer: {e}"))?;
+        let (ld, ls) = put(&layer)?;
+        let config = serde_json::json!({
+            "architecture": "amd64", "os": "linux",
+            "config": {"Cmd": ["/bin/sleep", "3600"]},
+            "rootfs": {"type": "layers", "diff_ids": [ld]},
+        })
+        .to_string();
+        let (cd, cs) = put(config.as_bytes())?;
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cs},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": ld, "size": ls}],
+        })
+        .to_string();
+        let (md, ms) = put(manifest.as_bytes())?;
+        let name = image_ref(&self.tag);
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "manifests": [{
+                "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": ms,
+                "annotations": {"io.containerd.image.name": name, "org.opencontainers.image.ref.name": "1"},
+            }],
+        })
+        .to_string();
+        fs::write(work.join("layout/index.json"), index).map_err(|e| e.to_string())?;
+        fs::write(
+            work.join("layout/oci-layout"),
+            r#"{"imageLayoutVersion":"1.0.0"}"#,
+        )
+        .map_err(|e| e.to_string())?;
+        let image_tar = work.join("image.tar");
+        let st = Command::new("tar")
+            .arg("-C")
+            .arg(work.join("layout"))
+            .arg("-cf")
+            .arg(&image_tar)
+            .arg(".")
+            .status()
+            .map_err(|e| format!("tar: {e}"))?;
+        if !st.success() {
+            return Err(format!("tar of the image layout failed: {st}"));
+        }
+        let out = self
+            .ctr(
+                &[
+                    "-n",
+                    "k8s.io",
+                    "images",
+                    "import",
+                    &image_tar.to_string_lossy(),
+                ],
+                60,
+            )
+            .map_err(|e| format!("ctr images import: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "ctr images import: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(name)
+    }
+
+    /// A CRI client on our socket, with a runtime of its own, for one call.
+    fn cri<T>(
+        &self,
+        f: impl AsyncFnOnce(
+            k8s_cri::v1::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
+        ) -> Result<T, tonic::Status>,
+    ) -> Result<T, String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let sock = self.sock.clone();
+        rt.block_on(async move {
+            let channel = tonic::transport::Endpoint::from_static("http://cri.invalid")
+                .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+                    let sock = sock.clone();
+                    async move {
+                        tokio::net::UnixStream::connect(sock)
+                            .await
+                            .map(hyper_util::rt::TokioIo::new)
+                    }
+                }))
+                .await
+                .map_err(|e| format!("connect: {e}"))?;
+            let client = k8s_cri::v1::runtime_service_client::RuntimeServiceClient::new(channel);
+            tokio::time::timeout(Duration::from_secs(60), f(client))
+                .await
+                .map_err(|_| "no answer within 60 s".to_owned())?
+                .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+        })
+    }
+
+    /// Runs the pod's sandbox and starts its container, as kubelet does.
+    pub fn run_pod(&self, spec: &PodSpec) -> Result<Pod, String> {
+        use k8s_cri::v1::*;
+        let image = image_ref(&self.tag);
+        let labels: std::collections::HashMap<String, String> = [
+            ("io.kubernetes.pod.name", spec.name.as_str()),
+            ("io.kubernetes.pod.namespace", spec.namespace.as_str()),
+            ("io.kubernetes.pod.uid", spec.uid.as_str()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let host_ns = || NamespaceOption {
+            network: NamespaceMode::Node as i32,
+            pid: NamespaceMode::Container as i32,
+            ipc: NamespaceMode::Pod as i32,
+            ..Default::default()
+        };
+        let logs = self.dir.join("pods").join(&spec.uid);
+        fs::create_dir_all(&logs).map_err(|e| e.to_string())?;
+        let sandbox_config = PodSandboxConfig {
+            metadata: Some(PodSandboxMetadata {
+                name: spec.name.clone(),
+                uid: spec.uid.clone(),
+                namespace: spec.namespace.clone(),
+                attempt: 0,
+            }),
+            // Host network: the node's UTS namespace, no hostname of its own.
+            log_directory: logs.to_string_lossy().into_owned(),
+            labels: labels.clone(),
+            linux: Some(LinuxPodSandboxConfig {
+                cgroup_parent: self.pod_cgroup(&spec.uid),
+                security_context: Some(LinuxSandboxSecurityContext {
+                    namespace_options: Some(host_ns()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut clabels = labels;
+        clabels.insert(
+            "io.kubernetes.container.name".into(),
+            spec.container.clone(),
+        );
+        let container_config = ContainerConfig {
+            metadata: Some(ContainerMetadata {
+                name: spec.container.clone(),
+                attempt: 0,
+            }),
+            image: Some(ImageSpec {
+                image: image.clone(),
+                ..Default::default()
+            }),
+            command: spec.command.clone(),
+            log_path: format!("{}.log", spec.container),
+            labels: clabels,
+            mounts: spec
+                .mounts
+                .iter()
+                .map(|(host, ctr)| Mount {
+                    host_path: host.clone(),
+                    container_path: ctr.clone(),
+                    ..Default::default()
+                })
+                .collect(),
+            linux: Some(LinuxContainerConfig {
+                security_context: Some(LinuxContainerSecurityContext {
+                    namespace_options: Some(host_ns()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let sandbox_id = self.cri(async |mut c| {
+            Ok(c.run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(sandbox_config.clone()),
+                runtime_handler: String::new(),
+            })
+            .await?
+            .into_inner()
+            .pod_sandbox_id)
+        })?;
+        let container_id = self.cri(async |mut c| {
+            let id = c
+                .create_container(CreateContainerRequest {
+                    pod_sandbox_id: sandbox_id.clone(),
+                    config: Some(container_config),
+                    sandbox_config: Some(sandbox_config),
+                })
+                .await?
+                .into_inner()
+                .container_id;
+            c.start_container(StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await?;
+            Ok(id)
+        })?;
+        Ok(Pod {
+            sandbox_id,
+            container_id,
+        })
+    }
+
+    /// Stops and removes a pod (best effort, bounded).
+    pub fn remove_pod(&self, pod: &Pod) {
+        use k8s_cri::v1::*;
+        let id = pod.sandbox_id.clone();
+        let _ = self.cri(async |mut c| {
+            c.stop_pod_sandbox(StopPodSandboxRequest {
+                pod_sandbox_id: id.clone(),
+            })
+            .await?;
+            c.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id })
+                .await?;
+            Ok(())
+        });
     }
 }

@@ -3,14 +3,18 @@
 //! its endpoint; the test's containerd stopped (SIGSTOP, our own process)
 //! gives a `runtime_unresponsive` finding naming the endpoint and the hung
 //! `ListPodSandbox`, resolved after SIGCONT; an endpoint with nothing behind
-//! it is reported once, not once per retry.
+//! it is reported once, not once per retry. A pod made over CRI as kubelet
+//! makes one, whose container blocks on its volume (a frozen ext4 of the
+//! test's own), gives a `storage_hang` finding that names the container and
+//! the pod by name, from the relist (never from a call on the finding's path).
 //!
 //! Run as root, one test at a time:
 //! `cargo test -p watchdog-tests --test cri -- --test-threads=1`
 use std::time::Duration;
 
 use serde_json::Value;
-use watchdog_tests::containerd::{Containerd, skip_unless_containerd_prereqs};
+use watchdog_tests::containerd::{Containerd, PodSpec, skip_unless_containerd_prereqs};
+use watchdog_tests::frozen::{FrozenExt4, skip_unless_freeze_prereqs};
 use watchdog_tests::*;
 
 fn agent_args(endpoint: &str) -> Vec<String> {
@@ -152,4 +156,84 @@ fn cri_unreachable_endpoint_is_reported_once() {
         "an unreachable runtime is not a hung one:\n{}",
         agent.report()
     );
+}
+
+#[test]
+fn a_cri_pod_blocked_on_a_frozen_volume_is_named_by_pod_and_container() {
+    if !skip_unless_containerd_prereqs() || !skip_unless_freeze_prereqs() {
+        return;
+    }
+    // Drop order (reverse): agent, freeze guard (thaw, umount), containerd.
+    let ctd = Containerd::start().expect("containerd starts");
+    let mut fs = FrozenExt4::mount().unwrap_or_else(|e| panic!("{e}"));
+    ctd.import_image()
+        .unwrap_or_else(|e| panic!("{e}\n{}", ctd.log_tail()));
+    let mut args = agent_args(&ctd.endpoint());
+    args.extend(["--hang-threshold".to_owned(), "3s".to_owned()]);
+    let agent = Agent::start_recorded(&args);
+    let mp = fs.mount_point().to_string_lossy().into_owned();
+    let uid = format!(
+        "7a1c0d2e-{:04x}-4b5e-8c9d-0242ac120003",
+        std::process::id() & 0xffff
+    );
+    let name = format!("web-{}", std::process::id());
+    fs.freeze().unwrap_or_else(|e| panic!("{e}"));
+    let pod = ctd
+        .run_pod(&PodSpec {
+            namespace: "shop".into(),
+            name: name.clone(),
+            uid: uid.clone(),
+            container: "app".into(),
+            command: ["sh", "-c", "echo x > /data/f; sleep 600"]
+                .map(String::from)
+                .to_vec(),
+            mounts: vec![(mp.clone(), "/data".into())],
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", ctd.log_tail()));
+    let named = |v: &Value| {
+        v["type"] == "finding"
+            && v["cause"] == "storage_hang"
+            && v["mount_point"] == mp.as_str()
+            && v["containers"].as_array().is_some_and(|c| {
+                c.iter().any(|c| {
+                    c["container_id"] == pod.container_id.as_str()
+                        && c["container_name"] == "app"
+                        && c["pod"]["name"] == name.as_str()
+                })
+            })
+    };
+    let Some(rec) = agent.wait_for_record(named, Duration::from_secs(20)) else {
+        let _ = fs.thaw();
+        ctd.remove_pod(&pod);
+        let names: Vec<String> = agent
+            .recording()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("runtime_names"))
+            .map(str::to_owned)
+            .collect();
+        panic!(
+            "no storage_hang finding naming container app of pod shop/{name}\nnames observed: {names:#?}\n{}\n{}",
+            agent.report(),
+            ctd.log_tail()
+        );
+    };
+    let f = &rec.value;
+    let c = f["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["container_id"] == pod.container_id.as_str())
+        .unwrap();
+    assert_eq!(c["pod"]["namespace"], "shop", "{f:#}");
+    assert_eq!(c["pod"]["uid"], uid.as_str(), "{f:#}");
+    let pods = f["pods"].to_string();
+    assert!(pods.contains(&format!("\"name\":\"{name}\"")), "{pods}");
+    assert!(pods.contains("\"namespace\":\"shop\""), "{pods}");
+    fs.thaw().unwrap_or_else(|e| panic!("{e}"));
+    ctd.remove_pod(&pod);
+    drop(agent);
+    drop(fs);
+    drop(ctd);
 }
