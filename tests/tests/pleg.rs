@@ -332,7 +332,7 @@ fn unreachable_runtime_is_reported_not_fatal() {
         return;
     }
     let sock = format!("unix:///run/wd-no-docker-{}.sock", std::process::id());
-    let agent = Agent::start_recorded(&agent_args(&sock, &[]));
+    let agent = Agent::start_recorded(&agent_args(&sock, &["--kubelet-log", "off"]));
     let Some(rec) = agent.wait_for_record(
         |v| v["type"] == "source" && v["source"] == "runtime_relist",
         Duration::from_secs(10),

@@ -42,7 +42,8 @@
 //! kubelet_token = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 //! kubelet_insecure_tls = false    # kubelet's self-signed serving certificate
 //! kubelet_scrape_interval = "5s"
-//! kubelet_log = "/var/log/kubelet.log"          # default: not followed
+//! kubelet_log = "journal"        # a file, "journal" or "off"; default: the journal if a journal directory exists
+//! journal_dirs = ["/var/log/journal", "/run/log/journal"]   # default: those that exist
 //! runtime_endpoint = "auto"       # auto (containerd, CRI-O, cri-dockerd, then Docker) | off | unix:///run/containerd/containerd.sock
 //! # docker_host = "unix:///var/run/docker.sock" # relist over Docker's API instead of CRI
 //! relist_interval = "5s"
@@ -234,6 +235,7 @@ pub struct PlegSection {
     #[serde(deserialize_with = "duration")]
     pub kubelet_scrape_interval: Duration,
     pub kubelet_log: Option<PathBuf>,
+    pub journal_dirs: Vec<PathBuf>,
     pub runtime_endpoint: String,
     pub docker_host: Option<String>,
     #[serde(deserialize_with = "duration")]
@@ -258,6 +260,7 @@ impl Default for PlegSection {
             kubelet_insecure_tls: false,
             kubelet_scrape_interval: Duration::from_secs(5),
             kubelet_log: None,
+            journal_dirs: Vec::new(),
             runtime_endpoint: "auto".into(),
             docker_host: None,
             relist_interval: Duration::from_secs(5),

@@ -25,6 +25,8 @@ const APT_PACKAGES: &[&str] = &[
     "containerd",
     "runc",
     "busybox-static",
+    // Journal tests: real journal files written by systemd's own tools.
+    "systemd-journal-remote",
     // systemd-hang tests: our own dbus-daemon (and strace for the fixtures'
     // syscall-level self-checks).
     "dbus",

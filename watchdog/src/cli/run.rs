@@ -105,6 +105,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         kubelet_token: p.kubelet_token.clone(),
         kubelet_scrape_interval: p.kubelet_scrape_interval,
         kubelet_log: p.kubelet_log.clone(),
+        journal_dir: p.journal_dirs.clone(),
         node_name: node.clone(),
         runtime_endpoint: p.runtime_endpoint.clone(),
         docker_host: p.docker_host.clone(),

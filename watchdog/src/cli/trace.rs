@@ -12,7 +12,7 @@ use crate::{
     remediation::{ActionKind, Mode, PolicyConfig},
     sinks::{Sink, json::JsonLines, terminal::Terminal},
     sources::{
-        PlegSources,
+        LogTarget, PlegSources,
         kubelet::{
             metrics::{self, ScrapeConfig},
             node,
@@ -142,10 +142,15 @@ pub struct PlegArgs {
     /// How often kubelet's metrics are scraped.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub(super) kubelet_scrape_interval: Duration,
-    /// kubelet's log file (its --log-file, or the syslog file); the systemd
-    /// journal is not read yet.
+    /// Where kubelet's log is read: a file (its --log-file, or the syslog
+    /// file), "journal" (the systemd journal, without journalctl) or "off";
+    /// default: the journal when a journal directory exists.
     #[arg(long)]
     pub(super) kubelet_log: Option<PathBuf>,
+    /// The journal's directory (e.g. the host's /var/log/journal mounted into
+    /// the DaemonSet); default: /var/log/journal and /run/log/journal.
+    #[arg(long)]
+    pub(super) journal_dir: Vec<PathBuf>,
     /// This node's name, for the node condition watch (in-cluster only);
     /// default: $NODE_NAME, else the hostname.
     #[arg(long)]
@@ -180,6 +185,28 @@ pub struct PlegArgs {
 }
 
 impl PlegArgs {
+    /// `--kubelet-log FILE|journal|off` and `--journal-dir`.
+    fn log_target(&self) -> LogTarget {
+        let journal = || {
+            LogTarget::Journal(if self.journal_dir.is_empty() {
+                crate::sources::kubelet::journal::existing_dirs()
+            } else {
+                self.journal_dir.clone()
+            })
+        };
+        match self.kubelet_log.as_deref().and_then(|p| p.to_str()) {
+            Some("off") => LogTarget::Off,
+            Some("journal") => journal(),
+            Some(_) => LogTarget::File(self.kubelet_log.clone().unwrap_or_default()),
+            None if !self.journal_dir.is_empty()
+                || !crate::sources::kubelet::journal::existing_dirs().is_empty() =>
+            {
+                journal()
+            }
+            None => LogTarget::Off,
+        }
+    }
+
     /// The sources and the estimate's configuration (the settings the run
     /// file shares are checked by [`validate`]).
     pub fn build(&self) -> Result<(PlegSources, PlegConfig), Invalid> {
@@ -231,7 +258,7 @@ impl PlegArgs {
         Ok((
             PlegSources {
                 metrics,
-                log: self.kubelet_log.clone(),
+                log: self.log_target(),
                 node_name: self.node_name.clone().or_else(node::default_node_name),
                 node_watch: true,
                 relist,

@@ -322,13 +322,25 @@ pub async fn supervise<S: Source>(mut source: S, out: ObsSender) {
     }
 }
 
+/// Where kubelet's log lines come from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum LogTarget {
+    /// Not read; the reason is reported as the source's status.
+    #[default]
+    Off,
+    /// A file (kubelet's `--log-file`, or the syslog file), followed.
+    File(PathBuf),
+    /// The systemd journal in these directories.
+    Journal(Vec<PathBuf>),
+}
+
 /// Which PLEG sources a session runs, and how.
 #[derive(Clone, Debug, Default)]
 pub struct PlegSources {
     /// kubelet's /metrics; None: not scraped.
     pub metrics: Option<kubelet::metrics::ScrapeConfig>,
-    /// kubelet's log file; None: reported as disabled (journal not supported yet).
-    pub log: Option<PathBuf>,
+    /// Where kubelet's log lines are read from.
+    pub log: LogTarget,
     /// Watch this node's Ready condition (in-cluster config); None: no node name.
     pub node_name: Option<String>,
     pub node_watch: bool,
@@ -347,7 +359,7 @@ impl PlegSources {
         let any = self.metrics.is_some()
             || self.node_watch
             || self.relist.is_some()
-            || self.log.is_some();
+            || self.log != LogTarget::Off;
         if let Some(m) = self.metrics {
             tokio::spawn(supervise(
                 kubelet::metrics::MetricsSource::new(m),
@@ -355,10 +367,23 @@ impl PlegSources {
             ));
         }
         if any {
-            tokio::spawn(supervise(
-                kubelet::log::LogSource::new(self.log),
-                out.clone(),
-            ));
+            match self.log {
+                LogTarget::Journal(dirs) => {
+                    tokio::spawn(supervise(
+                        kubelet::journal::JournalSource::new(dirs),
+                        out.clone(),
+                    ));
+                }
+                LogTarget::File(path) => {
+                    tokio::spawn(supervise(
+                        kubelet::log::LogSource::new(Some(path)),
+                        out.clone(),
+                    ));
+                }
+                LogTarget::Off => {
+                    tokio::spawn(supervise(kubelet::log::LogSource::new(None), out.clone()));
+                }
+            }
         }
         if self.node_watch {
             let client = kubelet::node::in_cluster_client();

@@ -496,11 +496,11 @@ impl Source for LogSource {
     async fn start(&mut self) -> Result<Follower, StartError> {
         match &self.path {
             Some(path) => Ok(Follower::new(path)),
-            None => Err(StartError::Disabled(
-                "no --kubelet-log file given; reading the systemd journal is not supported yet \
-                 (use kubelet's --log-file, or the syslog file journald forwards to)"
-                    .into(),
-            )),
+            None => Err(StartError::Disabled(format!(
+                "kubelet's log is not read: no --kubelet-log file given and no journal directory \
+                 ({}); give --kubelet-log FILE or --journal-dir DIR",
+                super::journal::JOURNAL_DIRS.join(", ")
+            ))),
         }
     }
 
