@@ -6,11 +6,7 @@
 //! behind a syslog prefix (`Mar 22 15:23:22 host dockerd: ...`), and may be
 //! structured (`"Skipping pod synchronization" err="[..., PLEG is not healthy:
 //! ...]"`): the parser looks for the message text, not for a fixed layout.
-//!
-//! The systemd journal is not read yet: reading it without `journalctl` needs
-//! a journal file reader; point `--kubelet-log` at a file (kubelet's
-//! `--log-file`, `/var/log/messages` or `/var/log/syslog` where journald
-//! forwards to syslog).
+//! The same parser reads the systemd journal's messages ([`super::journal`]).
 use std::{
     fs::File,
     io::{Read, Seek, SeekFrom},
