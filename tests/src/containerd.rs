@@ -34,6 +34,17 @@ pub fn skip_unless_containerd_prereqs() -> bool {
     true
 }
 
+/// Options of [`Containerd::start_with`].
+#[derive(Clone, Debug, Default)]
+pub struct ContainerdOpts {
+    /// Start containerd in the mount namespace of this process (the holder
+    /// of a [`crate::systemd::PrivateNs`]): its shims and runc live there.
+    pub mount_ns_of: Option<u32>,
+    /// runc with the systemd cgroup driver (`SystemdCgroup = true`); pods'
+    /// cgroup parent is then a slice of our own, removed at drop.
+    pub systemd_cgroup: bool,
+}
+
 /// A running private containerd with its CRI plugin.
 pub struct Containerd {
     tag: String,
@@ -41,12 +52,20 @@ pub struct Containerd {
     run_dir: PathBuf,
     sock: PathBuf,
     daemon: Option<ChildGuard>,
+    opts: ContainerdOpts,
+    /// The slice of the pods with the systemd driver.
+    slice: String,
 }
 
 impl Containerd {
     /// Starts containerd and waits (up to 30 s) until `ctr plugins ls` shows
     /// the CRI plugin `ok`.
     pub fn start() -> Result<Self, String> {
+        Self::start_with(ContainerdOpts::default())
+    }
+
+    /// [`Containerd::start`] with options.
+    pub fn start_with(opts: ContainerdOpts) -> Result<Self, String> {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let tag = format!("wd-ctd-{}-{n}", std::process::id());
         let dir = std::env::temp_dir().join(&tag);
@@ -76,11 +95,16 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
   # This sandbox's bounding set lacks CAP_SYS_RESOURCE: no negative
   # oom_score_adj for the sandbox (as in rootless or nested setups).
   restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+    SystemdCgroup = {systemd}
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "{dir}/cni/bin"
     conf_dir = "{dir}/cni/conf"
 "#,
             image = image_ref(&tag),
+            systemd = opts.systemd_cgroup,
             root = dir.join("root").display(),
             state = run_dir.join("state").display(),
             sock = sock.display(),
@@ -91,7 +115,15 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         fs::write(&cfg_path, config).map_err(|e| format!("write config: {e}"))?;
         let log = fs::File::create(dir.join("containerd.log"))
             .map_err(|e| format!("create containerd.log: {e}"))?;
-        let mut cmd = Command::new(CONTAINERD);
+        let mut cmd = match opts.mount_ns_of {
+            Some(pid) => {
+                let mut c = Command::new("/usr/bin/nsenter");
+                c.args(["-t", &pid.to_string(), "-m", "--", CONTAINERD])
+                    .current_dir("/");
+                c
+            }
+            None => Command::new(CONTAINERD),
+        };
         cmd.arg("--config")
             .arg(&cfg_path)
             .stdin(Stdio::null())
@@ -99,12 +131,15 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             .stderr(log);
         let daemon =
             ChildGuard::spawn(&mut cmd, &format!("containerd {tag}")).map_err(|e| e.to_string())?;
+        let slice = format!("wdt{}c{n}.slice", std::process::id());
         let mut me = Self {
             tag,
             dir,
             run_dir,
             sock,
             daemon: Some(daemon),
+            opts,
+            slice,
         };
         let ready = wait::until_every(
             "containerd's CRI plugin to be ok",
@@ -195,6 +230,42 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
     }
 }
 
+impl Containerd {
+    /// Our mounts in the namespace containerd ran in, detached through
+    /// `nsenter ... umount -l` (the host cannot reach them).
+    fn unmount_in_ns(&self, ns: u32) {
+        let text = fs::read_to_string(format!("/proc/{ns}/mountinfo")).unwrap_or_default();
+        let mut points: Vec<String> = text
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4).map(crate::unescape_mountinfo))
+            .filter(|p| {
+                p.starts_with(&*self.run_dir.to_string_lossy())
+                    || p.starts_with(&*self.dir.to_string_lossy())
+            })
+            .collect();
+        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for p in points {
+            let _ = Command::new("timeout")
+                .args([
+                    "-s",
+                    "KILL",
+                    "10",
+                    "/usr/bin/nsenter",
+                    "-t",
+                    &ns.to_string(),
+                    "-m",
+                    "--",
+                ])
+                .args(["umount", "-l", &p])
+                .current_dir("/")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
 impl Drop for Containerd {
     fn drop(&mut self) {
         if let Some(mut d) = self.daemon.take() {
@@ -211,6 +282,14 @@ impl Drop for Containerd {
         for p in self.our_leftovers() {
             // SAFETY: a process whose command line names our private directories.
             unsafe { libc::kill(p, libc::SIGKILL) };
+            // Its children too: the runc of a shim (hung on D-Bus, say).
+            for c in crate::systemd::descendants(p as u32) {
+                // SAFETY: a descendant of one of our shims.
+                unsafe { libc::kill(c as i32, libc::SIGKILL) };
+            }
+        }
+        if let Some(ns) = self.opts.mount_ns_of {
+            self.unmount_in_ns(ns);
         }
         let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let mut points: Vec<String> = text
@@ -230,6 +309,11 @@ impl Drop for Containerd {
         }
         for problem in crate::systemd::cleanup_slice(&self.tag) {
             eprintln!("warning: cgroup parent {} : {problem}", self.tag);
+        }
+        if self.opts.systemd_cgroup {
+            for problem in crate::systemd::cleanup_slice(&self.slice) {
+                eprintln!("warning: slice {} : {problem}", self.slice);
+            }
         }
         let _ = fs::remove_dir_all(&self.run_dir);
         let _ = fs::remove_dir_all(&self.dir);
@@ -267,7 +351,27 @@ impl Containerd {
     /// The cgroup parent of this containerd's pods (cgroupfs layout of
     /// kubelet below a parent of our own, removed at drop).
     pub fn pod_cgroup(&self, uid: &str) -> String {
-        format!("/{}/kubepods/besteffort/pod{uid}", self.tag)
+        if self.opts.systemd_cgroup {
+            self.slice.clone()
+        } else {
+            format!("/{}/kubepods/besteffort/pod{uid}", self.tag)
+        }
+    }
+
+    /// Live `runc` processes of this containerd's shims (e.g. a `runc
+    /// create` hung on D-Bus): their command line names our state directory.
+    pub fn runc_pids(&self) -> Vec<u32> {
+        let needle = self.run_dir.to_string_lossy().into_owned();
+        crate::systemd::all_pids()
+            .into_iter()
+            .filter(|p| {
+                fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| {
+                    let c = String::from_utf8_lossy(&c);
+                    c.split('\0').next().is_some_and(|a0| a0.ends_with("runc"))
+                        && c.contains(&needle)
+                })
+            })
+            .collect()
     }
 
     /// Imports [`image_ref`] (an OCI layout made here from busybox-static:

@@ -178,7 +178,7 @@ fn proc_start_ticks(pid: u32) -> Option<u64> {
         .ok()
 }
 
-fn all_pids() -> Vec<u32> {
+pub fn all_pids() -> Vec<u32> {
     fs::read_dir("/proc")
         .map(|rd| {
             rd.flatten()

@@ -552,3 +552,75 @@ fn dockerd_with_the_systemd_driver_names_the_container_being_created() {
     drop(d);
     let _ = docker.join();
 }
+
+/// The same hang through containerd's CRI (runc with `SystemdCgroup = true`),
+/// as on a kubeadm node: the pod sandbox kubelet asks for waits in `runc
+/// create` for systemd's reply.
+#[test]
+fn containerd_with_the_systemd_driver_names_the_sandbox_being_created() {
+    use watchdog_tests::containerd::{Containerd, ContainerdOpts, PodSpec};
+    if !skip_unless_systemd_prereqs()
+        || !watchdog_tests::containerd::skip_unless_containerd_prereqs()
+    {
+        return;
+    }
+    let ns = PrivateNs::start().unwrap();
+    let _bus = DbusDaemon::start(&ns).unwrap();
+    let fake = FakeSystemd::start(&ns, Transport::Bus, FakeMode::Answer).unwrap();
+    let ctd = Containerd::start_with(ContainerdOpts {
+        mount_ns_of: Some(ns.holder_pid()),
+        systemd_cgroup: true,
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    ctd.import_image().unwrap_or_else(|e| panic!("{e}"));
+    let spec = |n: u32| PodSpec {
+        namespace: "default".into(),
+        name: format!("sys-{n}"),
+        uid: format!("6b2d1e3f-{n:04x}-4a5b-9c8d-0242ac120004"),
+        container: "app".into(),
+        command: vec!["sleep".into(), "1000".into()],
+        mounts: Vec::new(),
+    };
+    // Healthy first: a pod starts through systemd, no finding.
+    let run = start_agent(&ns, "containerd");
+    let pod = ctd
+        .run_pod(&spec(1))
+        .unwrap_or_else(|e| panic!("a healthy pod: {e}\n{}", ctd.log_tail()));
+    drop(fake);
+    let _fake = FakeSystemd::start(&ns, Transport::Bus, FakeMode::NeverReply).unwrap();
+    run.expect_no_finding_until(
+        SystemTime::now() + Duration::from_secs(1),
+        "a healthy pod start",
+    );
+    // Then systemd stops replying: RunPodSandbox hangs in runc create.
+    let started = Instant::now();
+    let hung = std::thread::scope(|s| {
+        let h = s.spawn(|| ctd.run_pod(&spec(2)));
+        let (f, at) = run.expect_active(THRESHOLD + SLACK + Duration::from_secs(5));
+        eprintln!("after RunPodSandbox: {:?}", at.duration_since(started));
+        let runcs = ctd.runc_pids();
+        assert!(
+            waiting_pids(&f)
+                .iter()
+                .any(|p| runcs.contains(&(*p as u32))),
+            "waiting {:?} not among our containerd's runc {runcs:?}: {f}",
+            waiting_pids(&f)
+        );
+        let w = &f["waiting"][0];
+        assert_eq!(w["comm"], "runc", "{f}");
+        assert_eq!(w["action"], "create", "{f}");
+        let id = w["container"].as_str().unwrap_or_default();
+        assert_eq!(id.len(), 64, "not a sandbox id: {f}");
+        assert_eq!(f["stuck"], "systemd_not_replying", "{f}");
+        // Release runc: the hung pod fails, the scope thread ends.
+        for p in runcs {
+            // SAFETY: a runc of our own containerd's shim.
+            unsafe { libc::kill(p as i32, libc::SIGKILL) };
+        }
+        h.join()
+    });
+    assert!(hung.is_ok(), "the pod thread panicked");
+    ctd.remove_pod(&pod);
+    drop(run);
+    drop(ctd);
+}
