@@ -148,6 +148,8 @@ impl RuntimeClient for CriClient {
                 .into_inner()
                 .containers;
             let mut out = Vec::with_capacity(sandboxes.len() + containers.len());
+            // A container without kubelet's labels is named by its sandbox.
+            let mut pods: std::collections::HashMap<String, PodName> = Default::default();
             for s in sandboxes {
                 let md = s.metadata.unwrap_or_default();
                 let pod = (!md.name.is_empty()).then(|| PodName {
@@ -155,6 +157,9 @@ impl RuntimeClient for CriClient {
                     name: md.name.clone(),
                     uid: md.uid,
                 });
+                if let Some(p) = &pod {
+                    pods.insert(s.id.clone(), p.clone());
+                }
                 out.push(Container {
                     name: md.name,
                     kind: ObjectKind::Sandbox,
@@ -167,7 +172,8 @@ impl RuntimeClient for CriClient {
                 });
             }
             for c in containers {
-                let pod = pod_from_labels(|k| c.labels.get(k).map(String::as_str));
+                let pod = pod_from_labels(|k| c.labels.get(k).map(String::as_str))
+                    .or_else(|| pods.get(&c.pod_sandbox_id).cloned());
                 let name = c
                     .metadata
                     .map(|m| m.name)
