@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::model::{
     finding::{
         FindingId,
-        pleg::{PlegEstimate, PlegSource, PlegStatus, Reading, Transition},
+        pleg::{PlegEstimate, PlegSource, PlegStatus, Reading, SLOW_OPERATION_S, Transition},
     },
     settings::PlegConfig,
 };
@@ -53,6 +53,10 @@ pub struct Pleg {
     relist_count: Option<(f64, Time)>,
     /// Relists kubelet counted between the last two scrapes (None: not known).
     relists_since_previous: Option<f64>,
+    /// Mean relist duration and slow runtime operations between the last
+    /// two scrapes.
+    relist_duration_s: Option<f64>,
+    slow_operations: BTreeMap<String, f64>,
 }
 
 /// How far kubelet's clock may be ahead of the agent's before its gauge
@@ -98,6 +102,25 @@ impl Pleg {
                 }
                 None => self.relist_count = Some((h.count, m.at)),
             }
+        }
+        if let Some(prev) = &self.metrics {
+            let mean = |now: (f64, f64), before: (f64, f64)| {
+                let n = now.0 - before.0;
+                (n >= 1.0).then(|| ((now.1 - before.1) / n).max(0.0))
+            };
+            self.relist_duration_s = match (&m.relist_duration, &prev.relist_duration) {
+                (Some(a), Some(b)) => mean((a.count, a.sum_s), (b.count, b.sum_s)),
+                _ => None,
+            };
+            self.slow_operations = m
+                .runtime_operations
+                .iter()
+                .filter_map(|(op, v)| {
+                    let b = prev.runtime_operations.get(op)?;
+                    let s = mean((v.count, v.sum_s), (b.count, b.sum_s))?;
+                    (s >= SLOW_OPERATION_S).then(|| (op.clone(), (s * 1000.0).round() / 1000.0))
+                })
+                .collect();
         }
         self.metrics = Some(m.clone());
         self.evaluate(m.at, related)
@@ -393,6 +416,10 @@ impl Pleg {
             hung,
             agent_relist_ms: relist.map(|r| r.duration_ms),
             runtime_errors,
+            relist_duration_s: self
+                .relist_duration_s
+                .map(|s| (s * 1000.0).round() / 1000.0),
+            slow_operations: self.slow_operations.clone(),
             kubelet_errors: self.kubelet_errors.iter().map(|(_, s)| s.clone()).collect(),
             node_transitions: self.transitions.clone(),
             related_findings: related.to_vec(),
@@ -426,7 +453,8 @@ impl Pleg {
             e.node_ready,
             e.related_findings,
             e.kubelet_errors.len(),
-        ) + &e.source_problems.len().to_string();
+        ) + &e.source_problems.len().to_string()
+            + &format!("{:?}", e.slow_operations.keys().collect::<Vec<_>>());
         let due = match &self.last_emit {
             None => true,
             Some((t, k)) => *k != key || now.millis_since(*t) >= self.cfg.report_every_ms,
@@ -480,6 +508,21 @@ fn message(e: &PlegEstimate) -> String {
             e.related_findings
                 .iter()
                 .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    if let Some(d) = e.relist_duration_s
+        && d >= SLOW_OPERATION_S
+    {
+        s.push_str(&format!("; kubelet's relists take {d:.1} s on average"));
+    }
+    if !e.slow_operations.is_empty() {
+        s.push_str(&format!(
+            "; slow runtime calls (kubelet's mean): {}",
+            e.slow_operations
+                .iter()
+                .map(|(op, v)| format!("{op} {v:.1} s"))
                 .collect::<Vec<_>>()
                 .join(", ")
         ));

@@ -462,3 +462,43 @@ fn exec_sync_errors_are_not_runtime_errors() {
         "{e:?}"
     );
 }
+
+#[test]
+fn slow_runtime_operations_and_relists_are_named_from_kubelets_histograms() {
+    let mut p = Pleg::new(PlegConfig::default());
+    let mut m = metrics(at(0), at(0), 0.0);
+    m.relist_duration = Some(Histogram {
+        count: 100.0,
+        sum_s: 10.0,
+        buckets: vec![(f64::INFINITY, 100.0)],
+    });
+    p.metrics(&m, &[]);
+    let mut m = metrics(at(5), at(5), 0.0);
+    // 2 container_status calls took 8 s between the scrapes; 4 relists 6 s.
+    m.runtime_operations
+        .get_mut("container_status")
+        .unwrap()
+        .count = 12.0;
+    m.runtime_operations
+        .get_mut("container_status")
+        .unwrap()
+        .sum_s = 9.0;
+    m.relist_duration = Some(Histogram {
+        count: 104.0,
+        sum_s: 16.0,
+        buckets: vec![(f64::INFINITY, 104.0)],
+    });
+    let e = p.metrics(&m, &[]).unwrap_or_else(|| p.estimate(at(5), &[]));
+    assert_eq!(
+        e.slow_operations.get("container_status"),
+        Some(&4.0),
+        "{e:?}"
+    );
+    assert_eq!(e.relist_duration_s, Some(1.5), "{e:?}");
+    assert!(
+        e.message.contains("container_status 4.0 s"),
+        "{}",
+        e.message
+    );
+    assert!(e.message.contains("relists take 1.5 s"), "{}", e.message);
+}

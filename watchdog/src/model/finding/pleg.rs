@@ -66,6 +66,10 @@ pub struct Transition {
 }
 
 /// The PLEG estimate (`"type": "pleg"` record).
+/// A runtime operation slower than this on average between two scrapes is
+/// named in the estimate.
+pub const SLOW_OPERATION_S: f64 = 1.0;
+
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct PlegEstimate {
     pub at: Time,
@@ -98,6 +102,15 @@ pub struct PlegEstimate {
     /// scrape, by operation type (non-zero only).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub runtime_errors: BTreeMap<String, f64>,
+    /// kubelet's mean relist duration between the last two scrapes
+    /// (`kubelet_pleg_relist_duration_seconds`): an early warning.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relist_duration_s: Option<f64>,
+    /// Runtime operations whose mean latency between the last two scrapes
+    /// (`kubelet_runtime_operations_duration_seconds`) was at least
+    /// [`SLOW_OPERATION_S`]: which CRI call is slow.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub slow_operations: BTreeMap<String, f64>,
     /// Recent runtime failures kubelet logged (deadlines, KillContainerError, fork EAGAIN).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub kubelet_errors: Vec<String>,
