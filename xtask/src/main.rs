@@ -12,6 +12,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod fuzz;
 mod setup;
 
 #[derive(Parser)]
@@ -37,6 +38,18 @@ enum Cmd {
         /// Skip fmt and clippy.
         #[arg(long)]
         no_lint: bool,
+        /// Seconds each fuzz target runs at the end (0: none).
+        #[arg(long, default_value_t = 15)]
+        fuzz_seconds: u64,
+    },
+    /// Set up (cargo-fuzz included), build the fuzz targets of `fuzz/` and run
+    /// each for a bounded time, seeded from real data; a crash fails.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only these targets (default: all).
+        targets: Vec<String>,
     },
     /// Set up, then run the benchmarks in this order: watchdog-bench (overhead
     /// and detection latency), storage-bench, dbus-bench, redis-bench (the
@@ -89,7 +102,11 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::Setup => setup::ensure(),
         Cmd::Trace { args } => trace(args),
-        Cmd::Test { no_lint } => test(no_lint),
+        Cmd::Test {
+            no_lint,
+            fuzz_seconds,
+        } => test(no_lint, fuzz_seconds),
+        Cmd::Fuzz { seconds, targets } => fuzz::fuzz(seconds, &targets),
         Cmd::Bench { only, args } => bench(&only, args),
     };
     match result {
@@ -153,7 +170,7 @@ fn trace(args: Vec<OsString>) -> Result<()> {
     Ok(())
 }
 
-fn test(no_lint: bool) -> Result<()> {
+fn test(no_lint: bool, fuzz_seconds: u64) -> Result<()> {
     setup::ensure()?;
     if !no_lint {
         run(cargo().args(["fmt", "--all", "--check"]))?;
@@ -206,6 +223,10 @@ fn test(no_lint: bool) -> Result<()> {
             "WATCHDOG_BIN",
             workspace_root().join("target/release/watchdog"),
         ))?;
+    // Every parser of outside input, fuzzed for a short bounded time.
+    if fuzz_seconds > 0 {
+        fuzz::fuzz(fuzz_seconds, &[])?;
+    }
     Ok(())
 }
 

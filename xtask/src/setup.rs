@@ -165,3 +165,20 @@ fn bpf_linker() -> Result<()> {
     .env("LLVM_SYS_221_PREFIX", LLVM_PREFIX);
     run(&mut cmd).with_context(|| format!("{} failed", show(&cmd)))
 }
+
+/// cargo-fuzz, for `cargo xtask fuzz` (libFuzzer comes with the nightly).
+pub fn cargo_fuzz() -> Result<()> {
+    let have = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .env("PATH", path_with_cargo_bin())
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if have {
+        return Ok(());
+    }
+    eprintln!("xtask: installing cargo-fuzz (cargo install cargo-fuzz --locked)");
+    run(Command::new("cargo")
+        .args(["install", "cargo-fuzz", "--locked"])
+        .env("PATH", path_with_cargo_bin()))
+    .context("cargo install cargo-fuzz failed")
+}
