@@ -69,10 +69,10 @@ fn summary(e: &PlegEstimate, checks: &KernelChecks) -> String {
     let mut ruled_out = if checked.is_empty() {
         "no kernel cause checked".to_owned()
     } else {
-        format!("no kernel cause found (no {})", or_list(&checked))
+        format!("no kernel cause found (no {})", list(&checked, "or"))
     };
     if !unchecked.is_empty() {
-        ruled_out.push_str(&format!("; not checked: {}", and_list(&unchecked)));
+        ruled_out.push_str(&format!("; not checked: {}", list(&unchecked, "and")));
     }
     let runtime = match (&e.runtime, &e.runtime_endpoint) {
         (Some(r), Some(ep)) => format!("container runtime {r} at {ep}"),
@@ -97,19 +97,12 @@ fn summary(e: &PlegEstimate, checks: &KernelChecks) -> String {
     format!("{runtime} unresponsive: {}; {ruled_out}", parts.join("; "))
 }
 
-fn or_list(v: &[&str]) -> String {
+/// `a, b or c` (`word` = "or"), `a and b`.
+fn list(v: &[&str], word: &str) -> String {
     match v {
         [] => String::new(),
         [one] => (*one).to_owned(),
-        [init @ .., last] => format!("{} or {last}", init.join(", ")),
-    }
-}
-
-fn and_list(v: &[&str]) -> String {
-    match v {
-        [] => String::new(),
-        [one] => (*one).to_owned(),
-        [init @ .., last] => format!("{} and {last}", init.join(", ")),
+        [init @ .., last] => format!("{} {word} {last}", init.join(", ")),
     }
 }
 
