@@ -126,6 +126,7 @@ static PT_REGS_ARG2_OFF: u64 = 0;
 static DBUS_REGS_LO: u64 = 0;
 #[unsafe(no_mangle)]
 static DBUS_REGS_LEN: u64 = 0;
+
 /// `struct sock` -> `__sk_common.skc_family` (u16).
 #[unsafe(no_mangle)]
 static SK_FAMILY_OFF: u64 = 0;
@@ -497,6 +498,18 @@ pub fn dbus_sock_send(ctx: BtfTracePointContext) -> i32 {
 #[btf_tracepoint(function = "sock_recv_length")]
 pub fn dbus_sock_recv(ctx: BtfTracePointContext) -> i32 {
     on_sock(&ctx, RECV);
+    0
+}
+
+/// Empty programs on the socket tracepoints: the benchmark's floor of the
+/// default request tracking (the kernel's dispatch cost alone).
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn bench_empty_sock_send(_ctx: BtfTracePointContext) -> i32 {
+    0
+}
+
+#[btf_tracepoint(function = "sock_recv_length")]
+pub fn bench_empty_sock_recv(_ctx: BtfTracePointContext) -> i32 {
     0
 }
 

@@ -27,6 +27,9 @@
 //! - `baseline`: no agent;
 //! - `floor`: `watchdog trace --json --no-pleg --fork-probe off
 //!   --no-dbus-probe --no-systemd` (the storage probes only);
+//! - `empty`: `watchdog bench-floor --sock` (empty programs on the two socket
+//!   tracepoints and nothing else: the kernel's cost of dispatching to any
+//!   program there, the floor of `tracking`'s own work);
 //! - `tracking`: the same without `--no-systemd`, with the default socket
 //!   paths plus the bench's own listener path (the default path: the socket
 //!   tracepoints);
@@ -59,14 +62,17 @@ const WATCHED_NAME: &str = "runc";
 enum Condition {
     Baseline,
     Floor,
+    /// Empty programs on the two socket tracepoints, nothing else.
+    Empty,
     Tracking,
     Syscalls,
 }
 
 impl Condition {
-    const ALL: [Condition; 4] = [
+    const ALL: [Condition; 5] = [
         Condition::Baseline,
         Condition::Floor,
+        Condition::Empty,
         Condition::Tracking,
         Condition::Syscalls,
     ];
@@ -75,6 +81,7 @@ impl Condition {
         match self {
             Condition::Baseline => "baseline",
             Condition::Floor => "floor",
+            Condition::Empty => "empty",
             Condition::Tracking => "tracking",
             Condition::Syscalls => "syscalls",
         }
@@ -94,6 +101,7 @@ impl Condition {
         .collect();
         match self {
             Condition::Baseline => return Vec::new(),
+            Condition::Empty => return vec!["bench-floor".into(), "--sock".into()],
             Condition::Floor => a.push("--no-systemd".into()),
             Condition::Tracking | Condition::Syscalls => {
                 if self == Condition::Syscalls {
@@ -607,6 +615,7 @@ fn run_condition(o: &Opts, d: &BenchDir, cond: Condition, runs: &mut CondRuns) {
         runs.errors.push(e);
     }
     match run.summary() {
+        _ if cond == Condition::Empty => {}
         Some(s) => {
             let events = s["events"].as_u64().unwrap_or(0);
             // The tracked client's sends and receives, 2 per round trip.

@@ -1,12 +1,15 @@
 //! `watchdog bench-floor` (hidden): attach only an empty program on the
 //! probes' sys_exit hook and wait for SIGINT/SIGTERM. Benchmarks compare the
 //! agent against this to separate the kernel's fixed cost of any syscall hook
-//! from the probes' own work.
+//! from the probes' own work. `--enter` adds sys_enter; `--sock` attaches
+//! empty programs on the socket tracepoints instead.
 use std::process::ExitCode;
 
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::probes::{BENCH_FLOOR, BENCH_FLOOR_ENTER, KernelLayout, ProbeState, Probes};
+use crate::probes::{
+    BENCH_FLOOR, BENCH_FLOOR_ENTER, BENCH_FLOOR_SOCK, KernelLayout, ProbeState, Probes,
+};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -14,10 +17,17 @@ pub struct Args {
     /// probes' syscall tracking, which hooks both).
     #[arg(long)]
     enter: bool,
+    /// Attach only empty programs on the socket tracepoints
+    /// (`sock_send_length`/`sock_recv_length`), the floor of the default
+    /// D-Bus request tracking, and nothing on sys_exit.
+    #[arg(long, conflicts_with = "enter")]
+    sock: bool,
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let wanted: &[_] = if a.enter {
+    let wanted: &[_] = if a.sock {
+        &BENCH_FLOOR_SOCK
+    } else if a.enter {
         &[BENCH_FLOOR, BENCH_FLOOR_ENTER]
     } else {
         &[BENCH_FLOOR]

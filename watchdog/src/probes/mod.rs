@@ -162,6 +162,23 @@ pub const BENCH_FLOOR_ENTER: ProbeSpec = ProbeSpec {
     what: "empty sys_enter program (benchmark floor)",
 };
 
+/// Empty programs on the socket tracepoints that the default D-Bus request
+/// tracking uses: the kernel's cost of any program there, for benchmarks.
+pub const BENCH_FLOOR_SOCK: [ProbeSpec; 2] = [
+    ProbeSpec {
+        name: "bench_floor_sock_send",
+        program: "bench_empty_sock_send",
+        hook: Hook::TpBtf("sock_send_length"),
+        what: "empty sock_send_length program (benchmark floor)",
+    },
+    ProbeSpec {
+        name: "bench_floor_sock_recv",
+        program: "bench_empty_sock_recv",
+        hook: Hook::TpBtf("sock_recv_length"),
+        what: "empty sock_recv_length program (benchmark floor)",
+    },
+];
+
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum ProbeState {
