@@ -184,27 +184,32 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             .collect(),
     };
     let all_ok = checks.iter().all(|c| c.supported);
+    use std::fmt::Write as _;
+    let mut out = String::new();
     if a.json {
-        println!(
+        let _ = writeln!(
+            out,
             "{}",
             serde_json::json!({"type": "check", "facts": facts, "probes": checks, "probe_paths": [dbus_path], "ok": all_ok})
         );
     } else {
-        println!("environment:");
+        let _ = writeln!(out, "environment:");
         for f in &facts {
-            println!(
+            let _ = writeln!(
+                out,
                 "  {:<13} {:<4} {}",
                 f.name,
                 if f.ok { "ok" } else { "NO" },
                 f.detail
             );
             if let Some(h) = &f.hint {
-                println!("  {:<13}      -> {h}", "");
+                let _ = writeln!(out, "  {:<13}      -> {h}", "");
             }
         }
-        println!("probes:");
+        let _ = writeln!(out, "probes:");
         for c in &checks {
-            println!(
+            let _ = writeln!(
+                out,
                 "  {:<13} {:<4} {} [{}]",
                 c.name,
                 if c.supported { "ok" } else { "NO" },
@@ -212,20 +217,23 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 c.hook
             );
             if let Some(d) = &c.detail {
-                println!("  {:<13}      {d}", "");
+                let _ = writeln!(out, "  {:<13}      {d}", "");
             }
             if let Some(h) = &c.hint {
-                println!("  {:<13}      -> {h}", "");
+                let _ = writeln!(out, "  {:<13}      -> {h}", "");
             }
         }
     }
     if !a.json {
-        println!("paths:");
-        println!(
+        let _ = writeln!(out, "paths:");
+        let _ = writeln!(
+            out,
             "  {:<13} {:<4} {}",
             dbus_path.part, dbus_path.path, dbus_path.detail
         );
     }
+    // One write; a closed pipe (`| head`) is not an error.
+    super::print_bytes(out.as_bytes());
     Ok(if all_ok {
         ExitCode::SUCCESS
     } else {
