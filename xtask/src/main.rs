@@ -13,6 +13,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod fuzz;
+mod image;
 mod setup;
 
 #[derive(Parser)]
@@ -50,6 +51,15 @@ enum Cmd {
         seconds: u64,
         /// Only these targets (default: all).
         targets: Vec<String>,
+    },
+    /// Set up, build the agent as a static (musl) binary and an image `FROM
+    /// scratch` from deploy/Dockerfile with Docker (DOCKER_HOST, the system's,
+    /// or a private dockerd started for the build), saved as
+    /// target/image/watchdog-<version>-amd64.tar. No registry needed.
+    Image {
+        /// The image's name (default watchdog:<version>).
+        #[arg(long)]
+        tag: Option<String>,
     },
     /// Set up, then run the benchmarks in this order: watchdog-bench (overhead
     /// and detection latency), storage-bench, dbus-bench, redis-bench (the
@@ -108,6 +118,7 @@ fn main() -> ExitCode {
         } => test(no_lint, fuzz_seconds),
         Cmd::Fuzz { seconds, targets } => fuzz::fuzz(seconds, &targets),
         Cmd::Bench { only, args } => bench(&only, args),
+        Cmd::Image { tag } => image::image(tag),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -209,6 +220,8 @@ fn test(no_lint: bool, fuzz_seconds: u64) -> Result<()> {
     // Build the binaries the kernel tests spawn, then every test: unit tests in
     // parallel, the privileged kernel tests with one thread (kernel state is shared).
     build_release_agent_and_tests()?;
+    // The static agent of the image test (tests/tests/image.rs).
+    let static_bin = image::build_static()?;
     run(cargo().args(["test", "--workspace", "--exclude", "watchdog-tests"]))?;
     run(cargo()
         .args([
@@ -222,7 +235,8 @@ fn test(no_lint: bool, fuzz_seconds: u64) -> Result<()> {
         .env(
             "WATCHDOG_BIN",
             workspace_root().join("target/release/watchdog"),
-        ))?;
+        )
+        .env("WATCHDOG_STATIC_BIN", &static_bin))?;
     // Every parser of outside input, fuzzed for a short bounded time.
     if fuzz_seconds > 0 {
         fuzz::fuzz(fuzz_seconds, &[])?;

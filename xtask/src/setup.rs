@@ -40,6 +40,9 @@ const APT_PACKAGES: &[&str] = &[
     // bench neither uses nor touches it.
     "redis-server",
     "redis-tools",
+    // The static (musl) agent of the `FROM scratch` image (`cargo xtask
+    // image`): ring's C and assembly are compiled with musl-gcc.
+    "musl-tools",
 ];
 const NIGHTLY: &str = "nightly";
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -164,6 +167,24 @@ fn bpf_linker() -> Result<()> {
     .env("PATH", path)
     .env("LLVM_SYS_221_PREFIX", LLVM_PREFIX);
     run(&mut cmd).with_context(|| format!("{} failed", show(&cmd)))
+}
+
+/// The Rust standard library of a target for the default toolchain (the
+/// static agent of the image: `x86_64-unknown-linux-musl`).
+pub fn musl_target(target: &str) -> Result<()> {
+    let out = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .context("rustup not found: the static build needs rustup")?;
+    if String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.trim() == target)
+    {
+        eprintln!("xtask: Rust target {target} present");
+        return Ok(());
+    }
+    eprintln!("xtask: adding the Rust target {target}");
+    run(Command::new("rustup").args(["target", "add", target]))
 }
 
 /// cargo-fuzz, for `cargo xtask fuzz` (libFuzzer comes with the nightly).

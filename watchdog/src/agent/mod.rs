@@ -415,8 +415,12 @@ pub async fn session(opts: TraceOptions, sink: &mut dyn Sink) -> anyhow::Result<
     }));
     // Loading parsed the kernel's BTF (megabytes, several times) and the
     // eBPF object; glibc keeps the freed heap unless asked to give it back.
+    // (musl's allocator, in the static build, unmaps freed memory itself.)
     // SAFETY: malloc_trim only releases free memory.
-    unsafe { libc::malloc_trim(0) };
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::malloc_trim(0)
+    };
     if probes.state(FORK_FAILURES.name) == Some(ProbeState::Unavailable) {
         tracing::warn!(
             "fork failures are only seen through pids.events polling (cgroup limits only)"

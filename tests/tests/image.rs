@@ -1,0 +1,232 @@
+//! The image: the static (musl) agent in an image `FROM scratch`
+//! (`deploy/Dockerfile`), built by the test's own dockerd from a build
+//! context of the binary alone (no base image, no registry), runs `watchdog
+//! check` and `watchdog trace` when started as the DaemonSet starts it: the
+//! host's PID namespace (its /proc), the host's /sys and /run, every
+//! capability this sandbox's bounding set has (`--privileged` fails here:
+//! the set lacks CAP_SYS_RESOURCE).
+//!
+//! The static binary comes from `WATCHDOG_STATIC_BIN` (`cargo xtask test`
+//! builds it with `--target x86_64-unknown-linux-musl`).
+use std::{fs, path::PathBuf};
+
+use serde_json::Value;
+use watchdog_tests::{dockerd::*, *};
+
+fn static_bin() -> Option<PathBuf> {
+    std::env::var_os("WATCHDOG_STATIC_BIN")
+        .map(PathBuf::from)
+        .filter(|p| p.is_file())
+}
+
+/// An ELF without a PT_INTERP program header needs no dynamic loader (and
+/// no libc in the image).
+fn is_static_elf(bytes: &[u8]) -> Result<bool, String> {
+    if bytes.len() < 64 || &bytes[..4] != b"\x7fELF" || bytes[4] != 2 {
+        return Err("not a 64-bit ELF file".into());
+    }
+    let u16_at = |o: usize| u16::from_le_bytes([bytes[o], bytes[o + 1]]) as usize;
+    let u64_at = |o: usize| u64::from_le_bytes(bytes[o..o + 8].try_into().unwrap()) as usize;
+    let (phoff, phentsize, phnum) = (u64_at(0x20), u16_at(0x36), u16_at(0x38));
+    for i in 0..phnum {
+        let o = phoff + i * phentsize;
+        if o + 4 > bytes.len() {
+            return Err("program headers past the end of the file".into());
+        }
+        const PT_INTERP: u32 = 3;
+        if u32::from_le_bytes(bytes[o..o + 4].try_into().unwrap()) == PT_INTERP {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// A directory removed at drop.
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(p: PathBuf) -> Dir {
+        let _ = fs::remove_dir_all(&p);
+        fs::create_dir_all(&p).expect("create the build context");
+        Dir(p)
+    }
+
+    fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn records(stdout: &str) -> Vec<Value> {
+    stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .collect()
+}
+
+#[test]
+fn image_from_scratch_runs_check_and_trace_with_the_hosts_sys_proc_and_run() {
+    if !skip_unless_docker_prereqs() {
+        return;
+    }
+    let bin = static_bin();
+    if !skip_unless(
+        bin.is_some(),
+        "WATCHDOG_STATIC_BIN does not name the static agent (cargo xtask test builds it: \
+         cargo build --release --target x86_64-unknown-linux-musl -p watchdog)",
+    ) {
+        return;
+    }
+    let bin = bin.unwrap();
+    let bytes = fs::read(&bin).expect("read the static agent");
+    assert_eq!(
+        is_static_elf(&bytes),
+        Ok(true),
+        "{} must be a static binary (no dynamic loader in a FROM scratch image)",
+        bin.display()
+    );
+
+    let d = Dockerd::start().expect("start a private dockerd");
+    // The build context: the binary and the repository's Dockerfile, nothing else.
+    let ctx = Dir::new(std::env::temp_dir().join(format!("wd-image-ctx-{}", std::process::id())));
+    fs::copy(&bin, ctx.path().join("watchdog")).expect("copy the agent into the context");
+    let dockerfile = workspace_root().join("deploy/Dockerfile");
+    let text = fs::read_to_string(&dockerfile).expect("read deploy/Dockerfile");
+    assert!(
+        text.lines().any(|l| l.trim() == "FROM scratch"),
+        "deploy/Dockerfile must build FROM scratch:\n{text}"
+    );
+    fs::copy(&dockerfile, ctx.path().join("Dockerfile")).expect("copy the Dockerfile");
+    let tag = format!("wd-image-test-{}:latest", std::process::id());
+    let ctx_s = ctx.path().to_string_lossy().to_string();
+    let out = std::process::Command::new("timeout")
+        .args(["-s", "KILL", "120", "docker", "-H", &d.host()])
+        .args(["build", "-q", "-t", &tag, &ctx_s])
+        .env("DOCKER_BUILDKIT", "0")
+        .output()
+        .expect("run docker build");
+    assert!(
+        out.status.success(),
+        "docker build of deploy/Dockerfile failed: {}{}\ndockerd log:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        d.log_tail()
+    );
+    // Nothing but the agent in it.
+    let history = d
+        .docker_ok(
+            &["image", "inspect", "-f", "{{json .RootFS.Layers}}", &tag],
+            30,
+        )
+        .expect("inspect the image");
+    let layers: Vec<Value> = serde_json::from_str(&history).expect("layers as JSON");
+    assert_eq!(layers.len(), 1, "one layer (the binary): {history}");
+
+    // As the DaemonSet runs it (hostPID, /sys and /run of the host).
+    let run = |args: &[&str], secs: u64| {
+        let mut full = vec![
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--pid",
+            "host",
+            "--cap-add",
+            "ALL",
+            "--cap-drop",
+            "SYS_RESOURCE",
+            "--security-opt",
+            "seccomp=unconfined",
+            "--security-opt",
+            "apparmor=unconfined",
+            "-v",
+            "/sys:/sys",
+            "-v",
+            "/run:/run",
+            &tag,
+        ];
+        full.extend_from_slice(args);
+        d.docker(&full, secs).expect("run docker")
+    };
+
+    let check = run(&["check", "--json"], 60);
+    let stdout = String::from_utf8_lossy(&check.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&check.stderr).to_string();
+    assert!(
+        check.status.success(),
+        "watchdog check in the image failed ({}):\n{stdout}\n{stderr}",
+        check.status
+    );
+    let rec = records(&stdout);
+    let c = rec
+        .iter()
+        .find(|r| r["type"] == "check")
+        .unwrap_or_else(|| panic!("no check record:\n{stdout}\n{stderr}"));
+    assert_eq!(c["ok"], true, "check in the image: {c}");
+    for fact in ["btf", "privileges", "pids_cgroups"] {
+        let f = c["facts"]
+            .as_array()
+            .and_then(|a| a.iter().find(|f| f["name"] == fact))
+            .unwrap_or_else(|| panic!("no {fact} fact: {c}"));
+        assert_eq!(f["ok"], true, "{fact} in the image: {f}");
+    }
+
+    let trace = run(
+        &[
+            "trace",
+            "--json",
+            "--duration",
+            "3s",
+            "--no-pleg",
+            "--runtime-endpoint",
+            "off",
+        ],
+        90,
+    );
+    let stdout = String::from_utf8_lossy(&trace.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&trace.stderr).to_string();
+    assert!(
+        trace.status.success(),
+        "watchdog trace in the image failed ({}):\n{stdout}\n{stderr}",
+        trace.status
+    );
+    let rec = records(&stdout);
+    let ready = rec
+        .iter()
+        .find(|r| r["type"] == "ready")
+        .unwrap_or_else(|| panic!("no ready record:\n{stdout}\n{stderr}"));
+    let probes = ready["probes"].as_array().expect("probes in ready");
+    for name in [
+        "storage_sleep",
+        "storage_exec",
+        "dbus_sock_send",
+        "dbus_sock_recv",
+    ] {
+        let p = probes
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} in ready: {ready}"));
+        assert_eq!(p["status"], "attached", "{name} in the image: {p}");
+    }
+    assert!(
+        rec.iter().any(|r| r["type"] == "summary"),
+        "no summary record at the end:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stderr.trim().is_empty(),
+        "nothing on stderr without --log; got:\n{stderr}"
+    );
+}
+
+#[test]
+fn static_elf_check_tells_static_from_dynamic() {
+    // The test binary itself is dynamic (glibc).
+    let me = fs::read(std::env::current_exe().unwrap()).unwrap();
+    assert_eq!(is_static_elf(&me), Ok(false));
+    assert!(is_static_elf(b"#!/bin/sh\n").is_err());
+}
