@@ -376,7 +376,7 @@ fn v1_cgroupfs_pod_limit() {
     );
     assert!(
         f.summary.contains(&format!(
-            "pids cgroup {} is at its limit (1024 of 1024 tasks) [pod {P1}]",
+            "pids cgroup {} is at its limit (1024 of 1024 tasks) [pod uid {P1}]",
             pod1()
         )),
         "{}",

@@ -93,7 +93,14 @@ impl Names {
             }
             Detail::Pid(d) => {
                 if let Some(p) = &mut d.pod {
-                    changed |= self.pod_ref(p);
+                    let before = p.label();
+                    if self.pod_ref(p) {
+                        changed = true;
+                        // The summary names the pod as it was known.
+                        f.summary = f
+                            .summary
+                            .replace(&format!("[pod {before}]"), &format!("[pod {}]", p.label()));
+                    }
                 }
             }
             _ => {}

@@ -793,7 +793,7 @@ fn refresh(f: &mut Finding, t: &Counts) {
         let pod = d
             .pod
             .as_ref()
-            .map(|p| format!(" [pod {}]", p.pod_uid))
+            .map(|p| format!(" [pod {}]", p.label()))
             .unwrap_or_default();
         summary = format!("{what}{pod}{failing}");
         let owner = match d.limit {

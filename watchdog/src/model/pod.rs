@@ -40,6 +40,34 @@ pub struct PodRef {
     pub container_name: Option<String>,
 }
 
+impl PodRef {
+    /// `namespace/name` once the runtime named the pod, else `uid <uid>`.
+    pub fn label(&self) -> String {
+        match (&self.namespace, &self.name) {
+            (Some(ns), Some(name)) => format!("{ns}/{name}"),
+            _ => format!("uid {}", self.pod_uid),
+        }
+    }
+
+    /// The terminal's `pod:` line: the pod, its UID and QoS class, and the
+    /// container (by name when known, else a short id).
+    pub fn describe(&self) -> String {
+        let mut s = match (&self.namespace, &self.name) {
+            (Some(_), Some(_)) => format!("{} (uid {}, {})", self.label(), self.pod_uid, self.qos),
+            _ => format!("uid {} ({})", self.pod_uid, self.qos),
+        };
+        match (&self.container_name, &self.container_id) {
+            (Some(n), Some(id)) => {
+                s.push_str(&format!(" container {n} ({})", &id[..id.len().min(12)]))
+            }
+            (Some(n), None) => s.push_str(&format!(" container {n}")),
+            (None, Some(id)) => s.push_str(&format!(" container {}", &id[..id.len().min(12)])),
+            (None, None) => {}
+        }
+        s
+    }
+}
+
 fn is_container_id(s: &str) -> bool {
     s.len() >= 12 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }

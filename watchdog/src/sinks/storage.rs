@@ -36,10 +36,7 @@ pub fn render_detail(d: &StorageDetail) -> String {
         ));
     }
     for p in &d.pods {
-        s.push_str(&format!(
-            "    pod:           uid {} ({})\n",
-            p.pod_uid, p.qos
-        ));
+        s.push_str(&format!("    pod:           {}\n", p.describe()));
     }
     if !d.stack.is_empty() {
         s.push_str(&format!("    stack:         {}\n", d.stack.join(" < ")));

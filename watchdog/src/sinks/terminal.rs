@@ -82,15 +82,7 @@ fn render_pid(s: &mut String, d: &crate::model::finding::pid::PidDetail) {
             s.push_str(&format!("    failing:       {}\n", p.join(", ")));
         }
         if let Some(pod) = &d.pod {
-            s.push_str(&format!(
-                "    pod:           uid {} ({}){}\n",
-                pod.pod_uid,
-                pod.qos,
-                pod.container_id
-                    .as_ref()
-                    .map(|c| format!(" container {}", &c[..c.len().min(12)]))
-                    .unwrap_or_default()
-            ));
+            s.push_str(&format!("    pod:           {}\n", pod.describe()));
         }
         if !d.top_consumers.is_empty() {
             let c: Vec<String> = d

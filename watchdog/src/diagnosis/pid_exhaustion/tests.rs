@@ -400,6 +400,11 @@ fn names_from_the_runtime_arrive_in_an_update() {
     let pod = pid(f[0]).pod.clone().expect("the pod from the cgroup path");
     assert_eq!(pod.pod_uid, uid);
     assert_eq!(pod.name, None);
+    assert!(
+        f[0].summary.contains(&format!("[pod uid {uid}]")),
+        "{}",
+        f[0].summary
+    );
     let r = e.observe(&Observation::RuntimeNames(Box::new(RuntimeNames {
         at: Time(1000),
         runtime: "containerd".into(),
@@ -419,6 +424,21 @@ fn names_from_the_runtime_arrive_in_an_update() {
     let pod = pid(f[0]).pod.clone().unwrap();
     assert_eq!(pod.namespace.as_deref(), Some("shop"));
     assert_eq!(pod.name.as_deref(), Some("web-0"));
+    // The summary and the terminal name the pod now.
+    assert!(
+        f[0].summary.contains("[pod shop/web-0]"),
+        "{}",
+        f[0].summary
+    );
+    assert!(!f[0].summary.contains("[pod uid"), "{}", f[0].summary);
+    let text = crate::sinks::terminal::render_finding(f[0]);
+    assert!(
+        text.contains(&format!(
+            "pod:           shop/web-0 (uid {uid}, burstable) container app ({})",
+            &"a".repeat(12)
+        )),
+        "{text}"
+    );
     // The same names again: nothing new to report.
     let r = e.observe(&Observation::RuntimeNames(Box::new(RuntimeNames {
         at: Time(2000),
