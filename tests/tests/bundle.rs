@@ -213,3 +213,104 @@ fn bundle_of_a_fuse_hang_holds_the_evidence_and_no_secret() {
     drop(reader);
     let _ = fs::remove_dir_all(&work);
 }
+
+/// A tmpfs of the test's own, filled to the last block, unmounted at drop.
+struct FullTmpfs(std::path::PathBuf);
+
+impl FullTmpfs {
+    fn new() -> FullTmpfs {
+        let dir = std::env::temp_dir().join(format!("wd-bundle-full-{}", std::process::id()));
+        let _ = fs::create_dir_all(&dir);
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs"])
+            .arg(&dir)
+            .status()
+            .expect("mount");
+        assert!(st.success(), "mount a tmpfs on {}", dir.display());
+        let t = FullTmpfs(dir);
+        // Fill it: write until ENOSPC.
+        let mut f = fs::File::create(t.0.join("fill")).unwrap();
+        let block = [0u8; 4096];
+        while std::io::Write::write_all(&mut f, &block).is_ok() {}
+        t
+    }
+}
+
+impl Drop for FullTmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = fs::remove_dir(&self.0);
+    }
+}
+
+/// The bundle's own disk is full: the session still diagnoses (the finding
+/// is printed), the bundle fails with a message naming the file and the
+/// cause, exit code 2, and no partial archive is left behind.
+#[test]
+fn bundle_on_a_full_disk_fails_clearly_and_the_diagnosis_goes_on() {
+    if !skip_unless_fuse_prereqs() {
+        return;
+    }
+    let full = FullTmpfs::new();
+    // Declared before the mount: the mount's guard (abort) drops first.
+    let _reader: ChildGuard;
+    let fuse = HangingFuse::start();
+    let out = full.0.join("b.tar.gz");
+    let mut bundle = Command::new(agent_bin())
+        .args([
+            "bundle",
+            "--duration",
+            "6s",
+            "--hang-threshold",
+            "2s",
+            "--no-pleg",
+            "--no-systemd",
+            "--json",
+            "--out",
+        ])
+        .arg(&out)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(bundle.stdout.take().unwrap()));
+    let ready = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|l| l.contains("\"type\":\"ready\""));
+    assert!(ready, "watchdog bundle never got ready");
+    let drain = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
+    let mut cmd = Command::new(PYTHON);
+    cmd.args([
+        "-c",
+        "import os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); os.read(fd, 16)",
+    ])
+    .arg(fuse.read_hang_path())
+    .stdin(Stdio::null());
+    _reader = ChildGuard::spawn(&mut cmd, "reader").unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut bundle.stderr.take().unwrap(), &mut stderr).unwrap();
+    let status = bundle.wait().unwrap();
+    let stdout = drain.join().unwrap();
+    assert_eq!(status.code(), Some(2), "exit code; stderr:\n{stderr}");
+    let mp = fuse.mount_point().to_string_lossy().into_owned();
+    assert!(
+        stdout.iter().any(|l| l.contains("\"type\":\"finding\"")
+            && l.contains("storage_hang")
+            && l.contains(mp.as_str())),
+        "the diagnosis must go on while the bundle cannot be written:\n{}",
+        stdout.join("\n")
+    );
+    let want = format!("writing {}", out.display());
+    assert!(
+        stderr.contains("the bundle could not be written")
+            && stderr.contains(&want)
+            && stderr.contains("No space left on device"),
+        "a clear message naming the file and the cause; got:\n{stderr}"
+    );
+    assert!(
+        !out.exists(),
+        "no partial bundle is left at {}",
+        out.display()
+    );
+}
