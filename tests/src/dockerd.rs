@@ -17,7 +17,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::{ChildGuard, skip_unless, skip_unless_root, wait};
+use crate::{ChildGuard, TmpfsMount, skip_unless, skip_unless_root, wait};
 
 pub const DOCKERD: &str = "/usr/sbin/dockerd";
 pub const BUSYBOX: &str = "/usr/bin/busybox";
@@ -111,7 +111,7 @@ impl Dockerd {
             if opts.mount_ns_of.is_some() {
                 return Err("tmpfs_data_root with mount_ns_of is not supported".into());
             }
-            Some(TmpfsMount::new(&data_root)?)
+            Some(TmpfsMount::new(&data_root, "mode=0711")?)
         } else {
             None
         };
@@ -393,45 +393,6 @@ impl Dockerd {
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status();
-        }
-    }
-}
-
-/// A tmpfs mounted on a directory of ours, unmounted (detached) on drop
-/// unless forgotten.
-struct TmpfsMount(PathBuf);
-
-impl TmpfsMount {
-    fn new(at: &Path) -> Result<Self, String> {
-        let c = |s: &str| std::ffi::CString::new(s).map_err(|e| e.to_string());
-        let target = c(&at.to_string_lossy())?;
-        let (src, fstype, data) = (c("tmpfs")?, c("tmpfs")?, c("mode=0711")?);
-        // SAFETY: valid C strings; a fresh directory of ours.
-        let rc = unsafe {
-            libc::mount(
-                src.as_ptr(),
-                target.as_ptr(),
-                fstype.as_ptr(),
-                libc::MS_NOSUID | libc::MS_NODEV,
-                data.as_ptr().cast(),
-            )
-        };
-        if rc != 0 {
-            return Err(format!(
-                "mount tmpfs on {}: {}",
-                at.display(),
-                io::Error::last_os_error()
-            ));
-        }
-        Ok(Self(at.to_path_buf()))
-    }
-}
-
-impl Drop for TmpfsMount {
-    fn drop(&mut self) {
-        if let Ok(c) = std::ffi::CString::new(self.0.to_string_lossy().into_owned()) {
-            // SAFETY: valid C string; detach never blocks.
-            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
         }
     }
 }

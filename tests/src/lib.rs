@@ -274,6 +274,63 @@ pub fn count_tasks_of_uid(uid: u32) -> usize {
 // ChildGuard
 // ---------------------------------------------------------------------------
 
+/// A tmpfs of the test's own mounted on `at` (created when missing, and
+/// then removed again), unmounted (detached, never blocks) on drop.
+pub struct TmpfsMount {
+    at: PathBuf,
+    created: bool,
+}
+
+impl TmpfsMount {
+    /// `options`: the tmpfs mount data, e.g. `mode=0711` or `size=64k`.
+    pub fn new(at: &Path, options: &str) -> Result<Self, String> {
+        let created = !at.exists();
+        if created {
+            std::fs::create_dir_all(at).map_err(|e| format!("create {}: {e}", at.display()))?;
+        }
+        let c = |s: &str| std::ffi::CString::new(s).map_err(|e| e.to_string());
+        let target = c(&at.to_string_lossy())?;
+        let (src, fstype, data) = (c("tmpfs")?, c("tmpfs")?, c(options)?);
+        // SAFETY: valid C strings; a directory of ours.
+        let rc = unsafe {
+            libc::mount(
+                src.as_ptr(),
+                target.as_ptr(),
+                fstype.as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV,
+                data.as_ptr().cast(),
+            )
+        };
+        if rc != 0 {
+            let e = std::io::Error::last_os_error();
+            if created {
+                let _ = std::fs::remove_dir(at);
+            }
+            return Err(format!("mount tmpfs on {}: {e}", at.display()));
+        }
+        Ok(Self {
+            at: at.to_path_buf(),
+            created,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.at
+    }
+}
+
+impl Drop for TmpfsMount {
+    fn drop(&mut self) {
+        if let Ok(c) = std::ffi::CString::new(self.at.to_string_lossy().into_owned()) {
+            // SAFETY: valid C string; detach never blocks.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+        if self.created {
+            let _ = std::fs::remove_dir(&self.at);
+        }
+    }
+}
+
 /// A child process spawned in its own process group (`process_group(0)`, so
 /// its pgid is its pid) with `PR_SET_PDEATHSIG = SIGKILL` (so it also dies if
 /// the spawning thread dies without unwinding). `Drop` SIGKILLs the whole

@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 
 use serde_json::Value;
 use watchdog_tests::fuse::{HangingFuse, skip_unless_fuse_prereqs};
-use watchdog_tests::{ChildGuard, PYTHON, agent_bin};
+use watchdog_tests::{ChildGuard, PYTHON, TmpfsMount, agent_bin};
 
 const ENV_SECRET: &str = "envsecret-7f3a9c";
 const ARG_SECRET: &str = "argsecret-c41d2e";
@@ -214,33 +214,15 @@ fn bundle_of_a_fuse_hang_holds_the_evidence_and_no_secret() {
     let _ = fs::remove_dir_all(&work);
 }
 
-/// A tmpfs of the test's own, filled to the last block, unmounted at drop.
-struct FullTmpfs(std::path::PathBuf);
-
-impl FullTmpfs {
-    fn new() -> FullTmpfs {
-        let dir = std::env::temp_dir().join(format!("wd-bundle-full-{}", std::process::id()));
-        let _ = fs::create_dir_all(&dir);
-        let st = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs"])
-            .arg(&dir)
-            .status()
-            .expect("mount");
-        assert!(st.success(), "mount a tmpfs on {}", dir.display());
-        let t = FullTmpfs(dir);
-        // Fill it: write until ENOSPC.
-        let mut f = fs::File::create(t.0.join("fill")).unwrap();
-        let block = [0u8; 4096];
-        while std::io::Write::write_all(&mut f, &block).is_ok() {}
-        t
-    }
-}
-
-impl Drop for FullTmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-        let _ = fs::remove_dir(&self.0);
-    }
+/// A tmpfs of the test's own, filled to the last block.
+fn full_tmpfs() -> TmpfsMount {
+    let dir = std::env::temp_dir().join(format!("wd-bundle-full-{}", std::process::id()));
+    let t = TmpfsMount::new(&dir, "size=64k,mode=0700").expect("a tmpfs of our own");
+    // Write until ENOSPC.
+    let mut f = fs::File::create(t.path().join("fill")).unwrap();
+    let block = [0u8; 4096];
+    while std::io::Write::write_all(&mut f, &block).is_ok() {}
+    t
 }
 
 /// The bundle's own disk is full: the session still diagnoses (the finding
@@ -251,11 +233,11 @@ fn bundle_on_a_full_disk_fails_clearly_and_the_diagnosis_goes_on() {
     if !skip_unless_fuse_prereqs() {
         return;
     }
-    let full = FullTmpfs::new();
+    let full = full_tmpfs();
     // Declared before the mount: the mount's guard (abort) drops first.
     let _reader: ChildGuard;
     let fuse = HangingFuse::start();
-    let out = full.0.join("b.tar.gz");
+    let out = full.path().join("b.tar.gz");
     let mut bundle = Command::new(agent_bin())
         .args([
             "bundle",
