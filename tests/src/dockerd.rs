@@ -25,6 +25,21 @@ const NSENTER: &str = "/usr/bin/nsenter";
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// `docker run` arguments for a container with every capability this
+/// sandbox allows: `--privileged` fails here ("unable to apply caps": the
+/// bounding set lacks CAP_SYS_RESOURCE), so all but that one, and no
+/// seccomp or AppArmor profile.
+pub const ALL_CAPS_ARGS: [&str; 8] = [
+    "--cap-add",
+    "ALL",
+    "--cap-drop",
+    "SYS_RESOURCE",
+    "--security-opt",
+    "seccomp=unconfined",
+    "--security-opt",
+    "apparmor=unconfined",
+];
+
 /// Root, dockerd, a docker CLI, busybox-static, `timeout`.
 pub fn skip_unless_docker_prereqs() -> bool {
     if !skip_unless_root() {

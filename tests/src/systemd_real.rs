@@ -55,7 +55,7 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::dockerd::{Dockerd, DockerdOpts, skip_unless_docker_prereqs};
+use crate::dockerd::{ALL_CAPS_ARGS, Dockerd, DockerdOpts, skip_unless_docker_prereqs};
 use crate::systemd::{descendants, pid_alive, proc_state};
 use crate::{ChildGuard, send_signal, skip_unless, wait};
 
@@ -525,15 +525,8 @@ impl RealSystemd {
         );
         dockerd.docker_ok(&["import", &rootfs_tar.to_string_lossy(), &image], 120)?;
         let t_import = t0.elapsed();
-        let id = dockerd.run_detached(&[
-            "--cap-add",
-            "ALL",
-            "--cap-drop",
-            "SYS_RESOURCE",
-            "--security-opt",
-            "seccomp=unconfined",
-            "--security-opt",
-            "apparmor=unconfined",
+        let mut args = ALL_CAPS_ARGS.to_vec();
+        args.extend_from_slice(&[
             "--cgroupns",
             "private",
             "-e",
@@ -546,7 +539,8 @@ impl RealSystemd {
             "/tmp",
             &image,
             "/lib/systemd/systemd",
-        ])?;
+        ]);
+        let id = dockerd.run_detached(&args)?;
         let systemd_pid = dockerd.container_pid(&id)?;
         let comm = fs::read_to_string(format!("/proc/{systemd_pid}/comm")).unwrap_or_default();
         if comm.trim() != "systemd" {

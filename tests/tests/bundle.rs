@@ -42,6 +42,43 @@ fn walk(dir: &Path, base: &Path, out: &mut Vec<String>) {
     }
 }
 
+/// Starts `watchdog bundle --json` (2 s hang threshold, storage probes
+/// only) writing to `out`, and waits for its `ready` record: a fault started
+/// after it is a finding (a task already blocked before is in the bundle's
+/// D-state tasks instead). Returns the process and a thread that collects
+/// the rest of its stdout.
+fn start_bundle(
+    out: &Path,
+    duration: &str,
+    stderr: Stdio,
+) -> (std::process::Child, std::thread::JoinHandle<Vec<String>>) {
+    let mut bundle = Command::new(agent_bin())
+        .args([
+            "bundle",
+            "--duration",
+            duration,
+            "--hang-threshold",
+            "2s",
+            "--no-pleg",
+            "--no-systemd",
+            "--json",
+            "--out",
+        ])
+        .arg(out)
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(bundle.stdout.take().unwrap()));
+    let ready = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|l| l.contains("\"type\":\"ready\""));
+    assert!(ready, "watchdog bundle never got ready");
+    let rest = std::thread::spawn(move || lines.map_while(Result::ok).collect());
+    (bundle, rest)
+}
+
 #[test]
 fn bundle_of_a_fuse_hang_holds_the_evidence_and_no_secret() {
     if !skip_unless_fuse_prereqs() {
@@ -54,31 +91,7 @@ fn bundle_of_a_fuse_hang_holds_the_evidence_and_no_secret() {
     let mut reader: Option<ChildGuard> = None;
     let fuse = HangingFuse::start();
     let out = work.join("b.tar.gz");
-    let mut bundle = Command::new(agent_bin())
-        .args([
-            "bundle",
-            "--duration",
-            "8s",
-            "--hang-threshold",
-            "2s",
-            "--no-pleg",
-            "--no-systemd",
-            "--json",
-            "--out",
-        ])
-        .arg(&out)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The fault starts once the probes are attached (a task already
-    // blocked before is in the bundle's D-state tasks, not a finding).
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(bundle.stdout.take().unwrap()));
-    let ready = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .any(|l| l.contains("\"type\":\"ready\""));
-    assert!(ready, "watchdog bundle never got ready");
-    let drain = std::thread::spawn(move || lines.map_while(Result::ok).count());
+    let (mut bundle, drain) = start_bundle(&out, "8s", Stdio::inherit());
     let mut cmd = Command::new(PYTHON);
     cmd.args([
         "-c",
@@ -238,30 +251,7 @@ fn bundle_on_a_full_disk_fails_clearly_and_the_diagnosis_goes_on() {
     let _reader: ChildGuard;
     let fuse = HangingFuse::start();
     let out = full.path().join("b.tar.gz");
-    let mut bundle = Command::new(agent_bin())
-        .args([
-            "bundle",
-            "--duration",
-            "6s",
-            "--hang-threshold",
-            "2s",
-            "--no-pleg",
-            "--no-systemd",
-            "--json",
-            "--out",
-        ])
-        .arg(&out)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(bundle.stdout.take().unwrap()));
-    let ready = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .any(|l| l.contains("\"type\":\"ready\""));
-    assert!(ready, "watchdog bundle never got ready");
-    let drain = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
+    let (mut bundle, drain) = start_bundle(&out, "6s", Stdio::piped());
     let mut cmd = Command::new(PYTHON);
     cmd.args([
         "-c",

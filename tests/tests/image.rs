@@ -129,39 +129,22 @@ fn image_from_scratch_runs_check_and_trace_with_the_hosts_sys_proc_and_run() {
 
     // As the DaemonSet runs it (hostPID, /sys and /run of the host).
     let run = |args: &[&str], secs: u64| {
-        let mut full = vec![
-            "run",
-            "--rm",
-            "--network",
-            "none",
-            "--pid",
-            "host",
-            "--cap-add",
-            "ALL",
-            "--cap-drop",
-            "SYS_RESOURCE",
-            "--security-opt",
-            "seccomp=unconfined",
-            "--security-opt",
-            "apparmor=unconfined",
-            "-v",
-            "/sys:/sys",
-            "-v",
-            "/run:/run",
-            &tag,
-        ];
+        let mut full = vec!["run", "--rm", "--network", "none", "--pid", "host"];
+        full.extend_from_slice(&ALL_CAPS_ARGS);
+        full.extend_from_slice(&["-v", "/sys:/sys", "-v", "/run:/run", &tag]);
         full.extend_from_slice(args);
-        d.docker(&full, secs).expect("run docker")
+        let out = d.docker(&full, secs).expect("run docker");
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(
+            out.status.success(),
+            "watchdog {args:?} in the image failed ({}):\n{stdout}\n{stderr}",
+            out.status
+        );
+        (stdout, stderr)
     };
 
-    let check = run(&["check", "--json"], 60);
-    let stdout = String::from_utf8_lossy(&check.stdout).to_string();
-    let stderr = String::from_utf8_lossy(&check.stderr).to_string();
-    assert!(
-        check.status.success(),
-        "watchdog check in the image failed ({}):\n{stdout}\n{stderr}",
-        check.status
-    );
+    let (stdout, stderr) = run(&["check", "--json"], 60);
     let rec = records(&stdout);
     let c = rec
         .iter()
@@ -176,7 +159,7 @@ fn image_from_scratch_runs_check_and_trace_with_the_hosts_sys_proc_and_run() {
         assert_eq!(f["ok"], true, "{fact} in the image: {f}");
     }
 
-    let trace = run(
+    let (stdout, stderr) = run(
         &[
             "trace",
             "--json",
@@ -187,13 +170,6 @@ fn image_from_scratch_runs_check_and_trace_with_the_hosts_sys_proc_and_run() {
             "off",
         ],
         90,
-    );
-    let stdout = String::from_utf8_lossy(&trace.stdout).to_string();
-    let stderr = String::from_utf8_lossy(&trace.stderr).to_string();
-    assert!(
-        trace.status.success(),
-        "watchdog trace in the image failed ({}):\n{stdout}\n{stderr}",
-        trace.status
     );
     let rec = records(&stdout);
     let ready = rec
