@@ -79,6 +79,19 @@ fn start_bundle(
     (bundle, rest)
 }
 
+/// A python process that blocks reading the hung FUSE file (extra
+/// arguments and environment are the caller's).
+fn fuse_reader(fuse: &HangingFuse) -> Command {
+    let mut cmd = Command::new(PYTHON);
+    cmd.args([
+        "-c",
+        "import os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); os.read(fd, 16)",
+    ])
+    .arg(fuse.read_hang_path())
+    .stdin(Stdio::null());
+    cmd
+}
+
 #[test]
 fn bundle_of_a_fuse_hang_holds_the_evidence_and_no_secret() {
     if !skip_unless_fuse_prereqs() {
@@ -92,15 +105,9 @@ fn bundle_of_a_fuse_hang_holds_the_evidence_and_no_secret() {
     let fuse = HangingFuse::start();
     let out = work.join("b.tar.gz");
     let (mut bundle, drain) = start_bundle(&out, "8s", Stdio::inherit());
-    let mut cmd = Command::new(PYTHON);
-    cmd.args([
-        "-c",
-        "import os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); os.read(fd, 16)",
-    ])
-    .arg(fuse.read_hang_path())
-    .arg(format!("--token={ARG_SECRET}"))
-    .env("API_TOKEN", ENV_SECRET)
-    .stdin(Stdio::null());
+    let mut cmd = fuse_reader(&fuse);
+    cmd.arg(format!("--token={ARG_SECRET}"))
+        .env("API_TOKEN", ENV_SECRET);
     let child = reader.insert(ChildGuard::spawn(&mut cmd, "reader").unwrap());
     let pid = child.pid();
     let status = bundle.wait().unwrap();
@@ -252,14 +259,7 @@ fn bundle_on_a_full_disk_fails_clearly_and_the_diagnosis_goes_on() {
     let fuse = HangingFuse::start();
     let out = full.path().join("b.tar.gz");
     let (mut bundle, drain) = start_bundle(&out, "6s", Stdio::piped());
-    let mut cmd = Command::new(PYTHON);
-    cmd.args([
-        "-c",
-        "import os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); os.read(fd, 16)",
-    ])
-    .arg(fuse.read_hang_path())
-    .stdin(Stdio::null());
-    _reader = ChildGuard::spawn(&mut cmd, "reader").unwrap();
+    _reader = ChildGuard::spawn(&mut fuse_reader(&fuse), "reader").unwrap();
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut bundle.stderr.take().unwrap(), &mut stderr).unwrap();
     let status = bundle.wait().unwrap();
