@@ -27,6 +27,7 @@ use crate::probes::{
 };
 use crate::recording::{Header, Recorder};
 use crate::ringbuf::{self, Counters};
+use crate::sinks::status::{self, StatusSnapshot};
 use crate::sinks::{Drops, ProbeChange, Ready, Record, Sink, Stats, Summary};
 use crate::{context::clock::MonotonicClock, model::Time};
 use arming::{Arming, Change, ForkProbeMode};
@@ -244,6 +245,48 @@ fn spawn_bus_probes(
     }
 }
 
+/// What the status line shows that only a poll reads (the limits, the
+/// storage sweep); the rest is read when the line is drawn.
+#[derive(Default)]
+struct Polled {
+    limits: Vec<status::LimitFill>,
+    blocked: Option<status::Blocked>,
+}
+
+/// The live status as of `now`, for a sink that draws it.
+fn status_snapshot(
+    elapsed: Duration,
+    probes: &Probes,
+    diag: &Diagnoser,
+    pleg: bool,
+    dbus: Option<&crate::dbus::DbusTracker>,
+    polled: &Polled,
+    now: Time,
+) -> StatusSnapshot {
+    let wanted = probes
+        .statuses
+        .iter()
+        .filter(|p| p.status != ProbeState::Standby);
+    StatusSnapshot {
+        elapsed,
+        probes_attached: wanted
+            .clone()
+            .filter(|p| p.status == ProbeState::Attached)
+            .count(),
+        probes_wanted: wanted.count(),
+        pleg: pleg.then(|| status::PlegLine::of(&diag.engine.pleg_now(now))),
+        limits: polled.limits.clone(),
+        blocked: polled.blocked,
+        dbus: dbus.map(|t| {
+            let (requests, longest_ms) = t.waiting(now, status::DBUS_SHOWN_AFTER_MS);
+            status::DbusWaiting {
+                requests,
+                longest_s: longest_ms as f64 / 1000.0,
+            }
+        }),
+    }
+}
+
 fn drops(probes: &Probes, counters: &Counters, sources: u64, storage: bool) -> Drops {
     Drops {
         kernel: probes.kernel_drops(),
@@ -257,6 +300,7 @@ fn drops(probes: &Probes, counters: &Counters, sources: u64, storage: bool) -> D
 /// The session loop, on the current runtime: probes, context, engine, sinks.
 pub async fn session(opts: TraceOptions, sink: &mut dyn Sink) -> anyhow::Result<Summary> {
     let started = Time::now();
+    let started_at = Instant::now();
     let layout = KernelLayout::from_btf(std::path::Path::new(paths::KERNEL_BTF));
     let (wanted, standby): (&[_], &[_]) = match opts.fork_probe {
         ForkProbeMode::Always => (&[FORK_FAILURES, NPROC_PRESSURE], &[]),
@@ -430,6 +474,16 @@ pub async fn session(opts: TraceOptions, sink: &mut dyn Sink) -> anyhow::Result<
     let now = Time::now();
     let first = ctx.pid_limits(now);
     let pressure = arming.sample_pressure(&first);
+    // The live status line (a terminal): drawn about once a second.
+    let live = sink.wants_status();
+    let warn_percent = opts.engine.warn_percent;
+    let mut polled = Polled {
+        limits: status::fullest_limits(&first, warn_percent),
+        blocked: storage.as_ref().map(|_| status::Blocked::default()),
+    };
+    let pleg_followed = opts.pleg_sources.any();
+    let mut status_tick = tokio::time::interval(Duration::from_secs(1));
+    status_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     diag.observe(Observation::PidLimits(first), sink);
     apply_arming(auto, &mut arming, &mut probes, sink, now, pressure);
 
@@ -466,9 +520,14 @@ pub async fn session(opts: TraceOptions, sink: &mut dyn Sink) -> anyhow::Result<
                 let now = Time::now();
                 let sample = ctx.pid_limits(now);
                 let mut pressure = arming.sample_pressure(&sample);
+                if live {
+                    polled.limits = status::fullest_limits(&sample, warn_percent);
+                }
                 diag.observe(Observation::PidLimits(sample), sink);
                 if let Some(s) = storage.as_mut() {
-                    diag.observe(Observation::BlockedTasks(s.sweep(now)), sink);
+                    let blocked = s.sweep(now);
+                    polled.blocked = Some(status::Blocked::of(&blocked));
+                    diag.observe(Observation::BlockedTasks(blocked), sink);
                 }
                 if let Some(t) = dbus.as_mut() {
                     for call in t.prune(now) {
@@ -493,6 +552,10 @@ pub async fn session(opts: TraceOptions, sink: &mut dyn Sink) -> anyhow::Result<
                     events: Counters::get(&counters.events),
                     drops: drops(&probes, &counters, pleg_tx.drops(), storage.is_some()),
                 });
+            }
+            _ = status_tick.tick(), if live && sink.wants_status() => {
+                let snap = status_snapshot(started_at.elapsed(), &probes, &diag, pleg_followed, dbus.as_ref(), &polled, Time::now());
+                sink.status(&snap);
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,

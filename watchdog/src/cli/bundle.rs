@@ -10,7 +10,7 @@ use crate::bundle::{Builder, Manifest, Named, SCHEMA, Window};
 use crate::context::procfs::ProcReader;
 use crate::model::Time;
 use crate::paths;
-use crate::sinks::{Record, Sink, json::JsonLines, terminal::Terminal};
+use crate::sinks::{Record, Sink, json::JsonLines};
 
 use super::trace;
 
@@ -57,9 +57,18 @@ impl Sink for Tee<'_> {
     fn stats(&mut self, stats: &crate::sinks::Stats<'_>) {
         self.inner.stats(stats);
     }
+
+    fn wants_status(&self) -> bool {
+        self.inner.wants_status()
+    }
+
+    fn status(&mut self, status: &crate::sinks::status::StatusSnapshot) {
+        self.inner.status(status);
+    }
 }
 
 pub fn run(a: BundleArgs) -> anyhow::Result<ExitCode> {
+    let no_status = a.trace.no_status;
     let (mut opts, json) = trace::options(a.trace)?;
     opts.duration.get_or_insert(Duration::from_secs(30));
     let reader = ProcReader::new(&opts.root);
@@ -91,7 +100,7 @@ pub fn run(a: BundleArgs) -> anyhow::Result<ExitCode> {
     let mut inner: Box<dyn Sink> = if json {
         Box::new(JsonLines::new(stdout.lock()))
     } else {
-        Box::new(Terminal::new(stdout.lock()))
+        Box::new(trace::terminal(stdout.lock(), no_status))
     };
     let mut tee = Tee {
         inner: inner.as_mut(),

@@ -10,7 +10,11 @@ use crate::{
     dbus::options::{DbusOptions, DbusRequests},
     model::settings::PlegConfig,
     remediation::{ActionKind, Mode, PolicyConfig},
-    sinks::{Sink, json::JsonLines, terminal::Terminal},
+    sinks::{
+        Sink,
+        json::JsonLines,
+        terminal::{self, Terminal},
+    },
     sources::{
         LogTarget, PlegSources,
         kubelet::{
@@ -29,6 +33,10 @@ pub struct Args {
     /// Write one JSON object per line (each with a "type") instead of text.
     #[arg(long)]
     json: bool,
+    /// No live status line at the bottom of the terminal (it is drawn only
+    /// when stdout is a terminal, never into a pipe or a file).
+    #[arg(long)]
+    pub(super) no_status: bool,
     /// How often limits are sampled and findings re-evaluated.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     poll_interval: Duration,
@@ -333,13 +341,25 @@ pub fn options(a: Args) -> anyhow::Result<(TraceOptions, bool)> {
     Ok((opts, a.json))
 }
 
+/// The text output: with the live status line when stdout is a terminal
+/// (and `--no-status` is not given).
+pub fn terminal<W: std::io::Write>(out: W, no_status: bool) -> Terminal<W> {
+    let t = Terminal::new(out);
+    if !no_status && terminal::status_line_wanted() {
+        t.with_status_line(terminal::stdout_columns)
+    } else {
+        t
+    }
+}
+
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let no_status = a.no_status;
     let (opts, json) = options(a)?;
     let stdout = std::io::stdout();
     let mut sink: Box<dyn Sink> = if json {
         Box::new(JsonLines::new(stdout.lock()))
     } else {
-        Box::new(Terminal::new(stdout.lock()))
+        Box::new(terminal(stdout.lock(), no_status))
     };
     agent::trace(opts, sink.as_mut())?;
     Ok(ExitCode::SUCCESS)

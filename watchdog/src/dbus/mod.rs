@@ -99,6 +99,18 @@ impl DbusTracker {
         self.path
     }
 
+    /// Requests waiting for a reply for at least `min_ms` (a connection
+    /// counts its calls, or one without messages), and the oldest's wait.
+    pub fn waiting(&self, now: Time, min_ms: u64) -> (usize, u64) {
+        self.conns
+            .values()
+            .filter_map(|t| {
+                let ms = now.millis_since(t.pending_since?);
+                (ms >= min_ms).then_some((t.calls.len().max(1), ms))
+            })
+            .fold((0, 0), |(n, longest), (c, ms)| (n + c, longest.max(ms)))
+    }
+
     /// Connections waiting for a reply for at least `suspect_after_ms`.
     fn suspects(&self, now: Time) -> Vec<((u32, i32), &Tracked)> {
         let mut v: Vec<_> = self

@@ -175,6 +175,12 @@ impl Engine {
         out
     }
 
+    /// kubelet's PLEG as estimated at `now` from the readings so far (the
+    /// live status line; nothing is reported or remembered).
+    pub fn pleg_now(&self, now: Time) -> PlegEstimate {
+        self.pleg.estimate(now, &[])
+    }
+
     /// Active findings of one cause.
     pub fn has_active_cause(&self, cause: Cause) -> bool {
         self.book.all_ids().any(|id| id.cause == cause)

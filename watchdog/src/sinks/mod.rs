@@ -3,6 +3,7 @@
 pub mod json;
 pub mod kubernetes;
 pub mod metrics;
+pub mod status;
 pub mod storage;
 pub mod systemd;
 pub mod terminal;
@@ -105,6 +106,13 @@ pub trait Sink {
     /// Periodic agent health (every poll): probe states and counters. Only
     /// sinks that export state (metrics) care.
     fn stats(&mut self, _stats: &Stats<'_>) {}
+    /// Whether this sink draws a live status line (a terminal): the agent
+    /// then builds a [`status::StatusSnapshot`] about once a second.
+    fn wants_status(&self) -> bool {
+        false
+    }
+    /// The session's status as of now (only when [`Sink::wants_status`]).
+    fn status(&mut self, _status: &status::StatusSnapshot) {}
 }
 
 /// The agent's own health, as of now.
@@ -130,6 +138,18 @@ impl Sink for Fanout {
     fn stats(&mut self, stats: &Stats<'_>) {
         for s in &mut self.0 {
             s.stats(stats);
+        }
+    }
+
+    fn wants_status(&self) -> bool {
+        self.0.iter().any(|s| s.wants_status())
+    }
+
+    fn status(&mut self, status: &status::StatusSnapshot) {
+        for s in &mut self.0 {
+            if s.wants_status() {
+                s.status(status);
+            }
         }
     }
 }

@@ -1,4 +1,5 @@
 //! Human-readable output for a person running `watchdog trace` in a terminal.
+use super::status::StatusSnapshot;
 use super::{Record, Sink};
 use crate::model::finding::{Detail, Finding, FindingStatus, WarningStatus};
 use crate::model::kubelet::SourceState;
@@ -6,11 +7,91 @@ use crate::probes::ProbeState;
 
 pub struct Terminal<W: std::io::Write> {
     out: W,
+    /// The live status line, on a terminal only.
+    live: Option<LiveLine>,
 }
+
+/// The status line at the bottom of a terminal: erased before each record
+/// and drawn again after it; erased for good before the summary.
+struct LiveLine {
+    /// The terminal's width now (it can be resized).
+    columns: fn() -> usize,
+    last: Option<StatusSnapshot>,
+    /// The line is on the screen (the cursor stands at its end).
+    shown: bool,
+    /// The summary is out: no more status.
+    ended: bool,
+}
+
+/// Back to the start of the line, and clear it.
+const ERASE: &[u8] = b"\r\x1b[2K";
 
 impl<W: std::io::Write> Terminal<W> {
     pub fn new(out: W) -> Self {
-        Self { out }
+        Self { out, live: None }
+    }
+
+    /// With the live status line at the bottom, `columns()` wide. Only for
+    /// a terminal (see [`status_line_wanted`]): it writes carriage returns
+    /// and escape sequences.
+    pub fn with_status_line(mut self, columns: fn() -> usize) -> Self {
+        self.live = Some(LiveLine {
+            columns,
+            last: None,
+            shown: false,
+            ended: false,
+        });
+        self
+    }
+
+    /// The status line as `buf` ends: drawn (a carriage return and the
+    /// line, no line break), unless there is none to draw.
+    fn draw(live: &mut LiveLine, buf: &mut Vec<u8>) {
+        if live.ended {
+            return;
+        }
+        let Some(s) = &live.last else {
+            return;
+        };
+        // One column spare: a line filling the last column would leave
+        // some terminals wrapped to the next line.
+        let line = super::status::render_status(s, (live.columns)().saturating_sub(1));
+        buf.extend_from_slice(ERASE);
+        buf.extend_from_slice(line.as_bytes());
+        live.shown = true;
+    }
+}
+
+/// Whether `watchdog trace` draws its status line: stdout is a terminal, and
+/// not a dumb one.
+pub fn status_line_wanted() -> bool {
+    use std::io::IsTerminal as _;
+    std::io::stdout().is_terminal() && std::env::var_os("TERM").is_none_or(|t| t != "dumb")
+}
+
+/// Columns of the terminal on stdout (TIOCGWINSZ), else 80.
+pub fn stdout_columns() -> usize {
+    // SAFETY: TIOCGWINSZ writes one winsize into `ws`; a failed call leaves
+    // it zeroed.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    let ok = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut ws) } == 0;
+    if ok && ws.ws_col > 0 {
+        usize::from(ws.ws_col)
+    } else {
+        80
+    }
+}
+
+impl<W: std::io::Write> Drop for Terminal<W> {
+    /// A session that ends without its summary (an error) leaves no status
+    /// line behind either.
+    fn drop(&mut self) {
+        if let Some(live) = self.live.as_mut()
+            && live.shown
+        {
+            live.shown = false;
+            let _ = self.out.write_all(ERASE).and_then(|()| self.out.flush());
+        }
     }
 }
 
@@ -242,10 +323,41 @@ impl<W: std::io::Write> Sink for Terminal<W> {
             }
         };
         let text = escape_controls(&text);
-        let _ = self
-            .out
-            .write_all(text.as_bytes())
-            .and_then(|()| self.out.flush());
+        let Some(live) = self.live.as_mut() else {
+            let _ = self
+                .out
+                .write_all(text.as_bytes())
+                .and_then(|()| self.out.flush());
+            return;
+        };
+        // One write: erase the status line, the record, the line again.
+        let mut buf = Vec::with_capacity(text.len() + 256);
+        if live.shown {
+            buf.extend_from_slice(ERASE);
+            live.shown = false;
+        }
+        buf.extend_from_slice(text.as_bytes());
+        if matches!(record, Record::Summary(_)) {
+            live.ended = true;
+        }
+        Self::draw(live, &mut buf);
+        let _ = self.out.write_all(&buf).and_then(|()| self.out.flush());
+    }
+
+    fn wants_status(&self) -> bool {
+        self.live.as_ref().is_some_and(|l| !l.ended)
+    }
+
+    fn status(&mut self, status: &StatusSnapshot) {
+        let Some(live) = self.live.as_mut() else {
+            return;
+        };
+        live.last = Some(status.clone());
+        let mut buf = Vec::new();
+        Self::draw(live, &mut buf);
+        if !buf.is_empty() {
+            let _ = self.out.write_all(&buf).and_then(|()| self.out.flush());
+        }
     }
 }
 
@@ -294,5 +406,125 @@ mod escape_tests {
             "/mnt/\\u{202e}txt.exe"
         );
         assert_eq!(escape_controls("caf\u{e9} \u{9b}"), "caf\u{e9} \\x9b");
+    }
+}
+
+#[cfg(test)]
+mod status_line_tests {
+    use std::time::Duration;
+
+    use super::Terminal;
+    use crate::model::Time;
+    use crate::probes::ProbeState;
+    use crate::sinks::status::StatusSnapshot;
+    use crate::sinks::{Drops, ProbeChange, Record, Sink, Summary};
+
+    fn probe() -> Record {
+        Record::Probe(ProbeChange {
+            at: Time::from_millis(0),
+            name: "fork_failures",
+            status: ProbeState::Attached,
+            reason: "uid 0 at 90/100 of its RLIMIT_NPROC".into(),
+        })
+    }
+
+    fn summary() -> Record {
+        Record::Summary(Summary {
+            at: Time::from_millis(4_000),
+            duration_s: 4.0,
+            events: 3,
+            findings: 0,
+            warnings: 0,
+            drops: Drops::default(),
+            recorded: None,
+            active: Vec::new(),
+        })
+    }
+
+    fn snapshot(secs: u64) -> StatusSnapshot {
+        StatusSnapshot {
+            elapsed: Duration::from_secs(secs),
+            probes_attached: 6,
+            probes_wanted: 6,
+            ..StatusSnapshot::default()
+        }
+    }
+
+    fn text(r: &Record) -> String {
+        let mut out = Vec::new();
+        Terminal::new(&mut out).emit(r);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn without_the_status_line_records_are_written_as_they_are() {
+        let mut out = Vec::new();
+        {
+            let mut t = Terminal::new(&mut out);
+            assert!(!t.wants_status());
+            t.status(&snapshot(1));
+            t.emit(&probe());
+            t.emit(&summary());
+        }
+        let out = String::from_utf8(out).unwrap();
+        assert_eq!(out, format!("{}{}", text(&probe()), text(&summary())));
+        assert!(!out.contains('\r') && !out.contains('\x1b'), "{out:?}");
+    }
+
+    #[test]
+    fn the_status_line_is_erased_around_records_and_gone_after_the_summary() {
+        let mut out = Vec::new();
+        {
+            let mut t = Terminal::new(&mut out).with_status_line(|| 61);
+            assert!(t.wants_status());
+            // Nothing to draw before the first snapshot.
+            t.emit(&probe());
+            t.status(&snapshot(1));
+            t.status(&snapshot(2));
+            t.emit(&probe());
+            t.emit(&summary());
+            assert!(!t.wants_status());
+            t.status(&snapshot(3));
+        }
+        let line = |s| format!("\r\x1b[2Kwatchdog 0:0{s} · probes 6/6 · limits n/a");
+        let want = [
+            text(&probe()),
+            line(1),
+            line(2),
+            // Erased, the record, drawn again.
+            "\r\x1b[2K".into(),
+            text(&probe()),
+            line(2),
+            // Erased for good: the summary stays on a clean screen.
+            "\r\x1b[2K".into(),
+            text(&summary()),
+        ]
+        .concat();
+        assert_eq!(String::from_utf8(out).unwrap(), want);
+    }
+
+    #[test]
+    fn a_session_ending_without_its_summary_leaves_no_status_line() {
+        let mut out = Vec::new();
+        {
+            let mut t = Terminal::new(&mut out).with_status_line(|| 80);
+            t.status(&snapshot(5));
+        }
+        let out = String::from_utf8(out).unwrap();
+        assert!(out.ends_with("limits n/a\r\x1b[2K"), "{out:?}");
+    }
+
+    #[test]
+    fn the_status_line_keeps_one_column_spare() {
+        let mut out = Vec::new();
+        {
+            let mut t = Terminal::new(&mut out).with_status_line(|| 20);
+            t.status(&snapshot(5));
+            t.emit(&summary());
+        }
+        let out = String::from_utf8(out).unwrap();
+        let drawn = out.split("\r\x1b[2K").nth(1).unwrap();
+        assert_eq!(drawn, "0:05 · limits n/a");
+        assert!(drawn.chars().count() <= 19);
     }
 }

@@ -354,12 +354,17 @@ impl PlegSources {
         Self::default()
     }
 
-    /// Spawns one task per configured source on the current runtime.
-    pub fn spawn(self, out: &ObsSender) {
-        let any = self.metrics.is_some()
+    /// Whether any source is configured (else PLEG is not followed).
+    pub fn any(&self) -> bool {
+        self.metrics.is_some()
             || self.node_watch
             || self.relist.is_some()
-            || self.log != LogTarget::Off;
+            || self.log != LogTarget::Off
+    }
+
+    /// Spawns one task per configured source on the current runtime.
+    pub fn spawn(self, out: &ObsSender) {
+        let any = self.any();
         if let Some(m) = self.metrics {
             tokio::spawn(supervise(
                 kubelet::metrics::MetricsSource::new(m),
