@@ -137,6 +137,25 @@ pub fn workspace_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
+/// The capabilities the Helm chart gives the agent instead of a privileged
+/// container (`charts/watchdog/values.yaml`, `securityContext.capabilities`):
+/// the chart test checks the rendered DaemonSet adds exactly these, and the
+/// image test runs the image with only these.
+pub const CHART_CAPABILITIES: [&str; 4] = ["BPF", "PERFMON", "SYS_ADMIN", "SYS_PTRACE"];
+
+/// The static (musl) agent of the image and the debug-pod test:
+/// `$WATCHDOG_STATIC_BIN` (`cargo xtask test` builds it with `--target
+/// x86_64-unknown-linux-musl`), when that file exists.
+pub fn static_agent_bin() -> Option<PathBuf> {
+    std::env::var_os("WATCHDOG_STATIC_BIN")
+        .map(PathBuf::from)
+        .filter(|p| p.is_file())
+}
+
+/// Why [`static_agent_bin`] is `None`, for a skip message.
+pub const NO_STATIC_AGENT: &str = "WATCHDOG_STATIC_BIN does not name the static agent \
+     (cargo xtask test builds it: cargo build --release --target x86_64-unknown-linux-musl -p watchdog)";
+
 /// Where the agent binary is: `$WATCHDOG_BIN`, else next to the running
 /// executable if that is in a `release/` directory (the bench), else
 /// `$CARGO_TARGET_DIR/release/watchdog`, else `<workspace>/target/release/watchdog`.

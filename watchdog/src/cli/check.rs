@@ -20,6 +20,10 @@ pub struct Args {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Also check this `watchdog run` configuration file (a `config` fact:
+    /// parsed and valid, or the file, key and why).
+    #[arg(long, value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
 }
 
 #[derive(Serialize)]
@@ -126,7 +130,32 @@ fn hint_for(detail: &str) -> String {
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let facts = facts();
+    let mut facts = facts();
+    let root = crate::paths::host::get();
+    facts.push(Fact {
+        name: "host_root",
+        ok: true,
+        detail: format!("{} ({})", root.path.display(), root.how),
+        hint: None,
+    });
+    let config_ok = match &a.config {
+        None => true,
+        Some(path) => {
+            let parsed = crate::config::Config::load(path);
+            facts.push(Fact {
+                name: "config",
+                ok: parsed.is_ok(),
+                detail: match &parsed {
+                    Ok(_) => format!("{} is valid", path.display()),
+                    Err(e) => e.to_string(),
+                },
+                hint: parsed
+                    .is_err()
+                    .then(|| "see README \"Configuration\" for every key and its default".into()),
+            });
+            parsed.is_ok()
+        }
+    };
     let layout = KernelLayout::from_btf(Path::new(paths::KERNEL_BTF));
     // The socket tracepoints only where the kernel has them (a kernel
     // without them is not a failure: requests are then not followed by
@@ -183,7 +212,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             })
             .collect(),
     };
-    let all_ok = checks.iter().all(|c| c.supported);
+    let all_ok = config_ok && checks.iter().all(|c| c.supported);
     use std::fmt::Write as _;
     let mut out = String::new();
     if a.json {

@@ -36,6 +36,12 @@ pub struct Cli {
     /// watchdog's own warnings.
     #[arg(long, global = true, default_value = "watchdog=warn")]
     log: String,
+    /// Where the host's `/` is mounted (a `kubectl debug node` pod: `/host`):
+    /// the runtime's sockets, the journal and systemd's sockets are looked
+    /// for under it. Default: $HOST_ROOT, else `/host` when it is PID 1's
+    /// root, else `/`.
+    #[arg(long, global = true, value_name = "DIR")]
+    host_root: Option<std::path::PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -118,6 +124,13 @@ pub fn main() -> ExitCode {
         // Colours only on a terminal: no escape codes in a file or a pipe.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    match crate::paths::host::resolve(cli.host_root.as_deref(), std::env::var_os("HOST_ROOT")) {
+        Ok(root) => crate::paths::host::set(root),
+        Err(e) => {
+            eprintln!("watchdog: {e}");
+            return ExitCode::from(2);
+        }
+    }
     let result = match cli.cmd {
         Command::Trace(a) => trace::run(a),
         Command::Check(a) => check::run(a),

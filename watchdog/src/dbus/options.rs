@@ -172,7 +172,13 @@ pub fn validate_sockets(paths: &[String]) -> Result<(), SetupError> {
 /// not touched.
 pub(super) fn canonical_socket_path(path: &str) -> Option<String> {
     let p = Path::new(path);
-    let dir = fs::canonicalize(p.parent()?).ok()?;
+    let root = crate::paths::host::get().path;
+    let dir = if root == Path::new("/") {
+        fs::canonicalize(p.parent()?).ok()?
+    } else {
+        // Links inside the host's tree lead to the host's paths.
+        crate::paths::host::resolve_dir(&root, p.parent()?.to_str()?)?
+    };
     let real = dir.join(p.file_name()?).to_string_lossy().into_owned();
     (real != path).then_some(real)
 }

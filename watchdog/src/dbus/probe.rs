@@ -26,7 +26,8 @@ pub fn targets(socket: &str) -> Vec<ProbeTarget> {
 }
 
 async fn call(socket: &str, target: ProbeTarget) -> zbus::Result<()> {
-    let stream = tokio::net::UnixStream::connect(socket).await?;
+    // The path as the kernel names it, reached under the host root.
+    let stream = tokio::net::UnixStream::connect(crate::paths::host::path(socket)).await?;
     let p2p = SocketKind::of(socket) == SocketKind::SystemdPrivate;
     let mut builder = zbus::connection::Builder::unix_stream(stream);
     if p2p {

@@ -551,7 +551,9 @@ impl StorageTracker {
                 mounts::parse(
                     &self
                         .proc
-                        .read(&self.proc.rooted(crate::paths::MOUNTINFO))
+                        .read(&self.proc.rooted(crate::paths::host::mountinfo()))
+                        // PID 1's may be unreadable (no CAP_SYS_PTRACE over it).
+                        .or_else(|_| self.proc.read(&self.proc.rooted(crate::paths::MOUNTINFO)))
                         .unwrap_or_default(),
                 )
             });

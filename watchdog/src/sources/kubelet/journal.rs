@@ -48,11 +48,12 @@ const POLL: Duration = Duration::from_millis(250);
 /// Entries handed over per call at most (the rest waits in the journal).
 const MAX_PER_CALL: usize = 4096;
 
-/// The journal directories that exist here, in [`JOURNAL_DIRS`] order.
+/// The journal directories that exist here, in [`JOURNAL_DIRS`] order,
+/// under the host root (a debug pod's own /var/log is empty).
 pub fn existing_dirs() -> Vec<PathBuf> {
     JOURNAL_DIRS
         .iter()
-        .map(PathBuf::from)
+        .map(|d| crate::paths::host::path(d))
         .filter(|p| p.is_dir())
         .collect()
 }

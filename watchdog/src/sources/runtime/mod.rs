@@ -88,19 +88,26 @@ impl RuntimeEndpoint {
                 .and_then(|p| std::fs::metadata(p).ok())
                 .is_some_and(|m| m.file_type().is_socket())
         };
-        if let Some(e) = CRI_CANDIDATES.iter().find(|e| is_socket(e)) {
-            return Ok(Self::Cri {
-                endpoint: (*e).to_owned(),
-            });
+        // Under the host root (a debug pod sees the host's /run at /host/run).
+        let on_host = crate::paths::host::unix_uri;
+        if let Some(e) = CRI_CANDIDATES
+            .iter()
+            .map(|e| on_host(e))
+            .find(|e| is_socket(e))
+        {
+            return Ok(Self::Cri { endpoint: e });
         }
-        if is_socket(DOCKER_DEFAULT) {
-            return Ok(Self::Docker {
-                host: DOCKER_DEFAULT.to_owned(),
-            });
+        let docker = on_host(DOCKER_DEFAULT);
+        if is_socket(&docker) {
+            return Ok(Self::Docker { host: docker });
         }
         Err(format!(
-            "no container runtime socket found (looked for {} and {DOCKER_DEFAULT}); give --runtime-endpoint",
-            CRI_CANDIDATES.join(", ")
+            "no container runtime socket found (looked for {} and {docker}); give --runtime-endpoint",
+            CRI_CANDIDATES
+                .iter()
+                .map(|e| on_host(e))
+                .collect::<Vec<_>>()
+                .join(", ")
         ))
     }
 }
