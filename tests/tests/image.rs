@@ -4,7 +4,9 @@
 //! check` and `watchdog trace` when started as the DaemonSet starts it: the
 //! host's PID namespace (its /proc), the host's /sys and /run, every
 //! capability this sandbox's bounding set has (`--privileged` fails here:
-//! the set lacks CAP_SYS_RESOURCE).
+//! the set lacks CAP_SYS_RESOURCE; and this Docker, 20.10, does not know
+//! CAP_BPF or CAP_PERFMON by name, so the chart's exact set is checked on the
+//! agent itself, below, with `setpriv`).
 //!
 //! The static binary comes from `WATCHDOG_STATIC_BIN` (`cargo xtask test`
 //! builds it with `--target x86_64-unknown-linux-musl`).
@@ -12,12 +14,6 @@ use std::{fs, path::PathBuf};
 
 use serde_json::Value;
 use watchdog_tests::{dockerd::*, *};
-
-fn static_bin() -> Option<PathBuf> {
-    std::env::var_os("WATCHDOG_STATIC_BIN")
-        .map(PathBuf::from)
-        .filter(|p| p.is_file())
-}
 
 /// An ELF without a PT_INTERP program header needs no dynamic loader (and
 /// no libc in the image).
@@ -74,12 +70,8 @@ fn image_from_scratch_runs_check_and_trace_with_the_hosts_sys_proc_and_run() {
     if !skip_unless_docker_prereqs() {
         return;
     }
-    let bin = static_bin();
-    if !skip_unless(
-        bin.is_some(),
-        "WATCHDOG_STATIC_BIN does not name the static agent (cargo xtask test builds it: \
-         cargo build --release --target x86_64-unknown-linux-musl -p watchdog)",
-    ) {
+    let bin = static_agent_bin();
+    if !skip_unless(bin.is_some(), NO_STATIC_AGENT) {
         return;
     }
     let bin = bin.unwrap();
@@ -205,4 +197,108 @@ fn static_elf_check_tells_static_from_dynamic() {
     let me = fs::read(std::env::current_exe().unwrap()).unwrap();
     assert_eq!(is_static_elf(&me), Ok(false));
     assert!(is_static_elf(b"#!/bin/sh\n").is_err());
+}
+
+/// The Helm chart runs the agent with [`CHART_CAPABILITIES`] instead of a
+/// privileged container: with exactly those (every other capability dropped
+/// from the bounding set, as the runtime does for `capabilities.drop: [ALL]`),
+/// `check` passes and `trace` attaches its probes and reads the host.
+#[test]
+fn the_charts_capabilities_are_enough_for_check_and_trace() {
+    if !skip_unless_root() {
+        return;
+    }
+    let setpriv = "/usr/bin/setpriv";
+    if !skip_unless(
+        std::path::Path::new(setpriv).exists(),
+        "setpriv is missing (apt-get install util-linux)",
+    ) {
+        return;
+    }
+    let set = std::iter::once("-all".to_owned())
+        .chain(
+            CHART_CAPABILITIES
+                .iter()
+                .map(|c| format!("+{}", c.to_lowercase())),
+        )
+        .collect::<Vec<_>>()
+        .join(",");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(setpriv)
+            .args(["--bounding-set", &set, "--inh-caps", "-all", "--"])
+            .arg(agent_bin())
+            .args(args)
+            .env_remove("KUBECONFIG")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run setpriv");
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        (out.status.success(), stdout, stderr)
+    };
+    // The bounding set really is the chart's (the test can tell).
+    let (_, status, _) = {
+        let out = std::process::Command::new(setpriv)
+            .args(["--bounding-set", &set, "--inh-caps", "-all", "--"])
+            .args(["grep", "^CapEff", "/proc/self/status"])
+            .output()
+            .expect("run setpriv");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            (),
+        )
+    };
+    assert!(
+        status.contains("000000c000280000"),
+        "BPF, PERFMON, SYS_ADMIN and SYS_PTRACE only: {status}"
+    );
+
+    let (ok, stdout, stderr) = run(&["check", "--json"]);
+    let rec = records(&stdout);
+    let c = rec
+        .iter()
+        .find(|r| r["type"] == "check")
+        .unwrap_or_else(|| panic!("no check record:\n{stdout}\n{stderr}"));
+    assert!(
+        ok && c["ok"] == true,
+        "check with the chart's capabilities: {c}\n{stderr}"
+    );
+
+    let (ok, stdout, stderr) = run(&[
+        "trace",
+        "--json",
+        "--duration",
+        "3s",
+        "--no-pleg",
+        "--runtime-endpoint",
+        "off",
+    ]);
+    assert!(
+        ok,
+        "trace with the chart's capabilities:\n{stdout}\n{stderr}"
+    );
+    let rec = records(&stdout);
+    let ready = rec
+        .iter()
+        .find(|r| r["type"] == "ready")
+        .unwrap_or_else(|| panic!("no ready record:\n{stdout}\n{stderr}"));
+    for p in ready["probes"].as_array().expect("probes in ready") {
+        // fork_failures waits in standby until a PID limit is under pressure.
+        let want = if p["name"] == "fork_failures" {
+            "standby"
+        } else {
+            "attached"
+        };
+        assert_eq!(p["status"], want, "with the chart's capabilities: {p}");
+    }
+    assert!(
+        !ready["pids_hierarchy"].is_null(),
+        "the pids cgroups are read: {ready}"
+    );
+    assert!(
+        stderr.trim().is_empty(),
+        "nothing on stderr without --log; got:\n{stderr}"
+    );
 }

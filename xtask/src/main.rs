@@ -220,8 +220,10 @@ fn test(no_lint: bool, fuzz_seconds: u64) -> Result<()> {
     // Build the binaries the kernel tests spawn, then every test: unit tests in
     // parallel, the privileged kernel tests with one thread (kernel state is shared).
     build_release_agent_and_tests()?;
-    // The static agent of the image test (tests/tests/image.rs).
+    // The static agent of the image and debug-pod tests.
     let static_bin = image::build_static()?;
+    // Helm and the Kubernetes schemas of the chart test.
+    let chart_tools = setup::chart_tools()?;
     run(cargo().args(["test", "--workspace", "--exclude", "watchdog-tests"]))?;
     run(cargo()
         .args([
@@ -236,7 +238,8 @@ fn test(no_lint: bool, fuzz_seconds: u64) -> Result<()> {
             "WATCHDOG_BIN",
             workspace_root().join("target/release/watchdog"),
         )
-        .env("WATCHDOG_STATIC_BIN", &static_bin))?;
+        .env("WATCHDOG_STATIC_BIN", &static_bin)
+        .env("WATCHDOG_CHART_TOOLS", &chart_tools))?;
     // Every parser of outside input, fuzzed for a short bounded time.
     if fuzz_seconds > 0 {
         fuzz::fuzz(fuzz_seconds, &[])?;

