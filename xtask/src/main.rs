@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 
 mod fuzz;
 mod image;
+mod install;
 mod setup;
 
 #[derive(Parser)]
@@ -60,6 +61,16 @@ enum Cmd {
         /// The image's name (default watchdog:<version>).
         #[arg(long)]
         tag: Option<String>,
+    },
+    /// Build the agent (release) and install it under a prefix: the binary,
+    /// bash/zsh/fish completions and the manual pages (one per command).
+    Install {
+        /// Installation prefix.
+        #[arg(long, default_value = "/usr/local")]
+        prefix: PathBuf,
+        /// Install this binary instead of building one.
+        #[arg(long)]
+        bin: Option<PathBuf>,
     },
     /// Set up, then run the benchmarks in this order: watchdog-bench (overhead
     /// and detection latency), storage-bench, dbus-bench, redis-bench (the
@@ -119,6 +130,7 @@ fn main() -> ExitCode {
         Cmd::Fuzz { seconds, targets } => fuzz::fuzz(seconds, &targets),
         Cmd::Bench { only, args } => bench(&only, args),
         Cmd::Image { tag } => image::image(tag),
+        Cmd::Install { prefix, bin } => install(&prefix, bin),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -163,6 +175,20 @@ fn cargo() -> Command {
     // bpf-linker lives in ~/.cargo/bin, which a fresh root shell may lack.
     cmd.env("PATH", setup::path_with_cargo_bin());
     cmd
+}
+
+fn install(prefix: &Path, bin: Option<PathBuf>) -> Result<()> {
+    let bin = match bin {
+        Some(b) => b,
+        None => {
+            setup::ensure()?;
+            run(cargo().args(["build", "--release", "--package", "watchdog"]))?;
+            workspace_root().join("target/release/watchdog")
+        }
+    };
+    let files = install::install(&bin, prefix)?;
+    eprintln!("xtask: {} files under {}", files.len(), prefix.display());
+    Ok(())
 }
 
 fn trace(args: Vec<OsString>) -> Result<()> {
