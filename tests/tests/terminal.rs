@@ -141,6 +141,17 @@ fn open_pty(cols: u16) -> (OwnedFd, OwnedFd) {
 /// stdout (`cols` wide, TERM=xterm): its exit, everything it wrote there,
 /// and its stderr.
 fn trace_on_pty(duration: &str, cols: u16, extra: &[&str]) -> (ExitStatus, String, String) {
+    trace_on_pty_with(duration, cols, extra, false)
+}
+
+/// [`trace_on_pty`], with stderr on the pseudo-terminal too when
+/// `stderr_on_pty` (then the returned stderr is empty).
+fn trace_on_pty_with(
+    duration: &str,
+    cols: u16,
+    extra: &[&str],
+    stderr_on_pty: bool,
+) -> (ExitStatus, String, String) {
     let dir = std::env::temp_dir().join(format!("wd-terminal-pty-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (master, slave) = open_pty(cols);
@@ -149,8 +160,13 @@ fn trace_on_pty(duration: &str, cols: u16, extra: &[&str]) -> (ExitStatus, Strin
     cmd.args(extra)
         .env("TERM", "xterm")
         .stdin(Stdio::from(slave.try_clone().unwrap()))
-        .stdout(Stdio::from(slave))
-        .stderr(Stdio::from(std::fs::File::create(&stderr_path).unwrap()));
+        .stdout(Stdio::from(slave.try_clone().unwrap()));
+    if stderr_on_pty {
+        cmd.stderr(Stdio::from(slave));
+    } else {
+        drop(slave);
+        cmd.stderr(Stdio::from(std::fs::File::create(&stderr_path).unwrap()));
+    }
     let mut agent = ChildGuard::spawn(&mut cmd, "watchdog trace on a pty").unwrap();
     // Our copies of the slave close with the command: the master then reads
     // EOF (EIO) once the agent has exited.
@@ -262,4 +278,36 @@ fn on_a_terminal_no_status_leaves_the_output_as_in_a_pipe() {
         !out.contains('\r') && !out.contains('\x1b') && !out.contains(" · probes "),
         "--no-status still drew a status line: {out:?}"
     );
+}
+
+/// `--log` lines on the same terminal: each erases the status line first
+/// (it would otherwise follow the status text on its line), and the line is
+/// drawn again after.
+#[test]
+fn log_lines_on_the_same_terminal_erase_the_status_line_first() {
+    if !skip_unless_root() {
+        return;
+    }
+    // The kubelet metrics scrape fails every second: a debug line each time.
+    let (status, out, _) = trace_on_pty_with("5s", 160, &["--log", "watchdog=debug"], true);
+    assert!(status.success(), "exit {status:?}\n{out:?}");
+    let pieces: Vec<&str> = out.split(ERASE).collect();
+    let first_draw = pieces
+        .iter()
+        .position(|p| status_elapsed(p).is_some())
+        .unwrap_or_else(|| panic!("no status line drawn:\n{out:?}"));
+    assert!(
+        pieces[first_draw..]
+            .iter()
+            .any(|p| p.contains("DEBUG") && status_elapsed(p).is_none()),
+        "no log line after the status line was first drawn (the test shows nothing):\n{out:?}"
+    );
+    for p in &pieces {
+        if status_elapsed(p).is_some() {
+            assert!(
+                !p.contains('\n') && !p.contains("DEBUG"),
+                "a log line or record followed the status text without erasing it: {p:?}"
+            );
+        }
+    }
 }

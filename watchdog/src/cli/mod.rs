@@ -120,7 +120,8 @@ pub fn main() -> ExitCode {
     });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        // Erases the status line of `trace` first when it shares the terminal.
+        .with_writer(crate::sinks::terminal::LogWriter::new())
         // Colours only on a terminal: no escape codes in a file or a pipe.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();

@@ -24,7 +24,13 @@ struct LiveLine {
 }
 
 /// Back to the start of the line, and clear it.
-const ERASE: &[u8] = b"\r\x1b[2K";
+pub const ERASE: &[u8] = b"\r\x1b[2K";
+
+/// A status line is on the screen now: the log writer (`--log`, on stderr)
+/// erases it before a log line when stderr is a terminal too, so the line
+/// does not end up after the status text; the next tick draws it again.
+pub static STATUS_ON_SCREEN: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
 
 impl<W: std::io::Write> Terminal<W> {
     pub fn new(out: W) -> Self {
@@ -59,6 +65,7 @@ impl<W: std::io::Write> Terminal<W> {
         buf.extend_from_slice(ERASE);
         buf.extend_from_slice(line.as_bytes());
         live.shown = true;
+        STATUS_ON_SCREEN.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -90,8 +97,62 @@ impl<W: std::io::Write> Drop for Terminal<W> {
             && live.shown
         {
             live.shown = false;
+            STATUS_ON_SCREEN.store(false, std::sync::atomic::Ordering::Relaxed);
             let _ = self.out.write_all(ERASE).and_then(|()| self.out.flush());
         }
+    }
+}
+
+/// stderr for the log lines (`--log`): when a status line is on the same
+/// terminal, it is erased first (one write per log line, as tracing's
+/// formatter writes).
+pub struct LogWriter {
+    stderr_is_terminal: bool,
+}
+
+impl LogWriter {
+    pub fn new() -> Self {
+        use std::io::IsTerminal as _;
+        Self {
+            stderr_is_terminal: std::io::stderr().is_terminal(),
+        }
+    }
+}
+
+impl Default for LogWriter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
+    type Writer = LogLine;
+
+    fn make_writer(&'a self) -> LogLine {
+        LogLine {
+            erase: self.stderr_is_terminal,
+        }
+    }
+}
+
+pub struct LogLine {
+    /// Still to check for a status line before the first byte.
+    erase: bool,
+}
+
+impl std::io::Write for LogLine {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let mut err = std::io::stderr().lock();
+        if std::mem::take(&mut self.erase)
+            && STATUS_ON_SCREEN.swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            err.write_all(ERASE)?;
+        }
+        err.write(b)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
     }
 }
 
@@ -335,6 +396,7 @@ impl<W: std::io::Write> Sink for Terminal<W> {
         if live.shown {
             buf.extend_from_slice(ERASE);
             live.shown = false;
+            STATUS_ON_SCREEN.store(false, std::sync::atomic::Ordering::Relaxed);
         }
         buf.extend_from_slice(text.as_bytes());
         if matches!(record, Record::Summary(_)) {
