@@ -86,6 +86,8 @@ pub enum RecordingError {
         "{path}: recording format {found} is not supported (this watchdog reads format {FORMAT})"
     )]
     Format { path: PathBuf, found: u32 },
+    #[error("{path}:{line}: a second recording header inside the file")]
+    SecondHeader { path: PathBuf, line: usize },
 }
 
 /// Writes a recording. A write error (disk full, file removed) is logged
@@ -179,83 +181,129 @@ pub fn read(path: &Path) -> Result<Recording, RecordingError> {
     read_from(BufReader::new(f), path)
 }
 
-/// A recording from any reader (a bundle's member); `path` names it in
-/// errors.
-pub fn read_from(mut input: impl BufRead, path: &Path) -> Result<Recording, RecordingError> {
-    let mut lines: Vec<(usize, String)> = Vec::new();
-    let mut buf = Vec::new();
-    for i in 0.. {
-        buf.clear();
-        // At most one line past the cap is read: a huge line costs no more.
-        let n = (&mut input)
-            .take(MAX_LINE as u64 + 1)
-            .read_until(b'\n', &mut buf)
-            .map_err(|source| RecordingError::Read {
+/// A recording from any reader (a bundle's member), all in memory; `path`
+/// names it in errors. `watchdog replay` streams with [`Stream`] instead.
+pub fn read_from(input: impl BufRead, path: &Path) -> Result<Recording, RecordingError> {
+    let mut s = Stream::open(input, path)?;
+    let mut inputs = Vec::new();
+    while let Some(l) = s.next_input() {
+        inputs.push(l?);
+    }
+    Ok(Recording {
+        header: s.header.clone(),
+        inputs,
+        truncated_tail: s.truncated_tail,
+    })
+}
+
+/// A recording read one line at a time: memory is one line (at most
+/// [`MAX_LINE`]) and one look-ahead line, whatever the file's size.
+pub struct Stream<R> {
+    input: R,
+    path: PathBuf,
+    /// Lines read so far (the number of the last one).
+    line: usize,
+    /// The next non-empty line, read ahead: an unparsable line is a
+    /// truncated tail only when no line follows it.
+    ahead: Option<(usize, String)>,
+    pub header: Header,
+    /// A truncated last line (the recorder was killed mid-write) was skipped.
+    pub truncated_tail: bool,
+    buf: Vec<u8>,
+}
+
+impl<R: BufRead> Stream<R> {
+    /// Reads up to the header, which must be the first non-empty line.
+    pub fn open(input: R, path: &Path) -> Result<Self, RecordingError> {
+        let mut s = Stream {
+            input,
+            path: path.to_owned(),
+            line: 0,
+            ahead: None,
+            header: Header::new(&EngineConfig::default(), None, String::new()),
+            truncated_tail: false,
+            buf: Vec::new(),
+        };
+        let no_header = || RecordingError::NoHeader {
+            path: path.to_owned(),
+        };
+        let (n, first) = s.raw_line()?.ok_or_else(no_header)?;
+        let parsed: Line =
+            serde_json::from_str(&first).map_err(|source| RecordingError::Parse {
                 path: path.to_owned(),
-                line: i + 1,
+                line: n,
                 source,
             })?;
-        if n == 0 {
-            break;
-        }
-        if buf.len() > MAX_LINE {
-            return Err(RecordingError::LineTooLong {
+        let Line::Recording(h) = parsed else {
+            return Err(no_header());
+        };
+        if h.format != FORMAT {
+            return Err(RecordingError::Format {
                 path: path.to_owned(),
-                line: i + 1,
+                found: h.format,
             });
         }
-        let l = String::from_utf8_lossy(&buf);
-        let l = l.trim_end_matches(['\n', '\r']);
-        if !l.trim().is_empty() {
-            lines.push((i + 1, l.to_owned()));
-        }
+        s.header = h;
+        s.ahead = s.raw_line()?;
+        Ok(s)
     }
-    let last = lines.last().map(|(n, _)| *n);
-    let mut header = None;
-    let mut inputs = Vec::with_capacity(lines.len());
-    let mut truncated_tail = false;
-    for (n, l) in lines {
-        let parsed: Line = match serde_json::from_str(&l) {
-            Ok(p) => p,
-            // Only an unterminated last line counts as truncation.
-            Err(e) if Some(n) == last && e.is_eof() && header.is_some() => {
-                truncated_tail = true;
-                continue;
-            }
-            Err(source) => {
-                return Err(RecordingError::Parse {
-                    path: path.to_owned(),
-                    line: n,
+
+    /// The next non-empty line and its number.
+    fn raw_line(&mut self) -> Result<Option<(usize, String)>, RecordingError> {
+        loop {
+            self.buf.clear();
+            self.line += 1;
+            // At most one byte past the cap is read: a huge line costs no more.
+            let n = (&mut self.input)
+                .take(MAX_LINE as u64 + 1)
+                .read_until(b'\n', &mut self.buf)
+                .map_err(|source| RecordingError::Read {
+                    path: self.path.clone(),
+                    line: self.line,
                     source,
+                })?;
+            if n == 0 {
+                return Ok(None);
+            }
+            if self.buf.len() > MAX_LINE {
+                return Err(RecordingError::LineTooLong {
+                    path: self.path.clone(),
+                    line: self.line,
                 });
             }
-        };
-        match (parsed, header.is_some()) {
-            (Line::Recording(h), false) => {
-                if h.format != FORMAT {
-                    return Err(RecordingError::Format {
-                        path: path.to_owned(),
-                        found: h.format,
-                    });
-                }
-                header = Some(h);
+            let l = String::from_utf8_lossy(&self.buf);
+            let l = l.trim_end_matches(['\n', '\r']);
+            if !l.trim().is_empty() {
+                return Ok(Some((self.line, l.to_owned())));
             }
-            (_, false) => {
-                return Err(RecordingError::NoHeader {
-                    path: path.to_owned(),
-                });
-            }
-            (other, true) => inputs.push(other),
         }
     }
-    let header = header.ok_or_else(|| RecordingError::NoHeader {
-        path: path.to_owned(),
-    })?;
-    Ok(Recording {
-        header,
-        inputs,
-        truncated_tail,
-    })
+
+    /// The next input (observation or tick), an error, or `None` at the end.
+    pub fn next_input(&mut self) -> Option<Result<Line, RecordingError>> {
+        let (n, l) = self.ahead.take()?;
+        self.ahead = match self.raw_line() {
+            Ok(a) => a,
+            Err(e) => return Some(Err(e)),
+        };
+        match serde_json::from_str::<Line>(&l) {
+            Ok(Line::Recording(_)) => Some(Err(RecordingError::SecondHeader {
+                path: self.path.clone(),
+                line: n,
+            })),
+            Ok(line) => Some(Ok(line)),
+            // Only an unterminated last line counts as truncation.
+            Err(e) if self.ahead.is_none() && e.is_eof() => {
+                self.truncated_tail = true;
+                None
+            }
+            Err(source) => Some(Err(RecordingError::Parse {
+                path: self.path.clone(),
+                line: n,
+                source,
+            })),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -312,6 +360,55 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(e.starts_with("big:2: a line longer than 16 MiB"), "{e}");
+    }
+
+    /// A stream holds one line at a time: from an endless recording (far
+    /// more than would fit in memory) the first inputs come at once.
+    #[test]
+    fn a_stream_reads_lazily_from_an_endless_recording() {
+        let header = serde_json::to_string(&Line::Recording(Header::new(
+            &EngineConfig::default(),
+            None,
+            String::new(),
+        )))
+        .unwrap();
+        let tick = b"{\"tick\":\"2026-01-01T00:00:00Z\"}\n";
+        let endless = std::io::Cursor::new(format!("{header}\n")).chain(Cycle(tick, 0));
+        let mut s = Stream::open(std::io::BufReader::new(endless), Path::new("endless")).unwrap();
+        for _ in 0..100_000 {
+            assert!(matches!(s.next_input(), Some(Ok(Line::Tick(_)))));
+        }
+    }
+
+    /// `bytes` repeated forever.
+    struct Cycle(&'static [u8], usize);
+
+    impl std::io::Read for Cycle {
+        fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+            let mut n = 0;
+            while n < out.len() {
+                out[n] = self.0[self.1 % self.0.len()];
+                self.1 += 1;
+                n += 1;
+            }
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn a_second_header_is_refused_with_its_line() {
+        let h = serde_json::to_string(&Line::Recording(Header::new(
+            &EngineConfig::default(),
+            None,
+            String::new(),
+        )))
+        .unwrap();
+        let text = format!("{h}\n{{\"tick\":\"2026-01-01T00:00:00Z\"}}\n{h}\n");
+        let e = read_from(std::io::Cursor::new(text), Path::new("two"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert_eq!(e, "two:3: a second recording header inside the file");
     }
 
     #[test]

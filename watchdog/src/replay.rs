@@ -1,7 +1,7 @@
 //! `watchdog replay`: diagnose a recorded observation stream offline, with
 //! the same engine and outputs as a live session. Deterministic: the
 //! engine's clock is the recording's.
-use std::path::Path;
+use std::{io::BufRead, path::Path};
 
 use serde::Serialize;
 
@@ -29,24 +29,48 @@ pub struct ReplayInfo {
     pub truncated_tail: bool,
 }
 
-pub fn replay(path: &Path, sink: &mut dyn Sink) -> anyhow::Result<Summary> {
-    let rec = if crate::bundle::is_bundle(path) {
-        crate::bundle::read_recording(path)?
+/// `f` on a stream of the recording at `path` (a plain file or a bundle).
+fn with_stream<T>(
+    path: &Path,
+    f: impl FnOnce(recording::Stream<Box<dyn BufRead + '_>>) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    if crate::bundle::is_bundle(path) {
+        crate::bundle::with_recording(path, f)
     } else {
-        recording::read(path)?
-    };
+        let file = std::fs::File::open(path).map_err(|source| recording::RecordingError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+        let input: Box<dyn BufRead + '_> = Box::new(std::io::BufReader::new(file));
+        f(recording::Stream::open(input, path)?)
+    }
+}
+
+/// Replays in two passes over the file, each one line at a time: the first
+/// checks every line and counts the inputs (a broken file is refused before
+/// any output), the second feeds the engine. Memory is the engine's state
+/// and one line, whatever the file holds.
+pub fn replay(path: &Path, sink: &mut dyn Sink) -> anyhow::Result<Summary> {
+    let (header, inputs, truncated_tail) = with_stream(path, |mut s| {
+        let mut n = 0usize;
+        while let Some(l) = s.next_input() {
+            l?;
+            n += 1;
+        }
+        Ok((s.header.clone(), n, s.truncated_tail))
+    })?;
     sink.emit(&Record::Replay(ReplayInfo {
         file: path.display().to_string(),
-        recorded_by: rec.header.version.clone(),
-        started: rec.header.started,
-        node: rec.header.node.clone(),
-        kernel: rec.header.kernel.clone(),
-        inputs: rec.inputs.len(),
-        truncated_tail: rec.truncated_tail,
+        recorded_by: header.version.clone(),
+        started: header.started,
+        node: header.node.clone(),
+        kernel: header.kernel.clone(),
+        inputs,
+        truncated_tail,
     }));
     // The session's policy (the default for older recordings), planning
     // only: a replay acts on nothing.
-    let policy = rec.header.remediation.clone().unwrap_or_default();
+    let policy = header.remediation.clone().unwrap_or_default();
     let remediation = (policy.mode != Mode::Off).then(|| {
         Remediator::new(
             PolicyConfig {
@@ -56,31 +80,32 @@ pub fn replay(path: &Path, sink: &mut dyn Sink) -> anyhow::Result<Summary> {
             Box::new(ReplayExecutor),
         )
     });
-    let mut diag = Diagnoser::new(rec.header.engine.clone(), None).with_remediation(remediation);
-    let mut last = rec.header.started;
+    let mut diag = Diagnoser::new(header.engine.clone(), None).with_remediation(remediation);
+    let mut last = header.started;
     let mut observations = 0u64;
-    for input in rec.inputs {
-        match input {
-            Line::Observe(o) => {
-                last = last.max(o.at());
-                observations += 1;
-                diag.observe(o, sink);
-            }
-            Line::Tick(t) => {
-                last = last.max(t);
-                diag.tick(t, sink);
-            }
-            Line::Recording(_) => {
-                anyhow::bail!(
-                    "{}: a second recording header inside the file",
-                    path.display()
-                )
+    with_stream(path, |mut s| {
+        while let Some(input) = s.next_input() {
+            match input? {
+                Line::Observe(o) => {
+                    last = last.max(o.at());
+                    observations += 1;
+                    diag.observe(o, sink);
+                }
+                Line::Tick(t) => {
+                    last = last.max(t);
+                    diag.tick(t, sink);
+                }
+                // The stream refuses it already.
+                Line::Recording(_) => {
+                    anyhow::bail!("{}: a second recording header", path.display())
+                }
             }
         }
-    }
+        Ok(())
+    })?;
     let summary = Summary {
         at: last,
-        duration_s: last.secs_since(rec.header.started),
+        duration_s: last.secs_since(header.started),
         events: observations,
         findings: diag.findings_total(),
         warnings: diag.warnings,

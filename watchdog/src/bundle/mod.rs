@@ -435,13 +435,17 @@ impl Named {
     }
 }
 
-/// Reads a bundle's recording (in memory; no file is extracted), for
-/// `watchdog replay`.
-pub fn read_recording(path: &Path) -> anyhow::Result<crate::recording::Recording> {
+/// Streams a bundle's recording to `f` (no file is extracted, nothing is
+/// held but a line), for `watchdog replay`; at most [`MEMBER_CAP`] bytes of
+/// it are read, whatever its header claims (a decompression bomb ends there).
+pub fn with_recording<T>(
+    path: &Path,
+    f: impl FnOnce(crate::recording::Stream<Box<dyn std::io::BufRead + '_>>) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
     use std::io::Read as _;
-    let f = std::fs::File::open(path)
+    let file = std::fs::File::open(path)
         .map_err(|e| anyhow::anyhow!("cannot open bundle {}: {e}", path.display()))?;
-    let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(f));
+    let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(file));
     let entries = ar
         .entries()
         .map_err(|e| anyhow::anyhow!("{}: not a tar.gz bundle: {e}", path.display()))?;
@@ -462,16 +466,10 @@ pub fn read_recording(path: &Path) -> anyhow::Result<crate::recording::Recording
                 MEMBER_CAP >> 20
             );
         }
-        let mut text = Vec::new();
-        entry
-            .take(MEMBER_CAP)
-            .read_to_end(&mut text)
-            .map_err(|e| anyhow::anyhow!("{}: recording.jsonl: {e}", path.display()))?;
         let label = PathBuf::from(format!("{}:recording.jsonl", path.display()));
-        return Ok(crate::recording::read_from(
-            std::io::Cursor::new(text),
-            &label,
-        )?);
+        let input: Box<dyn std::io::BufRead + '_> =
+            Box::new(std::io::BufReader::new(entry.take(MEMBER_CAP)));
+        return f(crate::recording::Stream::open(input, &label)?);
     }
     anyhow::bail!("{}: the bundle has no recording.jsonl", path.display())
 }
