@@ -286,3 +286,158 @@ fn bundle_on_a_full_disk_fails_clearly_and_the_diagnosis_goes_on() {
         out.display()
     );
 }
+
+/// kubelet's and containerd's entries in a real journal file (written by
+/// systemd's own `systemd-journal-remote`), and a followed socket whose
+/// server neither accepts nor reads: the bundle's `pleg/` holds the
+/// followed units' lines (redacted, not sshd's), and `systemd/` the
+/// socket's queues as sock_diag reports them.
+#[test]
+fn bundle_holds_the_kubelet_journal_and_the_followed_sockets_queues() {
+    const REMOTE: &str = "/lib/systemd/systemd-journal-remote";
+    if !watchdog_tests::skip_unless_root()
+        || !watchdog_tests::skip_unless(
+            Path::new(REMOTE).exists(),
+            "systemd-journal-remote is missing (apt-get install systemd-journal-remote)",
+        )
+    {
+        return;
+    }
+    let work = std::env::temp_dir().join(format!("wd-bundle-pleg-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&work);
+    let journal = work.join("journal");
+    let machine = journal.join("3d1219c7c4c5404aaa1f6d2a48adfda4");
+    fs::create_dir_all(&machine).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros();
+    let mut export = String::new();
+    for (i, (unit, ident, msg)) in [
+        (
+            "kubelet.service",
+            "kubelet",
+            "I0729 11:20:59.245243 9575 kubelet.go:1823] skipping pod synchronization - PLEG is not healthy: pleg was last seen active 3m57.138893648s ago; threshold is 3m0s.",
+        ),
+        (
+            "kubelet.service",
+            "kubelet",
+            "I0729 11:21:00.000001 9575 server.go:1] flags: --bootstrap-token=tok-5e1f9a --v=2",
+        ),
+        ("ssh.service", "sshd", "Accepted publickey for root"),
+        (
+            "containerd.service",
+            "containerd",
+            "level=error msg=\"failed to start shim: fork/exec /usr/bin/containerd-shim-runc-v2: resource temporarily unavailable\"",
+        ),
+    ]
+    .iter()
+    .enumerate()
+    {
+        export.push_str(&format!(
+            "__REALTIME_TIMESTAMP={}\n__MONOTONIC_TIMESTAMP={}\n\
+             _BOOT_ID=0123456789abcdef0123456789abcdef\n_SYSTEMD_UNIT={unit}\n\
+             SYSLOG_IDENTIFIER={ident}\n_PID=9575\nPRIORITY=6\nMESSAGE={msg}\n\n",
+            now + i as u128,
+            1000 + i * 1000
+        ));
+    }
+    let mut w = Command::new(REMOTE)
+        .arg("-o")
+        .arg(machine.join("system.journal"))
+        .arg("-")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    w.stdin
+        .take()
+        .unwrap()
+        .write_all(export.as_bytes())
+        .unwrap();
+    assert!(w.wait().unwrap().success(), "systemd-journal-remote failed");
+
+    // A server that accepts one connection and never reads it, and leaves a
+    // second waiting for accept.
+    let sock = work.join("private");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let mut c1 = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    c1.write_all(&[0u8; 40]).unwrap();
+    let (_s1, _) = listener.accept().unwrap();
+    let _c2 = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+
+    let out = work.join("b.tar.gz");
+    let sock_s = sock.to_string_lossy().into_owned();
+    let run = Command::new(agent_bin())
+        .args(["bundle", "--duration", "3s", "--json"])
+        .args(["--kubelet-metrics-url", "off", "--runtime-endpoint", "off"])
+        .args(["--kubelet-log", "journal", "--journal-dir"])
+        .arg(&journal)
+        .args(["--systemd-socket", &sock_s, "--out"])
+        .arg(&out)
+        .env_remove("KUBECONFIG")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "watchdog bundle failed: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let x = work.join("x");
+    fs::create_dir_all(&x).unwrap();
+    assert!(
+        Command::new("tar")
+            .arg("-xzf")
+            .arg(&out)
+            .arg("-C")
+            .arg(&x)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let manifest: Value =
+        serde_json::from_str(&fs::read_to_string(x.join("manifest.json")).unwrap()).unwrap();
+    let entry = |name: &str| {
+        manifest["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} is not in the manifest: {manifest}"))
+    };
+
+    let journal_txt = fs::read_to_string(x.join("pleg/kubelet-journal.txt")).unwrap();
+    assert!(
+        journal_txt.contains("PLEG is not healthy")
+            && journal_txt.contains("containerd-shim-runc-v2"),
+        "kubelet's and containerd's lines: {journal_txt}"
+    );
+    assert!(
+        !journal_txt.contains("sshd") && !journal_txt.contains("publickey"),
+        "another unit's line: {journal_txt}"
+    );
+    assert!(
+        !journal_txt.contains("tok-5e1f9a") && journal_txt.contains("--bootstrap-token=<redacted>"),
+        "the token in a log line is masked: {journal_txt}"
+    );
+    assert_eq!(entry("pleg/kubelet-journal.txt")["redacted"], 1);
+
+    let sockets = fs::read_to_string(x.join("systemd/sockets.txt")).unwrap();
+    assert!(
+        sockets.contains(&format!(
+            "{sock_s}: 1 listening, 1 connections, 40 bytes waiting for the server to read"
+        )),
+        "the followed socket's queues: {sockets}"
+    );
+    assert!(
+        sockets.contains("1 connections waiting to be accepted"),
+        "the accept queue: {sockets}"
+    );
+    assert!(entry("systemd/sockets.txt")["error"].is_null());
+    let _ = fs::remove_dir_all(&work);
+}

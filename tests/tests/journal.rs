@@ -186,6 +186,24 @@ fn kubelet_lines_are_followed_from_the_journal_across_rotation() {
         "{}",
         rec.value
     );
+    // The same files read from the head (evidence of what was logged
+    // before a session): the followed units only, through the same parser.
+    let (logs, counts) = watchdog::sources::kubelet::journal::read_history(
+        std::slice::from_ref(&dir),
+        1000,
+        watchdog::model::Time(0),
+    )
+    .expect("read the journal from its head");
+    assert_eq!(
+        counts.entries, 4,
+        "kubelet's and containerd's entries, not sshd's: {} entries, {} events",
+        counts.entries, counts.events
+    );
+    let shown = serde_json::to_string(&logs).unwrap().to_lowercase();
+    assert!(
+        logs.len() >= 3 && shown.contains("pleg") && shown.contains("fork"),
+        "the PLEG lines and the fork failure are read back: {shown}"
+    );
 
     // 2. Rotation as journald does it: the active file is archived under a
     //    new name, the next entries go to a new system.journal.

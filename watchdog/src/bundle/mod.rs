@@ -134,6 +134,75 @@ impl Builder {
         ));
     }
 
+    /// `pleg/`: the session's PLEG records (readings, relist timings, hung
+    /// calls), and kubelet's and the runtimes' journal entries from five
+    /// minutes before `since` on (redacted; at most [`JOURNAL_LINES`]).
+    pub fn pleg(&mut self, records: Vec<u8>, journal_dirs: &[PathBuf], since: Time) {
+        if !records.is_empty() {
+            self.add("pleg/records.jsonl", "session", records, 0);
+        }
+        if journal_dirs.is_empty() {
+            return;
+        }
+        let source = format!(
+            "journal {}",
+            journal_dirs
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let since_usec = since.0.saturating_sub(300_000).saturating_mul(1000);
+        match crate::sources::kubelet::journal::history_lines(
+            journal_dirs,
+            Some(since_usec),
+            JOURNAL_LINES,
+        ) {
+            Ok((lines, _unreadable)) => {
+                let truncated = lines.len() >= JOURNAL_LINES;
+                let mut text = String::new();
+                let mut redacted = 0;
+                for l in &lines {
+                    let (l, n) = redact::log_line(l);
+                    redacted += n;
+                    text.push_str(&l);
+                    text.push('\n');
+                }
+                self.add(
+                    "pleg/kubelet-journal.txt",
+                    &source,
+                    text.into_bytes(),
+                    redacted,
+                );
+                if let Some((e, _)) = self.files.last_mut() {
+                    e.truncated = truncated;
+                }
+            }
+            Err(e) => self.failed("pleg/kubelet-journal.txt", &source, e),
+        }
+    }
+
+    /// `systemd/`: the session's systemd findings, and a sock_diag snapshot
+    /// of the followed sockets (systemd's private socket, the bus): each
+    /// listener with its accept queue, and each accepted connection with the
+    /// bytes waiting for the server to read (a hung systemd leaves them
+    /// there). Paths are compared as strings, never resolved.
+    pub fn systemd(&mut self, records: Vec<u8>, sockets: &[String]) {
+        if !records.is_empty() {
+            self.add("systemd/findings.jsonl", "session", records, 0);
+        }
+        if sockets.is_empty() {
+            return;
+        }
+        match crate::dbus::sock_diag::dump() {
+            Ok(all) => {
+                let text = socket_report(&all, sockets);
+                self.add("systemd/sockets.txt", "sock_diag", text.into_bytes(), 0);
+            }
+            Err(e) => self.failed("systemd/sockets.txt", "sock_diag", e.to_string()),
+        }
+    }
+
     /// The kernel's state: release, version, command line (redacted),
     /// taint, the hung-task and PID sysctls, load, and the kernel log since
     /// `since_uptime_s` (seconds after boot).
@@ -393,6 +462,60 @@ fn kmsg_since(since_s: f64) -> Result<(String, bool), String> {
         }
     }
     Ok((out, false))
+}
+
+/// Journal entries a bundle's `pleg/` holds at most.
+pub const JOURNAL_LINES: usize = 5000;
+
+/// For each followed path: its listeners (inode, accept queue / backlog)
+/// and the connections accepted on it (inode, peer, bytes queued to be read
+/// by the server, bytes it sent not yet read by the client).
+fn socket_report(all: &[crate::dbus::sock_diag::UnixSock], paths: &[String]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    for path in paths {
+        let mine: Vec<_> = all
+            .iter()
+            .filter(|s| s.name.as_deref() == Some(path.as_str()))
+            .collect();
+        let listeners: Vec<_> = mine.iter().filter(|s| s.listening()).collect();
+        let conns: Vec<_> = mine.iter().filter(|s| !s.listening()).collect();
+        if mine.is_empty() {
+            let _ = writeln!(
+                out,
+                "{path}: no socket bound at this path in this network namespace"
+            );
+            continue;
+        }
+        let queued: u64 = conns
+            .iter()
+            .filter_map(|c| c.rqlen.map(|(r, _)| u64::from(r)))
+            .sum();
+        let _ = writeln!(
+            out,
+            "{path}: {} listening, {} connections, {queued} bytes waiting for the server to read",
+            listeners.len(),
+            conns.len()
+        );
+        for l in listeners {
+            let (q, backlog) = l.rqlen.unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "  listener inode {}: {q} connections waiting to be accepted (backlog {backlog})",
+                l.inode
+            );
+        }
+        for c in conns {
+            let (r, w) = c.rqlen.unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "  connection inode {} (peer {}): {r} bytes unread by the server, {w} unread by the client",
+                c.inode,
+                c.peer.map(|p| p.to_string()).unwrap_or_else(|| "?".into())
+            );
+        }
+    }
+    out
 }
 
 /// What the session's findings name: tasks, mount points, pids cgroups.

@@ -95,9 +95,76 @@ pub fn kernel_cmdline(text: &str) -> (String, usize) {
     (words[1..].join(" "), n)
 }
 
+/// A log line with its secret words masked (`--token=x`, `password=x`,
+/// bearer strings, JWTs, URLs with a password); the spacing between words
+/// is kept.
+pub fn log_line(text: &str) -> (String, usize) {
+    let mut out = String::with_capacity(text.len());
+    let mut n = 0;
+    let mut mask_next = false;
+    for (i, piece) in text.split(' ').enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        let word = piece.trim_matches(|c: char| c == '"' || c == '\'' || c == ',');
+        if mask_next && !word.is_empty() && !word.starts_with('-') {
+            mask_next = false;
+            out.push_str(MASK);
+            n += 1;
+            continue;
+        }
+        mask_next = false;
+        if let Some((name, value)) = word.split_once('=')
+            && !value.is_empty()
+            && (secret_name(name) || secret_value(value))
+        {
+            out.push_str(&piece.replacen(value, MASK, 1));
+            n += 1;
+        } else if secret_value(word) {
+            out.push_str(MASK);
+            n += 1;
+        } else {
+            if word.starts_with('-') && !word.contains('=') && secret_name(word) {
+                mask_next = true;
+            }
+            // "Bearer <token>": the word after it.
+            if word.eq_ignore_ascii_case("bearer") {
+                mask_next = true;
+            }
+            out.push_str(piece);
+        }
+    }
+    (out, n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_lines_keep_their_words_and_lose_their_secrets() {
+        let (l, n) = log_line(
+            "I0729 11:20:59 kubelet.go:1] flags: --token=abc --bootstrap-kubeconfig /etc/k \
+             password=hunter2 Authorization: Bearer eyJa.b.c done",
+        );
+        assert_eq!(
+            l,
+            "I0729 11:20:59 kubelet.go:1] flags: --token=<redacted> --bootstrap-kubeconfig /etc/k \
+             password=<redacted> Authorization: Bearer <redacted> done"
+        );
+        assert_eq!(n, 3);
+        let (l, n) = log_line("PLEG is not healthy: pleg was last seen active 3m57s ago");
+        assert_eq!(
+            (l.as_str(), n),
+            (
+                "PLEG is not healthy: pleg was last seen active 3m57s ago",
+                0
+            )
+        );
+        let (l, n) = log_line("msg=\"pull https://user:pw@registry/x failed\" key=\"v\"");
+        assert_eq!(n, 2, "{l}");
+        assert!(!l.contains("pw@") && !l.contains("\"v\""), "{l}");
+    }
 
     fn v(s: &[&str]) -> Vec<String> {
         s.iter().map(|x| x.to_string()).collect()

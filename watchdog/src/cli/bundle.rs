@@ -33,6 +33,10 @@ struct Tee<'a> {
     lines: Vec<u8>,
     named: Named,
     findings: usize,
+    /// The `pleg` records (for `pleg/`) and the systemd findings (for
+    /// `systemd/`), capped as `lines` is.
+    pleg: Vec<u8>,
+    systemd: Vec<u8>,
 }
 
 /// The session's records a bundle keeps at most.
@@ -48,9 +52,17 @@ impl Sink for Tee<'_> {
             self.findings += 1;
             self.named.add_finding(&v);
         }
-        if self.lines.len() < RECORDS_CAP {
-            let _ = serde_json::to_writer(&mut self.lines, &v);
-            self.lines.push(b'\n');
+        let keep = |buf: &mut Vec<u8>| {
+            if buf.len() < RECORDS_CAP {
+                let _ = serde_json::to_writer(&mut *buf, &v);
+                buf.push(b'\n');
+            }
+        };
+        keep(&mut self.lines);
+        match record {
+            Record::Pleg(_) => keep(&mut self.pleg),
+            Record::Finding(_) if v["cause"] == "systemd_hang" => keep(&mut self.systemd),
+            _ => {}
         }
     }
 
@@ -95,6 +107,15 @@ pub fn run(a: BundleArgs) -> anyhow::Result<ExitCode> {
     let recording = dir.join("recording.jsonl");
     opts.record = Some(recording.clone());
     let root = opts.root.clone();
+    let journal_dirs = match &opts.pleg_sources.log {
+        crate::sources::LogTarget::Journal(d) => d.clone(),
+        _ => Vec::new(),
+    };
+    let sockets = opts
+        .dbus
+        .as_ref()
+        .map(|d| d.sockets.clone())
+        .unwrap_or_default();
     let start = Time::now();
     let stdout = std::io::stdout();
     let mut inner: Box<dyn Sink> = if json {
@@ -107,10 +128,13 @@ pub fn run(a: BundleArgs) -> anyhow::Result<ExitCode> {
         lines: Vec::new(),
         named: Named::default(),
         findings: 0,
+        pleg: Vec::new(),
+        systemd: Vec::new(),
     };
     let session = agent::trace(opts, &mut tee);
     let end = Time::now();
     let (lines, named, findings) = (tee.lines, tee.named, tee.findings);
+    let (pleg, systemd) = (tee.pleg, tee.systemd);
     drop(inner);
     if let Err(e) = session {
         let _ = std::fs::remove_dir_all(&dir);
@@ -137,6 +161,8 @@ pub fn run(a: BundleArgs) -> anyhow::Result<ExitCode> {
     for cg in &named.cgroups {
         b.pids_cgroup(cg);
     }
+    b.pleg(pleg, &journal_dirs, start);
+    b.systemd(systemd, &sockets);
     let stamp: String = end
         .rfc3339()
         .chars()

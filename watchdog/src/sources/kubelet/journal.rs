@@ -158,17 +158,14 @@ impl JournalFollower {
             let Some(r) = &self.reader else { break };
             match r.sub.try_recv() {
                 Ok(Ok(e)) => {
-                    self.entries += 1;
                     self.last_usec = Some(e.realtime_usec());
-                    let program = e
-                        .get("SYSLOG_IDENTIFIER")
-                        .or_else(|| e.get("_COMM"))
-                        .map(|p| String::from_utf8_lossy(p).into_owned());
-                    let Some(msg) = e.get("MESSAGE") else {
-                        continue;
-                    };
-                    let text = String::from_utf8_lossy(&msg[..msg.len().min(super::log::MAX_LINE)]);
-                    self.entry(&text, program, e.realtime_usec(), now, &mut out);
+                    self.take(
+                        e.get("SYSLOG_IDENTIFIER").or_else(|| e.get("_COMM")),
+                        e.get("MESSAGE"),
+                        e.realtime_usec(),
+                        now,
+                        &mut out,
+                    );
                 }
                 Ok(Err(e)) => {
                     self.errors += 1;
@@ -185,6 +182,24 @@ impl JournalFollower {
             }
         }
         Ok(out)
+    }
+
+    /// One journal entry: its program and message (bytes as stored).
+    fn take(
+        &mut self,
+        program: Option<&[u8]>,
+        msg: Option<&[u8]>,
+        usec: u64,
+        now: Time,
+        out: &mut Vec<KubeletLog>,
+    ) {
+        self.entries += 1;
+        let program = program.map(|p| String::from_utf8_lossy(p).into_owned());
+        let Some(msg) = msg else {
+            return;
+        };
+        let text = String::from_utf8_lossy(&msg[..msg.len().min(super::log::MAX_LINE)]);
+        self.entry(&text, program, usec, now, out);
     }
 
     fn entry(
@@ -222,6 +237,112 @@ impl JournalFollower {
             }
         }
     }
+}
+
+/// The followed units' entries already in the journal files of `dirs`,
+/// oldest first, at most `max`, read as the follower reads new ones (the
+/// same files, filter and parser), with the follower's counters. For
+/// evidence of what was logged before a session, and the journal fuzz
+/// target (a journal file is input from elsewhere: a bundle, a copied
+/// directory).
+pub fn read_history(
+    dirs: &[PathBuf],
+    max: usize,
+    now: Time,
+) -> Result<(Vec<KubeletLog>, JournalFollower), String> {
+    let q = history_query(dirs, None, max)?;
+    let mut f = JournalFollower {
+        dirs: dirs.to_vec(),
+        reader: None,
+        last_usec: None,
+        entries: 0,
+        events: 0,
+        unparseable: 0,
+        errors: 0,
+        last_error: None,
+        last_unparseable: None,
+    };
+    let mut out = Vec::new();
+    for e in q.iter().map_err(|e| e.to_string())? {
+        match e {
+            Ok(e) => {
+                f.last_usec = Some(e.realtime_usec());
+                f.take(
+                    e.get("SYSLOG_IDENTIFIER").or_else(|| e.get("_COMM")),
+                    e.get("MESSAGE"),
+                    e.realtime_usec(),
+                    now,
+                    &mut out,
+                );
+            }
+            Err(e) => {
+                f.errors += 1;
+                f.last_error = Some(e.to_string());
+            }
+        }
+    }
+    Ok((out, f))
+}
+
+/// The followed units' entries from `since_usec` on (all when None), oldest
+/// first, at most `max`.
+fn history_query(
+    dirs: &[PathBuf],
+    since_usec: Option<u64>,
+    max: usize,
+) -> Result<sdjournal::JournalQuery, String> {
+    let cfg = JournalConfig {
+        poll_interval: POLL,
+        ..JournalConfig::default()
+    };
+    let journal = Journal::open_dirs_with_config(dirs, cfg).map_err(|e| e.to_string())?;
+    let mut q = journal.query();
+    for unit in UNITS {
+        q.or_group(|g| {
+            g.match_exact("_SYSTEMD_UNIT", unit.as_bytes());
+        });
+    }
+    q.or_group(|g| {
+        g.match_exact("SYSLOG_IDENTIFIER", b"kubelet");
+    });
+    q.seek_head().limit(max);
+    if let Some(t) = since_usec {
+        q.since_realtime(t);
+    }
+    Ok(q)
+}
+
+/// The followed units' entries from `since_usec` on as text, one line each
+/// (`<UTC stamp> <program>[<pid>]: <message>`, a message cut at the
+/// parser's line cap and its line breaks shown as `\n`), at most `max`;
+/// with the number of entries the journal could not read.
+pub fn history_lines(
+    dirs: &[PathBuf],
+    since_usec: Option<u64>,
+    max: usize,
+) -> Result<(Vec<String>, u64), String> {
+    let q = history_query(dirs, since_usec, max)?;
+    let mut out = Vec::new();
+    let mut errors = 0;
+    for e in q.iter().map_err(|e| e.to_string())? {
+        let Ok(e) = e else {
+            errors += 1;
+            continue;
+        };
+        let field = |name: &str| e.get(name).map(|v| String::from_utf8_lossy(v).into_owned());
+        let program = field("SYSLOG_IDENTIFIER")
+            .or_else(|| field("_COMM"))
+            .unwrap_or_else(|| "?".into());
+        let pid = field("_PID").unwrap_or_default();
+        let msg = e.get("MESSAGE").unwrap_or_default();
+        let msg = String::from_utf8_lossy(&msg[..msg.len().min(super::log::MAX_LINE)])
+            .replace('\n', "\\n");
+        out.push(format!(
+            "{} {program}[{pid}]: {msg}",
+            stamp(e.realtime_usec())
+        ));
+    }
+    Ok((out, errors))
 }
 
 /// `2026-12-07T04:31:43.123456Z`
