@@ -441,3 +441,130 @@ fn bundle_holds_the_kubelet_journal_and_the_followed_sockets_queues() {
     assert!(entry("systemd/sockets.txt")["error"].is_null());
     let _ = fs::remove_dir_all(&work);
 }
+
+/// `trace --bundle-dir`: when the storage finding goes active, a bundle of
+/// its evidence is written by itself in the directory (made root-only),
+/// named by a `bundle` record; one per finding; the bundle replays to the
+/// same finding and names its trigger.
+#[test]
+fn trace_captures_a_bundle_when_a_finding_goes_active() {
+    if !skip_unless_fuse_prereqs() {
+        return;
+    }
+    let work = std::env::temp_dir().join(format!("wd-autobundle-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&work);
+    fs::create_dir_all(&work).unwrap();
+    let dir = work.join("bundles");
+    let reader: Option<ChildGuard>;
+    let fuse = HangingFuse::start();
+    let mut trace = Command::new(agent_bin())
+        .args([
+            "trace",
+            "--json",
+            "--duration",
+            "9s",
+            "--hang-threshold",
+            "2s",
+        ])
+        .args(["--no-pleg", "--no-systemd", "--bundle-dir"])
+        .arg(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(trace.stdout.take().unwrap()));
+    assert!(
+        lines
+            .by_ref()
+            .map_while(Result::ok)
+            .any(|l| l.contains("\"type\":\"ready\"")),
+        "watchdog trace never got ready"
+    );
+    let rest = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<String>>());
+    reader = Some(ChildGuard::spawn(&mut fuse_reader(&fuse), "reader").unwrap());
+    assert!(trace.wait().unwrap().success());
+    let records: Vec<Value> = rest
+        .join()
+        .unwrap()
+        .iter()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let mp = fuse.mount_point().to_string_lossy().into_owned();
+    let finding = records
+        .iter()
+        .find(|v| {
+            v["type"] == "finding"
+                && v["cause"] == "storage_hang"
+                && v["mount_point"] == mp.as_str()
+        })
+        .unwrap_or_else(|| panic!("no storage finding on {mp}: {records:#?}"));
+    let bundles: Vec<&Value> = records.iter().filter(|v| v["type"] == "bundle").collect();
+    assert_eq!(
+        bundles.len(),
+        1,
+        "one bundle for the one finding: {bundles:#?}"
+    );
+    let b = bundles[0];
+    assert_eq!(b["status"], "written", "{b}");
+    assert_eq!(
+        b["finding"], finding["id"],
+        "the bundle names its finding: {b}"
+    );
+    let path = std::path::PathBuf::from(b["path"].as_str().unwrap());
+    assert_eq!(path.parent(), Some(dir.as_path()), "{b}");
+    assert_eq!(
+        fs::metadata(&path).unwrap().len(),
+        b["size"].as_u64().unwrap()
+    );
+    let mode = std::os::unix::fs::PermissionsExt::mode(&fs::metadata(&dir).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o700, "the bundle directory is root-only");
+
+    let listing = Command::new("tar").arg("-tzf").arg(&path).output().unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout).into_owned();
+    assert_eq!(listing.lines().next(), Some("manifest.json"), "{listing}");
+    assert!(
+        listing.contains("storage/mountinfo") && listing.contains("recording.jsonl"),
+        "{listing}"
+    );
+    let x = work.join("x");
+    fs::create_dir_all(&x).unwrap();
+    assert!(
+        Command::new("tar")
+            .arg("-xzf")
+            .arg(&path)
+            .arg("-C")
+            .arg(&x)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let manifest: Value =
+        serde_json::from_str(&fs::read_to_string(x.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(
+        manifest["trigger"],
+        format!("finding {}", finding["id"].as_str().unwrap()),
+        "{manifest}"
+    );
+    let replay = Command::new(agent_bin())
+        .args(["replay", "--json"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&replay.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .any(|v| v["type"] == "finding"
+                && v["cause"] == "storage_hang"
+                && v["mount_point"] == mp.as_str()),
+        "the bundle's recording replays to the finding"
+    );
+    drop(reader);
+    drop(fuse);
+    let _ = fs::remove_dir_all(&work);
+}

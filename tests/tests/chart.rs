@@ -268,6 +268,14 @@ fn the_chart_renders_valid_objects_for_every_values_file() {
         .unwrap()
         .to_owned();
     assert!(toml.contains("mode = \"dry-run\""), "{toml}");
+    assert!(
+        toml.contains("[bundle]") && toml.contains("dir = \"/var/log/watchdog\""),
+        "bundles on the node by default: {toml}"
+    );
+    assert!(
+        mounts.iter().any(|m| m["mountPath"] == "/var/log/watchdog"),
+        "the bundle directory is the node's"
+    );
     // Read-only RBAC on nodes, nothing on pods or secrets.
     let role = kind(&objs, "ClusterRole")[0];
     let rules = role["rules"].to_string();
@@ -313,6 +321,7 @@ fn the_chart_renders_valid_objects_for_every_values_file() {
         .unwrap()
         .to_owned();
     assert!(toml.contains("addr = \"\""), "metrics off: {toml}");
+    assert!(!toml.contains("[bundle]"), "bundles off: {toml}");
     let _ = std::fs::remove_dir_all(tmp("x").parent().unwrap());
 }
 

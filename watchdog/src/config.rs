@@ -85,6 +85,30 @@ pub struct Config {
     pub pleg: PlegSection,
     pub kubernetes: KubernetesSection,
     pub remediation: RemediationSection,
+    pub bundle: BundleSection,
+}
+
+/// `[bundle]`: a bundle of the evidence when a finding goes active
+/// (`watchdog trace --bundle-dir`). Off unless `dir` is set.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BundleSection {
+    pub dir: Option<PathBuf>,
+    /// At most one bundle per this long.
+    #[serde(deserialize_with = "duration")]
+    pub min_interval: Duration,
+    /// The directory's bundles are kept under this many MiB.
+    pub max_total_mib: u64,
+}
+
+impl Default for BundleSection {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            min_interval: Duration::from_secs(300),
+            max_total_mib: 256,
+        }
+    }
 }
 
 /// `[remediation]`: the policy (`watchdog trace --remediation ...`).
@@ -360,6 +384,7 @@ impl Default for Config {
             pleg: PlegSection::default(),
             kubernetes: KubernetesSection::default(),
             remediation: RemediationSection::default(),
+            bundle: BundleSection::default(),
         }
     }
 }

@@ -54,6 +54,9 @@ remediation policy from their own values. */}}
 {{- $_ := set $cfg "metrics" (dict "addr" (ternary (printf "0.0.0.0:%d" (int .Values.metrics.port)) "" .Values.metrics.enabled)) }}
 {{- $rem := dict "mode" .Values.remediation.mode "allow_actions" .Values.remediation.allowActions "journal" (printf "%s/remediation.jsonl" .Values.remediation.journalHostPath) }}
 {{- $_ := set $cfg "remediation" (merge $rem (default dict (index .Values.config "remediation"))) }}
+{{- if .Values.bundle.enabled }}
+{{- $_ := set $cfg "bundle" (dict "dir" .Values.bundle.hostPath "min_interval" .Values.bundle.minInterval "max_total_mib" .Values.bundle.maxTotalMiB) }}
+{{- end }}
 {{- include "watchdog.toml" $cfg }}
 {{- end }}
 

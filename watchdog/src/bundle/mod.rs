@@ -26,6 +26,7 @@ use crate::context::procfs::ProcReader;
 use crate::model::Time;
 use crate::paths;
 
+pub mod auto;
 pub mod redact;
 
 /// Schema of `manifest.json`.
@@ -119,7 +120,7 @@ impl Builder {
         }
     }
 
-    fn failed(&mut self, name: &str, source: &str, error: String) {
+    pub fn failed(&mut self, name: &str, source: &str, error: String) {
         self.files.push((
             FileEntry {
                 name: name.into(),
@@ -463,6 +464,104 @@ fn kmsg_since(since_s: f64) -> Result<(String, bool), String> {
     }
     Ok((out, false))
 }
+
+/// Everything one bundle is made of, from a session (manual or automatic).
+pub struct Capture<'a> {
+    pub root: &'a Path,
+    pub node: &'a str,
+    /// `manual`, or `finding <id>`.
+    pub trigger: String,
+    pub window: Window,
+    /// The session's records as JSON lines, and how many were findings.
+    pub records: Vec<u8>,
+    pub findings: usize,
+    /// The session's recording file (None: not recorded).
+    pub recording: Option<&'a Path>,
+    pub named: &'a Named,
+    pub pleg: Vec<u8>,
+    pub systemd: Vec<u8>,
+    pub journal_dirs: &'a [PathBuf],
+    pub sockets: &'a [String],
+    /// Seconds after boot when the window started (the kernel log from then).
+    pub uptime_start: f64,
+}
+
+/// What a written bundle holds.
+pub struct Written {
+    pub size: u64,
+    pub tasks: usize,
+}
+
+/// Writes the bundle of `c` to `out` (see [`Builder::write`]).
+pub fn capture(c: Capture<'_>, out: &Path) -> Result<Written, String> {
+    let mut b = Builder::new(c.root);
+    b.add("findings.jsonl", "session", c.records, 0);
+    match c.recording {
+        Some(path) => match std::fs::metadata(path) {
+            Ok(m) if m.len() > RECORDING_CAP => b.failed(
+                "recording.jsonl",
+                &path.display().to_string(),
+                format!(
+                    "the recording is {} bytes, over the {} MiB a bundle takes",
+                    m.len(),
+                    RECORDING_CAP >> 20
+                ),
+            ),
+            _ => match std::fs::read(path) {
+                Ok(data) => b.add("recording.jsonl", "session", data, 0),
+                Err(e) => b.failed(
+                    "recording.jsonl",
+                    &path.display().to_string(),
+                    e.to_string(),
+                ),
+            },
+        },
+        None => b.failed(
+            "recording.jsonl",
+            "session",
+            "the session was not recorded (--record)".into(),
+        ),
+    }
+    b.kernel(c.uptime_start);
+    let mut tasks: Vec<u32> = c.named.pids.iter().copied().collect();
+    tasks.extend(b.d_tasks(&c.named.pids));
+    tasks.truncate(TASKS_CAP);
+    for pid in &tasks {
+        b.task(*pid);
+    }
+    if !c.named.mounts.is_empty() {
+        b.mounts(&c.named.mounts);
+    }
+    for cg in &c.named.cgroups {
+        b.pids_cgroup(cg);
+    }
+    b.pleg(c.pleg, c.journal_dirs, c.window.start);
+    b.systemd(c.systemd, c.sockets);
+    let reader = ProcReader::new(c.root);
+    let manifest = Manifest {
+        schema: SCHEMA,
+        watchdog: crate::cli::VERSION,
+        node: c.node.to_owned(),
+        boot_id: reader
+            .read_trim(&reader.rooted(paths::BOOT_ID))
+            .unwrap_or_default(),
+        kernel: reader
+            .read_trim(&reader.rooted(paths::OSRELEASE))
+            .unwrap_or_default(),
+        trigger: c.trigger,
+        window: c.window,
+        findings: c.findings,
+        files: Vec::new(),
+    };
+    let size = b.write(out, manifest)?;
+    Ok(Written {
+        size,
+        tasks: tasks.len(),
+    })
+}
+
+/// The largest recording a bundle copies (a long `run` can record for weeks).
+pub const RECORDING_CAP: u64 = 64 << 20;
 
 /// Journal entries a bundle's `pleg/` holds at most.
 pub const JOURNAL_LINES: usize = 5000;

@@ -1,15 +1,13 @@
 //! `watchdog bundle`: a tracing session, then its kernel evidence in one
 //! tar.gz for a bug report (see [`crate::bundle`]).
-use std::os::unix::fs::DirBuilderExt as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::agent;
-use crate::bundle::{Builder, Manifest, Named, SCHEMA, Window};
+use crate::bundle::{Capture, Named, Window};
 use crate::context::procfs::ProcReader;
 use crate::model::Time;
-use crate::paths;
 use crate::sinks::{Record, Sink, json::JsonLines};
 
 use super::trace;
@@ -88,34 +86,12 @@ pub fn run(a: BundleArgs) -> anyhow::Result<ExitCode> {
         .read_trim(&reader.proc_path("uptime"))
         .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
         .unwrap_or(0.0);
-    let node = opts
-        .node_name
-        .clone()
-        .or_else(|| reader.read_trim(&reader.rooted(paths::HOSTNAME)))
-        .unwrap_or_else(|| "node".into());
-    // The recording goes to a new directory of our own, root only (never
-    // one that already exists: another user could have made it).
-    let dir = (0..100)
-        .map(|n| std::env::temp_dir().join(format!("watchdog-bundle-{}-{n}", std::process::id())))
-        .find(|d| std::fs::DirBuilder::new().mode(0o700).create(d).is_ok())
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "cannot create a private directory in {}",
-                std::env::temp_dir().display()
-            )
-        })?;
+    let (node, journal_dirs, sockets) = trace::session_sources(&opts);
+    // The recording goes to a new directory of our own, root only.
+    let dir = trace::private_temp_dir("bundle")?;
     let recording = dir.join("recording.jsonl");
     opts.record = Some(recording.clone());
     let root = opts.root.clone();
-    let journal_dirs = match &opts.pleg_sources.log {
-        crate::sources::LogTarget::Journal(d) => d.clone(),
-        _ => Vec::new(),
-    };
-    let sockets = opts
-        .dbus
-        .as_ref()
-        .map(|d| d.sockets.clone())
-        .unwrap_or_default();
     let start = Time::now();
     let stdout = std::io::stdout();
     let mut inner: Box<dyn Sink> = if json {
@@ -141,28 +117,6 @@ pub fn run(a: BundleArgs) -> anyhow::Result<ExitCode> {
         return Err(e);
     }
 
-    let mut b = Builder::new(&root);
-    b.add("findings.jsonl", "session", lines, 0);
-    match std::fs::read(&recording) {
-        Ok(data) => b.add("recording.jsonl", "session", data, 0),
-        Err(e) => eprintln!("watchdog: the session's recording is missing from the bundle: {e}"),
-    }
-    let _ = std::fs::remove_dir_all(&dir);
-    b.kernel(uptime_start);
-    let mut tasks: Vec<u32> = named.pids.iter().copied().collect();
-    tasks.extend(b.d_tasks(&named.pids));
-    tasks.truncate(crate::bundle::TASKS_CAP);
-    for pid in &tasks {
-        b.task(*pid);
-    }
-    if !named.mounts.is_empty() {
-        b.mounts(&named.mounts);
-    }
-    for cg in &named.cgroups {
-        b.pids_cgroup(cg);
-    }
-    b.pleg(pleg, &journal_dirs, start);
-    b.systemd(systemd, &sockets);
     let stamp: String = end
         .rfc3339()
         .chars()
@@ -174,29 +128,32 @@ pub fn run(a: BundleArgs) -> anyhow::Result<ExitCode> {
             node.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_")
         ))
     });
-    let manifest = Manifest {
-        schema: SCHEMA,
-        watchdog: super::VERSION,
-        node,
-        boot_id: reader
-            .read_trim(&reader.rooted(paths::BOOT_ID))
-            .unwrap_or_default(),
-        kernel: reader
-            .read_trim(&reader.rooted(paths::OSRELEASE))
-            .unwrap_or_default(),
-        trigger: "manual".into(),
-        window: Window { start, end },
-        findings,
-        files: Vec::new(),
-    };
-    let size = b
-        .write(&out, manifest)
-        .map_err(|e| anyhow::anyhow!("the bundle could not be written: {e}"))?;
+    let written = crate::bundle::capture(
+        Capture {
+            root: &root,
+            node: &node,
+            trigger: "manual".into(),
+            window: Window { start, end },
+            records: lines,
+            findings,
+            recording: Some(&recording),
+            named: &named,
+            pleg,
+            systemd,
+            journal_dirs: &journal_dirs,
+            sockets: &sockets,
+            uptime_start,
+        },
+        &out,
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    let written = written.map_err(|e| anyhow::anyhow!("the bundle could not be written: {e}"))?;
+    let (size, tasks) = (written.size, written.tasks);
     eprintln!(
         "bundle: {} ({:.1} KiB; {findings} finding records, {} tasks, {} mounts, {} pids cgroups)",
         out.display(),
         size as f64 / 1024.0,
-        tasks.len(),
+        tasks,
         named.mounts.len(),
         named.cgroups.len()
     );

@@ -47,7 +47,7 @@ pub struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// One-shot tracing session: attach, report findings live, summarize at the end.
-    Trace(trace::Args),
+    Trace(trace::TraceCmd),
     /// The node agent (DaemonSet): all probes, metrics, Kubernetes conditions and events.
     Run(run::Args),
     /// Which probes this kernel supports, and for each one that is not, why and what to do.

@@ -25,6 +25,31 @@ use crate::{
     },
 };
 
+/// `watchdog trace`: the session's options, and the bundles it captures.
+#[derive(clap::Args)]
+pub struct TraceCmd {
+    #[command(flatten)]
+    pub trace: Args,
+    #[command(flatten)]
+    pub bundles: AutoBundleArgs,
+}
+
+/// Bundles captured when a finding goes active.
+#[derive(clap::Args)]
+pub struct AutoBundleArgs {
+    /// When a finding goes active, write a bundle of its evidence in DIR
+    /// (created root-only): at most one per finding.
+    #[arg(long, value_name = "DIR")]
+    pub bundle_dir: Option<std::path::PathBuf>,
+    /// At most one bundle per this long.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub bundle_interval: Duration,
+    /// The bundles in the directory are kept under this many MiB (the
+    /// oldest deleted first).
+    #[arg(long, default_value_t = 256, value_name = "MIB")]
+    pub bundle_max_mib: u64,
+}
+
 #[derive(clap::Args)]
 pub struct Args {
     /// Stop after this long (e.g. 30s, 5m); default: until Ctrl-C.
@@ -352,15 +377,89 @@ pub fn terminal<W: std::io::Write>(out: W, no_status: bool) -> Terminal<W> {
     }
 }
 
-pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+/// What a bundle of this session names besides the findings: the node,
+/// the journal directories read, the sockets followed.
+pub(super) fn session_sources(
+    opts: &TraceOptions,
+) -> (String, Vec<std::path::PathBuf>, Vec<String>) {
+    let reader = crate::context::procfs::ProcReader::new(&opts.root);
+    let node = opts
+        .node_name
+        .clone()
+        .or_else(|| reader.read_trim(&reader.rooted(crate::paths::HOSTNAME)))
+        .unwrap_or_else(|| "node".into());
+    let journal_dirs = match &opts.pleg_sources.log {
+        crate::sources::LogTarget::Journal(d) => d.clone(),
+        _ => Vec::new(),
+    };
+    let sockets = opts
+        .dbus
+        .as_ref()
+        .map(|d| d.sockets.clone())
+        .unwrap_or_default();
+    (node, journal_dirs, sockets)
+}
+
+/// A new directory of our own in the temp directory, root only (never one
+/// that already exists: another user could have made it).
+pub(super) fn private_temp_dir(what: &str) -> anyhow::Result<std::path::PathBuf> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    (0..100)
+        .map(|n| std::env::temp_dir().join(format!("watchdog-{what}-{}-{n}", std::process::id())))
+        .find(|d| std::fs::DirBuilder::new().mode(0o700).create(d).is_ok())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "cannot create a private directory in {}",
+                std::env::temp_dir().display()
+            )
+        })
+}
+
+pub fn run(cmd: TraceCmd) -> anyhow::Result<ExitCode> {
+    let a = cmd.trace;
     let no_status = a.no_status;
-    let (opts, json) = options(a)?;
+    let (mut opts, json) = options(a)?;
     let stdout = std::io::stdout();
     let mut sink: Box<dyn Sink> = if json {
         Box::new(JsonLines::new(stdout.lock()))
     } else {
         Box::new(terminal(stdout.lock(), no_status))
     };
-    agent::trace(opts, sink.as_mut())?;
+    let Some(dir) = cmd.bundles.bundle_dir else {
+        agent::trace(opts, sink.as_mut())?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    // The bundles carry the session's recording (replayable): the one asked
+    // for, else one of our own, removed at the end.
+    let mut own = None;
+    let recording = match &opts.record {
+        Some(r) => r.clone(),
+        None => {
+            let d = private_temp_dir("session")?;
+            let r = d.join("recording.jsonl");
+            own = Some(d);
+            opts.record = Some(r.clone());
+            r
+        }
+    };
+    let (node, journal_dirs, sockets) = session_sources(&opts);
+    let mut auto = crate::bundle::auto::AutoBundle::new(
+        sink.as_mut(),
+        crate::bundle::auto::AutoOptions {
+            dir,
+            min_interval: cmd.bundles.bundle_interval,
+            max_total_bytes: cmd.bundles.bundle_max_mib << 20,
+            root: opts.root.clone(),
+            node,
+            journal_dirs,
+            sockets,
+            recording: Some(recording),
+        },
+    );
+    let session = agent::trace(opts, &mut auto);
+    if let Some(d) = own {
+        let _ = std::fs::remove_dir_all(d);
+    }
+    session?;
     Ok(ExitCode::SUCCESS)
 }

@@ -75,6 +75,7 @@ pub struct Metrics {
     pleg_status: Family<StatusLabels, Gauge>,
     resident_bytes: Gauge,
     remediation_steps: Family<RemediationLabels, Counter>,
+    bundles: Family<StatusLabels, Counter>,
     /// Active finding ids by cause; active warnings by (cause, message key).
     active: BTreeMap<Cause, BTreeSet<FindingId>>,
     warnings: BTreeSet<String>,
@@ -106,6 +107,7 @@ impl Metrics {
             pleg_status: Family::default(),
             resident_bytes: Gauge::default(),
             remediation_steps: Family::default(),
+            bundles: Family::default(),
             active: BTreeMap::new(),
             warnings: BTreeSet::new(),
             last_events: 0,
@@ -132,6 +134,11 @@ impl Metrics {
                 "remediation_steps",
                 "Remediation steps by action, status (planned, skipped, started, succeeded, failed, verified) and mode",
                 m.remediation_steps.clone(),
+            );
+            wd.register(
+                "bundles",
+                "Bundles captured for findings (--bundle-dir) by status (written, skipped, failed)",
+                m.bundles.clone(),
             );
             wd.register(
                 "warnings_active",
@@ -310,6 +317,15 @@ impl Sink for Metrics {
                         mode: r.mode.name(),
                     })
                     .inc();
+            }
+            Record::Bundle(b) => {
+                use crate::bundle::auto::BundleStatus;
+                let status = match b.status {
+                    BundleStatus::Written => "written",
+                    BundleStatus::Skipped => "skipped",
+                    BundleStatus::Failed => "failed",
+                };
+                self.bundles.get_or_create(&StatusLabels { status }).inc();
             }
             _ => {}
         }

@@ -99,6 +99,8 @@ pub enum Record {
     /// A remediation step: planned, skipped, started, succeeded, failed or
     /// verified.
     Remediation(crate::remediation::RemediationRecord),
+    /// A bundle captured for a finding (`--bundle-dir`), or why not.
+    Bundle(crate::bundle::auto::BundleRecord),
 }
 
 pub trait Sink {

@@ -339,6 +339,35 @@ impl<W: std::io::Write> Sink for Terminal<W> {
                 }
             ),
             Record::Pleg(p) => super::pleg_line(p),
+            Record::Bundle(b) => {
+                use crate::bundle::auto::BundleStatus;
+                match (b.status, &b.path) {
+                    (BundleStatus::Written, Some(path)) => format!(
+                        "[{}] bundle  {path} ({:.1} KiB; {}) for {}{}\n",
+                        b.at.hms(),
+                        b.size.unwrap_or(0) as f64 / 1024.0,
+                        b.reason,
+                        b.finding,
+                        if b.deleted.is_empty() {
+                            String::new()
+                        } else {
+                            format!("; deleted the oldest: {}", b.deleted.join(", "))
+                        }
+                    ),
+                    (BundleStatus::Failed, _) => format!(
+                        "[{}] bundle  FAILED for {}: {}\n",
+                        b.at.hms(),
+                        b.finding,
+                        b.reason
+                    ),
+                    _ => format!(
+                        "[{}] bundle  none for {}: {}\n",
+                        b.at.hms(),
+                        b.finding,
+                        b.reason
+                    ),
+                }
+            }
             Record::Remediation(r) => format!(
                 "[{}] REMEDY  {} {} {}: {} [{}; {}]\n",
                 r.at.hms(),

@@ -121,6 +121,38 @@ impl EventQueue {
         });
     }
 
+    /// A bundle written (or failed) for a finding: the Event names the
+    /// file on the node.
+    pub fn bundle(&mut self, b: &crate::bundle::auto::BundleRecord) {
+        use crate::bundle::auto::BundleStatus;
+        let (warning, reason, note) = match (b.status, &b.path) {
+            (BundleStatus::Written, Some(path)) => (
+                false,
+                "BundleWritten",
+                format!(
+                    "evidence bundle {path} ({} bytes) for {}: {}",
+                    b.size.unwrap_or(0),
+                    b.finding,
+                    b.reason
+                ),
+            ),
+            (BundleStatus::Failed, _) => (
+                true,
+                "BundleFailed",
+                format!("no evidence bundle for {}: {}", b.finding, b.reason),
+            ),
+            // Rate limited: the records say so; no Event.
+            _ => return,
+        };
+        self.push(NodeEvent {
+            warning,
+            reason: reason.into(),
+            action: "Capture".into(),
+            note: truncate(&note, MAX_NOTE),
+            subject: format!("bundle/{}", b.finding),
+        });
+    }
+
     pub fn warning(&mut self, w: &Warning) {
         if w.status != WarningStatus::Raised {
             return;

@@ -63,6 +63,7 @@ impl Sink for KubeSink {
             }
             Record::Warning(w) if self.opts.events => s.events.warning(w),
             Record::Remediation(r) if self.opts.events => s.events.remediation(r),
+            Record::Bundle(b) if self.opts.events => s.events.bundle(b),
             _ => return,
         }
         drop(s);
