@@ -23,7 +23,88 @@ pub const TARGETS: &[&str] = &[
     "sock_diag",
     "ringbuf_event",
     "config_toml",
+    "journal_file",
 ];
+
+/// The longest input of a target: a journal file holds its hash tables
+/// (3.6 MiB in the seed systemd writes), the others are text or messages.
+fn max_len(target: &str) -> usize {
+    match target {
+        "journal_file" => 4 << 20,
+        _ => 65536,
+    }
+}
+
+/// A real journal file for the `journal_file` target: kubelet's and
+/// containerd's lines from the field reports, written by systemd's own
+/// `systemd-journal-remote` (a set-up package), cut after its last object
+/// (the rest of the 8 MiB it allocates is zeros) with the header's arena size
+/// made to match. None when the tool is missing.
+fn journal_seed(root: &Path) -> Option<PathBuf> {
+    const REMOTE: &str = "/lib/systemd/systemd-journal-remote";
+    if !Path::new(REMOTE).exists() {
+        eprintln!("xtask: {REMOTE} is missing: the journal_file target runs without a seed");
+        return None;
+    }
+    let dir = root.join("target/fuzz-seeds/journal_file");
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).ok()?;
+    let file = dir.join("seed.journal");
+    let entries = [
+        (
+            "kubelet.service",
+            "kubelet",
+            "I0729 11:20:59.245243 9575 kubelet.go:1823] skipping pod synchronization - PLEG is not healthy: pleg was last seen active 3m57.138893648s ago; threshold is 3m0s.",
+        ),
+        (
+            "containerd.service",
+            "containerd",
+            "time=\"2019-03-22T15:23:22Z\" level=error msg=\"failed to start shim: fork/exec /usr/bin/containerd-shim-runc-v2: resource temporarily unavailable\"",
+        ),
+        (
+            "kubelet.service",
+            "kubelet",
+            "E0729 11:21:03.112233 9575 remote_runtime.go:295] ContainerStatus \"3f5a0c1b2d4e\" from runtime service failed: rpc error: code = DeadlineExceeded desc = context deadline exceeded",
+        ),
+    ];
+    let mut export = String::new();
+    for (i, (unit, ident, msg)) in entries.iter().enumerate() {
+        export.push_str(&format!(
+            "__REALTIME_TIMESTAMP={}\n__MONOTONIC_TIMESTAMP={}\n\
+             _BOOT_ID=0123456789abcdef0123456789abcdef\n_SYSTEMD_UNIT={unit}\n\
+             SYSLOG_IDENTIFIER={ident}\n_PID=9575\nPRIORITY=6\nMESSAGE={msg}\n\n",
+            1_700_000_000_000_000u64 + i as u64 * 1000,
+            1000 + i * 1000
+        ));
+    }
+    let mut child = Command::new(REMOTE)
+        .arg("-o")
+        .arg(&file)
+        .arg("-")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    use std::io::Write as _;
+    child.stdin.take()?.write_all(export.as_bytes()).ok()?;
+    if !child.wait().ok()?.success() {
+        return None;
+    }
+    let mut bytes = fs::read(&file).ok()?;
+    let u64_at = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
+    // Header: header_size at 88, arena_size at 96, tail_object_offset at 136.
+    let header_size = u64_at(&bytes, 88);
+    let tail = u64_at(&bytes, 136) as usize;
+    let end = (tail + u64_at(&bytes, tail + 8) as usize).next_multiple_of(8);
+    if end > bytes.len() || end > max_len("journal_file") {
+        return None;
+    }
+    bytes[96..104].copy_from_slice(&(end as u64 - header_size).to_le_bytes());
+    bytes.truncate(end);
+    fs::write(&file, bytes).ok()?;
+    Some(file)
+}
 
 /// Seeds of each target: files of real data in this repository (and the
 /// field reports of `../shared/incidents/` when they are there).
@@ -58,6 +139,7 @@ fn seeds(target: &str, root: &Path) -> Vec<PathBuf> {
             .collect(),
         "config_toml" => glob(&root.join("fuzz/seeds/config_toml"), ".toml"),
         "dbus_message" => glob(&root.join("fuzz/seeds/dbus_message"), ""),
+        "journal_file" => journal_seed(root).into_iter().collect(),
         _ => Vec::new(),
     }
     .into_iter()
@@ -109,7 +191,7 @@ pub fn fuzz(seconds: u64, only: &[String]) -> Result<()> {
                 &format!("-max_total_time={seconds}"),
                 "-timeout=10",
                 "-rss_limit_mb=2048",
-                "-max_len=65536",
+                &format!("-max_len={}", max_len(t)),
                 "-print_final_stats=1",
             ])
             .output()
