@@ -109,7 +109,10 @@ pub fn replay(path: &Path, sink: &mut dyn Sink) -> anyhow::Result<Summary> {
         events: observations,
         findings: diag.findings_total(),
         warnings: diag.warnings,
-        drops: Drops::default(),
+        drops: Drops {
+            findings_refused: diag.engine.findings_refused(),
+            ..Drops::default()
+        },
         recorded: None,
         active: diag.engine.active(),
     };

@@ -294,6 +294,7 @@ fn drops(probes: &Probes, counters: &Counters, sources: u64, storage: bool) -> D
         decode_errors: Counters::get(&counters.decode_errors),
         sources,
         storage: storage.then(|| crate::storage::StorageDrops::read(probes)),
+        findings_refused: 0,
     }
 }
 
@@ -570,7 +571,10 @@ pub async fn session(opts: TraceOptions, sink: &mut dyn Sink) -> anyhow::Result<
         events: Counters::get(&counters.events),
         findings: diag.findings_total(),
         warnings: diag.warnings,
-        drops: drops(&probes, &counters, pleg_tx.drops(), storage.is_some()),
+        drops: Drops {
+            findings_refused: diag.engine.findings_refused(),
+            ..drops(&probes, &counters, pleg_tx.drops(), storage.is_some())
+        },
         recorded: diag.recorded_lines(),
         active: diag.engine.active(),
     };

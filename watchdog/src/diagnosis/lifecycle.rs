@@ -16,6 +16,11 @@ use crate::model::{
 /// Transitions kept per finding: the first report and the latest ones.
 const MAX_TIMELINE: usize = 24;
 
+/// Findings active at once at most: a node has a handful; a hostile or
+/// broken recording could ask for millions. A new finding past this is
+/// refused and counted ([`Book::refused`]).
+pub const MAX_ACTIVE: usize = 4096;
+
 /// When a changed finding is reported.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Urgency {
@@ -38,6 +43,8 @@ struct Entry {
 pub struct Book {
     update_every_ms: u64,
     entries: BTreeMap<FindingId, Entry>,
+    /// New findings refused because [`MAX_ACTIVE`] were active.
+    pub refused: u64,
 }
 
 impl Book {
@@ -45,6 +52,7 @@ impl Book {
         Self {
             update_every_ms,
             entries: BTreeMap::new(),
+            refused: 0,
         }
     }
 
@@ -67,8 +75,12 @@ impl Book {
     }
 
     /// Reports a new finding (status active, first seen when it says, as
-    /// of its last-seen time).
-    pub fn open(&mut self, mut f: Finding) -> Finding {
+    /// of its last-seen time); None (counted) when [`MAX_ACTIVE`] are active.
+    pub fn open(&mut self, mut f: Finding) -> Option<Finding> {
+        if self.entries.len() >= MAX_ACTIVE {
+            self.refused += 1;
+            return None;
+        }
         f.status = FindingStatus::Active;
         let mut e = Entry {
             last_reported: f.last_seen,
@@ -78,7 +90,7 @@ impl Book {
         };
         let out = Self::report(&mut e);
         self.entries.insert(out.id.clone(), e);
-        out
+        Some(out)
     }
 
     /// Reports `f` if it is new; otherwise replaces the content of the
@@ -86,7 +98,7 @@ impl Book {
     /// as an update when `urgency` says so.
     pub fn upsert(&mut self, mut f: Finding, urgency: Urgency) -> Option<Finding> {
         let Some(e) = self.entries.get_mut(&f.id) else {
-            return Some(self.open(f));
+            return self.open(f);
         };
         f.first_seen = f.first_seen.min(e.finding.first_seen);
         f.status = FindingStatus::Update;
@@ -242,10 +254,32 @@ mod tests {
         }
     }
 
+    /// A recording that asks for more findings at once than a node has:
+    /// the book stops at [`MAX_ACTIVE`] and counts the rest; an active one
+    /// still updates.
+    #[test]
+    fn findings_past_the_cap_are_refused_and_counted() {
+        let mut b = Book::new(5_000);
+        for i in 0..MAX_ACTIVE + 10 {
+            let mut f = finding(1_000, 1_000, "x");
+            f.id = FindingId::new(Cause::RuntimeUnresponsive, format!("r{i}"));
+            let opened = b.upsert(f, Urgency::Now);
+            assert_eq!(opened.is_some(), i < MAX_ACTIVE, "finding {i}");
+        }
+        assert_eq!(b.refused, 10);
+        let mut f = finding(1_000, 9_000, "y");
+        f.id = FindingId::new(Cause::RuntimeUnresponsive, "r0");
+        assert!(
+            b.upsert(f, Urgency::Now).is_some(),
+            "an active finding still updates"
+        );
+        assert_eq!(b.refused, 10);
+    }
+
     #[test]
     fn open_update_when_due_or_urgent_then_resolve() {
         let mut b = Book::new(5_000);
-        let f = b.open(finding(1_000, 2_000, "a"));
+        let f = b.open(finding(1_000, 2_000, "a")).unwrap();
         assert_eq!(f.status, FindingStatus::Active);
         assert_eq!(f.timeline.len(), 1);
         // Not due 3 s after the first report; kept silently.
@@ -285,7 +319,7 @@ mod tests {
     #[test]
     fn significant_changes_flush_when_due() {
         let mut b = Book::new(5_000);
-        let id = b.open(finding(1_000, 1_000, "a")).id;
+        let id = b.open(finding(1_000, 1_000, "a")).unwrap().id;
         b.change(&id, false).unwrap().summary = "quiet".into();
         assert!(
             b.flush(&id, Time(10_000), |_| {}).is_none(),

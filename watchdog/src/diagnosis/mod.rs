@@ -69,6 +69,11 @@ pub struct PlegView {
 }
 
 impl Engine {
+    /// New findings refused because too many were active at once.
+    pub fn findings_refused(&self) -> u64 {
+        self.book.refused
+    }
+
     pub fn new(cfg: EngineConfig) -> Self {
         Self {
             pleg: pleg::Pleg::new(cfg.pleg.clone()),

@@ -315,7 +315,10 @@ impl PidExhaustion {
         match fresh {
             Some(mut finding) => {
                 refresh(&mut finding, counts);
-                vec![Report::Finding(Box::new(book.open(finding)))]
+                book.open(finding)
+                    .map(|f| Report::Finding(Box::new(f)))
+                    .into_iter()
+                    .collect()
             }
             None => Vec::new(),
         }
@@ -375,8 +378,10 @@ impl PidExhaustion {
                 None => {
                     let counts = Counts::default();
                     let finding = finding_from_cgroup(id.clone(), c, l, delta, why, &counts);
-                    self.counts.insert(id, counts);
-                    out.push(Report::Finding(Box::new(book.open(finding))));
+                    if let Some(f) = book.open(finding) {
+                        self.counts.insert(id, counts);
+                        out.push(Report::Finding(Box::new(f)));
+                    }
                 }
             }
         }

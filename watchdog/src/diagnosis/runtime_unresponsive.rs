@@ -164,23 +164,27 @@ impl RuntimeUnresponsive {
         self.last_bad = Some(e.at);
         let id = id();
         if !book.contains(&id) {
-            return vec![Report::Finding(Box::new(book.open(Finding {
-                cause: Cause::RuntimeUnresponsive,
-                status: FindingStatus::Active,
-                id,
-                summary: text,
-                confidence,
-                first_seen: e.at,
-                last_seen: e.at,
-                resolved_at: None,
-                duration_s: None,
-                evidence: vec![evidence],
-                timeline: Vec::new(),
-                concurrent: Vec::new(),
-                pleg: None,
-                remedy: Remedy::new(REMEDY, Vec::new()),
-                detail: Detail::Runtime(detail),
-            })))];
+            return book
+                .open(Finding {
+                    cause: Cause::RuntimeUnresponsive,
+                    status: FindingStatus::Active,
+                    id,
+                    summary: text,
+                    confidence,
+                    first_seen: e.at,
+                    last_seen: e.at,
+                    resolved_at: None,
+                    duration_s: None,
+                    evidence: vec![evidence],
+                    timeline: Vec::new(),
+                    concurrent: Vec::new(),
+                    pleg: None,
+                    remedy: Remedy::new(REMEDY, Vec::new()),
+                    detail: Detail::Runtime(detail),
+                })
+                .map(|f| Report::Finding(Box::new(f)))
+                .into_iter()
+                .collect();
         }
         let changed = book.get(&id).is_some_and(|f| f.summary != text);
         if let Some(f) = book.change(&id, changed) {

@@ -29,6 +29,14 @@ pub struct Drops {
     /// Failed inserts of the storage probes' maps (full maps).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub storage: Option<crate::storage::StorageDrops>,
+    /// New findings the engine refused because too many were active at
+    /// once (a hostile or broken recording).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub findings_refused: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Clone, Debug, Serialize)]
