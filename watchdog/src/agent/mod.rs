@@ -551,7 +551,10 @@ pub async fn session(opts: TraceOptions, sink: &mut dyn Sink) -> anyhow::Result<
                     probes: &probes.statuses,
                     paths: &probe_paths,
                     events: Counters::get(&counters.events),
-                    drops: drops(&probes, &counters, pleg_tx.drops(), storage.is_some()),
+                    drops: Drops {
+                        findings_refused: diag.engine.findings_refused(),
+                        ..drops(&probes, &counters, pleg_tx.drops(), storage.is_some())
+                    },
                 });
             }
             _ = status_tick.tick(), if live && sink.wants_status() => {

@@ -81,7 +81,7 @@ pub struct Metrics {
     warnings: BTreeSet<String>,
     /// Last values of counters kept elsewhere (we add the difference).
     last_events: u64,
-    last_drops: [u64; 12],
+    last_drops: [u64; 13],
     last_cpu_ticks: u64,
     clk_tck: f64,
     page_size: u64,
@@ -111,7 +111,7 @@ impl Metrics {
             active: BTreeMap::new(),
             warnings: BTreeSet::new(),
             last_events: 0,
-            last_drops: [0; 12],
+            last_drops: [0; 13],
             last_cpu_ticks: 0,
             // SAFETY: sysconf has no preconditions.
             clk_tck: (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).max(1) as f64,
@@ -219,6 +219,7 @@ impl Metrics {
             "storage_sock_conns",
             "dbus_socks",
             "dbus_reads",
+            "findings_refused",
         ] {
             let _ = m.dropped_total.get_or_create(&HopLabels { hop });
         }
@@ -376,6 +377,7 @@ impl Sink for Metrics {
             ),
             ("dbus_socks", s.drops.storage.map_or(0, |d| d.dbus_socks)),
             ("dbus_reads", s.drops.storage.map_or(0, |d| d.dbus_reads)),
+            ("findings_refused", s.drops.findings_refused),
         ]
         .into_iter()
         .enumerate()
@@ -500,6 +502,7 @@ mod tests {
                 decode_errors: 1,
                 sources: 0,
                 storage: None,
+                findings_refused: 0,
             },
         });
         m.stats(&Stats {
@@ -512,6 +515,7 @@ mod tests {
                 decode_errors: 1,
                 sources: 0,
                 storage: None,
+                findings_refused: 0,
             },
         });
         let mut text = String::new();
