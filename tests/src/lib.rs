@@ -41,6 +41,7 @@ pub mod containerd;
 pub mod dockerd;
 pub mod frozen;
 pub mod fuse;
+pub mod journal;
 pub mod names;
 pub mod redis;
 pub mod systemd;
@@ -127,6 +128,30 @@ pub fn skip_unless_rlimit_prereqs() -> bool {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The JSON records among the lines of a command's output (`--json`).
+pub fn json_records(text: &str) -> Vec<Value> {
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .collect()
+}
+
+/// Unpacks a bundle with `tar` (as a user would) into `into`; its manifest.
+pub fn unpack_bundle(bundle: &Path, into: &Path) -> Value {
+    std::fs::create_dir_all(into).expect("create the unpack directory");
+    let st = std::process::Command::new("tar")
+        .arg("-xzf")
+        .arg(bundle)
+        .arg("-C")
+        .arg(into)
+        .status()
+        .expect("run tar");
+    assert!(st.success(), "tar -xzf {}", bundle.display());
+    serde_json::from_str(
+        &std::fs::read_to_string(into.join("manifest.json")).expect("manifest.json in the bundle"),
+    )
+    .expect("manifest.json is JSON")
 }
 
 /// The cargo workspace root (this crate lives in `<root>/tests`).

@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 
 use serde_json::Value;
 use watchdog_tests::fuse::{HangingFuse, skip_unless_fuse_prereqs};
-use watchdog_tests::{ChildGuard, PYTHON, TmpfsMount, agent_bin};
+use watchdog_tests::{ChildGuard, PYTHON, TmpfsMount, agent_bin, json_records, unpack_bundle};
 
 const ENV_SECRET: &str = "envsecret-7f3a9c";
 const ARG_SECRET: &str = "argsecret-c41d2e";
@@ -294,26 +294,13 @@ fn bundle_on_a_full_disk_fails_clearly_and_the_diagnosis_goes_on() {
 /// socket's queues as sock_diag reports them.
 #[test]
 fn bundle_holds_the_kubelet_journal_and_the_followed_sockets_queues() {
-    const REMOTE: &str = "/lib/systemd/systemd-journal-remote";
-    if !watchdog_tests::skip_unless_root()
-        || !watchdog_tests::skip_unless(
-            Path::new(REMOTE).exists(),
-            "systemd-journal-remote is missing (apt-get install systemd-journal-remote)",
-        )
-    {
+    if !watchdog_tests::journal::skip_unless_journal_prereqs() {
         return;
     }
     let work = std::env::temp_dir().join(format!("wd-bundle-pleg-{}", std::process::id()));
     let _ = fs::remove_dir_all(&work);
     let journal = work.join("journal");
-    let machine = journal.join("3d1219c7c4c5404aaa1f6d2a48adfda4");
-    fs::create_dir_all(&machine).unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_micros();
-    let mut export = String::new();
-    for (i, (unit, ident, msg)) in [
+    watchdog_tests::journal::JournalWriter::in_dir(&journal).append(&[
         (
             "kubelet.service",
             "kubelet",
@@ -330,41 +317,14 @@ fn bundle_holds_the_kubelet_journal_and_the_followed_sockets_queues() {
             "containerd",
             "level=error msg=\"failed to start shim: fork/exec /usr/bin/containerd-shim-runc-v2: resource temporarily unavailable\"",
         ),
-    ]
-    .iter()
-    .enumerate()
-    {
-        export.push_str(&format!(
-            "__REALTIME_TIMESTAMP={}\n__MONOTONIC_TIMESTAMP={}\n\
-             _BOOT_ID=0123456789abcdef0123456789abcdef\n_SYSTEMD_UNIT={unit}\n\
-             SYSLOG_IDENTIFIER={ident}\n_PID=9575\nPRIORITY=6\nMESSAGE={msg}\n\n",
-            now + i as u128,
-            1000 + i * 1000
-        ));
-    }
-    let mut w = Command::new(REMOTE)
-        .arg("-o")
-        .arg(machine.join("system.journal"))
-        .arg("-")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    use std::io::Write as _;
-    w.stdin
-        .take()
-        .unwrap()
-        .write_all(export.as_bytes())
-        .unwrap();
-    assert!(w.wait().unwrap().success(), "systemd-journal-remote failed");
+    ]);
 
     // A server that accepts one connection and never reads it, and leaves a
     // second waiting for accept.
     let sock = work.join("private");
     let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
     let mut c1 = std::os::unix::net::UnixStream::connect(&sock).unwrap();
-    c1.write_all(&[0u8; 40]).unwrap();
+    std::io::Write::write_all(&mut c1, &[0u8; 40]).unwrap();
     let (_s1, _) = listener.accept().unwrap();
     let _c2 = std::os::unix::net::UnixStream::connect(&sock).unwrap();
 
@@ -388,19 +348,7 @@ fn bundle_holds_the_kubelet_journal_and_the_followed_sockets_queues() {
         String::from_utf8_lossy(&run.stderr)
     );
     let x = work.join("x");
-    fs::create_dir_all(&x).unwrap();
-    assert!(
-        Command::new("tar")
-            .arg("-xzf")
-            .arg(&out)
-            .arg("-C")
-            .arg(&x)
-            .status()
-            .unwrap()
-            .success()
-    );
-    let manifest: Value =
-        serde_json::from_str(&fs::read_to_string(x.join("manifest.json")).unwrap()).unwrap();
+    let manifest = unpack_bundle(&out, &x);
     let entry = |name: &str| {
         manifest["files"]
             .as_array()
@@ -483,12 +431,7 @@ fn trace_captures_a_bundle_when_a_finding_goes_active() {
     let rest = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<String>>());
     reader = Some(ChildGuard::spawn(&mut fuse_reader(&fuse), "reader").unwrap());
     assert!(trace.wait().unwrap().success());
-    let records: Vec<Value> = rest
-        .join()
-        .unwrap()
-        .iter()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
+    let records = json_records(&rest.join().unwrap().join("\n"));
     let mp = fuse.mount_point().to_string_lossy().into_owned();
     let finding = records
         .iter()
@@ -527,19 +470,7 @@ fn trace_captures_a_bundle_when_a_finding_goes_active() {
         "{listing}"
     );
     let x = work.join("x");
-    fs::create_dir_all(&x).unwrap();
-    assert!(
-        Command::new("tar")
-            .arg("-xzf")
-            .arg(&path)
-            .arg("-C")
-            .arg(&x)
-            .status()
-            .unwrap()
-            .success()
-    );
-    let manifest: Value =
-        serde_json::from_str(&fs::read_to_string(x.join("manifest.json")).unwrap()).unwrap();
+    let manifest = unpack_bundle(&path, &x);
     assert_eq!(
         manifest["trigger"],
         format!("finding {}", finding["id"].as_str().unwrap()),
@@ -556,9 +487,8 @@ fn trace_captures_a_bundle_when_a_finding_goes_active() {
         String::from_utf8_lossy(&replay.stderr)
     );
     assert!(
-        String::from_utf8_lossy(&replay.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        json_records(&String::from_utf8_lossy(&replay.stdout))
+            .iter()
             .any(|v| v["type"] == "finding"
                 && v["cause"] == "storage_hang"
                 && v["mount_point"] == mp.as_str()),

@@ -20,10 +20,7 @@ use std::{
 };
 
 use serde_json::Value;
-use watchdog_tests::{containerd::*, *};
-
-const MACHINE_ID: &str = "3d1219c7c4c5404aaa1f6d2a48adfda4";
-const JOURNAL_REMOTE: &str = "/lib/systemd/systemd-journal-remote";
+use watchdog_tests::{containerd::*, journal::*, *};
 
 /// A directory removed at drop (after the namespace that mounted on it is gone).
 struct Dir(PathBuf);
@@ -32,42 +29,6 @@ impl Drop for Dir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-/// One kubelet entry in a real journal file (systemd-journal-remote).
-fn write_journal(file: &Path) {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_micros();
-    let entry = format!(
-        "__REALTIME_TIMESTAMP={now}\n__MONOTONIC_TIMESTAMP=1000000\n\
-         _BOOT_ID=0123456789abcdef0123456789abcdef\n_SYSTEMD_UNIT=kubelet.service\n\
-         SYSLOG_IDENTIFIER=kubelet\n_HOSTNAME=node1\n_PID=9575\nPRIORITY=6\n\
-         MESSAGE=I0729 11:20:59.245243 9575 kubelet.go:2410] SyncLoop (PLEG): event\n\n"
-    );
-    let mut child = Command::new(JOURNAL_REMOTE)
-        .arg("-o")
-        .arg(file)
-        .arg("-")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("systemd-journal-remote starts");
-    use std::io::Write as _;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(entry.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "systemd-journal-remote: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Runs `/watchdog <args>` chrooted into a debug pod's layout; returns
@@ -127,13 +88,6 @@ exec chroot {r} /watchdog \"$@\"",
     )
 }
 
-fn records(stdout: &str) -> Vec<Value> {
-    stdout
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .collect()
-}
-
 #[test]
 fn the_agent_finds_the_hosts_runtime_and_journal_under_host_in_a_debug_pod_layout() {
     if !skip_unless_containerd_prereqs() {
@@ -152,8 +106,11 @@ fn the_agent_finds_the_hosts_runtime_and_journal_under_host_in_a_debug_pod_layou
     let root = base.0.join("root");
     let journal = base.0.join("journal");
     std::fs::create_dir_all(&root).unwrap();
-    std::fs::create_dir_all(journal.join(MACHINE_ID)).unwrap();
-    write_journal(&journal.join(MACHINE_ID).join("system.journal"));
+    JournalWriter::in_dir(&journal).append(&[(
+        "kubelet.service",
+        "kubelet",
+        "I0729 11:20:59.245243 9575 kubelet.go:2410] SyncLoop (PLEG): event",
+    )]);
 
     let ctd = Containerd::start().expect("start a private containerd");
     let sock = ctd
@@ -170,7 +127,7 @@ fn the_agent_finds_the_hosts_runtime_and_journal_under_host_in_a_debug_pod_layou
 
     // 1. check: the host root is detected, no flag or variable given.
     let (ok, stdout, stderr) = in_debug_pod(&root, &ctd_run, &journal, &["check", "--json"]);
-    let rec = records(&stdout);
+    let rec = json_records(&stdout);
     let check = rec
         .iter()
         .find(|r| r["type"] == "check")
@@ -211,7 +168,7 @@ fn the_agent_finds_the_hosts_runtime_and_journal_under_host_in_a_debug_pod_layou
         ok,
         "trace in the debug pod layout failed:\n{stdout}\n{stderr}"
     );
-    let rec = records(&stdout);
+    let rec = json_records(&stdout);
     let source = |name: &str| {
         rec.iter()
             .filter(|r| r["type"] == "source" && r["source"] == name)

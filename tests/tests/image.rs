@@ -58,13 +58,6 @@ impl Drop for Dir {
     }
 }
 
-fn records(stdout: &str) -> Vec<Value> {
-    stdout
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .collect()
-}
-
 #[test]
 fn image_from_scratch_runs_check_and_trace_with_the_hosts_sys_proc_and_run() {
     if !skip_unless_docker_prereqs() {
@@ -137,7 +130,7 @@ fn image_from_scratch_runs_check_and_trace_with_the_hosts_sys_proc_and_run() {
     };
 
     let (stdout, stderr) = run(&["check", "--json"], 60);
-    let rec = records(&stdout);
+    let rec = json_records(&stdout);
     let c = rec
         .iter()
         .find(|r| r["type"] == "check")
@@ -163,7 +156,7 @@ fn image_from_scratch_runs_check_and_trace_with_the_hosts_sys_proc_and_run() {
         ],
         90,
     );
-    let rec = records(&stdout);
+    let rec = json_records(&stdout);
     let ready = rec
         .iter()
         .find(|r| r["type"] == "ready")
@@ -256,7 +249,7 @@ fn the_charts_capabilities_are_enough_for_check_and_trace() {
     );
 
     let (ok, stdout, stderr) = run(&["check", "--json"]);
-    let rec = records(&stdout);
+    let rec = json_records(&stdout);
     let c = rec
         .iter()
         .find(|r| r["type"] == "check")
@@ -279,7 +272,7 @@ fn the_charts_capabilities_are_enough_for_check_and_trace() {
         ok,
         "trace with the chart's capabilities:\n{stdout}\n{stderr}"
     );
-    let rec = records(&stdout);
+    let rec = json_records(&stdout);
     let ready = rec
         .iter()
         .find(|r| r["type"] == "ready")

@@ -10,79 +10,15 @@
 //! `system@...journal`, a new `system.journal`), and ignores other units.
 //!
 //! Run as root: `cargo test -p watchdog-tests --test journal -- --test-threads=1`
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde_json::Value;
+use watchdog_tests::journal::*;
 use watchdog_tests::*;
-
-const REMOTE: &str = "/lib/systemd/systemd-journal-remote";
-const MACHINE_ID: &str = "3d1219c7c4c5404aaa1f6d2a48adfda4";
-const BOOT_ID: &str = "0123456789abcdef0123456789abcdef";
 
 const PLEG_LINE: &str = "I0729 11:20:59.245243 9575 kubelet.go:1823] skipping pod synchronization - PLEG is not healthy: pleg was last seen active 3m57.138893648s ago; threshold is 3m0s.";
 const FORK_LINE: &str = "time=\"2019-03-22T15:23:22Z\" level=error msg=\"failed to start shim: fork/exec /usr/bin/containerd-shim-runc-v2: resource temporarily unavailable\"";
 const DEADLINE_LINE: &str = "E0729 11:21:03.112233 9575 remote_runtime.go:295] ContainerStatus \"3f5a0c1b2d4e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8\" from runtime service failed: rpc error: code = DeadlineExceeded desc = context deadline exceeded";
-
-/// Journal export format entries appended to `file` by systemd's own writer.
-struct Writer {
-    file: PathBuf,
-    mono: u64,
-}
-
-impl Writer {
-    fn append(&mut self, entries: &[(&str, &str, &str)]) {
-        let mut text = String::new();
-        for (unit, ident, msg) in entries {
-            self.mono += 1000;
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap()
-                .as_micros();
-            text.push_str(&format!(
-                "__REALTIME_TIMESTAMP={now}\n__MONOTONIC_TIMESTAMP={}\n_BOOT_ID={BOOT_ID}\n",
-                self.mono
-            ));
-            if !unit.is_empty() {
-                text.push_str(&format!("_SYSTEMD_UNIT={unit}\n"));
-            }
-            text.push_str(&format!(
-                "SYSLOG_IDENTIFIER={ident}\n_HOSTNAME=node1\n_PID=9575\nPRIORITY=6\nMESSAGE={msg}\n\n"
-            ));
-        }
-        let mut child = Command::new(REMOTE)
-            .arg("-o")
-            .arg(&self.file)
-            .arg("-")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("systemd-journal-remote starts");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "systemd-journal-remote: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
-
-fn skip_unless_journal_prereqs() -> bool {
-    skip_unless_root()
-        && skip_unless(
-            Path::new(REMOTE).exists(),
-            &format!("{REMOTE} is missing (apt-get install systemd-journal-remote)"),
-        )
-}
 
 fn pleg(v: &Value) -> bool {
     v["type"] == "pleg"
@@ -99,12 +35,8 @@ fn kubelet_lines_are_followed_from_the_journal_across_rotation() {
     }
     let dir = std::env::temp_dir().join(format!("wd-journal-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
+    let mut w = JournalWriter::in_dir(&dir);
     let machine = dir.join(MACHINE_ID);
-    std::fs::create_dir_all(&machine).unwrap();
-    let mut w = Writer {
-        file: machine.join("system.journal"),
-        mono: 1_000_000,
-    };
     // History: must not be reported (the agent follows from the tail).
     w.append(&[
         ("kubelet.service", "kubelet", PLEG_LINE),

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::{Capture, Named, Window};
+use super::{Capture, Named, SessionRecords, Window};
 use crate::model::Time;
 use crate::model::finding::{FindingId, FindingStatus};
 use crate::sinks::{Record, Sink, Stats};
@@ -58,18 +58,12 @@ pub struct BundleRecord {
     pub deleted: Vec<String>,
 }
 
-/// The session's records kept for the bundles at most.
-const RECORDS_CAP: usize = 64 << 20;
-
 pub struct AutoBundle<'a> {
     inner: &'a mut dyn Sink,
     opts: AutoOptions,
     started: Time,
     uptime_start: f64,
-    records: Vec<u8>,
-    findings: usize,
-    pleg: Vec<u8>,
-    systemd: Vec<u8>,
+    records: SessionRecords,
     /// Findings already given a bundle (or refused one).
     done: BTreeSet<String>,
     /// Findings gone active since the last poll: their id and record.
@@ -89,10 +83,7 @@ impl<'a> AutoBundle<'a> {
             opts,
             started: Time::now(),
             uptime_start,
-            records: Vec::new(),
-            findings: 0,
-            pleg: Vec::new(),
-            systemd: Vec::new(),
+            records: SessionRecords::default(),
             done: BTreeSet::new(),
             pending: Vec::new(),
             last: None,
@@ -156,11 +147,8 @@ impl<'a> AutoBundle<'a> {
                     end: now,
                 },
                 records: self.records.clone(),
-                findings: self.findings,
                 recording: self.opts.recording.as_deref(),
                 named: &named,
-                pleg: self.pleg.clone(),
-                systemd: self.systemd.clone(),
                 journal_dirs: &self.opts.journal_dirs,
                 sockets: &self.opts.sockets,
                 uptime_start: self.uptime_start,
@@ -269,25 +257,12 @@ impl Sink for AutoBundle<'_> {
         let Ok(v) = serde_json::to_value(record) else {
             return;
         };
-        let keep = |buf: &mut Vec<u8>| {
-            if buf.len() < RECORDS_CAP {
-                let _ = serde_json::to_writer(&mut *buf, &v);
-                buf.push(b'\n');
-            }
-        };
-        keep(&mut self.records);
-        match record {
-            Record::Pleg(_) => keep(&mut self.pleg),
-            Record::Finding(f) => {
-                self.findings += 1;
-                if f.cause == crate::model::finding::Cause::SystemdHang {
-                    keep(&mut self.systemd);
-                }
-                if f.status == FindingStatus::Active && self.done.insert(f.id.to_string()) {
-                    self.pending.push((f.id.clone(), v));
-                }
-            }
-            _ => {}
+        self.records.keep(record, &v);
+        if let Record::Finding(f) = record
+            && f.status == FindingStatus::Active
+            && self.done.insert(f.id.to_string())
+        {
+            self.pending.push((f.id.clone(), v));
         }
     }
 

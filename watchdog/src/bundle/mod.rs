@@ -465,6 +465,45 @@ fn kmsg_since(since_s: f64) -> Result<(String, bool), String> {
     Ok((out, false))
 }
 
+/// The records of a session a bundle holds, kept as they are emitted: all
+/// of them (`findings.jsonl`), the `pleg` ones (`pleg/`) and the systemd
+/// findings (`systemd/`), each capped at [`RECORDS_CAP`].
+#[derive(Clone, Default)]
+pub struct SessionRecords {
+    pub all: Vec<u8>,
+    pub pleg: Vec<u8>,
+    pub systemd: Vec<u8>,
+    /// Finding records seen (reports of any status).
+    pub findings: usize,
+}
+
+/// The session's records a bundle keeps at most (per file).
+pub const RECORDS_CAP: usize = 64 << 20;
+
+impl SessionRecords {
+    /// Keeps `record` (`v` is its JSON).
+    pub fn keep(&mut self, record: &crate::sinks::Record, v: &Value) {
+        use crate::sinks::Record;
+        let keep = |buf: &mut Vec<u8>| {
+            if buf.len() < RECORDS_CAP {
+                let _ = serde_json::to_writer(&mut *buf, v);
+                buf.push(b'\n');
+            }
+        };
+        keep(&mut self.all);
+        match record {
+            Record::Pleg(_) => keep(&mut self.pleg),
+            Record::Finding(f) => {
+                self.findings += 1;
+                if f.cause == crate::model::finding::Cause::SystemdHang {
+                    keep(&mut self.systemd);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Everything one bundle is made of, from a session (manual or automatic).
 pub struct Capture<'a> {
     pub root: &'a Path,
@@ -472,14 +511,10 @@ pub struct Capture<'a> {
     /// `manual`, or `finding <id>`.
     pub trigger: String,
     pub window: Window,
-    /// The session's records as JSON lines, and how many were findings.
-    pub records: Vec<u8>,
-    pub findings: usize,
+    pub records: SessionRecords,
     /// The session's recording file (None: not recorded).
     pub recording: Option<&'a Path>,
     pub named: &'a Named,
-    pub pleg: Vec<u8>,
-    pub systemd: Vec<u8>,
     pub journal_dirs: &'a [PathBuf],
     pub sockets: &'a [String],
     /// Seconds after boot when the window started (the kernel log from then).
@@ -495,7 +530,13 @@ pub struct Written {
 /// Writes the bundle of `c` to `out` (see [`Builder::write`]).
 pub fn capture(c: Capture<'_>, out: &Path) -> Result<Written, String> {
     let mut b = Builder::new(c.root);
-    b.add("findings.jsonl", "session", c.records, 0);
+    let SessionRecords {
+        all,
+        pleg,
+        systemd,
+        findings,
+    } = c.records;
+    b.add("findings.jsonl", "session", all, 0);
     match c.recording {
         Some(path) => match std::fs::metadata(path) {
             Ok(m) if m.len() > RECORDING_CAP => b.failed(
@@ -535,8 +576,8 @@ pub fn capture(c: Capture<'_>, out: &Path) -> Result<Written, String> {
     for cg in &c.named.cgroups {
         b.pids_cgroup(cg);
     }
-    b.pleg(c.pleg, c.journal_dirs, c.window.start);
-    b.systemd(c.systemd, c.sockets);
+    b.pleg(pleg, c.journal_dirs, c.window.start);
+    b.systemd(systemd, c.sockets);
     let reader = ProcReader::new(c.root);
     let manifest = Manifest {
         schema: SCHEMA,
@@ -550,7 +591,7 @@ pub fn capture(c: Capture<'_>, out: &Path) -> Result<Written, String> {
             .unwrap_or_default(),
         trigger: c.trigger,
         window: c.window,
-        findings: c.findings,
+        findings,
         files: Vec::new(),
     };
     let size = b.write(out, manifest)?;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::agent;
-use crate::bundle::{Capture, Named, Window};
+use crate::bundle::{Capture, Named, SessionRecords, Window};
 use crate::context::procfs::ProcReader;
 use crate::model::Time;
 use crate::sinks::{Record, Sink, json::JsonLines};
@@ -28,17 +28,9 @@ pub struct BundleArgs {
 /// terminal (or JSON) as in `trace`.
 struct Tee<'a> {
     inner: &'a mut dyn Sink,
-    lines: Vec<u8>,
+    records: SessionRecords,
     named: Named,
-    findings: usize,
-    /// The `pleg` records (for `pleg/`) and the systemd findings (for
-    /// `systemd/`), capped as `lines` is.
-    pleg: Vec<u8>,
-    systemd: Vec<u8>,
 }
-
-/// The session's records a bundle keeps at most.
-const RECORDS_CAP: usize = 64 << 20;
 
 impl Sink for Tee<'_> {
     fn emit(&mut self, record: &Record) {
@@ -47,21 +39,9 @@ impl Sink for Tee<'_> {
             return;
         };
         if let Record::Finding(_) = record {
-            self.findings += 1;
             self.named.add_finding(&v);
         }
-        let keep = |buf: &mut Vec<u8>| {
-            if buf.len() < RECORDS_CAP {
-                let _ = serde_json::to_writer(&mut *buf, &v);
-                buf.push(b'\n');
-            }
-        };
-        keep(&mut self.lines);
-        match record {
-            Record::Pleg(_) => keep(&mut self.pleg),
-            Record::Finding(_) if v["cause"] == "systemd_hang" => keep(&mut self.systemd),
-            _ => {}
-        }
+        self.records.keep(record, &v);
     }
 
     fn stats(&mut self, stats: &crate::sinks::Stats<'_>) {
@@ -101,16 +81,13 @@ pub fn run(a: BundleArgs) -> anyhow::Result<ExitCode> {
     };
     let mut tee = Tee {
         inner: inner.as_mut(),
-        lines: Vec::new(),
+        records: SessionRecords::default(),
         named: Named::default(),
-        findings: 0,
-        pleg: Vec::new(),
-        systemd: Vec::new(),
     };
     let session = agent::trace(opts, &mut tee);
     let end = Time::now();
-    let (lines, named, findings) = (tee.lines, tee.named, tee.findings);
-    let (pleg, systemd) = (tee.pleg, tee.systemd);
+    let (records, named) = (tee.records, tee.named);
+    let findings = records.findings;
     drop(inner);
     if let Err(e) = session {
         let _ = std::fs::remove_dir_all(&dir);
@@ -134,12 +111,9 @@ pub fn run(a: BundleArgs) -> anyhow::Result<ExitCode> {
             node: &node,
             trigger: "manual".into(),
             window: Window { start, end },
-            records: lines,
-            findings,
+            records,
             recording: Some(&recording),
             named: &named,
-            pleg,
-            systemd,
             journal_dirs: &journal_dirs,
             sockets: &sockets,
             uptime_start,

@@ -133,9 +133,13 @@ impl JournalFollower {
     /// Opens the journal in `dirs`, following from its tail.
     pub fn open(dirs: Vec<PathBuf>) -> Result<Self, String> {
         let reader = open(&dirs, None)?;
-        Ok(Self {
+        Ok(Self::with_reader(dirs, Some(reader)))
+    }
+
+    fn with_reader(dirs: Vec<PathBuf>, reader: Option<Reader>) -> Self {
+        Self {
             dirs,
-            reader: Some(reader),
+            reader,
             last_usec: None,
             entries: 0,
             events: 0,
@@ -143,7 +147,7 @@ impl JournalFollower {
             errors: 0,
             last_error: None,
             last_unparseable: None,
-        })
+        }
     }
 
     /// Entries that arrived since the last call, parsed; Err when the reader
@@ -251,17 +255,7 @@ pub fn read_history(
     now: Time,
 ) -> Result<(Vec<KubeletLog>, JournalFollower), String> {
     let q = history_query(dirs, None, max)?;
-    let mut f = JournalFollower {
-        dirs: dirs.to_vec(),
-        reader: None,
-        last_usec: None,
-        entries: 0,
-        events: 0,
-        unparseable: 0,
-        errors: 0,
-        last_error: None,
-        last_unparseable: None,
-    };
+    let mut f = JournalFollower::with_reader(dirs.to_vec(), None);
     let mut out = Vec::new();
     for e in q.iter().map_err(|e| e.to_string())? {
         match e {
