@@ -83,9 +83,14 @@ pub enum RecordingError {
     #[error("{path}:{line}: a line longer than {} MiB is not a recording line", MAX_LINE >> 20)]
     LineTooLong { path: PathBuf, line: usize },
     #[error(
-        "{path}: recording format {found} is not supported (this watchdog reads format {FORMAT})"
+        "{path}: recording format {found} (written by watchdog {by}) is not supported: this watchdog ({}) reads format {FORMAT}; replay it with watchdog {by} or newer",
+        env!("CARGO_PKG_VERSION")
     )]
-    Format { path: PathBuf, found: u32 },
+    Format {
+        path: PathBuf,
+        found: u32,
+        by: String,
+    },
     #[error("{path}:{line}: a second recording header inside the file")]
     SecondHeader { path: PathBuf, line: usize },
 }
@@ -241,6 +246,7 @@ impl<R: BufRead> Stream<R> {
             return Err(RecordingError::Format {
                 path: path.to_owned(),
                 found: h.format,
+                by: h.version.clone(),
             });
         }
         s.header = h;
@@ -409,6 +415,32 @@ mod tests {
             .unwrap()
             .to_string();
         assert_eq!(e, "two:3: a second recording header inside the file");
+    }
+
+    /// A recording from a newer watchdog says which one it needs, even
+    /// with header fields this one does not know.
+    #[test]
+    fn a_newer_format_names_the_version_it_needs() {
+        let mut h = serde_json::to_value(Line::Recording(Header::new(
+            &EngineConfig::default(),
+            None,
+            String::new(),
+        )))
+        .unwrap();
+        h["recording"]["format"] = 2.into();
+        h["recording"]["version"] = "0.3.0".into();
+        h["recording"]["added_later"] = serde_json::json!({"x": 1});
+        let text = format!("{h}\n{{\"tick\":\"2026-01-01T00:00:00Z\"}}\n");
+        let e = read_from(std::io::Cursor::new(text), Path::new("new.jsonl"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.starts_with(
+                "new.jsonl: recording format 2 (written by watchdog 0.3.0) is not supported"
+            ) && e.ends_with("replay it with watchdog 0.3.0 or newer"),
+            "{e}"
+        );
     }
 
     #[test]

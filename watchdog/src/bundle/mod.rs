@@ -718,6 +718,28 @@ pub fn with_recording<T>(
             .path()
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
             .into_owned();
+        if name == Path::new("manifest.json") {
+            // A bundle from a newer watchdog: say which one it needs.
+            let mut text = String::new();
+            entry
+                .take(1 << 20)
+                .read_to_string(&mut text)
+                .map_err(|e| anyhow::anyhow!("{}: manifest.json: {e}", path.display()))?;
+            let m: Value = serde_json::from_str(&text).map_err(|e| {
+                anyhow::anyhow!("{}: manifest.json is not JSON: {e}", path.display())
+            })?;
+            let schema = m["schema"].as_u64().unwrap_or(0);
+            if schema > u64::from(SCHEMA) {
+                anyhow::bail!(
+                    "{}: bundle schema {schema} (written by watchdog {}) is not supported: this watchdog ({}) reads bundle schema {SCHEMA}; replay it with watchdog {} or newer",
+                    path.display(),
+                    m["watchdog"].as_str().unwrap_or("?"),
+                    env!("CARGO_PKG_VERSION"),
+                    m["watchdog"].as_str().unwrap_or("?"),
+                );
+            }
+            continue;
+        }
         if name != Path::new("recording.jsonl") {
             continue;
         }
@@ -745,4 +767,40 @@ pub fn is_bundle(path: &Path) -> bool {
         .and_then(|mut f| f.read_exact(&mut magic))
         .is_ok()
         && magic == [0x1f, 0x8b]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A bundle from a newer watchdog: `replay` says which one it needs,
+    /// before reading its recording.
+    #[test]
+    fn a_newer_bundle_schema_names_the_version_it_needs() {
+        let path =
+            std::env::temp_dir().join(format!("wd-newer-bundle-{}.tar.gz", std::process::id()));
+        let f = std::fs::File::create(&path).unwrap();
+        let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
+            f,
+            flate2::Compression::fast(),
+        ));
+        let mut add = |name: &str, data: &[u8]| {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o600);
+            h.set_cksum();
+            tar.append_data(&mut h, name, data).unwrap();
+        };
+        add("manifest.json", br#"{"schema": 2, "watchdog": "0.4.0"}"#);
+        add("recording.jsonl", b"not read\n");
+        tar.into_inner().unwrap().finish().unwrap();
+        assert!(is_bundle(&path));
+        let e = with_recording(&path, |_| Ok(())).err().unwrap().to_string();
+        let _ = std::fs::remove_file(&path);
+        assert!(
+            e.contains("bundle schema 2 (written by watchdog 0.4.0) is not supported")
+                && e.ends_with("replay it with watchdog 0.4.0 or newer"),
+            "{e}"
+        );
+    }
 }
