@@ -133,9 +133,27 @@ pub mod host {
         })
     }
 
-    /// `path` (absolute, as on the host) as this process reaches it.
+    /// `path` (absolute, as on the host) as this process reaches it: under
+    /// the host root, its directory's links resolved inside the host's tree
+    /// (`/var/run/docker.sock` is `<root>/run/docker.sock` on a host whose
+    /// `/var/run` links to `/run`).
     pub fn path(path: &str) -> PathBuf {
-        join(&get().path, path)
+        path_under(&get().path, path)
+    }
+
+    /// [`path`] under `root`.
+    pub fn path_under(root: &Path, path: &str) -> PathBuf {
+        if root == Path::new("/") {
+            return PathBuf::from(path);
+        }
+        let p = Path::new(path);
+        match (p.parent().and_then(|d| d.to_str()), p.file_name()) {
+            (Some(dir), Some(name)) => match resolve_dir(root, dir) {
+                Some(real) => join(root, &real.join(name).to_string_lossy()),
+                None => join(root, path),
+            },
+            _ => join(root, path),
+        }
     }
 
     pub fn join(root: &Path, path: &str) -> PathBuf {
@@ -264,6 +282,33 @@ pub mod host {
             assert_eq!(resolve_dir(&root, "/nonexistent"), None);
             std::os::unix::fs::symlink("loop", root.join("loop")).unwrap();
             assert_eq!(resolve_dir(&root, "/loop"), None);
+            let _ = std::fs::remove_dir_all(&root);
+        }
+
+        #[test]
+        fn a_socket_under_a_linked_directory_is_found_in_the_hosts_tree() {
+            let root = std::env::temp_dir().join(format!("wd-hostpath-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&root);
+            std::fs::create_dir_all(root.join("run")).unwrap();
+            std::fs::create_dir_all(root.join("var")).unwrap();
+            std::os::unix::fs::symlink("/run", root.join("var/run")).unwrap();
+            assert_eq!(
+                path_under(&root, "/var/run/docker.sock"),
+                root.join("run/docker.sock")
+            );
+            assert_eq!(
+                path_under(&root, "/run/crio/crio.sock"),
+                root.join("run/crio/crio.sock")
+            );
+            // A directory that is not there: joined as given.
+            assert_eq!(
+                path_under(&root, "/opt/x/y.sock"),
+                root.join("opt/x/y.sock")
+            );
+            assert_eq!(
+                path_under(Path::new("/"), "/var/run/x"),
+                PathBuf::from("/var/run/x")
+            );
             let _ = std::fs::remove_dir_all(&root);
         }
 
