@@ -315,10 +315,14 @@ impl PidExhaustion {
         match fresh {
             Some(mut finding) => {
                 refresh(&mut finding, counts);
-                book.open(finding)
-                    .map(|f| Report::Finding(Box::new(f)))
-                    .into_iter()
-                    .collect()
+                match book.open(finding) {
+                    Some(f) => vec![Report::Finding(Box::new(f))],
+                    // Refused (too many active): nothing kept for it.
+                    None => {
+                        self.counts.remove(&id);
+                        Vec::new()
+                    }
+                }
             }
             None => Vec::new(),
         }
