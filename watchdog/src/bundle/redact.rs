@@ -96,45 +96,64 @@ pub fn kernel_cmdline(text: &str) -> (String, usize) {
 }
 
 /// A log line with its secret words masked (`--token=x`, `password=x`,
-/// bearer strings, JWTs, URLs with a password); the spacing between words
-/// is kept.
+/// `key="a b"`, bearer strings, JWTs, URLs with a password); the words
+/// between are kept as they are.
 pub fn log_line(text: &str) -> (String, usize) {
-    let mut out = String::with_capacity(text.len());
+    let pieces: Vec<&str> = text.split(' ').collect();
+    let mut out: Vec<String> = Vec::with_capacity(pieces.len());
     let mut n = 0;
     let mut mask_next = false;
-    for (i, piece) in text.split(' ').enumerate() {
-        if i > 0 {
-            out.push(' ');
-        }
-        let word = piece.trim_matches(|c: char| c == '"' || c == '\'' || c == ',');
-        if mask_next && !word.is_empty() && !word.starts_with('-') {
-            mask_next = false;
-            out.push_str(MASK);
+    let mut i = 0;
+    let quote = |c: char| c == '"' || c == '\'';
+    while i < pieces.len() {
+        let piece = pieces[i];
+        i += 1;
+        let word = piece.trim_matches(|c: char| quote(c) || c == ',');
+        if std::mem::take(&mut mask_next) && !word.is_empty() && !word.starts_with('-') {
+            out.push(MASK.into());
             n += 1;
             continue;
         }
-        mask_next = false;
-        if let Some((name, value)) = word.split_once('=')
-            && !value.is_empty()
-            && (secret_name(name) || secret_value(value))
-        {
-            out.push_str(&piece.replacen(value, MASK, 1));
-            n += 1;
-        } else if secret_value(word) {
-            out.push_str(MASK);
-            n += 1;
-        } else {
-            if word.starts_with('-') && !word.contains('=') && secret_name(word) {
-                mask_next = true;
+        if let Some(eq) = piece.find('=') {
+            let (name, value) = (&piece[..eq], &piece[eq + 1..]);
+            let open = value.chars().next().filter(|c| quote(*c));
+            // A quoted value goes on to the word that closes the quote.
+            let mut whole = value.to_owned();
+            let mut end = i;
+            if let Some(q) = open
+                && !(value.len() > 1 && value.ends_with(q))
+            {
+                while end < pieces.len() {
+                    whole.push(' ');
+                    whole.push_str(pieces[end]);
+                    end += 1;
+                    if pieces[end - 1].ends_with(q) {
+                        break;
+                    }
+                }
             }
-            // "Bearer <token>": the word after it.
-            if word.eq_ignore_ascii_case("bearer") {
-                mask_next = true;
+            let bare = whole.trim_matches(|c: char| quote(c) || c == ',');
+            if !bare.is_empty() && (secret_name(name) || secret_value(bare)) {
+                out.push(match open {
+                    Some(q) => format!("{name}={q}{MASK}{q}"),
+                    None => format!("{name}={MASK}"),
+                });
+                n += 1;
+                i = end;
+                continue;
             }
-            out.push_str(piece);
         }
+        if secret_value(word) {
+            out.push(MASK.into());
+            n += 1;
+            continue;
+        }
+        // `--token VALUE`, `Bearer VALUE`: the next word is the value.
+        mask_next = (word.starts_with('-') && !word.contains('=') && secret_name(word))
+            || word.eq_ignore_ascii_case("bearer");
+        out.push(piece.to_owned());
     }
-    (out, n)
+    (out.join(" "), n)
 }
 
 #[cfg(test)]
@@ -164,6 +183,14 @@ mod tests {
         let (l, n) = log_line("msg=\"pull https://user:pw@registry/x failed\" key=\"v\"");
         assert_eq!(n, 2, "{l}");
         assert!(!l.contains("pw@") && !l.contains("\"v\""), "{l}");
+        // The name stays whole when the value is part of it; a quoted value
+        // with spaces is masked to its closing quote.
+        let (l, n) = log_line("password=pass level=info");
+        assert_eq!((l.as_str(), n), ("password=<redacted> level=info", 1));
+        let (l, n) = log_line("x password=\"a b c\" level=info");
+        assert_eq!((l.as_str(), n), ("x password=\"<redacted>\" level=info", 1));
+        let (l, n) = log_line("token='unterminated and more");
+        assert_eq!((l.as_str(), n), ("token='<redacted>'", 1));
     }
 
     fn v(s: &[&str]) -> Vec<String> {
