@@ -41,7 +41,8 @@ fn in_debug_pod(
 ) -> (bool, String, String) {
     let r = root.display();
     // Mounts made in the new namespace only (private propagation): the host
-    // sees none of them, and they vanish with the namespace.
+    // sees none of them, and they vanish with the namespace. Directories are
+    // made only on tmpfs mounts of this namespace, never in the host's tree.
     let script = format!(
         "set -e
 mount -t tmpfs -o size=64m wd-debug-pod {r}
@@ -52,6 +53,7 @@ mount --make-rslave {r}/host
 mount -t tmpfs -o size=1m wd-host-run {r}/host/run
 mkdir -p {r}/host/run/containerd
 mount --bind {ctd} {r}/host/run/containerd
+mount -t tmpfs -o size=1m wd-host-log {r}/host/var/log
 mkdir -p {r}/host/var/log/journal
 mount --bind {journal} {r}/host/var/log/journal
 mount -t proc proc {r}/proc
