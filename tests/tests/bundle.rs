@@ -449,6 +449,8 @@ fn trace_captures_a_bundle_when_a_finding_goes_active() {
     );
     let b = bundles[0];
     assert_eq!(b["status"], "written", "{b}");
+    eprintln!("the capture held the agent's thread {} ms", b["took_ms"]);
+    assert!(b["took_ms"].is_u64(), "{b}");
     assert_eq!(
         b["finding"], finding["id"],
         "the bundle names its finding: {b}"

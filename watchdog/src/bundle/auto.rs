@@ -56,33 +56,33 @@ pub struct BundleRecord {
     /// Older bundles deleted to stay under the directory's size.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub deleted: Vec<String>,
+    /// How long the capture held the agent's thread.
+    pub took_ms: u64,
 }
+
+/// How far before a finding's first sighting its bundle's kernel log and
+/// journal go back.
+const LEAD: Duration = Duration::from_secs(300);
 
 pub struct AutoBundle<'a> {
     inner: &'a mut dyn Sink,
     opts: AutoOptions,
     started: Time,
-    uptime_start: f64,
     records: SessionRecords,
     /// Findings already given a bundle (or refused one).
     done: BTreeSet<String>,
-    /// Findings gone active since the last poll: their id and record.
-    pending: Vec<(FindingId, serde_json::Value)>,
+    /// Findings gone active since the last poll: their id, first-seen
+    /// time and record.
+    pending: Vec<(FindingId, Time, serde_json::Value)>,
     last: Option<Instant>,
 }
 
 impl<'a> AutoBundle<'a> {
     pub fn new(inner: &'a mut dyn Sink, opts: AutoOptions) -> Self {
-        let reader = crate::context::procfs::ProcReader::new(&opts.root);
-        let uptime_start = reader
-            .read_trim(&reader.proc_path("uptime"))
-            .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
-            .unwrap_or(0.0);
         Self {
             inner,
             opts,
             started: Time::now(),
-            uptime_start,
             records: SessionRecords::default(),
             done: BTreeSet::new(),
             pending: Vec::new(),
@@ -91,13 +91,20 @@ impl<'a> AutoBundle<'a> {
     }
 
     fn capture_pending(&mut self) {
-        for (id, finding) in std::mem::take(&mut self.pending) {
-            let rec = self.capture(&id, &finding);
+        for (id, first_seen, finding) in std::mem::take(&mut self.pending) {
+            let took = Instant::now();
+            let mut rec = self.capture(&id, first_seen, &finding);
+            rec.took_ms = took.elapsed().as_millis() as u64;
             self.inner.emit(&Record::Bundle(rec));
         }
     }
 
-    fn capture(&mut self, id: &FindingId, finding: &serde_json::Value) -> BundleRecord {
+    fn capture(
+        &mut self,
+        id: &FindingId,
+        first_seen: Time,
+        finding: &serde_json::Value,
+    ) -> BundleRecord {
         let now = Time::now();
         let mut rec = BundleRecord {
             at: now,
@@ -107,6 +114,7 @@ impl<'a> AutoBundle<'a> {
             size: None,
             reason: String::new(),
             deleted: Vec::new(),
+            took_ms: 0,
         };
         if let Some(last) = self.last
             && last.elapsed() < self.opts.min_interval
@@ -137,21 +145,32 @@ impl<'a> AutoBundle<'a> {
         let mut named = Named::default();
         named.add_finding(finding);
         self.last = Some(Instant::now());
+        // The window: from five minutes before the finding (not from the
+        // agent's start, weeks ago for `run`) to now.
+        let start = Time(
+            first_seen
+                .0
+                .saturating_sub(LEAD.as_millis() as u64)
+                .max(self.started.0),
+        );
+        let reader = crate::context::procfs::ProcReader::new(&self.opts.root);
+        let uptime_start = reader
+            .read_trim(&reader.proc_path("uptime"))
+            .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+            .map(|up| (up - now.secs_since(start)).max(0.0))
+            .unwrap_or(0.0);
         let written = super::capture(
             Capture {
                 root: &self.opts.root,
                 node: &self.opts.node,
                 trigger: format!("finding {id}"),
-                window: Window {
-                    start: self.started,
-                    end: now,
-                },
-                records: self.records.clone(),
+                window: Window { start, end: now },
+                records: &self.records,
                 recording: self.opts.recording.as_deref(),
                 named: &named,
                 journal_dirs: &self.opts.journal_dirs,
                 sockets: &self.opts.sockets,
-                uptime_start: self.uptime_start,
+                uptime_start,
             },
             &out,
         );
@@ -262,7 +281,7 @@ impl Sink for AutoBundle<'_> {
             && f.status == FindingStatus::Active
             && self.done.insert(f.id.to_string())
         {
-            self.pending.push((f.id.clone(), v));
+            self.pending.push((f.id.clone(), f.first_seen, v));
         }
     }
 

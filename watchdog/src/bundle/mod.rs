@@ -309,8 +309,18 @@ impl Builder {
 
     /// The mountinfo lines of `mount_points` (never a stat of the mount).
     pub fn mounts(&mut self, mount_points: &BTreeSet<String>) {
-        let path = self.reader.rooted(paths::MOUNTINFO);
-        match self.reader.read_capped(&path, 4 * READ_CAP) {
+        // The host's mount table (PID 1's under a host root; ours if that
+        // cannot be read), where the findings' mount points are named.
+        let host = self.reader.rooted(paths::host::mountinfo());
+        let own = self.reader.rooted(paths::MOUNTINFO);
+        let (path, read) = match self.reader.read_capped(&host, 4 * READ_CAP) {
+            Ok(t) => (host, Ok(t)),
+            Err(_) => {
+                let r = self.reader.read_capped(&own, 4 * READ_CAP);
+                (own, r)
+            }
+        };
+        match read {
             Ok(text) => {
                 let lines: String = text
                     .lines()
@@ -465,38 +475,95 @@ fn kmsg_since(since_s: f64) -> Result<(String, bool), String> {
     Ok((out, false))
 }
 
-/// The records of a session a bundle holds, kept as they are emitted: all
-/// of them (`findings.jsonl`), the `pleg` ones (`pleg/`) and the systemd
-/// findings (`systemd/`), each capped at [`RECORDS_CAP`].
-#[derive(Clone, Default)]
+/// The latest JSON lines of a kind, at most `cap` bytes: the oldest go
+/// first (a long `run` keeps what led up to its latest finding).
+#[derive(Clone, Debug, Default)]
+pub struct Tail {
+    lines: std::collections::VecDeque<String>,
+    bytes: usize,
+    cap: usize,
+    /// Lines let go to stay under the cap.
+    pub dropped: u64,
+}
+
+impl Tail {
+    pub fn new(cap: usize) -> Self {
+        Self {
+            cap,
+            ..Self::default()
+        }
+    }
+
+    fn push(&mut self, line: &str) {
+        if line.len() + 1 > self.cap {
+            self.dropped += 1;
+            return;
+        }
+        self.bytes += line.len() + 1;
+        self.lines.push_back(line.to_owned());
+        while self.bytes > self.cap
+            && let Some(old) = self.lines.pop_front()
+        {
+            self.bytes -= old.len() + 1;
+            self.dropped += 1;
+        }
+    }
+
+    /// The lines, each ended by a line break.
+    pub fn bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.bytes);
+        for l in &self.lines {
+            out.extend_from_slice(l.as_bytes());
+            out.push(b'\n');
+        }
+        out
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lines.is_empty()
+    }
+}
+
+/// The records of a session a bundle holds, kept as they are emitted: the
+/// latest of all of them (`findings.jsonl`), of the `pleg` ones (`pleg/`)
+/// and of the systemd findings (`systemd/`), each capped.
+#[derive(Clone, Debug)]
 pub struct SessionRecords {
-    pub all: Vec<u8>,
-    pub pleg: Vec<u8>,
-    pub systemd: Vec<u8>,
+    pub all: Tail,
+    pub pleg: Tail,
+    pub systemd: Tail,
     /// Finding records seen (reports of any status).
     pub findings: usize,
 }
 
-/// The session's records a bundle keeps at most (per file).
-pub const RECORDS_CAP: usize = 64 << 20;
+/// The session's records a bundle keeps at most: all of them, and each of
+/// the `pleg` and systemd kinds.
+pub const RECORDS_CAP: usize = 16 << 20;
+pub const KIND_CAP: usize = 4 << 20;
+
+impl Default for SessionRecords {
+    fn default() -> Self {
+        Self {
+            all: Tail::new(RECORDS_CAP),
+            pleg: Tail::new(KIND_CAP),
+            systemd: Tail::new(KIND_CAP),
+            findings: 0,
+        }
+    }
+}
 
 impl SessionRecords {
     /// Keeps `record` (`v` is its JSON).
     pub fn keep(&mut self, record: &crate::sinks::Record, v: &Value) {
         use crate::sinks::Record;
-        let keep = |buf: &mut Vec<u8>| {
-            if buf.len() < RECORDS_CAP {
-                let _ = serde_json::to_writer(&mut *buf, v);
-                buf.push(b'\n');
-            }
-        };
-        keep(&mut self.all);
+        let line = v.to_string();
+        self.all.push(&line);
         match record {
-            Record::Pleg(_) => keep(&mut self.pleg),
+            Record::Pleg(_) => self.pleg.push(&line),
             Record::Finding(f) => {
                 self.findings += 1;
                 if f.cause == crate::model::finding::Cause::SystemdHang {
-                    keep(&mut self.systemd);
+                    self.systemd.push(&line);
                 }
             }
             _ => {}
@@ -511,7 +578,7 @@ pub struct Capture<'a> {
     /// `manual`, or `finding <id>`.
     pub trigger: String,
     pub window: Window,
-    pub records: SessionRecords,
+    pub records: &'a SessionRecords,
     /// The session's recording file (None: not recorded).
     pub recording: Option<&'a Path>,
     pub named: &'a Named,
@@ -530,13 +597,12 @@ pub struct Written {
 /// Writes the bundle of `c` to `out` (see [`Builder::write`]).
 pub fn capture(c: Capture<'_>, out: &Path) -> Result<Written, String> {
     let mut b = Builder::new(c.root);
-    let SessionRecords {
-        all,
-        pleg,
-        systemd,
-        findings,
-    } = c.records;
-    b.add("findings.jsonl", "session", all, 0);
+    let r = c.records;
+    b.add("findings.jsonl", "session", r.all.bytes(), 0);
+    if let Some((e, _)) = b.files.last_mut() {
+        // The oldest records were let go (a long session).
+        e.truncated = r.all.dropped > 0;
+    }
     match c.recording {
         Some(path) => match std::fs::metadata(path) {
             Ok(m) if m.len() > RECORDING_CAP => b.failed(
@@ -576,8 +642,8 @@ pub fn capture(c: Capture<'_>, out: &Path) -> Result<Written, String> {
     for cg in &c.named.cgroups {
         b.pids_cgroup(cg);
     }
-    b.pleg(pleg, c.journal_dirs, c.window.start);
-    b.systemd(systemd, c.sockets);
+    b.pleg(r.pleg.bytes(), c.journal_dirs, c.window.start);
+    b.systemd(r.systemd.bytes(), c.sockets);
     let reader = ProcReader::new(c.root);
     let manifest = Manifest {
         schema: SCHEMA,
@@ -591,7 +657,7 @@ pub fn capture(c: Capture<'_>, out: &Path) -> Result<Written, String> {
             .unwrap_or_default(),
         trigger: c.trigger,
         window: c.window,
-        findings,
+        findings: r.findings,
         files: Vec::new(),
     };
     let size = b.write(out, manifest)?;
@@ -772,6 +838,20 @@ pub fn is_bundle(path: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tail_keeps_the_latest_lines_under_its_cap() {
+        let mut t = Tail::new(10);
+        for l in ["aaa", "bbb", "ccc"] {
+            t.push(l);
+        }
+        // 3 lines of 4 bytes: the oldest goes.
+        assert_eq!(t.bytes(), b"bbb\nccc\n");
+        assert_eq!(t.dropped, 1);
+        t.push("a line longer than the cap");
+        assert_eq!(t.bytes(), b"bbb\nccc\n");
+        assert_eq!(t.dropped, 2);
+    }
 
     /// A bundle from a newer watchdog: `replay` says which one it needs,
     /// before reading its recording.

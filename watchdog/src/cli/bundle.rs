@@ -111,7 +111,7 @@ pub fn run(a: BundleArgs) -> anyhow::Result<ExitCode> {
             node: &node,
             trigger: "manual".into(),
             window: Window { start, end },
-            records,
+            records: &records,
             recording: Some(&recording),
             named: &named,
             journal_dirs: &journal_dirs,

@@ -343,10 +343,11 @@ impl<W: std::io::Write> Sink for Terminal<W> {
                 use crate::bundle::auto::BundleStatus;
                 match (b.status, &b.path) {
                     (BundleStatus::Written, Some(path)) => format!(
-                        "[{}] bundle  {path} ({:.1} KiB; {}) for {}{}\n",
+                        "[{}] bundle  {path} ({:.1} KiB; {}; {} ms) for {}{}\n",
                         b.at.hms(),
                         b.size.unwrap_or(0) as f64 / 1024.0,
                         b.reason,
+                        b.took_ms,
                         b.finding,
                         if b.deleted.is_empty() {
                             String::new()
