@@ -79,6 +79,22 @@ fn start_bundle(
     (bundle, rest)
 }
 
+/// `watchdog replay --json` of a bundle (it must succeed): its records.
+fn replay_records(bundle: &Path) -> Vec<Value> {
+    let replay = Command::new(agent_bin())
+        .args(["replay", "--json"])
+        .arg(bundle)
+        .output()
+        .unwrap();
+    assert!(
+        replay.status.success(),
+        "replay of {}: {}",
+        bundle.display(),
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    json_records(&String::from_utf8_lossy(&replay.stdout))
+}
+
 /// A python process that blocks reading the hung FUSE file (extra
 /// arguments and environment are the caller's).
 fn fuse_reader(fuse: &HangingFuse) -> Command {
@@ -117,21 +133,8 @@ fn bundle_of_a_fuse_hang_holds_the_evidence_and_no_secret() {
     assert_eq!(mode & 0o777, 0o600, "the bundle is readable by root only");
 
     // Replay straight from the archive.
-    let replay = Command::new(agent_bin())
-        .args(["replay", "--json"])
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(
-        replay.status.success(),
-        "{}",
-        String::from_utf8_lossy(&replay.stderr)
-    );
     let mp = fuse.mount_point().to_string_lossy().into_owned();
-    let records: Vec<Value> = String::from_utf8_lossy(&replay.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
+    let records = replay_records(&out);
     assert!(
         records.iter().any(|v| v["type"] == "finding"
             && v["cause"] == "storage_hang"
@@ -478,22 +481,10 @@ fn trace_captures_a_bundle_when_a_finding_goes_active() {
         format!("finding {}", finding["id"].as_str().unwrap()),
         "{manifest}"
     );
-    let replay = Command::new(agent_bin())
-        .args(["replay", "--json"])
-        .arg(&path)
-        .output()
-        .unwrap();
     assert!(
-        replay.status.success(),
-        "{}",
-        String::from_utf8_lossy(&replay.stderr)
-    );
-    assert!(
-        json_records(&String::from_utf8_lossy(&replay.stdout))
-            .iter()
-            .any(|v| v["type"] == "finding"
-                && v["cause"] == "storage_hang"
-                && v["mount_point"] == mp.as_str()),
+        replay_records(&path).iter().any(|v| v["type"] == "finding"
+            && v["cause"] == "storage_hang"
+            && v["mount_point"] == mp.as_str()),
         "the bundle's recording replays to the finding"
     );
     drop(reader);

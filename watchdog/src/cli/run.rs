@@ -165,23 +165,17 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         match cfg.bundle.dir.clone() {
             None => agent::session(opts, &mut sinks).await,
             Some(dir) => {
-                let (node, journal_dirs, sockets) = super::trace::session_sources(&opts);
                 opts.outputs.push(format!("bundles {}", dir.display()));
-                let mut auto = crate::bundle::auto::AutoBundle::new(
-                    &mut sinks,
-                    crate::bundle::auto::AutoOptions {
-                        dir,
-                        min_interval: cfg.bundle.min_interval,
-                        max_total_bytes: cfg.bundle.max_total_mib << 20,
-                        root: opts.root.clone(),
-                        node,
-                        journal_dirs,
-                        sockets,
-                        // A replayable recording only when `record` is set
-                        // (the agent runs for weeks: no file of our own).
-                        recording: opts.record.clone(),
-                    },
+                // A replayable recording only when `record` is set (the
+                // agent runs for weeks: no file of our own).
+                let auto_opts = super::trace::auto_bundles(
+                    &opts,
+                    dir,
+                    cfg.bundle.min_interval,
+                    cfg.bundle.max_total_mib,
+                    opts.record.clone(),
                 );
+                let mut auto = crate::bundle::auto::AutoBundle::new(&mut sinks, auto_opts);
                 agent::session(opts, &mut auto).await
             }
         }

@@ -400,6 +400,27 @@ pub(super) fn session_sources(
     (node, journal_dirs, sockets)
 }
 
+/// The automatic bundles of this session (`trace --bundle-dir`, `[bundle]`).
+pub(super) fn auto_bundles(
+    opts: &TraceOptions,
+    dir: std::path::PathBuf,
+    min_interval: Duration,
+    max_total_mib: u64,
+    recording: Option<std::path::PathBuf>,
+) -> crate::bundle::auto::AutoOptions {
+    let (node, journal_dirs, sockets) = session_sources(opts);
+    crate::bundle::auto::AutoOptions {
+        dir,
+        min_interval,
+        max_total_bytes: max_total_mib << 20,
+        root: opts.root.clone(),
+        node,
+        journal_dirs,
+        sockets,
+        recording,
+    }
+}
+
 /// A new directory of our own in the temp directory, root only (never one
 /// that already exists: another user could have made it).
 pub(super) fn private_temp_dir(what: &str) -> anyhow::Result<std::path::PathBuf> {
@@ -442,20 +463,14 @@ pub fn run(cmd: TraceCmd) -> anyhow::Result<ExitCode> {
             r
         }
     };
-    let (node, journal_dirs, sockets) = session_sources(&opts);
-    let mut auto = crate::bundle::auto::AutoBundle::new(
-        sink.as_mut(),
-        crate::bundle::auto::AutoOptions {
-            dir,
-            min_interval: cmd.bundles.bundle_interval,
-            max_total_bytes: cmd.bundles.bundle_max_mib << 20,
-            root: opts.root.clone(),
-            node,
-            journal_dirs,
-            sockets,
-            recording: Some(recording),
-        },
+    let auto_opts = auto_bundles(
+        &opts,
+        dir,
+        cmd.bundles.bundle_interval,
+        cmd.bundles.bundle_max_mib,
+        Some(recording),
     );
+    let mut auto = crate::bundle::auto::AutoBundle::new(sink.as_mut(), auto_opts);
     let session = agent::trace(opts, &mut auto);
     if let Some(d) = own {
         let _ = std::fs::remove_dir_all(d);
