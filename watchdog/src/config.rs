@@ -136,6 +136,82 @@ pub struct RemediationSection {
     pub cgroup_prefix: Option<String>,
     /// Where enforce journals its actions.
     pub journal: PathBuf,
+    /// Per-cause ladders: `[remediation.ladder.pid_exhaustion]`.
+    pub ladder: std::collections::BTreeMap<crate::model::finding::Cause, LadderSection>,
+    /// No action touches a pod of these namespaces.
+    pub exclude_namespaces: Vec<String>,
+    /// No action on a node with one of these labels (`key` or `key=value`).
+    pub exclude_node_labels: Vec<String>,
+    /// No action before the node has been up this long.
+    #[serde(deserialize_with = "duration")]
+    pub min_uptime: Duration,
+    /// The cluster-wide budget (`[remediation.cluster]`).
+    pub cluster: ClusterSection,
+}
+
+/// `[remediation.cluster]`: at most K nodes remediating at once, through
+/// Leases used as a semaphore (`run` with an apiserver; see the README).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSection {
+    /// Where the slot Leases live.
+    pub lease_namespace: String,
+    /// K: at most this many nodes remediate at once...
+    pub max_nodes: u32,
+    /// ...and at most this percent of the pool (never below 1 node).
+    pub max_percent: u32,
+    /// The pool: nodes matching this label selector (default: every node).
+    pub pool_selector: Option<String>,
+    /// A holder that stops renewing loses its slot after this long.
+    #[serde(deserialize_with = "duration")]
+    pub lease_duration: Duration,
+    /// A slot is kept this long after the last action was verified.
+    #[serde(deserialize_with = "duration")]
+    pub release_delay: Duration,
+    /// At most `rate_max` slots taken cluster-wide per `rate_window`.
+    #[serde(deserialize_with = "duration")]
+    pub rate_window: Duration,
+    pub rate_max: u32,
+    /// Nothing acts while more than this many nodes (or percent of the
+    /// pool) show the same cause: a shared fault, not a node's.
+    pub breaker_nodes: u32,
+    pub breaker_percent: u32,
+    /// With the apiserver unreachable: node-local actions still run (under
+    /// `local_max_per_hour`); cluster-visible ones never do.
+    pub local_when_apiserver_down: bool,
+    pub local_max_per_hour: u32,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        Self {
+            lease_namespace: "kube-system".into(),
+            max_nodes: 1,
+            max_percent: 10,
+            pool_selector: None,
+            lease_duration: Duration::from_secs(60),
+            release_delay: Duration::from_secs(120),
+            rate_window: Duration::from_secs(3600),
+            rate_max: 5,
+            breaker_nodes: 3,
+            breaker_percent: 20,
+            local_when_apiserver_down: false,
+            local_max_per_hour: 1,
+        }
+    }
+}
+
+/// `[remediation.ladder.<cause>]`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LadderSection {
+    /// Action kinds in escalation order (the node-wide `cordon`, `taint`,
+    /// `escalate` included).
+    pub actions: Vec<crate::remediation::ActionKind>,
+    /// How long a finding of this cause stays active before the first rung
+    /// (default: `delay`).
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub confirm: Option<Duration>,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
@@ -159,6 +235,11 @@ impl Default for RemediationSection {
             scope: RemediationScope::Pods,
             cgroup_prefix: None,
             journal: PathBuf::from(crate::paths::REMEDIATION_JOURNAL),
+            ladder: Default::default(),
+            exclude_namespaces: Vec::new(),
+            exclude_node_labels: Vec::new(),
+            min_uptime: Duration::from_millis(p.min_uptime_ms),
+            cluster: Default::default(),
         }
     }
 }
@@ -174,6 +255,24 @@ impl RemediationSection {
             max_per_hour: self.max_per_hour,
             any_cgroup: self.scope == RemediationScope::Any,
             cgroup_prefix: self.cgroup_prefix.clone(),
+            ladders: self
+                .ladder
+                .iter()
+                .map(|(c, l)| {
+                    (
+                        *c,
+                        crate::remediation::policy::Ladder {
+                            actions: l.actions.clone(),
+                            confirm_ms: l.confirm.map(|d| d.as_millis() as u64),
+                        },
+                    )
+                })
+                .collect(),
+            exclude_namespaces: self.exclude_namespaces.clone(),
+            exclude_node_labels: self.exclude_node_labels.clone(),
+            node_labels: None,
+            min_uptime_ms: self.min_uptime.as_millis() as u64,
+            booted_at: None,
         }
     }
 }

@@ -17,6 +17,7 @@ pub const PID_MAX: &str = "proc/sys/kernel/pid_max";
 pub const OSRELEASE: &str = "proc/sys/kernel/osrelease";
 pub const HOSTNAME: &str = "proc/sys/kernel/hostname";
 pub const BOOT_ID: &str = "proc/sys/kernel/random/boot_id";
+pub const UPTIME: &str = "proc/uptime";
 /// The remediation journal (`--remediation-journal`, `[remediation] journal`).
 pub const REMEDIATION_JOURNAL: &str = "/var/lib/watchdog/remediation.jsonl";
 /// Where the pids hierarchy is mounted on cgroup v1 and v2 hosts when

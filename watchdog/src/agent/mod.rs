@@ -67,6 +67,9 @@ pub struct TraceOptions {
     pub remediation: crate::remediation::PolicyConfig,
     /// Where enforce journals its actions.
     pub remediation_journal: PathBuf,
+    /// The cluster's remediation budget (`run` with an apiserver); None:
+    /// the node's own budget, nothing cluster-visible.
+    pub remediation_budget: crate::remediation::coordinator::BudgetSlot,
 }
 
 impl Default for TraceOptions {
@@ -87,6 +90,7 @@ impl Default for TraceOptions {
             dbus: Some(crate::dbus::options::DbusOptions::default()),
             remediation: crate::remediation::PolicyConfig::default(),
             remediation_journal: PathBuf::from(paths::REMEDIATION_JOURNAL),
+            remediation_budget: Default::default(),
         }
     }
 }
@@ -95,15 +99,19 @@ impl Default for TraceOptions {
 /// journal (this boot's earlier actions restored). A journal that cannot be
 /// opened leaves remediation in dry-run, said on stderr: nothing may act
 /// without its intent on disk.
-fn remediator(opts: &TraceOptions) -> Option<crate::remediation::Remediator> {
-    use crate::remediation::{Journal, Mode, NodeExecutor, PolicyConfig, Remediator};
+fn remediator(opts: &mut TraceOptions) -> Option<crate::remediation::Remediator> {
+    use crate::remediation::{Journal, Mode, NodeExecutor, NodeOnly, PolicyConfig, Remediator};
     let mut cfg = opts.remediation.clone();
     if cfg.mode == Mode::Off {
         return None;
     }
     let executor = Box::new(NodeExecutor::new(&opts.root));
+    let budget = opts
+        .remediation_budget
+        .take()
+        .unwrap_or_else(|| Box::new(NodeOnly));
     if cfg.mode != Mode::Enforce {
-        return Some(Remediator::new(cfg, executor));
+        return Some(Remediator::new(cfg, executor).with_budget(budget));
     }
     let reader = crate::context::procfs::ProcReader::new(&opts.root);
     let boot_id = reader
@@ -118,7 +126,11 @@ fn remediator(opts: &TraceOptions) -> Option<crate::remediation::Remediator> {
                     journal.path().display()
                 );
             }
-            Some(Remediator::new(cfg, executor).with_journal(journal, &taken))
+            Some(
+                Remediator::new(cfg, executor)
+                    .with_budget(budget)
+                    .with_journal(journal, &taken),
+            )
         }
         Err(e) => {
             tracing::warn!("remediation stays in dry-run: {e}");
@@ -126,9 +138,24 @@ fn remediator(opts: &TraceOptions) -> Option<crate::remediation::Remediator> {
                 mode: Mode::DryRun,
                 ..cfg
             };
-            Some(Remediator::new(cfg, executor))
+            Some(Remediator::new(cfg, executor).with_budget(budget))
         }
     }
+}
+
+/// When the node booted: now less /proc/uptime (the policy's minimum
+/// uptime is measured from it).
+fn booted_at(root: &std::path::Path, now: Time) -> Option<Time> {
+    let reader = crate::context::procfs::ProcReader::new(root);
+    let up: f64 = reader
+        .read_trim(&reader.rooted(paths::UPTIME))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(Time::from_millis(
+        now.0.saturating_sub((up * 1000.0) as u64),
+    ))
 }
 
 /// Run a tracing session until its duration ends or a signal arrives.
@@ -299,8 +326,11 @@ fn drops(probes: &Probes, counters: &Counters, sources: u64, storage: bool) -> D
 }
 
 /// The session loop, on the current runtime: probes, context, engine, sinks.
-pub async fn session(opts: TraceOptions, sink: &mut dyn Sink) -> anyhow::Result<Summary> {
+pub async fn session(mut opts: TraceOptions, sink: &mut dyn Sink) -> anyhow::Result<Summary> {
     let started = Time::now();
+    if opts.remediation.booted_at.is_none() {
+        opts.remediation.booted_at = booted_at(&opts.root, started);
+    }
     let started_at = Instant::now();
     let layout = KernelLayout::from_btf(std::path::Path::new(paths::KERNEL_BTF));
     let (wanted, standby): (&[_], &[_]) = match opts.fork_probe {
@@ -436,7 +466,7 @@ pub async fn session(opts: TraceOptions, sink: &mut dyn Sink) -> anyhow::Result<
         })?),
         None => None,
     };
-    let remediation = remediator(&opts);
+    let remediation = remediator(&mut opts);
     let mut diag = Diagnoser::new(engine, recorder).with_remediation(remediation);
     for call in adopted {
         diag.observe(Observation::SocketCall(call), sink);

@@ -818,6 +818,8 @@ fn refresh(f: &mut Finding, t: &Counts) {
         if let Some(p) = &d.pod {
             actions.push(RemedyAction::EvictPod {
                 pod_uid: p.pod_uid.clone(),
+                namespace: p.namespace.clone(),
+                name: p.name.clone(),
             });
         }
         remedy = Remedy::new(remedy_text(d.limit, &owner, &d.top_consumers), actions);

@@ -31,7 +31,7 @@ pub fn describe(action: &RemedyAction) -> String {
         RemedyAction::KillContainer { cgroup } => {
             format!("kill every task of cgroup {cgroup}")
         }
-        RemedyAction::EvictPod { pod_uid } => format!("evict pod {pod_uid}"),
+        RemedyAction::EvictPod { .. } => format!("evict {}", action.target()),
         RemedyAction::AbortFuse { mount_point, dev } => {
             format!("abort FUSE connection {dev} of {mount_point}")
         }
@@ -40,6 +40,11 @@ pub fn describe(action: &RemedyAction) -> String {
             format!("re-execute the systemd serving {socket}")
         }
         RemedyAction::KillProcess { pid, comm } => format!("kill process {pid} ({comm})"),
+        RemedyAction::Cordon => "cordon the node (spec.unschedulable)".into(),
+        RemedyAction::Taint => "taint the node NoSchedule".into(),
+        RemedyAction::Escalate => {
+            "set the node condition WatchdogRemediationFailed for a node-repair controller".into()
+        }
     }
 }
 

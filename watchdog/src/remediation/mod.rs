@@ -7,17 +7,20 @@
 //! re-checks the target just before acting, then acts. Every step is a
 //! `remediation` record: planned, skipped (with the reason), started,
 //! succeeded, failed, verified (the finding resolved after it).
+use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
 
 use serde::Serialize;
 
 use crate::model::Time;
-use crate::model::finding::{Cause, Finding, FindingId, RemedyAction};
+use crate::model::finding::{Cause, Finding, FindingId, FindingStatus, RemedyAction};
 
+pub mod coordinator;
 pub mod exec;
 pub mod journal;
 pub mod policy;
 
+pub use coordinator::{Admission, Budget, ClusterAction, NodeOnly};
 pub use exec::{Executor, NodeExecutor, ReplayExecutor};
 pub use journal::Journal;
 pub use policy::{Decision, Policy, PolicyConfig, Step};
@@ -70,17 +73,32 @@ pub enum ActionKind {
     ForceUnmount,
     ReexecSystemd,
     KillProcess,
+    Cordon,
+    Taint,
+    Escalate,
 }
 
 impl ActionKind {
-    pub const ALL: [ActionKind; 6] = [
+    pub const ALL: [ActionKind; 9] = [
         Self::KillContainer,
         Self::EvictPod,
         Self::AbortFuse,
         Self::ForceUnmount,
         Self::ReexecSystemd,
         Self::KillProcess,
+        Self::Cordon,
+        Self::Taint,
+        Self::Escalate,
     ];
+
+    /// Seen by the whole cluster (through the apiserver): never taken
+    /// without a slot of the cluster's remediation budget.
+    pub fn cluster_visible(self) -> bool {
+        matches!(
+            self,
+            Self::EvictPod | Self::Cordon | Self::Taint | Self::Escalate
+        )
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -90,6 +108,9 @@ impl ActionKind {
             Self::ForceUnmount => "force_unmount",
             Self::ReexecSystemd => "reexec_systemd",
             Self::KillProcess => "kill_process",
+            Self::Cordon => "cordon",
+            Self::Taint => "taint",
+            Self::Escalate => "escalate",
         }
     }
 
@@ -97,12 +118,14 @@ impl ActionKind {
     /// built yet); None when it can.
     pub fn unavailable(self) -> Option<&'static str> {
         match self {
-            Self::KillContainer | Self::AbortFuse => None,
+            Self::KillContainer
+            | Self::AbortFuse
+            | Self::EvictPod
+            | Self::Cordon
+            | Self::Taint
+            | Self::Escalate => None,
             Self::KillProcess => Some(
                 "no executor: no finding names a single process to kill yet (kill_process is not built)",
-            ),
-            Self::EvictPod => Some(
-                "no executor: evict_pod (Eviction API) is not built yet; evict the pod by hand",
             ),
             Self::ForceUnmount => Some(
                 "no executor: force_unmount is not built yet; run `umount -f` on the mount by hand",
@@ -138,6 +161,9 @@ impl RemedyAction {
             Self::ForceUnmount { .. } => ActionKind::ForceUnmount,
             Self::ReexecSystemd { .. } => ActionKind::ReexecSystemd,
             Self::KillProcess { .. } => ActionKind::KillProcess,
+            Self::Cordon => ActionKind::Cordon,
+            Self::Taint => ActionKind::Taint,
+            Self::Escalate => ActionKind::Escalate,
         }
     }
 
@@ -145,13 +171,21 @@ impl RemedyAction {
     pub fn target(&self) -> String {
         match self {
             Self::KillContainer { cgroup } => format!("cgroup {cgroup}"),
-            Self::EvictPod { pod_uid } => format!("pod {pod_uid}"),
+            Self::EvictPod {
+                pod_uid,
+                namespace: Some(ns),
+                name: Some(name),
+            } => format!("pod {ns}/{name} (uid {pod_uid})"),
+            Self::EvictPod { pod_uid, .. } => format!("pod {pod_uid}"),
             Self::AbortFuse { mount_point, dev } => {
                 format!("fuse connection {dev} ({mount_point})")
             }
             Self::ForceUnmount { mount_point } => format!("mount {mount_point}"),
             Self::ReexecSystemd { socket } => format!("systemd serving {socket}"),
             Self::KillProcess { pid, comm } => format!("process {pid} ({comm})"),
+            Self::Cordon => "node scheduling".into(),
+            Self::Taint => "node taints".into(),
+            Self::Escalate => "node condition WatchdogRemediationFailed".into(),
         }
     }
 }
@@ -165,6 +199,9 @@ pub enum StepStatus {
     Succeeded,
     Failed,
     Verified,
+    /// What an action of watchdog's own did was undone (an uncordon after
+    /// its cordon, its taint removed) once the finding resolved.
+    Undone,
 }
 
 impl StepStatus {
@@ -176,6 +213,7 @@ impl StepStatus {
             Self::Succeeded => "succeeded",
             Self::Failed => "failed",
             Self::Verified => "verified",
+            Self::Undone => "undone",
         }
     }
 }
@@ -198,8 +236,28 @@ pub struct RemediationRecord {
 pub struct Remediator {
     policy: Policy,
     executor: Box<dyn Executor>,
+    /// The budget actions run under (enforce): the node's own, or a slot of
+    /// the cluster's.
+    budget: Box<dyn Budget>,
     /// Where intents and outcomes go before and after acting (enforce).
     journal: Option<Journal>,
+    /// Cluster-visible actions started and not finished, by ticket.
+    pending: BTreeMap<u64, Pending>,
+    next_ticket: u64,
+    /// Node-wide changes of watchdog's own (a cordon, a taint) and the
+    /// findings they were made for: undone when the last one resolves.
+    undoable: BTreeMap<ActionKind, (RemedyAction, BTreeSet<FindingId>)>,
+}
+
+/// A step whose action runs through the apiserver.
+struct Pending {
+    at: Time,
+    finding: FindingId,
+    cause: Cause,
+    action: RemedyAction,
+    budget: String,
+    /// An undo (its success is `undone`).
+    undo: bool,
 }
 
 impl Remediator {
@@ -207,8 +265,18 @@ impl Remediator {
         Self {
             policy: Policy::new(cfg),
             executor,
+            budget: Box::new(NodeOnly),
             journal: None,
+            pending: BTreeMap::new(),
+            next_ticket: 1,
+            undoable: BTreeMap::new(),
         }
+    }
+
+    /// Actions run under `budget` (the cluster's) instead of the node's own.
+    pub fn with_budget(mut self, budget: Box<dyn Budget>) -> Self {
+        self.budget = budget;
+        self
     }
 
     /// Journal every action; `taken` (this boot's actions already in it)
@@ -225,12 +293,175 @@ impl Remediator {
 
     pub fn on_finding(&mut self, f: &Finding) -> Vec<RemediationRecord> {
         let steps = self.policy.on_finding(f);
-        self.run(steps)
+        let mut out = self.run(steps);
+        if f.status == FindingStatus::Resolved {
+            let now = f.resolved_at.unwrap_or(f.last_seen);
+            self.budget.finished(&f.id, now);
+            out.extend(self.undo_for(f, now));
+        }
+        out
     }
 
     pub fn tick(&mut self, now: Time) -> Vec<RemediationRecord> {
+        let mut out = self.finish_pending(now);
         let steps = self.policy.tick(now);
-        self.run(steps)
+        out.extend(self.run(steps));
+        out
+    }
+
+    fn budget_text(&self, policy: &str) -> String {
+        match self.budget.describe() {
+            Some(b) => format!("{policy}; {b}"),
+            None => policy.to_string(),
+        }
+    }
+
+    fn journal(
+        &mut self,
+        at: Time,
+        finding: &FindingId,
+        action: &RemedyAction,
+        status: StepStatus,
+        detail: &str,
+    ) -> Result<(), String> {
+        match self.journal.as_mut() {
+            Some(j) => j.append(
+                at,
+                &finding.to_string(),
+                action.kind().name(),
+                &action.target(),
+                status.name(),
+                detail,
+            ),
+            None => Ok(()),
+        }
+    }
+
+    /// Outcomes of cluster-visible actions that finished since the last tick.
+    fn finish_pending(&mut self, now: Time) -> Vec<RemediationRecord> {
+        let mut out = Vec::new();
+        for o in self.budget.poll() {
+            let Some(p) = self.pending.remove(&o.ticket) else {
+                continue;
+            };
+            let (status, detail) = match (o.result, p.undo) {
+                (Ok(done), true) => (StepStatus::Undone, done),
+                (Ok(done), false) => {
+                    if matches!(p.action, RemedyAction::Cordon | RemedyAction::Taint) {
+                        self.undoable
+                            .entry(p.action.kind())
+                            .or_insert_with(|| (p.action.clone(), BTreeSet::new()))
+                            .1
+                            .insert(p.finding.clone());
+                    }
+                    (StepStatus::Succeeded, done)
+                }
+                (Err(why), undo) => {
+                    if !undo {
+                        self.policy.failed(&p.finding);
+                    }
+                    (StepStatus::Failed, why)
+                }
+            };
+            if let Err(e) = self.journal(now, &p.finding, &p.action, status, &detail) {
+                tracing::warn!("{e}");
+            }
+            out.push(RemediationRecord {
+                at: now.max(p.at),
+                finding: p.finding,
+                cause: p.cause,
+                action: p.action.kind(),
+                target: p.action.target(),
+                mode: self.mode(),
+                status,
+                reason: detail,
+                budget: p.budget,
+            });
+        }
+        out
+    }
+
+    /// The finding resolved: what watchdog changed on the node for it alone
+    /// (its cordon, its taint) is undone.
+    fn undo_for(&mut self, f: &Finding, now: Time) -> Vec<RemediationRecord> {
+        let mut out = Vec::new();
+        let kinds: Vec<ActionKind> = self.undoable.keys().copied().collect();
+        for kind in kinds {
+            let Some((action, findings)) = self.undoable.get_mut(&kind) else {
+                continue;
+            };
+            if !findings.remove(&f.id) || !findings.is_empty() {
+                continue;
+            }
+            let action = action.clone();
+            self.undoable.remove(&kind);
+            let ticket = self.next_ticket;
+            self.next_ticket += 1;
+            let budget = self.budget_text(&self.policy.budget_text());
+            let mode = self.mode();
+            let rec = |status, reason| RemediationRecord {
+                at: now,
+                finding: f.id.clone(),
+                cause: f.cause,
+                action: kind,
+                target: action.target(),
+                mode,
+                status,
+                reason,
+                budget: budget.clone(),
+            };
+            match self
+                .budget
+                .submit(ticket, &ClusterAction::Undo(action.clone()))
+            {
+                Ok(what) => {
+                    out.push(rec(StepStatus::Started, format!("undo: {what}")));
+                    self.pending.insert(
+                        ticket,
+                        Pending {
+                            at: now,
+                            finding: f.id.clone(),
+                            cause: f.cause,
+                            action,
+                            budget,
+                            undo: true,
+                        },
+                    );
+                }
+                Err(why) => out.push(rec(StepStatus::Failed, format!("undo: {why}"))),
+            }
+        }
+        out
+    }
+
+    /// The executor's re-check, or for an action through the apiserver,
+    /// whether one is there to take it.
+    fn recheck(&mut self, action: &RemedyAction) -> Result<String, String> {
+        if !action.kind().cluster_visible() {
+            return self.executor.recheck(action);
+        }
+        if self.budget.describe().is_none() {
+            return Err(format!(
+                "{} acts through the apiserver, and no cluster is configured (`watchdog run` in a cluster)",
+                action.kind().name()
+            ));
+        }
+        if let RemedyAction::EvictPod {
+            pod_uid,
+            namespace: None,
+            ..
+        }
+        | RemedyAction::EvictPod {
+            pod_uid,
+            name: None,
+            ..
+        } = action
+        {
+            return Err(format!(
+                "pod {pod_uid} has no name yet (the runtime has not named it): the Eviction API needs namespace/name"
+            ));
+        }
+        Ok(exec::describe(action))
     }
 
     fn run(&mut self, steps: Vec<Step>) -> Vec<RemediationRecord> {
@@ -238,6 +469,7 @@ impl Remediator {
         let mut out = Vec::new();
         let has_journal = self.journal.is_some();
         for s in steps {
+            let budget = self.budget_text(&s.budget);
             let rec = |status: StepStatus, reason: String| RemediationRecord {
                 at: s.at,
                 finding: s.finding.clone(),
@@ -247,26 +479,20 @@ impl Remediator {
                 mode,
                 status,
                 reason,
-                budget: s.budget.clone(),
-            };
-            let finding = s.finding.to_string();
-            let (action, target) = (s.action.kind().name(), s.action.target());
-            let mut journal = |status: StepStatus, detail: &str| -> Result<(), String> {
-                match self.journal.as_mut() {
-                    Some(j) => j.append(s.at, &finding, action, &target, status.name(), detail),
-                    None => Ok(()),
-                }
+                budget: budget.clone(),
             };
             match &s.decision {
                 Decision::Skip(why) => out.push(rec(StepStatus::Skipped, why.clone())),
                 Decision::Verified => {
                     let why = "the finding resolved after this action";
-                    if let Err(e) = journal(StepStatus::Verified, why) {
+                    if let Err(e) =
+                        self.journal(s.at, &s.finding, &s.action, StepStatus::Verified, why)
+                    {
                         tracing::warn!("{e}");
                     }
                     out.push(rec(StepStatus::Verified, why.into()));
                 }
-                Decision::Plan { allowed } => match self.executor.recheck(&s.action) {
+                Decision::Plan { allowed } => match self.recheck(&s.action) {
                     Ok(what) => out.push(rec(
                         StepStatus::Planned,
                         if *allowed {
@@ -288,43 +514,98 @@ impl Remediator {
                         "not run: enforce needs the remediation journal".into(),
                     ));
                 }
-                Decision::Execute => match self.executor.recheck(&s.action) {
-                    Err(why) => {
-                        if self.policy.recheck_failed(&s.finding, &s.action, s.at) {
-                            out.push(rec(
-                                StepStatus::Skipped,
-                                format!("re-check: {why} (tried again at every poll)"),
-                            ));
+                Decision::Execute => {
+                    let admitted = self.recheck(&s.action).and_then(|what| {
+                        match self
+                            .budget
+                            .admit(&s.finding, s.cause, s.action.kind(), s.at)
+                        {
+                            Admission::Go(under) => Ok((what, under)),
+                            Admission::Wait(why) => Err(format!("budget: {why}")),
                         }
-                    }
-                    Ok(what) => {
-                        self.policy.recheck_passed(&s.finding);
-                        // The intent is on disk before anything runs: a
-                        // restarted agent knows this action was taken.
-                        if let Err(e) = journal(StepStatus::Started, &what) {
-                            self.policy.failed(&s.finding);
-                            out.push(rec(
-                                StepStatus::Failed,
-                                format!("not run: the intent could not be journaled: {e}"),
-                            ));
+                    });
+                    let (what, under) = match admitted {
+                        Err(why) => {
+                            if self.policy.recheck_failed(&s.finding, &s.action, s.at) {
+                                out.push(rec(
+                                    StepStatus::Skipped,
+                                    format!("re-check: {why} (tried again at every poll)"),
+                                ));
+                            }
                             continue;
                         }
-                        out.push(rec(StepStatus::Started, what));
-                        let (status, detail) = match self.executor.execute(&s.action) {
-                            Ok(done) => (StepStatus::Succeeded, done),
+                        Ok(x) => x,
+                    };
+                    self.policy.recheck_passed(&s.finding);
+                    // The intent is on disk before anything runs: a
+                    // restarted agent knows this action was taken.
+                    if let Err(e) =
+                        self.journal(s.at, &s.finding, &s.action, StepStatus::Started, &what)
+                    {
+                        self.policy.failed(&s.finding);
+                        out.push(rec(
+                            StepStatus::Failed,
+                            format!("not run: the intent could not be journaled: {e}"),
+                        ));
+                        continue;
+                    }
+                    out.push(rec(
+                        StepStatus::Started,
+                        format!("{what} (under the {under})"),
+                    ));
+                    if s.action.kind().cluster_visible() {
+                        let ticket = self.next_ticket;
+                        self.next_ticket += 1;
+                        match self
+                            .budget
+                            .submit(ticket, &ClusterAction::Do(s.action.clone()))
+                        {
+                            Ok(_) => {
+                                self.pending.insert(
+                                    ticket,
+                                    Pending {
+                                        at: s.at,
+                                        finding: s.finding.clone(),
+                                        cause: s.cause,
+                                        action: s.action.clone(),
+                                        budget: budget.clone(),
+                                        undo: false,
+                                    },
+                                );
+                            }
                             Err(why) => {
                                 self.policy.failed(&s.finding);
-                                (StepStatus::Failed, why)
+                                if let Err(e) = self.journal(
+                                    s.at,
+                                    &s.finding,
+                                    &s.action,
+                                    StepStatus::Failed,
+                                    &why,
+                                ) {
+                                    tracing::warn!("{e}");
+                                }
+                                out.push(rec(StepStatus::Failed, why));
                             }
-                        };
-                        if let Err(e) = journal(status, &detail) {
-                            tracing::warn!("{e}");
                         }
-                        out.push(rec(status, detail));
+                        continue;
                     }
-                },
+                    let (status, detail) = match self.executor.execute(&s.action) {
+                        Ok(done) => (StepStatus::Succeeded, done),
+                        Err(why) => {
+                            self.policy.failed(&s.finding);
+                            (StepStatus::Failed, why)
+                        }
+                    };
+                    if let Err(e) = self.journal(s.at, &s.finding, &s.action, status, &detail) {
+                        tracing::warn!("{e}");
+                    }
+                    out.push(rec(status, detail));
+                }
             }
         }
         out
     }
 }
+
+#[cfg(test)]
+mod tests;

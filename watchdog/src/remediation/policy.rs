@@ -8,10 +8,18 @@
 //! finding has stayed active for the delay; the next one when the previous
 //! step did not resolve it within the step timeout. Every rung passes the
 //! same gates, in this order, and a refused rung says why in its record:
-//! an executor exists for the action; the target is in scope (by default
-//! `kill_container` acts only on the cgroups of Kubernetes pods); in
-//! `enforce` the action is allowed explicitly; the target is not cooling
-//! down from an earlier action; the node's hourly budget is not spent.
+//! an executor exists for the action; the node is not excluded by a label;
+//! the target is in scope (by default `kill_container` acts only on the
+//! cgroups of Kubernetes pods) and no pod it touches is in an excluded
+//! namespace; in `enforce` the action is allowed explicitly; the node has
+//! been up long enough; the target is not cooling down from an earlier
+//! action; the node's hourly budget is not spent.
+//!
+//! A cause's ladder is the finding's own actions unless the configuration
+//! gives one (`[remediation.ladder.<cause>]`): then it lists the action
+//! kinds in order, each rung taking the finding's targets of that kind, and
+//! may add the node-wide ones (`cordon`, `taint`, `escalate`), with a
+//! confirm time of its own instead of the delay.
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::model::Time;
@@ -39,6 +47,32 @@ pub struct PolicyConfig {
     pub any_cgroup: bool,
     /// `kill_container` only below this cgroup (`--remediation-cgroup-prefix`).
     pub cgroup_prefix: Option<String>,
+    /// Per-cause ladders (absent: the finding's own actions, after the delay).
+    pub ladders: BTreeMap<Cause, Ladder>,
+    /// No action touches a pod of these namespaces.
+    pub exclude_namespaces: Vec<String>,
+    /// No action at all on a node carrying one of these labels (`key` or
+    /// `key=value`).
+    pub exclude_node_labels: Vec<String>,
+    /// The node's labels as the agent read them from the apiserver at start
+    /// (None: unknown, e.g. no apiserver).
+    pub node_labels: Option<BTreeMap<String, String>>,
+    /// No action before the node has been up this long.
+    pub min_uptime_ms: u64,
+    /// When the node booted (the live agent fills it in from /proc/uptime;
+    /// None in recordings made before it existed: not checked).
+    pub booted_at: Option<Time>,
+}
+
+/// One cause's ladder (`[remediation.ladder.<cause>]`).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct Ladder {
+    /// The action kinds, in escalation order.
+    pub actions: Vec<ActionKind>,
+    /// How long a finding of this cause stays active before its first rung
+    /// (None: the policy's delay).
+    pub confirm_ms: Option<u64>,
 }
 
 impl Default for PolicyConfig {
@@ -52,6 +86,12 @@ impl Default for PolicyConfig {
             max_per_hour: 3,
             any_cgroup: false,
             cgroup_prefix: None,
+            ladders: BTreeMap::new(),
+            exclude_namespaces: Vec::new(),
+            exclude_node_labels: Vec::new(),
+            node_labels: None,
+            min_uptime_ms: 0,
+            booted_at: None,
         }
     }
 }
@@ -87,8 +127,11 @@ pub struct Step {
 struct Track {
     cause: Cause,
     first_seen: Time,
-    /// The latest actions the finding named (updates may name new targets).
+    /// The ladder's rungs from the latest actions the finding named
+    /// (updates may name new targets).
     actions: Vec<RemedyAction>,
+    /// The pods the finding names (uid, namespace once known).
+    pods: Vec<(String, Option<String>)>,
     /// The next rung to take.
     rung: usize,
     /// When the last rung was taken (planned or executed).
@@ -149,13 +192,19 @@ impl Policy {
                     cause: f.cause,
                     first_seen: f.first_seen,
                     actions: Vec::new(),
+                    pods: Vec::new(),
                     rung: 0,
                     last_step: None,
                     acted: None,
                     waiting: None,
                 });
-                if !f.remedy.actions.is_empty() {
-                    t.actions = f.remedy.actions.clone();
+                let rungs = rungs(self.cfg.ladders.get(&f.cause), &f.remedy.actions);
+                if !rungs.is_empty() {
+                    t.actions = rungs;
+                }
+                let pods = f.pods();
+                if !pods.is_empty() {
+                    t.pods = pods;
                 }
                 Vec::new()
             }
@@ -209,7 +258,13 @@ impl Policy {
             let Some(t) = self.tracks.get(id) else {
                 return;
             };
-            if now.millis_since(t.first_seen) < self.cfg.delay_ms {
+            let delay = self
+                .cfg
+                .ladders
+                .get(&t.cause)
+                .and_then(|l| l.confirm_ms)
+                .unwrap_or(self.cfg.delay_ms);
+            if now.millis_since(t.first_seen) < delay {
                 return;
             }
             if let Some(last) = t.last_step
@@ -221,7 +276,8 @@ impl Policy {
                 return;
             };
             let cause = t.cause;
-            match self.gate(&action, now) {
+            let pods = t.pods.clone();
+            match self.gate(&action, &pods, now) {
                 Gate::Pass => {
                     let decision = if self.cfg.mode == Mode::Enforce {
                         Decision::Execute
@@ -302,10 +358,29 @@ impl Policy {
         new
     }
 
-    fn gate(&self, action: &RemedyAction, now: Time) -> Gate {
+    fn gate(&self, action: &RemedyAction, pods: &[(String, Option<String>)], now: Time) -> Gate {
         let kind = action.kind();
         if let Some(why) = kind.unavailable() {
             return Gate::Refuse(why.into());
+        }
+        if !self.cfg.exclude_node_labels.is_empty() {
+            match &self.cfg.node_labels {
+                None => {
+                    return Gate::Refuse(
+                        "node labels unknown (no apiserver answered at start): the node-label exclusions cannot be checked".into(),
+                    );
+                }
+                Some(labels) => {
+                    if let Some(sel) = self
+                        .cfg
+                        .exclude_node_labels
+                        .iter()
+                        .find(|sel| label_matches(labels, sel))
+                    {
+                        return Gate::Refuse(format!("node excluded: it carries the label {sel}"));
+                    }
+                }
+            }
         }
         if let RemedyAction::KillContainer { cgroup } = action
             && !self.cfg.any_cgroup
@@ -323,11 +398,42 @@ impl Policy {
                 "out of scope: {cgroup} is not below the cgroup prefix {prefix}"
             ));
         }
+        if touches_pods(kind) && !self.cfg.exclude_namespaces.is_empty() {
+            if let Some((uid, ns)) = pods.iter().find(|(_, ns)| {
+                ns.as_ref()
+                    .is_some_and(|ns| self.cfg.exclude_namespaces.contains(ns))
+            }) {
+                return Gate::Refuse(format!(
+                    "excluded namespace: pod {uid} is in {}",
+                    ns.as_deref().unwrap_or_default()
+                ));
+            }
+            if let Some((uid, _)) = pods.iter().find(|(_, ns)| ns.is_none()) {
+                return Gate::Wait {
+                    key: format!("namespace {uid}"),
+                    reason: format!(
+                        "pod {uid}'s namespace is not known yet (the runtime has not named it): namespace exclusions are configured"
+                    ),
+                };
+            }
+        }
         if self.cfg.mode == Mode::Enforce && !self.cfg.allow.contains(&kind) {
             return Gate::Refuse(format!(
                 "not allowed: enforce runs only the actions allowed explicitly (--allow-actions {})",
                 kind.name()
             ));
+        }
+        if let Some(booted) = self.cfg.booted_at
+            && now.millis_since(booted) < self.cfg.min_uptime_ms
+        {
+            return Gate::Wait {
+                key: "uptime".into(),
+                reason: format!(
+                    "the node has been up {:.0} s, less than the minimum {:.0} s",
+                    now.secs_since(booted),
+                    self.cfg.min_uptime_ms as f64 / 1000.0
+                ),
+            };
         }
         if let Some(t) = self.cooldown.get(&action.target()) {
             let left = self.cfg.cooldown_ms.saturating_sub(now.millis_since(*t));
@@ -353,7 +459,7 @@ impl Policy {
         Gate::Pass
     }
 
-    fn budget_text(&self) -> String {
+    pub fn budget_text(&self) -> String {
         format!(
             "{} of {} actions this hour",
             self.taken.len(),
@@ -414,6 +520,44 @@ pub fn is_pod_cgroup(path: &str) -> bool {
             !u.is_empty() && u.chars().next().is_some_and(|c| c.is_ascii_hexdigit())
         })
     })
+}
+
+/// The rungs of a finding's ladder: its own actions, or the configured
+/// ladder's kinds in order, each taking the finding's targets of that kind
+/// (the node-wide kinds name the node).
+fn rungs(ladder: Option<&Ladder>, actions: &[RemedyAction]) -> Vec<RemedyAction> {
+    let Some(l) = ladder else {
+        return actions.to_vec();
+    };
+    l.actions
+        .iter()
+        .flat_map(|k| match k {
+            ActionKind::Cordon => vec![RemedyAction::Cordon],
+            ActionKind::Taint => vec![RemedyAction::Taint],
+            ActionKind::Escalate => vec![RemedyAction::Escalate],
+            k => actions.iter().filter(|a| a.kind() == *k).cloned().collect(),
+        })
+        .collect()
+}
+
+/// The actions that touch the finding's pods (their processes, or the
+/// mount they use): namespace exclusions apply to them.
+fn touches_pods(kind: ActionKind) -> bool {
+    matches!(
+        kind,
+        ActionKind::KillContainer
+            | ActionKind::EvictPod
+            | ActionKind::AbortFuse
+            | ActionKind::ForceUnmount
+    )
+}
+
+/// A node label selector (`key` or `key=value`) matches `labels`.
+pub fn label_matches(labels: &BTreeMap<String, String>, sel: &str) -> bool {
+    match sel.split_once('=') {
+        Some((k, v)) => labels.get(k.trim()).is_some_and(|x| x == v.trim()),
+        None => labels.contains_key(sel.trim()),
+    }
 }
 
 /// `path` is `prefix` or below it (whole components).

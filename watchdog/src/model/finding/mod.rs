@@ -162,14 +162,21 @@ impl Serialize for Remedy {
 }
 
 /// An action on the objects a finding names, in escalation order within a
-/// remedy. Node-wide actions (cordon, taint, escalate) apply to every cause
-/// and are not listed here.
+/// remedy. The node-wide actions (cordon, taint, escalate) name no object of
+/// the finding: detectors never list them; the policy adds them where a
+/// configured ladder asks for them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RemedyAction {
     /// Kill every task of the container cgroup that holds the PIDs.
     KillContainer { cgroup: String },
-    /// Evict the pod that holds the PIDs.
-    EvictPod { pod_uid: String },
+    /// Evict the pod that holds the PIDs (by namespace and name once the
+    /// runtime named it: the Eviction API needs them; the uid guards against
+    /// a re-created pod of the same name).
+    EvictPod {
+        pod_uid: String,
+        namespace: Option<String>,
+        name: Option<String>,
+    },
     /// Abort the FUSE connection of a hung mount (`major:minor` of the mount).
     AbortFuse { mount_point: String, dev: String },
     /// `umount -f` of a hung network mount.
@@ -178,6 +185,13 @@ pub enum RemedyAction {
     ReexecSystemd { socket: String },
     /// Kill a runtime process stuck in a call (runc, a shim).
     KillProcess { pid: u32, comm: String },
+    /// Mark the node unschedulable (undone only if watchdog set it).
+    Cordon,
+    /// Add the project's own NoSchedule taint (removed only by watchdog).
+    Taint,
+    /// Set a node condition that a node-repair controller (NHC, MHC, EKS
+    /// auto-repair) can act on; watchdog itself never reboots.
+    Escalate,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -240,6 +254,39 @@ pub struct Finding {
 }
 
 impl Finding {
+    /// The pods this finding names, as (uid, namespace once known): what a
+    /// remediation's namespace exclusions are checked against.
+    pub fn pods(&self) -> Vec<(String, Option<String>)> {
+        let mut out: Vec<(String, Option<String>)> = Vec::new();
+        let mut add = |uid: &str, ns: Option<&String>| match out.iter_mut().find(|(u, _)| u == uid)
+        {
+            Some((_, n)) if n.is_none() => *n = ns.cloned(),
+            Some(_) => {}
+            None => out.push((uid.to_string(), ns.cloned())),
+        };
+        match &self.detail {
+            Detail::Pid(d) => {
+                if let Some(p) = &d.pod {
+                    add(&p.pod_uid, p.namespace.as_ref());
+                }
+            }
+            Detail::Storage(d) => {
+                for p in &d.pods {
+                    add(&p.pod_uid, p.namespace.as_ref());
+                }
+                for c in &d.containers {
+                    if let Some(p) = &c.pod {
+                        add(&p.uid, Some(&p.namespace));
+                    } else if let Some(uid) = &c.pod_uid {
+                        add(uid, None);
+                    }
+                }
+            }
+            Detail::Runtime(_) | Detail::Systemd(_) => {}
+        }
+        out
+    }
+
     /// The reason of the node condition and Event while it is active: what
     /// exactly fired (CamelCase).
     pub fn problem_reason(&self) -> &'static str {

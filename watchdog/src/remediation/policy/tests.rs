@@ -1,4 +1,4 @@
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::*;
 use crate::model::finding::runtime::RuntimeDetail;
@@ -48,6 +48,8 @@ fn ladder(cgroup: &str) -> Vec<RemedyAction> {
         },
         RemedyAction::EvictPod {
             pod_uid: "0f1e".into(),
+            namespace: Some("shop".into()),
+            name: Some("cart-7d9".into()),
         },
     ]
 }
@@ -85,14 +87,12 @@ fn dry_run_is_the_default_and_plans_after_the_delay() {
         vec![(ActionKind::KillContainer, Decision::Plan { allowed: false })]
     );
     assert_eq!(s[0].budget, "1 of 3 actions this hour");
-    // Nothing more until the step timeout; then the next rung (evict_pod,
-    // which has no executor yet: skipped with the reason).
+    // Nothing more until the step timeout; then the next rung (evict_pod).
     assert!(p.tick(t(60_000 + 119_999)).is_empty());
     let s = p.tick(t(180_000));
-    assert_eq!(s.len(), 1);
-    assert!(
-        matches!(&s[0].decision, Decision::Skip(r) if r.contains("evict_pod")),
-        "{s:?}"
+    assert_eq!(
+        decisions(&s),
+        vec![(ActionKind::EvictPod, Decision::Plan { allowed: false })]
     );
     // The ladder is done: silence.
     assert!(p.tick(t(900_000)).is_empty());
@@ -337,4 +337,207 @@ fn only_real_pod_cgroups_are_pods() {
     assert!(!is_pod_cgroup("/kubepods-x/podman.service"));
     assert!(!is_pod_cgroup("/system.slice/kubepods-helper/pod"));
     assert!(is_pod_cgroup("/kubepods.slice/kubepods-pod0f1e.slice"));
+}
+
+/// A storage finding on a FUSE mount naming pods (uid, namespace if known).
+fn storage_finding(status: FindingStatus, at_ms: u64, pods: &[(&str, Option<&str>)]) -> Finding {
+    use crate::model::WaitClass;
+    use crate::model::finding::storage::StorageDetail;
+    use crate::model::pod::{CgroupDriver, PodRef};
+    let mut f = finding(status, 0, at_ms, Vec::new());
+    f.cause = Cause::StorageHang;
+    f.id = FindingId::new(Cause::StorageHang, "/mnt/fuse");
+    f.remedy = Remedy::new(
+        "",
+        vec![RemedyAction::AbortFuse {
+            mount_point: "/mnt/fuse".into(),
+            dev: "0:52".into(),
+        }],
+    );
+    f.detail = Detail::Storage(StorageDetail {
+        mount_point: "/mnt/fuse".into(),
+        fs_type: Some("fuse".into()),
+        source: None,
+        dev: Some("0:52".into()),
+        wait: WaitClass::Fuse,
+        blocked: Vec::new(),
+        blocked_total: 1,
+        unkillable: 1,
+        stack: Vec::new(),
+        containers: Vec::new(),
+        pods: pods
+            .iter()
+            .map(|(uid, ns)| PodRef {
+                pod_uid: uid.to_string(),
+                qos: "burstable".into(),
+                container_id: None,
+                runtime: None,
+                driver: CgroupDriver::Cgroupfs,
+                namespace: ns.map(str::to_string),
+                name: ns.map(|_| "web-0".to_string()),
+                container_name: None,
+            })
+            .collect(),
+        processes: Vec::new(),
+    });
+    f
+}
+
+#[test]
+fn a_configured_ladder_orders_the_rungs_adds_node_actions_and_has_its_own_confirm_time() {
+    let mut cfg = PolicyConfig::default();
+    cfg.ladders.insert(
+        Cause::PidExhaustion,
+        Ladder {
+            actions: vec![
+                ActionKind::EvictPod,
+                ActionKind::Cordon,
+                ActionKind::Escalate,
+            ],
+            confirm_ms: Some(5_000),
+        },
+    );
+    let mut p = Policy::new(PolicyConfig {
+        max_per_hour: 10,
+        ..cfg
+    });
+    p.on_finding(&finding(FindingStatus::Active, 0, 0, ladder(POD_CG)));
+    assert!(
+        p.tick(t(4_999)).is_empty(),
+        "before the cause's confirm time"
+    );
+    // kill_container is not in this ladder: the first rung is evict_pod.
+    let s = p.tick(t(5_000));
+    assert_eq!(
+        decisions(&s),
+        vec![(ActionKind::EvictPod, Decision::Plan { allowed: false })]
+    );
+    assert_eq!(
+        s[0].action.target(),
+        "pod shop/cart-7d9 (uid 0f1e)",
+        "the Eviction API's names travel with the action"
+    );
+    let s = p.tick(t(5_000 + 120_000));
+    assert_eq!(
+        decisions(&s),
+        vec![(ActionKind::Cordon, Decision::Plan { allowed: false })]
+    );
+    let s = p.tick(t(5_000 + 240_000));
+    assert_eq!(
+        decisions(&s),
+        vec![(ActionKind::Escalate, Decision::Plan { allowed: false })]
+    );
+    assert!(p.tick(t(5_000 + 360_000)).is_empty(), "the ladder is done");
+    // Causes without a ladder keep the finding's own actions and the delay.
+    let mut p = Policy::new(PolicyConfig::default());
+    p.on_finding(&storage_finding(FindingStatus::Active, 0, &[]));
+    assert!(p.tick(t(59_999)).is_empty());
+    assert_eq!(
+        decisions(&p.tick(t(60_000))),
+        vec![(ActionKind::AbortFuse, Decision::Plan { allowed: false })]
+    );
+}
+
+#[test]
+fn excluded_namespaces_are_never_touched_and_unknown_ones_wait_for_their_names() {
+    let cfg = PolicyConfig {
+        exclude_namespaces: vec!["kube-system".into()],
+        ..PolicyConfig::default()
+    };
+    // A pod of kube-system uses the mount: aborting it would hit that pod.
+    let mut p = Policy::new(cfg.clone());
+    p.on_finding(&storage_finding(
+        FindingStatus::Active,
+        0,
+        &[("aa11", Some("shop")), ("bb22", Some("kube-system"))],
+    ));
+    let s = p.tick(t(60_000));
+    assert!(
+        matches!(&s[..], [Step { decision: Decision::Skip(r), .. }] if r == "excluded namespace: pod bb22 is in kube-system"),
+        "{s:?}"
+    );
+    // Namespace not known yet: wait (said once), then act once it is named.
+    let mut p = Policy::new(cfg);
+    p.on_finding(&storage_finding(
+        FindingStatus::Active,
+        0,
+        &[("aa11", None)],
+    ));
+    let s = p.tick(t(60_000));
+    assert!(
+        matches!(&s[..], [Step { decision: Decision::Skip(r), .. }] if r.contains("pod aa11's namespace is not known yet")),
+        "{s:?}"
+    );
+    assert!(p.tick(t(61_000)).is_empty(), "the same wait is said once");
+    p.on_finding(&storage_finding(
+        FindingStatus::Update,
+        62_000,
+        &[("aa11", Some("shop"))],
+    ));
+    assert_eq!(
+        decisions(&p.tick(t(62_000))),
+        vec![(ActionKind::AbortFuse, Decision::Plan { allowed: false })]
+    );
+}
+
+#[test]
+fn node_label_exclusions_need_the_labels_and_refuse_a_labelled_node() {
+    let labels = |kv: &[(&str, &str)]| {
+        Some(
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>(),
+        )
+    };
+    let cfg = PolicyConfig {
+        exclude_node_labels: vec![
+            "watchdog.io/remediation=disabled".into(),
+            "node-role.kubernetes.io/control-plane".into(),
+        ],
+        ..PolicyConfig::default()
+    };
+    let run = |node_labels| {
+        let mut p = Policy::new(PolicyConfig {
+            node_labels,
+            ..cfg.clone()
+        });
+        p.on_finding(&storage_finding(FindingStatus::Active, 0, &[]));
+        p.tick(t(60_000))
+    };
+    let s = run(None);
+    assert!(
+        matches!(&s[..], [Step { decision: Decision::Skip(r), .. }] if r.contains("node labels unknown")),
+        "{s:?}"
+    );
+    let s = run(labels(&[("node-role.kubernetes.io/control-plane", "")]));
+    assert!(
+        matches!(&s[..], [Step { decision: Decision::Skip(r), .. }] if r == "node excluded: it carries the label node-role.kubernetes.io/control-plane"),
+        "{s:?}"
+    );
+    let s = run(labels(&[("watchdog.io/remediation", "enabled")]));
+    assert_eq!(
+        decisions(&s),
+        vec![(ActionKind::AbortFuse, Decision::Plan { allowed: false })],
+        "another value of the label is not excluded"
+    );
+}
+
+#[test]
+fn nothing_acts_before_the_minimum_uptime() {
+    let mut p = Policy::new(PolicyConfig {
+        min_uptime_ms: 600_000,
+        booted_at: Some(t(0)),
+        ..PolicyConfig::default()
+    });
+    p.on_finding(&storage_finding(FindingStatus::Active, 0, &[]));
+    let s = p.tick(t(60_000));
+    assert!(
+        matches!(&s[..], [Step { decision: Decision::Skip(r), .. }] if r == "the node has been up 60 s, less than the minimum 600 s"),
+        "{s:?}"
+    );
+    assert!(p.tick(t(300_000)).is_empty(), "said once");
+    assert_eq!(
+        decisions(&p.tick(t(600_000))),
+        vec![(ActionKind::AbortFuse, Decision::Plan { allowed: false })]
+    );
 }

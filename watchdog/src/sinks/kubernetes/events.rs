@@ -95,7 +95,8 @@ impl EventQueue {
             StepStatus::Planned
             | StepStatus::Skipped
             | StepStatus::Succeeded
-            | StepStatus::Verified => false,
+            | StepStatus::Verified
+            | StepStatus::Undone => false,
         };
         let reason = format!("{}{}", pascal(r.action.name()), pascal(r.status.name()));
         let note = format!(
