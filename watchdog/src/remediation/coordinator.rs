@@ -8,6 +8,8 @@
 //! the cluster lets this node act now is asked here, like the executor's
 //! re-check: a refusal is temporary (retried at every poll, recorded once),
 //! and nothing is charged.
+use std::collections::BTreeMap;
+
 use crate::model::Time;
 use crate::model::finding::{Cause, FindingId, RemedyAction};
 
@@ -115,5 +117,529 @@ impl Budget for NodeOnly {
 
     fn describe(&self) -> Option<String> {
         None
+    }
+}
+
+/// The apiserver side of the cluster budget, as [`ClusterBudget`]'s driver
+/// uses it (`cluster::Kube` on a real apiserver; fakes in tests). Every call
+/// has its own deadline inside.
+pub trait ClusterOps {
+    /// Take a free slot (or keep ours). `why` is shown on the Lease.
+    fn acquire(&mut self, why: &str) -> impl std::future::Future<Output = Acquire>;
+    /// Renew our slot. Err: it is lost (taken over, or unreachable past its
+    /// expiry): stop acting.
+    fn renew(&mut self) -> impl std::future::Future<Output = Result<(), String>>;
+    /// Give our slot back.
+    fn release(&mut self) -> impl std::future::Future<Output = Result<(), String>>;
+    /// The breaker for `cause`: Ok(Some(why)) while too many nodes show it.
+    fn breaker(
+        &mut self,
+        cause: Cause,
+    ) -> impl std::future::Future<Output = Result<Option<String>, String>>;
+    /// Run a cluster-visible action (or its undo).
+    fn act(
+        &mut self,
+        action: &ClusterAction,
+    ) -> impl std::future::Future<Output = Result<String, String>>;
+}
+
+/// What asking for a slot gave.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Acquire {
+    /// We hold this slot (its text, e.g. "slot watchdog-remediation-1 of 2").
+    Held(String),
+    /// No slot free, or the rate window is full: why, with the holders.
+    Busy(String),
+    /// The apiserver did not answer (or failed): no lease.
+    Unreachable(String),
+}
+
+/// Shared between the remediator's thread (admit/submit/poll) and the
+/// driver task.
+#[derive(Default)]
+struct State {
+    /// Findings that asked for the budget, with their cause and when.
+    wanting: BTreeMap<FindingId, (Cause, tokio::time::Instant)>,
+    /// When the last wanting finding finished (the release delay runs from it).
+    idle_since: Option<tokio::time::Instant>,
+    held: Option<String>,
+    /// Why there is no slot (the last refusal), or that none was asked yet.
+    refusal: Option<String>,
+    unreachable: bool,
+    /// Open breakers, by cause.
+    breakers: BTreeMap<Cause, String>,
+    queue: Vec<(u64, ClusterAction)>,
+    done: Vec<Outcome>,
+    /// Node-local actions admitted while the apiserver was unreachable.
+    local_taken: std::collections::VecDeque<tokio::time::Instant>,
+}
+
+/// How the cluster budget behaves (from `[remediation.cluster]`).
+#[derive(Clone, Debug)]
+pub struct ClusterPolicy {
+    pub release_delay: std::time::Duration,
+    /// How often the driver renews a held slot (a third of its duration).
+    pub renew_every: std::time::Duration,
+    /// A finding that stopped asking for this long no longer holds a slot.
+    pub want_expires: std::time::Duration,
+    pub local_when_apiserver_down: bool,
+    pub local_max_per_hour: u32,
+}
+
+/// The cluster budget: the remediator's side of it. Cheap and synchronous:
+/// it reads what the driver task last saw and queues work for it.
+pub struct ClusterBudget {
+    state: Arc<Mutex<State>>,
+    notify: Arc<tokio::sync::Notify>,
+    policy: ClusterPolicy,
+}
+
+use std::sync::{Arc, Mutex};
+
+impl ClusterBudget {
+    /// The budget and its driver (spawn the driver on the agent's runtime).
+    pub fn new<O: ClusterOps>(
+        ops: O,
+        policy: ClusterPolicy,
+    ) -> (Self, impl std::future::Future<Output = ()>) {
+        let state = Arc::new(Mutex::new(State::default()));
+        let notify = Arc::new(tokio::sync::Notify::new());
+        let driver = drive(ops, state.clone(), notify.clone(), policy.clone());
+        (
+            Self {
+                state,
+                notify,
+                policy,
+            },
+            driver,
+        )
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Budget for ClusterBudget {
+    fn admit(&mut self, finding: &FindingId, cause: Cause, kind: ActionKind, _: Time) -> Admission {
+        let now = tokio::time::Instant::now();
+        let policy = self.policy.clone();
+        let mut s = self.state();
+        s.wanting.insert(finding.clone(), (cause, now));
+        s.idle_since = None;
+        let answer = if let Some(why) = s.breakers.get(&cause) {
+            Admission::Wait(format!("breaker open: {why}"))
+        } else if let Some(slot) = &s.held {
+            Admission::Go(format!("cluster {slot}"))
+        } else if s.unreachable {
+            let why = s
+                .refusal
+                .clone()
+                .unwrap_or_else(|| "apiserver unreachable".into());
+            while s
+                .local_taken
+                .front()
+                .is_some_and(|t| now.duration_since(*t).as_secs() >= 3600)
+            {
+                s.local_taken.pop_front();
+            }
+            if kind.cluster_visible() || !policy.local_when_apiserver_down {
+                Admission::Wait(format!(
+                    "no cluster slot: {why}; nothing cluster-visible runs without one{}",
+                    if kind.cluster_visible() {
+                        ""
+                    } else {
+                        " (node-local actions neither: remediation.cluster.local_when_apiserver_down is off)"
+                    }
+                ))
+            } else if s.local_taken.len() >= policy.local_max_per_hour as usize {
+                Admission::Wait(format!(
+                    "no cluster slot ({why}) and the node-local budget is spent: {} of {} this hour",
+                    s.local_taken.len(),
+                    policy.local_max_per_hour
+                ))
+            } else {
+                s.local_taken.push_back(now);
+                Admission::Go(format!(
+                    "node-local budget while the apiserver is unreachable ({} of {} this hour)",
+                    s.local_taken.len(),
+                    policy.local_max_per_hour
+                ))
+            }
+        } else {
+            Admission::Wait(
+                s.refusal
+                    .clone()
+                    .unwrap_or_else(|| "asking the cluster for a remediation slot".into()),
+            )
+        };
+        drop(s);
+        self.notify.notify_one();
+        answer
+    }
+
+    fn submit(&mut self, ticket: u64, action: &ClusterAction) -> Result<String, String> {
+        let mut s = self.state();
+        let undo = matches!(action, ClusterAction::Undo(_));
+        if s.held.is_none() && !undo {
+            return Err("the cluster slot was lost before the action could be sent".into());
+        }
+        s.queue.push((ticket, action.clone()));
+        drop(s);
+        self.notify.notify_one();
+        Ok("sent to the apiserver".into())
+    }
+
+    fn poll(&mut self) -> Vec<Outcome> {
+        std::mem::take(&mut self.state().done)
+    }
+
+    fn finished(&mut self, finding: &FindingId, _: Time) {
+        let mut s = self.state();
+        s.wanting.remove(finding);
+        if s.wanting.is_empty() {
+            s.idle_since = Some(tokio::time::Instant::now());
+        }
+        drop(s);
+        self.notify.notify_one();
+    }
+
+    fn describe(&self) -> Option<String> {
+        let s = self.state();
+        Some(match (&s.held, s.unreachable) {
+            (Some(slot), _) => format!("cluster {slot}"),
+            (None, true) => "cluster budget: apiserver unreachable".into(),
+            (None, false) => "cluster budget: no slot held".into(),
+        })
+    }
+}
+
+/// The driver: takes a slot while findings want one, renews it, gives it
+/// back after the release delay, keeps the breakers current, and runs the
+/// queued actions. Each pass is woken by the remediator or by the renewal
+/// timer.
+async fn drive<O: ClusterOps>(
+    mut ops: O,
+    state: Arc<Mutex<State>>,
+    notify: Arc<tokio::sync::Notify>,
+    policy: ClusterPolicy,
+) {
+    let lock = || state.lock().unwrap_or_else(|e| e.into_inner());
+    let mut last_renew = tokio::time::Instant::now();
+    loop {
+        let wait = if lock().held.is_some() || !lock().wanting.is_empty() {
+            policy.renew_every.min(std::time::Duration::from_secs(5))
+        } else {
+            policy.renew_every
+        };
+        let _ = tokio::time::timeout(wait, notify.notified()).await;
+        let now = tokio::time::Instant::now();
+        // Stale wants expire: every lock expires.
+        let (causes, queue, held, idle_since) = {
+            let mut s = lock();
+            s.wanting
+                .retain(|_, (_, at)| now.duration_since(*at) < policy.want_expires);
+            if s.wanting.is_empty() && s.idle_since.is_none() {
+                s.idle_since = Some(now);
+            }
+            let causes: std::collections::BTreeSet<Cause> =
+                s.wanting.values().map(|(c, _)| *c).collect();
+            (
+                causes,
+                std::mem::take(&mut s.queue),
+                s.held.clone(),
+                s.idle_since,
+            )
+        };
+        if !causes.is_empty() || held.is_some() {
+            let mut breakers = BTreeMap::new();
+            let mut unreachable = None;
+            for c in &causes {
+                match ops.breaker(*c).await {
+                    Ok(Some(why)) => {
+                        breakers.insert(*c, why);
+                    }
+                    Ok(None) => {}
+                    Err(e) => unreachable = Some(e),
+                }
+            }
+            let mut s = lock();
+            s.breakers = breakers;
+            if let Some(e) = &unreachable {
+                s.unreachable = true;
+                s.refusal = Some(e.clone());
+            }
+        }
+        for (ticket, action) in queue {
+            let result = ops.act(&action).await;
+            lock().done.push(Outcome { ticket, result });
+        }
+        // A breaker open for every cause that wants a slot: take none (it
+        // would only keep another node waiting).
+        let stopped = {
+            let s = lock();
+            causes.iter().all(|c| s.breakers.contains_key(c))
+        };
+        let wanted = !causes.is_empty();
+        match held {
+            None if wanted && stopped => {}
+            None if wanted => {
+                let why = causes
+                    .iter()
+                    .map(|c| c.name())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let r = ops.acquire(&why).await;
+                let mut s = lock();
+                match r {
+                    Acquire::Held(slot) => {
+                        s.held = Some(slot);
+                        s.unreachable = false;
+                        s.refusal = None;
+                        last_renew = tokio::time::Instant::now();
+                    }
+                    Acquire::Busy(why) => {
+                        s.unreachable = false;
+                        s.refusal = Some(why);
+                    }
+                    Acquire::Unreachable(why) => {
+                        s.unreachable = true;
+                        s.refusal = Some(why);
+                    }
+                }
+            }
+            None => {}
+            Some(_) => {
+                let idle_long = !wanted
+                    && idle_since.is_some_and(|t| now.duration_since(t) >= policy.release_delay);
+                if idle_long {
+                    let r = ops.release().await;
+                    let mut s = lock();
+                    s.held = None;
+                    if let Err(e) = r {
+                        // It expires by itself.
+                        tracing::warn!(
+                            "remediation slot release failed (it expires by itself): {e}"
+                        );
+                    }
+                } else if last_renew.elapsed() >= policy.renew_every {
+                    let r = ops.renew().await;
+                    let mut s = lock();
+                    match r {
+                        Ok(()) => last_renew = tokio::time::Instant::now(),
+                        Err(e) => {
+                            s.held = None;
+                            s.refusal = Some(format!("the slot was lost: {e}"));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Answers in turn; records what it was asked.
+    #[derive(Clone, Default)]
+    struct Fake(Arc<Mutex<FakeState>>);
+
+    #[derive(Default)]
+    struct FakeState {
+        acquire: Vec<Acquire>,
+        breaker: Option<String>,
+        calls: Vec<String>,
+    }
+
+    impl Fake {
+        fn calls(&self) -> Vec<String> {
+            self.0.lock().unwrap().calls.clone()
+        }
+    }
+
+    impl ClusterOps for Fake {
+        async fn acquire(&mut self, why: &str) -> Acquire {
+            let mut s = self.0.lock().unwrap();
+            s.calls.push(format!("acquire {why}"));
+            if s.acquire.is_empty() {
+                Acquire::Held("slot watchdog-remediation-0 of 1".into())
+            } else {
+                s.acquire.remove(0)
+            }
+        }
+        async fn renew(&mut self) -> Result<(), String> {
+            self.0.lock().unwrap().calls.push("renew".into());
+            Ok(())
+        }
+        async fn release(&mut self) -> Result<(), String> {
+            self.0.lock().unwrap().calls.push("release".into());
+            Ok(())
+        }
+        async fn breaker(&mut self, _: Cause) -> Result<Option<String>, String> {
+            Ok(self.0.lock().unwrap().breaker.clone())
+        }
+        async fn act(&mut self, a: &ClusterAction) -> Result<String, String> {
+            self.0.lock().unwrap().calls.push(format!("act {a:?}"));
+            Ok("done".into())
+        }
+    }
+
+    fn policy() -> ClusterPolicy {
+        ClusterPolicy {
+            release_delay: Duration::from_secs(120),
+            renew_every: Duration::from_secs(20),
+            want_expires: Duration::from_secs(1800),
+            local_when_apiserver_down: true,
+            local_max_per_hour: 1,
+        }
+    }
+
+    fn id() -> FindingId {
+        FindingId::new(Cause::StorageHang, "/mnt/x")
+    }
+
+    /// Lets the driver run a pass.
+    async fn settle() {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slot_is_asked_for_held_renewed_used_and_given_back_after_the_delay() {
+        let fake = Fake::default();
+        fake.0.lock().unwrap().acquire = vec![Acquire::Busy("1 of 1 slots held by node-b".into())];
+        let (mut b, driver) = ClusterBudget::new(fake.clone(), policy());
+        tokio::spawn(driver);
+        let now = Time::from_millis(0);
+        let a = b.admit(&id(), Cause::StorageHang, ActionKind::AbortFuse, now);
+        assert_eq!(
+            a,
+            Admission::Wait("asking the cluster for a remediation slot".into())
+        );
+        settle().await;
+        let a = b.admit(&id(), Cause::StorageHang, ActionKind::AbortFuse, now);
+        assert_eq!(a, Admission::Wait("1 of 1 slots held by node-b".into()));
+        // The next pass (at most 5 s later while wanting) gets it.
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        settle().await;
+        let a = b.admit(&id(), Cause::StorageHang, ActionKind::Cordon, now);
+        assert_eq!(
+            a,
+            Admission::Go("cluster slot watchdog-remediation-0 of 1".into())
+        );
+        b.submit(7, &ClusterAction::Do(RemedyAction::Cordon))
+            .unwrap();
+        settle().await;
+        assert_eq!(
+            b.poll(),
+            vec![Outcome {
+                ticket: 7,
+                result: Ok("done".into())
+            }]
+        );
+        // Held while wanted: renewed every 20 s.
+        tokio::time::sleep(Duration::from_secs(25)).await;
+        settle().await;
+        assert!(
+            fake.calls().contains(&"renew".to_string()),
+            "{:?}",
+            fake.calls()
+        );
+        // Finished: kept for the release delay, then given back.
+        b.finished(&id(), now);
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        settle().await;
+        assert!(!fake.calls().contains(&"release".to_string()));
+        tokio::time::sleep(Duration::from_secs(70)).await;
+        settle().await;
+        assert!(
+            fake.calls().contains(&"release".to_string()),
+            "{:?}",
+            fake.calls()
+        );
+        assert_eq!(
+            b.describe().as_deref(),
+            Some("cluster budget: no slot held")
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn apiserver_unreachable_means_nothing_cluster_visible_and_node_local_only_under_its_own_budget()
+     {
+        let fake = Fake::default();
+        fake.0.lock().unwrap().acquire = vec![
+            Acquire::Unreachable("apiserver call timed out after 5s".into()),
+            Acquire::Unreachable("apiserver call timed out after 5s".into()),
+        ];
+        let (mut b, driver) = ClusterBudget::new(fake.clone(), policy());
+        tokio::spawn(driver);
+        let now = Time::from_millis(0);
+        b.admit(&id(), Cause::StorageHang, ActionKind::AbortFuse, now);
+        settle().await;
+        let a = b.admit(&id(), Cause::StorageHang, ActionKind::Cordon, now);
+        assert!(
+            matches!(&a, Admission::Wait(w) if w.starts_with("no cluster slot: apiserver call timed out after 5s; nothing cluster-visible")),
+            "{a:?}"
+        );
+        let a = b.admit(&id(), Cause::StorageHang, ActionKind::AbortFuse, now);
+        assert!(
+            matches!(&a, Admission::Go(g) if g.contains("1 of 1 this hour")),
+            "{a:?}"
+        );
+        let a = b.admit(&id(), Cause::StorageHang, ActionKind::AbortFuse, now);
+        assert!(
+            matches!(&a, Admission::Wait(w) if w.contains("node-local budget is spent")),
+            "{a:?}"
+        );
+        assert!(
+            b.submit(1, &ClusterAction::Do(RemedyAction::Cordon))
+                .is_err(),
+            "nothing is sent without a slot"
+        );
+        // Off by default: nothing at all.
+        let (mut b, driver) = ClusterBudget::new(
+            Fake(Arc::new(Mutex::new(FakeState {
+                acquire: vec![Acquire::Unreachable("down".into())],
+                ..FakeState::default()
+            }))),
+            ClusterPolicy {
+                local_when_apiserver_down: false,
+                ..policy()
+            },
+        );
+        tokio::spawn(driver);
+        b.admit(&id(), Cause::StorageHang, ActionKind::AbortFuse, now);
+        settle().await;
+        let a = b.admit(&id(), Cause::StorageHang, ActionKind::AbortFuse, now);
+        assert!(
+            matches!(&a, Admission::Wait(w) if w.contains("local_when_apiserver_down is off")),
+            "{a:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_open_breaker_stops_every_action_of_its_cause() {
+        let fake = Fake::default();
+        fake.0.lock().unwrap().breaker = Some("4 nodes show StorageHung (limit 3)".into());
+        let (mut b, driver) = ClusterBudget::new(fake.clone(), policy());
+        tokio::spawn(driver);
+        let now = Time::from_millis(0);
+        b.admit(&id(), Cause::StorageHang, ActionKind::AbortFuse, now);
+        settle().await;
+        let a = b.admit(&id(), Cause::StorageHang, ActionKind::AbortFuse, now);
+        assert_eq!(
+            a,
+            Admission::Wait("breaker open: 4 nodes show StorageHung (limit 3)".into())
+        );
+        fake.0.lock().unwrap().breaker = None;
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        settle().await;
+        let a = b.admit(&id(), Cause::StorageHang, ActionKind::AbortFuse, now);
+        assert!(matches!(a, Admission::Go(_)), "{a:?}");
     }
 }
