@@ -230,6 +230,10 @@ pub struct RemediationRecord {
     pub status: StepStatus,
     pub reason: String,
     pub budget: String,
+    /// The pod acted on, when the action names one (its Events go to the
+    /// Pod as well as the Node).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<crate::model::finding::PodId>,
 }
 
 /// The policy and an executor: findings and ticks in, records out.
@@ -256,6 +260,7 @@ struct Pending {
     cause: Cause,
     action: RemedyAction,
     budget: String,
+    pod: Option<crate::model::finding::PodId>,
     /// An undo (its success is `undone`).
     undo: bool,
 }
@@ -376,6 +381,7 @@ impl Remediator {
                 status,
                 reason: detail,
                 budget: p.budget,
+                pod: p.pod,
             });
         }
         out
@@ -409,6 +415,7 @@ impl Remediator {
                 status,
                 reason,
                 budget: budget.clone(),
+                pod: None,
             };
             match self
                 .budget
@@ -424,6 +431,7 @@ impl Remediator {
                             cause: f.cause,
                             action,
                             budget,
+                            pod: None,
                             undo: true,
                         },
                     );
@@ -480,6 +488,7 @@ impl Remediator {
                 status,
                 reason,
                 budget: budget.clone(),
+                pod: s.pod.clone(),
             };
             match &s.decision {
                 Decision::Skip(why) => out.push(rec(StepStatus::Skipped, why.clone())),
@@ -569,6 +578,7 @@ impl Remediator {
                                         cause: s.cause,
                                         action: s.action.clone(),
                                         budget: budget.clone(),
+                                        pod: s.pod.clone(),
                                         undo: false,
                                     },
                                 );

@@ -23,7 +23,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::model::Time;
-use crate::model::finding::{Cause, Finding, FindingId, FindingStatus, RemedyAction};
+use crate::model::finding::{Cause, Finding, FindingId, FindingStatus, PodId, RemedyAction};
 
 use super::{ActionKind, Mode};
 
@@ -120,6 +120,9 @@ pub struct Step {
     pub decision: Decision,
     /// The node's budget after this step, e.g. "1 of 3 actions this hour".
     pub budget: String,
+    /// The one pod the action acts on, when there is one (its Events are
+    /// posted on the Pod too).
+    pub pod: Option<PodId>,
 }
 
 /// Where a finding stands on its ladder.
@@ -130,8 +133,8 @@ struct Track {
     /// The ladder's rungs from the latest actions the finding named
     /// (updates may name new targets).
     actions: Vec<RemedyAction>,
-    /// The pods the finding names (uid, namespace once known).
-    pods: Vec<(String, Option<String>)>,
+    /// The pods the finding names.
+    pods: Vec<PodId>,
     /// The next rung to take.
     rung: usize,
     /// When the last rung was taken (planned or executed).
@@ -217,6 +220,7 @@ impl Policy {
                         at: f.resolved_at.unwrap_or(f.last_seen),
                         finding: f.id.clone(),
                         cause: t.cause,
+                        pod: pod_of(&action, &t.pods),
                         action,
                         decision: Decision::Verified,
                         budget: self.budget_text(),
@@ -358,7 +362,7 @@ impl Policy {
         new
     }
 
-    fn gate(&self, action: &RemedyAction, pods: &[(String, Option<String>)], now: Time) -> Gate {
+    fn gate(&self, action: &RemedyAction, pods: &[PodId], now: Time) -> Gate {
         let kind = action.kind();
         if let Some(why) = kind.unavailable() {
             return Gate::Refuse(why.into());
@@ -399,16 +403,18 @@ impl Policy {
             ));
         }
         if touches_pods(kind) && !self.cfg.exclude_namespaces.is_empty() {
-            if let Some((uid, ns)) = pods.iter().find(|(_, ns)| {
-                ns.as_ref()
+            if let Some(p) = pods.iter().find(|p| {
+                p.namespace
+                    .as_ref()
                     .is_some_and(|ns| self.cfg.exclude_namespaces.contains(ns))
             }) {
                 return Gate::Refuse(format!(
-                    "excluded namespace: pod {uid} is in {}",
-                    ns.as_deref().unwrap_or_default()
+                    "excluded namespace: pod {} is in {}",
+                    p.uid,
+                    p.namespace.as_deref().unwrap_or_default()
                 ));
             }
-            if let Some((uid, _)) = pods.iter().find(|(_, ns)| ns.is_none()) {
+            if let Some(PodId { uid, .. }) = pods.iter().find(|p| p.namespace.is_none()) {
                 return Gate::Wait {
                     key: format!("namespace {uid}"),
                     reason: format!(
@@ -476,10 +482,12 @@ impl Policy {
         action: RemedyAction,
         decision: Decision,
     ) -> Step {
+        let pod = self.tracks.get(id).and_then(|t| pod_of(&action, &t.pods));
         Step {
             at,
             finding: id.clone(),
             cause,
+            pod,
             action,
             decision,
             budget: self.budget_text(),
@@ -538,6 +546,24 @@ fn rungs(ladder: Option<&Ladder>, actions: &[RemedyAction]) -> Vec<RemedyAction>
             k => actions.iter().filter(|a| a.kind() == *k).cloned().collect(),
         })
         .collect()
+}
+
+/// The one pod `action` acts on: the evicted one, or the finding's only pod
+/// for a container kill.
+fn pod_of(action: &RemedyAction, pods: &[PodId]) -> Option<PodId> {
+    match action {
+        RemedyAction::EvictPod {
+            pod_uid,
+            namespace,
+            name,
+        } => Some(PodId {
+            uid: pod_uid.clone(),
+            namespace: namespace.clone(),
+            name: name.clone(),
+        }),
+        RemedyAction::KillContainer { .. } if pods.len() == 1 => pods.first().cloned(),
+        _ => None,
+    }
 }
 
 /// The actions that touch the finding's pods (their processes, or the

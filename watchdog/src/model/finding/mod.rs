@@ -216,6 +216,17 @@ pub enum Confidence {
     Unknown,
 }
 
+/// A pod a finding names: its uid, and its namespace and name once the
+/// runtime named it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PodId {
+    pub uid: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
 /// One step of the evidence chain.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Evidence {
@@ -254,31 +265,44 @@ pub struct Finding {
 }
 
 impl Finding {
-    /// The pods this finding names, as (uid, namespace once known): what a
-    /// remediation's namespace exclusions are checked against.
-    pub fn pods(&self) -> Vec<(String, Option<String>)> {
-        let mut out: Vec<(String, Option<String>)> = Vec::new();
-        let mut add = |uid: &str, ns: Option<&String>| match out.iter_mut().find(|(u, _)| u == uid)
+    /// The pods this finding names (by uid; namespace and name once the
+    /// runtime named them): what namespace exclusions are checked against
+    /// and what remediation Events are also posted on.
+    pub fn pods(&self) -> Vec<PodId> {
+        let mut out: Vec<PodId> = Vec::new();
+        let mut add = |uid: &str, ns: Option<&String>, name: Option<&String>| match out
+            .iter_mut()
+            .find(|p| p.uid == uid)
         {
-            Some((_, n)) if n.is_none() => *n = ns.cloned(),
-            Some(_) => {}
-            None => out.push((uid.to_string(), ns.cloned())),
+            Some(p) => {
+                if p.namespace.is_none() {
+                    p.namespace = ns.cloned();
+                }
+                if p.name.is_none() {
+                    p.name = name.cloned();
+                }
+            }
+            None => out.push(PodId {
+                uid: uid.to_string(),
+                namespace: ns.cloned(),
+                name: name.cloned(),
+            }),
         };
         match &self.detail {
             Detail::Pid(d) => {
                 if let Some(p) = &d.pod {
-                    add(&p.pod_uid, p.namespace.as_ref());
+                    add(&p.pod_uid, p.namespace.as_ref(), p.name.as_ref());
                 }
             }
             Detail::Storage(d) => {
                 for p in &d.pods {
-                    add(&p.pod_uid, p.namespace.as_ref());
+                    add(&p.pod_uid, p.namespace.as_ref(), p.name.as_ref());
                 }
                 for c in &d.containers {
                     if let Some(p) = &c.pod {
-                        add(&p.uid, Some(&p.namespace));
+                        add(&p.uid, Some(&p.namespace), Some(&p.name));
                     } else if let Some(uid) = &c.pod_uid {
-                        add(uid, None);
+                        add(uid, None, None);
                     }
                 }
             }

@@ -38,6 +38,16 @@ pub struct NodeEvent {
     pub note: String,
     /// What it is about (finding id); newer events replace pending older ones.
     pub subject: String,
+    /// Also posted on this Pod (a remediation step that acts on one).
+    pub pod: Option<PodObject>,
+}
+
+/// A Pod an Event is also posted on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodObject {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
 }
 
 pub struct EventQueue {
@@ -83,6 +93,7 @@ impl EventQueue {
             action: action.into(),
             note: truncate(&note, MAX_NOTE),
             subject: f.id.to_string(),
+            pod: None,
         });
     }
 
@@ -119,6 +130,13 @@ impl EventQueue {
                 r.action.name(),
                 r.status.name()
             ),
+            pod: r.pod.as_ref().and_then(|p| {
+                Some(PodObject {
+                    namespace: p.namespace.clone()?,
+                    name: p.name.clone()?,
+                    uid: p.uid.clone(),
+                })
+            }),
         });
     }
 
@@ -151,6 +169,7 @@ impl EventQueue {
             action: "Capture".into(),
             note: truncate(&note, MAX_NOTE),
             subject: format!("bundle/{}", b.finding),
+            pod: None,
         });
     }
 
@@ -164,6 +183,7 @@ impl EventQueue {
             action: "Warned".into(),
             note: truncate(&w.message, MAX_NOTE),
             subject: format!("warning/{:?}/{:?}/{:?}", w.limit, w.cgroup, w.uid),
+            pod: None,
         });
     }
 
@@ -221,6 +241,7 @@ mod tests {
             action: "A".into(),
             note: "n".into(),
             subject: subject.into(),
+            pod: None,
         }
     }
 
@@ -238,6 +259,7 @@ mod tests {
             status,
             reason: "dry-run: would kill every task of cgroup /kubepods/pod1".into(),
             budget: "1 of 3 actions this hour".into(),
+            pod: None,
         };
         let mut q = EventQueue::new(10);
         q.remediation(&rec(StepStatus::Started));

@@ -214,19 +214,30 @@ impl Exporter {
             action: ev.action.clone(),
             secondary: None,
         };
-        match tokio::time::timeout(
-            self.opts.timeout,
-            self.recorder.publish(&event, &self.reference),
-        )
-        .await
-        {
-            Err(_) => Err(SyncError::Timeout(self.opts.timeout, "event")),
-            Ok(Err(source)) => Err(SyncError::Api {
-                what: "event",
-                source,
-            }),
-            Ok(Ok(())) => Ok(()),
+        let mut on = vec![(self.reference.clone(), "event")];
+        if let Some(p) = &ev.pod {
+            on.push((
+                ObjectReference {
+                    api_version: Some("v1".into()),
+                    kind: Some("Pod".into()),
+                    namespace: Some(p.namespace.clone()),
+                    name: Some(p.name.clone()),
+                    uid: Some(p.uid.clone()),
+                    ..Default::default()
+                },
+                "pod event",
+            ));
         }
+        for (reference, what) in on {
+            match tokio::time::timeout(self.opts.timeout, self.recorder.publish(&event, &reference))
+                .await
+            {
+                Err(_) => return Err(SyncError::Timeout(self.opts.timeout, what)),
+                Ok(Err(source)) => return Err(SyncError::Api { what, source }),
+                Ok(Ok(())) => {}
+            }
+        }
+        Ok(())
     }
 
     /// Events not sent yet (rate limit or outage).

@@ -329,3 +329,42 @@ async fn a_hung_apiserver_times_out() {
     assert!(err.contains("timed out after 200ms"), "{err}");
     server.abort();
 }
+
+#[tokio::test]
+async fn a_remediation_step_on_a_pod_is_an_event_on_the_node_and_on_the_pod() {
+    use crate::model::finding::{Cause, FindingId, PodId};
+    use crate::remediation::{ActionKind, Mode, RemediationRecord, StepStatus};
+    let (mut sink, mut exp, mut handle) = setup(12);
+    sink.emit(&Record::Remediation(RemediationRecord {
+        at: Time(1_700_000_001_000),
+        finding: FindingId::new(Cause::PidExhaustion, "pids_cgroup/kubepods/pod0f1e"),
+        cause: Cause::PidExhaustion,
+        action: ActionKind::EvictPod,
+        target: "pod shop/cart-7d9 (uid 0f1e)".into(),
+        mode: Mode::Enforce,
+        status: StepStatus::Succeeded,
+        reason: "evicted".into(),
+        budget: "1 of 3 actions this hour; cluster slot watchdog-remediation-0 of 1".into(),
+        pod: Some(PodId {
+            uid: "0f1e".into(),
+            namespace: Some("shop".into()),
+            name: Some("cart-7d9".into()),
+        }),
+    }));
+    let sync = tokio::spawn(async move { exp.sync_once(Time(1_700_000_001_000)).await });
+    // The conditions' first heartbeat, then the node's Event, then the pod's.
+    expect_status_patch(&mut handle).await;
+    let node = expect_event(&mut handle).await;
+    assert_eq!(node["regarding"]["kind"], "Node");
+    assert_eq!(node["reason"], "EvictPodSucceeded");
+    let (req, send) = next(&mut handle).await;
+    let (method, uri, _, pod) = body_json(req).await;
+    assert_eq!(method, http::Method::POST);
+    assert_eq!(uri, "/apis/events.k8s.io/v1/namespaces/shop/events?");
+    assert_eq!(pod["regarding"]["kind"], "Pod");
+    assert_eq!(pod["regarding"]["name"], "cart-7d9");
+    assert_eq!(pod["regarding"]["uid"], "0f1e");
+    assert_eq!(pod["reason"], "EvictPodSucceeded");
+    send.send_response(ok_json(pod.clone()));
+    sync.await.unwrap().unwrap();
+}
