@@ -14,6 +14,7 @@ use serde::Serialize;
 use crate::model::Time;
 use crate::model::finding::{Cause, Finding, FindingId, RemedyAction};
 
+pub mod cluster;
 pub mod exec;
 pub mod journal;
 pub mod policy;
