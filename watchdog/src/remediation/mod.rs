@@ -15,6 +15,7 @@ use serde::Serialize;
 use crate::model::Time;
 use crate::model::finding::{Cause, Finding, FindingId, FindingStatus, RemedyAction};
 
+pub mod cluster;
 pub mod coordinator;
 pub mod exec;
 pub mod journal;
