@@ -30,6 +30,9 @@ pub enum Admission {
 pub struct Outcome {
     pub ticket: u64,
     pub result: Result<String, String>,
+    /// Refused for now, to be tried again (an eviction a
+    /// PodDisruptionBudget holds back: HTTP 429): not a failure.
+    pub not_now: bool,
 }
 
 pub trait Budget {
@@ -76,12 +79,15 @@ impl std::fmt::Debug for BudgetSlot {
     }
 }
 
-/// What runs through the apiserver.
+/// What runs through the apiserver, for which finding.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ClusterAction {
-    Do(RemedyAction),
-    /// Undo what an earlier `Do` of this agent did (uncordon, untaint).
-    Undo(RemedyAction),
+pub struct ClusterAction {
+    pub action: RemedyAction,
+    /// Undo what this agent's own earlier action did (uncordon, untaint,
+    /// clear its condition).
+    pub undo: bool,
+    pub cause: Cause,
+    pub finding: FindingId,
 }
 
 /// No cluster: node-local actions run under the node's own budget (the
@@ -136,11 +142,12 @@ pub trait ClusterOps {
         &mut self,
         cause: Cause,
     ) -> impl std::future::Future<Output = Result<Option<String>, String>>;
-    /// Run a cluster-visible action (or its undo).
+    /// Run a cluster-visible action (or its undo); true with it: "not now"
+    /// (try again later), not a failure.
     fn act(
         &mut self,
         action: &ClusterAction,
-    ) -> impl std::future::Future<Output = Result<String, String>>;
+    ) -> impl std::future::Future<Output = (Result<String, String>, bool)>;
 }
 
 /// What asking for a slot gave.
@@ -280,8 +287,7 @@ impl Budget for ClusterBudget {
 
     fn submit(&mut self, ticket: u64, action: &ClusterAction) -> Result<String, String> {
         let mut s = self.state();
-        let undo = matches!(action, ClusterAction::Undo(_));
-        if s.held.is_none() && !undo {
+        if s.held.is_none() && !action.undo {
             return Err("the cluster slot was lost before the action could be sent".into());
         }
         s.queue.push((ticket, action.clone()));
@@ -371,8 +377,12 @@ async fn drive<O: ClusterOps>(
             }
         }
         for (ticket, action) in queue {
-            let result = ops.act(&action).await;
-            lock().done.push(Outcome { ticket, result });
+            let (result, not_now) = ops.act(&action).await;
+            lock().done.push(Outcome {
+                ticket,
+                result,
+                not_now,
+            });
         }
         // A breaker open for every cause that wants a slot: take none (it
         // would only keep another node waiting).
@@ -482,9 +492,9 @@ mod tests {
         async fn breaker(&mut self, _: Cause) -> Result<Option<String>, String> {
             Ok(self.0.lock().unwrap().breaker.clone())
         }
-        async fn act(&mut self, a: &ClusterAction) -> Result<String, String> {
-            self.0.lock().unwrap().calls.push(format!("act {a:?}"));
-            Ok("done".into())
+        async fn act(&mut self, a: &ClusterAction) -> (Result<String, String>, bool) {
+            self.0.lock().unwrap().calls.push(format!("act {:?}", a.action));
+            (Ok("done".into()), false)
         }
     }
 
@@ -500,6 +510,15 @@ mod tests {
 
     fn id() -> FindingId {
         FindingId::new(Cause::StorageHang, "/mnt/x")
+    }
+
+    fn cordon() -> ClusterAction {
+        ClusterAction {
+            action: RemedyAction::Cordon,
+            undo: false,
+            cause: Cause::StorageHang,
+            finding: id(),
+        }
     }
 
     /// Lets the driver run a pass.
@@ -532,14 +551,14 @@ mod tests {
             a,
             Admission::Go("cluster slot watchdog-remediation-0 of 1".into())
         );
-        b.submit(7, &ClusterAction::Do(RemedyAction::Cordon))
-            .unwrap();
+        b.submit(7, &cordon()).unwrap();
         settle().await;
         assert_eq!(
             b.poll(),
             vec![Outcome {
                 ticket: 7,
-                result: Ok("done".into())
+                result: Ok("done".into()),
+                not_now: false,
             }]
         );
         // Held while wanted: renewed every 20 s.
@@ -597,8 +616,7 @@ mod tests {
             "{a:?}"
         );
         assert!(
-            b.submit(1, &ClusterAction::Do(RemedyAction::Cordon))
-                .is_err(),
+            b.submit(1, &cordon()).is_err(),
             "nothing is sent without a slot"
         );
         // Off by default: nothing at all.

@@ -351,9 +351,24 @@ impl Remediator {
                 continue;
             };
             let (status, detail) = match (o.result, p.undo) {
+                (Err(why), false) if o.not_now => {
+                    // Held back (a PodDisruptionBudget): nothing happened,
+                    // nothing is charged; the same rung again next poll.
+                    let new = self.policy.recheck_failed(&p.finding, &p.action, p.at);
+                    if !new {
+                        continue;
+                    }
+                    (
+                        StepStatus::Skipped,
+                        format!("not now: {why} (tried again at every poll)"),
+                    )
+                }
                 (Ok(done), true) => (StepStatus::Undone, done),
                 (Ok(done), false) => {
-                    if matches!(p.action, RemedyAction::Cordon | RemedyAction::Taint) {
+                    if matches!(
+                        p.action,
+                        RemedyAction::Cordon | RemedyAction::Taint | RemedyAction::Escalate
+                    ) {
                         self.undoable
                             .entry(p.action.kind())
                             .or_insert_with(|| (p.action.clone(), BTreeSet::new()))
@@ -389,7 +404,7 @@ impl Remediator {
     }
 
     /// The finding resolved: what watchdog changed on the node for it alone
-    /// (its cordon, its taint) is undone.
+    /// (its cordon, its taint, its escalation condition) is undone.
     fn undo_for(&mut self, f: &Finding, now: Time) -> Vec<RemediationRecord> {
         let mut out = Vec::new();
         let kinds: Vec<ActionKind> = self.undoable.keys().copied().collect();
@@ -420,7 +435,15 @@ impl Remediator {
             };
             match self
                 .budget
-                .submit(ticket, &ClusterAction::Undo(action.clone()))
+                .submit(
+                    ticket,
+                    &ClusterAction {
+                        action: action.clone(),
+                        undo: true,
+                        cause: f.cause,
+                        finding: f.id.clone(),
+                    },
+                )
             {
                 Ok(what) => {
                     out.push(rec(StepStatus::Started, format!("undo: {what}")));
@@ -568,7 +591,15 @@ impl Remediator {
                         self.next_ticket += 1;
                         match self
                             .budget
-                            .submit(ticket, &ClusterAction::Do(s.action.clone()))
+                            .submit(
+                                ticket,
+                                &ClusterAction {
+                                    action: s.action.clone(),
+                                    undo: false,
+                                    cause: s.cause,
+                                    finding: s.finding.clone(),
+                                },
+                            )
                         {
                             Ok(_) => {
                                 self.pending.insert(

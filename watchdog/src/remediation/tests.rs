@@ -168,13 +168,15 @@ fn actions_wait_for_the_cluster_budget_cluster_ones_finish_later_and_a_cordon_is
     let ticket = {
         let c = cluster.borrow();
         assert_eq!(c.submitted.len(), 1);
-        assert_eq!(c.submitted[0].1, ClusterAction::Do(RemedyAction::Cordon));
+        assert_eq!(c.submitted[0].1.action, RemedyAction::Cordon);
+        assert!(!c.submitted[0].1.undo);
         c.submitted[0].0
     };
     assert!(r.tick(t(183_000)).is_empty(), "still running");
     cluster.borrow_mut().done.push(Outcome {
         ticket,
         result: Ok("cordoned".into()),
+        not_now: false,
     });
     assert_eq!(statuses(&r.tick(t(184_000))), vec![("cordon", "succeeded")]);
     // Resolved: the cordon is verified, the budget told, and the cordon
@@ -188,12 +190,14 @@ fn actions_wait_for_the_cluster_budget_cluster_ones_finish_later_and_a_cordon_is
     let undo = {
         let c = cluster.borrow();
         assert_eq!(c.finished.len(), 1);
-        assert_eq!(c.submitted[1].1, ClusterAction::Undo(RemedyAction::Cordon));
+        assert_eq!(c.submitted[1].1.action, RemedyAction::Cordon);
+        assert!(c.submitted[1].1.undo);
         c.submitted[1].0
     };
     cluster.borrow_mut().done.push(Outcome {
         ticket: undo,
         result: Ok("uncordoned".into()),
+        not_now: false,
     });
     let s = r.tick(t(191_000));
     assert_eq!(statuses(&s), vec![("cordon", "undone")]);

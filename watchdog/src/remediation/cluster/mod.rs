@@ -31,6 +31,7 @@ use kube::{
 };
 
 pub mod breaker;
+pub mod budget;
 pub mod events;
 pub mod lease;
 pub mod node;

@@ -1,0 +1,176 @@
+//! The cluster budget's apiserver side: [`ClusterOps`] over the Lease
+//! semaphore, the breaker and the node actions of this module, for
+//! [`crate::remediation::coordinator::ClusterBudget`]'s driver.
+use kube::Client;
+
+use super::breaker::{self, Breaker, BreakerConfig};
+use super::lease::{self, Intent, Renew, Semaphore};
+use super::node::{Cordon, Evict, NodeActions, Taint, Uncordon, Untaint};
+use crate::model::finding::{Cause, RemedyAction};
+use crate::remediation::coordinator::{Acquire, ClusterAction, ClusterOps};
+
+pub struct KubeOps {
+    client: Client,
+    node: String,
+    semaphore: Semaphore,
+    actions: NodeActions,
+    breaker: BreakerConfig,
+}
+
+impl KubeOps {
+    pub fn new(
+        client: Client,
+        node: &str,
+        semaphore: Semaphore,
+        actions: NodeActions,
+        breaker: BreakerConfig,
+    ) -> Self {
+        Self {
+            client,
+            node: node.to_string(),
+            semaphore,
+            actions,
+            breaker,
+        }
+    }
+}
+
+impl ClusterOps for KubeOps {
+    async fn acquire(&mut self, why: &str) -> Acquire {
+        let intent = Intent {
+            finding: why.to_string(),
+            cause: why.to_string(),
+            action: "remediation".into(),
+            target: format!("node {}", self.node),
+        };
+        let got = self.semaphore.acquire(&intent).await;
+        let text = got.to_string();
+        match got {
+            lease::Acquire::Held(_) => Acquire::Held(text),
+            lease::Acquire::Full { .. } | lease::Acquire::RateLimited { .. } => Acquire::Busy(text),
+            lease::Acquire::Unreachable(_) => Acquire::Unreachable(text),
+        }
+    }
+
+    async fn renew(&mut self) -> Result<(), String> {
+        match self.semaphore.renew().await {
+            Renew::Renewed { .. } => Ok(()),
+            // Not renewed this time, still valid: keep it (the next pass
+            // renews); past its validity nothing cluster-visible starts.
+            Renew::Unreachable(why) if self.semaphore.may_act() => {
+                tracing::warn!("remediation slot renewal failed, still valid: {why}");
+                Ok(())
+            }
+            Renew::Unreachable(why) => Err(format!("not renewed in time: {why}")),
+            Renew::Lost(why) => Err(why),
+            Renew::NotHeld => Err("no slot held".into()),
+        }
+    }
+
+    async fn release(&mut self) -> Result<(), String> {
+        self.semaphore.release().await.map_err(|e| e.to_string())
+    }
+
+    async fn breaker(&mut self, cause: Cause) -> Result<Option<String>, String> {
+        match breaker::check(self.client.clone(), cause, &self.breaker).await {
+            Breaker::Closed { .. } => Ok(None),
+            b @ Breaker::Open { .. } => {
+                let text = b.to_string();
+                Ok(Some(
+                    text.strip_prefix("breaker open: ")
+                        .unwrap_or(&text)
+                        .to_string(),
+                ))
+            }
+            Breaker::Unreachable(why) => Err(format!("apiserver unreachable ({why})")),
+        }
+    }
+
+    async fn act(&mut self, a: &ClusterAction) -> (Result<String, String>, bool) {
+        if !a.undo && !self.semaphore.may_act() {
+            return (
+                Err("the cluster slot is no longer valid (not renewed in time): not sent".into()),
+                false,
+            );
+        }
+        let why = format!("{} ({})", a.cause.name(), a.finding);
+        let e = |e: super::CallError| e.to_string();
+        let r = match (&a.action, a.undo) {
+            (RemedyAction::Cordon, false) => self.actions.cordon(&why).await.map_err(e).map(|c| {
+                match c {
+                    Cordon::Cordoned => "cordoned (marked as watchdog's)".to_string(),
+                    Cordon::AlreadyOurs => "already cordoned by watchdog".into(),
+                    Cordon::AlreadyCordoned => {
+                        "already cordoned by someone else: left alone, not watchdog's to undo".into()
+                    }
+                }
+            }),
+            (RemedyAction::Cordon, true) => {
+                self.actions
+                    .uncordon_if_ours()
+                    .await
+                    .map_err(e)
+                    .map(|u| match u {
+                        Uncordon::Uncordoned => "uncordoned (watchdog's cordon)".to_string(),
+                        Uncordon::NotOurs => "left cordoned: not watchdog's cordon".into(),
+                        Uncordon::MarkRemoved => {
+                            "someone uncordoned it already; watchdog's mark removed".into()
+                        }
+                    })
+            }
+            (RemedyAction::Taint, false) => {
+                self.actions.taint(a.cause).await.map_err(e).map(|t| match t {
+                    Taint::Added => format!("taint {}:NoSchedule added", super::TAINT_KEY),
+                    Taint::AlreadyPresent => {
+                        format!("taint {}:NoSchedule already there", super::TAINT_KEY)
+                    }
+                })
+            }
+            (RemedyAction::Taint, true) => {
+                self.actions.untaint().await.map_err(e).map(|t| match t {
+                    Untaint::Removed => format!("taint {} removed", super::TAINT_KEY),
+                    Untaint::Absent => format!("taint {} was already gone", super::TAINT_KEY),
+                })
+            }
+            (RemedyAction::Escalate, false) => {
+                let msg = format!(
+                    "watchdog's remedies did not resolve {} ({}); a node-repair controller may act",
+                    a.cause.name(),
+                    a.finding
+                );
+                self.actions
+                    .escalate(a.cause, &msg)
+                    .await
+                    .map_err(e)
+                    .map(|()| format!("condition {} set True", super::ESCALATION_CONDITION))
+            }
+            (RemedyAction::Escalate, true) => {
+                let msg = format!("{} resolved", a.finding);
+                self.actions
+                    .clear_escalation(&msg)
+                    .await
+                    .map_err(e)
+                    .map(|()| format!("condition {} set False", super::ESCALATION_CONDITION))
+            }
+            (
+                RemedyAction::EvictPod {
+                    pod_uid,
+                    namespace: Some(ns),
+                    name: Some(name),
+                },
+                false,
+            ) => match self.actions.evict_pod(ns, name, pod_uid).await {
+                Err(err) => Err(err.to_string()),
+                Ok(v @ (Evict::Evicted | Evict::Gone)) => Ok(v.to_string()),
+                Ok(v @ Evict::NotNow(_)) => return (Err(v.to_string()), true),
+                Ok(v) => Err(v.to_string()),
+            },
+            (other, undo) => Err(format!(
+                "{}{} does not run through the apiserver",
+                if undo { "undoing " } else { "" },
+                other.kind().name()
+            )),
+        };
+        (r, false)
+    }
+}
