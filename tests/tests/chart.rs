@@ -283,6 +283,9 @@ fn the_chart_renders_valid_objects_for_every_values_file() {
         !rules.contains("secrets") && !rules.contains("\"pods"),
         "{rules}"
     );
+    // No remediation role outside enforce: one ClusterRole, no Role.
+    assert_eq!(kind(&objs, "ClusterRole").len(), 1);
+    assert!(kind(&objs, "Role").is_empty() && kind(&objs, "RoleBinding").is_empty());
 
     // Enforce: KILL is added, /sys is writable, the journal is on the node;
     // a ServiceMonitor and its Service.
@@ -300,6 +303,57 @@ fn the_chart_renders_valid_objects_for_every_values_file() {
             .any(|m| m["mountPath"] == "/sys" && m["readOnly"] == false)
     );
     assert!(mounts.iter().any(|m| m["mountPath"] == "/var/lib/watchdog"));
+    // Enforce: the remediation verbs, from a role of their own, exactly.
+    let named = |k: &str, name: &str| -> Value {
+        kind(&objs, k)
+            .into_iter()
+            .find(|o| o["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no {k} {name} in enforce"))
+            .clone()
+    };
+    let rules = named("ClusterRole", "watchdog-remediation")["rules"].clone();
+    let verbs = |rules: &Value, group: &str, resource: &str| -> Vec<String> {
+        rules
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| {
+                r["apiGroups"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|g| g == group)
+                    && r["resources"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|x| x == resource)
+            })
+            .flat_map(|r| r["verbs"].as_array().unwrap().iter())
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(verbs(&rules, "", "nodes"), ["get", "list", "patch"]);
+    assert_eq!(verbs(&rules, "", "nodes/status"), ["patch"]);
+    assert_eq!(verbs(&rules, "", "pods"), ["get"]);
+    assert_eq!(verbs(&rules, "", "pods/eviction"), ["create"]);
+    assert_eq!(
+        verbs(&rules, "events.k8s.io", "events"),
+        ["create", "patch"]
+    );
+    assert!(!rules.to_string().contains("secrets") && !rules.to_string().contains("leases"));
+    let crb = named("ClusterRoleBinding", "watchdog-remediation");
+    assert_eq!(crb["roleRef"]["name"], "watchdog-remediation");
+    assert_eq!(crb["subjects"][0]["name"], "watchdog");
+    let role = named("Role", "watchdog-remediation-leases");
+    assert_eq!(role["metadata"]["namespace"], "watchdog");
+    assert_eq!(
+        verbs(&role["rules"], "coordination.k8s.io", "leases"),
+        ["get", "list", "create", "update"]
+    );
+    let rb = named("RoleBinding", "watchdog-remediation-leases");
+    assert_eq!(rb["roleRef"]["kind"], "Role");
+    assert_eq!(rb["subjects"][0]["namespace"], "watchdog");
     let sm = kind(&objs, "ServiceMonitor");
     assert_eq!(sm.len(), 1, "a ServiceMonitor when enabled");
     assert_eq!(sm[0]["spec"]["endpoints"][0]["port"], "metrics");
@@ -335,6 +389,7 @@ fn bad_values_and_bad_objects_are_refused() {
         ("remediation.mode=enforce", "allowActions"),
         ("remediation.allowActions={reboot}", "allowActions"),
         ("config.bogus=1", "bogus"),
+        ("remediation.leaseNamespace=Kube_System", "leaseNamespace"),
         ("securityContext.capabilities={bpf}", "capabilities"),
         ("metrics.port=0", "port"),
     ] {
