@@ -154,8 +154,9 @@ pub struct RemediationSection {
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterSection {
-    /// Where the slot Leases live.
-    pub lease_namespace: String,
+    /// Where the slot Leases live (default: the agent's own namespace,
+    /// `$POD_NAMESPACE` from the downward API, else `kube-system`).
+    pub lease_namespace: Option<String>,
     /// K: at most this many nodes remediate at once...
     pub max_nodes: u32,
     /// ...and at most this percent of the pool (never below 1 node).
@@ -185,16 +186,16 @@ pub struct ClusterSection {
 impl Default for ClusterSection {
     fn default() -> Self {
         Self {
-            lease_namespace: "kube-system".into(),
+            lease_namespace: None,
             max_nodes: 1,
             max_percent: 10,
             pool_selector: None,
             lease_duration: Duration::from_secs(60),
             release_delay: Duration::from_secs(120),
             rate_window: Duration::from_secs(3600),
-            rate_max: 5,
+            rate_max: 3,
             breaker_nodes: 3,
-            breaker_percent: 20,
+            breaker_percent: 10,
             local_when_apiserver_down: false,
             local_max_per_hour: 1,
         }

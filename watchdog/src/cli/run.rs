@@ -147,9 +147,12 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         }
         if kube_wanted {
             match kube_outputs(&cfg, node.as_deref()).await {
-                Ok((sink, what)) => {
+                Ok((sink, what, client)) => {
                     sinks.0.push(sink);
                     opts.outputs.push(what);
+                    if let Some(node) = node.as_deref() {
+                        cluster_remediation(&cfg, &mut opts, client, node).await;
+                    }
                 }
                 Err(e) => {
                     tracing::error!("Kubernetes outputs disabled: {e:#}");
@@ -183,7 +186,45 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn kube_outputs(cfg: &Config, node: Option<&str>) -> anyhow::Result<(Box<dyn Sink>, String)> {
+/// Remediation in a cluster: the node's labels for the policy's exclusions,
+/// and the cluster-wide budget (Leases, breaker) that every action runs
+/// under, with the cluster-visible actions (cordon, taint, escalate,
+/// evict_pod).
+async fn cluster_remediation(
+    cfg: &Config,
+    opts: &mut TraceOptions,
+    client: kube::Client,
+    node: &str,
+) {
+    use crate::remediation::{
+        Mode,
+        cluster::budget,
+        coordinator::{BudgetSlot, ClusterBudget},
+    };
+    if cfg.remediation.mode == Mode::Off {
+        return;
+    }
+    let timeout = cfg.kubernetes.timeout;
+    match budget::node_labels(client.clone(), node, timeout).await {
+        Ok(labels) => opts.remediation.node_labels = Some(labels),
+        Err(e) => tracing::warn!(
+            "remediation: node {node}'s labels could not be read ({e}); node-label exclusions refuse every action"
+        ),
+    }
+    let (b, driver): (ClusterBudget, _) =
+        budget::build(client, node, &cfg.remediation.cluster, timeout);
+    tokio::spawn(driver);
+    opts.remediation_budget = BudgetSlot::new(Box::new(b));
+    opts.outputs.push(format!(
+        "remediation budget: cluster Leases (at most {} nodes, {} % of the pool)",
+        cfg.remediation.cluster.max_nodes, cfg.remediation.cluster.max_percent
+    ));
+}
+
+async fn kube_outputs(
+    cfg: &Config,
+    node: Option<&str>,
+) -> anyhow::Result<(Box<dyn Sink>, String, kube::Client)> {
     let node = node.ok_or_else(|| {
         anyhow::anyhow!("no node name: set node_name, --node-name or $NODE_NAME (the downward API's spec.nodeName)")
     })?;
@@ -204,7 +245,7 @@ async fn kube_outputs(cfg: &Config, node: Option<&str>) -> anyhow::Result<(Box<d
         resync: cfg.kubernetes.resync,
         events_per_minute: cfg.kubernetes.events_per_minute,
     };
-    let (sink, exporter) = kubernetes::kubernetes(client, opts, Time::now());
+    let (sink, exporter) = kubernetes::kubernetes(client.clone(), opts, Time::now());
     tokio::spawn(exporter.run());
     Ok((
         Box::new(sink),
@@ -217,5 +258,6 @@ async fn kube_outputs(cfg: &Config, node: Option<&str>) -> anyhow::Result<(Box<d
             },
             if cfg.kubernetes.events { "on" } else { "off" }
         ),
+        client,
     ))
 }

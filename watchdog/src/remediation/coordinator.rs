@@ -493,7 +493,11 @@ mod tests {
             Ok(self.0.lock().unwrap().breaker.clone())
         }
         async fn act(&mut self, a: &ClusterAction) -> (Result<String, String>, bool) {
-            self.0.lock().unwrap().calls.push(format!("act {:?}", a.action));
+            self.0
+                .lock()
+                .unwrap()
+                .calls
+                .push(format!("act {:?}", a.action));
             (Ok("done".into()), false)
         }
     }

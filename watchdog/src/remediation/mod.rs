@@ -433,18 +433,15 @@ impl Remediator {
                 budget: budget.clone(),
                 pod: None,
             };
-            match self
-                .budget
-                .submit(
-                    ticket,
-                    &ClusterAction {
-                        action: action.clone(),
-                        undo: true,
-                        cause: f.cause,
-                        finding: f.id.clone(),
-                    },
-                )
-            {
+            match self.budget.submit(
+                ticket,
+                &ClusterAction {
+                    action: action.clone(),
+                    undo: true,
+                    cause: f.cause,
+                    finding: f.id.clone(),
+                },
+            ) {
                 Ok(what) => {
                     out.push(rec(StepStatus::Started, format!("undo: {what}")));
                     self.pending.insert(
@@ -589,18 +586,15 @@ impl Remediator {
                     if s.action.kind().cluster_visible() {
                         let ticket = self.next_ticket;
                         self.next_ticket += 1;
-                        match self
-                            .budget
-                            .submit(
-                                ticket,
-                                &ClusterAction {
-                                    action: s.action.clone(),
-                                    undo: false,
-                                    cause: s.cause,
-                                    finding: s.finding.clone(),
-                                },
-                            )
-                        {
+                        match self.budget.submit(
+                            ticket,
+                            &ClusterAction {
+                                action: s.action.clone(),
+                                undo: false,
+                                cause: s.cause,
+                                finding: s.finding.clone(),
+                            },
+                        ) {
                             Ok(_) => {
                                 self.pending.insert(
                                     ticket,

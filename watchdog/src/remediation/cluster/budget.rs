@@ -96,15 +96,16 @@ impl ClusterOps for KubeOps {
         let why = format!("{} ({})", a.cause.name(), a.finding);
         let e = |e: super::CallError| e.to_string();
         let r = match (&a.action, a.undo) {
-            (RemedyAction::Cordon, false) => self.actions.cordon(&why).await.map_err(e).map(|c| {
-                match c {
+            (RemedyAction::Cordon, false) => {
+                self.actions.cordon(&why).await.map_err(e).map(|c| match c {
                     Cordon::Cordoned => "cordoned (marked as watchdog's)".to_string(),
                     Cordon::AlreadyOurs => "already cordoned by watchdog".into(),
                     Cordon::AlreadyCordoned => {
-                        "already cordoned by someone else: left alone, not watchdog's to undo".into()
+                        "already cordoned by someone else: left alone, not watchdog's to undo"
+                            .into()
                     }
-                }
-            }),
+                })
+            }
             (RemedyAction::Cordon, true) => {
                 self.actions
                     .uncordon_if_ours()
@@ -119,12 +120,16 @@ impl ClusterOps for KubeOps {
                     })
             }
             (RemedyAction::Taint, false) => {
-                self.actions.taint(a.cause).await.map_err(e).map(|t| match t {
-                    Taint::Added => format!("taint {}:NoSchedule added", super::TAINT_KEY),
-                    Taint::AlreadyPresent => {
-                        format!("taint {}:NoSchedule already there", super::TAINT_KEY)
-                    }
-                })
+                self.actions
+                    .taint(a.cause)
+                    .await
+                    .map_err(e)
+                    .map(|t| match t {
+                        Taint::Added => format!("taint {}:NoSchedule added", super::TAINT_KEY),
+                        Taint::AlreadyPresent => {
+                            format!("taint {}:NoSchedule already there", super::TAINT_KEY)
+                        }
+                    })
             }
             (RemedyAction::Taint, true) => {
                 self.actions.untaint().await.map_err(e).map(|t| match t {
@@ -173,4 +178,67 @@ impl ClusterOps for KubeOps {
         };
         (r, false)
     }
+}
+
+/// The cluster budget of the agent on `node`, from `[remediation.cluster]`,
+/// and its driver (to spawn on the agent's runtime).
+pub fn build(
+    client: Client,
+    node: &str,
+    cfg: &crate::config::ClusterSection,
+    call_timeout: std::time::Duration,
+) -> (
+    crate::remediation::coordinator::ClusterBudget,
+    impl std::future::Future<Output = ()> + Send + use<>,
+) {
+    let namespace = cfg
+        .lease_namespace
+        .clone()
+        .or_else(|| {
+            std::env::var("POD_NAMESPACE")
+                .ok()
+                .filter(|n| !n.is_empty())
+        })
+        .unwrap_or_else(|| "kube-system".into());
+    let lease = super::LeaseConfig {
+        namespace,
+        max_nodes: cfg.max_nodes,
+        max_percent: cfg.max_percent,
+        node_selector: cfg.pool_selector.clone(),
+        lease_duration: cfg.lease_duration,
+        rate_max: cfg.rate_max,
+        rate_window: cfg.rate_window,
+        timeout: call_timeout,
+        ..super::LeaseConfig::new("")
+    };
+    let semaphore = Semaphore::new(client.clone(), node, lease.clone());
+    let actions = NodeActions::new(client.clone(), node, semaphore.identity(), call_timeout);
+    let breaker = BreakerConfig {
+        max_nodes: Some(cfg.breaker_nodes),
+        max_percent: Some(cfg.breaker_percent),
+        node_selector: cfg.pool_selector.clone(),
+        timeout: call_timeout,
+    };
+    let ops = KubeOps::new(client, node, semaphore, actions, breaker);
+    crate::remediation::coordinator::ClusterBudget::new(
+        ops,
+        crate::remediation::coordinator::ClusterPolicy {
+            release_delay: cfg.release_delay,
+            renew_every: lease.lease_duration / 3,
+            want_expires: std::time::Duration::from_secs(1800),
+            local_when_apiserver_down: cfg.local_when_apiserver_down,
+            local_max_per_hour: cfg.local_max_per_hour,
+        },
+    )
+}
+
+/// The node's labels (for the policy's node-label exclusions).
+pub async fn node_labels(
+    client: Client,
+    node: &str,
+    timeout: std::time::Duration,
+) -> Result<std::collections::BTreeMap<String, String>, super::CallError> {
+    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client);
+    let n = super::call(timeout, format!("get node {node}"), nodes.get(node)).await?;
+    Ok(n.metadata.labels.unwrap_or_default())
 }

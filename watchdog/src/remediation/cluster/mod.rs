@@ -17,8 +17,9 @@
 //!   repair; watchdog never reboots) and the PDB-aware Eviction API. Each
 //!   undoes only what it did itself: a cordon it set (marked by an
 //!   annotation), its own taint key, its own condition.
-//! - [`events`]: remediation Events on the Pod a finding names, rate-limited
-//!   and coalesced like the Node's.
+//! - [`budget`]: all of it as the cluster budget's driver uses it
+//!   (`remediation::coordinator`). Remediation Events on the Pod a step
+//!   acts on go through the Kubernetes sink with the Node's.
 //!
 //! Every apiserver call has a timeout; an error or a timeout is
 //! "unreachable", and without a lease nothing cluster-visible happens.
@@ -32,7 +33,6 @@ use kube::{
 
 pub mod breaker;
 pub mod budget;
-pub mod events;
 pub mod lease;
 pub mod node;
 
@@ -42,7 +42,6 @@ mod mock;
 mod tests;
 
 pub use breaker::{Breaker, BreakerConfig};
-pub use events::{PodEvents, PodRef};
 pub use lease::{Acquire, Intent, LeaseConfig, Renew, Semaphore, Slot};
 pub use node::{Cordon, Evict, NodeActions, Taint, Uncordon, Untaint};
 

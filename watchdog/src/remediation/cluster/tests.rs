@@ -548,51 +548,149 @@ async fn eviction_is_pdb_aware_and_uid_checked() {
     );
 }
 
-#[tokio::test]
-async fn pod_events_are_posted_and_rate_limited() {
-    use crate::model::finding::FindingId;
-    use crate::remediation::{ActionKind, Mode, RemediationRecord, StepStatus};
-    let m = Mock::new(14);
-    let mut ev = PodEvents::new(m.client(), "node-0", 1, Duration::from_secs(1));
-    let pod = PodRef {
-        namespace: "app".into(),
-        name: "web-0".into(),
-        uid: "uid-1".into(),
+/// The whole chain on the in-memory apiserver: the remediator (enforce,
+/// a ladder of `cordon`) asks the cluster budget, whose driver takes a
+/// Lease slot, cordons the node, and once the finding resolves uncordons it
+/// (watchdog's own cordon) and gives the slot back after the release delay.
+#[tokio::test(start_paused = true)]
+async fn a_cordon_runs_under_a_lease_and_is_undone_and_the_slot_released() {
+    use crate::model::finding::runtime::RuntimeDetail;
+    use crate::model::finding::{
+        Confidence, Detail, Finding, FindingId, FindingStatus, Remedy, RemedyAction,
     };
-    let rec = |status| RemediationRecord {
-        at: Time(1000),
-        finding: FindingId::new(Cause::PidExhaustion, "pids_cgroup/kubepods/pod1"),
-        cause: Cause::PidExhaustion,
-        action: ActionKind::EvictPod,
-        target: "pod uid-1".into(),
+    use crate::remediation::{
+        ActionKind, Journal, Mode, PolicyConfig, Remediator, ReplayExecutor, policy::Ladder,
+    };
+    let m = mock_with_nodes(21, 4);
+    let section = crate::config::ClusterSection {
+        lease_namespace: Some(NS.into()),
+        release_delay: Duration::from_secs(30),
+        ..Default::default()
+    };
+    let (b, driver) = budget::build(m.client(), "node-0", &section, Duration::from_secs(1));
+    tokio::spawn(driver);
+    let dir = std::env::temp_dir().join(format!("wd-cluster-e2e-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (journal, _) = Journal::open(&dir.join("j.jsonl"), "boot").unwrap();
+    let mut cfg = PolicyConfig {
         mode: Mode::Enforce,
-        status,
-        reason: "PDB allowed it".into(),
-        budget: "slot watchdog-remediation-0 held".into(),
-        pod: None,
+        allow: [ActionKind::Cordon].into(),
+        ..PolicyConfig::default()
     };
-    ev.remediation(&pod, &rec(StepStatus::Started));
-    ev.remediation(&pod, &rec(StepStatus::Succeeded));
-    ev.remediation(&pod, &rec(StepStatus::Verified));
-    assert_eq!(ev.pending(), 2);
-    assert_eq!(ev.flush(Time(2000)).await.unwrap(), 1);
-    assert_eq!(ev.pending(), 1, "one per minute");
-    {
-        let s = m.state();
-        assert_eq!(s.events.len(), 1);
-        let e = &s.events[0];
-        assert_eq!(e["regarding"]["kind"], "Pod");
-        assert_eq!(e["regarding"]["namespace"], "app");
-        assert_eq!(e["regarding"]["uid"], "uid-1");
-        assert_eq!(e["reason"], "EvictPodSucceeded");
-        assert_eq!(e["reportingController"], "watchdog");
-        assert_eq!(e["reportingInstance"], "watchdog-node-0");
-    }
-    // The apiserver down: kept for later.
-    m.state().down = Down::Error;
-    assert!(ev.flush(Time(70_000)).await.is_err());
-    assert_eq!(ev.pending(), 1);
-    m.state().down = Down::Up;
-    assert_eq!(ev.flush(Time(140_000)).await.unwrap(), 1);
-    assert_eq!(m.state().events[1]["reason"], "EvictPodVerified");
+    cfg.ladders.insert(
+        Cause::StorageHang,
+        Ladder {
+            actions: vec![ActionKind::Cordon],
+            confirm_ms: Some(0),
+        },
+    );
+    let mut r = Remediator::new(cfg, Box::new(ReplayExecutor))
+        .with_budget(Box::new(b))
+        .with_journal(journal, &[]);
+    let finding = |status: FindingStatus, at: u64| Finding {
+        cause: Cause::StorageHang,
+        status,
+        id: FindingId::new(Cause::StorageHang, "/mnt/nfs"),
+        summary: String::new(),
+        confidence: Confidence::Certain,
+        first_seen: Time(0),
+        last_seen: Time(at),
+        resolved_at: (status == FindingStatus::Resolved).then_some(Time(at)),
+        duration_s: None,
+        evidence: Vec::new(),
+        timeline: Vec::new(),
+        concurrent: Vec::new(),
+        pleg: None,
+        remedy: Remedy::new(
+            "",
+            vec![RemedyAction::ForceUnmount {
+                mount_point: "/mnt/nfs".into(),
+            }],
+        ),
+        detail: Detail::Runtime(RuntimeDetail {
+            runtime: None,
+            runtime_endpoint: None,
+            seconds_since_relist: None,
+            source: None,
+            threshold_s: 180.0,
+            predicted_unhealthy_in_s: None,
+            kubelet_reports_unhealthy: false,
+            hung: Vec::new(),
+            kubelet_errors: Vec::new(),
+        }),
+    };
+    let settle = || sleep(Duration::from_millis(50));
+    let statuses = |rs: &[crate::remediation::RemediationRecord]| {
+        rs.iter()
+            .map(|r| format!("{} {}: {}", r.action.name(), r.status.name(), r.reason))
+            .collect::<Vec<_>>()
+    };
+    r.on_finding(&finding(FindingStatus::Active, 0));
+    let s = statuses(&r.tick(Time(1_000)));
+    assert_eq!(
+        s,
+        vec![
+            "cordon skipped: re-check: budget: asking the cluster for a remediation slot (tried again at every poll)"
+        ]
+    );
+    settle().await;
+    let lease = m
+        .state()
+        .lease(NS, "watchdog-remediation-0")
+        .cloned()
+        .unwrap();
+    assert!(
+        lease["spec"]["holderIdentity"]
+            .as_str()
+            .unwrap()
+            .starts_with("node-0_"),
+        "{lease}"
+    );
+    let s = statuses(&r.tick(Time(2_000)));
+    assert_eq!(s.len(), 1, "{s:?}");
+    assert!(
+        s[0].starts_with("cordon started: cordon the node (spec.unschedulable) (under the cluster slot watchdog-remediation-0 held (1 of 1 slots held by node-0))"),
+        "{s:?}"
+    );
+    assert!(
+        m.state().node("node-0")["spec"]["unschedulable"].is_null(),
+        "not yet: sent to the driver"
+    );
+    settle().await;
+    let s = statuses(&r.tick(Time(3_000)));
+    assert_eq!(s, vec!["cordon succeeded: cordoned (marked as watchdog's)"]);
+    assert_eq!(m.state().node("node-0")["spec"]["unschedulable"], true);
+    // Resolved: verified; watchdog's cordon undone.
+    let s = statuses(&r.on_finding(&finding(FindingStatus::Resolved, 10_000)));
+    assert_eq!(
+        s[0],
+        "cordon verified: the finding resolved after this action"
+    );
+    assert!(s[1].starts_with("cordon started: undo: "), "{s:?}");
+    settle().await;
+    let s = statuses(&r.tick(Time(11_000)));
+    assert_eq!(s, vec!["cordon undone: uncordoned (watchdog's cordon)"]);
+    assert!(m.state().node("node-0")["spec"]["unschedulable"].is_null());
+    assert!(m.state().node("node-0")["metadata"]["annotations"][CORDONED_BY].is_null());
+    // The slot is kept for the release delay, then given back.
+    sleep(Duration::from_secs(10)).await;
+    assert!(
+        m.state().lease(NS, "watchdog-remediation-0").unwrap()["spec"]["holderIdentity"]
+            .as_str()
+            .is_some_and(|h| h.starts_with("node-0_"))
+    );
+    sleep(Duration::from_secs(30)).await;
+    let lease = m
+        .state()
+        .lease(NS, "watchdog-remediation-0")
+        .cloned()
+        .unwrap();
+    assert!(
+        lease["spec"]["holderIdentity"]
+            .as_str()
+            .unwrap_or("")
+            .is_empty(),
+        "released: {lease}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
