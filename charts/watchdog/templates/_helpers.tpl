@@ -53,6 +53,9 @@ remediation policy from their own values. */}}
 {{- $cfg := deepCopy .Values.config }}
 {{- $_ := set $cfg "metrics" (dict "addr" (ternary (printf "0.0.0.0:%d" (int .Values.metrics.port)) "" .Values.metrics.enabled)) }}
 {{- $rem := dict "mode" .Values.remediation.mode "allow_actions" .Values.remediation.allowActions "journal" (printf "%s/remediation.jsonl" .Values.remediation.journalHostPath) }}
+{{- if .Values.remediation.leaseNamespace }}
+{{- $_ := set $rem "cluster" (dict "lease_namespace" .Values.remediation.leaseNamespace) }}
+{{- end }}
 {{- $_ := set $cfg "remediation" (merge $rem (default dict (index .Values.config "remediation"))) }}
 {{- if .Values.bundle.enabled }}
 {{- $_ := set $cfg "bundle" (dict "dir" .Values.bundle.hostPath "min_interval" .Values.bundle.minInterval "max_total_mib" .Values.bundle.maxTotalMiB) }}
@@ -76,18 +79,24 @@ the agent rejects for an integer key; an integer is fine for a float key). */}}
 
 {{/* watchdog.toml from a dict: top-level keys, then one [table] per map. */}}
 {{- define "watchdog.toml" -}}
-{{- range $k, $v := . }}
+{{- include "watchdog.tomlTable" (dict "prefix" "" "table" .) }}
+{{- end }}
+
+{{/* One TOML table's keys, then its sub-tables as [prefix.key] (any depth:
+[remediation.ladder.pid_exhaustion]). */}}
+{{- define "watchdog.tomlTable" -}}
+{{- $p := .prefix }}
+{{- range $k, $v := .table }}
 {{- if ne (kindOf $v) "map" }}
 {{ $k }} = {{ include "watchdog.tomlValue" $v }}
 {{- end }}
 {{- end }}
-{{- range $k, $v := . }}
+{{- range $k, $v := .table }}
 {{- if eq (kindOf $v) "map" }}
+{{- $name := ternary $k (printf "%s.%s" $p $k) (eq $p "") }}
 
-[{{ $k }}]
-{{- range $kk, $vv := $v }}
-{{ $kk }} = {{ include "watchdog.tomlValue" $vv }}
-{{- end }}
+[{{ $name }}]
+{{- include "watchdog.tomlTable" (dict "prefix" $name "table" $v) }}
 {{- end }}
 {{- end }}
 {{- end }}
