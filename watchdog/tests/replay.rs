@@ -117,6 +117,62 @@ fn remediation_pid_enforce() {
     assert!(!plain.iter().any(|v| v["type"] == "remediation"));
 }
 
+/// The storage-hang recording under a policy with a ladder of its own
+/// (abort_fuse, cordon, escalate; a 1 s confirm time, 2 s per rung) and a
+/// minimum uptime the node reaches during the recording: the first rung
+/// waits for the uptime, then is planned; the cluster-visible rungs are
+/// skipped, since a replay (like a `trace` by hand) has no cluster.
+#[test]
+fn remediation_storage_ladder() {
+    let r = check("remediation_storage_ladder");
+    let steps: Vec<(String, String, String)> = r
+        .iter()
+        .filter(|v| v["type"] == "remediation")
+        .map(|s| {
+            (
+                s["action"].as_str().unwrap().to_string(),
+                s["status"].as_str().unwrap().to_string(),
+                s["reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let shape: Vec<(&str, &str)> = steps
+        .iter()
+        .map(|(a, s, _)| (a.as_str(), s.as_str()))
+        .collect();
+    assert_eq!(
+        shape,
+        vec![
+            ("abort_fuse", "skipped"),
+            ("abort_fuse", "planned"),
+            ("cordon", "skipped"),
+            ("escalate", "skipped"),
+        ],
+        "{steps:#?}"
+    );
+    assert!(
+        steps[0].2.starts_with("the node has been up "),
+        "{steps:#?}"
+    );
+    assert!(
+        steps[0].2.ends_with("less than the minimum 16 s"),
+        "{steps:#?}"
+    );
+    assert!(
+        steps[1]
+            .2
+            .starts_with("dry-run: would abort FUSE connection "),
+        "{steps:#?}"
+    );
+    assert!(!steps[1].2.contains("enforce needs"), "allowed: {steps:#?}");
+    assert!(
+        steps[2]
+            .2
+            .contains("cordon acts through the apiserver, and no cluster is configured"),
+        "{steps:#?}"
+    );
+}
+
 #[test]
 fn bad_recordings_give_clear_errors() {
     let dir = std::env::temp_dir().join(format!("wd-replay-{}", std::process::id()));
