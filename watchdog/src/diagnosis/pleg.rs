@@ -57,6 +57,8 @@ pub struct Pleg {
     /// two scrapes.
     relist_duration_s: Option<f64>,
     slow_operations: BTreeMap<String, f64>,
+    /// What the evented-PLEG metrics say (see [`evented_stream`]).
+    evented_stream: Option<String>,
 }
 
 /// How far kubelet's clock may be ahead of the agent's before its gauge
@@ -122,6 +124,13 @@ impl Pleg {
                 })
                 .collect();
         }
+        self.evented_stream = evented_stream(
+            self.cfg.evented,
+            m,
+            self.metrics
+                .as_ref()
+                .and_then(|p| p.evented_connection_errors),
+        );
         self.metrics = Some(m.clone());
         self.evaluate(m.at, related)
     }
@@ -420,6 +429,7 @@ impl Pleg {
                 .relist_duration_s
                 .map(|s| (s * 1000.0).round() / 1000.0),
             slow_operations: self.slow_operations.clone(),
+            evented_stream: self.evented_stream.clone(),
             kubelet_errors: self.kubelet_errors.iter().map(|(_, s)| s.clone()).collect(),
             node_transitions: self.transitions.clone(),
             related_findings: related.to_vec(),
@@ -454,7 +464,12 @@ impl Pleg {
             e.related_findings,
             e.kubelet_errors.len(),
         ) + &e.source_problems.len().to_string()
-            + &format!("{:?}", e.slow_operations.keys().collect::<Vec<_>>());
+            + &format!("{:?}", e.slow_operations.keys().collect::<Vec<_>>())
+            // The kind of evented-stream note (not its counts).
+            + &e.evented_stream
+                .as_deref()
+                .map(|n| n.split(' ').take(5).collect::<Vec<_>>().join(" "))
+                .unwrap_or_default();
         let due = match &self.last_emit {
             None => true,
             Some((t, k)) => *k != key || now.millis_since(*t) >= self.cfg.report_every_ms,
@@ -527,10 +542,45 @@ fn message(e: &PlegEstimate) -> String {
                 .join(", ")
         ));
     }
+    if let Some(note) = &e.evented_stream {
+        s.push_str(&format!("; {note}"));
+    }
     for p in &e.source_problems {
         s.push_str(&format!("; reading left out: {p}"));
     }
     s
+}
+
+/// kubelet's CRI event stream (evented PLEG), from its connection counters:
+/// failing to connect since the previous scrape (kubelet falls back to the
+/// relist after 5 failures), never connected while evented PLEG is
+/// configured here, or connected while this agent assumes the generic
+/// relist (whose threshold is 3 min, not 10). None: nothing to say.
+fn evented_stream(
+    configured: bool,
+    m: &KubeletMetrics,
+    prev_errors: Option<f64>,
+) -> Option<String> {
+    let ok = m.evented_connections;
+    let err = m.evented_connection_errors;
+    if let (Some(e), Some(p)) = (err, prev_errors)
+        && e > p
+    {
+        return Some(format!(
+            "kubelet's CRI event stream (evented PLEG) failed to connect {:.0} times since the previous scrape ({e:.0} in all): after 5 failures kubelet falls back to relisting",
+            e - p
+        ));
+    }
+    match ok {
+        Some(n) if n == 0.0 && configured => Some(format!(
+            "evented PLEG is configured but kubelet's CRI event stream never connected (kubelet_evented_pleg_connection_success_count 0{}): kubelet relists instead",
+            err.map(|e| format!(", {e:.0} errors")).unwrap_or_default()
+        )),
+        Some(n) if n > 0.0 && !configured => Some(format!(
+            "kubelet's CRI event stream connected {n:.0} times (evented PLEG is on): its PLEG threshold is 10 min, not the 3 min assumed here (set pleg.evented = true)"
+        )),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

@@ -31,6 +31,8 @@ fn metrics(now: Time, last_seen: Time, container_status_errors: f64) -> KubeletM
         relist_interval: None,
         runtime_operations: ops,
         unparseable_lines: 0,
+        evented_connections: None,
+        evented_connection_errors: None,
     }
 }
 
@@ -501,4 +503,52 @@ fn slow_runtime_operations_and_relists_are_named_from_kubelets_histograms() {
         e.message
     );
     assert!(e.message.contains("relists take 1.5 s"), "{}", e.message);
+}
+
+#[test]
+fn evented_pleg_connection_counters_say_what_the_event_stream_does() {
+    let with = |ok: Option<f64>, err: Option<f64>, t: u64| KubeletMetrics {
+        evented_connections: ok,
+        evented_connection_errors: err,
+        ..metrics(at(t), at(t - 1), 0.0)
+    };
+    // Evented PLEG configured here, the stream failing between scrapes.
+    let mut p = Pleg::new(PlegConfig {
+        evented: true,
+        ..PlegConfig::default()
+    });
+    let e = p.metrics(&with(Some(0.0), Some(2.0), 10), &[]).unwrap();
+    assert_eq!(
+        e.evented_stream.as_deref(),
+        Some(
+            "evented PLEG is configured but kubelet's CRI event stream never connected (kubelet_evented_pleg_connection_success_count 0, 2 errors): kubelet relists instead"
+        )
+    );
+    let e = p.metrics(&with(Some(0.0), Some(5.0), 15), &[]).unwrap();
+    let note = e.evented_stream.clone().unwrap();
+    assert!(
+        note.starts_with("kubelet's CRI event stream (evented PLEG) failed to connect 3 times since the previous scrape (5 in all)"),
+        "{note}"
+    );
+    assert!(e.message.contains(&note), "{}", e.message);
+    // Connected and nothing failing: nothing to say.
+    let mut p = Pleg::new(PlegConfig {
+        evented: true,
+        ..PlegConfig::default()
+    });
+    let e = p.metrics(&with(Some(1.0), Some(0.0), 10), &[]).unwrap();
+    assert_eq!(e.evented_stream, None);
+    // Connected while this agent assumes the generic relist's threshold.
+    let mut p = Pleg::new(PlegConfig::default());
+    let e = p.metrics(&with(Some(1.0), Some(0.0), 10), &[]).unwrap();
+    assert!(
+        e.evented_stream.as_deref().is_some_and(
+            |n| n.contains("its PLEG threshold is 10 min") && n.contains("pleg.evented = true")
+        ),
+        "{e:?}"
+    );
+    // A kubelet without evented PLEG metrics: nothing.
+    let mut p = Pleg::new(PlegConfig::default());
+    let e = p.metrics(&with(None, None, 10), &[]).unwrap();
+    assert_eq!(e.evented_stream, None);
 }

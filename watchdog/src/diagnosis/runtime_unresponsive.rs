@@ -271,6 +271,8 @@ mod tests {
             relist_interval: None,
             runtime_operations: BTreeMap::new(),
             unparseable_lines: 0,
+            evented_connections: None,
+            evented_connection_errors: None,
         }))
     }
 

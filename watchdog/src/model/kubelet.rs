@@ -50,6 +50,12 @@ pub struct KubeletMetrics {
     pub runtime_operations: BTreeMap<String, RuntimeOperation>,
     /// Lines of the page the parser could not read (kept going).
     pub unparseable_lines: u64,
+    /// `kubelet_evented_pleg_connection_success_count` and `_error_count`
+    /// (evented PLEG, kubelet 1.26+): the CRI event stream's connections.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evented_connections: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evented_connection_errors: Option<f64>,
 }
 
 /// A pod as kubelet names it in logs: `name_namespace(uid)`.

@@ -111,6 +111,11 @@ pub struct PlegEstimate {
     /// [`SLOW_OPERATION_S`]: which CRI call is slow.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub slow_operations: BTreeMap<String, f64>,
+    /// What kubelet's evented-PLEG metrics say of its CRI event stream,
+    /// when that is worth saying (connections failing, never connected, or
+    /// connected while the agent assumes the relist's threshold).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evented_stream: Option<String>,
     /// Recent runtime failures kubelet logged (deadlines, KillContainerError, fork EAGAIN).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub kubelet_errors: Vec<String>,

@@ -23,6 +23,11 @@ pub const PLEG_RELIST_DURATION: &str = "kubelet_pleg_relist_duration_seconds";
 pub const PLEG_RELIST_INTERVAL: &str = "kubelet_pleg_relist_interval_seconds";
 pub const RUNTIME_OPS_DURATION: &str = "kubelet_runtime_operations_duration_seconds";
 pub const RUNTIME_OPS_ERRORS: &str = "kubelet_runtime_operations_errors_total";
+/// Evented PLEG (kubelet 1.26+, feature gate EventedPLEG): connections of
+/// kubelet's CRI event stream, and failures to establish one. Counters
+/// despite their `_count` names (an OpenMetrics exporter adds `_total`).
+pub const EVENTED_CONNECTIONS: &str = "kubelet_evented_pleg_connection_success_count";
+pub const EVENTED_CONNECTION_ERRORS: &str = "kubelet_evented_pleg_connection_error_count";
 /// When kubelet's process started (the Go client's process collector).
 pub const PROCESS_START: &str = "process_start_time_seconds";
 /// kubelet before 1.14 exposed PLEG as microsecond summaries only.
@@ -32,7 +37,9 @@ const LEGACY_PLEG: [&str; 2] = [
 ];
 
 /// The families read, and the type kubelet declares for each.
-const FAMILIES: [(&str, &str); 6] = [
+const FAMILIES: [(&str, &str); 8] = [
+    (EVENTED_CONNECTIONS, "counter"),
+    (EVENTED_CONNECTION_ERRORS, "counter"),
     (PROCESS_START, "gauge"),
     (PLEG_LAST_SEEN, "gauge"),
     (PLEG_RELIST_DURATION, "histogram"),
@@ -89,11 +96,13 @@ pub enum MetricsError {
 }
 
 fn family_of(name: &str) -> Option<usize> {
-    FAMILIES.iter().position(|(f, _)| {
+    FAMILIES.iter().position(|(f, kind)| {
         name == *f
-            || name
-                .strip_prefix(f)
-                .is_some_and(|s| matches!(s, "_bucket" | "_sum" | "_count"))
+            || name.strip_prefix(f).is_some_and(|s| match *kind {
+                "histogram" => matches!(s, "_bucket" | "_sum" | "_count"),
+                "counter" => s == "_total",
+                _ => false,
+            })
     })
 }
 
@@ -183,6 +192,8 @@ pub fn parse(page: &str, at: Time) -> Result<KubeletMetrics, MetricsError> {
         relist_interval: None,
         runtime_operations: BTreeMap::new(),
         unparseable_lines: unparseable,
+        evented_connections: None,
+        evented_connection_errors: None,
     };
     // _sum and _count samples come out untyped, keyed by their labels.
     let mut sums: BTreeMap<(String, String), (Option<f64>, Option<f64>)> = BTreeMap::new();
@@ -199,6 +210,19 @@ pub fn parse(page: &str, at: Time) -> Result<KubeletMetrics, MetricsError> {
             }
             (RUNTIME_OPS_ERRORS, Value::Counter(v) | Value::Untyped(v)) => {
                 m.runtime_operations.entry(op).or_default().errors = *v;
+            }
+            (name, Value::Counter(v) | Value::Untyped(v))
+                if v.is_finite()
+                    && (name.strip_suffix("_total").unwrap_or(name) == EVENTED_CONNECTIONS) =>
+            {
+                m.evented_connections = Some(*v);
+            }
+            (name, Value::Counter(v) | Value::Untyped(v))
+                if v.is_finite()
+                    && (name.strip_suffix("_total").unwrap_or(name)
+                        == EVENTED_CONNECTION_ERRORS) =>
+            {
+                m.evented_connection_errors = Some(*v);
             }
             (metric, Value::Histogram(buckets)) => {
                 if !buckets.iter().any(|b| b.less_than.is_infinite()) {

@@ -320,3 +320,37 @@ fn process_start_is_read() {
     let m = parse(page, AT).unwrap();
     assert_eq!(m.process_start, Some(Time::from_millis(1_600_000_000_000)));
 }
+
+/// kubelet 1.26+ with the EventedPLEG gate: its stream's connection
+/// counters (`_count` names, counter type; `_total` added by an OpenMetrics
+/// exporter), as kubelet's legacy registry writes them.
+#[test]
+fn evented_pleg_connection_counters() {
+    let evented = "# HELP kubelet_evented_pleg_connection_error_count [ALPHA] The number of errors encountered during the establishment of streaming connection with the CRI runtime.\n\
+# TYPE kubelet_evented_pleg_connection_error_count counter\n\
+kubelet_evented_pleg_connection_error_count 4\n\
+# HELP kubelet_evented_pleg_connection_success_count [ALPHA] The number of times a streaming client was obtained to receive CRI Events.\n\
+# TYPE kubelet_evented_pleg_connection_success_count counter\n\
+kubelet_evented_pleg_connection_success_count 1\n";
+    let m = parse(&format!("{PAGE}{evented}"), AT).unwrap();
+    assert_eq!(m.evented_connection_errors, Some(4.0));
+    assert_eq!(m.evented_connections, Some(1.0));
+    let total = evented
+        .replace("error_count 4", "error_count_total 6")
+        .replace("success_count 1", "success_count_total 2");
+    let m = parse(&format!("{PAGE}{total}"), AT).unwrap();
+    assert_eq!(m.evented_connection_errors, Some(6.0));
+    assert_eq!(m.evented_connections, Some(2.0));
+    // Declared as something else: the page is not trusted.
+    let wrong = evented.replace(
+        "# TYPE kubelet_evented_pleg_connection_error_count counter",
+        "# TYPE kubelet_evented_pleg_connection_error_count gauge",
+    );
+    assert!(matches!(
+        parse(&format!("{PAGE}{wrong}"), AT),
+        Err(MetricsError::WrongType { .. })
+    ));
+    // The realistic page has none: not known.
+    let m = parse(PAGE, AT).unwrap();
+    assert_eq!(m.evented_connections, None);
+}
