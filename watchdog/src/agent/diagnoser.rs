@@ -39,8 +39,10 @@ impl Diagnoser {
     }
 
     pub fn observe(&mut self, obs: Observation, sink: &mut dyn Sink) {
-        if let Observation::Source(s) = &obs {
-            sink.emit(&Record::Source(s.clone()));
+        match &obs {
+            Observation::Source(s) => sink.emit(&Record::Source(s.clone())),
+            Observation::BusProbe(p) => sink.emit(&Record::BusProbe(p.clone())),
+            _ => {}
         }
         let reports = self.engine.observe(&obs);
         if let Some(r) = self.recorder.as_mut() {

@@ -109,6 +109,11 @@ pub enum Record {
     Remediation(crate::remediation::RemediationRecord),
     /// A bundle captured for a finding (`--bundle-dir`), or why not.
     Bundle(crate::bundle::auto::BundleRecord),
+    /// The result of one of the agent's own D-Bus probes (`Ping` of
+    /// systemd, `GetId` of the bus), as the engine got it: bundles keep the
+    /// latest in `systemd/probes.jsonl`. Not shown on the terminal (the
+    /// systemd finding quotes the probe it used).
+    BusProbe(crate::model::dbus::BusProbe),
 }
 
 pub trait Sink {

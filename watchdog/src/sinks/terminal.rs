@@ -339,6 +339,8 @@ impl<W: std::io::Write> Sink for Terminal<W> {
                 }
             ),
             Record::Pleg(p) => super::pleg_line(p),
+            // In the JSON and the bundles; the finding quotes the probe.
+            Record::BusProbe(_) => return,
             Record::Bundle(b) => {
                 use crate::bundle::auto::BundleStatus;
                 match (b.status, &b.path) {
