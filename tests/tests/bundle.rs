@@ -460,6 +460,24 @@ fn trace_captures_a_bundle_when_a_finding_goes_active() {
     );
     let path = std::path::PathBuf::from(b["path"].as_str().unwrap());
     assert_eq!(path.parent(), Some(dir.as_path()), "{b}");
+    // The finding names its bundle: the file to come as it goes active,
+    // then written on the records after the capture.
+    assert_eq!(finding["status"], "active", "{finding}");
+    assert_eq!(finding["bundle"]["status"], "pending", "{finding}");
+    assert_eq!(finding["bundle"]["path"], b["path"], "{finding}");
+    assert_eq!(
+        finding["bundle"]["file"].as_str(),
+        path.file_name().and_then(|f| f.to_str()),
+        "{finding}"
+    );
+    let written_at = records.iter().position(|v| v["type"] == "bundle").unwrap();
+    for (i, f) in records.iter().enumerate() {
+        if f["type"] == "finding" && f["id"] == finding["id"] {
+            let want = if i < written_at { "pending" } else { "written" };
+            assert_eq!(f["bundle"]["status"], want, "{f}");
+            assert_eq!(f["bundle"]["path"], b["path"], "{f}");
+        }
+    }
     assert_eq!(
         fs::metadata(&path).unwrap().len(),
         b["size"].as_u64().unwrap()

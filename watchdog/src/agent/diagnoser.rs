@@ -91,7 +91,7 @@ impl Diagnoser {
                         .as_mut()
                         .map(|r| r.on_finding(&f))
                         .unwrap_or_default();
-                    sink.emit(&Record::Finding(f));
+                    sink.emit(&Record::Finding(Box::new((*f).into())));
                     for step in steps {
                         sink.emit(&Record::Remediation(step));
                     }
