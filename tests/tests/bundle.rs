@@ -12,6 +12,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use serde_json::Value;
+use watchdog_tests::containerd::{Containerd, skip_unless_containerd_prereqs};
 use watchdog_tests::fuse::{HangingFuse, skip_unless_fuse_prereqs};
 use watchdog_tests::{ChildGuard, PYTHON, TmpfsMount, agent_bin, json_records, unpack_bundle};
 
@@ -507,5 +508,172 @@ fn trace_captures_a_bundle_when_a_finding_goes_active() {
     );
     drop(reader);
     drop(fuse);
+    let _ = fs::remove_dir_all(&work);
+}
+
+/// Removes a file at drop (containerd's dump, written in /tmp).
+struct RemoveFile(std::path::PathBuf);
+
+impl Drop for RemoveFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+/// `watchdog bundle` of a session relisting the test's own containerd
+/// (never another one: the endpoint is given): without
+/// `--containerd-goroutines` containerd gets no signal (its log has no
+/// dump, its dump file is not written); with it, the bundle holds the dump
+/// containerd wrote after SIGUSR1, listed in the manifest with its source
+/// and sha256.
+#[test]
+fn bundle_asks_the_tests_own_containerd_for_its_goroutines_only_when_told() {
+    if !skip_unless_containerd_prereqs() {
+        return;
+    }
+    let work = std::env::temp_dir().join(format!("wd-bundle-gor-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&work);
+    fs::create_dir_all(&work).unwrap();
+    let ctd = Containerd::start().expect("the test's containerd");
+    let pid = ctd.pid();
+    // containerd 1.6 writes the dump to <its TMPDIR>/containerd.<pid>.stacks.log.
+    let dump = RemoveFile(std::path::PathBuf::from(format!(
+        "/tmp/containerd.{pid}.stacks.log"
+    )));
+    let _ = fs::remove_file(&dump.0);
+    let bundle = |out: &Path, opt_in: bool| {
+        let mut cmd = Command::new(agent_bin());
+        cmd.args([
+            "bundle",
+            "--duration",
+            "2s",
+            "--no-storage",
+            "--no-systemd",
+            "--kubelet-log",
+            "off",
+            "--kubelet-metrics-url",
+            "off",
+            "--runtime-endpoint",
+            &ctd.endpoint(),
+            "--json",
+            "--out",
+        ])
+        .arg(out);
+        if opt_in {
+            cmd.arg("--containerd-goroutines");
+        }
+        let o = cmd.stdin(Stdio::null()).output().unwrap();
+        assert!(
+            o.status.success(),
+            "watchdog bundle: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+
+    let plain = work.join("plain.tar.gz");
+    bundle(&plain, false);
+    let manifest = unpack_bundle(&plain, &work.join("plain"));
+    assert!(
+        !manifest["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["name"] == "runtime/containerd-goroutines.txt"),
+        "{manifest:#}"
+    );
+    assert!(
+        !ctd.log().contains("goroutine stack dump"),
+        "no signal without the option: {}",
+        ctd.log_tail()
+    );
+    assert!(!dump.0.exists(), "no dump without the option");
+
+    let with = work.join("with.tar.gz");
+    let stderr = bundle(&with, true);
+    let x = work.join("with");
+    let manifest = unpack_bundle(&with, &x);
+    let entry = manifest["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "runtime/containerd-goroutines.txt")
+        .unwrap_or_else(|| panic!("no goroutine dump listed: {manifest:#}\n{stderr}"));
+    assert!(entry["error"].is_null(), "{entry}");
+    assert_eq!(
+        entry["source"],
+        format!("/proc/{pid}/root/tmp/containerd.{pid}.stacks.log"),
+        "{entry}"
+    );
+    let file = x.join("runtime/containerd-goroutines.txt");
+    assert_eq!(entry["sha256"], sha256(&file), "{entry}");
+    let text = fs::read_to_string(&file).unwrap();
+    assert!(text.contains("goroutine "), "{text}");
+    assert!(
+        text.contains("github.com/containerd/containerd/cmd/containerd/command.dumpStacks"),
+        "a containerd function in the dump: {text}"
+    );
+    assert!(
+        ctd.log().contains("goroutine stack dump written to"),
+        "containerd logged its dump: {}",
+        ctd.log_tail()
+    );
+    eprintln!(
+        "containerd's goroutine dump: {} bytes, {} goroutines",
+        text.len(),
+        text.matches("\ngoroutine ").count() + 1
+    );
+    drop(ctd);
+    let _ = fs::remove_dir_all(&work);
+}
+
+/// `--sysrq-w` on a kernel without magic SysRq (this one): the manifest
+/// says why `kernel/sysrq-w.txt` is missing and the bundle is written. On a
+/// kernel with it the test does not write to the shared machine's
+/// /proc/sysrq-trigger (the unit tests cover the writing side's limits).
+#[test]
+fn bundle_says_sysrq_w_is_unavailable_without_magic_sysrq() {
+    if !watchdog_tests::skip_unless_root() {
+        return;
+    }
+    if !watchdog_tests::skip_unless(
+        !Path::new("/proc/sysrq-trigger").exists(),
+        "/proc/sysrq-trigger exists: not triggering sysrq-w on a shared machine",
+    ) {
+        return;
+    }
+    let work = std::env::temp_dir().join(format!("wd-bundle-sysrq-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&work);
+    fs::create_dir_all(&work).unwrap();
+    let out = work.join("b.tar.gz");
+    let o = Command::new(agent_bin())
+        .args([
+            "bundle",
+            "--duration",
+            "1s",
+            "--no-pleg",
+            "--no-systemd",
+            "--no-storage",
+            "--sysrq-w",
+            "--json",
+            "--out",
+        ])
+        .arg(&out)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let manifest = unpack_bundle(&out, &work.join("x"));
+    let entry = manifest["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "kernel/sysrq-w.txt")
+        .unwrap_or_else(|| panic!("{manifest:#}"));
+    assert_eq!(
+        entry["error"],
+        "unavailable: /proc/sysrq-trigger does not exist (kernel built without CONFIG_MAGIC_SYSRQ)",
+        "{entry}"
+    );
     let _ = fs::remove_dir_all(&work);
 }

@@ -31,6 +31,11 @@ pub struct AutoOptions {
     pub sockets: Vec<String>,
     /// The session's recording, when it records.
     pub recording: Option<PathBuf>,
+    /// Opt-in: containerd's goroutine dump, from the containerd serving this
+    /// socket (or why there is none).
+    pub goroutines: Option<Result<String, String>>,
+    /// Opt-in: sysrq-w's report of the blocked tasks.
+    pub sysrq_w: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -154,6 +159,10 @@ pub struct BundleRecord {
     pub took_ms: u64,
 }
 
+/// How long the capture (a poll after the signal) waits for containerd's
+/// goroutine dump at most: it is normally written within milliseconds.
+const GOROUTINES_WAIT: Duration = Duration::from_millis(250);
+
 /// How far before a finding's first sighting its bundle's kernel log and
 /// journal go back.
 const LEAD: Duration = Duration::from_secs(300);
@@ -174,12 +183,14 @@ pub struct AutoBundle<'a> {
 }
 
 enum Pending {
-    /// Its id, first-seen time, record, and the file it names.
+    /// Its id, first-seen time, record, the file it names, and the
+    /// goroutine dump asked for (opt-in).
     Capture {
         id: FindingId,
         first_seen: Time,
         finding: serde_json::Value,
         out: PathBuf,
+        goroutines: Option<Result<super::optin::Signalled, String>>,
     },
     Refused(BundleRecord),
 }
@@ -257,11 +268,18 @@ impl<'a> AutoBundle<'a> {
             file: Some(file),
             reason: None,
         };
+        // containerd is asked now: its dump is written by the capture at
+        // the next poll (never waited for on the agent's thread).
+        let goroutines = self.opts.goroutines.as_ref().map(|socket| {
+            let reader = crate::context::procfs::ProcReader::new(&self.opts.root);
+            super::optin::request_dump(&reader, socket)
+        });
         self.pending.push(Pending::Capture {
             id: id.clone(),
             first_seen,
             finding,
             out,
+            goroutines,
         });
         r
     }
@@ -275,9 +293,10 @@ impl<'a> AutoBundle<'a> {
                     first_seen,
                     finding,
                     out,
+                    goroutines,
                 } => {
                     let took = Instant::now();
-                    let mut rec = self.capture(&id, first_seen, &finding, &out);
+                    let mut rec = self.capture(&id, first_seen, &finding, &out, goroutines);
                     rec.took_ms = took.elapsed().as_millis() as u64;
                     if let Some(r) = self.refs.get_mut(&id.to_string()) {
                         r.status = rec.status;
@@ -298,6 +317,7 @@ impl<'a> AutoBundle<'a> {
         first_seen: Time,
         finding: &serde_json::Value,
         out: &Path,
+        goroutines: Option<Result<super::optin::Signalled, String>>,
     ) -> BundleRecord {
         let now = Time::now();
         let mut rec = BundleRecord {
@@ -344,6 +364,8 @@ impl<'a> AutoBundle<'a> {
                 journal_dirs: &self.opts.journal_dirs,
                 sockets: &self.opts.sockets,
                 uptime_start,
+                goroutines: goroutines.map(|g| (g, GOROUTINES_WAIT)),
+                sysrq_w: self.opts.sysrq_w,
             },
             &out,
         );
@@ -580,6 +602,8 @@ mod tests {
                     journal_dirs: Vec::new(),
                     sockets: Vec::new(),
                     recording: Some(golden.clone()),
+                    goroutines: None,
+                    sysrq_w: false,
                 },
             );
             crate::replay::replay(&golden, &mut auto).unwrap();
@@ -726,6 +750,8 @@ mod tests {
                     journal_dirs: Vec::new(),
                     sockets: Vec::new(),
                     recording: Some(golden.clone()),
+                    goroutines: None,
+                    sysrq_w: false,
                 },
             );
             auto.emit(&findings[0]);

@@ -27,6 +27,7 @@ use crate::model::Time;
 use crate::paths;
 
 pub mod auto;
+pub mod optin;
 pub mod redact;
 
 /// Schema of `manifest.json`.
@@ -602,6 +603,11 @@ pub struct Capture<'a> {
     pub sockets: &'a [String],
     /// Seconds after boot when the window started (the kernel log from then).
     pub uptime_start: f64,
+    /// Opt-in: containerd was sent SIGUSR1 (or why not): its dump goes to
+    /// `runtime/containerd-goroutines.txt`, waited for this long at most.
+    pub goroutines: Option<(Result<optin::Signalled, String>, std::time::Duration)>,
+    /// Opt-in: sysrq-w's report in `kernel/sysrq-w.txt`.
+    pub sysrq_w: bool,
 }
 
 /// What a written bundle holds.
@@ -646,6 +652,35 @@ pub fn capture(c: Capture<'_>, out: &Path) -> Result<Written, String> {
         ),
     }
     b.kernel(c.uptime_start);
+    if c.sysrq_w {
+        const NAME: &str = "kernel/sysrq-w.txt";
+        match optin::sysrq_w(c.root) {
+            Ok((text, truncated)) => {
+                b.add(NAME, "/proc/sysrq-trigger, /dev/kmsg", text.into_bytes(), 0);
+                if let Some((e, _)) = b.files.last_mut() {
+                    e.truncated = truncated;
+                }
+            }
+            Err(e) => b.failed(NAME, "/proc/sysrq-trigger", e),
+        }
+    }
+    if let Some((signalled, wait)) = &c.goroutines {
+        const NAME: &str = "runtime/containerd-goroutines.txt";
+        let reader = ProcReader::new(c.root);
+        match signalled
+            .as_ref()
+            .map_err(Clone::clone)
+            .and_then(|s| optin::collect_dump(&reader, s, *wait))
+        {
+            Ok((data, truncated, path)) => {
+                b.add(NAME, &path.display().to_string(), data, 0);
+                if let Some((e, _)) = b.files.last_mut() {
+                    e.truncated = truncated;
+                }
+            }
+            Err(e) => b.failed(NAME, "SIGUSR1 to containerd", e),
+        }
+    }
     let mut tasks: Vec<u32> = c.named.pids.iter().copied().collect();
     tasks.extend(b.d_tasks(&c.named.pids));
     tasks.truncate(TASKS_CAP);
