@@ -188,6 +188,11 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             .map_err(|e| format!("signal {sig} to containerd: {e}"))
     }
 
+    /// Everything containerd logged (its stderr) so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
+    }
+
     pub fn log_tail(&self) -> String {
         let text = fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();

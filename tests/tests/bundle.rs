@@ -12,6 +12,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use serde_json::Value;
+use watchdog_tests::containerd::{Containerd, skip_unless_containerd_prereqs};
 use watchdog_tests::fuse::{HangingFuse, skip_unless_fuse_prereqs};
 use watchdog_tests::{ChildGuard, PYTHON, TmpfsMount, agent_bin, json_records, unpack_bundle};
 
@@ -460,6 +461,24 @@ fn trace_captures_a_bundle_when_a_finding_goes_active() {
     );
     let path = std::path::PathBuf::from(b["path"].as_str().unwrap());
     assert_eq!(path.parent(), Some(dir.as_path()), "{b}");
+    // The finding names its bundle: the file to come as it goes active,
+    // then written on the records after the capture.
+    assert_eq!(finding["status"], "active", "{finding}");
+    assert_eq!(finding["bundle"]["status"], "pending", "{finding}");
+    assert_eq!(finding["bundle"]["path"], b["path"], "{finding}");
+    assert_eq!(
+        finding["bundle"]["file"].as_str(),
+        path.file_name().and_then(|f| f.to_str()),
+        "{finding}"
+    );
+    let written_at = records.iter().position(|v| v["type"] == "bundle").unwrap();
+    for (i, f) in records.iter().enumerate() {
+        if f["type"] == "finding" && f["id"] == finding["id"] {
+            let want = if i < written_at { "pending" } else { "written" };
+            assert_eq!(f["bundle"]["status"], want, "{f}");
+            assert_eq!(f["bundle"]["path"], b["path"], "{f}");
+        }
+    }
     assert_eq!(
         fs::metadata(&path).unwrap().len(),
         b["size"].as_u64().unwrap()
@@ -489,5 +508,172 @@ fn trace_captures_a_bundle_when_a_finding_goes_active() {
     );
     drop(reader);
     drop(fuse);
+    let _ = fs::remove_dir_all(&work);
+}
+
+/// Removes a file at drop (containerd's dump, written in /tmp).
+struct RemoveFile(std::path::PathBuf);
+
+impl Drop for RemoveFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+/// `watchdog bundle` of a session relisting the test's own containerd
+/// (never another one: the endpoint is given): without
+/// `--containerd-goroutines` containerd gets no signal (its log has no
+/// dump, its dump file is not written); with it, the bundle holds the dump
+/// containerd wrote after SIGUSR1, listed in the manifest with its source
+/// and sha256.
+#[test]
+fn bundle_asks_the_tests_own_containerd_for_its_goroutines_only_when_told() {
+    if !skip_unless_containerd_prereqs() {
+        return;
+    }
+    let work = std::env::temp_dir().join(format!("wd-bundle-gor-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&work);
+    fs::create_dir_all(&work).unwrap();
+    let ctd = Containerd::start().expect("the test's containerd");
+    let pid = ctd.pid();
+    // containerd 1.6 writes the dump to <its TMPDIR>/containerd.<pid>.stacks.log.
+    let dump = RemoveFile(std::path::PathBuf::from(format!(
+        "/tmp/containerd.{pid}.stacks.log"
+    )));
+    let _ = fs::remove_file(&dump.0);
+    let bundle = |out: &Path, opt_in: bool| {
+        let mut cmd = Command::new(agent_bin());
+        cmd.args([
+            "bundle",
+            "--duration",
+            "2s",
+            "--no-storage",
+            "--no-systemd",
+            "--kubelet-log",
+            "off",
+            "--kubelet-metrics-url",
+            "off",
+            "--runtime-endpoint",
+            &ctd.endpoint(),
+            "--json",
+            "--out",
+        ])
+        .arg(out);
+        if opt_in {
+            cmd.arg("--containerd-goroutines");
+        }
+        let o = cmd.stdin(Stdio::null()).output().unwrap();
+        assert!(
+            o.status.success(),
+            "watchdog bundle: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+
+    let plain = work.join("plain.tar.gz");
+    bundle(&plain, false);
+    let manifest = unpack_bundle(&plain, &work.join("plain"));
+    assert!(
+        !manifest["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["name"] == "runtime/containerd-goroutines.txt"),
+        "{manifest:#}"
+    );
+    assert!(
+        !ctd.log().contains("goroutine stack dump"),
+        "no signal without the option: {}",
+        ctd.log_tail()
+    );
+    assert!(!dump.0.exists(), "no dump without the option");
+
+    let with = work.join("with.tar.gz");
+    let stderr = bundle(&with, true);
+    let x = work.join("with");
+    let manifest = unpack_bundle(&with, &x);
+    let entry = manifest["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "runtime/containerd-goroutines.txt")
+        .unwrap_or_else(|| panic!("no goroutine dump listed: {manifest:#}\n{stderr}"));
+    assert!(entry["error"].is_null(), "{entry}");
+    assert_eq!(
+        entry["source"],
+        format!("/proc/{pid}/root/tmp/containerd.{pid}.stacks.log"),
+        "{entry}"
+    );
+    let file = x.join("runtime/containerd-goroutines.txt");
+    assert_eq!(entry["sha256"], sha256(&file), "{entry}");
+    let text = fs::read_to_string(&file).unwrap();
+    assert!(text.contains("goroutine "), "{text}");
+    assert!(
+        text.contains("github.com/containerd/containerd/cmd/containerd/command.dumpStacks"),
+        "a containerd function in the dump: {text}"
+    );
+    assert!(
+        ctd.log().contains("goroutine stack dump written to"),
+        "containerd logged its dump: {}",
+        ctd.log_tail()
+    );
+    eprintln!(
+        "containerd's goroutine dump: {} bytes, {} goroutines",
+        text.len(),
+        text.matches("\ngoroutine ").count() + 1
+    );
+    drop(ctd);
+    let _ = fs::remove_dir_all(&work);
+}
+
+/// `--sysrq-w` on a kernel without magic SysRq (this one): the manifest
+/// says why `kernel/sysrq-w.txt` is missing and the bundle is written. On a
+/// kernel with it the test does not write to the shared machine's
+/// /proc/sysrq-trigger (the unit tests cover the writing side's limits).
+#[test]
+fn bundle_says_sysrq_w_is_unavailable_without_magic_sysrq() {
+    if !watchdog_tests::skip_unless_root() {
+        return;
+    }
+    if !watchdog_tests::skip_unless(
+        !Path::new("/proc/sysrq-trigger").exists(),
+        "/proc/sysrq-trigger exists: not triggering sysrq-w on a shared machine",
+    ) {
+        return;
+    }
+    let work = std::env::temp_dir().join(format!("wd-bundle-sysrq-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&work);
+    fs::create_dir_all(&work).unwrap();
+    let out = work.join("b.tar.gz");
+    let o = Command::new(agent_bin())
+        .args([
+            "bundle",
+            "--duration",
+            "1s",
+            "--no-pleg",
+            "--no-systemd",
+            "--no-storage",
+            "--sysrq-w",
+            "--json",
+            "--out",
+        ])
+        .arg(&out)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let manifest = unpack_bundle(&out, &work.join("x"));
+    let entry = manifest["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "kernel/sysrq-w.txt")
+        .unwrap_or_else(|| panic!("{manifest:#}"));
+    assert_eq!(
+        entry["error"],
+        "unavailable: /proc/sysrq-trigger does not exist (kernel built without CONFIG_MAGIC_SYSRQ)",
+        "{entry}"
+    );
     let _ = fs::remove_dir_all(&work);
 }

@@ -99,6 +99,13 @@ pub struct BundleSection {
     pub min_interval: Duration,
     /// The directory's bundles are kept under this many MiB.
     pub max_total_mib: u64,
+    /// Opt-in: SIGUSR1 to the containerd serving the runtime endpoint and
+    /// its goroutine dump in the bundle (at most once per 10 min per
+    /// containerd process).
+    pub containerd_goroutines: bool,
+    /// Opt-in: sysrq-w (the kernel logs every blocked task) and its report
+    /// in the bundle (at most once per 10 min).
+    pub sysrq_w: bool,
 }
 
 impl Default for BundleSection {
@@ -107,6 +114,8 @@ impl Default for BundleSection {
             dir: None,
             min_interval: Duration::from_secs(300),
             max_total_mib: 256,
+            containerd_goroutines: false,
+            sysrq_w: false,
         }
     }
 }

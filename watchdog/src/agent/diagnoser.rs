@@ -39,8 +39,10 @@ impl Diagnoser {
     }
 
     pub fn observe(&mut self, obs: Observation, sink: &mut dyn Sink) {
-        if let Observation::Source(s) = &obs {
-            sink.emit(&Record::Source(s.clone()));
+        match &obs {
+            Observation::Source(s) => sink.emit(&Record::Source(s.clone())),
+            Observation::BusProbe(p) => sink.emit(&Record::BusProbe(p.clone())),
+            _ => {}
         }
         let reports = self.engine.observe(&obs);
         if let Some(r) = self.recorder.as_mut() {
@@ -89,7 +91,7 @@ impl Diagnoser {
                         .as_mut()
                         .map(|r| r.on_finding(&f))
                         .unwrap_or_default();
-                    sink.emit(&Record::Finding(f));
+                    sink.emit(&Record::Finding(Box::new((*f).into())));
                     for step in steps {
                         sink.emit(&Record::Remediation(step));
                     }

@@ -7,7 +7,7 @@
 //! The capture runs on the agent's thread at the poll after the finding
 //! (when the recording holds what produced it), through the same never-hang
 //! readers as `watchdog bundle`.
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -31,14 +31,110 @@ pub struct AutoOptions {
     pub sockets: Vec<String>,
     /// The session's recording, when it records.
     pub recording: Option<PathBuf>,
+    /// Opt-in: containerd's goroutine dump, from the containerd serving this
+    /// socket (or why there is none).
+    pub goroutines: Option<Result<String, String>>,
+    /// Opt-in: sysrq-w's report of the blocked tasks.
+    pub sysrq_w: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BundleStatus {
+    /// Named, not written yet (the finding's first record: the capture
+    /// runs at the next poll).
+    Pending,
     Written,
     Skipped,
     Failed,
+}
+
+impl BundleStatus {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Written => "written",
+            Self::Skipped => "skipped",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// The bundle a finding names in its records (`bundle`) and its Event:
+/// the file is decided as the finding goes active, before it is written.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct BundleRef {
+    pub status: BundleStatus,
+    /// The file's name (none when skipped).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// Where it is (or will be) on the node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// How to fetch it through the apiserver, when the directory is under
+    /// `/var/log` (kubelet serves it at `/logs/`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fetch: Option<String>,
+    /// Why there is none (skipped, failed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl BundleRef {
+    /// One line for people (terminal, Events).
+    pub fn describe(&self) -> String {
+        let fetch = self
+            .fetch
+            .as_deref()
+            .map(|f| format!("; fetch: {f}"))
+            .unwrap_or_default();
+        match (self.status, &self.path) {
+            (BundleStatus::Pending, Some(p)) => format!("{p} (being written{fetch})"),
+            (BundleStatus::Written, Some(p)) => format!("{p} (written{fetch})"),
+            (status, _) => format!(
+                "none ({}: {})",
+                status.name(),
+                self.reason.as_deref().unwrap_or("")
+            ),
+        }
+    }
+}
+
+/// The bundle file of a finding: `watchdog-<node>-<cause>-<first seen, UTC>-<id hash>.tar.gz`,
+/// the same for the same node and finding.
+pub fn file_name(node: &str, id: &FindingId, first_seen: Time) -> String {
+    use sha2::Digest as _;
+    let stamp: String = first_seen
+        .rfc3339()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect();
+    let hash = sha2::Sha256::digest(id.to_string().as_bytes());
+    format!(
+        "watchdog-{}-{}-{stamp}-{}.tar.gz",
+        file_word(node),
+        file_word(id.cause.name()),
+        super::hex(&hash[..4])
+    )
+}
+
+/// `kubectl get --raw /api/v1/nodes/<node>/proxy/logs/<dir below /var/log>/<file>`
+/// when `dir` is below `/var/log` (kubelet's `/logs/` serves that
+/// directory); None otherwise (then `kubectl cp` from the agent's pod).
+pub fn fetch_command(dir: &Path, node: &str, file: &str) -> Option<String> {
+    use std::path::Component;
+    let rel = dir.strip_prefix("/var/log").ok()?;
+    let mut url = format!("/api/v1/nodes/{node}/proxy/logs/");
+    for c in rel.components() {
+        match c {
+            Component::Normal(n) => {
+                url.push_str(n.to_str()?);
+                url.push('/');
+            }
+            _ => return None,
+        }
+    }
+    Some(format!("kubectl get --raw {url}{file} > {file}"))
 }
 
 /// A bundle captured for a finding (or why not).
@@ -51,6 +147,9 @@ pub struct BundleRecord {
     pub path: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
+    /// How to fetch it through the apiserver (see [`fetch_command`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fetch: Option<String>,
     /// What it holds, or why there is none.
     pub reason: String,
     /// Older bundles deleted to stay under the directory's size.
@@ -59,6 +158,10 @@ pub struct BundleRecord {
     /// How long the capture held the agent's thread.
     pub took_ms: u64,
 }
+
+/// How long the capture (a poll after the signal) waits for containerd's
+/// goroutine dump at most: it is normally written within milliseconds.
+const GOROUTINES_WAIT: Duration = Duration::from_millis(250);
 
 /// How far before a finding's first sighting its bundle's kernel log and
 /// journal go back.
@@ -71,11 +174,30 @@ pub struct AutoBundle<'a> {
     records: SessionRecords,
     /// Findings already given a bundle (or refused one).
     done: BTreeSet<String>,
-    /// Findings gone active since the last poll: their id, first-seen
-    /// time and record.
-    pending: Vec<(FindingId, Time, serde_json::Value)>,
+    /// The bundle each finding names, by id, until it resolves.
+    refs: BTreeMap<String, BundleRef>,
+    /// Findings gone active since the last poll, in order: a bundle to
+    /// capture, or the record of one refused.
+    pending: Vec<Pending>,
     last: Option<Instant>,
 }
+
+enum Pending {
+    /// Its id, first-seen time, record, the file it names, and the
+    /// goroutine dump asked for (opt-in).
+    Capture {
+        id: FindingId,
+        first_seen: Time,
+        finding: serde_json::Value,
+        out: PathBuf,
+        goroutines: Option<Result<super::optin::Signalled, String>>,
+    },
+    Refused(BundleRecord),
+}
+
+/// At most this many findings' bundles are remembered (the rest are
+/// named on their first record only).
+const REFS_CAP: usize = 4096;
 
 impl<'a> AutoBundle<'a> {
     pub fn new(inner: &'a mut dyn Sink, opts: AutoOptions) -> Self {
@@ -85,16 +207,106 @@ impl<'a> AutoBundle<'a> {
             started: Time::now(),
             records: SessionRecords::default(),
             done: BTreeSet::new(),
+            refs: BTreeMap::new(),
             pending: Vec::new(),
             last: None,
         }
     }
 
+    /// The bundle of a finding going active, decided now (so that its
+    /// first record and Event name the file): pending, or refused by the
+    /// rate limit.
+    fn decide(
+        &mut self,
+        id: &FindingId,
+        first_seen: Time,
+        finding: serde_json::Value,
+    ) -> BundleRef {
+        let capturing = self.pending.iter().find_map(|p| match p {
+            Pending::Capture { id, .. } => Some(id.to_string()),
+            Pending::Refused(_) => None,
+        });
+        let refused = match (capturing, self.last) {
+            (Some(other), _) => Some(format!(
+                "rate limited: the bundle of {other} is being captured (at most one per {} s)",
+                self.opts.min_interval.as_secs()
+            )),
+            (None, Some(last)) if last.elapsed() < self.opts.min_interval => Some(format!(
+                "rate limited: a bundle was written {} s ago (at most one per {} s)",
+                last.elapsed().as_secs(),
+                self.opts.min_interval.as_secs()
+            )),
+            _ => None,
+        };
+        if let Some(reason) = refused {
+            self.pending.push(Pending::Refused(BundleRecord {
+                at: Time::now(),
+                finding: id.clone(),
+                status: BundleStatus::Skipped,
+                path: None,
+                size: None,
+                fetch: None,
+                reason: reason.clone(),
+                deleted: Vec::new(),
+                took_ms: 0,
+            }));
+            return BundleRef {
+                status: BundleStatus::Skipped,
+                file: None,
+                path: None,
+                fetch: None,
+                reason: Some(reason),
+            };
+        }
+        self.last = Some(Instant::now());
+        let file = file_name(&self.opts.node, id, first_seen);
+        let out = self.opts.dir.join(&file);
+        let r = BundleRef {
+            status: BundleStatus::Pending,
+            path: Some(out.display().to_string()),
+            fetch: fetch_command(&self.opts.dir, &self.opts.node, &file),
+            file: Some(file),
+            reason: None,
+        };
+        // containerd is asked now: its dump is written by the capture at
+        // the next poll (never waited for on the agent's thread).
+        let goroutines = self.opts.goroutines.as_ref().map(|socket| {
+            let reader = crate::context::procfs::ProcReader::new(&self.opts.root);
+            super::optin::request_dump(&reader, socket)
+        });
+        self.pending.push(Pending::Capture {
+            id: id.clone(),
+            first_seen,
+            finding,
+            out,
+            goroutines,
+        });
+        r
+    }
+
     fn capture_pending(&mut self) {
-        for (id, first_seen, finding) in std::mem::take(&mut self.pending) {
-            let took = Instant::now();
-            let mut rec = self.capture(&id, first_seen, &finding);
-            rec.took_ms = took.elapsed().as_millis() as u64;
+        for p in std::mem::take(&mut self.pending) {
+            let rec = match p {
+                Pending::Refused(rec) => rec,
+                Pending::Capture {
+                    id,
+                    first_seen,
+                    finding,
+                    out,
+                    goroutines,
+                } => {
+                    let took = Instant::now();
+                    let mut rec = self.capture(&id, first_seen, &finding, &out, goroutines);
+                    rec.took_ms = took.elapsed().as_millis() as u64;
+                    if let Some(r) = self.refs.get_mut(&id.to_string()) {
+                        r.status = rec.status;
+                        if rec.status != BundleStatus::Written {
+                            r.reason = Some(rec.reason.clone());
+                        }
+                    }
+                    rec
+                }
+            };
             self.inner.emit(&Record::Bundle(rec));
         }
     }
@@ -104,47 +316,28 @@ impl<'a> AutoBundle<'a> {
         id: &FindingId,
         first_seen: Time,
         finding: &serde_json::Value,
+        out: &Path,
+        goroutines: Option<Result<super::optin::Signalled, String>>,
     ) -> BundleRecord {
         let now = Time::now();
         let mut rec = BundleRecord {
             at: now,
             finding: id.clone(),
-            status: BundleStatus::Skipped,
+            status: BundleStatus::Failed,
             path: None,
             size: None,
+            fetch: None,
             reason: String::new(),
             deleted: Vec::new(),
             took_ms: 0,
         };
-        if let Some(last) = self.last
-            && last.elapsed() < self.opts.min_interval
-        {
-            rec.reason = format!(
-                "rate limited: a bundle was written {} s ago (at most one per {} s)",
-                last.elapsed().as_secs(),
-                self.opts.min_interval.as_secs()
-            );
-            return rec;
-        }
         if let Err(e) = create_private_dir(&self.opts.dir) {
-            rec.status = BundleStatus::Failed;
             rec.reason = format!("{}: {e}", self.opts.dir.display());
             return rec;
         }
-        let stamp: String = now
-            .rfc3339()
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric())
-            .collect();
-        let name = format!(
-            "watchdog-{}-{}-{stamp}.tar.gz",
-            file_word(&self.opts.node),
-            file_word(id.cause.name())
-        );
-        let out = self.opts.dir.join(name);
+        let out = out.to_owned();
         let mut named = Named::default();
         named.add_finding(finding);
-        self.last = Some(Instant::now());
         // The window: from five minutes before the finding (not from the
         // agent's start, weeks ago for `run`) to now.
         let start = Time(
@@ -171,6 +364,8 @@ impl<'a> AutoBundle<'a> {
                 journal_dirs: &self.opts.journal_dirs,
                 sockets: &self.opts.sockets,
                 uptime_start,
+                goroutines: goroutines.map(|g| (g, GOROUTINES_WAIT)),
+                sysrq_w: self.opts.sysrq_w,
             },
             &out,
         );
@@ -179,6 +374,10 @@ impl<'a> AutoBundle<'a> {
                 rec.status = BundleStatus::Written;
                 rec.path = Some(out.display().to_string());
                 rec.size = Some(w.size);
+                rec.fetch = out
+                    .file_name()
+                    .and_then(|f| f.to_str())
+                    .and_then(|f| fetch_command(&self.opts.dir, &self.opts.node, f));
                 rec.reason = format!(
                     "{} tasks, {} mounts, {} pids cgroups",
                     w.tasks,
@@ -193,6 +392,21 @@ impl<'a> AutoBundle<'a> {
             }
         }
         rec
+    }
+}
+
+impl AutoBundle<'_> {
+    /// `f` with its bundle (when there is one) to the sinks and the
+    /// session's records.
+    fn forward(&mut self, f: &crate::sinks::FindingRecord, bundle: Option<BundleRef>) {
+        let rec = Record::Finding(Box::new(crate::sinks::FindingRecord {
+            finding: f.finding.clone(),
+            bundle: bundle.or_else(|| f.bundle.clone()),
+        }));
+        self.inner.emit(&rec);
+        if let Ok(v) = serde_json::to_value(&rec) {
+            self.records.keep(&rec, &v);
+        }
     }
 }
 
@@ -272,17 +486,31 @@ impl Sink for AutoBundle<'_> {
         if matches!(record, Record::Summary(_)) {
             self.capture_pending();
         }
-        self.inner.emit(record);
-        let Ok(v) = serde_json::to_value(record) else {
+        let Record::Finding(f) = record else {
+            self.inner.emit(record);
+            if let Ok(v) = serde_json::to_value(record) {
+                self.records.keep(record, &v);
+            }
             return;
         };
-        self.records.keep(record, &v);
-        if let Record::Finding(f) = record
-            && f.status == FindingStatus::Active
-            && self.done.insert(f.id.to_string())
-        {
-            self.pending.push((f.id.clone(), f.first_seen, v));
+        // The finding names its bundle: decided as it goes active, its
+        // outcome on the later records.
+        let key = f.id.to_string();
+        if f.status == FindingStatus::Active && self.done.insert(key.clone()) {
+            let v = serde_json::to_value(&f.finding).unwrap_or_default();
+            let r = self.decide(&f.id, f.first_seen, v);
+            if self.refs.len() < REFS_CAP {
+                self.refs.insert(key.clone(), r.clone());
+            }
+            self.forward(f, Some(r));
+            return;
         }
+        let r = if f.status == FindingStatus::Resolved {
+            self.refs.remove(&key)
+        } else {
+            self.refs.get(&key).cloned()
+        };
+        self.forward(f, r);
     }
 
     /// Every poll, after the engine's tick (the recording holds what the
@@ -374,6 +602,8 @@ mod tests {
                     journal_dirs: Vec::new(),
                     sockets: Vec::new(),
                     recording: Some(golden.clone()),
+                    goroutines: None,
+                    sysrq_w: false,
                 },
             );
             crate::replay::replay(&golden, &mut auto).unwrap();
@@ -421,7 +651,180 @@ mod tests {
             .rposition(|r| matches!(r, Record::Bundle(_)))
             .unwrap();
         assert!(last_bundle < summary, "bundles come before the summary");
+        // Each finding names its bundle: the first record the file to come
+        // (pending), the later ones what became of it.
+        let written_id = &bundles[0].finding;
+        let written_at = cap
+            .0
+            .iter()
+            .position(|r| matches!(r, Record::Bundle(b) if &b.finding == written_id))
+            .unwrap();
+        let refs: Vec<(usize, FindingStatus, BundleRef)> = cap
+            .0
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| match r {
+                Record::Finding(f) if &f.id == written_id => Some((
+                    i,
+                    f.status,
+                    f.bundle.clone().expect("every record names it"),
+                )),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(refs[0].1, FindingStatus::Active);
+        assert_eq!(refs[0].2.status, BundleStatus::Pending);
+        assert_eq!(
+            refs[0].2.path, bundles[0].path,
+            "named before it is written"
+        );
+        // Until the capture (at the next poll; in a replay, before the
+        // summary) pending, then written.
+        for (i, _, r) in &refs {
+            let want = if *i < written_at {
+                BundleStatus::Pending
+            } else {
+                BundleStatus::Written
+            };
+            assert_eq!(r.status, want, "{r:?}");
+            assert_eq!(r.path, bundles[0].path);
+        }
+        // Not under /var/log: no apiserver path.
+        assert_eq!(refs[0].2.fetch, None);
+        for b in &bundles[1..] {
+            let first = cap
+                .0
+                .iter()
+                .find_map(|r| match r {
+                    Record::Finding(f) if f.id == b.finding => f.bundle.clone(),
+                    _ => None,
+                })
+                .unwrap();
+            assert_eq!(first.status, BundleStatus::Skipped);
+            assert_eq!(first.reason.as_deref(), Some(b.reason.as_str()));
+            assert_eq!(first.path, None);
+        }
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A finding's update after the capture (the next poll) names the
+    /// bundle written; its resolution too, and then it is forgotten.
+    #[test]
+    fn records_after_the_capture_name_the_bundle_written() {
+        let golden =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/pid_exhaustion_cgroup.jsonl");
+        let mut all = crate::sinks::Capture::default();
+        crate::replay::replay(&golden, &mut all).unwrap();
+        let findings: Vec<Record> = all
+            .0
+            .into_iter()
+            .filter(|r| matches!(r, Record::Finding(_)))
+            .collect();
+        let statuses: Vec<FindingStatus> = findings
+            .iter()
+            .map(|r| match r {
+                Record::Finding(f) => f.status,
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(
+            statuses,
+            [
+                FindingStatus::Active,
+                FindingStatus::Update,
+                FindingStatus::Resolved
+            ]
+        );
+        let dir = std::env::temp_dir().join(format!("wd-auto-after-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut cap = crate::sinks::Capture::default();
+        {
+            let mut auto = AutoBundle::new(
+                &mut cap,
+                AutoOptions {
+                    dir: dir.clone(),
+                    min_interval: Duration::from_secs(3600),
+                    max_total_bytes: 1 << 30,
+                    root: PathBuf::from("/"),
+                    node: "test-node".into(),
+                    journal_dirs: Vec::new(),
+                    sockets: Vec::new(),
+                    recording: Some(golden.clone()),
+                    goroutines: None,
+                    sysrq_w: false,
+                },
+            );
+            auto.emit(&findings[0]);
+            // The poll after it.
+            auto.capture_pending();
+            auto.emit(&findings[1]);
+            auto.emit(&findings[2]);
+            assert!(
+                auto.refs.is_empty(),
+                "a resolved finding's bundle is let go"
+            );
+        }
+        let refs: Vec<BundleRef> = cap
+            .0
+            .iter()
+            .filter_map(|r| match r {
+                Record::Finding(f) => f.bundle.clone(),
+                _ => None,
+            })
+            .collect();
+        let statuses: Vec<BundleStatus> = refs.iter().map(|r| r.status).collect();
+        assert_eq!(
+            statuses,
+            [
+                BundleStatus::Pending,
+                BundleStatus::Written,
+                BundleStatus::Written
+            ]
+        );
+        let path = refs[0].path.clone().unwrap();
+        assert!(
+            refs.iter()
+                .all(|r| r.path.as_deref() == Some(path.as_str()))
+        );
+        assert!(Path::new(&path).is_file(), "{path}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_bundle_below_var_log_is_fetched_through_kubelets_logs() {
+        let id = FindingId::new(
+            crate::model::finding::Cause::StorageHang,
+            "fuse:/mnt/x".to_owned(),
+        );
+        let file = file_name("node-1", &id, Time::from_millis(1_795_000_000_123));
+        assert!(
+            file.starts_with("watchdog-node-1-storage_hang-")
+                && file.ends_with(".tar.gz")
+                && file.len()
+                    == "watchdog-node-1-storage_hang-20261112T072640123Z-01234567.tar.gz".len(),
+            "{file}"
+        );
+        // The same node and finding: the same name.
+        assert_eq!(
+            file,
+            file_name("node-1", &id, Time::from_millis(1_795_000_000_123))
+        );
+        assert_eq!(
+            fetch_command(Path::new("/var/log/watchdog"), "node-1", &file).unwrap(),
+            format!("kubectl get --raw /api/v1/nodes/node-1/proxy/logs/watchdog/{file} > {file}")
+        );
+        assert_eq!(
+            fetch_command(Path::new("/var/lib/watchdog"), "n", &file),
+            None
+        );
+        assert_eq!(
+            fetch_command(Path::new("/var/log/../etc"), "n", &file),
+            None
+        );
+        assert_eq!(
+            fetch_command(Path::new("/var/log"), "n", "f.tar.gz").unwrap(),
+            "kubectl get --raw /api/v1/nodes/n/proxy/logs/f.tar.gz > f.tar.gz"
+        );
     }
 
     #[test]

@@ -27,6 +27,7 @@ use crate::model::Time;
 use crate::paths;
 
 pub mod auto;
+pub mod optin;
 pub mod redact;
 
 /// Schema of `manifest.json`.
@@ -183,14 +184,22 @@ impl Builder {
         }
     }
 
-    /// `systemd/`: the session's systemd findings, and a sock_diag snapshot
-    /// of the followed sockets (systemd's private socket, the bus): each
-    /// listener with its accept queue, and each accepted connection with the
-    /// bytes waiting for the server to read (a hung systemd leaves them
-    /// there). Paths are compared as strings, never resolved.
-    pub fn systemd(&mut self, records: Vec<u8>, sockets: &[String]) {
+    /// `systemd/`: the session's systemd findings, the agent's latest D-Bus
+    /// probe results (`Ping` of systemd, `GetId` of the bus: answered in how
+    /// long, failed, or no reply within the timeout), and a sock_diag
+    /// snapshot of the followed sockets (systemd's private socket, the bus):
+    /// each listener with its accept queue, and each accepted connection
+    /// with the bytes waiting for the server to read (a hung systemd leaves
+    /// them there). Paths are compared as strings, never resolved.
+    pub fn systemd(&mut self, records: Vec<u8>, probes: &Tail, sockets: &[String]) {
         if !records.is_empty() {
             self.add("systemd/findings.jsonl", "session", records, 0);
+        }
+        if !probes.is_empty() {
+            self.add("systemd/probes.jsonl", "session", probes.bytes(), 0);
+            if let Some((e, _)) = self.files.last_mut() {
+                e.truncated = probes.dropped > 0;
+            }
         }
         if sockets.is_empty() {
             return;
@@ -525,13 +534,17 @@ impl Tail {
 }
 
 /// The records of a session a bundle holds, kept as they are emitted: the
-/// latest of all of them (`findings.jsonl`), of the `pleg` ones (`pleg/`)
-/// and of the systemd findings (`systemd/`), each capped.
+/// latest of all of them (`findings.jsonl`), of the `pleg` ones (`pleg/`),
+/// of the systemd findings and of the agent's own D-Bus probes
+/// (`systemd/`), each capped.
 #[derive(Clone, Debug)]
 pub struct SessionRecords {
     pub all: Tail,
     pub pleg: Tail,
     pub systemd: Tail,
+    /// `bus_probe` records (a probe every 5 s per socket and target while
+    /// probing: the latest few thousand).
+    pub probes: Tail,
     /// Finding records seen (reports of any status).
     pub findings: usize,
 }
@@ -540,6 +553,8 @@ pub struct SessionRecords {
 /// the `pleg` and systemd kinds.
 pub const RECORDS_CAP: usize = 16 << 20;
 pub const KIND_CAP: usize = 4 << 20;
+/// The `bus_probe` records kept (about 150 bytes each).
+pub const PROBES_CAP: usize = 256 << 10;
 
 impl Default for SessionRecords {
     fn default() -> Self {
@@ -547,6 +562,7 @@ impl Default for SessionRecords {
             all: Tail::new(RECORDS_CAP),
             pleg: Tail::new(KIND_CAP),
             systemd: Tail::new(KIND_CAP),
+            probes: Tail::new(PROBES_CAP),
             findings: 0,
         }
     }
@@ -560,6 +576,7 @@ impl SessionRecords {
         self.all.push(&line);
         match record {
             Record::Pleg(_) => self.pleg.push(&line),
+            Record::BusProbe(_) => self.probes.push(&line),
             Record::Finding(f) => {
                 self.findings += 1;
                 if f.cause == crate::model::finding::Cause::SystemdHang {
@@ -586,6 +603,11 @@ pub struct Capture<'a> {
     pub sockets: &'a [String],
     /// Seconds after boot when the window started (the kernel log from then).
     pub uptime_start: f64,
+    /// Opt-in: containerd was sent SIGUSR1 (or why not): its dump goes to
+    /// `runtime/containerd-goroutines.txt`, waited for this long at most.
+    pub goroutines: Option<(Result<optin::Signalled, String>, std::time::Duration)>,
+    /// Opt-in: sysrq-w's report in `kernel/sysrq-w.txt`.
+    pub sysrq_w: bool,
 }
 
 /// What a written bundle holds.
@@ -630,6 +652,35 @@ pub fn capture(c: Capture<'_>, out: &Path) -> Result<Written, String> {
         ),
     }
     b.kernel(c.uptime_start);
+    if c.sysrq_w {
+        const NAME: &str = "kernel/sysrq-w.txt";
+        match optin::sysrq_w(c.root) {
+            Ok((text, truncated)) => {
+                b.add(NAME, "/proc/sysrq-trigger, /dev/kmsg", text.into_bytes(), 0);
+                if let Some((e, _)) = b.files.last_mut() {
+                    e.truncated = truncated;
+                }
+            }
+            Err(e) => b.failed(NAME, "/proc/sysrq-trigger", e),
+        }
+    }
+    if let Some((signalled, wait)) = &c.goroutines {
+        const NAME: &str = "runtime/containerd-goroutines.txt";
+        let reader = ProcReader::new(c.root);
+        match signalled
+            .as_ref()
+            .map_err(Clone::clone)
+            .and_then(|s| optin::collect_dump(&reader, s, *wait))
+        {
+            Ok((data, truncated, path)) => {
+                b.add(NAME, &path.display().to_string(), data, 0);
+                if let Some((e, _)) = b.files.last_mut() {
+                    e.truncated = truncated;
+                }
+            }
+            Err(e) => b.failed(NAME, "SIGUSR1 to containerd", e),
+        }
+    }
     let mut tasks: Vec<u32> = c.named.pids.iter().copied().collect();
     tasks.extend(b.d_tasks(&c.named.pids));
     tasks.truncate(TASKS_CAP);
@@ -643,7 +694,7 @@ pub fn capture(c: Capture<'_>, out: &Path) -> Result<Written, String> {
         b.pids_cgroup(cg);
     }
     b.pleg(r.pleg.bytes(), c.journal_dirs, c.window.start);
-    b.systemd(r.systemd.bytes(), c.sockets);
+    b.systemd(r.systemd.bytes(), &r.probes, c.sockets);
     let reader = ProcReader::new(c.root);
     let manifest = Manifest {
         schema: SCHEMA,
@@ -851,6 +902,45 @@ mod tests {
         t.push("a line longer than the cap");
         assert_eq!(t.bytes(), b"bbb\nccc\n");
         assert_eq!(t.dropped, 2);
+    }
+
+    /// The golden recording of a stopped bus: its four probe results are
+    /// `bus_probe` records, kept by the session's records and written to
+    /// `systemd/probes.jsonl` with the manifest listing them.
+    #[test]
+    fn the_agents_dbus_probes_go_to_systemd_probes_jsonl() {
+        struct Keep(SessionRecords);
+        impl crate::sinks::Sink for Keep {
+            fn emit(&mut self, r: &crate::sinks::Record) {
+                let v = serde_json::to_value(r).unwrap();
+                self.0.keep(r, &v);
+            }
+        }
+        let golden = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/golden/systemd_hang_bus_stopped.jsonl");
+        let mut keep = Keep(SessionRecords::default());
+        crate::replay::replay(&golden, &mut keep).unwrap();
+        let probes = String::from_utf8(keep.0.probes.bytes()).unwrap();
+        let lines: Vec<Value> = probes
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 4, "{probes}");
+        assert!(lines.iter().all(|l| l["type"] == "bus_probe"), "{probes}");
+        assert!(
+            lines.iter().any(|l| l["outcome"] == "timeout"),
+            "a stopped bus does not answer: {probes}"
+        );
+        let mut b = Builder::new(Path::new("/"));
+        b.systemd(Vec::new(), &keep.0.probes, &[]);
+        let (entry, data) = &b.files[0];
+        assert_eq!(entry.name, "systemd/probes.jsonl");
+        assert_eq!(data, probes.as_bytes());
+        assert!(!entry.truncated);
+        // None kept: no file.
+        let mut b = Builder::new(Path::new("/"));
+        b.systemd(Vec::new(), &Tail::new(PROBES_CAP), &[]);
+        assert!(b.files.is_empty());
     }
 
     /// A bundle from a newer watchdog: `replay` says which one it needs,

@@ -18,6 +18,16 @@ pub struct BundleArgs {
     /// in the current directory). Created readable by root only.
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
+    /// Opt-in: at the end of the session, SIGUSR1 to the containerd
+    /// serving the runtime endpoint (--runtime-endpoint, else detected) and
+    /// its goroutine dump in `runtime/containerd-goroutines.txt` (at most
+    /// once per 10 min per containerd process).
+    #[arg(long)]
+    containerd_goroutines: bool,
+    /// Opt-in: `w` written to /proc/sysrq-trigger (the kernel logs every
+    /// blocked task with its stack) and that report in `kernel/sysrq-w.txt`.
+    #[arg(long)]
+    sysrq_w: bool,
     /// The session: every `watchdog trace` option (`--duration` defaults to
     /// 30s here; Ctrl-C ends it early and the bundle is still written).
     #[command(flatten)]
@@ -67,6 +77,9 @@ pub fn run(a: BundleArgs) -> anyhow::Result<ExitCode> {
         .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
         .unwrap_or(0.0);
     let (node, journal_dirs, sockets) = trace::session_sources(&opts);
+    let goroutines_socket = a
+        .containerd_goroutines
+        .then(|| trace::runtime_socket(&opts));
     // The recording goes to a new directory of our own, root only.
     let dir = trace::private_temp_dir("bundle")?;
     let recording = dir.join("recording.jsonl");
@@ -105,6 +118,14 @@ pub fn run(a: BundleArgs) -> anyhow::Result<ExitCode> {
             node.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_")
         ))
     });
+    // containerd is asked for its goroutines now, its dump waited for by
+    // the capture (here nothing else waits on this thread).
+    let goroutines = goroutines_socket.map(|socket| {
+        (
+            crate::bundle::optin::request_dump(&reader, &socket),
+            Duration::from_secs(3),
+        )
+    });
     let written = crate::bundle::capture(
         Capture {
             root: &root,
@@ -117,6 +138,8 @@ pub fn run(a: BundleArgs) -> anyhow::Result<ExitCode> {
             journal_dirs: &journal_dirs,
             sockets: &sockets,
             uptime_start,
+            goroutines,
+            sysrq_w: a.sysrq_w,
         },
         &out,
     );

@@ -177,6 +177,10 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                     cfg.bundle.min_interval,
                     cfg.bundle.max_total_mib,
                     opts.record.clone(),
+                    super::trace::OptIns {
+                        containerd_goroutines: cfg.bundle.containerd_goroutines,
+                        sysrq_w: cfg.bundle.sysrq_w,
+                    },
                 );
                 let mut auto = crate::bundle::auto::AutoBundle::new(&mut sinks, auto_opts);
                 agent::session(opts, &mut auto).await

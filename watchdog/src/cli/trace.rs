@@ -48,6 +48,14 @@ pub struct AutoBundleArgs {
     /// oldest deleted first).
     #[arg(long, default_value_t = 256, value_name = "MIB")]
     pub bundle_max_mib: u64,
+    /// Opt-in: each bundle asks the containerd serving the runtime endpoint
+    /// for its goroutines (SIGUSR1; at most once per 10 min per process).
+    #[arg(long)]
+    pub bundle_containerd_goroutines: bool,
+    /// Opt-in: each bundle holds sysrq-w's report of the blocked tasks
+    /// (writes `w` to /proc/sysrq-trigger; at most once per 10 min).
+    #[arg(long)]
+    pub bundle_sysrq_w: bool,
 }
 
 #[derive(clap::Args)]
@@ -400,6 +408,32 @@ pub(super) fn session_sources(
     (node, journal_dirs, sockets)
 }
 
+/// The socket of the CRI runtime this session relists (or would detect),
+/// for containerd's goroutine dump; why there is none otherwise.
+pub(super) fn runtime_socket(opts: &TraceOptions) -> Result<String, String> {
+    use crate::sources::runtime::RuntimeEndpoint;
+    let endpoint = match opts.pleg_sources.relist.as_ref().map(|r| &r.endpoint) {
+        Some(RuntimeEndpoint::Detect) | None => RuntimeEndpoint::detect()?,
+        Some(e) => e.clone(),
+    };
+    match endpoint {
+        RuntimeEndpoint::Cri { endpoint } => {
+            Ok(crate::bundle::optin::socket_path(&endpoint).to_owned())
+        }
+        other => Err(format!(
+            "the runtime endpoint is {} (not a CRI socket): no containerd goroutine dump",
+            other.address()
+        )),
+    }
+}
+
+/// The opt-ins of a session's bundles.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct OptIns {
+    pub containerd_goroutines: bool,
+    pub sysrq_w: bool,
+}
+
 /// The automatic bundles of this session (`trace --bundle-dir`, `[bundle]`).
 pub(super) fn auto_bundles(
     opts: &TraceOptions,
@@ -407,6 +441,7 @@ pub(super) fn auto_bundles(
     min_interval: Duration,
     max_total_mib: u64,
     recording: Option<std::path::PathBuf>,
+    optins: OptIns,
 ) -> crate::bundle::auto::AutoOptions {
     let (node, journal_dirs, sockets) = session_sources(opts);
     crate::bundle::auto::AutoOptions {
@@ -418,6 +453,8 @@ pub(super) fn auto_bundles(
         journal_dirs,
         sockets,
         recording,
+        goroutines: optins.containerd_goroutines.then(|| runtime_socket(opts)),
+        sysrq_w: optins.sysrq_w,
     }
 }
 
@@ -469,6 +506,10 @@ pub fn run(cmd: TraceCmd) -> anyhow::Result<ExitCode> {
         cmd.bundles.bundle_interval,
         cmd.bundles.bundle_max_mib,
         Some(recording),
+        OptIns {
+            containerd_goroutines: cmd.bundles.bundle_containerd_goroutines,
+            sysrq_w: cmd.bundles.bundle_sysrq_w,
+        },
     );
     let mut auto = crate::bundle::auto::AutoBundle::new(sink.as_mut(), auto_opts);
     let session = agent::trace(opts, &mut auto);

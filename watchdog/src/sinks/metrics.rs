@@ -320,12 +320,7 @@ impl Sink for Metrics {
                     .inc();
             }
             Record::Bundle(b) => {
-                use crate::bundle::auto::BundleStatus;
-                let status = match b.status {
-                    BundleStatus::Written => "written",
-                    BundleStatus::Skipped => "skipped",
-                    BundleStatus::Failed => "failed",
-                };
+                let status = b.status.name();
                 self.bundles.get_or_create(&StatusLabels { status }).inc();
             }
             _ => {}

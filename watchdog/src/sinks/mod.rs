@@ -90,12 +90,42 @@ pub struct ProbeChange {
     pub reason: String,
 }
 
+/// A finding as the sinks get it: the engine's report, and the bundle
+/// captured for it when the auto-bundler is on (the engine never names one:
+/// the auto-bundler, a sink, attaches it).
+#[derive(Clone, Debug, Serialize)]
+pub struct FindingRecord {
+    #[serde(flatten)]
+    pub finding: Finding,
+    /// The bundle of this finding: named as it goes active (`pending`),
+    /// then `written`, `failed` or `skipped` on its later records.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<crate::bundle::auto::BundleRef>,
+}
+
+impl From<Finding> for FindingRecord {
+    fn from(finding: Finding) -> Self {
+        Self {
+            finding,
+            bundle: None,
+        }
+    }
+}
+
+impl std::ops::Deref for FindingRecord {
+    type Target = Finding;
+
+    fn deref(&self) -> &Finding {
+        &self.finding
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Record {
     Ready(Ready),
     Probe(ProbeChange),
-    Finding(Box<Finding>),
+    Finding(Box<FindingRecord>),
     Warning(Warning),
     /// PLEG health estimate.
     Pleg(Box<crate::model::finding::pleg::PlegEstimate>),
@@ -109,6 +139,11 @@ pub enum Record {
     Remediation(crate::remediation::RemediationRecord),
     /// A bundle captured for a finding (`--bundle-dir`), or why not.
     Bundle(crate::bundle::auto::BundleRecord),
+    /// The result of one of the agent's own D-Bus probes (`Ping` of
+    /// systemd, `GetId` of the bus), as the engine got it: bundles keep the
+    /// latest in `systemd/probes.jsonl`. Not shown on the terminal (the
+    /// systemd finding quotes the probe it used).
+    BusProbe(crate::model::dbus::BusProbe),
 }
 
 pub trait Sink {

@@ -315,7 +315,13 @@ impl<W: std::io::Write> Sink for Terminal<W> {
                 let state = format!("{:?}", p.status).to_lowercase();
                 format!("[{}] probe {} {state}: {}\n", p.at.hms(), p.name, p.reason)
             }
-            Record::Finding(f) => render_finding(f),
+            Record::Finding(f) => {
+                let mut s = render_finding(f);
+                if let Some(b) = &f.bundle {
+                    s.push_str(&format!("    bundle:        {}\n", b.describe()));
+                }
+                s
+            }
             Record::Warning(w) => {
                 let tag = if w.status == WarningStatus::Raised {
                     "WARNING"
@@ -339,6 +345,8 @@ impl<W: std::io::Write> Sink for Terminal<W> {
                 }
             ),
             Record::Pleg(p) => super::pleg_line(p),
+            // In the JSON and the bundles; the finding quotes the probe.
+            Record::BusProbe(_) => return,
             Record::Bundle(b) => {
                 use crate::bundle::auto::BundleStatus;
                 match (b.status, &b.path) {

@@ -321,7 +321,7 @@ fn system_warning_near_pid_max() {
 fn findings_serialize_with_the_documented_fields() {
     let mut e = Engine::new(EngineConfig::default());
     let r = e.observe(&failure(0, 42, vec![cg("/a", 8, Some(8), 0)]));
-    let rec = crate::sinks::Record::Finding(Box::new(findings(&r)[0].clone()));
+    let rec = crate::sinks::Record::Finding(Box::new(findings(&r)[0].clone().into()));
     let v: serde_json::Value = serde_json::to_value(&rec).unwrap();
     assert_eq!(v["type"], "finding");
     assert_eq!(v["cause"], "pid_exhaustion");

@@ -79,14 +79,23 @@ impl EventQueue {
     }
 
     /// An event for a finding's first report and for its resolution;
-    /// updates are not events (the condition message carries them).
-    pub fn finding(&mut self, f: &Finding) {
+    /// updates are not events (the condition message carries them). The
+    /// finding's evidence bundle, when it has one, is named before the
+    /// remedy (so that a long remedy cannot cut it off).
+    pub fn finding(&mut self, f: &Finding, bundle: Option<&crate::bundle::auto::BundleRef>) {
+        use crate::bundle::auto::BundleStatus;
         let (warning, reason, action) = match f.status {
             FindingStatus::Active => (true, f.problem_reason(), "Diagnosed"),
             FindingStatus::Resolved => (false, f.cause.resolved_reason(), "Recovered"),
             FindingStatus::Update => return,
         };
-        let note = format!("{} Remedy: {}", f.summary, f.remedy.text);
+        let bundle = match bundle {
+            Some(b) if matches!(b.status, BundleStatus::Pending | BundleStatus::Written) => {
+                format!(" Evidence bundle: {}.", b.describe())
+            }
+            _ => String::new(),
+        };
+        let note = format!("{}{bundle} Remedy: {}", f.summary, f.remedy.text);
         self.push(NodeEvent {
             warning,
             reason: truncate(reason, MAX_REASON),
@@ -149,10 +158,14 @@ impl EventQueue {
                 false,
                 "BundleWritten",
                 format!(
-                    "evidence bundle {path} ({} bytes) for {}: {}",
+                    "evidence bundle {path} ({} bytes) for {}: {}{}",
                     b.size.unwrap_or(0),
                     b.finding,
-                    b.reason
+                    b.reason,
+                    b.fetch
+                        .as_deref()
+                        .map(|f| format!("; fetch: {f}"))
+                        .unwrap_or_default()
                 ),
             ),
             (BundleStatus::Failed, _) => (
@@ -243,6 +256,57 @@ mod tests {
             subject: subject.into(),
             pod: None,
         }
+    }
+
+    /// The finding's Event names its bundle and how to fetch it, before
+    /// the remedy: a remedy too long for the note cuts the remedy, never
+    /// the bundle.
+    #[test]
+    fn a_finding_event_names_its_bundle_and_the_fetch_path() {
+        use crate::bundle::auto::{BundleRef, BundleStatus, fetch_command};
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/golden/pid_exhaustion_cgroup.jsonl");
+        let mut cap = crate::sinks::Capture::default();
+        crate::replay::replay(&path, &mut cap).unwrap();
+        let mut f = cap
+            .0
+            .into_iter()
+            .find_map(|r| match r {
+                crate::sinks::Record::Finding(f) => Some(f.finding),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(f.status, FindingStatus::Active);
+        f.remedy.text = "x".repeat(2000);
+        let file = "watchdog-n1-pid_exhaustion-20261122T143458167Z-0a1b2c3d.tar.gz";
+        let dir = std::path::Path::new("/var/log/watchdog");
+        let b = BundleRef {
+            status: BundleStatus::Pending,
+            file: Some(file.into()),
+            path: Some(dir.join(file).display().to_string()),
+            fetch: fetch_command(dir, "n1", file),
+            reason: None,
+        };
+        let mut q = EventQueue::new(10);
+        q.finding(&f, Some(&b));
+        let ev = q.take(Time(0)).pop().unwrap();
+        let want = format!(
+            " Evidence bundle: /var/log/watchdog/{file} (being written; fetch: kubectl get --raw /api/v1/nodes/n1/proxy/logs/watchdog/{file} > {file}). Remedy: xxx"
+        );
+        assert!(ev.note.contains(&want), "{}", ev.note);
+        assert!(ev.note.starts_with(&f.summary), "{}", ev.note);
+        assert!(ev.note.len() <= MAX_NOTE);
+        // Skipped (rate limited): the Event does not name one.
+        let skipped = BundleRef {
+            status: BundleStatus::Skipped,
+            file: None,
+            path: None,
+            fetch: None,
+            reason: Some("rate limited".into()),
+        };
+        q.finding(&f, Some(&skipped));
+        let ev = q.take(Time(60_000)).pop().unwrap();
+        assert!(!ev.note.contains("bundle"), "{}", ev.note);
     }
 
     #[test]

@@ -58,7 +58,7 @@ impl Sink for KubeSink {
                     s.conditions.finding(f);
                 }
                 if self.opts.events {
-                    s.events.finding(f);
+                    s.events.finding(f, f.bundle.as_ref());
                 }
             }
             Record::Warning(w) if self.opts.events => s.events.warning(w),

@@ -22,7 +22,7 @@ fn golden_findings() -> Vec<Finding> {
     cap.0
         .into_iter()
         .filter_map(|r| match r {
-            Record::Finding(f) => Some(*f),
+            Record::Finding(f) => Some(f.finding),
             _ => None,
         })
         .collect()
@@ -153,7 +153,7 @@ async fn conditions_set_and_cleared_with_events() {
         .unwrap();
 
     // A PID-exhaustion finding: the condition turns True and a Warning event goes out.
-    sink.emit(&Record::Finding(Box::new(active.clone())));
+    sink.emit(&Record::Finding(Box::new(active.clone().into())));
     let first_seen = k8s_time(active.first_seen);
     let fs = first_seen.clone();
     let server = tokio::spawn(async move {
@@ -190,7 +190,7 @@ async fn conditions_set_and_cleared_with_events() {
         .unwrap();
 
     // An update changes the message only: the transition time stays, no event.
-    sink.emit(&Record::Finding(Box::new(update.clone())));
+    sink.emit(&Record::Finding(Box::new(update.clone().into())));
     let fs = first_seen.clone();
     let server = tokio::spawn(async move {
         let body = expect_status_patch(&mut handle).await;
@@ -216,7 +216,7 @@ async fn conditions_set_and_cleared_with_events() {
     exp.sync_once(t0.plus_millis(3000)).await.unwrap();
 
     // Resolution: False again, transition at the resolution time, a Normal event.
-    sink.emit(&Record::Finding(Box::new(resolved.clone())));
+    sink.emit(&Record::Finding(Box::new(resolved.clone().into())));
     let resolved_at = k8s_time(resolved.resolved_at.unwrap());
     let server = tokio::spawn(async move {
         let body = expect_status_patch(&mut handle).await;
@@ -271,7 +271,7 @@ async fn apiserver_outage_keeps_latest_state_and_sends_it_once() {
     // times over; every sync attempt fails at the first call.
     for round in 0..10u64 {
         for f in &findings {
-            sink.emit(&Record::Finding(Box::new(f.clone())));
+            sink.emit(&Record::Finding(Box::new(f.clone().into())));
         }
         let server = tokio::spawn(async move {
             let (_req, send) = next(&mut handle).await;
@@ -289,7 +289,7 @@ async fn apiserver_outage_keeps_latest_state_and_sends_it_once() {
             .unwrap();
     }
     // Then the finding is active again, and the apiserver comes back.
-    sink.emit(&Record::Finding(Box::new(findings[0].clone())));
+    sink.emit(&Record::Finding(Box::new(findings[0].clone().into())));
     assert_eq!(
         exp.pending_events(),
         1,
