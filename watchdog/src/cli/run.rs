@@ -215,8 +215,13 @@ async fn cluster_remediation(
             "remediation: node {node}'s labels could not be read ({e}); node-label exclusions refuse every action"
         ),
     }
-    let (b, driver): (ClusterBudget, _) =
-        budget::build(client, node, &cfg.remediation.cluster, timeout);
+    let (b, driver): (ClusterBudget, _) = budget::build(
+        client,
+        node,
+        &cfg.remediation.cluster,
+        timeout,
+        cfg.remediation.step_timeout,
+    );
     tokio::spawn(driver);
     opts.remediation_budget = BudgetSlot::new(Box::new(b));
     opts.outputs.push(format!(

@@ -182,11 +182,15 @@ impl ClusterOps for KubeOps {
 
 /// The cluster budget of the agent on `node`, from `[remediation.cluster]`,
 /// and its driver (to spawn on the agent's runtime).
+/// `step_timeout`: the policy's; a finding that has not asked for the
+/// budget for two of them (its ladder done, or waiting on something else)
+/// holds no slot.
 pub fn build(
     client: Client,
     node: &str,
     cfg: &crate::config::ClusterSection,
     call_timeout: std::time::Duration,
+    step_timeout: std::time::Duration,
 ) -> (
     crate::remediation::coordinator::ClusterBudget,
     impl std::future::Future<Output = ()> + Send + use<>,
@@ -225,7 +229,7 @@ pub fn build(
         crate::remediation::coordinator::ClusterPolicy {
             release_delay: cfg.release_delay,
             renew_every: lease.lease_duration / 3,
-            want_expires: std::time::Duration::from_secs(1800),
+            want_expires: step_timeout * 2,
             local_when_apiserver_down: cfg.local_when_apiserver_down,
             local_max_per_hour: cfg.local_max_per_hour,
         },

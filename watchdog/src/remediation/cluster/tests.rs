@@ -567,7 +567,13 @@ async fn a_cordon_runs_under_a_lease_and_is_undone_and_the_slot_released() {
         release_delay: Duration::from_secs(30),
         ..Default::default()
     };
-    let (b, driver) = budget::build(m.client(), "node-0", &section, Duration::from_secs(1));
+    let (b, driver) = budget::build(
+        m.client(),
+        "node-0",
+        &section,
+        Duration::from_secs(1),
+        Duration::from_secs(120),
+    );
     tokio::spawn(driver);
     let dir = std::env::temp_dir().join(format!("wd-cluster-e2e-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
