@@ -20,9 +20,14 @@ const ERASE: &str = "\r\x1b[2K";
 /// `watchdog trace` with no real source to contact: kubelet on a closed
 /// port, the runtime at a socket that does not exist, no apiserver.
 fn trace_command(duration: &str, dir: &Path) -> Command {
+    session_command("trace", duration, dir)
+}
+
+/// [`trace_command`] for `trace` or `bundle`.
+fn session_command(sub: &str, duration: &str, dir: &Path) -> Command {
     let docker = format!("unix://{}/docker.sock", dir.display());
     let mut cmd = Command::new(agent_bin());
-    cmd.args(["trace", "--duration", duration, "--poll-interval", "250ms"])
+    cmd.args([sub, "--duration", duration, "--poll-interval", "250ms"])
         .args(["--kubelet-metrics-url", "https://127.0.0.1:1/metrics"])
         .args(["--kubelet-scrape-interval", "1s"])
         .args(["--docker-host", &docker])
@@ -144,9 +149,20 @@ fn trace_on_pty(duration: &str, cols: u16, extra: &[&str]) -> (ExitStatus, Strin
     trace_on_pty_with(duration, cols, extra, false)
 }
 
-/// [`trace_on_pty`], with stderr on the pseudo-terminal too when
-/// `stderr_on_pty` (then the returned stderr is empty).
 fn trace_on_pty_with(
+    duration: &str,
+    cols: u16,
+    extra: &[&str],
+    stderr_on_pty: bool,
+) -> (ExitStatus, String, String) {
+    session_on_pty("trace", duration, cols, extra, stderr_on_pty)
+}
+
+/// [`trace_on_pty`] of `sub` (`trace`, `bundle`), with stderr on the
+/// pseudo-terminal too when `stderr_on_pty` (then the returned stderr is
+/// empty).
+fn session_on_pty(
+    sub: &str,
     duration: &str,
     cols: u16,
     extra: &[&str],
@@ -156,7 +172,7 @@ fn trace_on_pty_with(
     std::fs::create_dir_all(&dir).unwrap();
     let (master, slave) = open_pty(cols);
     let stderr_path = dir.join("stderr");
-    let mut cmd = trace_command(duration, &dir);
+    let mut cmd = session_command(sub, duration, &dir);
     cmd.args(extra)
         .env("TERM", "xterm")
         .stdin(Stdio::from(slave.try_clone().unwrap()))
@@ -263,6 +279,74 @@ fn on_a_terminal_a_status_line_is_redrawn_and_gone_before_the_summary() {
         pieces[0].contains(": tracing") && !pieces[0].contains('\r'),
         "{:?}",
         pieces[0]
+    );
+}
+
+/// `watchdog bundle` on a terminal: the status line says what the bundle
+/// holds so far (findings, bytes recorded), redrawn, gone before the
+/// summary; stderr (a file here) gets the final line with the path and the
+/// summary of the contents, and no status text.
+#[test]
+fn on_a_terminal_bundle_shows_its_progress_then_the_path() {
+    if !skip_unless_root() {
+        return;
+    }
+    let out =
+        std::env::temp_dir().join(format!("wd-terminal-bundle-{}.tar.gz", std::process::id()));
+    let _ = std::fs::remove_file(&out);
+    let (status, screen, stderr) = session_on_pty(
+        "bundle",
+        "3s",
+        120,
+        &[
+            "--no-storage",
+            "--no-systemd",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        false,
+    );
+    let _ = std::fs::remove_file(&out);
+    assert!(
+        status.success(),
+        "exit {status:?}
+{screen:?}
+{stderr}"
+    );
+    let drawn: Vec<&str> = screen
+        .split(ERASE)
+        .filter(|p| status_elapsed(p.trim_end()).is_some() || p.contains(" · bundle: "))
+        .collect();
+    assert!(
+        drawn
+            .iter()
+            .filter(|d| d.contains(" · bundle: 0 findings, "))
+            .count()
+            >= 2,
+        "the bundle's progress was not drawn and redrawn: {screen:?}"
+    );
+    for d in &drawn {
+        assert!(d.contains(" recorded"), "{d:?}");
+        assert!(!d.contains('\n'), "{d:?}");
+    }
+    let last = screen.rsplit(ERASE).next().unwrap();
+    assert!(
+        last.contains("\nsummary: ") && !last.contains(" · bundle"),
+        "{last:?}"
+    );
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("bundle: "))
+        .unwrap_or_else(|| panic!("no final line on stderr: {stderr}"));
+    assert!(
+        line.starts_with(&format!("bundle: {} (", out.display()))
+            && line.contains(" KiB; 0 finding records, ")
+            && line.contains(" files"),
+        "{line}"
+    );
+    assert!(
+        !stderr.contains('\r') && !stderr.contains('\x1b'),
+        "{stderr:?}"
     );
 }
 

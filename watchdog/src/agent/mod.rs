@@ -311,6 +311,7 @@ fn status_snapshot(
                 longest_s: longest_ms as f64 / 1000.0,
             }
         }),
+        bundle: None,
     }
 }
 

@@ -531,6 +531,11 @@ impl Tail {
     pub fn is_empty(&self) -> bool {
         self.lines.is_empty()
     }
+
+    /// Bytes kept now.
+    pub fn len_bytes(&self) -> usize {
+        self.bytes
+    }
 }
 
 /// The records of a session a bundle holds, kept as they are emitted: the
@@ -614,6 +619,11 @@ pub struct Capture<'a> {
 pub struct Written {
     pub size: u64,
     pub tasks: usize,
+    /// Files in the archive besides the manifest.
+    pub files: usize,
+    /// Files listed in the manifest with an error instead (not readable,
+    /// unavailable, refused by a rate limit).
+    pub unreadable: usize,
 }
 
 /// Writes the bundle of `c` to `out` (see [`Builder::write`]).
@@ -711,10 +721,14 @@ pub fn capture(c: Capture<'_>, out: &Path) -> Result<Written, String> {
         findings: r.findings,
         files: Vec::new(),
     };
+    let unreadable = b.files.iter().filter(|(e, _)| e.error.is_some()).count();
+    let files = b.files.len() - unreadable;
     let size = b.write(out, manifest)?;
     Ok(Written {
         size,
         tasks: tasks.len(),
+        files,
+        unreadable,
     })
 }
 

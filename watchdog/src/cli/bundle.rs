@@ -35,11 +35,14 @@ pub struct BundleArgs {
 }
 
 /// The session's records, kept for the bundle while they go to the
-/// terminal (or JSON) as in `trace`.
+/// terminal (or JSON) as in `trace`; the status line (a terminal only)
+/// says what the bundle holds so far.
 struct Tee<'a> {
     inner: &'a mut dyn Sink,
     records: SessionRecords,
     named: Named,
+    /// The session's recording (its size, on the status line).
+    recording: PathBuf,
 }
 
 impl Sink for Tee<'_> {
@@ -63,7 +66,17 @@ impl Sink for Tee<'_> {
     }
 
     fn status(&mut self, status: &crate::sinks::status::StatusSnapshot) {
-        self.inner.status(status);
+        // Our own file in our own private directory: a stat that cannot
+        // hang on what is diagnosed.
+        let recorded = std::fs::metadata(&self.recording)
+            .map(|m| m.len())
+            .unwrap_or(0);
+        let mut s = status.clone();
+        s.bundle = Some(crate::sinks::status::BundleProgress {
+            findings: self.records.findings,
+            bytes: self.records.all.len_bytes() as u64 + recorded,
+        });
+        self.inner.status(&s);
     }
 }
 
@@ -96,6 +109,7 @@ pub fn run(a: BundleArgs) -> anyhow::Result<ExitCode> {
         inner: inner.as_mut(),
         records: SessionRecords::default(),
         named: Named::default(),
+        recording: recording.clone(),
     };
     let session = agent::trace(opts, &mut tee);
     let end = Time::now();
@@ -147,12 +161,14 @@ pub fn run(a: BundleArgs) -> anyhow::Result<ExitCode> {
     let written = written.map_err(|e| anyhow::anyhow!("the bundle could not be written: {e}"))?;
     let (size, tasks) = (written.size, written.tasks);
     eprintln!(
-        "bundle: {} ({:.1} KiB; {findings} finding records, {} tasks, {} mounts, {} pids cgroups)",
+        "bundle: {} ({:.1} KiB; {findings} finding records, {} tasks, {} mounts, {} pids cgroups; {} files, {} listed unreadable in manifest.json)",
         out.display(),
         size as f64 / 1024.0,
         tasks,
         named.mounts.len(),
-        named.cgroups.len()
+        named.cgroups.len(),
+        written.files,
+        written.unreadable
     );
     Ok(ExitCode::SUCCESS)
 }

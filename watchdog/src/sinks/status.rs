@@ -38,6 +38,18 @@ pub struct StatusSnapshot {
     pub blocked: Option<Blocked>,
     /// None: D-Bus requests are not followed.
     pub dbus: Option<DbusWaiting>,
+    /// `watchdog bundle`: what the bundle holds so far (None: not a bundle
+    /// session).
+    pub bundle: Option<BundleProgress>,
+}
+
+/// A `watchdog bundle` session so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BundleProgress {
+    /// Finding records (every status).
+    pub findings: usize,
+    /// Bytes recorded so far: the session's records and its recording.
+    pub bytes: u64,
 }
 
 /// kubelet's PLEG as the engine estimates it now.
@@ -182,6 +194,17 @@ fn render_parts(s: &StatusSnapshot, detail: Detail) -> Vec<String> {
     } else {
         v.push(format!("watchdog {}", elapsed(s.elapsed)));
     }
+    // Right after the time: a narrow terminal keeps it.
+    if let Some(b) = s.bundle {
+        v.push(match detail {
+            Detail::Full => format!(
+                "bundle: {}, {} recorded",
+                count(b.findings, "finding"),
+                bytes(b.bytes)
+            ),
+            _ => format!("bundle {}f {}", b.findings, bytes(b.bytes)),
+        });
+    }
     if detail != Detail::Least || s.probes_attached != s.probes_wanted {
         v.push(format!("probes {}/{}", s.probes_attached, s.probes_wanted));
     }
@@ -269,6 +292,29 @@ fn elapsed(d: Duration) -> String {
         format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
     } else {
         format!("{}:{:02}", s / 60, s % 60)
+    }
+}
+
+/// `512 B`, `3.4 KiB`, `12 MiB`.
+fn bytes(n: u64) -> String {
+    const KIB: f64 = 1024.0;
+    let f = n as f64;
+    if n < 1024 {
+        format!("{n} B")
+    } else if f < KIB * KIB {
+        let k = f / KIB;
+        if k < 10.0 {
+            format!("{k:.1} KiB")
+        } else {
+            format!("{k:.0} KiB")
+        }
+    } else {
+        let m = f / (KIB * KIB);
+        if m < 10.0 {
+            format!("{m:.1} MiB")
+        } else {
+            format!("{m:.0} MiB")
+        }
     }
 }
 
@@ -384,6 +430,7 @@ mod tests {
                 requests: 1,
                 longest_s: 3.12,
             }),
+            bundle: None,
         }
     }
 
@@ -405,6 +452,7 @@ mod tests {
             }],
             blocked: Some(Blocked::default()),
             dbus: Some(DbusWaiting::default()),
+            bundle: None,
         }
     }
 
@@ -436,6 +484,7 @@ mod tests {
             limits: Vec::new(),
             blocked: None,
             dbus: None,
+            bundle: None,
         };
         assert_eq!(
             render_status(&s, 80),
@@ -529,6 +578,42 @@ mod tests {
             assert!(columns(&l) <= w, "{w}: {l:?} is {} wide", columns(&l));
             assert!(l.chars().count() <= w, "{w}: {l:?}");
         }
+    }
+
+    /// `watchdog bundle`: its progress right after the time, in every
+    /// form, and never wider than the terminal.
+    #[test]
+    fn a_bundle_session_shows_its_findings_and_bytes() {
+        let mut s = incident();
+        s.bundle = Some(BundleProgress {
+            findings: 3,
+            bytes: 1_234_567,
+        });
+        assert_eq!(
+            render_status(&s, 220),
+            "watchdog 0:42 · bundle: 3 findings, 1.2 MiB recorded · probes 7/7 · PLEG ~0.8 s \
+             · pids 97% …/pod5d3c1a9e-8b0e-4c3a… (970/1000) · 2 tasks blocked (D) · 1 D-Bus request waiting 3.1 s"
+        );
+        assert_eq!(
+            render_status(&s, 79),
+            "0:42 · bundle 3f 1.2 MiB · PLEG ~0.8 s · pids 97% · blocked 2 (D) …"
+        );
+        assert_eq!(render_status(&s, 30), "0:42 · bundle 3f 1.2 MiB …");
+        for w in 0..240 {
+            let l = render_status(&s, w);
+            assert!(columns(&l) <= w, "{w}: {l:?} is {} wide", columns(&l));
+        }
+        s.bundle = Some(BundleProgress {
+            findings: 1,
+            bytes: 900,
+        });
+        assert!(
+            render_status(&s, 220)
+                .starts_with("watchdog 0:42 · bundle: 1 finding, 900 B recorded ·")
+        );
+        assert_eq!(bytes(10 * 1024), "10 KiB");
+        assert_eq!(bytes(5 * 1024 + 512), "5.5 KiB");
+        assert_eq!(bytes(64 << 20), "64 MiB");
     }
 
     #[test]
