@@ -97,18 +97,13 @@ impl ActionKind {
     /// built yet); None when it can.
     pub fn unavailable(self) -> Option<&'static str> {
         match self {
-            Self::KillContainer | Self::AbortFuse => None,
-            Self::KillProcess => Some(
-                "no executor: no finding names a single process to kill yet (kill_process is not built)",
-            ),
+            Self::KillContainer
+            | Self::AbortFuse
+            | Self::ForceUnmount
+            | Self::ReexecSystemd
+            | Self::KillProcess => None,
             Self::EvictPod => Some(
                 "no executor: evict_pod (Eviction API) is not built yet; evict the pod by hand",
-            ),
-            Self::ForceUnmount => Some(
-                "no executor: force_unmount is not built yet; run `umount -f` on the mount by hand",
-            ),
-            Self::ReexecSystemd => Some(
-                "no executor: reexec_systemd is not built yet; run `systemctl daemon-reexec` by hand",
             ),
         }
     }
@@ -150,8 +145,8 @@ impl RemedyAction {
                 format!("fuse connection {dev} ({mount_point})")
             }
             Self::ForceUnmount { mount_point } => format!("mount {mount_point}"),
-            Self::ReexecSystemd { socket } => format!("systemd serving {socket}"),
-            Self::KillProcess { pid, comm } => format!("process {pid} ({comm})"),
+            Self::ReexecSystemd { socket, .. } => format!("systemd serving {socket}"),
+            Self::KillProcess { pid, comm, .. } => format!("process {pid} ({comm})"),
         }
     }
 }
