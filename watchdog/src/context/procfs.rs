@@ -135,6 +135,30 @@ pub fn parse_stat(text: &str) -> Option<(String, char, u32)> {
     Some((comm, state, ppid))
 }
 
+/// `/proc/<pid>/stat` field 22, the start time in clock ticks after boot
+/// (with the pid, unique for the boot: a reused pid has a later one).
+pub fn parse_start_time(text: &str) -> Option<u64> {
+    let close = text.rfind(')')?;
+    // Fields 3.. follow the comm: field 22 is the 20th of them.
+    text.get(close + 2..)?
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
+}
+
+/// The innermost pid of `/proc/<pid>/status`'s `NSpid:` line (the pid in
+/// the process's own PID namespace: 1 for a namespace's init).
+pub fn parse_innermost_pid(status: &str) -> Option<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))?
+        .split_whitespace()
+        .last()?
+        .parse()
+        .ok()
+}
+
 /// `socket:[123]` (a /proc/<pid>/fd link) -> 123.
 pub fn parse_socket_link(l: &str) -> Option<u64> {
     l.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
@@ -383,6 +407,11 @@ impl ProcReader {
     /// `/proc/<pid>/<file>` as text.
     pub fn read_pid_file(&self, pid: u32, file: &str) -> Option<String> {
         self.read(&self.pid_file(pid, file)).ok()
+    }
+
+    /// A process's start time ([`parse_start_time`]); None when gone.
+    pub fn start_time(&self, pid: u32) -> Option<u64> {
+        parse_start_time(&self.read_pid_file(pid, "stat")?)
     }
 
     /// A process's name from `/proc/<pid>/comm` ("" when unreadable).

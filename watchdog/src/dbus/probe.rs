@@ -27,7 +27,13 @@ pub fn targets(socket: &str) -> Vec<ProbeTarget> {
 
 async fn call(socket: &str, target: ProbeTarget) -> zbus::Result<()> {
     // The path as the kernel names it, reached under the host root.
-    let stream = tokio::net::UnixStream::connect(crate::paths::host::path(socket)).await?;
+    call_at(&crate::paths::host::path(socket), socket, target).await
+}
+
+/// [`call`] on `socket` reached at `path` (e.g. under `/proc/<pid>/root`:
+/// the socket of a systemd in another mount namespace).
+async fn call_at(path: &std::path::Path, socket: &str, target: ProbeTarget) -> zbus::Result<()> {
+    let stream = tokio::net::UnixStream::connect(path).await?;
     let p2p = SocketKind::of(socket) == SocketKind::SystemdPrivate;
     let mut builder = zbus::connection::Builder::unix_stream(stream);
     if p2p {
@@ -55,6 +61,32 @@ async fn call(socket: &str, target: ProbeTarget) -> zbus::Result<()> {
         .await?;
     }
     Ok(())
+}
+
+/// `Ping` of systemd on `socket` (peer to peer on its private socket,
+/// through the bus on the bus socket) reached at `path`, on a
+/// current-thread runtime of the caller's thread, giving up after
+/// `timeout`. Remediation's check that a re-executed systemd serves again.
+pub fn ping_systemd_at(
+    path: &std::path::Path,
+    socket: &str,
+    timeout: Duration,
+) -> Result<Duration, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("no runtime for the Ping: {e}"))?;
+    let start = Instant::now();
+    match rt.block_on(async {
+        tokio::time::timeout(timeout, call_at(path, socket, ProbeTarget::Systemd)).await
+    }) {
+        Ok(Ok(())) => Ok(start.elapsed()),
+        Ok(Err(e)) => Err(format!("Ping on {socket} failed: {e}")),
+        Err(_) => Err(format!(
+            "Ping on {socket}: no answer in {} ms",
+            timeout.as_millis()
+        )),
+    }
 }
 
 /// Probe `target` on `socket`, giving up after `timeout`.

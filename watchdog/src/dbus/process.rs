@@ -11,11 +11,17 @@ use crate::{context::procfs::ProcReader, model::dbus::ProcessInfo};
 /// working on. The command line is read only when no thread of the process
 /// is in uninterruptible sleep (reading it takes the process's mmap lock).
 pub fn process_info(proc: &ProcReader, pid: u32) -> ProcessInfo {
+    // stat never takes the mmap lock: the start time is always read.
+    let start = proc.start_time(pid);
+    let bare = ProcessInfo {
+        start,
+        ..ProcessInfo::default()
+    };
     if proc.any_task_in_d(pid) {
-        return ProcessInfo::default();
+        return bare;
     }
     let Ok(raw) = proc.read_bytes(&proc.pid_file(pid, "cmdline"), CMDLINE_MAX) else {
-        return ProcessInfo::default();
+        return bare;
     };
     let args: Vec<String> = raw
         .split(|&b| b == 0)
@@ -37,6 +43,7 @@ pub fn process_info(proc: &ProcReader, pid: u32) -> ProcessInfo {
         cmdline.push_str("...");
     }
     info.cmdline = cmdline;
+    info.start = start;
     info
 }
 
@@ -77,6 +84,7 @@ pub fn runtime_args(args: &[String]) -> ProcessInfo {
         container: last.cloned(),
         action: Some(args[i].clone()),
         pod: None,
+        start: None,
     }
 }
 

@@ -29,7 +29,7 @@ use crate::model::{
     },
     errno,
     finding::{
-        Cause, Confidence, Detail, Evidence, Finding, FindingId, FindingStatus, Remedy,
+        Cause, Confidence, Detail, Evidence, Finding, FindingId, FindingStatus, ProcRef, Remedy,
         RemedyAction, Report,
         systemd::{SocketKind, Stuck, SystemdDetail, Waiting},
     },
@@ -42,6 +42,15 @@ const MAX_WAITING: usize = 20;
 /// the bus socket does not exist (runc tries the bus first).
 pub const BUS_ABSENT: &str = "bus_socket_absent";
 const MAX_EVIDENCE: usize = 10;
+/// Waiting runtime invocations put on the remedy ladder (one rung each).
+const MAX_KILLS: usize = 3;
+
+/// A runc/crun process running one of its subcommands (`create`, `run`,
+/// `delete`...), as its command line showed: the OCI runtime CLI that
+/// containerd, a shim or dockerd started, not a daemon.
+fn is_oci_runtime_call(w: &Waiting) -> bool {
+    matches!(w.comm.as_str(), "runc" | "crun") && w.action.is_some()
+}
 
 #[derive(Clone, Debug)]
 struct Conn {
@@ -470,6 +479,7 @@ impl SystemdHang {
                 action: c.process.as_ref().and_then(|p| p.action.clone()),
                 pod: c.process.as_ref().and_then(|p| p.pod.clone()),
                 cmdline: c.process.as_ref().map(|p| p.cmdline.clone()),
+                start: c.process.as_ref().and_then(|p| p.start),
             })
             .collect();
         waiting.sort_by(|a, b| b.waiting_s.total_cmp(&a.waiting_s).then(a.pid.cmp(&b.pid)));
@@ -777,15 +787,37 @@ impl SystemdHang {
         )
     }
 
+    /// Re-execute systemd; then, when that did not help (or is not
+    /// allowed), kill the waiting OCI runtime invocations (runc/crun running
+    /// one of its subcommands: short-lived, their caller retries), each on
+    /// a rung of its own. Daemons that wait (kubelet, containerd, dockerd)
+    /// are never on the ladder. A client is named only with its start time.
     fn remedy(d: &SystemdDetail) -> Remedy {
-        let actions = match d.stuck {
-            Stuck::BusNotReading => Vec::new(),
-            Stuck::SystemdNotReading | Stuck::SystemdNotReplying => {
-                vec![RemedyAction::ReexecSystemd {
-                    socket: d.socket.clone(),
-                }]
-            }
-        };
+        let mut actions = Vec::new();
+        if d.stuck != Stuck::BusNotReading {
+            actions.push(RemedyAction::ReexecSystemd {
+                socket: d.socket.clone(),
+                client: d.waiting.iter().find_map(|w| {
+                    Some(ProcRef {
+                        pid: w.pid,
+                        start: w.start?,
+                    })
+                }),
+            });
+        }
+        actions.extend(
+            d.waiting
+                .iter()
+                .filter(|w| is_oci_runtime_call(w))
+                .filter_map(|w| {
+                    Some(RemedyAction::KillProcess {
+                        pid: w.pid,
+                        comm: w.comm.clone(),
+                        start: w.start?,
+                    })
+                })
+                .take(MAX_KILLS),
+        );
         Remedy::new(Self::remedy_text(d), actions)
     }
 

@@ -35,6 +35,7 @@ fn call(ms: u64, pid: u32, call: CallKind, ret: i64, requested: u64, socket: &st
             container: Some("c1".into()),
             action: Some("create".into()),
             pod: Some("default/web-0".into()),
+            start: Some(u64::from(pid) * 10),
         }),
     })
 }
@@ -103,6 +104,25 @@ fn a_request_without_reply_past_the_threshold_is_a_hang_and_resolves_on_reply() 
         f.summary
     );
     assert!(f.remedy.text.contains("kill -TERM 1"));
+    // The ladder: re-execute the systemd that runc[42] waits on, then kill
+    // that runc (pid and start time: never a later process with its pid).
+    assert_eq!(
+        f.remedy.actions,
+        vec![
+            RemedyAction::ReexecSystemd {
+                socket: BUS.into(),
+                client: Some(ProcRef {
+                    pid: 42,
+                    start: 420
+                }),
+            },
+            RemedyAction::KillProcess {
+                pid: 42,
+                comm: "runc".into(),
+                start: 420
+            },
+        ]
+    );
     // Reply: resolves.
     feed(&mut d, &[call(6_000, 42, CallKind::Recv, 200, 4096, BUS)]);
     let r = findings(d.tick(at(6_100)));

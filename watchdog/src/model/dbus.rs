@@ -387,6 +387,10 @@ pub struct ProcessInfo {
     /// Pod from the bundle's annotations (namespace/name), when there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<String>,
+    /// Its start time (clock ticks after boot, `/proc/<pid>/stat` field
+    /// 22): with the pid, names this process and no later one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<u64>,
 }
 
 /// Queues of tracked connections and of the followed sockets' listeners,

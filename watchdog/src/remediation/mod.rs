@@ -124,16 +124,10 @@ impl ActionKind {
             | Self::EvictPod
             | Self::Cordon
             | Self::Taint
-            | Self::Escalate => None,
-            Self::KillProcess => Some(
-                "no executor: no finding names a single process to kill yet (kill_process is not built)",
-            ),
-            Self::ForceUnmount => Some(
-                "no executor: force_unmount is not built yet; run `umount -f` on the mount by hand",
-            ),
-            Self::ReexecSystemd => Some(
-                "no executor: reexec_systemd is not built yet; run `systemctl daemon-reexec` by hand",
-            ),
+            | Self::Escalate
+            | Self::ForceUnmount
+            | Self::ReexecSystemd
+            | Self::KillProcess => None,
         }
     }
 }
@@ -182,8 +176,8 @@ impl RemedyAction {
                 format!("fuse connection {dev} ({mount_point})")
             }
             Self::ForceUnmount { mount_point } => format!("mount {mount_point}"),
-            Self::ReexecSystemd { socket } => format!("systemd serving {socket}"),
-            Self::KillProcess { pid, comm } => format!("process {pid} ({comm})"),
+            Self::ReexecSystemd { socket, .. } => format!("systemd serving {socket}"),
+            Self::KillProcess { pid, comm, .. } => format!("process {pid} ({comm})"),
             Self::Cordon => "node scheduling".into(),
             Self::Taint => "node taints".into(),
             Self::Escalate => "node condition WatchdogRemediationFailed".into(),

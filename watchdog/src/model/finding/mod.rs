@@ -181,10 +181,17 @@ pub enum RemedyAction {
     AbortFuse { mount_point: String, dev: String },
     /// `umount -f` of a hung network mount.
     ForceUnmount { mount_point: String },
-    /// Make the systemd serving this socket re-execute itself.
-    ReexecSystemd { socket: String },
-    /// Kill a runtime process stuck in a call (runc, a shim).
-    KillProcess { pid: u32, comm: String },
+    /// Make the systemd serving this socket re-execute itself. `client`: a
+    /// process the finding saw waiting on it, whose network and mount
+    /// namespaces say which listener of that path is meant (a kind node's
+    /// systemd and the host's both serve `/run/systemd/private`).
+    ReexecSystemd {
+        socket: String,
+        client: Option<ProcRef>,
+    },
+    /// Kill a runtime process stuck in a call (runc, a shim). `start`: its
+    /// start time, so that a reused pid is never hit.
+    KillProcess { pid: u32, comm: String, start: u64 },
     /// Mark the node unschedulable (undone only if watchdog set it).
     Cordon,
     /// Add the project's own NoSchedule taint (removed only by watchdog).
@@ -192,6 +199,15 @@ pub enum RemedyAction {
     /// Set a node condition that a node-repair controller (NHC, MHC, EKS
     /// auto-repair) can act on; watchdog itself never reboots.
     Escalate,
+}
+
+/// A process as a finding names it: its pid and its start time (clock
+/// ticks after boot, field 22 of `/proc/<pid>/stat`): the pair is unique
+/// for the boot, the pid alone is not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcRef {
+    pub pid: u32,
+    pub start: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

@@ -69,6 +69,10 @@ pub struct Waiting {
     pub pod: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cmdline: Option<String>,
+    /// Its start time (clock ticks after boot): remediation acts on this
+    /// process only, never on a later one with the same pid.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
