@@ -5,6 +5,12 @@
 //! of this test (`watchdog-test-<pid>-<n>/kubepods/burstable/pod<uid>/ctr0`):
 //! every process the agent may signal is inside both.
 //!
+//! Also: `force_unmount` on a tmpfs in a mount namespace of the test's own and
+//! on a hung FUSE mount of its own (direct library calls, the node's type
+//! list relaxed); `reexec_systemd` on a real systemd 252 (PID 1 of a container
+//! the test starts) and refused on the fake one; `kill_process` of the
+//! container's runc waiting on its stopped systemd, end to end.
+//!
 //! Run as root with one test thread (kernel state is shared):
 //! `WATCHDOG_BIN=target/release/watchdog cargo test --release -p watchdog-tests --test remediation -- --test-threads=1`
 
@@ -424,5 +430,445 @@ fn abort_fuse_releases_a_task_blocked_on_a_hung_fuse_mount() {
         .0;
     assert_eq!(verified["action"], "abort_fuse", "{verified}");
     agent.stop();
+    let _ = std::fs::remove_file(&journal);
+}
+
+// ---------------------------------------------------------------------------
+// force_unmount, reexec_systemd, kill_process
+// ---------------------------------------------------------------------------
+
+use watchdog::model::finding::{ProcRef, RemedyAction};
+use watchdog::remediation::{Executor, NodeExecutor};
+
+/// `/proc/<pid>/stat` field 22 (start time in clock ticks).
+fn start_time(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    watchdog::context::procfs::parse_start_time(&stat).unwrap()
+}
+
+/// (mount point, fs type, source) of `/proc/<pid>/mountinfo`.
+fn mounts_of(pid: &str) -> Vec<(String, String, String)> {
+    std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let mp = watchdog::context::mounts::unescape(left.split(' ').nth(4)?);
+            let mut r = right.split(' ');
+            Some((mp, r.next()?.to_owned(), r.next()?.to_owned()))
+        })
+        .collect()
+}
+
+/// force_unmount's mechanics on a tmpfs the test mounts in a private mount
+/// namespace of its own (a holder process made by `unshare -m`): refused as
+/// not a network file system with the node's type list, refused when the
+/// table of the agent's own namespace does not show it, unmounted in the
+/// holder's namespace (unshare(CLONE_FS) + setns on the executor's thread)
+/// with the list relaxed to tmpfs. The test's own mount table never sees it.
+#[test]
+fn force_unmount_unmounts_in_the_namespace_that_shows_the_mount() {
+    if !skip_unless_root() || !skip_unless(Path::new(UNSHARE).exists(), "unshare is missing") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("wd-fu-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let source = format!("wdt-fu-{}", std::process::id());
+    let script = format!(
+        "mount -t tmpfs {source} {} || exit 97; echo ready; exec sleep 600",
+        sh_quote(&dir.to_string_lossy())
+    );
+    let mut cmd = Command::new(UNSHARE);
+    cmd.args(["-m", "--propagation", "private", "/bin/sh", "-c", &script])
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut holder = ChildGuard::spawn(&mut cmd, "mount namespace holder").unwrap();
+    let mut out = holder.take_stdout().unwrap();
+    let mut buf = [0u8; 6];
+    std::io::Read::read_exact(&mut out, &mut buf).expect("the holder mounted its tmpfs");
+    let hpid = holder.pid();
+    let mp = dir.to_string_lossy().into_owned();
+    assert!(
+        mounts_of(&hpid.to_string())
+            .iter()
+            .any(|(m, t, s)| *m == mp && t == "tmpfs" && *s == source)
+    );
+    assert!(!mounts_of("self").iter().any(|(m, _, _)| *m == mp));
+    let action = RemedyAction::ForceUnmount {
+        mount_point: mp.clone(),
+    };
+
+    // The node's list: tmpfs is no network file system.
+    let mut node = NodeExecutor::new(Path::new("/"))
+        .with_unmount_in(Some(hpid), &watchdog::remediation::exec::UNMOUNT_TYPES);
+    let e = node.recheck(&action).unwrap_err();
+    eprintln!("node's types: {e}");
+    assert!(e.contains("tmpfs, not a network file system"), "{e}");
+    assert!(node.execute(&action).is_err());
+    // The agent's own table (the host's here) does not show it.
+    let e = NodeExecutor::new(Path::new("/"))
+        .recheck(&action)
+        .unwrap_err();
+    assert!(e.contains("no longer mounted"), "{e}");
+
+    let mut ex = NodeExecutor::new(Path::new("/")).with_unmount_in(Some(hpid), &["tmpfs"]);
+    let plan = ex.recheck(&action).unwrap();
+    eprintln!("plan: {plan}");
+    assert!(
+        plan.starts_with(&format!(
+            "umount -f {mp} (tmpfs from {source}) in the mount namespace of process {hpid}"
+        )),
+        "{plan}"
+    );
+    let t = Instant::now();
+    let done = ex.execute(&action).unwrap();
+    eprintln!("done in {:?}: {done}", t.elapsed());
+    assert!(
+        done.starts_with(&format!("unmounted {mp} (tmpfs) with MNT_FORCE")),
+        "{done}"
+    );
+    assert!(
+        !mounts_of(&hpid.to_string())
+            .iter()
+            .any(|(m, _, _)| *m == mp),
+        "still mounted in the holder's namespace"
+    );
+    // Gone: a second re-check says so.
+    let e = ex.recheck(&action).unwrap_err();
+    assert!(e.contains("no longer mounted"), "{e}");
+    assert!(holder.try_wait().is_none(), "the holder was touched");
+    drop(holder);
+    let _ = std::fs::remove_dir(&dir);
+}
+
+/// `umount -f` on a real hung FUSE mount of the test's own: the kernel's
+/// umount_begin aborts the connection, so a reader blocked in D state gets
+/// its error, and the mount goes once the reader has closed its file. The
+/// node refuses FUSE (abort_fuse is its action); the list is relaxed here.
+#[test]
+fn force_unmount_of_a_hung_fuse_mount_releases_its_blocked_reader() {
+    use watchdog_tests::fuse::{HangingFuse, skip_unless_fuse_prereqs};
+    use watchdog_tests::names::ProcessNames;
+    if !skip_unless_fuse_prereqs() {
+        return;
+    }
+    const READ: &str = "import os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); os.read(fd, 16)";
+    let mut reader: Option<ChildGuard> = None;
+    let fuse = HangingFuse::start();
+    let names = ProcessNames::new();
+    let child = reader.insert(names.spawn("wd-fu-reader", READ, &fuse.read_hang_path()));
+    let pid = child.pid();
+    let mp = fuse.mount_point().to_string_lossy().into_owned();
+    let fstype = mounts_of("self")
+        .into_iter()
+        .find(|(m, _, _)| *m == mp)
+        .map(|(_, t, _)| t)
+        .expect("the FUSE mount");
+    // Blocked in D on the mount.
+    let t = Instant::now();
+    while std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| watchdog::context::procfs::parse_stat(&s))
+        .map(|(_, st, _)| st)
+        != Some('D')
+    {
+        assert!(t.elapsed() < Duration::from_secs(10), "reader not in D");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let action = RemedyAction::ForceUnmount {
+        mount_point: mp.clone(),
+    };
+    let e = NodeExecutor::new(Path::new("/"))
+        .recheck(&action)
+        .unwrap_err();
+    assert!(e.contains("abort_fuse is the action for it"), "{e}");
+    let mut ex = NodeExecutor::new(Path::new("/")).with_unmount_in(None, &[fstype.as_str()]);
+    eprintln!("plan: {}", ex.recheck(&action).unwrap());
+    let t = Instant::now();
+    let done = ex.execute(&action).unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("done in {:?}: {done}", t.elapsed());
+    let status = child
+        .wait_timeout(Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("reader {pid} still blocked after umount -f"));
+    assert!(!status.success(), "the read failed");
+    // Unmounted now (by the executor's retries, or it said still busy).
+    if done.contains("still busy") {
+        eprintln!("the executor gave up while the reader still had the file open");
+    } else {
+        assert!(
+            !mounts_of("self").iter().any(|(m, _, _)| *m == mp),
+            "{done}"
+        );
+    }
+}
+
+/// reexec_systemd on a REAL systemd 252, PID 1 of a container the test
+/// starts, through a direct library call: no cure-able hang of a real
+/// systemd can be made here (a stopped one is refused, below; the sd-bus
+/// cookie overflow it cures cannot be provoked), so the executor is aimed
+/// at a healthy systemd as a finding would name it (the socket and a
+/// client of the container: its dbus-daemon). Re-check: served by that
+/// systemd (found through the client's network namespace, on the private
+/// socket and, socket-activated, on the bus socket as runtimes spell it);
+/// a stopped systemd is refused. Execute: SIGTERM through a pidfd, the new
+/// image seen, `Ping` answered; after it the pid is the same, systemd logged
+/// `Reexecuting.`, and a Ping and a scope request (systemd-run --scope, the
+/// call runc makes) succeed.
+#[test]
+fn reexec_systemd_re_executes_a_real_systemd_and_it_serves_again() {
+    use watchdog_tests::systemd_real::{Client, RealSystemd, skip_unless_real_systemd_prereqs};
+    let Some(tar) = skip_unless_real_systemd_prereqs() else {
+        return;
+    };
+    let mut sd = RealSystemd::start(&tar).unwrap_or_else(|e| panic!("{e}"));
+    let pid = sd.systemd_pid();
+    let client = sd
+        .processes()
+        .into_iter()
+        .find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm"))
+                .is_ok_and(|c| c.trim() == "dbus-daemon")
+        })
+        .expect("the container's dbus-daemon");
+    let client = Some(ProcRef {
+        pid: client,
+        start: start_time(client),
+    });
+    let start_before = start_time(pid);
+    let mut ex = NodeExecutor::new(Path::new("/"));
+    let private = RemedyAction::ReexecSystemd {
+        socket: "/run/systemd/private".into(),
+        client,
+    };
+    let plan = ex.recheck(&private).unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("plan: {plan}");
+    assert!(
+        plan.starts_with(&format!(
+            "re-execute systemd[{pid}] (PID 1 of its PID namespace"
+        )),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("systemd on disk is the running binary"),
+        "{plan}"
+    );
+    let bus = RemedyAction::ReexecSystemd {
+        socket: "/var/run/dbus/system_bus_socket".into(),
+        client,
+    };
+    let plan = ex.recheck(&bus).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        plan.starts_with(&format!("re-execute systemd[{pid}]")),
+        "{plan}"
+    );
+    // Without a client the agent's own namespace is searched: the host
+    // has no systemd serving that path.
+    let e = ex
+        .recheck(&RemedyAction::ReexecSystemd {
+            socket: "/run/systemd/private".into(),
+            client: None,
+        })
+        .unwrap_err();
+    assert!(!e.contains(&format!("systemd[{pid}]")), "{e}");
+
+    // Stopped: refused, nothing signalled.
+    sd.stop_systemd().unwrap();
+    let e = ex.recheck(&private).unwrap_err();
+    let e2 = ex.execute(&private).unwrap_err();
+    sd.cont_systemd().unwrap();
+    eprintln!("stopped: {e}");
+    assert!(e.contains("is stopped"), "{e}");
+    assert!(e2.contains("is stopped"), "{e2}");
+
+    // Executed as the bus socket's finding names it (the executor's own
+    // Ping then goes through the bus to systemd).
+    let t = Instant::now();
+    let done = ex
+        .execute(&bus)
+        .unwrap_or_else(|e| panic!("{e}\n{}", sd.logs()));
+    let took = t.elapsed();
+    eprintln!("re-exec in {took:?}: {done}");
+    assert!(
+        done.starts_with(&format!("systemd[{pid}] re-executed")),
+        "{done}"
+    );
+    assert!(
+        done.contains("Ping on /var/run/dbus/system_bus_socket answered"),
+        "{done}"
+    );
+    assert_eq!(start_time(pid), start_before, "systemd kept its pid");
+    assert_eq!(
+        std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .unwrap()
+            .trim(),
+        "systemd"
+    );
+    let journal = sd
+        .exec_ok(
+            &["journalctl", "-b", "--no-pager", "-o", "cat", "_PID=1"],
+            20,
+        )
+        .unwrap_or_default();
+    assert!(
+        journal.contains("Reexecuting"),
+        "systemd's journal: {journal}"
+    );
+    // Served again: a Ping and a scope request.
+    let ping = sd
+        .exec_ok(
+            &[
+                "busctl",
+                "call",
+                "org.freedesktop.systemd1",
+                "/org/freedesktop/systemd1",
+                "org.freedesktop.DBus.Peer",
+                "Ping",
+            ],
+            20,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("Ping after: {:?}", ping.trim());
+    let t = Instant::now();
+    sd.run_client(Client::SystemdRun)
+        .unwrap_or_else(|e| panic!("scope request after the re-exec: {e}"));
+    eprintln!("systemd-run --scope after the re-exec: {:?}", t.elapsed());
+}
+
+/// reexec_systemd aimed at the test's FAKE systemd (python, serving
+/// /run/systemd/private in a private mount namespace) through a direct
+/// library call, with the fake's connected client (comm containerd) as the
+/// finding's waiting client: refused at the re-check and at execute (the
+/// server is not systemd); the fake keeps running.
+#[test]
+fn reexec_systemd_refuses_a_server_that_is_not_systemd() {
+    use watchdog_tests::systemd::*;
+    if !skip_unless_systemd_prereqs() {
+        return;
+    }
+    let ns = PrivateNs::start().unwrap();
+    let fake = FakeSystemd::start(&ns, Transport::Private, FakeMode::NeverReply).unwrap();
+    let client = SystemdClient::start(&ns, Transport::Private, "containerd").unwrap();
+    let action = RemedyAction::ReexecSystemd {
+        socket: SYSTEMD_PRIVATE_SOCKET.into(),
+        client: Some(ProcRef {
+            pid: client.pid(),
+            start: start_time(client.pid()),
+        }),
+    };
+    let mut ex = NodeExecutor::new(Path::new("/"));
+    let e = ex.recheck(&action).unwrap_err();
+    eprintln!("re-check: {e}");
+    assert!(
+        e.starts_with("/run/systemd/private is served by")
+            && e.contains(&format!("[{}] (not systemd)", fake.pid())),
+        "{e}"
+    );
+    let e = ex.execute(&action).unwrap_err();
+    assert!(e.contains("(not systemd)"), "{e}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(pid_alive(fake.pid()), "the fake keeps running");
+    assert!(fake.log().contains("listening"), "{}", fake.log());
+}
+
+/// kill_process end to end on the REAL systemd: systemd (the container's
+/// PID 1) is stopped while the container's own `runc --systemd-cgroup run`
+/// waits for its StartTransientUnit; the agent's systemd_hang finding names
+/// that runc (pid and start time). In enforce with only kill_process
+/// allowed, the reexec_systemd rung is refused (not allowed) and the runc
+/// is killed; the finding resolves and the step is verified. systemd is
+/// continued afterwards (the fixture's own SIGCONT) and was never signalled
+/// by the agent.
+#[test]
+fn kill_process_kills_the_runc_waiting_on_a_stopped_systemd() {
+    use watchdog_tests::systemd_real::{Client, RealSystemd, skip_unless_real_systemd_prereqs};
+    let Some(tar) = skip_unless_real_systemd_prereqs() else {
+        return;
+    };
+    let mut sd = RealSystemd::start(&tar).unwrap_or_else(|e| panic!("{e}"));
+    let journal =
+        std::env::temp_dir().join(format!("wd-remediation-kill-{}.jsonl", std::process::id()));
+    let _ = std::fs::remove_file(&journal);
+    let agent = Agent::start(&[
+        "trace",
+        "--json",
+        "--no-pleg",
+        "--fork-probe",
+        "off",
+        "--poll-interval",
+        "500ms",
+        "--systemd-threshold",
+        "3s",
+        "--resolve-after",
+        "2s",
+        "--remediation",
+        "enforce",
+        "--allow-actions",
+        "kill_process",
+        "--remediation-delay",
+        "1s",
+        "--remediation-journal",
+        journal.to_str().unwrap(),
+    ]);
+    let sd_start = start_time(sd.systemd_pid());
+    sd.stop_systemd().unwrap();
+    let mut c = sd
+        .spawn_client(Client::Runc)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let pid = c.pid();
+    let target = format!("process {pid} (runc)");
+    let done = agent
+        .wait_for(
+            |v| v["type"] == "remediation" && v["target"] == target && v["status"] != "started",
+            Duration::from_secs(30),
+        )
+        .unwrap_or_else(|| panic!("no kill_process of runc {pid}: {}", agent.report()))
+        .0;
+    eprintln!("kill_process: {done}");
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["action"], "kill_process", "{done}");
+    let t = Instant::now();
+    while c.running() {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "runc {pid} still runs"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let verified = agent
+        .wait_for(
+            |v| v["type"] == "remediation" && v["status"] == "verified",
+            Duration::from_secs(20),
+        )
+        .unwrap_or_else(|| panic!("the step was not verified: {}", agent.report()))
+        .0;
+    assert_eq!(verified["target"], target, "{verified}");
+    let records = agent.stop();
+    let steps = remediation_records(&records);
+    for s in &steps {
+        eprintln!("{s}");
+    }
+    let reexec = steps
+        .iter()
+        .find(|v| v["action"] == "reexec_systemd")
+        .expect("the reexec_systemd rung");
+    assert_eq!(reexec["status"], "skipped", "{reexec}");
+    assert!(
+        reexec["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("not allowed"),
+        "{reexec}"
+    );
+    // systemd itself: untouched by the agent (still stopped until we
+    // continue it, same process).
+    assert_eq!(
+        watchdog_tests::systemd::proc_state(sd.systemd_pid()),
+        Some('T')
+    );
+    assert_eq!(start_time(sd.systemd_pid()), sd_start);
+    sd.cont_systemd().unwrap();
+    let _ = c.wait_exit(Duration::from_secs(10));
     let _ = std::fs::remove_file(&journal);
 }

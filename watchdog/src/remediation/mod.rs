@@ -7,6 +7,18 @@
 //! re-checks the target just before acting, then acts. Every step is a
 //! `remediation` record: planned, skipped (with the reason), started,
 //! succeeded, failed, verified (the finding resolved after it).
+//!
+//! The node's actions (`exec`, one file per family): `kill_container`
+//! (pid_exhaustion), `abort_fuse` and `force_unmount` (storage_hang: FUSE,
+//! then NFS/CIFS/Ceph/9p with `umount2(MNT_FORCE)` in the mount namespace
+//! the finding's table came from, never lazy), `reexec_systemd`
+//! (systemd_hang: SIGTERM to the systemd serving the hung socket, only when
+//! it is PID 1 of its own PID namespace, not the host's, not stopped, with
+//! room on /run (systemd #5016) and its binary unchanged on disk (#19725);
+//! verified by a `Ping`) and `kill_process` (a runc/crun the systemd_hang
+//! finding saw waiting, named by pid and start time; shims are never named:
+//! moby #43491). The actions through the apiserver (`evict_pod`, `cordon`,
+//! `taint`, `escalate`) run under the cluster budget (`coordinator`, `cluster`).
 use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
 

@@ -394,8 +394,26 @@ impl NodeExecutor {
             .join(t.bound.trim_start_matches('/'));
         let sock = t.bound.clone();
         let wait = self.reexec_wait;
+        // systemd closes its private socket to re-execute and binds it
+        // again once up: refused connections are retried until the wait ends.
         let ping = with_deadline("Ping of the re-executed systemd", wait * 2, move || {
-            crate::dbus::probe::ping_systemd_at(&path, &sock, wait)
+            let until = Instant::now() + wait;
+            let mut refused = 0;
+            loop {
+                let left = until.saturating_duration_since(Instant::now());
+                match crate::dbus::probe::ping_systemd_at(
+                    &path,
+                    &sock,
+                    left.max(Duration::from_millis(100)),
+                ) {
+                    Ok(d) => return Ok((d, refused)),
+                    Err(e) if Instant::now() >= until => return Err(e),
+                    Err(_) => {
+                        refused += 1;
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
+            }
         })
         .and_then(|r| r);
         let seen = match reexec {
@@ -406,8 +424,8 @@ impl NodeExecutor {
             ),
         };
         match ping {
-            Ok(d) => Ok(format!(
-                "{name} re-executed (SIGTERM through a pidfd): {seen}; Ping on {socket} answered in {:.0} ms ({:.0} ms after the signal)",
+            Ok((d, refused)) => Ok(format!(
+                "{name} re-executed (SIGTERM through a pidfd): {seen}; Ping on {socket} answered in {:.0} ms, {:.0} ms after the signal ({refused} attempts failed while it re-bound its socket)",
                 ms(d),
                 ms(t0.elapsed())
             )),
