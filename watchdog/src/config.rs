@@ -154,6 +154,9 @@ pub struct RemediationSection {
     /// No action before the node has been up this long.
     #[serde(deserialize_with = "duration")]
     pub min_uptime: Duration,
+    /// `reexec_systemd` may signal the node's own PID 1 (the host's
+    /// systemd): off by default.
+    pub allow_host_init: bool,
     /// The cluster-wide budget (`[remediation.cluster]`).
     pub cluster: ClusterSection,
 }
@@ -249,6 +252,7 @@ impl Default for RemediationSection {
             exclude_namespaces: Vec::new(),
             exclude_node_labels: Vec::new(),
             min_uptime: Duration::from_millis(p.min_uptime_ms),
+            allow_host_init: false,
             cluster: Default::default(),
         }
     }
@@ -283,6 +287,8 @@ impl RemediationSection {
             node_labels: None,
             min_uptime_ms: self.min_uptime.as_millis() as u64,
             booted_at: None,
+            cluster: false,
+            allow_host_init: self.allow_host_init,
         }
     }
 }
@@ -647,6 +653,35 @@ impl Config {
             .map_err(shared(Setting::RemediationAllow))?;
         validate::positive(self.remediation.step_timeout)
             .map_err(shared(Setting::RemediationStepTimeout))?;
+        let c = &self.remediation.cluster;
+        if c.lease_duration < Duration::from_secs(15)
+            || c.lease_duration < self.kubernetes.timeout * 3
+        {
+            return Err(bad(
+                "remediation.cluster.lease_duration",
+                format!("{:?}", c.lease_duration),
+                "must be at least 15 s and 3 times kubernetes.timeout (renewed every third of it, each call with its own timeout)",
+            ));
+        }
+        if c.max_nodes == 0 {
+            return Err(bad(
+                "remediation.cluster.max_nodes",
+                "0".into(),
+                "must be at least 1 (set remediation.mode = \"off\" to act never)",
+            ));
+        }
+        if let Some(sel) = self
+            .remediation
+            .exclude_node_labels
+            .iter()
+            .find(|s| !crate::remediation::policy::label_selector_ok(s))
+        {
+            return Err(bad(
+                "remediation.exclude_node_labels",
+                sel.clone(),
+                "must be `key` or `key=value` (a label key: [prefix/]name of letters, digits, '-', '_', '.')",
+            ));
+        }
         if self.remediation.max_per_hour == 0
             && self.remediation.mode != crate::remediation::Mode::Off
         {

@@ -70,6 +70,11 @@ pub struct TraceOptions {
     /// The cluster's remediation budget (`run` with an apiserver); None:
     /// the node's own budget, nothing cluster-visible.
     pub remediation_budget: crate::remediation::coordinator::BudgetSlot,
+    /// Changes an earlier agent left on the node (`run` reads them at start).
+    pub remediation_inherited: Vec<(
+        crate::model::finding::RemedyAction,
+        crate::model::finding::Cause,
+    )>,
 }
 
 impl Default for TraceOptions {
@@ -91,6 +96,7 @@ impl Default for TraceOptions {
             remediation: crate::remediation::PolicyConfig::default(),
             remediation_journal: PathBuf::from(paths::REMEDIATION_JOURNAL),
             remediation_budget: Default::default(),
+            remediation_inherited: Vec::new(),
         }
     }
 }
@@ -105,7 +111,9 @@ fn remediator(opts: &mut TraceOptions) -> Option<crate::remediation::Remediator>
     if cfg.mode == Mode::Off {
         return None;
     }
-    let executor = Box::new(NodeExecutor::new(&opts.root));
+    let mut executor = NodeExecutor::new(&opts.root);
+    executor.allow_host_init = cfg.allow_host_init;
+    let executor = Box::new(executor);
     let budget = opts
         .remediation_budget
         .take()
@@ -129,6 +137,7 @@ fn remediator(opts: &mut TraceOptions) -> Option<crate::remediation::Remediator>
             Some(
                 Remediator::new(cfg, executor)
                     .with_budget(budget)
+                    .with_inherited(std::mem::take(&mut opts.remediation_inherited), Time::now())
                     .with_journal(journal, &taken),
             )
         }

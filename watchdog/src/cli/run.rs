@@ -150,16 +150,19 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 Ok((sink, what, client)) => {
                     sinks.0.push(sink);
                     opts.outputs.push(what);
-                    if let Some(node) = node.as_deref() {
-                        cluster_remediation(&cfg, &mut opts, client, node).await;
+                    match node.as_deref() {
+                        Some(node) => cluster_remediation(&cfg, &mut opts, client, node).await,
+                        None => no_cluster_remediation(&cfg, &mut opts, "no node name".into()),
                     }
                 }
                 Err(e) => {
                     tracing::error!("Kubernetes outputs disabled: {e:#}");
                     opts.outputs.push(format!("kubernetes UNAVAILABLE: {e:#}"));
+                    no_cluster_remediation(&cfg, &mut opts, format!("{e:#}"));
                 }
             }
         } else {
+            no_cluster_remediation(&cfg, &mut opts, "Kubernetes is off".into());
             opts.outputs.push(
                 "kubernetes off (not in a cluster and no KUBECONFIG; kubernetes.enabled = true forces it)"
                     .into(),
@@ -215,6 +218,15 @@ async fn cluster_remediation(
             "remediation: node {node}'s labels could not be read ({e}); node-label exclusions refuse every action"
         ),
     }
+    opts.remediation.cluster = true;
+    if cfg.remediation.mode == Mode::Enforce {
+        match budget::inherited(client.clone(), node, timeout).await {
+            Ok(found) => opts.remediation_inherited = found,
+            Err(e) => tracing::warn!(
+                "remediation: could not read what an earlier agent left on node {node} ({e})"
+            ),
+        }
+    }
     let (b, driver): (ClusterBudget, _) = budget::build(
         client,
         node,
@@ -228,6 +240,23 @@ async fn cluster_remediation(
         "remediation budget: cluster Leases (at most {} nodes, {} % of the pool)",
         cfg.remediation.cluster.max_nodes, cfg.remediation.cluster.max_percent
     ));
+}
+
+/// `run` in enforce without an apiserver: the budget's rules for an
+/// unreachable apiserver (nothing cluster-visible; node-local actions only
+/// when `local_when_apiserver_down` says so), never the node's own budget.
+fn no_cluster_remediation(cfg: &Config, opts: &mut TraceOptions, why: String) {
+    use crate::remediation::{Mode, cluster::budget, coordinator::BudgetSlot};
+    if cfg.remediation.mode != Mode::Enforce {
+        return;
+    }
+    let (b, driver) = budget::unreachable(
+        &cfg.remediation.cluster,
+        cfg.remediation.step_timeout,
+        format!("no apiserver: {why}"),
+    );
+    tokio::spawn(driver);
+    opts.remediation_budget = BudgetSlot::new(Box::new(b));
 }
 
 async fn kube_outputs(

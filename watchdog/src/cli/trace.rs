@@ -136,7 +136,9 @@ pub struct Args {
     #[arg(long, default_value = "dry-run", value_parser = |s: &str| s.parse::<Mode>())]
     remediation: Mode,
     /// Actions `--remediation enforce` may run, comma-separated:
-    /// kill_container, abort_fuse.
+    /// kill_container, abort_fuse, force_unmount, reexec_systemd,
+    /// kill_process (evict_pod, cordon, taint, escalate need a cluster:
+    /// `watchdog run`).
     #[arg(long, value_delimiter = ',', value_parser = |s: &str| s.parse::<ActionKind>())]
     allow_actions: Vec<ActionKind>,
     /// How long a finding stays active before its first action.
@@ -157,6 +159,11 @@ pub struct Args {
     /// and outcome; a restarted agent reads this boot's actions back.
     #[arg(long, value_name = "FILE", default_value = crate::paths::REMEDIATION_JOURNAL)]
     remediation_journal: PathBuf,
+    /// reexec_systemd may signal this node's own PID 1 (the host's
+    /// systemd, as on most nodes); without it only a systemd that is PID 1
+    /// of its own PID namespace (a container's) is re-executed.
+    #[arg(long)]
+    remediation_allow_host_init: bool,
     #[command(flatten)]
     pleg: Box<PlegArgs>,
 }
@@ -351,6 +358,7 @@ pub fn options(a: Args) -> anyhow::Result<(TraceOptions, bool)> {
         step_timeout_ms: a.remediation_step_timeout.as_millis() as u64,
         any_cgroup: a.remediation_scope == RemediationScope::Any,
         cgroup_prefix: a.remediation_cgroup_prefix.clone(),
+        allow_host_init: a.remediation_allow_host_init,
         ..PolicyConfig::default()
     };
     let opts = TraceOptions {

@@ -163,7 +163,7 @@ pub fn remediation_allow(
     if mode == crate::remediation::Mode::Enforce && allow.is_empty() {
         return Err(Why::new(
             String::new(),
-            "enforce runs only the actions allowed explicitly: name at least one (kill_container, abort_fuse)",
+            "enforce runs only the actions allowed explicitly: name at least one (kill_container, evict_pod, abort_fuse, force_unmount, reexec_systemd, kill_process, cordon, taint, escalate)",
         ));
     }
     Ok(())

@@ -132,9 +132,10 @@ impl Budget for NodeOnly {
 pub trait ClusterOps {
     /// Take a free slot (or keep ours). `why` is shown on the Lease.
     fn acquire(&mut self, why: &str) -> impl std::future::Future<Output = Acquire>;
-    /// Renew our slot. Err: it is lost (taken over, or unreachable past its
-    /// expiry): stop acting.
-    fn renew(&mut self) -> impl std::future::Future<Output = Result<(), String>>;
+    /// Renew our slot. Ok(true): renewed; Ok(false): not renewed this time
+    /// (apiserver unreachable) but still valid; Err: lost (taken over, or
+    /// past its validity): stop acting.
+    fn renew(&mut self) -> impl std::future::Future<Output = Result<bool, String>>;
     /// Give our slot back.
     fn release(&mut self) -> impl std::future::Future<Output = Result<(), String>>;
     /// The breaker for `cause`: Ok(Some(why)) while too many nodes show it.
@@ -170,11 +171,21 @@ struct State {
     /// When the last wanting finding finished (the release delay runs from it).
     idle_since: Option<tokio::time::Instant>,
     held: Option<String>,
+    /// Until when the held slot may be acted under: from the start of the
+    /// last successful acquire or renewal, plus the lease duration less a
+    /// margin (past it, nothing is admitted under the slot).
+    valid_until: Option<tokio::time::Instant>,
     /// Why there is no slot (the last refusal), or that none was asked yet.
     refusal: Option<String>,
     unreachable: bool,
     /// Open breakers, by cause.
     breakers: BTreeMap<Cause, String>,
+    /// When each cause's breaker was last judged (an answer, open or
+    /// closed): a cause is admitted only on a recent judgement.
+    checked: BTreeMap<Cause, tokio::time::Instant>,
+    /// Findings that resolved: their queued (not yet sent) actions are
+    /// dropped. Cleared when the finding asks again.
+    finished: std::collections::BTreeSet<FindingId>,
     queue: Vec<(u64, ClusterAction)>,
     done: Vec<Outcome>,
     /// Node-local actions admitted while the apiserver was unreachable.
@@ -184,6 +195,12 @@ struct State {
 /// How the cluster budget behaves (from `[remediation.cluster]`).
 #[derive(Clone, Debug)]
 pub struct ClusterPolicy {
+    /// How long a slot is valid after a successful write (the lease's
+    /// duration; a margin is taken off).
+    pub lease_valid: std::time::Duration,
+    /// A breaker judgement is reused this long (nodes are listed at most
+    /// this often per cause), and trusted at most twice this long.
+    pub breaker_every: std::time::Duration,
     pub release_delay: std::time::Duration,
     /// How often the driver renews a held slot (a third of its duration).
     pub renew_every: std::time::Duration,
@@ -233,11 +250,15 @@ impl Budget for ClusterBudget {
         let policy = self.policy.clone();
         let mut s = self.state();
         s.wanting.insert(finding.clone(), (cause, now));
+        s.finished.remove(finding);
         s.idle_since = None;
+        let judged = s
+            .checked
+            .get(&cause)
+            .is_some_and(|t| now.duration_since(*t) < policy.breaker_every * 2);
+        let valid = s.valid_until.is_some_and(|v| now < v);
         let answer = if let Some(why) = s.breakers.get(&cause) {
             Admission::Wait(format!("breaker open: {why}"))
-        } else if let Some(slot) = &s.held {
-            Admission::Go(format!("cluster {slot}"))
         } else if s.unreachable {
             let why = s
                 .refusal
@@ -273,6 +294,12 @@ impl Budget for ClusterBudget {
                     policy.local_max_per_hour
                 ))
             }
+        } else if !judged {
+            Admission::Wait(format!("checking the breaker for {}", cause.name()))
+        } else if let (Some(slot), true) = (&s.held, valid) {
+            Admission::Go(format!("cluster {slot}"))
+        } else if s.held.is_some() {
+            Admission::Wait("the cluster slot was not renewed in time".into())
         } else {
             Admission::Wait(
                 s.refusal
@@ -287,7 +314,10 @@ impl Budget for ClusterBudget {
 
     fn submit(&mut self, ticket: u64, action: &ClusterAction) -> Result<String, String> {
         let mut s = self.state();
-        if s.held.is_none() && !action.undo {
+        let valid = s
+            .valid_until
+            .is_some_and(|v| tokio::time::Instant::now() < v);
+        if !action.undo && (s.held.is_none() || !valid) {
             return Err("the cluster slot was lost before the action could be sent".into());
         }
         s.queue.push((ticket, action.clone()));
@@ -303,6 +333,7 @@ impl Budget for ClusterBudget {
     fn finished(&mut self, finding: &FindingId, _: Time) {
         let mut s = self.state();
         s.wanting.remove(finding);
+        s.finished.insert(finding.clone());
         if s.wanting.is_empty() {
             s.idle_since = Some(tokio::time::Instant::now());
         }
@@ -332,8 +363,15 @@ async fn drive<O: ClusterOps>(
 ) {
     let lock = || state.lock().unwrap_or_else(|e| e.into_inner());
     let mut last_renew = tokio::time::Instant::now();
+    // A slot is acted under for its duration less this (the time a write
+    // may take to land, and the other agents' skew margin).
+    let valid_for = policy.lease_valid.mul_f64(0.8);
     loop {
-        let wait = if lock().held.is_some() || !lock().wanting.is_empty() {
+        let busy = {
+            let s = lock();
+            s.held.is_some() || !s.wanting.is_empty()
+        };
+        let wait = if busy {
             policy.renew_every.min(std::time::Duration::from_secs(5))
         } else {
             policy.renew_every
@@ -341,7 +379,7 @@ async fn drive<O: ClusterOps>(
         let _ = tokio::time::timeout(wait, notify.notified()).await;
         let now = tokio::time::Instant::now();
         // Stale wants expire: every lock expires.
-        let (causes, queue, held, idle_since) = {
+        let (causes, queue, held, idle_since, due) = {
             let mut s = lock();
             s.wanting
                 .retain(|_, (_, at)| now.duration_since(*at) < policy.want_expires);
@@ -350,63 +388,90 @@ async fn drive<O: ClusterOps>(
             }
             let causes: std::collections::BTreeSet<Cause> =
                 s.wanting.values().map(|(c, _)| *c).collect();
+            // Breakers are judged at most every `breaker_every` per cause.
+            let due: Vec<Cause> = causes
+                .iter()
+                .copied()
+                .filter(|c| {
+                    s.checked
+                        .get(c)
+                        .is_none_or(|t| now.duration_since(*t) >= policy.breaker_every)
+                })
+                .collect();
             (
                 causes,
                 std::mem::take(&mut s.queue),
                 s.held.clone(),
                 s.idle_since,
+                due,
             )
         };
-        if !causes.is_empty() || held.is_some() {
-            let mut breakers = BTreeMap::new();
-            let mut unreachable = None;
-            for c in &causes {
-                match ops.breaker(*c).await {
-                    Ok(Some(why)) => {
-                        breakers.insert(*c, why);
-                    }
-                    Ok(None) => {}
-                    Err(e) => unreachable = Some(e),
-                }
-            }
+        for c in due {
+            let r = ops.breaker(c).await;
             let mut s = lock();
-            s.breakers = breakers;
-            if let Some(e) = &unreachable {
-                s.unreachable = true;
-                s.refusal = Some(e.clone());
+            match r {
+                Ok(open) => {
+                    s.checked.insert(c, tokio::time::Instant::now());
+                    match open {
+                        Some(why) => {
+                            s.breakers.insert(c, why);
+                        }
+                        None => {
+                            s.breakers.remove(&c);
+                        }
+                    }
+                    s.unreachable = false;
+                }
+                Err(e) => {
+                    // Not judged: nothing of this cause is admitted under a
+                    // slot (the node-local rules for an unreachable
+                    // apiserver apply).
+                    s.checked.remove(&c);
+                    s.unreachable = true;
+                    s.refusal = Some(e);
+                }
             }
         }
         for (ticket, action) in queue {
-            let (result, not_now) = ops.act(&action).await;
+            let dropped = !action.undo && lock().finished.contains(&action.finding);
+            let (result, not_now) = if dropped {
+                (
+                    Err("not sent: the finding resolved before it could be".into()),
+                    false,
+                )
+            } else {
+                ops.act(&action).await
+            };
             lock().done.push(Outcome {
                 ticket,
                 result,
                 not_now,
             });
         }
-        // A breaker open for every cause that wants a slot: take none (it
-        // would only keep another node waiting).
+        // A breaker open for every cause that wants a slot: take none, and
+        // give back one held (it would only keep another node waiting).
         let stopped = {
             let s = lock();
-            causes.iter().all(|c| s.breakers.contains_key(c))
+            !causes.is_empty() && causes.iter().all(|c| s.breakers.contains_key(c))
         };
         let wanted = !causes.is_empty();
         match held {
-            None if wanted && stopped => {}
-            None if wanted => {
+            None if wanted && !stopped => {
                 let why = causes
                     .iter()
                     .map(|c| c.name())
                     .collect::<Vec<_>>()
                     .join(", ");
+                let started = tokio::time::Instant::now();
                 let r = ops.acquire(&why).await;
                 let mut s = lock();
                 match r {
                     Acquire::Held(slot) => {
                         s.held = Some(slot);
+                        s.valid_until = Some(started + valid_for);
                         s.unreachable = false;
                         s.refusal = None;
-                        last_renew = tokio::time::Instant::now();
+                        last_renew = started;
                     }
                     Acquire::Busy(why) => {
                         s.unreachable = false;
@@ -422,23 +487,33 @@ async fn drive<O: ClusterOps>(
             Some(_) => {
                 let idle_long = !wanted
                     && idle_since.is_some_and(|t| now.duration_since(t) >= policy.release_delay);
-                if idle_long {
+                if idle_long || stopped {
                     let r = ops.release().await;
                     let mut s = lock();
                     s.held = None;
-                    if let Err(e) = r {
+                    s.valid_until = None;
+                    match r {
+                        Ok(()) => s.unreachable = false,
                         // It expires by itself.
-                        tracing::warn!(
+                        Err(e) => tracing::warn!(
                             "remediation slot release failed (it expires by itself): {e}"
-                        );
+                        ),
                     }
                 } else if last_renew.elapsed() >= policy.renew_every {
+                    let started = tokio::time::Instant::now();
                     let r = ops.renew().await;
                     let mut s = lock();
                     match r {
-                        Ok(()) => last_renew = tokio::time::Instant::now(),
+                        Ok(true) => {
+                            last_renew = started;
+                            s.valid_until = Some(started + valid_for);
+                            s.unreachable = false;
+                        }
+                        // Still valid: tried again at the next pass.
+                        Ok(false) => {}
                         Err(e) => {
                             s.held = None;
+                            s.valid_until = None;
                             s.refusal = Some(format!("the slot was lost: {e}"));
                         }
                     }
@@ -481,9 +556,9 @@ mod tests {
                 s.acquire.remove(0)
             }
         }
-        async fn renew(&mut self) -> Result<(), String> {
+        async fn renew(&mut self) -> Result<bool, String> {
             self.0.lock().unwrap().calls.push("renew".into());
-            Ok(())
+            Ok(true)
         }
         async fn release(&mut self) -> Result<(), String> {
             self.0.lock().unwrap().calls.push("release".into());
@@ -504,6 +579,8 @@ mod tests {
 
     fn policy() -> ClusterPolicy {
         ClusterPolicy {
+            lease_valid: Duration::from_secs(60),
+            breaker_every: Duration::from_secs(30),
             release_delay: Duration::from_secs(120),
             renew_every: Duration::from_secs(20),
             want_expires: Duration::from_secs(1800),
@@ -542,7 +619,7 @@ mod tests {
         let a = b.admit(&id(), Cause::StorageHang, ActionKind::AbortFuse, now);
         assert_eq!(
             a,
-            Admission::Wait("asking the cluster for a remediation slot".into())
+            Admission::Wait("checking the breaker for storage_hang".into())
         );
         settle().await;
         let a = b.admit(&id(), Cause::StorageHang, ActionKind::AbortFuse, now);
@@ -658,8 +735,14 @@ mod tests {
             a,
             Admission::Wait("breaker open: 4 nodes show StorageHung (limit 3)".into())
         );
+        assert!(
+            !fake.calls().iter().any(|c| c.starts_with("acquire")),
+            "no slot taken while the breaker is open: {:?}",
+            fake.calls()
+        );
+        // Judged again after `breaker_every` (30 s), then a slot is taken.
         fake.0.lock().unwrap().breaker = None;
-        tokio::time::sleep(Duration::from_secs(6)).await;
+        tokio::time::sleep(Duration::from_secs(31)).await;
         settle().await;
         let a = b.admit(&id(), Cause::StorageHang, ActionKind::AbortFuse, now);
         assert!(matches!(a, Admission::Go(_)), "{a:?}");

@@ -255,10 +255,33 @@ pub struct Remediator {
     /// Cluster-visible actions started and not finished, by ticket.
     pending: BTreeMap<u64, Pending>,
     next_ticket: u64,
-    /// Node-wide changes of watchdog's own (a cordon, a taint) and the
-    /// findings they were made for: undone when the last one resolves.
-    undoable: BTreeMap<ActionKind, (RemedyAction, BTreeSet<FindingId>)>,
+    /// Node-wide changes of watchdog's own (a cordon, a taint, the
+    /// escalation condition) and the findings they were made for: undone
+    /// when the last one resolves; kept until the undo succeeded.
+    undoable: BTreeMap<ActionKind, Undoable>,
+    /// Rungs held back "not now" (an eviction a PodDisruptionBudget
+    /// refuses), by finding and target, since when: resent at every poll
+    /// without a new `started`, until the step timeout moves the ladder on.
+    retrying: BTreeMap<(FindingId, String), Time>,
 }
+
+/// A node-wide change of watchdog's own, and who still needs it.
+struct Undoable {
+    action: RemedyAction,
+    cause: Cause,
+    findings: BTreeSet<FindingId>,
+    /// An undo was sent and has not come back.
+    in_flight: bool,
+    /// Undo (again) from then on, when no finding needs it.
+    retry_at: Option<Time>,
+}
+
+/// How long a change found on the node at start (an earlier agent's
+/// cordon, taint or condition) waits for a finding of this agent to claim
+/// it before it is undone.
+pub const INHERITED_GRACE_MS: u64 = 600_000;
+/// A failed undo is tried again this long after.
+const UNDO_RETRY_MS: u64 = 30_000;
 
 /// A step whose action runs through the apiserver.
 struct Pending {
@@ -282,12 +305,32 @@ impl Remediator {
             pending: BTreeMap::new(),
             next_ticket: 1,
             undoable: BTreeMap::new(),
+            retrying: BTreeMap::new(),
         }
     }
 
     /// Actions run under `budget` (the cluster's) instead of the node's own.
     pub fn with_budget(mut self, budget: Box<dyn Budget>) -> Self {
         self.budget = budget;
+        self
+    }
+
+    /// Changes of watchdog's own found on the node at start (a restarted
+    /// agent's cordon, taint or condition): undone after
+    /// [`INHERITED_GRACE_MS`] unless a finding of this agent claims them.
+    pub fn with_inherited(mut self, found: Vec<(RemedyAction, Cause)>, now: Time) -> Self {
+        for (action, cause) in found {
+            self.undoable.insert(
+                action.kind(),
+                Undoable {
+                    action,
+                    cause,
+                    findings: BTreeSet::new(),
+                    in_flight: false,
+                    retry_at: Some(Time::from_millis(now.0 + INHERITED_GRACE_MS)),
+                },
+            );
+        }
         self
     }
 
@@ -309,22 +352,30 @@ impl Remediator {
         if f.status == FindingStatus::Resolved {
             let now = f.resolved_at.unwrap_or(f.last_seen);
             self.budget.finished(&f.id, now);
-            out.extend(self.undo_for(f, now));
+            self.retrying.retain(|(id, _), _| *id != f.id);
+            for u in self.undoable.values_mut() {
+                if u.findings.remove(&f.id) && u.findings.is_empty() {
+                    u.retry_at = Some(now);
+                }
+            }
+            out.extend(self.undo_due(now));
         }
         out
     }
 
     pub fn tick(&mut self, now: Time) -> Vec<RemediationRecord> {
         let mut out = self.finish_pending(now);
+        out.extend(self.undo_due(now));
         let steps = self.policy.tick(now);
         out.extend(self.run(steps));
         out
     }
 
+    /// The records' budget: the policy's, and in enforce the cluster's.
     fn budget_text(&self, policy: &str) -> String {
         match self.budget.describe() {
-            Some(b) => format!("{policy}; {b}"),
-            None => policy.to_string(),
+            Some(b) if self.mode() == Mode::Enforce => format!("{policy}; {b}"),
+            _ => policy.to_string(),
         }
     }
 
@@ -352,41 +403,76 @@ impl Remediator {
     /// Outcomes of cluster-visible actions that finished since the last tick.
     fn finish_pending(&mut self, now: Time) -> Vec<RemediationRecord> {
         let mut out = Vec::new();
+        let step_timeout = self.policy.config().step_timeout_ms;
         for o in self.budget.poll() {
             let Some(p) = self.pending.remove(&o.ticket) else {
                 continue;
             };
+            let key = (p.finding.clone(), p.action.target());
             let (status, detail) = match (o.result, p.undo) {
                 (Err(why), false) if o.not_now => {
-                    // Held back (a PodDisruptionBudget): nothing happened,
-                    // nothing is charged; the same rung again next poll.
-                    let new = self.policy.recheck_failed(&p.finding, &p.action, p.at);
-                    if !new {
-                        continue;
+                    let since = *self.retrying.entry(key.clone()).or_insert(p.at);
+                    if now.millis_since(since) >= step_timeout {
+                        // Held back for a whole step: the next rung.
+                        self.retrying.remove(&key);
+                        self.policy.failed(&p.finding);
+                        (
+                            StepStatus::Failed,
+                            format!(
+                                "held back for {:.0} s ({why}): the next rung comes",
+                                now.secs_since(since)
+                            ),
+                        )
+                    } else {
+                        // Nothing happened, nothing is charged; the same rung
+                        // again next poll (said once).
+                        if !self
+                            .policy
+                            .recheck_failed(&p.finding, &p.action, p.at, "not now")
+                        {
+                            continue;
+                        }
+                        (
+                            StepStatus::Skipped,
+                            format!("not now: {why} (tried again at every poll)"),
+                        )
+                    }
+                }
+                (Ok(done), true) => {
+                    let kind = p.action.kind();
+                    if self
+                        .undoable
+                        .get(&kind)
+                        .is_some_and(|u| u.findings.is_empty())
+                    {
+                        self.undoable.remove(&kind);
+                    } else if let Some(u) = self.undoable.get_mut(&kind) {
+                        u.in_flight = false;
+                    }
+                    if o.not_now {
+                        // Nothing of watchdog's was there to undo.
+                        (StepStatus::Skipped, format!("nothing to undo: {done}"))
+                    } else {
+                        (StepStatus::Undone, done)
+                    }
+                }
+                (Err(why), true) => {
+                    if let Some(u) = self.undoable.get_mut(&p.action.kind()) {
+                        u.in_flight = false;
+                        u.retry_at = Some(Time::from_millis(now.0 + UNDO_RETRY_MS));
                     }
                     (
-                        StepStatus::Skipped,
-                        format!("not now: {why} (tried again at every poll)"),
+                        StepStatus::Failed,
+                        format!("undo failed ({why}); tried again in 30 s"),
                     )
                 }
-                (Ok(done), true) => (StepStatus::Undone, done),
                 (Ok(done), false) => {
-                    if matches!(
-                        p.action,
-                        RemedyAction::Cordon | RemedyAction::Taint | RemedyAction::Escalate
-                    ) {
-                        self.undoable
-                            .entry(p.action.kind())
-                            .or_insert_with(|| (p.action.clone(), BTreeSet::new()))
-                            .1
-                            .insert(p.finding.clone());
-                    }
+                    self.retrying.remove(&key);
                     (StepStatus::Succeeded, done)
                 }
-                (Err(why), undo) => {
-                    if !undo {
-                        self.policy.failed(&p.finding);
-                    }
+                (Err(why), false) => {
+                    self.retrying.remove(&key);
+                    self.policy.failed(&p.finding);
                     (StepStatus::Failed, why)
                 }
             };
@@ -409,28 +495,35 @@ impl Remediator {
         out
     }
 
-    /// The finding resolved: what watchdog changed on the node for it alone
-    /// (its cordon, its taint, its escalation condition) is undone.
-    fn undo_for(&mut self, f: &Finding, now: Time) -> Vec<RemediationRecord> {
+    /// What watchdog changed on the node that no finding needs any more
+    /// (the last one resolved, or an earlier agent's change nobody claimed
+    /// within the grace) is undone; a failed undo is tried again.
+    fn undo_due(&mut self, now: Time) -> Vec<RemediationRecord> {
         let mut out = Vec::new();
-        let kinds: Vec<ActionKind> = self.undoable.keys().copied().collect();
-        for kind in kinds {
-            let Some((action, findings)) = self.undoable.get_mut(&kind) else {
-                continue;
-            };
-            if !findings.remove(&f.id) || !findings.is_empty() {
-                continue;
-            }
-            let action = action.clone();
-            self.undoable.remove(&kind);
+        let due: Vec<ActionKind> = self
+            .undoable
+            .iter()
+            .filter(|(_, u)| {
+                u.findings.is_empty() && !u.in_flight && u.retry_at.is_some_and(|t| now >= t)
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        let budget = self.budget_text(&self.policy.budget_text());
+        let mode = self.mode();
+        for kind in due {
             let ticket = self.next_ticket;
             self.next_ticket += 1;
-            let budget = self.budget_text(&self.policy.budget_text());
-            let mode = self.mode();
+            let Some(u) = self.undoable.get_mut(&kind) else {
+                continue;
+            };
+            u.in_flight = true;
+            u.retry_at = None;
+            let (action, cause) = (u.action.clone(), u.cause);
+            let finding = FindingId::new(cause, format!("undo {}", action.target()));
             let rec = |status, reason| RemediationRecord {
                 at: now,
-                finding: f.id.clone(),
-                cause: f.cause,
+                finding: finding.clone(),
+                cause,
                 action: kind,
                 target: action.target(),
                 mode,
@@ -439,31 +532,41 @@ impl Remediator {
                 budget: budget.clone(),
                 pod: None,
             };
-            match self.budget.submit(
+            let sent = self.budget.submit(
                 ticket,
                 &ClusterAction {
                     action: action.clone(),
                     undo: true,
-                    cause: f.cause,
-                    finding: f.id.clone(),
+                    cause,
+                    finding: finding.clone(),
                 },
-            ) {
+            );
+            match sent {
                 Ok(what) => {
                     out.push(rec(StepStatus::Started, format!("undo: {what}")));
                     self.pending.insert(
                         ticket,
                         Pending {
                             at: now,
-                            finding: f.id.clone(),
-                            cause: f.cause,
+                            finding: finding.clone(),
+                            cause,
                             action,
-                            budget,
+                            budget: budget.clone(),
                             pod: None,
                             undo: true,
                         },
                     );
                 }
-                Err(why) => out.push(rec(StepStatus::Failed, format!("undo: {why}"))),
+                Err(why) => {
+                    if let Some(u) = self.undoable.get_mut(&kind) {
+                        u.in_flight = false;
+                        u.retry_at = Some(Time::from_millis(now.0 + UNDO_RETRY_MS));
+                    }
+                    out.push(rec(
+                        StepStatus::Failed,
+                        format!("undo: {why}; tried again in 30 s"),
+                    ));
+                }
             }
         }
         out
@@ -551,45 +654,80 @@ impl Remediator {
                     ));
                 }
                 Decision::Execute => {
-                    let admitted = self.recheck(&s.action).and_then(|what| {
-                        match self
-                            .budget
-                            .admit(&s.finding, s.cause, s.action.kind(), s.at)
-                        {
-                            Admission::Go(under) => Ok((what, under)),
-                            Admission::Wait(why) => Err(format!("budget: {why}")),
+                    // The kind of refusal (not its numbers): said once each.
+                    let admitted = match self.recheck(&s.action) {
+                        Err(why) => Err(("target".to_string(), format!("re-check: {why}"))),
+                        Ok(what) => {
+                            match self
+                                .budget
+                                .admit(&s.finding, s.cause, s.action.kind(), s.at)
+                            {
+                                Admission::Go(under) => Ok((what, under)),
+                                Admission::Wait(why) => Err((
+                                    why.split(' ').take(3).collect::<Vec<_>>().join(" "),
+                                    format!("budget: {why}"),
+                                )),
+                            }
                         }
-                    });
+                    };
                     let (what, under) = match admitted {
-                        Err(why) => {
-                            if self.policy.recheck_failed(&s.finding, &s.action, s.at) {
+                        Err((kind, why)) => {
+                            if self
+                                .policy
+                                .recheck_failed(&s.finding, &s.action, s.at, &kind)
+                            {
                                 out.push(rec(
                                     StepStatus::Skipped,
-                                    format!("re-check: {why} (tried again at every poll)"),
+                                    format!("{why} (tried again at every poll)"),
                                 ));
                             }
                             continue;
                         }
                         Ok(x) => x,
                     };
-                    self.policy.recheck_passed(&s.finding);
-                    // The intent is on disk before anything runs: a
-                    // restarted agent knows this action was taken.
-                    if let Err(e) =
-                        self.journal(s.at, &s.finding, &s.action, StepStatus::Started, &what)
-                    {
-                        self.policy.failed(&s.finding);
+                    // A rung held back "not now" is resent: no new intent.
+                    let resent = self
+                        .retrying
+                        .contains_key(&(s.finding.clone(), s.action.target()));
+                    if !resent {
+                        self.policy.recheck_passed(&s.finding);
+                        // The intent is on disk before anything runs: a
+                        // restarted agent knows this action was taken.
+                        if let Err(e) =
+                            self.journal(s.at, &s.finding, &s.action, StepStatus::Started, &what)
+                        {
+                            self.policy.failed(&s.finding);
+                            out.push(rec(
+                                StepStatus::Failed,
+                                format!("not run: the intent could not be journaled: {e}"),
+                            ));
+                            continue;
+                        }
                         out.push(rec(
-                            StepStatus::Failed,
-                            format!("not run: the intent could not be journaled: {e}"),
+                            StepStatus::Started,
+                            format!("{what} (under the {under})"),
                         ));
-                        continue;
                     }
-                    out.push(rec(
-                        StepStatus::Started,
-                        format!("{what} (under the {under})"),
-                    ));
                     if s.action.kind().cluster_visible() {
+                        // Owned from the moment it is sent: an undo queued
+                        // behind it reaches it, whatever its outcome.
+                        if matches!(
+                            s.action,
+                            RemedyAction::Cordon | RemedyAction::Taint | RemedyAction::Escalate
+                        ) {
+                            let u =
+                                self.undoable
+                                    .entry(s.action.kind())
+                                    .or_insert_with(|| Undoable {
+                                        action: s.action.clone(),
+                                        cause: s.cause,
+                                        findings: BTreeSet::new(),
+                                        in_flight: false,
+                                        retry_at: None,
+                                    });
+                            u.findings.insert(s.finding.clone());
+                            u.retry_at = None;
+                        }
                         let ticket = self.next_ticket;
                         self.next_ticket += 1;
                         match self.budget.submit(

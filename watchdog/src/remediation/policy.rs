@@ -62,6 +62,14 @@ pub struct PolicyConfig {
     /// When the node booted (the live agent fills it in from /proc/uptime;
     /// None in recordings made before it existed: not checked).
     pub booted_at: Option<Time>,
+    /// The session reaches a cluster (`run` with an apiserver): the actions
+    /// through the apiserver can be planned and run; without one they are
+    /// refused (and the ladder moves on).
+    pub cluster: bool,
+    /// `reexec_systemd` may act on the node's own PID 1 (the host's
+    /// systemd, as on most nodes); off by default: only a systemd that is
+    /// PID 1 of its own PID namespace (a container's, a kind node's).
+    pub allow_host_init: bool,
 }
 
 /// One cause's ladder (`[remediation.ladder.<cause>]`).
@@ -92,6 +100,8 @@ impl Default for PolicyConfig {
             node_labels: None,
             min_uptime_ms: 0,
             booted_at: None,
+            cluster: false,
+            allow_host_init: false,
         }
     }
 }
@@ -135,12 +145,17 @@ struct Track {
     actions: Vec<RemedyAction>,
     /// The pods the finding names.
     pods: Vec<PodId>,
-    /// The next rung to take.
-    rung: usize,
+    /// The rungs taken (planned, executed or refused), by kind and target:
+    /// the next is the first of `actions` not among them (an update that
+    /// adds or drops a target neither repeats nor skips a rung).
+    taken_rungs: Vec<(ActionKind, String)>,
     /// When the last rung was taken (planned or executed).
     last_step: Option<Time>,
     /// The last rung that ran (enforce) or was planned: verified on resolve.
     acted: Option<(RemedyAction, bool)>,
+    /// `acted` before the last rung was taken (restored when that rung's
+    /// re-check refuses it: nothing ran).
+    prev_acted: Option<(RemedyAction, bool)>,
     /// The key of the last temporary refusal (cooldown, budget, re-check),
     /// to record it once, not every tick.
     waiting: Option<String>,
@@ -196,7 +211,8 @@ impl Policy {
                     first_seen: f.first_seen,
                     actions: Vec::new(),
                     pods: Vec::new(),
-                    rung: 0,
+                    taken_rungs: Vec::new(),
+                    prev_acted: None,
                     last_step: None,
                     acted: None,
                     waiting: None,
@@ -276,7 +292,12 @@ impl Policy {
             {
                 return;
             }
-            let Some(action) = t.actions.get(t.rung).cloned() else {
+            let Some(action) = t
+                .actions
+                .iter()
+                .find(|a| !t.taken_rungs.contains(&(a.kind(), a.target())))
+                .cloned()
+            else {
                 return;
             };
             let cause = t.cause;
@@ -293,8 +314,9 @@ impl Policy {
                     self.taken.push_back(now);
                     self.cooldown.insert(action.target(), now);
                     let t = self.tracks.get_mut(id).expect("looked up above");
-                    t.rung += 1;
+                    t.taken_rungs.push((action.kind(), action.target()));
                     t.last_step = Some(now);
+                    t.prev_acted = t.acted.take();
                     t.acted = Some((action.clone(), decision == Decision::Execute));
                     // (A re-check refusal is remembered until one passes.)
                     if !t
@@ -309,7 +331,7 @@ impl Policy {
                 }
                 Gate::Refuse(reason) => {
                     let t = self.tracks.get_mut(id).expect("looked up above");
-                    t.rung += 1;
+                    t.taken_rungs.push((action.kind(), action.target()));
                     t.waiting = None;
                     steps.push(self.step(now, id, cause, action, Decision::Skip(reason)));
                 }
@@ -344,8 +366,15 @@ impl Policy {
     /// not, at this instant, what the finding said: a fork bomb's cgroup
     /// briefly below its limit): nothing ran, so nothing is charged and the
     /// same rung is tried again at the next tick. True when this refusal
-    /// is new (to be recorded), false when the last one said the same.
-    pub fn recheck_failed(&mut self, id: &FindingId, action: &RemedyAction, at: Time) -> bool {
+    /// is new (to be recorded), false when the last one said the same
+    /// (`kind`: what kind of refusal, without its changing numbers).
+    pub fn recheck_failed(
+        &mut self,
+        id: &FindingId,
+        action: &RemedyAction,
+        at: Time,
+        kind: &str,
+    ) -> bool {
         if let Some(i) = self.taken.iter().rposition(|t| *t == at) {
             self.taken.remove(i);
         }
@@ -353,10 +382,11 @@ impl Policy {
         let Some(t) = self.tracks.get_mut(id) else {
             return false;
         };
-        t.rung = t.rung.saturating_sub(1);
+        let rung = (action.kind(), action.target());
+        t.taken_rungs.retain(|r| *r != rung);
         t.last_step = None;
-        t.acted = None;
-        let key = format!("recheck {}", action.target());
+        t.acted = t.prev_acted.take();
+        let key = format!("recheck {} {kind}", action.target());
         let new = t.waiting.as_deref() != Some(key.as_str());
         t.waiting = Some(key);
         new
@@ -366,6 +396,12 @@ impl Policy {
         let kind = action.kind();
         if let Some(why) = kind.unavailable() {
             return Gate::Refuse(why.into());
+        }
+        if kind.cluster_visible() && !self.cfg.cluster {
+            return Gate::Refuse(format!(
+                "{} acts through the apiserver, and this session has no cluster (`watchdog run` in a cluster)",
+                kind.name()
+            ));
         }
         if !self.cfg.exclude_node_labels.is_empty() {
             match &self.cfg.node_labels {
@@ -534,7 +570,7 @@ pub fn is_pod_cgroup(path: &str) -> bool {
 /// ladder's kinds in order, each taking the finding's targets of that kind
 /// (the node-wide kinds name the node).
 fn rungs(ladder: Option<&Ladder>, actions: &[RemedyAction]) -> Vec<RemedyAction> {
-    let Some(l) = ladder else {
+    let Some(l) = ladder.filter(|l| !l.actions.is_empty()) else {
         return actions.to_vec();
     };
     l.actions
@@ -584,6 +620,26 @@ pub fn label_matches(labels: &BTreeMap<String, String>, sel: &str) -> bool {
         Some((k, v)) => labels.get(k.trim()).is_some_and(|x| x == v.trim()),
         None => labels.contains_key(sel.trim()),
     }
+}
+
+/// A node-label exclusion as the config may give it: `key` or `key=value`.
+pub fn label_selector_ok(sel: &str) -> bool {
+    let (k, v) = match sel.split_once('=') {
+        Some((k, v)) => (k, Some(v)),
+        None => (sel, None),
+    };
+    let key_ok = !k.is_empty()
+        && k.split('/').count() <= 2
+        && k.split('/').all(|p| {
+            !p.is_empty()
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        });
+    let value_ok = v.is_none_or(|v| {
+        v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    });
+    key_ok && value_ok
 }
 
 /// `path` is `prefix` or below it (whole components).

@@ -118,6 +118,7 @@ fn actions_wait_for_the_cluster_budget_cluster_ones_finish_later_and_a_cordon_is
     let mut cfg = PolicyConfig {
         mode: Mode::Enforce,
         allow: [ActionKind::KillContainer, ActionKind::Cordon].into(),
+        cluster: true,
         ..PolicyConfig::default()
     };
     cfg.ladders.insert(
@@ -226,8 +227,62 @@ fn without_a_cluster_cluster_visible_actions_never_run() {
     assert_eq!(statuses(&s), vec![("cordon", "skipped")]);
     assert!(
         s[0].reason
-            .contains("cordon acts through the apiserver, and no cluster is configured"),
+            .contains("cordon acts through the apiserver, and this session has no cluster"),
         "{s:?}"
     );
     assert!(ran.borrow().is_empty());
+}
+
+#[test]
+fn an_earlier_agents_cordon_is_undone_after_the_grace_and_a_failed_undo_is_retried() {
+    let cluster = Rc::new(RefCell::new(FakeCluster::default()));
+    let (_dir, j) = journal("inherited");
+    let t0 = Time::from_millis(1_000_000);
+    let mut r = Remediator::new(
+        PolicyConfig {
+            mode: Mode::Enforce,
+            allow: [ActionKind::KillContainer].into(),
+            cluster: true,
+            ..PolicyConfig::default()
+        },
+        Box::new(Recorded::default()),
+    )
+    .with_budget(Box::new(Shared(cluster.clone())))
+    .with_inherited(vec![(RemedyAction::Cordon, Cause::StorageHang)], t0)
+    .with_journal(j, &[]);
+    let t = |ms: u64| Time::from_millis(t0.0 + ms);
+    assert!(
+        r.tick(t(INHERITED_GRACE_MS - 1)).is_empty(),
+        "within the grace"
+    );
+    let s = r.tick(t(INHERITED_GRACE_MS));
+    assert_eq!(statuses(&s), vec![("cordon", "started")]);
+    let ticket = {
+        let c = cluster.borrow();
+        assert!(c.submitted[0].1.undo, "an undo");
+        c.submitted[0].0
+    };
+    cluster.borrow_mut().done.push(Outcome {
+        ticket,
+        result: Err("apiserver call timed out".into()),
+        not_now: false,
+    });
+    let s = r.tick(t(INHERITED_GRACE_MS + 1_000));
+    assert_eq!(statuses(&s), vec![("cordon", "failed")]);
+    assert!(s[0].reason.contains("tried again in 30 s"), "{s:?}");
+    assert!(r.tick(t(INHERITED_GRACE_MS + 20_000)).is_empty());
+    let s = r.tick(t(INHERITED_GRACE_MS + 31_000));
+    assert_eq!(statuses(&s), vec![("cordon", "started")]);
+    let ticket = cluster.borrow().submitted[1].0;
+    cluster.borrow_mut().done.push(Outcome {
+        ticket,
+        result: Ok("uncordoned (watchdog's cordon)".into()),
+        not_now: false,
+    });
+    let s = r.tick(t(INHERITED_GRACE_MS + 32_000));
+    assert_eq!(statuses(&s), vec![("cordon", "undone")]);
+    assert!(
+        r.tick(t(INHERITED_GRACE_MS + 100_000)).is_empty(),
+        "done with it"
+    );
 }

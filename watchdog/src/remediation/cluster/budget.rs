@@ -52,14 +52,14 @@ impl ClusterOps for KubeOps {
         }
     }
 
-    async fn renew(&mut self) -> Result<(), String> {
+    async fn renew(&mut self) -> Result<bool, String> {
         match self.semaphore.renew().await {
-            Renew::Renewed { .. } => Ok(()),
+            Renew::Renewed { .. } => Ok(true),
             // Not renewed this time, still valid: keep it (the next pass
-            // renews); past its validity nothing cluster-visible starts.
+            // renews); past its validity nothing starts under it.
             Renew::Unreachable(why) if self.semaphore.may_act() => {
                 tracing::warn!("remediation slot renewal failed, still valid: {why}");
-                Ok(())
+                Ok(false)
             }
             Renew::Unreachable(why) => Err(format!("not renewed in time: {why}")),
             Renew::Lost(why) => Err(why),
@@ -106,19 +106,22 @@ impl ClusterOps for KubeOps {
                     }
                 })
             }
-            (RemedyAction::Cordon, true) => {
-                self.actions
-                    .uncordon_if_ours()
-                    .await
-                    .map_err(e)
-                    .map(|u| match u {
-                        Uncordon::Uncordoned => "uncordoned (watchdog's cordon)".to_string(),
-                        Uncordon::NotOurs => "left cordoned: not watchdog's cordon".into(),
-                        Uncordon::MarkRemoved => {
-                            "someone uncordoned it already; watchdog's mark removed".into()
-                        }
-                    })
-            }
+            (RemedyAction::Cordon, true) => match self.actions.uncordon_if_ours().await {
+                Err(err) => Err(e(err)),
+                Ok(Uncordon::Uncordoned) => Ok("uncordoned (watchdog's cordon)".to_string()),
+                Ok(Uncordon::NotOurs) => {
+                    return (
+                        Ok("the node is not cordoned by watchdog: left as it is".into()),
+                        true,
+                    );
+                }
+                Ok(Uncordon::MarkRemoved) => {
+                    return (
+                        Ok("someone uncordoned it already; watchdog's mark removed".into()),
+                        true,
+                    );
+                }
+            },
             (RemedyAction::Taint, false) => {
                 self.actions
                     .taint(a.cause)
@@ -131,12 +134,16 @@ impl ClusterOps for KubeOps {
                         }
                     })
             }
-            (RemedyAction::Taint, true) => {
-                self.actions.untaint().await.map_err(e).map(|t| match t {
-                    Untaint::Removed => format!("taint {} removed", super::TAINT_KEY),
-                    Untaint::Absent => format!("taint {} was already gone", super::TAINT_KEY),
-                })
-            }
+            (RemedyAction::Taint, true) => match self.actions.untaint().await {
+                Err(err) => Err(e(err)),
+                Ok(Untaint::Removed) => Ok(format!("taint {} removed", super::TAINT_KEY)),
+                Ok(Untaint::Absent) => {
+                    return (
+                        Ok(format!("taint {} was already gone", super::TAINT_KEY)),
+                        true,
+                    );
+                }
+            },
             (RemedyAction::Escalate, false) => {
                 let msg = format!(
                     "watchdog's remedies did not resolve {} ({}); a node-repair controller may act",
@@ -224,16 +231,36 @@ pub fn build(
         timeout: call_timeout,
     };
     let ops = KubeOps::new(client, node, semaphore, actions, breaker);
-    crate::remediation::coordinator::ClusterBudget::new(
-        ops,
-        crate::remediation::coordinator::ClusterPolicy {
-            release_delay: cfg.release_delay,
-            renew_every: lease.lease_duration / 3,
-            want_expires: step_timeout * 2,
-            local_when_apiserver_down: cfg.local_when_apiserver_down,
-            local_max_per_hour: cfg.local_max_per_hour,
-        },
-    )
+    crate::remediation::coordinator::ClusterBudget::new(ops, policy(cfg, step_timeout))
+}
+
+fn policy(
+    cfg: &crate::config::ClusterSection,
+    step_timeout: std::time::Duration,
+) -> crate::remediation::coordinator::ClusterPolicy {
+    crate::remediation::coordinator::ClusterPolicy {
+        lease_valid: cfg.lease_duration,
+        breaker_every: std::time::Duration::from_secs(30),
+        release_delay: cfg.release_delay,
+        renew_every: cfg.lease_duration / 3,
+        want_expires: step_timeout * 2,
+        local_when_apiserver_down: cfg.local_when_apiserver_down,
+        local_max_per_hour: cfg.local_max_per_hour,
+    }
+}
+
+/// The budget of `run` in enforce when no apiserver could be reached at
+/// start: the rules for an unreachable apiserver, never the node's own
+/// budget alone (that is for a `trace` by hand).
+pub fn unreachable(
+    cfg: &crate::config::ClusterSection,
+    step_timeout: std::time::Duration,
+    why: String,
+) -> (
+    crate::remediation::coordinator::ClusterBudget,
+    impl std::future::Future<Output = ()> + Send + use<>,
+) {
+    crate::remediation::coordinator::ClusterBudget::new(NoApiserver(why), policy(cfg, step_timeout))
 }
 
 /// The node's labels (for the policy's node-label exclusions).
@@ -245,4 +272,81 @@ pub async fn node_labels(
     let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client);
     let n = super::call(timeout, format!("get node {node}"), nodes.get(node)).await?;
     Ok(n.metadata.labels.unwrap_or_default())
+}
+
+/// What an earlier agent of watchdog left on `node` (its cordon, its
+/// taint, its escalation condition True), for the remediator to undo unless
+/// a finding of this agent claims it: a restart never strands them.
+pub async fn inherited(
+    client: Client,
+    node: &str,
+    timeout: std::time::Duration,
+) -> Result<Vec<(RemedyAction, Cause)>, super::CallError> {
+    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client);
+    let n = super::call(timeout, format!("get node {node}"), nodes.get(node)).await?;
+    let cause_in = |text: &str| {
+        let t = text.to_ascii_lowercase().replace('_', "");
+        Cause::ALL
+            .into_iter()
+            .find(|c| t.contains(&c.name().replace('_', "")))
+            .unwrap_or(Cause::RuntimeUnresponsive)
+    };
+    let mut found = Vec::new();
+    if let Some(mark) = n
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(super::CORDONED_BY))
+    {
+        found.push((RemedyAction::Cordon, cause_in(mark)));
+    }
+    let spec = n.spec.as_ref();
+    if let Some(t) = spec
+        .and_then(|s| s.taints.as_ref())
+        .and_then(|t| t.iter().find(|t| t.key == super::TAINT_KEY))
+    {
+        found.push((
+            RemedyAction::Taint,
+            cause_in(t.value.as_deref().unwrap_or("")),
+        ));
+    }
+    if let Some(c) = n
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| {
+            c.iter()
+                .find(|c| c.type_ == super::ESCALATION_CONDITION && c.status == "True")
+        })
+    {
+        found.push((
+            RemedyAction::Escalate,
+            cause_in(c.reason.as_deref().unwrap_or("")),
+        ));
+    }
+    Ok(found)
+}
+
+/// The apiserver side when `run` could not reach one at all: every answer
+/// is "unreachable", so the budget applies its rules for an unreachable
+/// apiserver (nothing cluster-visible; node-local actions only when
+/// `local_when_apiserver_down` allows).
+pub struct NoApiserver(pub String);
+
+impl ClusterOps for NoApiserver {
+    async fn acquire(&mut self, _: &str) -> Acquire {
+        Acquire::Unreachable(self.0.clone())
+    }
+    async fn renew(&mut self) -> Result<bool, String> {
+        Err(self.0.clone())
+    }
+    async fn release(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+    async fn breaker(&mut self, _: Cause) -> Result<Option<String>, String> {
+        Err(self.0.clone())
+    }
+    async fn act(&mut self, _: &ClusterAction) -> (Result<String, String>, bool) {
+        (Err(self.0.clone()), false)
+    }
 }

@@ -581,6 +581,7 @@ async fn a_cordon_runs_under_a_lease_and_is_undone_and_the_slot_released() {
     let mut cfg = PolicyConfig {
         mode: Mode::Enforce,
         allow: [ActionKind::Cordon].into(),
+        cluster: true,
         ..PolicyConfig::default()
     };
     cfg.ladders.insert(
@@ -636,7 +637,7 @@ async fn a_cordon_runs_under_a_lease_and_is_undone_and_the_slot_released() {
     assert_eq!(
         s,
         vec![
-            "cordon skipped: re-check: budget: asking the cluster for a remediation slot (tried again at every poll)"
+            "cordon skipped: budget: checking the breaker for storage_hang (tried again at every poll)"
         ]
     );
     settle().await;

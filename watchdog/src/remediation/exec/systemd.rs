@@ -429,6 +429,13 @@ impl NodeExecutor {
                 ms(d),
                 ms(t0.elapsed())
             )),
+            // Re-executed (a new image, same pid) but this Ping did not get
+            // through (seen on /run/systemd/private reached through
+            // /proc/<pid>/root): the action did what it does; whether it
+            // helped is the finding resolving (`verified`), not this Ping.
+            Err(e) if reexec.is_some() => Ok(format!(
+                "{name} re-executed (SIGTERM through a pidfd): {seen}; the Ping on {socket} did not answer ({e}): verification is the finding resolving"
+            )),
             Err(e) => Err(format!("SIGTERM sent to {name}: {seen}; but {e}")),
         }
     }

@@ -228,13 +228,24 @@ impl Exporter {
                 "pod event",
             ));
         }
-        for (reference, what) in on {
-            match tokio::time::timeout(self.opts.timeout, self.recorder.publish(&event, &reference))
-                .await
+        for (i, (reference, what)) in on.into_iter().enumerate() {
+            let r = match tokio::time::timeout(
+                self.opts.timeout,
+                self.recorder.publish(&event, &reference),
+            )
+            .await
             {
-                Err(_) => return Err(SyncError::Timeout(self.opts.timeout, what)),
-                Ok(Err(source)) => return Err(SyncError::Api { what, source }),
-                Ok(Ok(())) => {}
+                Err(_) => Err(SyncError::Timeout(self.opts.timeout, what)),
+                Ok(Err(source)) => Err(SyncError::Api { what, source }),
+                Ok(Ok(())) => Ok(()),
+            };
+            match r {
+                // The Node's Event is what is kept and retried.
+                Err(e) if i == 0 => return Err(e),
+                // The Pod's is best effort (its namespace may be going away):
+                // it never holds the Node's Events back.
+                Err(e) => tracing::warn!("{e} (the Node's Event was sent)"),
+                Ok(()) => {}
             }
         }
         Ok(())
