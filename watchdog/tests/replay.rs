@@ -168,7 +168,7 @@ fn remediation_storage_ladder() {
     assert!(
         steps[2]
             .2
-            .contains("cordon acts through the apiserver, and no cluster is configured"),
+            .contains("cordon acts through the apiserver, and this session has no cluster"),
         "{steps:#?}"
     );
 }
