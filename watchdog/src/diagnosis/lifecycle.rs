@@ -222,36 +222,20 @@ impl Book {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::finding::{Confidence, Detail, Remedy, runtime::RuntimeDetail};
+    use crate::model::finding::Confidence;
 
     fn finding(first: u64, last: u64, summary: &str) -> Finding {
-        Finding {
-            cause: Cause::RuntimeUnresponsive,
-            status: FindingStatus::Active,
-            id: FindingId::new(Cause::RuntimeUnresponsive, "runtime"),
-            summary: summary.into(),
-            confidence: Confidence::Likely,
-            first_seen: Time(first),
-            last_seen: Time(last),
-            resolved_at: None,
-            duration_s: None,
-            evidence: Vec::new(),
-            timeline: Vec::new(),
-            concurrent: Vec::new(),
-            pleg: None,
-            remedy: Remedy::new("", Vec::new()),
-            detail: Detail::Runtime(RuntimeDetail {
-                runtime: None,
-                runtime_endpoint: None,
-                seconds_since_relist: None,
-                source: None,
-                threshold_s: 180.0,
-                predicted_unhealthy_in_s: None,
-                kubelet_reports_unhealthy: false,
-                hung: Vec::new(),
-                kubelet_errors: Vec::new(),
-            }),
-        }
+        let mut f = Finding::for_tests(
+            Cause::RuntimeUnresponsive,
+            "runtime",
+            FindingStatus::Active,
+            first,
+            last,
+            Vec::new(),
+        );
+        f.summary = summary.into();
+        f.confidence = Confidence::Likely;
+        f
     }
 
     /// A recording that asks for more findings at once than a node has:

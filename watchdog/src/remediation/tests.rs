@@ -6,40 +6,19 @@ use std::rc::Rc;
 
 use super::coordinator::Outcome;
 use super::*;
-use crate::model::finding::runtime::RuntimeDetail;
-use crate::model::finding::{Confidence, Detail, Remedy};
 use policy::Ladder;
 
 const CG: &str = "/kubepods/burstable/pod0f1e/ctr1";
 
 fn finding(status: FindingStatus, at_ms: u64) -> Finding {
-    Finding {
-        cause: Cause::PidExhaustion,
+    Finding::for_tests(
+        Cause::PidExhaustion,
+        &format!("pids_cgroup{CG}"),
         status,
-        id: FindingId::new(Cause::PidExhaustion, format!("pids_cgroup{CG}")),
-        summary: String::new(),
-        confidence: Confidence::Certain,
-        first_seen: Time::from_millis(0),
-        last_seen: Time::from_millis(at_ms),
-        resolved_at: (status == FindingStatus::Resolved).then(|| Time::from_millis(at_ms)),
-        duration_s: None,
-        evidence: Vec::new(),
-        timeline: Vec::new(),
-        concurrent: Vec::new(),
-        pleg: None,
-        remedy: Remedy::new("", vec![RemedyAction::KillContainer { cgroup: CG.into() }]),
-        detail: Detail::Runtime(RuntimeDetail {
-            runtime: None,
-            runtime_endpoint: None,
-            seconds_since_relist: None,
-            source: None,
-            threshold_s: 180.0,
-            predicted_unhealthy_in_s: None,
-            kubelet_reports_unhealthy: false,
-            hung: Vec::new(),
-            kubelet_errors: Vec::new(),
-        }),
-    }
+        0,
+        at_ms,
+        vec![RemedyAction::KillContainer { cgroup: CG.into() }],
+    )
 }
 
 /// Re-checks pass; every run is logged.

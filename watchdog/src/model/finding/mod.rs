@@ -280,6 +280,50 @@ pub struct Finding {
     pub detail: Detail,
 }
 
+#[cfg(test)]
+impl Finding {
+    /// A finding of `cause` keyed `key`, first seen at `first_ms`, reported
+    /// at `at_ms` with `status` and the remedy `actions`, and no detail of
+    /// its own (a runtime finding's empty fields): for the tests of what
+    /// consumes findings (the lifecycle, the policy, the remediator).
+    pub(crate) fn for_tests(
+        cause: Cause,
+        key: &str,
+        status: FindingStatus,
+        first_ms: u64,
+        at_ms: u64,
+        actions: Vec<RemedyAction>,
+    ) -> Finding {
+        Finding {
+            cause,
+            status,
+            id: FindingId::new(cause, key),
+            summary: String::new(),
+            confidence: Confidence::Certain,
+            first_seen: Time::from_millis(first_ms),
+            last_seen: Time::from_millis(at_ms),
+            resolved_at: (status == FindingStatus::Resolved).then(|| Time::from_millis(at_ms)),
+            duration_s: None,
+            evidence: Vec::new(),
+            timeline: Vec::new(),
+            concurrent: Vec::new(),
+            pleg: None,
+            remedy: Remedy::new("", actions),
+            detail: Detail::Runtime(runtime::RuntimeDetail {
+                runtime: None,
+                runtime_endpoint: None,
+                seconds_since_relist: None,
+                source: None,
+                threshold_s: 180.0,
+                predicted_unhealthy_in_s: None,
+                kubelet_reports_unhealthy: false,
+                hung: Vec::new(),
+                kubelet_errors: Vec::new(),
+            }),
+        }
+    }
+}
+
 impl Finding {
     /// The pods this finding names (by uid; namespace and name once the
     /// runtime named them): what namespace exclusions are checked against

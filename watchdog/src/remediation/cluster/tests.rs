@@ -554,10 +554,7 @@ async fn eviction_is_pdb_aware_and_uid_checked() {
 /// (watchdog's own cordon) and gives the slot back after the release delay.
 #[tokio::test(start_paused = true)]
 async fn a_cordon_runs_under_a_lease_and_is_undone_and_the_slot_released() {
-    use crate::model::finding::runtime::RuntimeDetail;
-    use crate::model::finding::{
-        Confidence, Detail, Finding, FindingId, FindingStatus, Remedy, RemedyAction,
-    };
+    use crate::model::finding::{Finding, FindingStatus, RemedyAction};
     use crate::remediation::{
         ActionKind, Journal, Mode, PolicyConfig, Remediator, ReplayExecutor, policy::Ladder,
     };
@@ -594,37 +591,17 @@ async fn a_cordon_runs_under_a_lease_and_is_undone_and_the_slot_released() {
     let mut r = Remediator::new(cfg, Box::new(ReplayExecutor))
         .with_budget(Box::new(b))
         .with_journal(journal, &[]);
-    let finding = |status: FindingStatus, at: u64| Finding {
-        cause: Cause::StorageHang,
-        status,
-        id: FindingId::new(Cause::StorageHang, "/mnt/nfs"),
-        summary: String::new(),
-        confidence: Confidence::Certain,
-        first_seen: Time(0),
-        last_seen: Time(at),
-        resolved_at: (status == FindingStatus::Resolved).then_some(Time(at)),
-        duration_s: None,
-        evidence: Vec::new(),
-        timeline: Vec::new(),
-        concurrent: Vec::new(),
-        pleg: None,
-        remedy: Remedy::new(
-            "",
+    let finding = |status: FindingStatus, at: u64| {
+        Finding::for_tests(
+            Cause::StorageHang,
+            "/mnt/nfs",
+            status,
+            0,
+            at,
             vec![RemedyAction::ForceUnmount {
                 mount_point: "/mnt/nfs".into(),
             }],
-        ),
-        detail: Detail::Runtime(RuntimeDetail {
-            runtime: None,
-            runtime_endpoint: None,
-            seconds_since_relist: None,
-            source: None,
-            threshold_s: 180.0,
-            predicted_unhealthy_in_s: None,
-            kubelet_reports_unhealthy: false,
-            hung: Vec::new(),
-            kubelet_errors: Vec::new(),
-        }),
+        )
     };
     let settle = || sleep(Duration::from_millis(50));
     let statuses = |rs: &[crate::remediation::RemediationRecord]| {

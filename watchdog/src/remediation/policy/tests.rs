@@ -1,8 +1,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::*;
-use crate::model::finding::runtime::RuntimeDetail;
-use crate::model::finding::{Confidence, Detail, Remedy};
+use crate::model::finding::{Detail, Remedy};
 
 const POD_CG: &str = "/kubepods/burstable/pod0f1e/ctr1";
 
@@ -12,33 +11,14 @@ fn finding(
     at_ms: u64,
     actions: Vec<RemedyAction>,
 ) -> Finding {
-    Finding {
-        cause: Cause::PidExhaustion,
+    Finding::for_tests(
+        Cause::PidExhaustion,
+        &format!("pids_cgroup{POD_CG}"),
         status,
-        id: FindingId::new(Cause::PidExhaustion, format!("pids_cgroup{POD_CG}")),
-        summary: String::new(),
-        confidence: Confidence::Certain,
-        first_seen: Time::from_millis(first_ms),
-        last_seen: Time::from_millis(at_ms),
-        resolved_at: (status == FindingStatus::Resolved).then(|| Time::from_millis(at_ms)),
-        duration_s: None,
-        evidence: Vec::new(),
-        timeline: Vec::new(),
-        concurrent: Vec::new(),
-        pleg: None,
-        remedy: Remedy::new("", actions),
-        detail: Detail::Runtime(RuntimeDetail {
-            runtime: None,
-            runtime_endpoint: None,
-            seconds_since_relist: None,
-            source: None,
-            threshold_s: 180.0,
-            predicted_unhealthy_in_s: None,
-            kubelet_reports_unhealthy: false,
-            hung: Vec::new(),
-            kubelet_errors: Vec::new(),
-        }),
-    }
+        first_ms,
+        at_ms,
+        actions,
+    )
 }
 
 fn ladder(cgroup: &str) -> Vec<RemedyAction> {
