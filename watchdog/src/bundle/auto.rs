@@ -533,6 +533,21 @@ impl Sink for AutoBundle<'_> {
 mod tests {
     use super::*;
 
+    /// Bundles of a golden recording into `dir`, one per hour at most.
+    fn test_options(dir: &Path, golden: &Path) -> AutoOptions {
+        AutoOptions {
+            dir: dir.to_path_buf(),
+            min_interval: Duration::from_secs(3600),
+            max_total_bytes: 1 << 30,
+            root: PathBuf::from("/"),
+            node: "test-node".into(),
+            journal_dirs: Vec::new(),
+            sockets: Vec::new(),
+            recording: Some(golden.to_path_buf()),
+            goroutines: None,
+            sysrq_w: false,
+        }
+    }
     #[test]
     fn the_oldest_bundles_go_first_and_the_new_one_stays() {
         let dir = std::env::temp_dir().join(format!("wd-auto-prune-{}", std::process::id()));
@@ -591,21 +606,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let mut cap = Cap(Vec::new());
         {
-            let mut auto = AutoBundle::new(
-                &mut cap,
-                AutoOptions {
-                    dir: dir.clone(),
-                    min_interval: Duration::from_secs(3600),
-                    max_total_bytes: 1 << 30,
-                    root: PathBuf::from("/"),
-                    node: "test-node".into(),
-                    journal_dirs: Vec::new(),
-                    sockets: Vec::new(),
-                    recording: Some(golden.clone()),
-                    goroutines: None,
-                    sysrq_w: false,
-                },
-            );
+            let mut auto = AutoBundle::new(&mut cap, test_options(&dir, &golden));
             crate::replay::replay(&golden, &mut auto).unwrap();
         }
         let active: BTreeSet<String> = cap
@@ -739,21 +740,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let mut cap = crate::sinks::Capture::default();
         {
-            let mut auto = AutoBundle::new(
-                &mut cap,
-                AutoOptions {
-                    dir: dir.clone(),
-                    min_interval: Duration::from_secs(3600),
-                    max_total_bytes: 1 << 30,
-                    root: PathBuf::from("/"),
-                    node: "test-node".into(),
-                    journal_dirs: Vec::new(),
-                    sockets: Vec::new(),
-                    recording: Some(golden.clone()),
-                    goroutines: None,
-                    sysrq_w: false,
-                },
-            );
+            let mut auto = AutoBundle::new(&mut cap, test_options(&dir, &golden));
             auto.emit(&findings[0]);
             // The poll after it.
             auto.capture_pending();
