@@ -233,6 +233,7 @@ async fn cluster_remediation(
         &cfg.remediation.cluster,
         timeout,
         cfg.remediation.step_timeout,
+        &cfg.remediation.exclude_node_labels,
     );
     tokio::spawn(driver);
     opts.remediation_budget = BudgetSlot::new(Box::new(b));

@@ -138,6 +138,10 @@ pub trait ClusterOps {
     fn renew(&mut self) -> impl std::future::Future<Output = Result<bool, String>>;
     /// Give our slot back.
     fn release(&mut self) -> impl std::future::Future<Output = Result<(), String>>;
+    /// The node's labels now: Ok(Some(why)) when it carries one of the
+    /// excluded ones (labelling a node stops remediation on it within a
+    /// pass, without restarting the agent).
+    fn excluded(&mut self) -> impl std::future::Future<Output = Result<Option<String>, String>>;
     /// The breaker for `cause`: Ok(Some(why)) while too many nodes show it.
     fn breaker(
         &mut self,
@@ -183,6 +187,10 @@ struct State {
     /// When each cause's breaker was last judged (an answer, open or
     /// closed): a cause is admitted only on a recent judgement.
     checked: BTreeMap<Cause, tokio::time::Instant>,
+    /// The node carries an excluded label (as last read), and when the
+    /// labels were last read.
+    excluded: Option<String>,
+    labels_read: Option<tokio::time::Instant>,
     /// Findings that resolved: their queued (not yet sent) actions are
     /// dropped. Cleared when the finding asks again.
     finished: std::collections::BTreeSet<FindingId>,
@@ -257,7 +265,14 @@ impl Budget for ClusterBudget {
             .get(&cause)
             .is_some_and(|t| now.duration_since(*t) < policy.breaker_every * 2);
         let valid = s.valid_until.is_some_and(|v| now < v);
-        let answer = if let Some(why) = s.breakers.get(&cause) {
+        let labels_fresh = s
+            .labels_read
+            .is_some_and(|t| now.duration_since(t) < policy.breaker_every * 2);
+        let answer = if let Some(why) = &s.excluded {
+            Admission::Wait(format!("node excluded: {why}"))
+        } else if !labels_fresh && !s.unreachable {
+            Admission::Wait("reading the node's labels".into())
+        } else if let Some(why) = s.breakers.get(&cause) {
             Admission::Wait(format!("breaker open: {why}"))
         } else if s.unreachable {
             let why = s
@@ -406,6 +421,25 @@ async fn drive<O: ClusterOps>(
                 due,
             )
         };
+        let labels_due = !causes.is_empty()
+            && lock()
+                .labels_read
+                .is_none_or(|t| now.duration_since(t) >= policy.breaker_every);
+        if labels_due {
+            let r = ops.excluded().await;
+            let mut s = lock();
+            match r {
+                Ok(ex) => {
+                    s.excluded = ex;
+                    s.labels_read = Some(tokio::time::Instant::now());
+                }
+                Err(e) => {
+                    s.labels_read = None;
+                    s.unreachable = true;
+                    s.refusal = Some(e);
+                }
+            }
+        }
         for c in due {
             let r = ops.breaker(c).await;
             let mut s = lock();
@@ -452,7 +486,8 @@ async fn drive<O: ClusterOps>(
         // give back one held (it would only keep another node waiting).
         let stopped = {
             let s = lock();
-            !causes.is_empty() && causes.iter().all(|c| s.breakers.contains_key(c))
+            !causes.is_empty()
+                && (s.excluded.is_some() || causes.iter().all(|c| s.breakers.contains_key(c)))
         };
         let wanted = !causes.is_empty();
         match held {
@@ -537,6 +572,7 @@ mod tests {
     struct FakeState {
         acquire: Vec<Acquire>,
         breaker: Option<String>,
+        excluded: Option<String>,
         calls: Vec<String>,
     }
 
@@ -563,6 +599,9 @@ mod tests {
         async fn release(&mut self) -> Result<(), String> {
             self.0.lock().unwrap().calls.push("release".into());
             Ok(())
+        }
+        async fn excluded(&mut self) -> Result<Option<String>, String> {
+            Ok(self.0.lock().unwrap().excluded.clone())
         }
         async fn breaker(&mut self, _: Cause) -> Result<Option<String>, String> {
             Ok(self.0.lock().unwrap().breaker.clone())
@@ -617,10 +656,7 @@ mod tests {
         tokio::spawn(driver);
         let now = Time::from_millis(0);
         let a = b.admit(&id(), Cause::StorageHang, ActionKind::AbortFuse, now);
-        assert_eq!(
-            a,
-            Admission::Wait("checking the breaker for storage_hang".into())
-        );
+        assert_eq!(a, Admission::Wait("reading the node's labels".into()));
         settle().await;
         let a = b.admit(&id(), Cause::StorageHang, ActionKind::AbortFuse, now);
         assert_eq!(a, Admission::Wait("1 of 1 slots held by node-b".into()));
@@ -746,5 +782,82 @@ mod tests {
         settle().await;
         let a = b.admit(&id(), Cause::StorageHang, ActionKind::AbortFuse, now);
         assert!(matches!(a, Admission::Go(_)), "{a:?}");
+    }
+}
+
+#[cfg(test)]
+mod label_tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Labels(Arc<Mutex<Option<String>>>, Arc<Mutex<Vec<String>>>);
+
+    impl ClusterOps for Labels {
+        async fn acquire(&mut self, _: &str) -> Acquire {
+            self.1.lock().unwrap().push("acquire".into());
+            Acquire::Held("slot watchdog-remediation-0 of 1".into())
+        }
+        async fn renew(&mut self) -> Result<bool, String> {
+            Ok(true)
+        }
+        async fn release(&mut self) -> Result<(), String> {
+            self.1.lock().unwrap().push("release".into());
+            Ok(())
+        }
+        async fn excluded(&mut self) -> Result<Option<String>, String> {
+            Ok(self.0.lock().unwrap().clone())
+        }
+        async fn breaker(&mut self, _: Cause) -> Result<Option<String>, String> {
+            Ok(None)
+        }
+        async fn act(&mut self, _: &ClusterAction) -> (Result<String, String>, bool) {
+            (Ok("done".into()), false)
+        }
+    }
+
+    /// Labelling the node stops remediation on it within a pass (30 s at
+    /// most), without restarting the agent, and gives its slot back.
+    #[tokio::test(start_paused = true)]
+    async fn labelling_the_node_stops_remediation_and_gives_the_slot_back() {
+        let ops = Labels::default();
+        let (mut b, driver) = ClusterBudget::new(
+            ops.clone(),
+            ClusterPolicy {
+                lease_valid: Duration::from_secs(60),
+                breaker_every: Duration::from_secs(30),
+                release_delay: Duration::from_secs(120),
+                renew_every: Duration::from_secs(20),
+                want_expires: Duration::from_secs(240),
+                local_when_apiserver_down: false,
+                local_max_per_hour: 1,
+            },
+        );
+        tokio::spawn(driver);
+        let id = FindingId::new(Cause::StorageHang, "/mnt/x");
+        let now = Time::from_millis(0);
+        let settle = || tokio::time::sleep(Duration::from_millis(50));
+        b.admit(&id, Cause::StorageHang, ActionKind::AbortFuse, now);
+        settle().await;
+        let a = b.admit(&id, Cause::StorageHang, ActionKind::AbortFuse, now);
+        assert!(matches!(a, Admission::Go(_)), "{a:?}");
+        *ops.0.lock().unwrap() =
+            Some("it carries the label watchdog.io/remediation=disabled".into());
+        tokio::time::sleep(Duration::from_secs(31)).await;
+        b.admit(&id, Cause::StorageHang, ActionKind::AbortFuse, now);
+        settle().await;
+        let a = b.admit(&id, Cause::StorageHang, ActionKind::AbortFuse, now);
+        assert_eq!(
+            a,
+            Admission::Wait(
+                "node excluded: it carries the label watchdog.io/remediation=disabled".into()
+            )
+        );
+        assert!(
+            ops.1.lock().unwrap().contains(&"release".to_string()),
+            "the slot is given back: {:?}",
+            ops.1.lock().unwrap()
+        );
     }
 }

@@ -12,6 +12,9 @@ use crate::remediation::coordinator::{Acquire, ClusterAction, ClusterOps};
 pub struct KubeOps {
     client: Client,
     node: String,
+    /// `[remediation] exclude_node_labels`, re-read on the Node each pass.
+    exclude_labels: Vec<String>,
+    timeout: std::time::Duration,
     semaphore: Semaphore,
     actions: NodeActions,
     breaker: BreakerConfig,
@@ -28,6 +31,8 @@ impl KubeOps {
         Self {
             client,
             node: node.to_string(),
+            exclude_labels: Vec::new(),
+            timeout: std::time::Duration::from_secs(10),
             semaphore,
             actions,
             breaker,
@@ -35,7 +40,30 @@ impl KubeOps {
     }
 }
 
+impl KubeOps {
+    /// Re-read the node's labels against these exclusions at every pass.
+    pub fn with_exclusions(mut self, labels: Vec<String>, timeout: std::time::Duration) -> Self {
+        self.exclude_labels = labels;
+        self.timeout = timeout;
+        self
+    }
+}
+
 impl ClusterOps for KubeOps {
+    async fn excluded(&mut self) -> Result<Option<String>, String> {
+        if self.exclude_labels.is_empty() {
+            return Ok(None);
+        }
+        let labels = node_labels(self.client.clone(), &self.node, self.timeout)
+            .await
+            .map_err(|e| format!("apiserver unreachable ({e})"))?;
+        Ok(self
+            .exclude_labels
+            .iter()
+            .find(|sel| crate::remediation::policy::label_matches(&labels, sel))
+            .map(|sel| format!("it carries the label {sel}")))
+    }
+
     async fn acquire(&mut self, why: &str) -> Acquire {
         let intent = Intent {
             finding: why.to_string(),
@@ -198,6 +226,7 @@ pub fn build(
     cfg: &crate::config::ClusterSection,
     call_timeout: std::time::Duration,
     step_timeout: std::time::Duration,
+    exclude_labels: &[String],
 ) -> (
     crate::remediation::coordinator::ClusterBudget,
     impl std::future::Future<Output = ()> + Send + use<>,
@@ -230,7 +259,8 @@ pub fn build(
         node_selector: cfg.pool_selector.clone(),
         timeout: call_timeout,
     };
-    let ops = KubeOps::new(client, node, semaphore, actions, breaker);
+    let ops = KubeOps::new(client, node, semaphore, actions, breaker)
+        .with_exclusions(exclude_labels.to_vec(), call_timeout);
     crate::remediation::coordinator::ClusterBudget::new(ops, policy(cfg, step_timeout))
 }
 
@@ -334,6 +364,9 @@ pub async fn inherited(
 pub struct NoApiserver(pub String);
 
 impl ClusterOps for NoApiserver {
+    async fn excluded(&mut self) -> Result<Option<String>, String> {
+        Err(self.0.clone())
+    }
     async fn acquire(&mut self, _: &str) -> Acquire {
         Acquire::Unreachable(self.0.clone())
     }
