@@ -108,6 +108,21 @@ fn relist_healthy_then_a_hung_inspect_is_named() {
 
     let log_dir = std::env::temp_dir().join(format!("wd-pleg-log-{}", std::process::id()));
     std::fs::create_dir_all(&log_dir).unwrap();
+    // A runc of the test's own naming the container (a copy of sh called
+    // `runc`, the container id in its command line), running since before
+    // the call that will hang: what the hung call may wait behind, named for
+    // `kill_process` by pid and start time (planned: dry-run).
+    let runc_bin = log_dir.join("runc");
+    std::fs::copy("/bin/sh", &runc_bin).unwrap();
+    let mut runc_cmd = Command::new(&runc_bin);
+    // `read` from a pipe the guard keeps open: the shell waits, never forks.
+    runc_cmd
+        .args(["-c", "read x", &nfs])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let runc = ChildGuard::spawn(&mut runc_cmd, "a runc of the test's own").unwrap();
+    let runc_pid = runc.pid();
     let log = log_dir.join("kubelet.log");
     std::fs::write(&log, "").unwrap();
     let host = dockerd.host();
@@ -119,6 +134,8 @@ fn relist_healthy_then_a_hung_inspect_is_named() {
             log.to_str().unwrap(),
             "--record",
             record.to_str().unwrap(),
+            "--remediation-delay",
+            "1s",
         ],
     ));
 
@@ -253,6 +270,36 @@ fn relist_healthy_then_a_hung_inspect_is_named() {
             .contains(&format!("container runtime docker at {host} unresponsive")),
         "{f}"
     );
+    // The runc naming the hung container is on the hung call, and its
+    // `kill_process` is planned (dry-run) by pid and start time.
+    let target = format!("process {runc_pid} (runc)");
+    let Some(plan) = agent.wait_for_record(
+        |v| {
+            v["type"] == "remediation"
+                && v["action"] == "kill_process"
+                && v["target"] == target.as_str()
+        },
+        Duration::from_secs(10),
+    ) else {
+        panic!(
+            "no kill_process planned for the test's runc {runc_pid}\n{}",
+            agent.report()
+        );
+    };
+    assert_eq!(plan.value["status"], "planned", "{}", plan.value);
+    assert_eq!(
+        plan.value["cause"], "runtime_unresponsive",
+        "{}",
+        plan.value
+    );
+    let named = agent.records().into_iter().any(|v| {
+        pleg(&v)
+            && v["hung"]
+                .as_array()
+                .is_some_and(|h| h.iter().any(|h| h["processes"][0]["pid"] == runc_pid))
+    });
+    assert!(named, "the hung call names the runc\n{}", agent.report());
+    drop(runc);
 
     // 3. The hang keeps growing, the agent keeps relisting the rest and keeps
     //    exactly one outstanding inspect for the hung container: until a

@@ -67,6 +67,7 @@ fn hung(id: &str, since: Time, now: Time) -> HungCall {
         pod: None,
         since,
         elapsed_ms: now.millis_since(since),
+        processes: Vec::new(),
     }
 }
 
@@ -196,6 +197,7 @@ fn hung_listing_grows_without_bound() {
         pod: None,
         since: at(5),
         elapsed_ms: 95_000,
+        processes: Vec::new(),
     };
     let mut r = relist(at(100), false, vec![list]);
     r.error = Some("listing containers took longer than 10s".into());

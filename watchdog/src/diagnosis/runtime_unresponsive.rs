@@ -163,6 +163,7 @@ impl RuntimeUnresponsive {
         };
         self.last_bad = Some(e.at);
         let id = id();
+        let actions = helper_kills(&e.hung);
         if !book.contains(&id) {
             return book
                 .open(Finding {
@@ -179,7 +180,7 @@ impl RuntimeUnresponsive {
                     timeline: Vec::new(),
                     concurrent: Vec::new(),
                     pleg: None,
-                    remedy: Remedy::new(REMEDY, Vec::new()),
+                    remedy: Remedy::new(REMEDY, actions),
                     detail: Detail::Runtime(detail),
                 })
                 .map(|f| Report::Finding(Box::new(f)))
@@ -198,6 +199,9 @@ impl RuntimeUnresponsive {
             f.summary = text;
             f.confidence = confidence;
             f.detail = Detail::Runtime(detail);
+            if !actions.is_empty() {
+                f.remedy = Remedy::new(REMEDY, actions);
+            }
         }
         Self::flush(e.at, book)
     }
@@ -246,6 +250,28 @@ impl Detector for RuntimeUnresponsive {
             (None, None) => Vec::new(),
         }
     }
+}
+
+/// `kill_process` of each runc/crun a hung call may wait behind (alive
+/// since before the call, its container's id in its command line; named by
+/// pid and start time), the longest-running first, at most 3. Shims are
+/// never named (killing one left Docker showing stale state: moby #43491).
+fn helper_kills(
+    hung: &[crate::model::kubelet::HungCall],
+) -> Vec<crate::model::finding::RemedyAction> {
+    let mut procs: Vec<&crate::model::kubelet::StuckProcess> =
+        hung.iter().flat_map(|h| h.processes.iter()).collect();
+    procs.sort_by_key(|p| std::cmp::Reverse(p.age_ms));
+    procs.dedup_by_key(|p| (p.pid, p.start));
+    procs
+        .into_iter()
+        .take(3)
+        .map(|p| crate::model::finding::RemedyAction::KillProcess {
+            pid: p.pid,
+            comm: p.comm.clone(),
+            start: p.start,
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -331,5 +357,55 @@ mod tests {
         assert_eq!(f.confidence, Confidence::Unknown);
         let link = f.pleg.expect("a PLEG link");
         assert!(!link.message.contains("explained by"), "{}", link.message);
+    }
+
+    /// The runc/crun a hung call may wait behind become `kill_process`
+    /// rungs, by pid and start time, the longest-running first, each once,
+    /// at most three.
+    #[test]
+    fn helpers_of_hung_calls_are_killed_by_pid_and_start_time() {
+        use crate::model::finding::RemedyAction;
+        use crate::model::kubelet::{HungCall, StuckProcess};
+        let p = |pid, age_ms| StuckProcess {
+            pid,
+            comm: "runc".into(),
+            start: u64::from(pid) * 10,
+            age_ms,
+        };
+        let call = |processes| HungCall {
+            call: "inspect".into(),
+            operation: Some("ContainerInspect".into()),
+            container_id: Some("c".repeat(64)),
+            container_name: None,
+            pod: None,
+            since: T0,
+            elapsed_ms: 5_000,
+            processes,
+        };
+        let actions = super::helper_kills(&[
+            call(vec![p(10, 9_000), p(11, 60_000)]),
+            call(vec![p(11, 60_000), p(12, 7_000), p(13, 6_000)]),
+        ]);
+        assert_eq!(
+            actions,
+            vec![
+                RemedyAction::KillProcess {
+                    pid: 11,
+                    comm: "runc".into(),
+                    start: 110
+                },
+                RemedyAction::KillProcess {
+                    pid: 10,
+                    comm: "runc".into(),
+                    start: 100
+                },
+                RemedyAction::KillProcess {
+                    pid: 12,
+                    comm: "runc".into(),
+                    start: 120
+                },
+            ]
+        );
+        assert!(super::helper_kills(&[call(Vec::new())]).is_empty());
     }
 }

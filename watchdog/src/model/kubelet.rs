@@ -194,6 +194,22 @@ pub struct HungCall {
     pub pod: Option<PodName>,
     pub since: Time,
     pub elapsed_ms: u64,
+    /// runc/crun invocations for this container (its id in their command
+    /// line) alive since before the call: what it may be waiting behind,
+    /// and what `kill_process` may end (named with their start time).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub processes: Vec<StuckProcess>,
+}
+
+/// A runtime helper process a hung call may wait behind.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StuckProcess {
+    pub pid: u32,
+    pub comm: String,
+    /// Start time (clock ticks after boot, `/proc/<pid>/stat` field 22).
+    pub start: u64,
+    /// How long it has been running.
+    pub age_ms: u64,
 }
 
 impl HungCall {

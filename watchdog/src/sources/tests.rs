@@ -384,3 +384,44 @@ async fn a_hung_inspect_stays_outstanding_and_is_not_repeated() {
         assert_eq!(inspects.load(Ordering::Relaxed), 3 + 2 * (round - 1));
     }
 }
+
+/// A runc of this test's own (a copy of sh named `runc`, the container id
+/// in its command line) is found as a helper a hung call on that container
+/// may wait behind, with its start time; not when it is younger than the
+/// call, and not for another id.
+#[test]
+fn a_runc_naming_the_container_is_a_helper_of_its_hung_call() {
+    use crate::context::procfs::ProcReader;
+    let dir = std::env::temp_dir().join(format!("wd-runc-helper-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let runc = dir.join("runc");
+    std::fs::copy("/bin/sh", &runc).unwrap();
+    let id = format!("{:064x}", 0xfeed_0000_u64 + u64::from(std::process::id()));
+    // `read` from a pipe kept open: the shell waits without forking.
+    let mut child = std::process::Command::new(&runc)
+        .args(["-c", "read x", &id])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let reader = ProcReader::new(std::path::Path::new("/"));
+    let start = reader.start_time(child.id());
+    let mut found = Vec::new();
+    for _ in 0..100 {
+        found = runtime::stuck_helpers(&reader, &id, 0);
+        if !found.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let other = runtime::stuck_helpers(&reader, &format!("{:064x}", 1), 0);
+    let young = runtime::stuck_helpers(&reader, &id, 3_600_000);
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].pid, child.id());
+    assert_eq!(found[0].comm, "runc");
+    assert_eq!(Some(found[0].start), start);
+    assert!(other.is_empty(), "{other:?}");
+    assert!(young.is_empty(), "younger than the call: {young:?}");
+}

@@ -251,8 +251,62 @@ impl<T> Outstanding<T> {
             pod: self.pod.clone(),
             since: self.since,
             elapsed_ms: self.started.elapsed().as_millis() as u64,
+            processes: Vec::new(),
         }
     }
+}
+
+/// The runtime helpers (`runc`, `crun`) whose command line names container
+/// `id` and that have run at least `min_age_ms`: what a call hung on that
+/// container may wait behind. Reads `comm` (never blocks) first, and the
+/// command line only of a process none of whose threads is in
+/// uninterruptible sleep (reading it takes the process's mmap lock).
+pub fn stuck_helpers(
+    reader: &crate::context::procfs::ProcReader,
+    id: &str,
+    min_age_ms: u64,
+) -> Vec<crate::model::kubelet::StuckProcess> {
+    const HELPERS: [&str; 2] = ["runc", "crun"];
+    /// At most this many named (a call waits behind one, rarely a few).
+    const MAX: usize = 3;
+    if id.len() < 12 {
+        return Vec::new();
+    }
+    let uptime_ms = reader
+        .read_trim(&reader.rooted(crate::paths::UPTIME))
+        .and_then(|u| u.split_whitespace().next()?.parse::<f64>().ok())
+        .map(|s| (s * 1000.0) as u64);
+    // SAFETY: sysconf has no preconditions.
+    let tck = (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).max(1) as u64;
+    let mut out = Vec::new();
+    for pid in reader.pids() {
+        let comm = reader.comm(pid);
+        if !HELPERS.contains(&comm.as_str()) || reader.any_task_in_d(pid) {
+            continue;
+        }
+        let Some(cmdline) = reader.read_pid_file(pid, "cmdline") else {
+            continue;
+        };
+        if !cmdline.split('\0').any(|a| a == id || a.contains(id)) {
+            continue;
+        }
+        let (Some(start), Some(up)) = (reader.start_time(pid), uptime_ms) else {
+            continue;
+        };
+        let age_ms = up.saturating_sub(start * 1000 / tck);
+        if age_ms >= min_age_ms {
+            out.push(crate::model::kubelet::StuckProcess {
+                pid,
+                comm,
+                start,
+                age_ms,
+            });
+        }
+        if out.len() >= MAX {
+            break;
+        }
+    }
+    out
 }
 
 /// Spawns `fut` as a task that gives up after `abandon` (returns None then).
@@ -302,11 +356,17 @@ pub struct Relister<C> {
     /// The container names last sent, and the new set when it changed.
     names_sent: Vec<NamedContainer>,
     names_new: Option<RuntimeNames>,
+    /// The node's /proc (runc/crun helpers of hung calls).
+    procs: crate::context::procfs::ProcReader,
+    /// Per hung container: when its helpers were last looked up, and them.
+    helpers: HashMap<String, (Instant, Vec<crate::model::kubelet::StuckProcess>)>,
 }
 
 impl<C: RuntimeClient> Relister<C> {
     pub fn new(client: C, cfg: RelistConfig) -> Self {
         Self {
+            procs: crate::context::procfs::ProcReader::new(std::path::Path::new("/")),
+            helpers: HashMap::new(),
             client,
             cfg,
             list: None,
@@ -337,7 +397,7 @@ impl<C: RuntimeClient> Relister<C> {
         self.names_new.take()
     }
 
-    fn hung_calls(&self) -> Vec<HungCall> {
+    fn hung_calls(&mut self) -> Vec<HungCall> {
         let mut v: Vec<HungCall> = self
             .list
             .iter()
@@ -349,6 +409,25 @@ impl<C: RuntimeClient> Relister<C> {
             )
             .collect();
         v.sort_by_key(|h| std::cmp::Reverse(h.elapsed_ms));
+        // Which runc/crun each hung inspect may wait behind: looked up at
+        // most every 10 s per container, and only while calls hang.
+        let now = Instant::now();
+        self.helpers
+            .retain(|id, _| v.iter().any(|h| h.container_id.as_deref() == Some(id)));
+        for h in v.iter_mut() {
+            let Some(id) = h.container_id.clone() else {
+                continue;
+            };
+            let fresh = self
+                .helpers
+                .get(&id)
+                .is_some_and(|(at, _)| now.duration_since(*at) < Duration::from_secs(10));
+            if !fresh {
+                let found = stuck_helpers(&self.procs, &id, h.elapsed_ms);
+                self.helpers.insert(id.clone(), (now, found));
+            }
+            h.processes = self.helpers[&id].1.clone();
+        }
         v
     }
 
