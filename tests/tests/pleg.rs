@@ -111,7 +111,8 @@ fn relist_healthy_then_a_hung_inspect_is_named() {
     // A runc of the test's own naming the container (a copy of sh called
     // `runc`, the container id in its command line), running since before
     // the call that will hang: what the hung call may wait behind, named for
-    // `kill_process` by pid and start time (planned: dry-run).
+    // `kill_process` by pid and start time, and killed (enforce, that action
+    // only).
     let runc_bin = log_dir.join("runc");
     std::fs::copy("/bin/sh", &runc_bin).unwrap();
     let mut runc_cmd = Command::new(&runc_bin);
@@ -121,7 +122,7 @@ fn relist_healthy_then_a_hung_inspect_is_named() {
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    let runc = ChildGuard::spawn(&mut runc_cmd, "a runc of the test's own").unwrap();
+    let mut runc = ChildGuard::spawn(&mut runc_cmd, "a runc of the test's own").unwrap();
     let runc_pid = runc.pid();
     let log = log_dir.join("kubelet.log");
     std::fs::write(&log, "").unwrap();
@@ -136,6 +137,12 @@ fn relist_healthy_then_a_hung_inspect_is_named() {
             record.to_str().unwrap(),
             "--remediation-delay",
             "1s",
+            "--remediation",
+            "enforce",
+            "--allow-actions",
+            "kill_process",
+            "--remediation-journal",
+            log_dir.join("remediation.jsonl").to_str().unwrap(),
         ],
     ));
 
@@ -270,27 +277,28 @@ fn relist_healthy_then_a_hung_inspect_is_named() {
             .contains(&format!("container runtime docker at {host} unresponsive")),
         "{f}"
     );
-    // The runc naming the hung container is on the hung call, and its
-    // `kill_process` is planned (dry-run) by pid and start time.
+    // The runc naming the hung container is on the hung call, and
+    // `kill_process` kills it by pid and start time.
     let target = format!("process {runc_pid} (runc)");
-    let Some(plan) = agent.wait_for_record(
+    let Some(done) = agent.wait_for_record(
         |v| {
             v["type"] == "remediation"
                 && v["action"] == "kill_process"
                 && v["target"] == target.as_str()
+                && v["status"] != "started"
         },
         Duration::from_secs(10),
     ) else {
         panic!(
-            "no kill_process planned for the test's runc {runc_pid}\n{}",
+            "no kill_process outcome for the test's runc {runc_pid}\n{}",
             agent.report()
         );
     };
-    assert_eq!(plan.value["status"], "planned", "{}", plan.value);
+    assert_eq!(done.value["status"], "succeeded", "{}", done.value);
     assert_eq!(
-        plan.value["cause"], "runtime_unresponsive",
+        done.value["cause"], "runtime_unresponsive",
         "{}",
-        plan.value
+        done.value
     );
     let named = agent.records().into_iter().any(|v| {
         pleg(&v)
@@ -299,6 +307,10 @@ fn relist_healthy_then_a_hung_inspect_is_named() {
                 .is_some_and(|h| h.iter().any(|h| h["processes"][0]["pid"] == runc_pid))
     });
     assert!(named, "the hung call names the runc\n{}", agent.report());
+    let gone = wait::until("the test's runc to exit", Duration::from_secs(5), || {
+        runc.try_wait().map(|_| ()).ok_or(())
+    });
+    assert!(gone.is_ok(), "the runc still runs\n{}", agent.report());
     drop(runc);
 
     // 3. The hang keeps growing, the agent keeps relisting the rest and keeps
