@@ -312,7 +312,10 @@ impl NodeActions {
     /// Set `WatchdogRemediationFailed=True` (reason e.g.
     /// `PidExhaustionUnremedied`): for NHC / MHC / EKS repair to act on.
     pub async fn escalate(&self, cause: Cause, message: &str) -> Result<(), CallError> {
-        let reason = format!("{}Unremedied", pascal(cause.name()));
+        let reason = format!(
+            "{}Unremedied",
+            crate::sinks::kubernetes::events::pascal(cause.name())
+        );
         self.set_condition(true, &reason, message).await
     }
 
@@ -384,16 +387,4 @@ impl NodeActions {
             Err(e) => Err(e),
         }
     }
-}
-
-/// `pid_exhaustion` -> `PidExhaustion`.
-fn pascal(s: &str) -> String {
-    s.split('_')
-        .map(|w| {
-            let mut c = w.chars();
-            c.next()
-                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
-                .unwrap_or_default()
-        })
-        .collect()
 }

@@ -12,7 +12,7 @@ use crate::model::finding::{Finding, FindingStatus, Warning, WarningStatus};
 use crate::remediation::{RemediationRecord, StepStatus};
 
 /// `kill_container` -> `KillContainer`, `dry-run` -> `DryRun`.
-fn pascal(s: &str) -> String {
+pub(crate) fn pascal(s: &str) -> String {
     s.split(['_', '-'])
         .map(|w| {
             let mut c = w.chars();
