@@ -306,8 +306,9 @@ pub const SOCK_CONNS_ENTRIES: u32 = 4096;
 /// (socket-tracepoint path). No size limit and no eviction: the kernel frees
 /// an entry with its socket.
 pub const DBUS_SOCKS_MAP: &str = "DBUS_SOCKS";
-/// Bytes of the `pt_regs` window the socket-tracepoint probe copies at most
-/// (the syscall number and first three arguments, in one read).
+/// The widest `pt_regs` window of the syscall number and first three
+/// arguments the socket-tracepoint probe trusts (it reads them by direct
+/// loads, each checked by the verifier against the BTF type).
 pub const DBUS_REGS_WINDOW: u64 = 512;
 /// At a process's exec or exit, its fds below this are forgotten (the
 /// connections of a process that never closed them).

@@ -13,7 +13,7 @@
 //!   whether it is followed (AF_UNIX, peer bound to a followed path, caller
 //!   a runtime), decided once. A receive of the rest of a message whose
 //!   start was seen returns there. Only followed
-//!   sockets read the syscall's registers (one copy) and buffer and emit: the
+//!   sockets read the syscall's registers (direct loads) and buffer and emit: the
 //!   probe walks the D-Bus message boundaries in the bytes (a per-socket,
 //!   per-direction "bytes still to skip") and copies each message's fixed
 //!   header and first fields, or the SASL lines, so that userspace can
@@ -35,11 +35,11 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, RawTracePointContext},
 };
 use watchdog_common::{
-    COMM_LEN, DBUS_NOT_FOLLOWED, DBUS_REGS_WINDOW, DROP_DBUS_READS, DROP_DBUS_SOCKS,
-    DROP_SOCK_CONNS, DbusSock, EventHeader, EventKind, SOCK_CONNS_ENTRIES, SOCK_EV_DESYNC,
-    SOCK_EV_FIRST, SOCK_EV_OVERFLOW, SOCK_EV_STREAM, SOCK_FD_SCAN, SOCK_IOV_MAX, SOCK_MSG_BYTES,
-    SOCK_MSG_DBUS, SOCK_MSG_NONE, SOCK_MSG_SASL, SOCK_MSG_SLOTS, SOCK_PATH_LEN, SOCK_PATH_SLOTS,
-    SYSCALL_SLOTS, SockCall, SockConn, SockPath, SocketEvent, socket_event_size,
+    COMM_LEN, DBUS_NOT_FOLLOWED, DROP_DBUS_READS, DROP_DBUS_SOCKS, DROP_SOCK_CONNS, DbusSock,
+    EventHeader, EventKind, SOCK_CONNS_ENTRIES, SOCK_EV_DESYNC, SOCK_EV_FIRST, SOCK_EV_OVERFLOW,
+    SOCK_EV_STREAM, SOCK_FD_SCAN, SOCK_IOV_MAX, SOCK_MSG_BYTES, SOCK_MSG_DBUS, SOCK_MSG_NONE,
+    SOCK_MSG_SASL, SOCK_MSG_SLOTS, SOCK_PATH_LEN, SOCK_PATH_SLOTS, SYSCALL_SLOTS, SockCall,
+    SockConn, SockPath, SocketEvent, WATCHED_HAS_CONN, socket_event_size,
 };
 
 use crate::{EVENTS, count_drop, count_drop_slot, global, storage::read_kernel};
@@ -89,11 +89,6 @@ static DBUS_SOCKS: SkStorage<DbusSock> = SkStorage::new();
 #[map(name = "SOCK_QUIET")]
 static SOCK_QUIET: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-/// Per-CPU copy of the syscall registers' window (see `DBUS_REGS_LO`).
-#[map(name = "DBUS_REGS")]
-static DBUS_REGS: PerCpuArray<[u64; (DBUS_REGS_WINDOW / 8) as usize]> =
-    PerCpuArray::with_max_entries(1, 0);
-
 /// Per-CPU copy of an address (too big for the stack).
 #[map(name = "SOCK_ADDR")]
 static SOCK_ADDR: PerCpuArray<[u8; SOCKADDR_UN_LEN]> = PerCpuArray::with_max_entries(1, 0);
@@ -119,11 +114,9 @@ static SYSCALL_START: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0
 static DBUS_ARG1_OFF: u64 = 0;
 #[unsafe(no_mangle)]
 static PT_REGS_ARG2_OFF: u64 = 0;
-/// The window of `struct pt_regs` that holds the syscall number and the
-/// first three arguments (from the lowest of their offsets, 8-aligned, at
-/// most DBUS_REGS_WINDOW bytes; length 0: unknown), copied in one read.
-#[unsafe(no_mangle)]
-static DBUS_REGS_LO: u64 = 0;
+/// Non-zero when the syscall number and first three arguments sit in one
+/// window of `struct pt_regs` the loader checked (their offsets are the
+/// globals above); 0: the socket probe reads no call.
 #[unsafe(no_mangle)]
 static DBUS_REGS_LEN: u64 = 0;
 
@@ -678,6 +671,22 @@ fn iovecs(iov: u64, count: u64) -> (Segs, u64) {
     if n == 0 || iov == 0 {
         return (empty, 0);
     }
+    if n == 1 {
+        // The common case (one buffer): read onto the stack, which the
+        // kernel's user-copy checks pass at once (a map value costs them
+        // a heap-object lookup per read).
+        let Some([base, len]) = read_user::<[u64; 2]>(iov) else {
+            return (empty, 0);
+        };
+        return (
+            Segs {
+                base: [base, 0, 0, 0],
+                len: [len, 0, 0, 0],
+                n: 1,
+            },
+            len,
+        );
+    }
     let Some(a) = IOV_SCRATCH.get_ptr_mut(0) else {
         return (empty, 0);
     };
@@ -720,7 +729,8 @@ fn on_sock(ctx: &BtfTracePointContext, dir: usize) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     // Cheapest test first: every other task of the node leaves here.
-    if !crate::storage::watched(tgid) {
+    let watched = crate::storage::watched_byte(tgid);
+    if watched == 0 {
         return;
     }
     let flags: i32 = ctx.arg(2);
@@ -735,8 +745,11 @@ fn on_sock(ctx: &BtfTracePointContext, dir: usize) {
     let Some((state, first)) = decide(ctx.arg::<*mut core::ffi::c_void>(0), sk, tgid) else {
         return;
     };
-    // Its exec or exit forgets its connections.
-    crate::storage::mark_has_conn(tgid);
+    // Its exec or exit forgets its connections. (Stored once: the byte's
+    // cache line is read by every CPU's scheduler probe.)
+    if watched & WATCHED_HAS_CONN == 0 {
+        crate::storage::mark_has_conn(tgid);
+    }
     let ret: i32 = ctx.arg(1);
     // SAFETY: this socket's storage (alive while the socket is).
     let state = unsafe { &mut *state };
@@ -753,35 +766,21 @@ fn on_sock(ctx: &BtfTracePointContext, dir: usize) {
     }
     let ret = i64::from(ret);
     // SAFETY: the task pointer comes from bpf_get_current_task_btf (the
-    // verifier needs a BTF pointer).
-    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
-    // The syscall number and arguments, from one copy of their window of
-    // the registers (a read per register cost a helper call each).
-    let (lo, len) = (global(&DBUS_REGS_LO), global(&DBUS_REGS_LEN));
-    let Some(window) = DBUS_REGS.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: per-CPU scratch.
-    let window = unsafe { &mut *window };
-    let copied = len != 0 && regs != 0 && {
-        // 1..=DBUS_REGS_WINDOW bytes (a mask for the verifier).
-        let size = ((len - 1) & (DBUS_REGS_WINDOW - 1)) as u32 + 1;
-        // SAFETY: kernel memory (the task's saved registers) read without
-        // faulting into the scratch, which holds DBUS_REGS_WINDOW bytes.
-        let r = unsafe {
-            aya_ebpf::helpers::generated::bpf_probe_read_kernel(
-                window.as_mut_ptr().cast(),
-                size,
-                (regs + lo) as *const _,
-            )
-        };
-        r == 0
-    };
+    // verifier needs a BTF pointer); the helper returns its saved user
+    // registers, typed `struct pt_regs`.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as usize as *const u8;
+    // The syscall number and arguments, read by direct loads: the offsets
+    // are the loader's constants (frozen .rodata, known to the verifier),
+    // so each load is checked against the BTF type and compiled to one
+    // instruction (a helper call and a copy per read cost far more). A
+    // layout the loader did not find (length 0) reads nothing.
+    let copied = global(&DBUS_REGS_LEN) != 0;
     let arg = |off: u64| -> u64 {
-        if !copied || off < lo || off == 0 {
+        if !copied || off == 0 {
             0
         } else {
-            window[((off - lo) / 8) as usize & (DBUS_REGS_WINDOW as usize / 8 - 1)]
+            // SAFETY: a field of `struct pt_regs` at a verified offset.
+            unsafe { core::ptr::read_volatile(regs.add(off as usize).cast::<u64>()) }
         }
     };
     let nr_off = global(&crate::PT_REGS_NR_OFF);

@@ -132,8 +132,19 @@ pub(crate) fn read_kernel<T>(addr: u64) -> Option<T> {
     unsafe { bpf_probe_read_kernel(addr as *const T) }.ok()
 }
 
+/// The `T` at `off` in the kernel object `base` points at, by a direct
+/// load: `base` must be a BTF-typed pointer (a tp_btf argument, a helper's
+/// BTF return) and `off` a constant the verifier knows (a loader-patched
+/// global of the frozen .rodata), so that the verifier checks the access
+/// against the type and turns it into one faulting-safe instruction.
 #[inline(always)]
-fn watched_byte(tgid: u32) -> u8 {
+pub(crate) unsafe fn btf_load<T: Copy>(base: u64, off: u64) -> T {
+    // SAFETY: the caller's contract; the verifier enforces it at load.
+    unsafe { core::ptr::read_volatile((base + off) as *const T) }
+}
+
+#[inline(always)]
+pub(crate) fn watched_byte(tgid: u32) -> u8 {
     match WATCHED_BYTES.get(tgid >> 6) {
         Some(w) => w[(tgid & 63) as usize],
         None => 0,
@@ -286,26 +297,32 @@ fn syscall_of(task: *mut task_struct) -> Option<(u32, u64)> {
     if flags_off == 0 || nr_off == 0 {
         return None;
     }
-    let flags = read_kernel::<u32>(task as u64 + flags_off)?;
+    // Direct loads (one instruction each, checked by the verifier against
+    // the BTF types at the loader's constant offsets) instead of a helper
+    // call per field: this runs at every sleep of a watched task.
+    // SAFETY: `task` is the BTF task pointer sched_switch passed.
+    let flags = unsafe { btf_load::<u32>(task as u64, flags_off) };
     if flags & PF_KTHREAD != 0 {
         return None;
     }
     // SAFETY: `task` is the BTF task pointer sched_switch passed (the
-    // verifier checks that); the helper returns its user register frame.
+    // verifier checks that); the helper returns its user register frame,
+    // typed `struct pt_regs`.
     let regs = unsafe { bpf_task_pt_regs(task) } as u64;
     if regs == 0 {
         return None;
     }
     // 32 bits: arm64's `syscallno` is an s32 (the next 32 bits are other
     // state); x86's 64-bit orig_ax holds small numbers or -1 (not a syscall).
-    let nr = read_kernel::<i32>(regs + nr_off)?;
+    // SAFETY: fields of `struct pt_regs` (so for every load below).
+    let nr = unsafe { btf_load::<i32>(regs, nr_off) };
     if nr < 0 || nr >= SYSCALL_SLOTS as i32 {
         return None;
     }
     let ip = global(&PT_REGS_IP_OFF);
     if ip != 0 {
         // All-zero registers: a kernel-made user thread before its exec.
-        let user_ip = read_kernel::<u64>(regs + ip)?;
+        let user_ip = unsafe { btf_load::<u64>(regs, ip) };
         if user_ip == 0 {
             return None;
         }
@@ -316,9 +333,8 @@ fn syscall_of(task: *mut task_struct) -> Option<(u32, u64)> {
         );
         // The loader leaves these 0 where the test does not hold (FRED).
         if cx != 0 && fl != 0 && r11 != 0 {
-            let same =
-                |a: u64, b: u64| read_kernel::<u64>(regs + a) == read_kernel::<u64>(regs + b);
-            if read_kernel::<u64>(regs + cx) != Some(user_ip) || !same(fl, r11) {
+            let reg = |off: u64| unsafe { btf_load::<u64>(regs, off) };
+            if reg(cx) != user_ip || reg(fl) != reg(r11) {
                 return None;
             }
         }

@@ -305,8 +305,9 @@ mod arch {
 impl KernelLayout {
     /// The window of `struct pt_regs` (start, length) that holds the
     /// syscall number and first three arguments, which the D-Bus socket
-    /// probe copies in one read; length 0 when it would not fit its scratch
-    /// (the probe then reads no call, and counts the bytes as unparsed).
+    /// probe reads by direct loads; length 0 when it is wider than
+    /// `DBUS_REGS_WINDOW` (a layout the probe does not trust: it then reads
+    /// no call, and counts the bytes as unparsed).
     pub fn syscall_regs_window(&self) -> (u64, u64) {
         let offs = [
             self.pt_regs_nr,
@@ -605,7 +606,6 @@ impl Probes {
             .override_global("TASK_SIGNAL_OFF", &layout.task_signal, true)
             .override_global("SIGNAL_RLIM_OFF", &layout.signal_rlim, true)
             .override_global("DBUS_ARG1_OFF", &layout.pt_regs_arg1, true)
-            .override_global("DBUS_REGS_LO", &regs_window.0, true)
             .override_global("DBUS_REGS_LEN", &regs_window.1, true)
             .override_global("SK_FAMILY_OFF", &layout.sk_family, true)
             .override_global("UNIX_PEER_OFF", &layout.unix_peer, true)
