@@ -14,7 +14,15 @@
 //! both pinned to CPU 0 (every round trip is two context switches; unpinned,
 //! the time depends on where the scheduler puts them):
 //! - `pair`: over a unix stream socketpair;
-//! - `conn`: over a connection to a unix listener at a temp path.
+//! - `conn`: over a connection to a unix listener at a temp path;
+//! - `dbus`: real D-Bus: a dbus-daemon of the bench's own (pinned to the
+//!   same CPU, unwatched, as a real bus or systemd is) on a followed path,
+//!   and back-to-back `org.freedesktop.DBus.Peer.Ping` calls of its driver,
+//!   each sent with one `sendmsg` and its reply read godbus-like (reads of
+//!   up to 4 KiB): every message of the client is parsed by the tracking
+//!   and every call is a followed request (the realistic worst case; the
+//!   echo of `conn` answers faster than any D-Bus server, and its 64-byte
+//!   messages are not D-Bus, so each of its calls takes the desync path).
 //!
 //! Each runs as `sockbench` (unwatched) and as `runc` (a symlink to the copy:
 //! the kernel names the task after the exec'd path, so it is watched and its
@@ -87,7 +95,7 @@ impl Condition {
         }
     }
 
-    fn args(self, tracked: &Path) -> Vec<String> {
+    fn args(self, tracked: &[PathBuf]) -> Vec<String> {
         let mut a: Vec<String> = [
             "trace",
             "--json",
@@ -110,7 +118,7 @@ impl Condition {
                 }
                 let mut paths: Vec<String> =
                     DEFAULT_SOCKETS.iter().map(|s| s.to_string()).collect();
-                paths.push(tracked.display().to_string());
+                paths.extend(tracked.iter().map(|p| p.display().to_string()));
                 a.push("--systemd-socket".into());
                 a.push(paths.join(","));
             }
@@ -139,7 +147,7 @@ impl Io {
 /// One workload as run in every condition.
 struct Workload {
     label: &'static str,
-    /// `pair` or `conn`.
+    /// `pair`, `conn` or `dbus`.
     kind: &'static str,
     watched: bool,
     /// Connects to the path the tracking condition follows.
@@ -148,7 +156,7 @@ struct Workload {
 
 /// The tracked one last: an agent busy with its events must not slow the
 /// others down.
-const WORKLOADS: [Workload; 5] = [
+const WORKLOADS: [Workload; 6] = [
     Workload {
         label: "sockbench pair",
         kind: "pair",
@@ -176,6 +184,12 @@ const WORKLOADS: [Workload; 5] = [
     Workload {
         label: "runc conn tracked",
         kind: "conn",
+        watched: true,
+        tracked_path: true,
+    },
+    Workload {
+        label: "runc dbus tracked",
+        kind: "dbus",
         watched: true,
         tracked_path: true,
     },
@@ -259,6 +273,14 @@ fn run_workload_mode(args: &[String]) -> ! {
             Path::new(
                 args.get(3)
                     .unwrap_or_else(|| usage_exit("conn needs a path")),
+            ),
+        ),
+        "dbus" => dbus(
+            n,
+            io,
+            Path::new(
+                args.get(3)
+                    .unwrap_or_else(|| usage_exit("dbus needs a path")),
             ),
         ),
         other => usage_exit(&format!("unknown workload {other:?}")),
@@ -463,6 +485,182 @@ fn conn(n: u64, io: Io, path: &Path) -> Duration {
     d
 }
 
+/// A D-Bus method call (no body) as a little-endian message: the fixed
+/// header with `serial`, then the PATH, INTERFACE, MEMBER and DESTINATION
+/// fields.
+fn dbus_call(serial: u32, path: &str, interface: &str, member: &str, dest: &str) -> Vec<u8> {
+    let mut m = vec![b'l', 1, 0, 1];
+    m.extend_from_slice(&0u32.to_le_bytes());
+    m.extend_from_slice(&serial.to_le_bytes());
+    m.extend_from_slice(&0u32.to_le_bytes()); // the fields' length, below
+    for (code, sig, value) in [
+        (1u8, b'o', path),
+        (2, b's', interface),
+        (3, b's', member),
+        (6, b's', dest),
+    ] {
+        while m.len() % 8 != 0 {
+            m.push(0);
+        }
+        m.extend_from_slice(&[code, 1, sig, 0]);
+        m.extend_from_slice(&(value.len() as u32).to_le_bytes());
+        m.extend_from_slice(value.as_bytes());
+        m.push(0);
+    }
+    let fields = (m.len() - 16) as u32;
+    m[12..16].copy_from_slice(&fields.to_le_bytes());
+    while m.len() % 8 != 0 {
+        m.push(0);
+    }
+    m
+}
+
+/// Reads until a METHOD_RETURN or ERROR is in `buf` (godbus-like: reads of
+/// up to 4 KiB, whatever the socket has; signals in between are skipped).
+/// Returns whether it was a METHOD_RETURN.
+fn dbus_reply(fd: i32, buf: &mut Vec<u8>, io: Io) -> bool {
+    let mut chunk = [0u8; 4096];
+    loop {
+        while buf.len() >= 16 {
+            let u = |i: usize| u32::from_le_bytes([buf[i], buf[i + 1], buf[i + 2], buf[i + 3]]);
+            assert_eq!(buf[0], b'l', "the bus answers little-endian");
+            let len = 16 + (u(12) as usize).next_multiple_of(8) + u(4) as usize;
+            if buf.len() < len {
+                break;
+            }
+            let kind = buf[1];
+            buf.drain(..len);
+            if kind == 2 || kind == 3 {
+                return kind == 2;
+            }
+        }
+        let n = recv_some(fd, &mut chunk, io);
+        assert!(n > 0, "the bus closed the connection");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// One read of whatever `fd` has (at most `buf.len()` bytes).
+fn recv_some(fd: i32, buf: &mut [u8], io: Io) -> usize {
+    // SAFETY: a valid buffer and fd of our own; the msghdr points at it.
+    let r = unsafe {
+        match io {
+            Io::Rw => libc::read(fd, buf.as_mut_ptr().cast(), buf.len()),
+            Io::Msg => {
+                let mut iov = libc::iovec {
+                    iov_base: buf.as_mut_ptr().cast(),
+                    iov_len: buf.len(),
+                };
+                let mut msg: libc::msghdr = std::mem::zeroed();
+                msg.msg_iov = &mut iov;
+                msg.msg_iovlen = 1;
+                libc::recvmsg(fd, &mut msg, 0)
+            }
+        }
+    };
+    r.max(0) as usize
+}
+
+/// The `dbus` workload: a dbus-daemon of its own (pinned to this CPU like
+/// the echo process, as unwatched as a real bus), and N `Peer.Ping` calls
+/// of the bus driver, each waiting for its reply: a real D-Bus round trip
+/// on a followed connection, every message parsed by the tracking.
+fn dbus(n: u64, io: Io, path: &Path) -> Duration {
+    let dir = path.parent().expect("the bus path has a directory");
+    let conf = dir.join(format!("dbus-{}.conf", std::process::id()));
+    let _ = std::fs::remove_file(path);
+    std::fs::write(
+        &conf,
+        format!(
+            "<!DOCTYPE busconfig PUBLIC \"-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN\"
+ \"http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd\">
+<busconfig><type>custom</type><listen>unix:path={}</listen><auth>EXTERNAL</auth>
+<policy context=\"default\"><allow user=\"*\"/><allow send_destination=\"*\" eavesdrop=\"true\"/><allow receive_sender=\"*\"/><allow own=\"*\"/></policy></busconfig>\n",
+            path.display()
+        ),
+    )
+    .expect("write the bus config");
+    let mut daemon = std::process::Command::new("dbus-daemon")
+        .arg(format!("--config-file={}", conf.display()))
+        .args(["--nofork", "--print-address"])
+        .stdout(std::process::Stdio::piped())
+        // (It says it may not raise its fd limit: harmless here.)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start dbus-daemon");
+    // The address line: it listens.
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(daemon.stdout.take().expect("piped")),
+        &mut line,
+    )
+    .expect("dbus-daemon's address");
+    assert!(line.contains("unix:"), "dbus-daemon printed {line:?}");
+    let (addr, len) = sockaddr_un(path);
+    let c = unix_socket();
+    // SAFETY: our fd, a valid sockaddr_un of `len` bytes.
+    let r = unsafe { libc::connect(c, (&raw const addr).cast(), len) };
+    assert_eq!(
+        r,
+        0,
+        "connect {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+    // SASL as root, then Hello.
+    // SAFETY: plain syscall.
+    let uid = unsafe { libc::getuid() };
+    let hex: String = uid
+        .to_string()
+        .bytes()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert!(send_all(
+        c,
+        format!("\0AUTH EXTERNAL {hex}\r\n").as_bytes(),
+        io
+    ));
+    let mut chunk = [0u8; 512];
+    let got = recv_some(c, &mut chunk, io);
+    assert!(
+        chunk[..got].starts_with(b"OK "),
+        "the bus said {:?}",
+        String::from_utf8_lossy(&chunk[..got])
+    );
+    assert!(send_all(c, b"BEGIN\r\n", io));
+    let bus = "org.freedesktop.DBus";
+    let mut buf = Vec::new();
+    assert!(send_all(
+        c,
+        &dbus_call(1, "/org/freedesktop/DBus", bus, "Hello", bus),
+        io
+    ));
+    assert!(dbus_reply(c, &mut buf, io), "Hello failed");
+    let mut call = dbus_call(
+        2,
+        "/org/freedesktop/DBus",
+        "org.freedesktop.DBus.Peer",
+        "Ping",
+        bus,
+    );
+    let t = Instant::now();
+    for i in 0..n {
+        let serial = (i + 2) as u32;
+        call[8..12].copy_from_slice(&serial.to_le_bytes());
+        assert!(send_all(c, &call, io), "send #{i} failed");
+        assert!(dbus_reply(c, &mut buf, io), "Ping #{i} got an error");
+    }
+    let d = t.elapsed();
+    // SAFETY: our fd, and the daemon we started.
+    unsafe {
+        libc::close(c);
+        libc::kill(daemon.id() as i32, libc::SIGTERM);
+    }
+    let _ = daemon.wait();
+    let _ = std::fs::remove_file(&conf);
+    d
+}
+
 // ---------------------------------------------------------------------------
 // Running them (in the bench)
 // ---------------------------------------------------------------------------
@@ -505,6 +703,11 @@ impl BenchDir {
     fn untracked(&self) -> PathBuf {
         self.dir.join("other.sock")
     }
+
+    /// The `dbus` workload's bus (followed by the tracking condition).
+    fn bus(&self) -> PathBuf {
+        self.dir.join("dbus.sock")
+    }
 }
 
 impl Drop for BenchDir {
@@ -523,6 +726,8 @@ fn workload_in_child(d: &BenchDir, w: &Workload, n: u64, io: Io) -> Duration {
         } else {
             d.untracked()
         });
+    } else if w.kind == "dbus" {
+        cmd.arg(d.bus());
     }
     cmd.stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped());
@@ -567,8 +772,11 @@ fn run_condition(o: &Opts, d: &BenchDir, cond: Condition, runs: &mut CondRuns) {
     check_interrupted();
     let agent = match cond {
         Condition::Baseline => None,
-        _ => match Agent::try_start_with(&o.bin, &cond.args(&d.tracked()), Duration::from_secs(30))
-        {
+        _ => match Agent::try_start_with(
+            &o.bin,
+            &cond.args(&[d.tracked(), d.bus()]),
+            Duration::from_secs(30),
+        ) {
             Ok(a) => Some(a),
             Err(e) => {
                 eprintln!("  {}: agent did not start: {e}", cond.name());
@@ -770,7 +978,7 @@ fn main() {
     let mut agents = serde_json::Map::new();
     for cond in [Condition::Floor, Condition::Tracking, Condition::Syscalls] {
         let r = get(cond);
-        let args = cond.args(&d.tracked()).join(" ");
+        let args = cond.args(&[d.tracked(), d.bus()]).join(" ");
         let events = u64s(&r.summaries, |s| &s["events"]);
         let kdrops = u64s(&r.summaries, |s| &s["drops"]["kernel"]);
         let udrops = u64s(&r.summaries, |s| &s["drops"]["userspace"]);
@@ -782,7 +990,7 @@ fn main() {
         agents.insert(
             cond.name().into(),
             json!({
-                "args": cond.args(&d.tracked()),
+                "args": cond.args(&[d.tracked(), d.bus()]),
                 "rss_kib_max": r.rss_kib.iter().max(),
                 "events": events,
                 "drops_kernel": kdrops,
