@@ -768,7 +768,7 @@ fn on_sock(ctx: &BtfTracePointContext, dir: usize) {
     // SAFETY: the task pointer comes from bpf_get_current_task_btf (the
     // verifier needs a BTF pointer); the helper returns its saved user
     // registers, typed `struct pt_regs`.
-    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as usize as *const u8;
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
     // The syscall number and arguments, read by direct loads: the offsets
     // are the loader's constants (frozen .rodata, known to the verifier),
     // so each load is checked against the BTF type and compiled to one
@@ -779,15 +779,22 @@ fn on_sock(ctx: &BtfTracePointContext, dir: usize) {
         if !copied || off == 0 {
             0
         } else {
-            // SAFETY: a field of `struct pt_regs` at a verified offset.
-            unsafe { core::ptr::read_volatile(regs.add(off as usize).cast::<u64>()) }
+            // SAFETY: a u64 field of `struct pt_regs` at a verified offset.
+            unsafe { crate::storage::btf_load::<u64>(regs, off) }
         }
     };
     let nr_off = global(&crate::PT_REGS_NR_OFF);
+    // 32 bits: arm64's `syscallno` is an s32 (a wider load would run past
+    // the field, which the verifier refuses); x86's orig_ax holds small
+    // numbers or -1 (not a syscall).
     let nr = if nr_off == 0 || !copied {
         u64::MAX
     } else {
-        arg(nr_off)
+        // SAFETY: a field of `struct pt_regs` at a verified offset.
+        match unsafe { crate::storage::btf_load::<i32>(regs, nr_off) } {
+            n if n < 0 => u64::MAX,
+            n => n as u64,
+        }
     };
     let call = if nr < u64::from(SYSCALL_SLOTS) {
         match SOCK_CALLS.get(nr as u32) {

@@ -9,27 +9,28 @@
 //! `sys_exit` programs: every syscall of every task pays the tracing slow path.
 //!
 //! Workloads, each in a fresh child process (a copy of this binary with the
-//! hidden `--run-workload KIND N IO [PATH]`), timed inside the child: N round
-//! trips of 64-byte messages between the child and a forked echo process,
-//! both pinned to CPU 0 (every round trip is two context switches; unpinned,
-//! the time depends on where the scheduler puts them):
-//! - `pair`: over a unix stream socketpair;
-//! - `conn`: over a connection to a unix listener at a temp path;
-//! - `dbus`: real D-Bus: a dbus-daemon of the bench's own (pinned to the
-//!   same CPU, unwatched, as a real bus or systemd is) on a followed path,
-//!   and back-to-back `org.freedesktop.DBus.Peer.Ping` calls of its driver,
-//!   each sent with one `sendmsg` and its reply read godbus-like (reads of
-//!   up to 4 KiB): every message of the client is parsed by the tracking
-//!   and every call is a followed request (the realistic worst case; the
-//!   echo of `conn` answers faster than any D-Bus server, and its 64-byte
-//!   messages are not D-Bus, so each of its calls takes the desync path).
+//! hidden `--run-workload KIND N IO [PATH]`), timed inside the child, N round
+//! trips pinned to CPU 0 (every round trip is two context switches or more;
+//! unpinned, the time depends on where the scheduler puts them):
+//! - `pair`: 64-byte messages to a forked echo process over a unix stream
+//!   socketpair;
+//! - `conn`: the same over a connection to a unix listener at a temp path;
+//! - `dbus`: real D-Bus: a dbus-daemon ([`BusDaemon`], started by the bench
+//!   itself so that it is unwatched, as a real bus or systemd is, and pinned
+//!   to CPU 0) on a followed path, and back-to-back
+//!   `org.freedesktop.DBus.Peer.Ping` calls of its driver, each sent with
+//!   one `sendmsg`, its reply read godbus-like (reads of up to 4 KiB): every
+//!   message of the client is parsed by the tracking and every call is a
+//!   followed request (the realistic worst case; the echo of `conn` answers
+//!   faster than any D-Bus server, and its 64-byte messages are not D-Bus,
+//!   so each of its calls takes the desync path).
 //!
-//! Each runs as `sockbench` (unwatched) and as `runc` (a symlink to the copy:
-//! the kernel names the task after the exec'd path, so it is watched and its
-//! echo child too), on an untracked path; then `runc` on a path the agent
-//! follows (`--systemd-socket`): every send and receive of the client is an
-//! event (the worst case). I/O is sendmsg/recvmsg (what godbus, systemd and
-//! dbus-daemon use) or read/write (`--io rw`).
+//! `pair` and `conn` run as `sockbench` (unwatched) and as `runc` (a symlink
+//! to the copy: the kernel names the task after the exec'd path, so it is
+//! watched and its echo child too), on an untracked path; then `conn` and
+//! `dbus` run as `runc` on paths the agent follows (`--systemd-socket`):
+//! every send and receive of the client is an event. I/O is
+//! sendmsg/recvmsg or read/write (`--io rw`).
 //!
 //! Conditions, alternated in rounds with the order rotated each round:
 //! - `baseline`: no agent;
@@ -39,7 +40,7 @@
 //!   tracepoints and nothing else: the kernel's cost of dispatching to any
 //!   program there, the floor of `tracking`'s own work);
 //! - `tracking`: the same without `--no-systemd`, with the default socket
-//!   paths plus the bench's own listener path (the default path: the socket
+//!   paths plus the bench's two followed paths (the default path: the socket
 //!   tracepoints);
 //! - `syscalls`: `tracking` with `--dbus-requests syscalls` (the raw-syscall
 //!   fallback for kernels without the socket tracepoints).
@@ -142,6 +143,11 @@ impl Io {
             Io::Rw => "rw",
         }
     }
+}
+
+/// The workloads whose every call is an event in the tracking conditions.
+fn tracked_workloads() -> u64 {
+    WORKLOADS.iter().filter(|w| w.tracked_path).count() as u64
 }
 
 /// One workload as run in every condition.
@@ -561,41 +567,11 @@ fn recv_some(fd: i32, buf: &mut [u8], io: Io) -> usize {
     r.max(0) as usize
 }
 
-/// The `dbus` workload: a dbus-daemon of its own (pinned to this CPU like
-/// the echo process, as unwatched as a real bus), and N `Peer.Ping` calls
-/// of the bus driver, each waiting for its reply: a real D-Bus round trip
-/// on a followed connection, every message parsed by the tracking.
+/// The `dbus` workload (in the child): N `Peer.Ping` calls of the bus
+/// driver of the [`BusDaemon`] listening at `path`, each waiting for its
+/// reply: a real D-Bus round trip on a followed connection, every message
+/// parsed by the tracking.
 fn dbus(n: u64, io: Io, path: &Path) -> Duration {
-    let dir = path.parent().expect("the bus path has a directory");
-    let conf = dir.join(format!("dbus-{}.conf", std::process::id()));
-    let _ = std::fs::remove_file(path);
-    std::fs::write(
-        &conf,
-        format!(
-            "<!DOCTYPE busconfig PUBLIC \"-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN\"
- \"http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd\">
-<busconfig><type>custom</type><listen>unix:path={}</listen><auth>EXTERNAL</auth>
-<policy context=\"default\"><allow user=\"*\"/><allow send_destination=\"*\" eavesdrop=\"true\"/><allow receive_sender=\"*\"/><allow own=\"*\"/></policy></busconfig>\n",
-            path.display()
-        ),
-    )
-    .expect("write the bus config");
-    let mut daemon = std::process::Command::new("dbus-daemon")
-        .arg(format!("--config-file={}", conf.display()))
-        .args(["--nofork", "--print-address"])
-        .stdout(std::process::Stdio::piped())
-        // (It says it may not raise its fd limit: harmless here.)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start dbus-daemon");
-    // The address line: it listens.
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(daemon.stdout.take().expect("piped")),
-        &mut line,
-    )
-    .expect("dbus-daemon's address");
-    assert!(line.contains("unix:"), "dbus-daemon printed {line:?}");
     let (addr, len) = sockaddr_un(path);
     let c = unix_socket();
     // SAFETY: our fd, a valid sockaddr_un of `len` bytes.
@@ -607,7 +583,7 @@ fn dbus(n: u64, io: Io, path: &Path) -> Duration {
         path.display(),
         std::io::Error::last_os_error()
     );
-    // SASL as root, then Hello.
+    // SASL as our uid, then Hello.
     // SAFETY: plain syscall.
     let uid = unsafe { libc::getuid() };
     let hex: String = uid
@@ -651,14 +627,71 @@ fn dbus(n: u64, io: Io, path: &Path) -> Duration {
         assert!(dbus_reply(c, &mut buf, io), "Ping #{i} got an error");
     }
     let d = t.elapsed();
-    // SAFETY: our fd, and the daemon we started.
-    unsafe {
-        libc::close(c);
-        libc::kill(daemon.id() as i32, libc::SIGTERM);
-    }
-    let _ = daemon.wait();
-    let _ = std::fs::remove_file(&conf);
+    // SAFETY: our fd.
+    unsafe { libc::close(c) };
     d
+}
+
+/// The `dbus` workload's bus: a dbus-daemon started by the bench itself
+/// (so unwatched, as a real bus or systemd is: a child of the `runc`-named
+/// workload would be watched), pinned to CPU 0 like the echo processes,
+/// listening at a followed path. Stopped and reaped on drop (also when a
+/// run fails); it dies with the bench (PR_SET_PDEATHSIG).
+struct BusDaemon {
+    child: std::process::Child,
+    conf: PathBuf,
+}
+
+impl BusDaemon {
+    fn start(dir: &Path, path: &Path) -> Self {
+        let conf = dir.join("dbus.conf");
+        let _ = std::fs::remove_file(path);
+        std::fs::write(
+            &conf,
+            format!(
+                "<!DOCTYPE busconfig PUBLIC \"-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN\"
+ \"http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd\">
+<busconfig><type>custom</type><listen>unix:path={}</listen><auth>EXTERNAL</auth>
+<policy context=\"default\"><allow user=\"*\"/><allow send_destination=\"*\" eavesdrop=\"true\"/><allow receive_sender=\"*\"/><allow own=\"*\"/></policy></busconfig>\n",
+                path.display()
+            ),
+        )
+        .expect("write the bus config");
+        let mut cmd = std::process::Command::new("dbus-daemon");
+        cmd.arg(format!("--config-file={}", conf.display()))
+            .args(["--nofork", "--print-address"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            // (It says it may not raise its fd limit: harmless here.)
+            .stderr(std::process::Stdio::null());
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(0, &mut set);
+                libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().expect("start dbus-daemon");
+        let stdout = child.stdout.take().expect("piped");
+        let guard = Self { child, conf };
+        // The address line: it listens.
+        let mut line = String::new();
+        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
+        assert!(line.contains("unix:"), "dbus-daemon printed {line:?}");
+        guard
+    }
+}
+
+impl Drop for BusDaemon {
+    fn drop(&mut self) {
+        // SAFETY: the daemon we started, still unreaped (so its pid is ours).
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.conf);
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -729,6 +762,7 @@ fn workload_in_child(d: &BenchDir, w: &Workload, n: u64, io: Io) -> Duration {
     } else if w.kind == "dbus" {
         cmd.arg(d.bus());
     }
+    let _bus = (w.kind == "dbus").then(|| BusDaemon::start(&d.dir, &d.bus()));
     cmd.stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped());
     let mut child = ChildGuard::spawn(&mut cmd, w.label).unwrap_or_else(|e| panic!("{e}"));
@@ -826,8 +860,8 @@ fn run_condition(o: &Opts, d: &BenchDir, cond: Condition, runs: &mut CondRuns) {
         _ if cond == Condition::Empty => {}
         Some(s) => {
             let events = s["events"].as_u64().unwrap_or(0);
-            // The tracked client's sends and receives, 2 per round trip.
-            let want = 2 * o.round_trips;
+            // The tracked clients' sends and receives, 2 per round trip.
+            let want = 2 * o.round_trips * tracked_workloads();
             if matches!(cond, Condition::Tracking | Condition::Syscalls) && events < want {
                 let e = format!(
                     "{name}: {events} events, fewer than the tracked workload's {want} \
@@ -1000,8 +1034,9 @@ fn main() {
         );
     }
     println!(
-        "(the tracked workload's client makes {} sends and receives per run: that many events \
-         are expected per tracking session, plus its connect and close)",
+        "(the {} tracked workloads' clients make {} sends and receives per run each: that many \
+         events are expected per tracking session, plus their connects and closes)",
+        tracked_workloads(),
         2 * o.round_trips
     );
     let errors: Vec<String> = runs.iter().flat_map(|(_, r)| r.errors.clone()).collect();

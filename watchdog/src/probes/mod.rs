@@ -857,7 +857,7 @@ mod tests {
             ..KernelLayout::default()
         };
         assert_eq!(arm64.syscall_regs_window(), (8, 280));
-        // Wider than the probe's scratch: no window (the probe reads no call).
+        // Wider than DBUS_REGS_WINDOW: not trusted (the probe reads no call).
         let odd = KernelLayout {
             pt_regs_nr: 4096,
             ..arm64
