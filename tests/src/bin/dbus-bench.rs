@@ -864,12 +864,19 @@ fn run_condition(o: &Opts, d: &BenchDir, cond: Condition, runs: &mut CondRuns) {
             let want = 2 * o.round_trips * tracked_workloads();
             if matches!(cond, Condition::Tracking | Condition::Syscalls) && events < want {
                 let e = format!(
-                    "{name}: {events} events, fewer than the tracked workload's {want} \
+                    "{name}: {events} events, fewer than the tracked workloads' {want} \
                      sends and receives (drops {})",
                     s["drops"]
                 );
                 eprintln!("  {e}");
-                runs.errors.push(e);
+                // The default must keep every event; the fallback's full-size
+                // records can fill the ring under this flood (counted drops,
+                // reported, not a failure of the bench).
+                if cond == Condition::Tracking {
+                    runs.errors.push(e);
+                } else {
+                    runs.notes.push(e);
+                }
             }
             runs.summaries.push(s.clone());
         }
