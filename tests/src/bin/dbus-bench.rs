@@ -339,27 +339,10 @@ fn send_all(fd: i32, buf: &[u8], io: Io) -> bool {
 fn recv_all(fd: i32, buf: &mut [u8], io: Io) -> bool {
     let mut off = 0;
     while off < buf.len() {
-        let rest = &mut buf[off..];
-        // SAFETY: a valid buffer and fd of our own; the msghdr points at it.
-        let r = unsafe {
-            match io {
-                Io::Rw => libc::read(fd, rest.as_mut_ptr().cast(), rest.len()),
-                Io::Msg => {
-                    let mut iov = libc::iovec {
-                        iov_base: rest.as_mut_ptr().cast(),
-                        iov_len: rest.len(),
-                    };
-                    let mut msg: libc::msghdr = std::mem::zeroed();
-                    msg.msg_iov = &mut iov;
-                    msg.msg_iovlen = 1;
-                    libc::recvmsg(fd, &mut msg, 0)
-                }
-            }
-        };
-        if r <= 0 {
-            return false;
+        match recv_some(fd, &mut buf[off..], io) {
+            0 => return false,
+            n => off += n,
         }
-        off += r as usize;
     }
     true
 }
@@ -546,7 +529,8 @@ fn dbus_reply(fd: i32, buf: &mut Vec<u8>, io: Io) -> bool {
     }
 }
 
-/// One read of whatever `fd` has (at most `buf.len()` bytes).
+/// One read of whatever `fd` has (at most `buf.len()` bytes); 0 on EOF or
+/// error.
 fn recv_some(fd: i32, buf: &mut [u8], io: Io) -> usize {
     // SAFETY: a valid buffer and fd of our own; the msghdr points at it.
     let r = unsafe {
